@@ -1,0 +1,56 @@
+# matchenv: every set-up step is a target here; `make demo` and `make test` need nothing else on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CLUSTER_DIR ?= /tmp/matchenv-cluster
+PYTEST_ARGS ?=
+
+.PHONY: help system-deps venv crds lint test test-unit cluster-build cluster-up cluster-down demo clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+system-deps:  ## install RabbitMQ, PostgreSQL and check Go (Debian; apt via sudo when not root)
+	@scripts/install-system-deps.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	@touch $@
+
+venv: $(STAMP)  ## create .venv with matchenv and its test/dev tools
+
+crds: $(STAMP)  ## regenerate crds/ from src/matchenv/models.py
+	$(BIN)/matchenv crd --output-dir crds
+
+lint: $(STAMP)  ## ruff, mypy, and a check that crds/ is up to date
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+	$(BIN)/matchenv crd --check --output-dir crds
+
+cluster-build: $(STAMP)  ## build (or reuse) the cached control plane under ~/.cache/matchenv
+	$(BIN)/matchenv cluster build
+
+test: system-deps cluster-build  ## run the whole test suite (unit, integration, e2e); no tests collected is a failure
+	@set +e; $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the suite" >&2; exit 1; fi; exit $$rc
+
+test-unit: $(STAMP)  ## only the fast, pure tests
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+cluster-up: cluster-build  ## start the local control plane in the background
+	$(BIN)/matchenv cluster up --state-dir $(CLUSTER_DIR)
+
+cluster-down: $(STAMP)  ## stop the local control plane
+	$(BIN)/matchenv cluster down --state-dir $(CLUSTER_DIR)
+
+demo: system-deps cluster-build  ## the main job: local control plane, CRD, prod/dev/staging environments
+	@CLUSTER_DIR=$(CLUSTER_DIR) BIN=$(BIN) scripts/demo.sh
+
+clean:  ## remove the virtualenv and caches in the tree (the control-plane cache stays)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install what the tests and the demo need from Debian's packages, and check the Go toolchain.
+# Idempotent: packages already present are not touched. Uses sudo when not root.
+set -euo pipefail
+
+need=()
+command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "error: need root or sudo to install: ${need[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  echo "installing ${need[*]} (apt-get)" >&2
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The packages' own services are not used: tests and the demo start private nodes on loopback.
+  $sudo service rabbitmq-server stop >/dev/null 2>&1 || true
+fi
+
+go_bin=$(command -v go || echo /usr/local/go/bin/go)
+if [ ! -x "$go_bin" ]; then
+  echo "error: the Go toolchain (>= 1.26) is needed to build the local Kubernetes control plane; none was found" >&2
+  exit 1
+fi
+go_version=$("$go_bin" env GOVERSION | sed 's/^go//')
+major=${go_version%%.*}; rest=${go_version#*.}; minor=${rest%%.*}
+if [ "$major" -lt 1 ] || { [ "$major" -eq 1 ] && [ "$minor" -lt 26 ]; }; then
+  echo "error: Go $go_version found; Kubernetes v1.36 needs Go >= 1.26" >&2
+  exit 1
+fi

@@ -1,0 +1,141 @@
+"""The one ``matchenv`` command line: operator, worker, scraper, CRD generation and the local dev cluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from matchenv import __version__
+
+app = typer.Typer(
+    help="matchenv: fan one RabbitMQ match feed out to per-environment queues, workers and databases.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+cluster_app = typer.Typer(help="A real local Kubernetes control plane for tests and the demo.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+def _echo_err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def default_state_dir() -> Path:
+    """Where ``cluster up`` keeps its state: ``$MATCHENV_CLUSTER_DIR`` or ``/tmp/matchenv-cluster``."""
+    return Path(os.environ.get("MATCHENV_CLUSTER_DIR", "/tmp/matchenv-cluster"))
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.command()
+def crd(
+    output_dir: Path = typer.Option(Path("crds"), "--output-dir", "-o", help="Directory to write the CRD files to."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 if the files on disk differ from the models."),
+) -> None:
+    """Generate the MatchEnvironment CRD and its defaulting policy from the pydantic models."""
+    from matchenv.crd import rendered_files
+
+    stale = []
+    for name, content in rendered_files().items():
+        path = output_dir / name
+        if check:
+            if not path.exists() or path.read_text() != content:
+                stale.append(str(path))
+            continue
+        output_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        typer.echo(f"wrote {path}")
+    if stale:
+        _echo_err(f"out of date with src/matchenv/models.py: {', '.join(stale)} (run `make crds`)")
+        raise typer.Exit(1)
+
+
+@app.command("crd-ready")
+def crd_ready(
+    timeout: float = typer.Option(30.0, help="Seconds to wait."),
+    namespace: str = typer.Option("default", help="Namespace for the dry-run probe."),
+) -> None:
+    """Wait until the API server serves MatchEnvironments and applies the queue-name default."""
+    from kubernetes import client, config
+
+    from matchenv.crd import wait_until_served
+
+    config.load_kube_config()
+    try:
+        wait_until_served(client.CustomObjectsApi(), namespace=namespace, timeout=timeout)
+    except TimeoutError as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo("MatchEnvironments are served")
+
+
+@cluster_app.command("build")
+def cluster_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")) -> None:
+    """Build (or find cached) kube-apiserver, controller-manager, scheduler, kubectl and etcd."""
+    from matchenv.devcluster.build import BuildError, ensure_binaries
+
+    try:
+        binaries = ensure_binaries(force=force)
+    except BuildError as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(str(binaries.bin_dir))
+
+
+@cluster_app.command("up")
+def cluster_up(
+    state_dir: Path = typer.Option(default_state_dir(), "--state-dir", help="Where state, logs and kubeconfig go."),
+) -> None:
+    """Start the control plane in the background; prints the kubeconfig path."""
+    from matchenv.devcluster.build import BuildError
+    from matchenv.devcluster.cluster import ClusterError, LocalCluster
+
+    cluster = LocalCluster(state_dir, detached=True, log=_echo_err)
+    try:
+        cluster.start()
+    except (BuildError, ClusterError) as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(f"export KUBECONFIG={cluster.kubeconfig}")
+    typer.echo(f"export PATH={cluster.binaries.bin_dir}:$PATH")
+
+
+@cluster_app.command("down")
+def cluster_down(
+    state_dir: Path = typer.Option(default_state_dir(), "--state-dir", help="The state directory of `cluster up`."),
+) -> None:
+    """Stop a control plane started with ``cluster up``."""
+    from matchenv.devcluster.cluster import LocalCluster
+
+    cluster = LocalCluster.attach(state_dir, log=_echo_err)
+    if cluster.state is None:
+        _echo_err(f"no cluster recorded in {state_dir}")
+        return
+    cluster.stop()
+    _echo_err("control plane stopped")
+
+
+@cluster_app.command("status")
+def cluster_status(
+    state_dir: Path = typer.Option(default_state_dir(), "--state-dir", help="The state directory of `cluster up`."),
+) -> None:
+    """Say whether the local control plane is running (exit 1 if not)."""
+    from matchenv.devcluster.cluster import LocalCluster
+
+    cluster = LocalCluster.attach(state_dir)
+    if not cluster.running():
+        typer.echo("not running")
+        raise typer.Exit(1)
+    typer.echo(f"running: {cluster.server}  KUBECONFIG={cluster.kubeconfig}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

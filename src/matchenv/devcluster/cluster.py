@@ -1,0 +1,340 @@
+"""Run a real, local Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+
+Everything listens on loopback with TLS and RBAC on. State (PKI, etcd data, logs, kubeconfig, pids) lives in one
+directory. A :class:`LocalCluster` used as a context manager stops its processes on exit and they die with the
+Python process that started them; ``detached=True`` (``matchenv cluster up``) leaves them running for a later
+``matchenv cluster down``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import requests
+import yaml
+
+from matchenv.devcluster.build import ensure_binaries
+from matchenv.devcluster.pki import CertPair, Pki
+from matchenv.devcluster.versions import ControlPlaneBinaries
+
+SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"
+ADMIN_USER = "matchenv-admin"
+_PR_SET_PDEATHSIG = 1
+_STOP_ORDER = ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+
+
+class ClusterError(RuntimeError):
+    """The control plane did not start or stop; the message says which component and shows its log."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def kubeconfig_for(server: str, ca: Path, client: CertPair, user: str) -> dict[str, Any]:
+    """A kubeconfig with everything embedded, so it works from any directory."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "matchenv-local", "cluster": {"server": server, "certificate-authority-data": _b64(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate-data": _b64(client.cert),
+                                          "client-key-data": _b64(client.key)}}],
+        "contexts": [{"name": "matchenv-local", "context": {"cluster": "matchenv-local", "user": user,
+                                                             "namespace": "default"}}],
+        "current-context": "matchenv-local",
+    }
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in {"Z", "X"}
+
+
+@dataclass
+class ClusterState:
+    """What ``cluster up`` leaves in ``state.json`` for ``cluster down`` and ``cluster status``."""
+
+    api_port: int
+    etcd_port: int
+    kubeconfig: str
+    pids: dict[str, int] = field(default_factory=dict)
+    binaries: dict[str, str] = field(default_factory=dict)
+
+
+class LocalCluster:
+    """One local control plane in ``state_dir``."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        binaries: ControlPlaneBinaries | None = None,
+        detached: bool = False,
+        log: Callable[[str], None] = lambda _msg: None,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self.binaries = binaries or ControlPlaneBinaries.default()
+        self.detached = detached
+        self.log = log
+        self.pki = Pki(self.state_dir / "pki")
+        self.logs_dir = self.state_dir / "logs"
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.state: ClusterState | None = None
+
+    # -- paths -------------------------------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def kubectl(self) -> Path:
+        return self.binaries.path("kubectl")
+
+    @property
+    def server(self) -> str:
+        assert self.state is not None, "cluster not started"
+        return f"https://127.0.0.1:{self.state.api_port}"
+
+    @property
+    def _state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self, timeout: float = 120.0) -> LocalCluster:
+        """Start etcd, the API server, controller-manager and scheduler; return when the API is ready."""
+        ensure_binaries(self.binaries)
+        if self._state_file.exists():
+            previous = LocalCluster.attach(self.state_dir)
+            if previous.running():
+                raise ClusterError(f"a cluster is already running from {self.state_dir}; stop it first")
+            previous.stop()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(exist_ok=True)
+        started = time.monotonic()
+        clients = {
+            "admin": (ADMIN_USER, "system:masters"),
+            "controller-manager": ("system:kube-controller-manager", None),
+            "scheduler": ("system:kube-scheduler", None),
+        }
+        self.pki.create(clients, SERVICE_IP)
+        self.state = ClusterState(api_port=free_port(), etcd_port=free_port(), kubeconfig=str(self.kubeconfig),
+                                  binaries={n: str(self.binaries.path(n)) for n in self.binaries.all_names})
+        for name, (user, _) in clients.items():
+            config = kubeconfig_for(self.server, self.pki.ca.cert, self.pki.client(name), user)
+            path = self.kubeconfig if name == "admin" else self.state_dir / f"{name}.kubeconfig"
+            path.write_text(yaml.safe_dump(config))
+            path.chmod(0o600)
+        try:
+            self._spawn("etcd", self._etcd_args())
+            self._wait(lambda: self._etcd_healthy(), "etcd", deadline=started + timeout)
+            self._spawn("kube-apiserver", self._apiserver_args())
+            self._wait(lambda: self._api_ok("/readyz"), "kube-apiserver", deadline=started + timeout)
+            self._spawn("kube-controller-manager", self._controller_manager_args())
+            self._spawn("kube-scheduler", self._scheduler_args())
+            # The default ServiceAccount appears once the controller-manager works; pods need it.
+            self._wait(lambda: self._api_ok("/api/v1/namespaces/default/serviceaccounts/default"),
+                       "kube-controller-manager", deadline=started + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self._save_state()
+        self.log(f"control plane ready at {self.server} in {time.monotonic() - started:.1f}s; "
+                 f"KUBECONFIG={self.kubeconfig}")
+        return self
+
+    def stop(self) -> None:
+        """Stop every component (TERM, then KILL after 10 s) and forget the state file."""
+        pids = dict(self.state.pids) if self.state else {}
+        for name in _STOP_ORDER:
+            pid = pids.get(name)
+            if pid is None:
+                continue
+            proc = self._procs.get(name)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if proc is not None and proc.poll() is not None:
+                    break
+                if proc is None and not _process_alive(pid):
+                    break
+                time.sleep(0.1)
+            else:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                if proc is not None:
+                    proc.wait(timeout=10)
+        self._procs.clear()
+        if self.state:
+            self.state.pids.clear()
+        self._state_file.unlink(missing_ok=True)
+
+    def running(self) -> bool:
+        """Whether every component recorded in the state file is still alive."""
+        return bool(self.state and self.state.pids) and all(
+            _process_alive(pid) for pid in (self.state.pids.values() if self.state else [])
+        )
+
+    @classmethod
+    def attach(cls, state_dir: Path, log: Callable[[str], None] = lambda _msg: None) -> LocalCluster:
+        """A handle on a cluster that ``cluster up`` started earlier from ``state_dir``."""
+        cluster = cls(state_dir, detached=True, log=log)
+        state_file = cluster._state_file
+        if state_file.exists():
+            cluster.state = ClusterState(**json.loads(state_file.read_text()))
+        return cluster
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def kubectl_cmd(self, *args: str) -> list[str]:
+        return [str(self.kubectl), f"--kubeconfig={self.kubeconfig}", *args]
+
+    def _save_state(self) -> None:
+        assert self.state is not None
+        self._state_file.write_text(json.dumps(asdict(self.state), indent=2))
+
+    def _spawn(self, name: str, args: Sequence[str]) -> None:
+        assert self.state is not None
+        log_file = (self.logs_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [str(self.binaries.path(name)), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self.state_dir,
+            start_new_session=True,
+            preexec_fn=None if self.detached else _die_with_parent,
+        )
+        log_file.close()
+        self._procs[name] = proc
+        self.state.pids[name] = proc.pid
+        self._save_state()
+        self.log(f"started {name} (pid {proc.pid})")
+
+    def _wait(self, check: Callable[[], bool], name: str, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            for proc_name, proc in self._procs.items():
+                if proc.poll() is not None:
+                    raise ClusterError(f"{proc_name} exited with code {proc.returncode}:\n{self.log_tail(proc_name)}")
+            if check():
+                return
+            time.sleep(0.2)
+        raise ClusterError(f"{name} was not ready in time:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs_dir / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _etcd_healthy(self) -> bool:
+        assert self.state is not None
+        try:
+            return requests.get(f"http://127.0.0.1:{self.state.etcd_port}/health", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def _api_ok(self, path: str) -> bool:
+        admin = self.pki.client("admin")
+        try:
+            response = requests.get(self.server + path, timeout=2, verify=str(self.pki.ca.cert),
+                                    cert=(str(admin.cert), str(admin.key)))
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+    def _etcd_args(self) -> list[str]:
+        assert self.state is not None
+        url = f"http://127.0.0.1:{self.state.etcd_port}"
+        peer = f"http://127.0.0.1:{free_port()}"
+        return [
+            "--name=matchenv", f"--data-dir={self.state_dir / 'etcd'}",
+            f"--listen-client-urls={url}", f"--advertise-client-urls={url}",
+            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=matchenv={peer}", "--unsafe-no-fsync", "--log-level=warn",
+        ]
+
+    def _apiserver_args(self) -> list[str]:
+        assert self.state is not None
+        pki = self.pki
+        return [
+            f"--etcd-servers=http://127.0.0.1:{self.state.etcd_port}",
+            f"--secure-port={self.state.api_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--cert-dir={pki.dir}",
+            f"--tls-cert-file={pki.serving.cert}",
+            f"--tls-private-key-file={pki.serving.key}",
+            f"--client-ca-file={pki.ca.cert}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            "--authorization-mode=Node,RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki.sa_pub}",
+            f"--service-account-signing-key-file={pki.sa_key}",
+            "--endpoint-reconciler-type=none",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _controller_manager_args(self) -> list[str]:
+        kubeconfig = self.state_dir / "controller-manager.kubeconfig"
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            f"--service-account-private-key-file={self.pki.sa_key}",
+            f"--root-ca-file={self.pki.ca.cert}",
+            "--use-service-account-credentials=true",
+            "--controllers=*",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--profiling=false",
+            "--v=1",
+        ]
+
+    def _scheduler_args(self) -> list[str]:
+        kubeconfig = self.state_dir / "scheduler.kubeconfig"
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "--profiling=false",
+            "--v=1",
+        ]

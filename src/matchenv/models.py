@@ -1,0 +1,408 @@
+"""Pydantic models at the project's edges: the MatchEnvironment resource and the Match message.
+
+The CRD in ``crds/`` is generated from these models (``matchenv crd``), so field names, defaults, enums, bounds and
+descriptions have one source. Cross-field rules are written twice, as Python validators here and as CEL rules in
+``x-kubernetes-validations`` for the API server; tests feed the same invalid objects to both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+API_GROUP = "matchenv.io"
+API_VERSION = "v1alpha1"
+KIND = "MatchEnvironment"
+PLURAL = "matchenvironments"
+SINGULAR = "matchenvironment"
+SHORT_NAMES = ("menv",)
+CATEGORIES = ("matchenv",)
+
+DEFAULT_EXCHANGE = "matches-fanout"
+QUEUE_PREFIX = "matches."
+# An environment's name becomes part of Deployment, Secret and broker user names; keep room for their suffixes.
+MAX_ENVIRONMENT_NAME = 40
+
+# Both Python's re and Go's RE2 (the API server) accept these patterns.
+BROKER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+ENV_VAR_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+BrokerName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=BROKER_NAME_PATTERN)]
+K8sName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=K8S_NAME_PATTERN)]
+
+
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
+    """One ``x-kubernetes-validations`` entry."""
+    entry: dict[str, Any] = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    return entry
+
+
+class _Model(BaseModel):
+    """Base: camelCase on the wire, unknown fields refused (the API server prunes them; we must not guess)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", use_enum_values=False)
+
+
+class ExchangeType(StrEnum):
+    FANOUT = "fanout"
+    TOPIC = "topic"
+
+
+class QueueType(StrEnum):
+    CLASSIC = "classic"
+    QUORUM = "quorum"
+
+
+class DeletionPolicy(StrEnum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    DELETING = "Deleting"
+
+
+class ExchangeSpec(_Model):
+    """The exchange the scraper publishes to; shared by every environment and never deleted by one of them."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!self.name.startsWith('amq.')", "exchange.name must not start with 'amq.' (reserved by RabbitMQ)",
+                    ".name"),
+            ]
+        }
+    )
+
+    name: BrokerName = Field(DEFAULT_EXCHANGE, description="Name of the exchange matches are published to.")
+    type: ExchangeType = Field(
+        ExchangeType.FANOUT,
+        description="Exchange type: 'fanout' sends every match to every bound queue; 'topic' routes by "
+        "queue.routingKeys.",
+    )
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> ExchangeSpec:
+        if self.name.startswith("amq."):
+            raise ValueError("exchange.name must not start with 'amq.' (reserved by RabbitMQ)")
+        return self
+
+
+class QueueSpec(_Model):
+    """This environment's durable queue, bound to the exchange."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!has(self.name) || !self.name.startsWith('amq.')",
+                    "queue.name must not start with 'amq.' (reserved by RabbitMQ)", ".name"),
+                cel("!has(self.name) || !has(oldSelf.name) || self.name == oldSelf.name",
+                    "queue.name is immutable: create a new MatchEnvironment for a new queue", ".name"),
+                cel("self.type == oldSelf.type",
+                    "queue.type is immutable: RabbitMQ cannot change the type of a live queue", ".type"),
+            ]
+        }
+    )
+
+    name: BrokerName | None = Field(
+        None,
+        description="Queue name. Defaults to 'matches.<metadata.name>'. Immutable once set.",
+    )
+    type: QueueType = Field(
+        QueueType.CLASSIC,
+        description="Queue type: 'classic' or 'quorum' (replicated). Immutable.",
+    )
+    routing_keys: list[Annotated[str, StringConstraints(max_length=255)]] | None = Field(
+        None,
+        alias="routingKeys",
+        max_length=32,
+        description="Binding keys for a topic exchange, one binding each (e.g. 'U14.#'). Not allowed with a "
+        "fanout exchange.",
+    )
+    max_length: int | None = Field(
+        None,
+        alias="maxLength",
+        ge=1,
+        description="Most messages the queue holds; the oldest are dropped (dead-lettered if deadLetter is "
+        "on) beyond it. Applied through a policy, so changes take effect on the live queue.",
+    )
+    message_ttl_seconds: int | None = Field(
+        None,
+        alias="messageTTLSeconds",
+        ge=1,
+        le=31_536_000,
+        description="Seconds a message may wait in the queue before it expires (dead-lettered if deadLetter "
+        "is on). Applied through a policy.",
+    )
+    dead_letter: bool = Field(
+        True,
+        alias="deadLetter",
+        description="Keep a dead-letter queue '<queue>.dlq' behind a per-environment dead-letter exchange for "
+        "malformed, expired and failed messages.",
+    )
+
+    def resolved_name(self, environment: str) -> str:
+        """The queue's name: the one given, else ``matches.<environment>``."""
+        return self.name or f"{QUEUE_PREFIX}{environment}"
+
+
+class SecretRef(_Model):
+    """A reference to a Secret in the MatchEnvironment's namespace."""
+
+    name: K8sName = Field(..., description="Name of the Secret.")
+
+
+class EnvVar(_Model):
+    """An extra environment variable for the worker container, as in a Pod spec."""
+
+    name: Annotated[str, StringConstraints(min_length=1, pattern=ENV_VAR_NAME_PATTERN)] = Field(
+        ..., description="Variable name."
+    )
+    value: str | None = Field(None, description="Literal value.")
+    value_from: dict[str, Any] | None = Field(
+        None,
+        alias="valueFrom",
+        description="Source for the value (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef), as in a "
+        "Pod spec.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+Quantity = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+
+
+class ResourceRequirements(_Model):
+    """CPU and memory for each worker container, as in a Pod spec."""
+
+    limits: dict[str, Quantity] | None = Field(None, description="Maximum resources, e.g. {cpu: '1', memory: 512Mi}.")
+    requests: dict[str, Quantity] | None = Field(None, description="Guaranteed resources, e.g. {cpu: 100m}.")
+
+
+class Toleration(_Model):
+    """A toleration for the worker pods, as in a Pod spec."""
+
+    key: str | None = Field(None, description="Taint key the toleration applies to; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="'Exists' or 'Equal' (default).")
+    value: str | None = Field(None, description="Taint value to match with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        None, alias="tolerationSeconds", description="For NoExecute: how long the pod stays bound after the taint."
+    )
+
+
+class WorkersSpec(_Model):
+    """The Celery worker Deployment that consumes this environment's queue."""
+
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] = Field(
+        ..., description="Container image of the worker (runs 'matchenv worker')."
+    )
+    replicas: int = Field(
+        2,
+        ge=0,
+        le=1000,
+        description="Number of worker pods. The scale subresource points here; the autoscaler sets it when "
+        "autoscaling is enabled.",
+    )
+    concurrency: int = Field(1, ge=1, le=64, description="Celery worker processes per pod.")
+    database_secret_ref: SecretRef = Field(
+        ...,
+        alias="databaseSecretRef",
+        description="Secret with this environment's database credentials: keys SUPABASE_URL and SUPABASE_KEY "
+        "(or SUPABASE_SERVICE_KEY), or DATABASE_URL for plain Postgres.",
+    )
+    env: list[EnvVar] | None = Field(None, max_length=64, description="Extra environment variables for the worker.")
+    resources: ResourceRequirements | None = Field(None, description="Compute resources of each worker container.")
+    node_selector: dict[str, str] | None = Field(
+        None, alias="nodeSelector", description="Node labels the worker pods must be scheduled on."
+    )
+    tolerations: list[Toleration] | None = Field(None, max_length=32, description="Tolerations of the worker pods.")
+
+
+class AutoscalingSpec(_Model):
+    """Scale workers with the queue's backlog (ready plus unacknowledged messages)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= maxReplicas",
+                    ".minReplicas"),
+            ]
+        }
+    )
+
+    enabled: bool = Field(False, description="Turn backlog-based autoscaling on.")
+    min_replicas: int = Field(
+        1, alias="minReplicas", ge=0, le=1000, description="Fewest worker pods; 0 scales to zero when idle."
+    )
+    max_replicas: int = Field(10, alias="maxReplicas", ge=1, le=1000, description="Most worker pods.")
+    messages_per_replica: int = Field(
+        100, alias="messagesPerReplica", ge=1, description="Backlog one worker pod is expected to work through."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must be <= maxReplicas")
+        return self
+
+
+class BrokerSpec(_Model):
+    """Where the RabbitMQ broker is and which virtual host to use."""
+
+    connection_secret_ref: SecretRef | None = Field(
+        None,
+        alias="connectionSecretRef",
+        description="Secret with the broker's admin connection (keys: url, management-url, username, password). "
+        "Defaults to the operator's own broker Secret.",
+    )
+    vhost: Annotated[str, StringConstraints(min_length=1, max_length=255)] = Field(
+        "/", description="RabbitMQ virtual host."
+    )
+
+
+_ROUTING_KEYS_FANOUT = "queue.routingKeys is only allowed with exchange.type 'topic'"
+_ROUTING_KEYS_TOPIC = "exchange.type 'topic' needs at least one queue.routingKeys entry"
+
+
+class MatchEnvironmentSpec(_Model):
+    """Desired state of one environment: its queue and binding, broker user, workers and scaling."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.exchange.type == 'topic' || !has(self.queue.routingKeys) "
+                    "|| size(self.queue.routingKeys) == 0",
+                    _ROUTING_KEYS_FANOUT, ".queue.routingKeys"),
+                cel("self.exchange.type != 'topic' "
+                    "|| (has(self.queue.routingKeys) && size(self.queue.routingKeys) > 0)",
+                    _ROUTING_KEYS_TOPIC, ".queue.routingKeys"),
+            ]
+        }
+    )
+
+    exchange: ExchangeSpec = Field(default_factory=ExchangeSpec, description="The exchange matches arrive on.")
+    queue: QueueSpec = Field(default_factory=QueueSpec, description="This environment's queue.")
+    deletion_policy: DeletionPolicy = Field(
+        DeletionPolicy.RETAIN,
+        alias="deletionPolicy",
+        description="On delete, 'Retain' keeps the queue and its messages (the binding is always removed); "
+        "'Delete' deletes the queue and its dead-letter queue.",
+    )
+    broker: BrokerSpec = Field(default_factory=BrokerSpec, description="Broker connection.")
+    workers: WorkersSpec = Field(
+        ..., description="The Celery worker Deployment that consumes this environment's queue."
+    )
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Backlog-based autoscaling.")
+
+    @model_validator(mode="after")
+    def _routing_keys(self) -> MatchEnvironmentSpec:
+        keys = self.queue.routing_keys or []
+        if self.exchange.type is ExchangeType.FANOUT and keys:
+            raise ValueError(_ROUTING_KEYS_FANOUT)
+        if self.exchange.type is ExchangeType.TOPIC and not keys:
+            raise ValueError(_ROUTING_KEYS_TOPIC)
+        return self
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(_Model):
+    """One observed aspect of the environment, in the usual Kubernetes condition shape."""
+
+    type: Literal["TopologyReady", "WorkersReady", "Ready"] = Field(..., description="Condition type.")
+    status: ConditionStatus = Field(..., description="'True', 'False' or 'Unknown'.")
+    reason: str = Field(..., description="CamelCase reason for the last transition.")
+    message: str = Field("", description="Human-readable detail.")
+    last_transition_time: dt.datetime = Field(
+        ..., alias="lastTransitionTime", description="When the status last changed."
+    )
+    observed_generation: int | None = Field(
+        None, alias="observedGeneration", description="The spec generation this condition was computed from."
+    )
+
+
+class MatchEnvironmentStatus(_Model):
+    """Observed state, written by the operator."""
+
+    phase: Phase | None = Field(None, description="Pending, Ready, Degraded or Deleting.")
+    observed_generation: int | None = Field(
+        None, alias="observedGeneration", description="The spec generation last reconciled."
+    )
+    exchange: str | None = Field(None, description="Exchange the queue is bound to.")
+    queue: str | None = Field(None, description="Name of the environment's queue.")
+    messages: int | None = Field(None, description="Messages in the queue: ready plus unacknowledged.")
+    dead_letter_messages: int | None = Field(
+        None, alias="deadLetterMessages", description="Messages in the dead-letter queue."
+    )
+    consumers: int | None = Field(None, description="Consumers attached to the queue.")
+    replicas: int | None = Field(None, description="Worker pods (scale subresource status).")
+    ready_replicas: int | None = Field(None, alias="readyReplicas", description="Worker pods that are ready.")
+    ready: str | None = Field(None, description="'<readyReplicas>/<replicas>', as shown in the READY column.")
+    selector: str | None = Field(None, description="Label selector of the worker pods (scale subresource).")
+    last_error: str | None = Field(None, alias="lastError", description="The last reconcile error, if any.")
+    conditions: list[Condition] | None = Field(
+        None,
+        description="TopologyReady, WorkersReady and Ready.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class League(StrEnum):
+    HOMEGROWN = "Homegrown"
+    ACADEMY = "Academy"
+
+
+class MatchStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    TBD = "tbd"
+    COMPLETED = "completed"
+    POSTPONED = "postponed"
+    CANCELLED = "cancelled"
+
+
+NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class Match(BaseModel):
+    """One match result as the scraper publishes it (the message payload, DESIGN §5)."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    home_team: NonEmpty
+    away_team: NonEmpty
+    match_date: dt.date
+    season: NonEmpty
+    age_group: NonEmpty
+    match_type: NonEmpty
+    match_time: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
+    division: str | None = None
+    division_id: int | None = Field(None, ge=1)
+    league: League | None = None
+    home_score: int | None = Field(None, ge=0)
+    away_score: int | None = Field(None, ge=0)
+    match_status: MatchStatus | None = None
+    external_match_id: str | None = None
+    location: str | None = None
+    notes: str | None = None
+    source: str | None = None
+
+    def natural_key(self) -> tuple[str, str, dt.date, str]:
+        """The fallback identity when there is no ``external_match_id``."""
+        return (self.home_team, self.away_team, self.match_date, self.age_group)

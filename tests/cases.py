@@ -1,0 +1,70 @@
+"""Shared test data: a valid MatchEnvironment and invalid variants, each naming the field that is wrong.
+
+The unit tests feed these to the pydantic models and the e2e tests to the real API server, so the two stay in
+agreement about what is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+
+def environment(name: str = "staging", **spec: Any) -> dict[str, Any]:
+    """A minimal valid MatchEnvironment manifest; keyword arguments replace top-level spec keys."""
+    body: dict[str, Any] = {
+        "apiVersion": "matchenv.io/v1alpha1",
+        "kind": "MatchEnvironment",
+        "metadata": {"name": name},
+        "spec": {"workers": {"image": "matchenv:0.1.0", "databaseSecretRef": {"name": f"matchenv-db-{name}"}}},
+    }
+    body["spec"].update(copy.deepcopy(spec))
+    return body
+
+
+def _workers(**fields: Any) -> dict[str, Any]:
+    workers: dict[str, Any] = {"image": "matchenv:0.1.0", "databaseSecretRef": {"name": "db"}}
+    workers.update(fields)
+    return {k: v for k, v in workers.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class InvalidCase:
+    id: str
+    manifest: dict[str, Any]
+    field: str  # the field path the API server's error must name, e.g. "spec.workers.image"
+    model_loc: str  # what pydantic's error must mention (dotted location or message text)
+
+
+INVALID_CASES: list[InvalidCase] = [
+    InvalidCase("missing-image", environment(workers={"databaseSecretRef": {"name": "db"}}),
+                "spec.workers.image", "workers.image"),
+    InvalidCase("unknown-exchange-type", environment(exchange={"type": "direct"}),
+                "spec.exchange.type", "exchange.type"),
+    InvalidCase("routing-keys-on-fanout", environment(queue={"routingKeys": ["U14.#"]}),
+                "spec.queue.routingKeys", "queue.routingKeys is only allowed"),
+    InvalidCase("negative-replicas", environment(workers=_workers(replicas=-1)),
+                "spec.workers.replicas", "workers.replicas"),
+    InvalidCase("min-above-max-replicas",
+                environment(autoscaling={"enabled": True, "minReplicas": 5, "maxReplicas": 2}),
+                "spec.autoscaling.minReplicas", "minReplicas must be <= maxReplicas"),
+    InvalidCase("invalid-queue-name", environment(queue={"name": "bad queue!"}),
+                "spec.queue.name", "queue.name"),
+    InvalidCase("unknown-deletion-policy", environment(deletionPolicy="Orphan"),
+                "spec.deletionPolicy", "deletionPolicy"),
+    InvalidCase("database-secret-without-name", environment(workers=_workers(databaseSecretRef={})),
+                "spec.workers.databaseSecretRef.name", "workers.databaseSecretRef.name"),
+    InvalidCase("missing-database-secret", environment(workers=_workers(databaseSecretRef=None)),
+                "spec.workers.databaseSecretRef", "workers.databaseSecretRef"),
+    InvalidCase("topic-without-routing-keys", environment(exchange={"type": "topic"}),
+                "spec.queue.routingKeys", "needs at least one queue.routingKeys"),
+    InvalidCase("reserved-exchange-name", environment(exchange={"name": "amq.fanout"}),
+                "spec.exchange.name", "must not start with 'amq.'"),
+    InvalidCase("zero-concurrency", environment(workers=_workers(concurrency=0)),
+                "spec.workers.concurrency", "workers.concurrency"),
+    InvalidCase("zero-ttl", environment(queue={"messageTTLSeconds": 0}),
+                "spec.queue.messageTTLSeconds", "queue.messageTTLSeconds"),
+    InvalidCase("unknown-queue-type", environment(queue={"type": "stream"}),
+                "spec.queue.type", "queue.type"),
+]
