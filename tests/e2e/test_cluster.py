@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from matchenv.devcluster.cluster import ClusterError, LocalCluster, _process_alive
+from matchenv.devcluster.cluster import ClusterError, LocalCluster
 from matchenv.devcluster.versions import ControlPlaneBinaries
+from matchenv.devservices.process import process_alive
 
 
 def _fake_binaries(tmp_path: Path, etcd_script: str) -> ControlPlaneBinaries:
@@ -55,7 +56,7 @@ def test_cluster_up_status_down(tmp_path: Path) -> None:
         down = subprocess.run([*cli, "cluster", "down", "--state-dir", str(state)], capture_output=True, text=True,
                               timeout=120)
     assert down.returncode == 0, down.stderr
-    assert not any(_process_alive(pid) for pid in pids)
+    assert not any(process_alive(pid) for pid in pids)
     status = subprocess.run([*cli, "cluster", "status", "--state-dir", str(state)], capture_output=True, text=True,
                             timeout=60)
     assert status.returncode == 1

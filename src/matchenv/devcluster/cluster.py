@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -29,28 +27,16 @@ import yaml
 from matchenv.devcluster.build import ensure_binaries
 from matchenv.devcluster.pki import CertPair, Pki
 from matchenv.devcluster.versions import ControlPlaneBinaries
+from matchenv.devservices.process import die_with_parent, free_port, process_alive
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"
 ADMIN_USER = "matchenv-admin"
-_PR_SET_PDEATHSIG = 1
 _STOP_ORDER = ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 
 
 class ClusterError(RuntimeError):
     """The control plane did not start or stop; the message says which component and shows its log."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _b64(path: Path) -> str:
@@ -69,14 +55,6 @@ def kubeconfig_for(server: str, ca: Path, client: CertPair, user: str) -> dict[s
                                                              "namespace": "default"}}],
         "current-context": "matchenv-local",
     }
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in {"Z", "X"}
 
 
 @dataclass
@@ -184,7 +162,7 @@ class LocalCluster:
             while time.monotonic() < deadline:
                 if proc is not None and proc.poll() is not None:
                     break
-                if proc is None and not _process_alive(pid):
+                if proc is None and not process_alive(pid):
                     break
                 time.sleep(0.1)
             else:
@@ -200,7 +178,7 @@ class LocalCluster:
     def running(self) -> bool:
         """Whether every component recorded in the state file is still alive."""
         return bool(self.state and self.state.pids) and all(
-            _process_alive(pid) for pid in (self.state.pids.values() if self.state else [])
+            process_alive(pid) for pid in (self.state.pids.values() if self.state else [])
         )
 
     @classmethod
@@ -237,7 +215,7 @@ class LocalCluster:
             stderr=subprocess.STDOUT,
             cwd=self.state_dir,
             start_new_session=True,
-            preexec_fn=None if self.detached else _die_with_parent,
+            preexec_fn=None if self.detached else die_with_parent,
         )
         log_file.close()
         self._procs[name] = proc

@@ -1,0 +1,178 @@
+"""A private RabbitMQ node (Debian's rabbitmq-server + management plugin) on loopback, for tests and the demo.
+
+Own ports, own data and log directories, own Erlang cookie (``HOME`` points into the state directory), and an admin
+user with a generated password instead of ``guest``. The node runs as a child process in the foreground; stopping
+and starting it again keeps its data, so tests can take the broker away and bring it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+import requests
+
+from matchenv.devservices.process import die_with_parent, free_port, stop_process_group
+
+RABBITMQ_LIB = Path("/usr/lib/rabbitmq/bin")
+
+
+class BrokerStartError(RuntimeError):
+    """The node did not come up; the message holds the tail of its log."""
+
+
+@dataclass(frozen=True)
+class BrokerEndpoints:
+    """How to reach the node: AMQP and management URLs with the admin credentials."""
+
+    amqp_port: int
+    http_port: int
+    username: str
+    password: str
+
+    @property
+    def amqp_url(self) -> str:
+        return f"amqp://{quote(self.username, safe='')}:{quote(self.password, safe='')}@127.0.0.1:{self.amqp_port}/%2F"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+def _server_binary() -> Path:
+    binary = RABBITMQ_LIB / "rabbitmq-server"
+    if not binary.exists():
+        raise BrokerStartError("rabbitmq-server is not installed (run `make system-deps`)")
+    return binary
+
+
+class RabbitMQNode:
+    """One private RabbitMQ node whose state lives in ``state_dir``."""
+
+    def __init__(self, state_dir: Path, name: str = "matchenv", stats_interval_ms: int = 500,
+                 detached: bool = False) -> None:
+        self.state_dir = state_dir.resolve()
+        self.node_name = f"{name}-{os.getpid()}@localhost"
+        self.stats_interval_ms = stats_interval_ms
+        self.detached = detached
+        self.endpoints = BrokerEndpoints(free_port(), free_port(), "matchenv-admin", secrets.token_urlsafe(18))
+        self.dist_port = free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "rabbitmq.out"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "HOME": str(self.state_dir),
+            "RABBITMQ_NODENAME": self.node_name,
+            "RABBITMQ_MNESIA_BASE": str(self.state_dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.state_dir / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.state_dir / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.state_dir / "enabled_plugins"),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_PID_FILE": str(self.state_dir / "rabbitmq.pid"),
+        }
+
+    def _write_config(self) -> None:
+        ep = self.endpoints
+        (self.state_dir / "rabbitmq.conf").write_text(
+            "\n".join([
+                f"listeners.tcp.default = 127.0.0.1:{ep.amqp_port}",
+                f"management.tcp.port = {ep.http_port}",
+                "management.tcp.ip = 127.0.0.1",
+                f"collect_statistics_interval = {self.stats_interval_ms}",
+                f"default_user = {ep.username}",
+                f"default_pass = {ep.password}",
+                "default_user_tags.administrator = true",
+                "default_permissions.configure = .*",
+                "default_permissions.read = .*",
+                "default_permissions.write = .*",
+                "log.console = true",
+                "log.console.level = warning",
+                "log.file = false",
+                "",
+            ])
+        )
+        (self.state_dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+
+    def start(self, timeout: float = 90.0) -> RabbitMQNode:
+        """Start (or restart, keeping data) the node; return when the management API answers."""
+        if self._proc and self._proc.poll() is None:
+            return self
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.state_dir / "rabbitmq.conf").exists():
+            self._write_config()
+        log = self.log_file.open("ab")
+        self._proc = subprocess.Popen(
+            [str(_server_binary())],
+            env=self._env(),
+            cwd=self.state_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=None if self.detached else die_with_parent,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerStartError(f"rabbitmq-server exited with {self._proc.returncode}:\n{self.log_tail()}")
+            if self.healthy():
+                return self
+            time.sleep(0.3)
+        self.stop()
+        raise BrokerStartError(f"rabbitmq-server did not answer within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        ep = self.endpoints
+        try:
+            response = requests.get(f"{ep.management_url}/api/aliveness-test/{quote('/', safe='')}",
+                                    auth=(ep.username, ep.password), timeout=2)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+    def stop(self) -> None:
+        """Stop the node (TERM, then KILL after 30 s). Its data stays for a later :meth:`start`."""
+        if self._proc is None:
+            return
+        stop_process_group(self._proc, timeout=30)
+        self._proc = None
+
+    def kill(self) -> None:
+        """Kill the node at once, as a crash would."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        self._proc.wait(timeout=30)
+        self._proc = None
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_file.exists():
+            return "(no log)"
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> RabbitMQNode:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,71 @@
+"""Every name matchenv derives from one MatchEnvironment, in one place."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from matchenv.models import API_GROUP
+
+MANAGED_BY = "matchenv"
+ENV_LABEL = f"{API_GROUP}/environment"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+WORKER_COMPONENT = "worker"
+SECRETS_HASH_ANNOTATION = f"{API_GROUP}/secrets-hash"
+POLICY_PRIORITY = 100
+
+
+def broker_regex(name: str) -> str:
+    """An anchored Erlang regex matching exactly ``name`` (queue names may contain dots)."""
+    return "^" + re.sub(r"([.^$|()\[\]{}*+?\\])", r"\\\1", name) + "$"
+
+
+@dataclass(frozen=True)
+class EnvironmentNames:
+    """Names of what the operator owns for the MatchEnvironment ``namespace/name`` whose queue is ``queue``."""
+
+    namespace: str
+    name: str
+    queue: str
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return f"{self.queue}.dlq"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.queue}.dlx"
+
+    @property
+    def policy(self) -> str:
+        return f"matchenv.{self.queue}"
+
+    @property
+    def broker_user(self) -> str:
+        return f"matchenv.{self.namespace}.{self.name}"
+
+    @property
+    def broker_secret(self) -> str:
+        return f"{self.name}-broker"
+
+    @property
+    def deployment(self) -> str:
+        return f"{self.name}-workers"
+
+    @property
+    def selector_labels(self) -> dict[str, str]:
+        return {ENV_LABEL: self.name, COMPONENT_LABEL: WORKER_COMPONENT}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            **self.selector_labels,
+            "app.kubernetes.io/name": "matchenv",
+            "app.kubernetes.io/instance": self.name,
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+        }
+
+    @property
+    def selector(self) -> str:
+        """The label selector string for ``status.selector`` (scale subresource)."""
+        return ",".join(f"{k}={v}" for k, v in sorted(self.selector_labels.items()))

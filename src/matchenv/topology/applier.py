@@ -1,0 +1,28 @@
+"""Run a plan against the broker, in order, saying what was done."""
+
+from __future__ import annotations
+
+from matchenv.topology.client import BrokerError
+from matchenv.topology.planner import Broker, Plan
+
+
+class ApplyError(BrokerError):
+    """An action failed; ``failed`` names it and ``done`` lists what was applied before it."""
+
+    def __init__(self, cause: BrokerError, failed: str, done: list[str]) -> None:
+        super().__init__(str(cause), cause.operation, cause.status)
+        self.failed = failed
+        self.cause = cause
+        self.done = done
+
+
+def apply_plan(broker: Broker, plan: Plan) -> list[str]:
+    """Apply every action of ``plan``; return their descriptions. Raises :class:`ApplyError` at the first failure."""
+    done: list[str] = []
+    for action in plan.actions:
+        try:
+            action.apply(broker)
+        except BrokerError as exc:
+            raise ApplyError(exc, action.describe(), done) from exc
+        done.append(action.describe())
+    return done

@@ -1,0 +1,192 @@
+"""The one RabbitMQ management-HTTP client. Nothing else in matchenv speaks HTTP to the broker.
+
+One ``requests.Session`` per client (connection reuse), a timeout on every call, vhosts and names URL-encoded, and
+typed errors that say what failed. :meth:`ManagementClient.snapshot` reads everything the reconciler needs in a
+fixed number of calls, whatever the number of environments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, User
+
+DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, read) seconds
+QUEUE_COLUMNS = (
+    "name,vhost,type,durable,arguments,messages,messages_ready,messages_unacknowledged,consumers,policy"
+)
+
+
+class BrokerError(Exception):
+    """A management-API call failed. ``operation`` says which, e.g. ``PUT /api/queues/%2F/matches.dev``."""
+
+    def __init__(self, message: str, operation: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.status = status
+
+
+class BrokerUnreachable(BrokerError):
+    """No answer: connection refused, DNS failure, timeout, or a 5xx from the management plugin."""
+
+
+class BrokerAuthError(BrokerError):
+    """401/403: wrong credentials or a user without the administrator tag."""
+
+
+class BrokerConflict(BrokerError):
+    """400 PRECONDITION_FAILED and friends: e.g. a queue re-declared with other arguments or another type."""
+
+
+class BrokerNotFound(BrokerError):
+    """404: the vhost, queue, exchange, user or binding does not exist."""
+
+
+def _q(part: str) -> str:
+    return quote(part, safe="")
+
+
+class ManagementClient:
+    """Typed access to the RabbitMQ management API of one broker."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.auth = (username, password)
+        self.session.headers["content-type"] = "application/json"
+        self.calls = 0  # management calls made; the reconciler reports it per interval
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- transport -------------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
+        operation = f"{method} {path}"
+        self.calls += 1
+        try:
+            response = self.session.request(method, self.base_url + path, json=body, params=params,
+                                            timeout=self.timeout)
+        except requests.Timeout as exc:
+            raise BrokerUnreachable(f"{operation}: timed out after {self.timeout[1]:.0f}s", operation) from exc
+        except requests.RequestException as exc:
+            raise BrokerUnreachable(f"{operation}: broker unreachable at {self.base_url} ({exc.__class__.__name__})",
+                                    operation) from exc
+        status = response.status_code
+        if status < 300:
+            return response.json() if response.content else None
+        reason = _reason(response)
+        message = f"{operation}: {status} {reason}"
+        if status in (401, 403):
+            raise BrokerAuthError(message, operation, status)
+        if status == 404:
+            raise BrokerNotFound(message, operation, status)
+        if status >= 500:
+            raise BrokerUnreachable(message, operation, status)
+        raise BrokerConflict(message, operation, status)
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    def overview(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("GET", "/api/overview")
+        return result
+
+    def list_queues(self) -> list[Queue]:
+        rows = self._request("GET", "/api/queues", params={"columns": QUEUE_COLUMNS})
+        return [Queue.from_api(r) for r in rows]
+
+    def get_queue(self, vhost: str, name: str) -> Queue:
+        return Queue.from_api(self._request("GET", f"/api/queues/{_q(vhost)}/{_q(name)}"))
+
+    def list_exchanges(self) -> list[Exchange]:
+        rows = self._request("GET", "/api/exchanges", params={"columns": "name,vhost,type,durable"})
+        return [Exchange.from_api(r) for r in rows]
+
+    def list_bindings(self) -> list[Binding]:
+        return [Binding.from_api(r) for r in self._request("GET", "/api/bindings")]
+
+    def list_policies(self) -> list[Policy]:
+        return [Policy.from_api(r) for r in self._request("GET", "/api/policies")]
+
+    def list_users(self) -> list[User]:
+        return [User.from_api(r) for r in self._request("GET", "/api/users")]
+
+    def list_permissions(self) -> list[Permission]:
+        return [Permission.from_api(r) for r in self._request("GET", "/api/permissions")]
+
+    def snapshot(self) -> BrokerSnapshot:
+        """Everything the planner compares against, in six calls."""
+        return BrokerSnapshot.build(
+            queues=self.list_queues(),
+            exchanges=self.list_exchanges(),
+            bindings=self.list_bindings(),
+            policies=self.list_policies(),
+            users=self.list_users(),
+            permissions=self.list_permissions(),
+        )
+
+    # -- writes ----------------------------------------------------------------------------------------------
+    def put_vhost(self, name: str) -> None:
+        self._request("PUT", f"/api/vhosts/{_q(name)}", {})
+
+    def delete_vhost(self, name: str) -> None:
+        self._request("DELETE", f"/api/vhosts/{_q(name)}")
+
+    def declare_exchange(self, vhost: str, name: str, type_: str, durable: bool = True) -> None:
+        self._request("PUT", f"/api/exchanges/{_q(vhost)}/{_q(name)}",
+                      {"type": type_, "durable": durable, "auto_delete": False, "internal": False, "arguments": {}})
+
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        self._request("DELETE", f"/api/exchanges/{_q(vhost)}/{_q(name)}")
+
+    def declare_queue(self, vhost: str, name: str, arguments: dict[str, Any], durable: bool = True) -> None:
+        self._request("PUT", f"/api/queues/{_q(vhost)}/{_q(name)}",
+                      {"durable": durable, "auto_delete": False, "arguments": arguments})
+
+    def delete_queue(self, vhost: str, name: str) -> None:
+        self._request("DELETE", f"/api/queues/{_q(vhost)}/{_q(name)}")
+
+    def bind_queue(self, vhost: str, exchange: str, queue: str, routing_key: str = "") -> None:
+        self._request("POST", f"/api/bindings/{_q(vhost)}/e/{_q(exchange)}/q/{_q(queue)}",
+                      {"routing_key": routing_key, "arguments": {}})
+
+    def unbind_queue(self, vhost: str, exchange: str, queue: str, properties_key: str) -> None:
+        self._request("DELETE", f"/api/bindings/{_q(vhost)}/e/{_q(exchange)}/q/{_q(queue)}/{_q(properties_key)}")
+
+    def put_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any], priority: int,
+                   apply_to: str = "queues") -> None:
+        self._request("PUT", f"/api/policies/{_q(vhost)}/{_q(name)}",
+                      {"pattern": pattern, "definition": definition, "priority": priority, "apply-to": apply_to})
+
+    def delete_policy(self, vhost: str, name: str) -> None:
+        self._request("DELETE", f"/api/policies/{_q(vhost)}/{_q(name)}")
+
+    def put_user(self, name: str, password: str, tags: Iterable[str] = ()) -> None:
+        self._request("PUT", f"/api/users/{_q(name)}", {"password": password, "tags": ",".join(tags)})
+
+    def delete_user(self, name: str) -> None:
+        self._request("DELETE", f"/api/users/{_q(name)}")
+
+    def set_permissions(self, vhost: str, user: str, configure: str, write: str, read: str) -> None:
+        self._request("PUT", f"/api/permissions/{_q(vhost)}/{_q(user)}",
+                      {"configure": configure, "write": write, "read": read})
+
+
+def _reason(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason or "error"
+    if isinstance(body, dict):
+        return str(body.get("reason") or body.get("error") or response.reason)
+    return str(body)

@@ -1,0 +1,81 @@
+"""The broker topology one MatchEnvironment wants (pure: spec in, description out)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from matchenv.models import MatchEnvironmentSpec
+from matchenv.naming import POLICY_PRIORITY, EnvironmentNames, broker_regex
+
+
+@dataclass(frozen=True)
+class DesiredQueue:
+    name: str
+    type: str
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """Declare-time arguments: only the type. Everything mutable goes through the policy."""
+        return {"x-queue-type": self.type}
+
+
+@dataclass(frozen=True)
+class DesiredPermissions:
+    configure: str
+    write: str
+    read: str
+
+
+@dataclass(frozen=True)
+class DesiredTopology:
+    vhost: str
+    exchange: str
+    exchange_type: str
+    queue: DesiredQueue
+    routing_keys: tuple[str, ...]
+    dead_letter: bool
+    names: EnvironmentNames
+    policy_definition: dict[str, Any] = field(hash=False)
+    permissions: DesiredPermissions
+
+    @property
+    def dead_letter_queue(self) -> DesiredQueue:
+        return DesiredQueue(self.names.dead_letter_queue, self.queue.type)
+
+    @property
+    def policy_pattern(self) -> str:
+        return broker_regex(self.queue.name)
+
+    @property
+    def policy_priority(self) -> int:
+        return POLICY_PRIORITY
+
+
+def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec) -> DesiredTopology:
+    """What the broker should hold for the MatchEnvironment ``namespace/name``."""
+    queue_name = spec.queue.resolved_name(name)
+    names = EnvironmentNames(namespace, name, queue_name)
+    definition: dict[str, Any] = {}
+    if spec.queue.max_length is not None:
+        definition["max-length"] = spec.queue.max_length
+    if spec.queue.message_ttl_seconds is not None:
+        definition["message-ttl"] = spec.queue.message_ttl_seconds * 1000
+    if spec.queue.dead_letter:
+        definition["dead-letter-exchange"] = names.dead_letter_exchange
+    own_queue = broker_regex(queue_name)
+    # The worker may declare (with identical arguments) and consume its own queue, and publish a malformed
+    # message with its reason to its own dead-letter exchange. Nothing else: no default exchange, no other queue.
+    write = broker_regex(names.dead_letter_exchange) if spec.queue.dead_letter else ""
+    keys = tuple(spec.queue.routing_keys or ()) if spec.exchange.type.value == "topic" else ("",)
+    return DesiredTopology(
+        vhost=spec.broker.vhost,
+        exchange=spec.exchange.name,
+        exchange_type=spec.exchange.type.value,
+        queue=DesiredQueue(queue_name, spec.queue.type.value),
+        routing_keys=keys,
+        dead_letter=spec.queue.dead_letter,
+        names=names,
+        policy_definition=definition,
+        permissions=DesiredPermissions(configure=own_queue, write=write, read=own_queue),
+    )
