@@ -1,0 +1,168 @@
+"""Pure builders of the Kubernetes objects the operator owns: the broker Secret and the worker Deployment."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from matchenv.models import API_GROUP, API_VERSION, KIND, MatchEnvironmentSpec
+from matchenv.naming import SECRETS_HASH_ANNOTATION, EnvironmentNames
+
+Obj = dict[str, Any]
+METRICS_PORT = 9808
+FIELD_MANAGER = "matchenv-operator"
+
+
+def owner_reference(name: str, uid: str) -> Obj:
+    """Makes the object go with its MatchEnvironment (garbage collection) and marks the operator as controller."""
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def worker_amqp_url(broker_url: str, username: str, password: str, vhost: str) -> str:
+    """The broker URL the workers reach, with the environment user's credentials and the vhost in the path."""
+    parts = urlsplit(broker_url)
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme or "amqp", netloc, "/" + quote(vhost, safe=""), parts.query, ""))
+
+
+def build_broker_secret(names: EnvironmentNames, owner: Obj, broker_url: str, password: str, vhost: str) -> Obj:
+    """Secret ``<env>-broker``: the worker's AMQP URL with its own least-privilege user."""
+    url = worker_amqp_url(broker_url, names.broker_user, password, vhost)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": names.broker_secret,
+            "namespace": names.namespace,
+            "labels": names.labels,
+            "ownerReferences": [owner],
+        },
+        "type": "Opaque",
+        "stringData": {"url": url, "username": names.broker_user, "password": password},
+    }
+
+
+def secret_data_hash(*datas: Mapping[str, str] | None) -> str:
+    """A stable hash of Secrets' ``data``; it changes when any key or value changes."""
+    digest = hashlib.sha256()
+    for data in datas:
+        digest.update(json.dumps(dict(sorted((data or {}).items())), sort_keys=True).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def decode_secret_data(data: Mapping[str, str] | None) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (data or {}).items()}
+
+
+def build_deployment(
+    names: EnvironmentNames,
+    spec: MatchEnvironmentSpec,
+    owner: Obj,
+    replicas: int,
+    secrets_hash: str,
+) -> Obj:
+    """Deployment ``<env>-workers``: ``matchenv worker`` on the environment's queue, wired to its Secrets."""
+    workers = spec.workers
+    env: list[Obj] = [
+        {"name": "CELERY_BROKER_URL",
+         "valueFrom": {"secretKeyRef": {"name": names.broker_secret, "key": "url"}}},
+        {"name": "MATCHENV_ENVIRONMENT", "value": names.name},
+        {"name": "MATCHENV_QUEUE", "value": names.queue},
+        {"name": "MATCHENV_QUEUE_TYPE", "value": spec.queue.type.value},
+        {"name": "MATCHENV_DEAD_LETTER_EXCHANGE",
+         "value": names.dead_letter_exchange if spec.queue.dead_letter else ""},
+        {"name": "MATCHENV_METRICS_PORT", "value": str(METRICS_PORT)},
+    ]
+    env += [e.model_dump(by_alias=True, exclude_none=True) for e in workers.env or []]
+    container: Obj = {
+        "name": "worker",
+        "image": workers.image,
+        "command": ["matchenv", "worker"],
+        "args": ["--queue", names.queue, "--concurrency", str(workers.concurrency)],
+        "env": env,
+        "envFrom": [{"secretRef": {"name": workers.database_secret_ref.name}}],
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if workers.resources is not None:
+        container["resources"] = workers.resources.model_dump(by_alias=True, exclude_none=True)
+    pod_spec: Obj = {
+        "containers": [container],
+        # Celery finishes the message in hand on SIGTERM; unacknowledged ones go back to the queue anyway.
+        "terminationGracePeriodSeconds": 60,
+        "automountServiceAccountToken": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if workers.node_selector:
+        pod_spec["nodeSelector"] = dict(workers.node_selector)
+    if workers.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in workers.tolerations]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": names.deployment,
+            "namespace": names.namespace,
+            "labels": names.labels,
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": names.selector_labels},
+            "template": {
+                "metadata": {"labels": names.labels, "annotations": {SECRETS_HASH_ANNOTATION: secrets_hash}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def drifted(desired: Any, live: Any) -> bool:
+    """Whether ``live`` differs from ``desired`` in any field ``desired`` sets (server defaults are ignored)."""
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            return True
+        return any(drifted(v, live.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(live) != len(desired):
+            return True
+        return any(drifted(d, v) for d, v in zip(desired, live, strict=True))
+    if isinstance(desired, str) and isinstance(live, str | int):
+        return desired != str(live) and not _same_quantity(desired, str(live))
+    return bool(desired != live)
+
+
+def _same_quantity(a: str, b: str) -> bool:
+    from kubernetes.utils import parse_quantity
+
+    try:
+        return bool(parse_quantity(a) == parse_quantity(b))
+    except ValueError:
+        return False

@@ -1,0 +1,186 @@
+"""The one Kubernetes client seam of the operator: plain dicts in and out, a timeout on every call.
+
+Writes of owned objects are server-side applies (field manager ``matchenv-operator``, forced): applying an
+unchanged object changes nothing on the server, so reconciles stay idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from typing import Any, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from matchenv.models import API_GROUP, API_VERSION, KIND, PLURAL
+from matchenv.operator.builders import FIELD_MANAGER
+
+Obj = dict[str, Any]
+# The generated client types bodies as its own models; it validates plain dicts into them, which is what we pass.
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+
+
+def _json(response: Any) -> Obj:
+    data: Obj = json.loads(response.data or b"{}")
+    return data
+
+
+def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``)."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    configuration.retries = 1
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """Typed-enough access to what the operator reads and writes."""
+
+    def __init__(self, api_client: client.ApiClient, timeout: float = 10.0) -> None:
+        self.api_client = api_client
+        self.timeout = timeout
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
+
+    def _opts(self) -> dict[str, Any]:
+        return {"_request_timeout": self.timeout, "_preload_content": False}
+
+    # -- MatchEnvironments -----------------------------------------------------------------------------------
+    def list_environments(self, namespace: str | None = None) -> list[Obj]:
+        if namespace:
+            data = self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL,
+                                                             **self._opts())
+        else:
+            data = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, PLURAL, **self._opts())
+        items: list[Obj] = _json(data).get("items", [])
+        return items
+
+    def get_environment(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _json(self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name,
+                                                                  **self._opts()))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch_environment_status(self, namespace: str, name: str, status: Obj) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE, **self._opts()
+        )
+
+    def scale_environment(self, namespace: str, name: str, replicas: int) -> None:
+        self.custom.patch_namespaced_custom_object_scale(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"spec": {"replicas": replicas}}, _content_type=MERGE,
+            **self._opts()
+        )
+
+    # -- Secrets ---------------------------------------------------------------------------------------------
+    def get_secret(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _json(self.core.read_namespaced_secret(name, namespace, **self._opts()))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_secrets(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
+        if namespace:
+            data = self.core.list_namespaced_secret(namespace, label_selector=label_selector, **self._opts())
+        else:
+            data = self.core.list_secret_for_all_namespaces(label_selector=label_selector, **self._opts())
+        items: list[Obj] = _json(data).get("items", [])
+        return items
+
+    def apply_secret(self, body: Obj) -> Obj:
+        meta = body["metadata"]
+        return _json(self.core.patch_namespaced_secret(meta["name"], meta["namespace"], body,
+                                                       field_manager=FIELD_MANAGER, force=True, _content_type=APPLY,
+                                                       **self._opts()))
+
+    def delete_secret(self, namespace: str, name: str) -> bool:
+        try:
+            self.core.delete_namespaced_secret(name, namespace, **self._opts())
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    # -- Deployments -----------------------------------------------------------------------------------------
+    def list_deployments(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
+        if namespace:
+            data = self.apps.list_namespaced_deployment(namespace, label_selector=label_selector, **self._opts())
+        else:
+            data = self.apps.list_deployment_for_all_namespaces(label_selector=label_selector, **self._opts())
+        items: list[Obj] = _json(data).get("items", [])
+        return items
+
+    def get_deployment(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _json(self.apps.read_namespaced_deployment(name, namespace, **self._opts()))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def apply_deployment(self, body: Obj) -> Obj:
+        meta = body["metadata"]
+        return _json(self.apps.patch_namespaced_deployment(meta["name"], meta["namespace"], body,
+                                                           field_manager=FIELD_MANAGER, force=True,
+                                                           _content_type=APPLY, **self._opts()))
+
+    def delete_deployment(self, namespace: str, name: str) -> bool:
+        try:
+            self.apps.delete_namespaced_deployment(name, namespace, propagation_policy="Background", **self._opts())
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    # -- Events ----------------------------------------------------------------------------------------------
+    def post_event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:
+        """A core/v1 Event on the MatchEnvironment (``kubectl describe menv`` shows it)."""
+        meta = env["metadata"]
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{secrets.token_hex(8)}", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": "matchenv-operator"},
+            "reportingComponent": "matchenv-operator",
+        }
+        self.core.create_namespaced_event(meta["namespace"], cast(Any, body), **self._opts())
+
+    # -- Leases ----------------------------------------------------------------------------------------------
+    def get_lease(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _json(self.coordination.read_namespaced_lease(name, namespace, **self._opts()))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_lease(self, namespace: str, body: Obj) -> Obj:
+        return _json(self.coordination.create_namespaced_lease(namespace, cast(Any, body), **self._opts()))
+
+    def replace_lease(self, namespace: str, name: str, body: Obj) -> Obj:
+        """Optimistic update: fails with 409 if ``body.metadata.resourceVersion`` is stale."""
+        return _json(self.coordination.replace_namespaced_lease(name, namespace, cast(Any, body), **self._opts()))

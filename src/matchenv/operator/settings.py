@@ -1,0 +1,69 @@
+"""Operator settings: from ``MATCHENV_*`` environment variables, overridden by ``matchenv operator run`` options."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class OperatorSettings(BaseModel):
+    """How one operator process runs."""
+
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty: all.")
+    resync_seconds: float = Field(10.0, gt=0, description="How often the broker and Deployments are re-checked.")
+    broker_secret: str = Field("matchenv-system/matchenv-broker",
+                               description="namespace/name of the Secret with the default broker connection.")
+    operator_namespace: str = Field("matchenv-system", description="Where the leader Lease lives.")
+    leader_election: bool = True
+    lease_name: str = "matchenv-operator"
+    lease_seconds: float = Field(15.0, gt=1)
+    identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
+    metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus metrics; 0 turns them off.")
+    health_port: int = Field(8081, ge=0, le=65535, description="kopf liveness endpoint; 0 turns it off.")
+    api_timeout: float = Field(10.0, gt=0, description="Seconds for each Kubernetes API request.")
+    broker_timeout: float = Field(10.0, gt=0, description="Seconds for each management-API request.")
+    kubeconfig: str | None = None
+    log_json: bool = False
+
+    @field_validator("broker_secret")
+    @classmethod
+    def _namespaced(cls, value: str) -> str:
+        if value.count("/") != 1 or not all(value.split("/")):
+            raise ValueError("broker_secret must be 'namespace/name'")
+        return value
+
+    @property
+    def broker_secret_ref(self) -> tuple[str, str]:
+        namespace, name = self.broker_secret.split("/")
+        return namespace, name
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> OperatorSettings:
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, object] = {}
+        mapping = {
+            "MATCHENV_RESYNC_SECONDS": "resync_seconds",
+            "MATCHENV_BROKER_SECRET": "broker_secret",
+            "MATCHENV_OPERATOR_NAMESPACE": "operator_namespace",
+            "POD_NAMESPACE": "operator_namespace",
+            "MATCHENV_LEADER_ELECTION": "leader_election",
+            "MATCHENV_LEASE_NAME": "lease_name",
+            "MATCHENV_LEASE_SECONDS": "lease_seconds",
+            "POD_NAME": "identity",
+            "MATCHENV_METRICS_PORT": "metrics_port",
+            "MATCHENV_HEALTH_PORT": "health_port",
+            "MATCHENV_API_TIMEOUT": "api_timeout",
+            "MATCHENV_BROKER_TIMEOUT": "broker_timeout",
+            "KUBECONFIG": "kubeconfig",
+            "MATCHENV_LOG_JSON": "log_json",
+        }
+        for var, field in mapping.items():
+            if env.get(var):
+                values[field] = env[var]
+        if env.get("MATCHENV_NAMESPACES"):
+            values["namespaces"] = [n.strip() for n in env["MATCHENV_NAMESPACES"].split(",") if n.strip()]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)

@@ -1,0 +1,135 @@
+"""Pure status computation: what the operator saw → ``status`` with phase and conditions.
+
+Conditions keep their ``lastTransitionTime`` while their status stays the same, so a resync that changes nothing
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from matchenv.models import Phase
+from matchenv.topology.planner import QueueObservation
+
+
+@dataclass(frozen=True)
+class WorkersObservation:
+    exists: bool
+    replicas: int = 0  # desired, from the Deployment spec
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one reconcile learned about an environment."""
+
+    generation: int | None
+    exchange: str
+    queue: str
+    selector: str
+    topology: QueueObservation | None  # None: the broker could not be read
+    workers: WorkersObservation
+    problems: tuple[str, ...] = ()
+    broker_error: str | None = None
+    error_reason: str | None = None  # e.g. "BrokerUnreachable"
+    worker_problems: tuple[str, ...] = ()  # e.g. the database Secret is missing
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(old: dict[str, dict[str, Any]], type_: str, ok: bool, reason: str, message: str,
+               generation: int | None, now: str) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    previous = old.get(type_)
+    since = previous["lastTransitionTime"] if previous and previous.get("status") == status else now
+    condition = {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": since}
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    return condition
+
+
+def topology_condition(seen: Observation) -> tuple[bool, str, str]:
+    if seen.broker_error:
+        return False, seen.error_reason or "BrokerError", seen.broker_error
+    if seen.problems:
+        return False, "BrokerConflict", "; ".join(seen.problems)
+    if seen.topology is None or not seen.topology.exists:
+        return False, "QueueMissing", f"queue {seen.queue} does not exist yet"
+    if not seen.topology.bound:
+        return False, "BindingMissing", f"queue {seen.queue} is not bound to {seen.exchange} yet"
+    return True, "Converged", f"queue {seen.queue} is bound to {seen.exchange}"
+
+
+def workers_condition(seen: Observation) -> tuple[bool, str, str]:
+    w = seen.workers
+    if seen.worker_problems:
+        return False, "DatabaseSecretInvalid", "; ".join(seen.worker_problems)
+    if not w.exists:
+        return False, "DeploymentMissing", "the worker Deployment does not exist yet"
+    if w.replicas == 0:
+        return True, "ScaledToZero", "no workers wanted"
+    if w.ready_replicas >= w.replicas and w.updated_replicas >= w.replicas:
+        return True, "WorkersAvailable", f"{w.ready_replicas}/{w.replicas} workers ready"
+    return False, "WorkersUnavailable", f"{w.ready_replicas}/{w.replicas} workers ready"
+
+
+def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str | None = None) -> dict[str, Any]:
+    """The full ``status`` for ``seen``; counts the broker could not report are carried over from ``old_status``."""
+    old_status = old_status or {}
+    now = now or _now()
+    old = {str(c.get("type")): c for c in old_status.get("conditions") or [] if isinstance(c, dict)}
+    topo_ok, topo_reason, topo_msg = topology_condition(seen)
+    work_ok, work_reason, work_msg = workers_condition(seen)
+    ready = topo_ok and work_ok
+    if ready:
+        ready_reason, ready_msg = "Ready", "topology converged and workers available"
+    elif not topo_ok:
+        ready_reason, ready_msg = topo_reason, topo_msg
+    else:
+        ready_reason, ready_msg = work_reason, work_msg
+    conditions = [
+        _condition(old, "TopologyReady", topo_ok, topo_reason, topo_msg, seen.generation, now),
+        _condition(old, "WorkersReady", work_ok, work_reason, work_msg, seen.generation, now),
+        _condition(old, "Ready", ready, ready_reason, ready_msg, seen.generation, now),
+    ]
+    if ready:
+        phase = Phase.READY
+    elif seen.broker_error or seen.problems or seen.worker_problems:
+        phase = Phase.DEGRADED
+    elif old_status.get("phase") in (Phase.READY.value, Phase.DEGRADED.value) and not topo_ok:
+        phase = Phase.DEGRADED  # something that existed went missing and is being repaired
+    else:
+        phase = Phase.PENDING
+    status: dict[str, Any] = {
+        "phase": phase.value,
+        "exchange": seen.exchange,
+        "queue": seen.queue,
+        "selector": seen.selector,
+        "replicas": seen.workers.replicas,
+        "readyReplicas": seen.workers.ready_replicas,
+        "ready": f"{seen.workers.ready_replicas}/{seen.workers.replicas}",
+        "lastError": "; ".join(filter(None, [seen.broker_error, *seen.problems, *seen.worker_problems])) or None,
+        "conditions": conditions,
+    }
+    if seen.generation is not None:
+        status["observedGeneration"] = seen.generation
+    if seen.topology is not None:
+        status["messages"] = seen.topology.messages
+        status["consumers"] = seen.topology.consumers
+        status["deadLetterMessages"] = seen.topology.dead_letter_messages
+    else:
+        for key in ("messages", "consumers", "deadLetterMessages"):
+            if key in old_status:
+                status[key] = old_status[key]
+    return status
+
+
+def status_changed(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
+    """Whether writing ``new`` would change anything the operator owns in ``old``."""
+    old = old or {}
+    return any(old.get(k) != v for k, v in new.items())
