@@ -17,6 +17,8 @@ app = typer.Typer(
 )
 cluster_app = typer.Typer(help="A real local Kubernetes control plane for tests and the demo.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
+operator_app = typer.Typer(help="The Kubernetes operator.", no_args_is_help=True)
+app.add_typer(operator_app, name="operator")
 
 
 def _echo_err(message: str) -> None:
@@ -56,6 +58,42 @@ def crd(
     if stale:
         _echo_err(f"out of date with src/matchenv/models.py: {', '.join(stale)} (run `make crds`)")
         raise typer.Exit(1)
+
+
+@operator_app.command("run")
+def operator_run(
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Namespace to watch (repeat); default: all."),
+    resync_seconds: float | None = typer.Option(
+        None, help="Seconds between drift checks (env MATCHENV_RESYNC_SECONDS)."
+    ),
+    broker_secret: str | None = typer.Option(
+        None, help="namespace/name of the default broker Secret (env MATCHENV_BROKER_SECRET)."
+    ),
+    operator_namespace: str | None = typer.Option(None, help="Namespace of the leader Lease (env POD_NAMESPACE)."),
+    leader_election: bool | None = typer.Option(None, "--leader-election/--no-leader-election",
+                                                help="Run as active/standby through a Lease (default on)."),
+    metrics_port: int | None = typer.Option(None, help="Prometheus port, 0 for none (env MATCHENV_METRICS_PORT)."),
+    health_port: int | None = typer.Option(None, help="Liveness port, 0 for none (env MATCHENV_HEALTH_PORT)."),
+    kubeconfig: str | None = typer.Option(None, help="Kubeconfig outside a cluster (env KUBECONFIG)."),
+    log_json: bool = typer.Option(False, "--log-json", help="Structured JSON logs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run the operator: converge MatchEnvironments and keep them converged."""
+    from pydantic import ValidationError
+
+    from matchenv.operator.main import run
+    from matchenv.operator.settings import OperatorSettings
+
+    try:
+        settings = OperatorSettings.from_env(
+            namespaces=namespace or None, resync_seconds=resync_seconds, broker_secret=broker_secret,
+            operator_namespace=operator_namespace, leader_election=leader_election, metrics_port=metrics_port,
+            health_port=health_port, kubeconfig=kubeconfig, log_json=log_json or None,
+        )
+    except ValidationError as exc:
+        _echo_err(f"error: invalid operator settings: {exc}")
+        raise typer.Exit(2) from exc
+    raise typer.Exit(run(settings, verbose=verbose))
 
 
 @app.command("crd-ready")

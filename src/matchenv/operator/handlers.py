@@ -1,0 +1,96 @@
+"""Thin kopf handlers: read, hand to the reconciler, translate its outcome into kopf's retry semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from matchenv.models import API_GROUP, API_VERSION, PLURAL
+from matchenv.operator import metrics
+from matchenv.operator.reconciler import Reconciler, TeardownIncomplete
+from matchenv.operator.settings import OperatorSettings
+
+RESOURCE = (API_GROUP, API_VERSION, PLURAL)
+log = logging.getLogger("matchenv.operator")
+
+
+def plain(value: Any) -> Any:
+    """kopf's body views → plain dicts and lists the reconciler can keep and modify."""
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    ours: OperatorSettings = memo.settings
+    # Progress and diff-base in annotations: the CRD's status schema would prune kopf's own status fields.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.posting.level = logging.WARNING  # our own events say what changed; kopf's would repeat it
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = max(30.0, ours.api_timeout * 3)
+    settings.networking.connect_timeout = 10
+    settings.execution.max_workers = 8
+
+
+@kopf.on.startup()
+async def start_resync(memo: kopf.Memo, **_: Any) -> None:
+    memo.resync_task = asyncio.create_task(resync_forever(memo.reconciler, memo.settings.resync_seconds))
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "resync_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def resync_forever(reconciler: Reconciler, interval: float) -> None:
+    """Every ``interval`` seconds: one broker snapshot per broker, repair drift, refresh status, autoscale."""
+    while True:
+        await asyncio.sleep(interval)
+        metrics.RESYNCS.inc()
+        try:
+            with metrics.RESYNC_SECONDS.time():
+                report = await asyncio.to_thread(reconciler.resync_all)
+        except Exception as exc:  # the API server may be away; the next pass tries again
+            metrics.RESYNC_ERRORS.inc()
+            log.warning("resync failed: %s", exc)
+            continue
+        metrics.MANAGEMENT_CALLS.set(report.management_calls)
+        metrics.ENVIRONMENTS.set(report.environments)
+        metrics.STATUS_CHANGES.inc(report.changes)
+        level = logging.INFO if report.changes else logging.DEBUG
+        log.log(level, "resync: %d environments, %d management calls, %d status changes, %.2fs",
+                report.environments, report.management_calls, report.changes, report.seconds)
+
+
+@kopf.on.resume(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5)
+@kopf.on.create(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5)
+@kopf.on.update(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5)
+def converge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Broker problems end in a Degraded status (the resync loop heals them); API errors are retried by kopf."""
+    memo.reconciler.converge(plain(body))
+
+
+@kopf.on.delete(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5)
+def teardown(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        memo.reconciler.teardown(plain(body))
+    except TeardownIncomplete as exc:
+        raise kopf.TemporaryError(str(exc), delay=memo.settings.resync_seconds) from exc

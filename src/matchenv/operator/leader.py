@@ -1,0 +1,124 @@
+"""Active/standby through a ``coordination.k8s.io/v1`` Lease (kopf's peering pauses peers; it does not elect).
+
+The holder renews the Lease every ``lease_seconds / 3``. A standby takes it over when the record has not changed
+for ``lease_seconds`` by its own clock (it never trusts the other process's timestamps), with an optimistic
+update so that two standbys cannot both win. A holder that cannot renew within ``lease_seconds`` steps down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from kubernetes.client.exceptions import ApiException
+
+from matchenv.operator.kube import Kube, Obj
+
+log = logging.getLogger("matchenv.leader")
+
+
+def _micro_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaseElector:
+    def __init__(self, kube: Kube, namespace: str, name: str, identity: str, lease_seconds: float = 15.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.kube = kube
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self._observed: tuple[str | None, str | None] | None = None  # (holder, renewTime) last seen
+        self._observed_at = 0.0
+        self.last_renewed = 0.0
+
+    def _body(self, current: Obj | None, transitions: int) -> Obj:
+        now = _micro_now()
+        spec = {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": int(self.lease_seconds),
+            "renewTime": now,
+            "leaseTransitions": transitions,
+        }
+        held = current and (current.get("spec") or {}).get("holderIdentity") == self.identity
+        spec["acquireTime"] = (current or {}).get("spec", {}).get("acquireTime", now) if held else now
+        metadata: Obj = {"name": self.name, "namespace": self.namespace}
+        if current is not None:
+            metadata["resourceVersion"] = current["metadata"]["resourceVersion"]
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
+
+    def try_acquire_or_renew(self) -> bool:
+        """One election step; True if this process holds the Lease afterwards."""
+        try:
+            current = self.kube.get_lease(self.namespace, self.name)
+            if current is None:
+                self.kube.create_lease(self.namespace, self._body(None, 0))
+                log.info("acquired lease %s/%s as %s", self.namespace, self.name, self.identity)
+                self.last_renewed = self.clock()
+                return True
+            spec = current.get("spec") or {}
+            holder = spec.get("holderIdentity")
+            record = (holder, spec.get("renewTime"))
+            now = self.clock()
+            if record != self._observed:
+                self._observed, self._observed_at = record, now
+            transitions = int(spec.get("leaseTransitions") or 0)
+            if holder == self.identity:
+                self.kube.replace_lease(self.namespace, self.name, self._body(current, transitions))
+                self.last_renewed = now
+                return True
+            expired = not holder or now - self._observed_at >= self.lease_seconds
+            if not expired:
+                return False
+            self.kube.replace_lease(self.namespace, self.name, self._body(current, transitions + 1))
+            log.info("took over lease %s/%s from %s", self.namespace, self.name, holder or "nobody")
+            self.last_renewed = now
+            return True
+        except ApiException as exc:
+            if exc.status in (409, 422):  # someone else won the race
+                return False
+            log.warning("lease %s/%s: %s %s", self.namespace, self.name, exc.status, exc.reason)
+            return False
+        except Exception as exc:  # the API server may be down: keep trying
+            log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+            return False
+
+    def wait_until_leader(self, stop: threading.Event) -> bool:
+        """Block until this process holds the Lease (True) or ``stop`` is set (False)."""
+        announced = False
+        while not stop.is_set():
+            if self.try_acquire_or_renew():
+                return True
+            if not announced:
+                log.info("standing by: lease %s/%s is held by another replica", self.namespace, self.name)
+                announced = True
+            stop.wait(max(1.0, self.lease_seconds / 5))
+        return False
+
+    def keep_renewing(self, lost: threading.Event, stop: threading.Event) -> None:
+        """Renew until ``stop``; set ``lost`` if a renewal has not succeeded for ``lease_seconds``."""
+        while not stop.wait(self.lease_seconds / 3):
+            if self.try_acquire_or_renew():
+                continue
+            if self.clock() - self.last_renewed >= self.lease_seconds:
+                log.error("lost lease %s/%s: stepping down", self.namespace, self.name)
+                lost.set()
+                return
+
+    def release(self) -> None:
+        """Give the Lease up on a clean shutdown so a standby takes over at once."""
+        try:
+            current = self.kube.get_lease(self.namespace, self.name)
+            if current and (current.get("spec") or {}).get("holderIdentity") == self.identity:
+                body = self._body(current, int(current["spec"].get("leaseTransitions") or 0))
+                body["spec"]["holderIdentity"] = None
+                body["spec"]["leaseDurationSeconds"] = 1
+                self.kube.replace_lease(self.namespace, self.name, body)
+                log.info("released lease %s/%s", self.namespace, self.name)
+        except Exception as exc:
+            log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)

@@ -1,0 +1,72 @@
+"""``matchenv operator run``: metrics, leader election, then kopf until stopped or the Lease is lost."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import kopf
+from prometheus_client import start_http_server
+
+from matchenv.operator.kube import Kube, new_api_client
+from matchenv.operator.leader import LeaseElector
+from matchenv.operator.reconciler import Reconciler
+from matchenv.operator.settings import OperatorSettings
+
+log = logging.getLogger("matchenv.operator")
+
+
+def run(settings: OperatorSettings, verbose: bool = False) -> int:
+    """Run the operator; the exit code is 1 when leadership was lost (so the pod restarts into standby)."""
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if settings.log_json else kopf.LogFormat.FULL)
+    logging.getLogger("matchenv").setLevel(logging.DEBUG if verbose else logging.INFO)
+    kube = Kube(new_api_client(settings.kubeconfig), timeout=settings.api_timeout)
+    reconciler = Reconciler(kube, settings)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr="0.0.0.0")
+
+    stop = threading.Event()
+    halt = threading.Event()  # kopf's stop flag: a signal, or the lease lost
+    lost = threading.Event()
+    elector = LeaseElector(kube, settings.operator_namespace, settings.lease_name, settings.identity,
+                           settings.lease_seconds)
+    if settings.leader_election:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if not elector.wait_until_leader(stop):
+                return 0
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        log.info("leading as %s", settings.identity)
+
+        def watch_lease() -> None:
+            elector.keep_renewing(lost, stop)
+            if lost.is_set():
+                halt.set()
+
+        threading.Thread(target=watch_lease, name="lease", daemon=True).start()
+
+    import matchenv.operator.handlers  # noqa: F401 - registers the handlers with kopf
+
+    namespaces = settings.namespaces
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    try:
+        kopf.run(
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            memo=kopf.Memo(reconciler=reconciler, settings=settings),
+            stop_flag=halt,
+            liveness_endpoint=liveness,
+        )
+    finally:
+        stop.set()
+        if settings.leader_election and not lost.is_set():
+            elector.release()
+    return 1 if lost.is_set() else 0

@@ -1,0 +1,13 @@
+"""Prometheus metrics of the operator."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RESYNCS = Counter("matchenv_resyncs_total", "Resync passes over all environments.")
+RESYNC_ERRORS = Counter("matchenv_resync_errors_total", "Resync passes that failed (e.g. API server down).")
+RESYNC_SECONDS = Histogram("matchenv_resync_duration_seconds", "Time one resync pass took.")
+MANAGEMENT_CALLS = Gauge("matchenv_resync_management_calls",
+                         "RabbitMQ management-API calls made by the last resync pass.")
+ENVIRONMENTS = Gauge("matchenv_environments", "MatchEnvironments seen by the last resync pass.")
+STATUS_CHANGES = Counter("matchenv_status_changes_total", "Status writes made by resync passes.")
