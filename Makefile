@@ -25,13 +25,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv with matchenv and its test/dev tools
 
-crds: $(STAMP)  ## regenerate crds/ from src/matchenv/models.py
-	$(BIN)/matchenv crd --output-dir crds
+crds: $(STAMP)  ## regenerate crds/ and manifests/base/crds/ from src/matchenv/models.py
+	$(BIN)/matchenv crd
 
 lint: $(STAMP)  ## ruff, mypy, and a check that crds/ is up to date
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
-	$(BIN)/matchenv crd --check --output-dir crds
+	$(BIN)/matchenv crd --check
 
 cluster-build: $(STAMP)  ## build (or reuse) the cached control plane under ~/.cache/matchenv
 	$(BIN)/matchenv cluster build

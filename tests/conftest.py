@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from matchenv.devservices.rabbitmq import RabbitMQNode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -14,3 +17,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
         if tier in {"unit", "integration", "e2e"}:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:
+    """A private RabbitMQ node (Debian's rabbitmq-server + management) on loopback, for the whole session."""
+    node = RabbitMQNode(tmp_path_factory.mktemp("rabbitmq"), name="tests")
+    try:
+        node.start()
+    except Exception as exc:
+        pytest.fail(f"RabbitMQ did not start: {exc}", pytrace=False)
+    yield node
+    node.stop()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keep each phase's report on the item, so fixtures can show logs for failed tests."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -39,20 +39,22 @@ def _main(version: bool = typer.Option(False, "--version", help="Print the versi
 
 @app.command()
 def crd(
-    output_dir: Path = typer.Option(Path("crds"), "--output-dir", "-o", help="Directory to write the CRD files to."),
+    output_dir: list[Path] = typer.Option(
+        [Path("crds"), Path("manifests/base/crds")], "--output-dir", "-o", help="Directory to write to (repeat)."
+    ),
     check: bool = typer.Option(False, "--check", help="Exit 1 if the files on disk differ from the models."),
 ) -> None:
     """Generate the MatchEnvironment CRD and its defaulting policy from the pydantic models."""
     from matchenv.crd import rendered_files
 
     stale = []
-    for name, content in rendered_files().items():
-        path = output_dir / name
+    for (name, content), directory in ((item, d) for d in output_dir for item in rendered_files().items()):
+        path = directory / name
         if check:
             if not path.exists() or path.read_text() != content:
                 stale.append(str(path))
             continue
-        output_dir.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
         typer.echo(f"wrote {path}")
     if stale:

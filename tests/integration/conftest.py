@@ -1,4 +1,4 @@
-"""Real services for the integration tier: a private RabbitMQ node on loopback, started once per session."""
+"""Integration tier: a management client on the session's private RabbitMQ node (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,6 @@ import pytest
 
 from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.topology.client import ManagementClient
-
-
-@pytest.fixture(scope="session")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:
-    node = RabbitMQNode(tmp_path_factory.mktemp("rabbitmq"), name="itest")
-    try:
-        node.start()
-    except Exception as exc:
-        pytest.fail(f"RabbitMQ did not start: {exc}", pytrace=False)
-    yield node
-    node.stop()
 
 
 @pytest.fixture

@@ -144,19 +144,28 @@ def build_deployment(
     }
 
 
-def drifted(desired: Any, live: Any) -> bool:
-    """Whether ``live`` differs from ``desired`` in any field ``desired`` sets (server defaults are ignored)."""
+def drift(desired: Any, live: Any, path: str = "") -> str | None:
+    """The first field ``desired`` sets that ``live`` does not match (server-side defaults are ignored), or None."""
     if isinstance(desired, dict):
         if not isinstance(live, dict):
-            return True
-        return any(drifted(v, live.get(k)) for k, v in desired.items())
+            return path or "."
+        for key, value in desired.items():
+            found = drift(value, live.get(key), f"{path}.{key}")
+            if found:
+                return found
+        return None
     if isinstance(desired, list):
         if not isinstance(live, list) or len(live) != len(desired):
-            return True
-        return any(drifted(d, v) for d, v in zip(desired, live, strict=True))
+            return path
+        for i, (d, v) in enumerate(zip(desired, live, strict=True)):
+            found = drift(d, v, f"{path}[{i}]")
+            if found:
+                return found
+        return None
     if isinstance(desired, str) and isinstance(live, str | int):
-        return desired != str(live) and not _same_quantity(desired, str(live))
-    return bool(desired != live)
+        same = desired == str(live) or _same_quantity(desired, str(live))
+        return None if same else path
+    return None if desired == live else path
 
 
 def _same_quantity(a: str, b: str) -> bool:

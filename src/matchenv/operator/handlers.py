@@ -53,6 +53,11 @@ async def start_resync(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    # kopf waits for its stop flag in an executor thread; setting it lets that thread (and the process) end
+    # when kopf stops for another reason, such as SIGTERM.
+    halt = getattr(memo, "halt", None)
+    if halt is not None:
+        halt.set()
     task = getattr(memo, "resync_task", None)
     if task is not None:
         task.cancel()

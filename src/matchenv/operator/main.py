@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -20,6 +21,7 @@ log = logging.getLogger("matchenv.operator")
 
 def run(settings: OperatorSettings, verbose: bool = False) -> int:
     """Run the operator; the exit code is 1 when leadership was lost (so the pod restarts into standby)."""
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack to stderr
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if settings.log_json else kopf.LogFormat.FULL)
     logging.getLogger("matchenv").setLevel(logging.DEBUG if verbose else logging.INFO)
     kube = Kube(new_api_client(settings.kubeconfig), timeout=settings.api_timeout)
@@ -61,7 +63,7 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
             standalone=True,
             clusterwide=not namespaces,
             namespaces=namespaces,
-            memo=kopf.Memo(reconciler=reconciler, settings=settings),
+            memo=kopf.Memo(reconciler=reconciler, settings=settings, halt=halt),
             stop_flag=halt,
             liveness_endpoint=liveness,
         )

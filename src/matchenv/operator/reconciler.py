@@ -195,12 +195,18 @@ class Reconciler:
         live = prefetched.deployments.get((namespace, names.deployment)) if prefetched else None
         if live is None:
             live = self.kube.get_deployment(namespace, names.deployment)
-        if live is None or builders.drifted(deployment, live):
+        # list responses carry no apiVersion/kind on their items: compare what we own, metadata and spec
+        differs = None if live is None else builders.drift(
+            {"metadata": deployment["metadata"], "spec": deployment["spec"]}, live
+        )
+        if live is None or differs:
             applied = self.kube.apply_deployment(deployment)
             if live is None:
                 self._event(env, "DeploymentCreated", f"created Deployment {names.deployment}")
             elif applied["metadata"].get("resourceVersion") != live["metadata"].get("resourceVersion"):
-                self._event(env, "DeploymentUpdated", f"updated Deployment {names.deployment}")
+                self._event(env, "DeploymentUpdated", f"updated Deployment {names.deployment} ({differs} differed)")
+            else:
+                log.debug("%s/%s Deployment differs at %s but applying changed nothing", namespace, name, differs)
             live = applied
         workers = _workers(live)
 

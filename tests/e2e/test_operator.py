@@ -1,0 +1,324 @@
+"""The operator end to end: real API server, real RabbitMQ, the operator as a process with its own RBAC, and a node
+agent that reports the worker pods Ready (the worker processes themselves are the worker tests' business)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+import yaml
+from kubernetes import client, config
+
+from matchenv.devcluster.nodeagent import NodeAgent, wait_for_node_ready
+from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv.naming import SECRETS_HASH_ANNOTATION
+from tests.cases import environment
+from tests.e2e.conftest import Kubectl
+from tests.e2e.harness import (
+    ManagementReader,
+    OperatorProcess,
+    secret_value,
+    service_account_kubeconfig,
+    wait_for,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+RESYNC = 2.0
+ENVS = ("prod", "dev", "staging")
+
+
+@dataclass
+class Platform:
+    kubectl: Kubectl
+    rabbitmq: RabbitMQNode
+    mgmt: ManagementReader
+    operator: OperatorProcess
+    sa_kubeconfig: Path
+    tmp: Path
+
+    def status(self, name: str) -> dict[str, Any]:
+        status: dict[str, Any] = self.kubectl.get_json("menv", name).get("status") or {}
+        return status
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), None)
+
+    def is_ready(self, name: str) -> bool:
+        ready = self.condition(name, "Ready")
+        return bool(ready and ready["status"] == "True")
+
+    def publish(self, body: bytes = b'{"probe": true}', exchange: str = "matches-fanout") -> None:
+        with pika.BlockingConnection(pika.URLParameters(self.rabbitmq.endpoints.amqp_url)) as conn:
+            channel = conn.channel()
+            channel.confirm_delivery()
+            channel.basic_publish(exchange, "", body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+
+    def messages(self, queue: str) -> int | None:
+        info = self.mgmt.queue(queue)
+        return None if info is None else int(info.get("messages", 0))
+
+    def purge(self, queue: str) -> None:
+        self.mgmt.delete(f"/api/queues/%2F/{queue}/contents")
+
+
+def _broker_secret(rabbitmq: RabbitMQNode) -> dict[str, Any]:
+    ep = rabbitmq.endpoints
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "matchenv-broker", "namespace": "matchenv-system"},
+        "stringData": {"url": f"amqp://127.0.0.1:{ep.amqp_port}", "management-url": ep.management_url,
+                       "username": ep.username, "password": ep.password},
+    }
+
+
+def _db_secret(env: str, value: str = "postgresql://matchenv@127.0.0.1:5432/x") -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"matchenv-db-{env}", "namespace": "default"},
+            "stringData": {"DATABASE_URL": value}}
+
+
+@pytest.fixture(scope="module")
+def platform(crd_installed: Kubectl, rabbitmq: RabbitMQNode, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[Platform]:
+    kubectl = crd_installed
+    tmp = tmp_path_factory.mktemp("operator")
+    base = ROOT / "manifests/base"
+    kubectl.run("apply", "-f", str(base / "namespace.yaml"), "-f", str(base / "rbac.yaml"))
+    kubectl.apply(_broker_secret(rabbitmq))
+    for env in (*ENVS, "preview"):
+        kubectl.apply(_db_secret(env))
+    api = config.new_client_from_config(str(kubectl.cluster.kubeconfig))
+    agent = NodeAgent(api).start()
+    wait_for_node_ready(client.CoreV1Api(api), agent.name)
+    sa = service_account_kubeconfig(kubectl, "matchenv-system", "matchenv-operator", tmp / "operator.kubeconfig")
+    operator = OperatorProcess(sa, tmp / "operator.log", resync_seconds=RESYNC).start()
+    plat = Platform(kubectl, rabbitmq, ManagementReader(rabbitmq), operator, sa, tmp)
+    yield plat
+    kubectl.run("delete", "menv", "--all", "--timeout=60s", check=False, timeout=90)
+    plat.operator.stop()
+    agent.stop()
+    log = "".join(p.read_text(errors="replace") for p in tmp.glob("*.log"))
+    forbidden = [line for line in log.splitlines() if "Forbidden" in line or '" 403 ' in line]
+    assert forbidden == [], "the operator hit a permission its RBAC lacks"
+
+
+@pytest.fixture(autouse=True)
+def _show_operator_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "platform" in request.fixturenames:
+        print(request.getfixturevalue("platform").operator.log()[-6000:])
+
+
+def test_three_environments_become_ready(platform: Platform) -> None:
+    kubectl, mgmt = platform.kubectl, platform.mgmt
+    for env in ENVS:
+        kubectl.run("apply", "-f", str(EXAMPLES / f"{env}.yaml"))
+    kubectl.run("wait", "--for=condition=Ready", "menv", "--all", "--timeout=90s", timeout=120)
+    for env in ENVS:
+        queue = f"matches.{env}"
+        assert mgmt.queue(queue) is not None
+        assert mgmt.queue(f"{queue}.dlq") is not None
+        assert len(mgmt.bindings("matches-fanout", queue)) == 1
+        assert len(mgmt.bindings(f"{queue}.dlx", f"{queue}.dlq")) == 1
+        assert mgmt.user(f"matchenv.default.{env}") is not None
+        deployment = kubectl.get_json("deployment", f"{env}-workers")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["matchenv", "worker"]
+        assert container["args"][:2] == ["--queue", queue]
+        env_vars = {e["name"]: e for e in container["env"]}
+        assert env_vars["CELERY_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {"name": f"{env}-broker", "key": "url"}
+        assert container["envFrom"] == [{"secretRef": {"name": f"matchenv-db-{env}"}}]
+        assert deployment["metadata"]["ownerReferences"][0]["kind"] == "MatchEnvironment"
+        status = platform.status(env)
+        assert status["phase"] == "Ready"
+        assert status["queue"] == queue
+        assert status["ready"] == f"{status['readyReplicas']}/{status['replicas']}"
+        assert status["selector"] == f"app.kubernetes.io/component=worker,matchenv.io/environment={env}"
+    assert mgmt.queue("matches.prod")["type"] == "quorum"
+    lines = kubectl.run("get", "menv").stdout.splitlines()
+    prod = next(line.split() for line in lines if line.startswith("prod "))
+    assert prod[1] == "matches.prod"
+    assert prod[-2] == "Ready"
+
+
+def test_one_publish_lands_once_in_every_queue(platform: Platform) -> None:
+    for env in ENVS:
+        platform.purge(f"matches.{env}")
+    platform.publish()
+    for env in ENVS:
+        wait_for(lambda e=env: platform.messages(f"matches.{e}") == 1, what=f"1 message in matches.{env}")
+    wait_for(lambda: platform.status("staging").get("messages") == 1, what="status.messages == 1")
+    for env in ENVS:
+        platform.purge(f"matches.{env}")
+
+
+def test_environment_user_cannot_read_another_environments_queue(platform: Platform) -> None:
+    url = secret_value(platform.kubectl, "default", "dev-broker", "url")
+    assert url.startswith("amqp://matchenv.default.dev:")
+    with pika.BlockingConnection(pika.URLParameters(url)) as conn:
+        conn.channel().basic_consume("matches.dev", lambda *a: None)  # its own queue: allowed
+    with pika.BlockingConnection(pika.URLParameters(url)) as conn, \
+            pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        conn.channel().basic_consume("matches.prod", lambda *a: None)
+    assert info.value.reply_code == 403
+    assert "ACCESS_REFUSED" in info.value.reply_text
+
+
+def test_hand_deleted_binding_queue_and_deployment_are_repaired(platform: Platform) -> None:
+    mgmt, kubectl = platform.mgmt, platform.kubectl
+    binding = mgmt.bindings("matches-fanout", "matches.staging")[0]
+    mgmt.delete(f"/api/bindings/%2F/e/matches-fanout/q/matches.staging/{binding['properties_key']}")
+    wait_for(lambda: len(mgmt.bindings("matches-fanout", "matches.staging")) == 1, timeout=4 * RESYNC + 10,
+             what="binding repaired")
+    mgmt.delete("/api/queues/%2F/matches.staging")
+    kubectl.run("delete", "deployment", "staging-workers", "--wait=false")
+    wait_for(lambda: mgmt.queue("matches.staging") is not None and
+             len(mgmt.bindings("matches-fanout", "matches.staging")) == 1, timeout=4 * RESYNC + 10,
+             what="queue and binding repaired")
+    wait_for(lambda: kubectl.run("get", "deployment", "staging-workers", check=False).returncode == 0,
+             timeout=4 * RESYNC + 10, what="deployment repaired")
+    wait_for(lambda: platform.is_ready("staging"), what="staging Ready again")
+
+
+def test_hand_edited_deployment_is_put_back(platform: Platform) -> None:
+    kubectl = platform.kubectl
+    kubectl.run("patch", "deployment", "staging-workers", "--type=json", "-p",
+                json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/args/1", "value": "other"}]))
+    wait_for(lambda: kubectl.get_json("deployment", "staging-workers")["spec"]["template"]["spec"]["containers"][0]
+             ["args"][1] == "matches.staging", timeout=4 * RESYNC + 10, what="args put back")
+
+
+def test_max_length_change_applies_to_the_live_queue(platform: Platform) -> None:
+    platform.purge("matches.staging")
+    platform.publish(b'{"kept": true}')
+    wait_for(lambda: platform.messages("matches.staging") == 1, what="one message")
+    platform.kubectl.run("patch", "menv", "staging", "--type=merge", "-p", '{"spec":{"queue":{"maxLength":7}}}')
+    wait_for(lambda: (platform.mgmt.policy("matchenv.matches.staging") or {}).get("definition", {})
+             .get("max-length") == 7, what="policy max-length 7")
+    wait_for(lambda: (platform.mgmt.queue("matches.staging") or {}).get("effective_policy_definition", {})
+             .get("max-length") == 7, what="queue sees max-length 7")
+    assert platform.messages("matches.staging") == 1  # the same queue: its message is still there
+    platform.purge("matches.staging")
+
+
+def test_database_secret_change_rolls_the_workers(platform: Platform) -> None:
+    kubectl = platform.kubectl
+
+    def template_hash() -> str:
+        meta = kubectl.get_json("deployment", "staging-workers")["spec"]["template"]["metadata"]
+        return str(meta["annotations"][SECRETS_HASH_ANNOTATION])
+
+    before = template_hash()
+    kubectl.apply(_db_secret("staging", "postgresql://matchenv@127.0.0.1:5432/rotated"))
+    after = wait_for(lambda: template_hash() != before and template_hash(), timeout=4 * RESYNC + 10,
+                     what="new pod-template hash")
+    assert after != before
+    rs = kubectl.get_json("replicasets", "-l", "matchenv.io/environment=staging")["items"]
+    assert len({r["metadata"]["annotations"]["deployment.kubernetes.io/revision"] for r in rs}) >= 2
+
+
+def test_broker_outage_degrades_and_heals_without_restart(platform: Platform) -> None:
+    pid = platform.operator.pid
+    platform.rabbitmq.stop()
+    try:
+        wait_for(lambda: platform.status("prod").get("phase") == "Degraded", timeout=30, what="Degraded")
+        status = platform.status("prod")
+        topology = platform.condition("prod", "TopologyReady")
+        assert topology is not None
+        assert topology["status"] == "False"
+        assert topology["reason"] == "BrokerUnreachable"
+        assert "broker unreachable" in status["lastError"]
+        assert platform.operator.alive()
+    finally:
+        platform.rabbitmq.start()
+    for env in ENVS:
+        wait_for(lambda e=env: platform.is_ready(e), timeout=60, what=f"{env} Ready again")
+    assert platform.status("prod").get("lastError") is None
+    assert platform.operator.alive()
+    assert platform.operator.pid == pid
+
+
+def test_killed_operator_restarts_and_converges_without_duplicates(platform: Platform) -> None:
+    kubectl = platform.kubectl
+    kubectl.apply(environment("preview"))
+    platform.operator.kill()  # mid-reconcile: the create handler may be anywhere
+    platform.operator = OperatorProcess(platform.sa_kubeconfig, platform.tmp / "operator-2.log",
+                                        resync_seconds=RESYNC, identity="operator-b").start()
+    wait_for(lambda: platform.is_ready("preview"), timeout=90, what="preview Ready after restart")
+    assert len(platform.mgmt.bindings("matches-fanout", "matches.preview")) == 1
+    deployments = kubectl.get_json("deployments", "-l", "matchenv.io/environment=preview")["items"]
+    assert len(deployments) == 1
+    secrets = kubectl.get_json("secrets", "-l", "matchenv.io/environment=preview")["items"]
+    assert [s["metadata"]["name"] for s in secrets] == ["preview-broker"]
+    users = [u["name"] for u in platform.mgmt.get("/api/users") if u["name"].startswith("matchenv.default.")]
+    assert sorted(users) == sorted(f"matchenv.default.{e}" for e in (*ENVS, "preview"))
+
+
+def test_management_calls_per_resync_do_not_grow_with_environments(platform: Platform) -> None:
+    wait_for(lambda: all(platform.is_ready(e) for e in (*ENVS, "preview")), what="all Ready")
+    calls = wait_for(lambda: platform.operator.metric("matchenv_resync_management_calls"), what="metric")
+    # four environments, one broker: one snapshot = 6 calls (queues, exchanges, bindings, policies, users,
+    # permissions), the same as for one environment
+    assert calls == 6
+
+
+def test_standby_takes_over_when_the_leader_dies(platform: Platform) -> None:
+    standby = OperatorProcess(platform.sa_kubeconfig, platform.tmp / "standby.log", resync_seconds=RESYNC,
+                              identity="operator-standby").start()
+    try:
+        wait_for(lambda: "standing by" in standby.log(), timeout=30, what="standby announces itself")
+        platform.operator.kill()
+        wait_for(lambda: "took over lease" in standby.log() or "acquired lease" in standby.log(), timeout=40,
+                 what="standby takes over")
+        platform.kubectl.apply(environment("handover"))
+        platform.kubectl.apply(_db_secret("handover"))
+        wait_for(lambda: platform.is_ready("handover"), timeout=60, what="new leader converges")
+        platform.kubectl.run("delete", "menv", "handover", "--timeout=60s")
+    finally:
+        platform.operator = standby
+
+
+def test_delete_unbinds_and_keeps_or_deletes_the_queue(platform: Platform) -> None:
+    kubectl, mgmt = platform.kubectl, platform.mgmt
+    for env in ("staging", "dev"):
+        platform.purge(f"matches.{env}")
+    platform.publish(b'{"last": true}')
+    for env in ("staging", "dev"):
+        wait_for(lambda e=env: platform.messages(f"matches.{e}") == 1, what=f"message in {env}")
+    kubectl.run("delete", "menv", "staging", "dev", "--timeout=60s", timeout=90)
+    # Retain (staging): unbound, user gone, the queue and its message kept
+    assert mgmt.bindings("matches-fanout", "matches.staging") == []
+    assert mgmt.user("matchenv.default.staging") is None
+    assert platform.messages("matches.staging") == 1
+    # Delete (dev): the queue and its dead-letter queue are gone too
+    assert mgmt.queue("matches.dev") is None
+    assert mgmt.queue("matches.dev.dlq") is None
+    assert mgmt.user("matchenv.default.dev") is None
+    for env in ("staging", "dev"):
+        assert kubectl.run("get", "deployment", f"{env}-workers", check=False).returncode != 0
+        assert kubectl.run("get", "secret", f"{env}-broker", check=False).returncode != 0
+    # prod untouched
+    assert platform.is_ready("prod")
+    assert len(mgmt.bindings("matches-fanout", "matches.prod")) == 1
+    events = kubectl.run("get", "events", "--field-selector", "involvedObject.name=staging", "-o", "yaml").stdout
+    reasons = {e["reason"] for e in yaml.safe_load(events)["items"]}
+    assert {"BrokerChanged", "DeploymentCreated", "QueueRetained"} <= reasons
+    platform.mgmt.delete("/api/queues/%2F/matches.staging")
+
+
+def test_sigterm_stops_the_operator_and_releases_the_lease(platform: Platform) -> None:
+    assert platform.operator.stop(timeout=20) == 0
+    lease = platform.kubectl.get_json("lease", "matchenv-operator", "-n", "matchenv-system")
+    assert lease["spec"].get("holderIdentity") in (None, "")
+    assert "released lease" in platform.operator.log()
+    platform.operator = OperatorProcess(platform.sa_kubeconfig, platform.tmp / "operator-3.log",
+                                        resync_seconds=RESYNC, identity="operator-c").start()
+    wait_for(lambda: "acquired lease" in platform.operator.log() or "took over lease" in platform.operator.log(),
+             timeout=20, what="a new operator leads at once")

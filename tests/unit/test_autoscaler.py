@@ -1,0 +1,43 @@
+"""Backlog-based scaling decisions."""
+
+from __future__ import annotations
+
+from matchenv.models import AutoscalingSpec
+from matchenv.operator.autoscaler import Autoscaler, target_replicas
+
+SPEC = AutoscalingSpec.model_validate({"enabled": True, "minReplicas": 1, "maxReplicas": 5,
+                                       "messagesPerReplica": 100})
+
+
+def test_target_follows_the_backlog_within_bounds() -> None:
+    assert target_replicas(SPEC, 0) == 1
+    assert target_replicas(SPEC, 1) == 1
+    assert target_replicas(SPEC, 101) == 2
+    assert target_replicas(SPEC, 10_000) == 5
+
+
+def test_scale_to_zero_only_when_allowed() -> None:
+    zero = SPEC.model_copy(update={"min_replicas": 0})
+    assert target_replicas(zero, 0) == 0
+    assert target_replicas(zero, 1) == 1
+
+
+def test_up_at_once_down_after_the_delay() -> None:
+    scaler = Autoscaler(scale_down_delay=60)
+    assert scaler.decide("a", SPEC, backlog=450, current=1, now=0) == 5
+    assert scaler.decide("a", SPEC, backlog=0, current=5, now=10) == 5
+    assert scaler.decide("a", SPEC, backlog=0, current=5, now=69) == 5
+    assert scaler.decide("a", SPEC, backlog=0, current=5, now=70) == 1
+
+
+def test_a_burst_resets_the_scale_down_clock() -> None:
+    scaler = Autoscaler(scale_down_delay=60)
+    assert scaler.decide("a", SPEC, backlog=0, current=3, now=0) == 3
+    assert scaler.decide("a", SPEC, backlog=300, current=3, now=30) == 3
+    assert scaler.decide("a", SPEC, backlog=0, current=3, now=80) == 3
+    assert scaler.decide("a", SPEC, backlog=0, current=3, now=140) == 1
+
+
+def test_disabled_keeps_the_replicas_the_user_set() -> None:
+    off = SPEC.model_copy(update={"enabled": False})
+    assert Autoscaler().decide("a", off, backlog=10_000, current=2, now=0) == 2

@@ -1,0 +1,82 @@
+"""Pure status computation: phases, conditions and their transition times."""
+
+from __future__ import annotations
+
+from matchenv.operator.status import Observation, WorkersObservation, build_status, status_changed
+from matchenv.topology.planner import QueueObservation
+
+BOUND = QueueObservation(exists=True, messages=5, consumers=2, dead_letter_messages=1, bound=True)
+READY_WORKERS = WorkersObservation(exists=True, replicas=2, ready_replicas=2, updated_replicas=2)
+
+
+def seen(**changes: object) -> Observation:
+    base = {"generation": 3, "exchange": "matches-fanout", "queue": "matches.staging",
+            "selector": "app.kubernetes.io/component=worker,matchenv.io/environment=staging",
+            "topology": BOUND, "workers": READY_WORKERS}
+    base.update(changes)
+    return Observation(**base)  # type: ignore[arg-type]
+
+
+def conditions(status: dict[str, object]) -> dict[str, dict[str, str]]:
+    return {c["type"]: c for c in status["conditions"]}  # type: ignore[attr-defined, index]
+
+
+def test_ready_when_topology_and_workers_are() -> None:
+    status = build_status(seen(), None, now="2026-01-01T00:00:00Z")
+    assert status["phase"] == "Ready"
+    assert status["ready"] == "2/2"
+    assert (status["messages"], status["consumers"], status["deadLetterMessages"]) == (5, 2, 1)
+    assert status["observedGeneration"] == 3
+    assert status["lastError"] is None
+    assert {t: c["status"] for t, c in conditions(status).items()} == {
+        "TopologyReady": "True", "WorkersReady": "True", "Ready": "True"}
+
+
+def test_pending_while_workers_start() -> None:
+    status = build_status(seen(workers=WorkersObservation(True, 2, 0, 2)), None)
+    assert status["phase"] == "Pending"
+    ready = conditions(status)["Ready"]
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "WorkersUnavailable", "0/2 workers ready")
+
+
+def test_broker_outage_is_degraded_and_keeps_the_last_counts() -> None:
+    old = build_status(seen(), None)
+    status = build_status(seen(topology=None, broker_error="GET /api/queues: broker unreachable",
+                               error_reason="BrokerUnreachable"), old)
+    assert status["phase"] == "Degraded"
+    assert status["lastError"] == "GET /api/queues: broker unreachable"
+    assert conditions(status)["TopologyReady"]["reason"] == "BrokerUnreachable"
+    assert status["messages"] == 5
+
+
+def test_conflicts_and_database_problems_are_degraded() -> None:
+    status = build_status(seen(problems=("queue x exists as a classic queue",)), None)
+    assert status["phase"] == "Degraded"
+    assert conditions(status)["TopologyReady"]["reason"] == "BrokerConflict"
+    status = build_status(seen(worker_problems=("database Secret db not found",)), None)
+    assert status["phase"] == "Degraded"
+    assert conditions(status)["WorkersReady"]["reason"] == "DatabaseSecretInvalid"
+    assert status["lastError"] == "database Secret db not found"
+
+
+def test_missing_binding_after_ready_is_degraded_until_repaired() -> None:
+    old = build_status(seen(), None)
+    status = build_status(seen(topology=QueueObservation(exists=True, bound=False)), old)
+    assert status["phase"] == "Degraded"
+    assert conditions(status)["TopologyReady"]["reason"] == "BindingMissing"
+
+
+def test_scaled_to_zero_is_ready() -> None:
+    status = build_status(seen(workers=WorkersObservation(True, 0, 0, 0)), None)
+    assert status["phase"] == "Ready"
+    assert conditions(status)["WorkersReady"]["reason"] == "ScaledToZero"
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    first = build_status(seen(), None, now="2026-01-01T00:00:00Z")
+    second = build_status(seen(), first, now="2026-01-01T00:05:00Z")
+    assert conditions(second)["Ready"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert not status_changed(second, first)
+    third = build_status(seen(workers=WorkersObservation(True, 2, 1, 2)), second, now="2026-01-01T00:06:00Z")
+    assert conditions(third)["Ready"]["lastTransitionTime"] == "2026-01-01T00:06:00Z"
+    assert status_changed(third, second)
