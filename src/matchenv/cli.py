@@ -98,6 +98,33 @@ def operator_run(
     raise typer.Exit(run(settings, verbose=verbose))
 
 
+@app.command("broker-secret")
+def broker_secret(
+    url: str = typer.Option(..., help="AMQP URL as the workers reach the broker, e.g. amqp://rabbitmq:5672."),
+    management_url: str = typer.Option(..., help="Management API URL, e.g. http://rabbitmq:15672."),
+    username: str = typer.Option("matchenv-admin", help="Admin user the operator manages the broker as."),
+    namespace: str = typer.Option("matchenv-system", help="Namespace of the Secret."),
+    name: str = typer.Option("matchenv-broker", help="Name of the Secret."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input "
+                                        "instead of generating one."),
+) -> None:
+    """Print the operator's broker Secret as YAML (pipe it to `kubectl apply -f -`); the password is generated."""
+    import secrets as _secrets
+
+    import yaml
+
+    password = sys.stdin.readline().strip() if password_stdin else _secrets.token_urlsafe(24)
+    if not password:
+        _echo_err("error: empty password on standard input")
+        raise typer.Exit(2)
+    secret = {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": "matchenv"}},
+        "stringData": {"url": url, "management-url": management_url, "username": username, "password": password},
+    }
+    typer.echo(yaml.safe_dump(secret, sort_keys=False), nl=False)
+
+
 @app.command("crd-ready")
 def crd_ready(
     timeout: float = typer.Option(30.0, help="Seconds to wait."),

@@ -180,7 +180,7 @@ class NodeAgent:
         selector = f"spec.nodeName={self.name}"
         listing = self.core.list_pod_for_all_namespaces(field_selector=selector, _request_timeout=30,
                                                         _preload_content=False)
-        data = json.loads(listing.data)
+        data = json.loads(cast(Any, listing).data)
         seen = set()
         for pod in data.get("items", []):
             seen.add(pod["metadata"]["uid"])
