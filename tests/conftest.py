@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from matchenv.devservices.postgres import PostgresServer
 from matchenv.devservices.rabbitmq import RabbitMQNode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +38,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL server (Debian's postgresql) on loopback, for the whole session."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    try:
+        server.start()
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL did not start: {exc}", pytrace=False)
+    yield server
+    server.destroy()

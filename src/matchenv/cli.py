@@ -15,8 +15,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+db_app = typer.Typer(help="The environment database.", no_args_is_help=True)
 cluster_app = typer.Typer(help="A real local Kubernetes control plane for tests and the demo.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(db_app, name="db")
 operator_app = typer.Typer(help="The Kubernetes operator.", no_args_is_help=True)
 app.add_typer(operator_app, name="operator")
 
@@ -96,6 +98,53 @@ def operator_run(
         _echo_err(f"error: invalid operator settings: {exc}")
         raise typer.Exit(2) from exc
     raise typer.Exit(run(settings, verbose=verbose))
+
+
+@app.command()
+def worker(
+    queue: str | None = typer.Option(None, "--queue", "-Q", help="Queue to consume (env MATCHENV_QUEUE)."),
+    concurrency: int | None = typer.Option(None, "--concurrency", "-c", min=1, max=64,
+                                           help="Tasks at once (env MATCHENV_CONCURRENCY, default 1)."),
+    loglevel: str = typer.Option("INFO", "--loglevel", "-l", help="DEBUG, INFO, WARNING, ERROR."),
+) -> None:
+    """Consume one environment's queue and upsert each match into its database."""
+    import logging
+
+    from pydantic import ValidationError
+
+    from matchenv.workers.app import create_app, worker_argv
+    from matchenv.workers.config import WorkerConfig, WorkerConfigError
+    from matchenv.workers.metrics import serve
+
+    try:
+        config = WorkerConfig.from_env(os.environ, queue=queue, concurrency=concurrency)
+    except (WorkerConfigError, ValidationError) as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(2) from exc
+    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] %(name)s %(levelname)s %(message)s")
+    logging.getLogger("matchenv").info("worker for queue %s writing to %s", config.queue, config.database.describe())
+    if config.metrics_port:
+        serve(config.metrics_port)
+    create_app(config).worker_main(worker_argv(config, loglevel.upper()))
+
+
+@db_app.command("migrate")
+def db_migrate(
+    database_url: str | None = typer.Option(None, help="PostgreSQL URL (env DATABASE_URL)."),
+) -> None:
+    """Create or update the matches table and the upsert function."""
+    from matchenv.workers.migrate import migrate
+
+    url = database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        _echo_err("error: no database: pass --database-url or set DATABASE_URL")
+        raise typer.Exit(2)
+    try:
+        applied = migrate(url)
+    except Exception as exc:
+        _echo_err(f"error: migration failed: {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(f"applied {', '.join(applied)}" if applied else "up to date")
 
 
 @app.command("broker-secret")

@@ -1,0 +1,114 @@
+"""A throw-away PostgreSQL cluster (Debian's postgresql) on loopback, for tests and the demo.
+
+PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user (``runuser``). Trust
+authentication on 127.0.0.1 only; the data directory lives under the given state directory. Stopping and starting
+again keeps the data, so tests can take the database away and bring it back.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import psycopg
+
+from matchenv.devservices.process import free_port
+
+
+class DatabaseStartError(RuntimeError):
+    """initdb or the server failed; the message holds the tail of its log."""
+
+
+def _pg_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise DatabaseStartError("PostgreSQL is not installed (run `make system-deps`)")
+    return Path(found[-1]).parent
+
+
+def _reachable_by_postgres(path: Path) -> bool:
+    done = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(path)],
+                          capture_output=True, timeout=10)
+    return done.returncode == 0
+
+
+class PostgresServer:
+    """One private PostgreSQL server whose data lives in ``state_dir``."""
+
+    def __init__(self, state_dir: Path, port: int | None = None) -> None:
+        self.as_root = os.geteuid() == 0
+        state_dir.mkdir(parents=True, exist_ok=True)
+        if self.as_root and not _reachable_by_postgres(state_dir):
+            # e.g. under pytest's root-only tmp dirs: keep the cluster where the postgres user can reach it
+            state_dir = Path(tempfile.mkdtemp(prefix="matchenv-pg-", dir="/tmp"))
+        self.state_dir = state_dir.resolve()
+        self.data_dir = self.state_dir / "data"
+        self.log_file = self.state_dir / "postgres.log"
+        self.port = port or free_port()
+        self.bin = _pg_bin()
+
+    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        command = [str(a) for a in args]
+        if self.as_root:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd="/tmp")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self, timeout: float = 60) -> PostgresServer:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.as_root:
+            shutil.chown(self.state_dir, "postgres", "postgres")
+        if not (self.data_dir / "PG_VERSION").exists():
+            done = self._run(str(self.bin / "initdb"), "-D", str(self.data_dir), "-A", "trust", "-U", "postgres",
+                             "--no-sync", "-E", "UTF8")
+            if done.returncode != 0:
+                raise DatabaseStartError(f"initdb failed:\n{done.stderr[-2000:]}")
+        options = f"-p {self.port} -k {self.state_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        done = self._run(str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(self.log_file),
+                         "-w", "-t", str(int(timeout)), "start", timeout=timeout + 10)
+        if done.returncode != 0:
+            raise DatabaseStartError(f"pg_ctl start failed:\n{done.stdout[-1000:]}\n{self.log_tail()}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(self.url(), connect_timeout=2):
+                    return self
+            except psycopg.OperationalError:
+                time.sleep(0.2)
+        raise DatabaseStartError(f"PostgreSQL did not accept connections:\n{self.log_tail()}")
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data_dir / "postmaster.pid").exists():
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop")
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` (if missing) and return its URL."""
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=5) as conn:
+            exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(psycopg.sql.SQL("create database {}").format(psycopg.sql.Identifier(name)))
+        return self.url(name)
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_file.exists():
+            return "(no log)"
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

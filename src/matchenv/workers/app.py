@@ -1,0 +1,226 @@
+"""The Celery app of one environment's worker and its one task, ``celery_tasks.match_tasks.process_match_data``.
+
+Delivery (DESIGN §6): late acks, prefetch 1, reject on worker loss; JSON only; no result backend; remote control,
+events, gossip, mingle and heartbeat off so the environment's least-privilege user suffices. Nothing is lost and
+nothing loops: a message that cannot be decoded, names another task, fails validation or keeps failing in the store
+goes to the dead-letter exchange once with its reason; a database that is down is waited for with the message
+held (unacknowledged), never dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery, signals
+from celery.worker.consumer import Consumer
+from kombu.entity import Exchange, Queue
+from pydantic import ValidationError
+
+from matchenv.models import Match
+from matchenv.workers import metrics
+from matchenv.workers.config import WorkerConfig
+from matchenv.workers.deadletter import dead_letter
+from matchenv.workers.stores import (
+    PermanentStoreError,
+    Store,
+    StoreUnavailable,
+    TransientStoreError,
+    make_store,
+)
+
+TASK_NAME = "celery_tasks.match_tasks.process_match_data"
+log = logging.getLogger("matchenv.worker")
+
+
+@dataclass
+class Runtime:
+    """What the task needs in this process: the config, the store (made on first use), the app."""
+
+    config: WorkerConfig
+    app: Celery
+    store_factory: Callable[[], Store] | None = None
+    sleep: Callable[[float], None] = time.sleep
+    _store: Store | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    @property
+    def store(self) -> Store:
+        with self._lock:
+            if self._store is None:
+                factory = self.store_factory or (lambda: make_store(self.config.database))
+                self._store = factory()
+            return self._store
+
+    def dead_letter(self, body: Any, reason: str, error: str, **kwargs: Any) -> None:
+        dead_letter(self.app, self.config.dead_letter_exchange, self.config.queue, body, reason, error, **kwargs)
+
+    def store_match(self, match: Match) -> str:
+        """Upsert with retries: transient errors 3 times with backoff and jitter (then PermanentStoreError), an
+        unreachable database for as long as it takes (the message stays unacknowledged meanwhile)."""
+        attempt = 0
+        waited = 0
+        while True:
+            try:
+                return self.store.upsert(match)
+            except TransientStoreError as exc:
+                attempt += 1
+                if attempt >= self.config.store_retries:
+                    raise PermanentStoreError(f"still failing after {attempt} tries: {exc}") from exc
+                metrics.STORE_RETRIES.inc()
+                delay = min(10.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+                log.warning("store error (try %d of %d), retrying in %.1fs: %s", attempt,
+                            self.config.store_retries, delay, exc)
+                self.sleep(delay)
+            except StoreUnavailable as exc:
+                metrics.STORE_WAITS.inc()
+                delay = min(30.0, 1.0 * 2 ** min(waited, 5)) * random.uniform(0.8, 1.2)
+                waited += 1
+                log.warning("database unavailable, holding the message and retrying in %.1fs: %s", delay, exc)
+                self.sleep(delay)
+
+
+def process(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any], request: Any) -> str:
+    """The task body, separate from Celery so that it can be called directly."""
+    metrics.PROCESSED.inc()
+    headers = {"x-matchenv-task-id": str(getattr(request, "id", "") or "")}
+    if len(args) == 1 and not kwargs:
+        raw = args[0]
+    elif not args and set(kwargs) == {"match_data"}:
+        raw = kwargs["match_data"]
+    else:
+        raw = None
+    if not isinstance(raw, dict):
+        runtime.dead_letter({"args": list(args), "kwargs": kwargs}, "invalid",
+                            "expected one match object as the only argument", headers=headers)
+        return "dead-lettered"
+    try:
+        match = Match.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'match'}: {e['msg']}" for e in exc.errors())
+        runtime.dead_letter(raw, "invalid", problems, headers=headers)
+        return "dead-lettered"
+    try:
+        outcome = runtime.store_match(match)
+    except PermanentStoreError as exc:
+        runtime.dead_letter(raw, "store-error", str(exc), headers=headers)
+        return "dead-lettered"
+    metrics.STORED.labels(outcome=outcome).inc()
+    log.info("%s match %s (%s vs %s, %s)", outcome, match.external_match_id or "-", match.home_team,
+             match.away_team, match.match_date)
+    return outcome
+
+
+class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, except that messages it cannot hand to a task go to the dead-letter queue with the
+    reason instead of being dropped (undecodable) or rejected without one (unknown task, not a task message)."""
+
+    def _runtime(self) -> Runtime:
+        runtime: Runtime = self.app.matchenv_runtime
+        return runtime
+
+    def _dead_letter(self, message: Any, reason: str, error: str) -> None:
+        body = message.body if isinstance(message.body, bytes | str) else str(message.body)
+        try:
+            self._runtime().dead_letter(body, reason, error, headers={"x-original-content-type":
+                                                                      message.content_type or ""},
+                                        content_type="application/octet-stream")
+        except Exception:
+            log.exception("could not dead-letter a %s message; rejecting it to the broker instead", reason)
+            message.reject(requeue=False)
+            return
+        message.ack()
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        metrics.PROCESSED.inc()
+        self._dead_letter(message, "malformed", f"cannot decode the body: {exc}")
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        metrics.PROCESSED.inc()
+        self._dead_letter(message, "malformed", "not a Celery task message")
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        metrics.PROCESSED.inc()
+        self._dead_letter(message, "unknown-task", f"no such task here: {exc}")
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        metrics.PROCESSED.inc()
+        self._dead_letter(message, "malformed", f"invalid task message: {exc}")
+
+
+def create_app(config: WorkerConfig, store_factory: Callable[[], Store] | None = None) -> Celery:
+    """The Celery app for ``config``: its queue declared exactly as the operator declares it."""
+    app = Celery("matchenv", set_as_current=False)
+    queue = Queue(config.queue, Exchange(""), routing_key=config.queue, durable=True,
+                  queue_arguments={"x-queue-type": config.queue_type})
+    app.conf.update(
+        broker_url=config.broker_url.get_secret_value(),
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={"confirm_publish": True},
+        task_queues=[queue],
+        task_default_queue=config.queue,
+        # the default (nameless) exchange: Celery then declares the queue but binds it to nothing, so the
+        # environment's user needs no permission on any exchange
+        task_default_exchange="",
+        task_default_routing_key=config.queue,
+        task_create_missing_queues=False,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # a task that raises (only when even dead-lettering failed) is rejected: the broker's own dead-lettering
+        # (the queue's policy) takes it, so it is not lost
+        task_acks_on_failure_or_timeout=False,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        accept_content=["json"],
+        task_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        worker_enable_remote_control=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        worker_hijack_root_logger=False,
+        worker_consumer="matchenv.workers.app:DeadLetteringConsumer",
+        worker_redirect_stdouts=False,
+    )
+    runtime = Runtime(config=config, app=app, store_factory=store_factory)
+    app.matchenv_runtime = runtime
+
+    @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    def process_match_data(self: Any, *args: Any, **kwargs: Any) -> str:
+        try:
+            return process(runtime, args, kwargs, self.request)
+        except Exception as exc:  # never let Celery ack a message we did not deal with
+            metrics.FAILED.inc()
+            log.exception("unexpected error; dead-lettering the message")
+            runtime.dead_letter({"args": list(args), "kwargs": kwargs}, "error", repr(exc))  # raises: rejected
+            return "dead-lettered"
+
+    return app
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _mark_ready(**_: Any) -> None:
+    metrics.ready.set()
+
+
+@signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def _mark_stopping(**_: Any) -> None:
+    metrics.ready.clear()
+
+
+def worker_argv(config: WorkerConfig, loglevel: str = "INFO") -> list[str]:
+    """Arguments for ``app.worker_main``: the threads pool, our queue only, nothing chatty.
+
+    Threads, also for concurrency 1: with the solo pool and late acks, the next delivery waited up to 10 s after
+    each burst here (measured: 61 of 600 messages in 60 s with solo, 600 in 1.7 s with threads).
+    """
+    pool = "threads"
+    return ["worker", f"--pool={pool}", f"--concurrency={config.concurrency}", "--queues", config.queue,
+            f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            f"--hostname=matchenv-{config.environment or config.queue}@%h"]

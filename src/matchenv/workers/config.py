@@ -1,0 +1,78 @@
+"""Worker configuration from the environment the operator's Deployment sets (and the options of `matchenv worker`).
+
+Names kept from the existing deployments: ``CELERY_BROKER_URL`` (or ``RABBITMQ_URL``), ``SUPABASE_URL`` with
+``SUPABASE_SERVICE_KEY`` (or ``SUPABASE_KEY``), or ``DATABASE_URL`` for plain Postgres.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+
+class WorkerConfigError(Exception):
+    """Configuration is missing or wrong; the message names the variable (and where it usually comes from)."""
+
+
+class DatabaseConfig(BaseModel):
+    kind: Literal["postgres", "supabase"]
+    url: SecretStr  # DATABASE_URL (may hold a password) or SUPABASE_URL
+    key: SecretStr | None = None  # the Supabase key
+
+    def describe(self) -> str:
+        """Where the worker writes, without credentials (for logs)."""
+        if self.kind == "supabase":
+            return f"supabase at {self.url.get_secret_value()}"
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url.get_secret_value())
+        return f"postgres at {parts.hostname}:{parts.port or 5432}{parts.path}"
+
+
+class WorkerConfig(BaseModel):
+    broker_url: SecretStr
+    queue: str = Field(min_length=1)
+    queue_type: Literal["classic", "quorum"] = "classic"
+    dead_letter_exchange: str = ""
+    concurrency: int = Field(1, ge=1, le=64)
+    database: DatabaseConfig
+    metrics_port: int = Field(9808, ge=0, le=65535)
+    store_retries: int = Field(3, ge=1, le=10)
+    environment: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], queue: str | None = None, concurrency: int | None = None
+                 ) -> WorkerConfig:
+        broker = env.get("CELERY_BROKER_URL") or env.get("RABBITMQ_URL")
+        if not broker:
+            raise WorkerConfigError("no broker URL: set CELERY_BROKER_URL or RABBITMQ_URL "
+                                    "(the operator sets it from Secret <environment>-broker, key url)")
+        queue = queue or env.get("MATCHENV_QUEUE")
+        if not queue:
+            raise WorkerConfigError("no queue: pass --queue or set MATCHENV_QUEUE")
+        return cls(
+            broker_url=SecretStr(broker),
+            queue=queue,
+            queue_type=env.get("MATCHENV_QUEUE_TYPE", "classic"),
+            dead_letter_exchange=env.get("MATCHENV_DEAD_LETTER_EXCHANGE", f"{queue}.dlx"),
+            concurrency=concurrency or int(env.get("MATCHENV_CONCURRENCY", "1")),
+            database=database_from_env(env),
+            metrics_port=int(env.get("MATCHENV_METRICS_PORT", "9808")),
+            environment=env.get("MATCHENV_ENVIRONMENT", ""),
+        )
+
+
+def database_from_env(env: Mapping[str, str]) -> DatabaseConfig:
+    """``DATABASE_URL`` wins; else ``SUPABASE_URL`` with ``SUPABASE_SERVICE_KEY`` or ``SUPABASE_KEY``."""
+    if env.get("DATABASE_URL"):
+        return DatabaseConfig(kind="postgres", url=SecretStr(env["DATABASE_URL"]))
+    if env.get("SUPABASE_URL"):
+        key = env.get("SUPABASE_SERVICE_KEY") or env.get("SUPABASE_KEY")
+        if not key:
+            raise WorkerConfigError("SUPABASE_URL is set but neither SUPABASE_SERVICE_KEY nor SUPABASE_KEY is "
+                                    "(keys of the environment's databaseSecretRef Secret)")
+        return DatabaseConfig(kind="supabase", url=SecretStr(env["SUPABASE_URL"]), key=SecretStr(key))
+    raise WorkerConfigError("no database: set DATABASE_URL, or SUPABASE_URL with SUPABASE_SERVICE_KEY or "
+                            "SUPABASE_KEY (keys of the environment's databaseSecretRef Secret)")

@@ -1,0 +1,181 @@
+"""Helpers for the worker tests: an environment's topology on the real broker, the worker as a real process,
+and publishing the way the existing producers do (raw pika, Celery protocol-1 JSON bodies)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pika
+import requests
+
+from matchenv.devservices.process import die_with_parent, free_port
+from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv.models import MatchEnvironmentSpec
+from matchenv.operator.builders import worker_amqp_url
+from matchenv.topology.applier import apply_plan
+from matchenv.topology.client import ManagementClient
+from matchenv.topology.desired import DesiredTopology, desired_topology
+from matchenv.topology.planner import plan_converge
+from tests.cases import environment
+
+TASK = "celery_tasks.match_tasks.process_match_data"
+
+
+def make_match(i: int, **changes: Any) -> dict[str, Any]:
+    match = {
+        "home_team": f"Home FC {i % 97}", "away_team": f"Away United {i % 89}", "match_date": "2025-10-13",
+        "season": "2024-25", "age_group": "U14", "match_type": "League", "division": "Northeast",
+        "division_id": 41, "league": "Homegrown", "home_score": i % 5, "away_score": (i * 3) % 4,
+        "match_status": "completed", "external_match_id": f"mlsnext_{i}", "location": "Toyota Park",
+        "source": "match-scraper",
+    }
+    match.update(changes)
+    return match
+
+
+def protocol1_body(match: Any) -> bytes:
+    """Exactly what the existing producers publish."""
+    return json.dumps({"id": str(uuid.uuid4()), "task": TASK, "args": [match], "kwargs": {}, "retries": 0,
+                       "eta": None, "expires": None}).encode()
+
+
+class Environment:
+    """A queue, its DLQ and a least-privilege user on the real broker, as the operator would make them."""
+
+    def __init__(self, rabbitmq: RabbitMQNode, name: str, **spec: Any) -> None:
+        self.rabbitmq = rabbitmq
+        ep = rabbitmq.endpoints
+        self.admin = ManagementClient(ep.management_url, ep.username, ep.password)
+        self.topology: DesiredTopology = desired_topology(
+            "itest", name, MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
+        self.password = uuid.uuid4().hex
+        apply_plan(self.admin, plan_converge(self.topology, self.admin.snapshot(), self.password))
+        self.url = worker_amqp_url(f"amqp://127.0.0.1:{ep.amqp_port}", self.topology.names.broker_user,
+                                   self.password, "/")
+
+    @property
+    def queue(self) -> str:
+        return self.topology.queue.name
+
+    @property
+    def dlq(self) -> str:
+        return self.topology.names.dead_letter_queue
+
+    def publish(self, bodies: Iterable[bytes], exchange: str | None = None, routing_key: str | None = None,
+                content_type: str = "application/json") -> int:
+        """Publish persistent messages to the environment's exchange (or ``exchange``), committed in
+        transactions of 500 (a commit returns once they are enqueued: as safe as a confirm, without waiting for
+        the broker's disk sync once per message)."""
+        count = 0
+        with pika.BlockingConnection(pika.URLParameters(self.rabbitmq.endpoints.amqp_url)) as conn:
+            channel = conn.channel()
+            channel.tx_select()
+            target = self.topology.exchange if exchange is None else exchange
+            key = "" if routing_key is None else routing_key
+            for body in bodies:
+                channel.basic_publish(target, key, body, pika.BasicProperties(
+                    content_type=content_type, content_encoding="utf-8", delivery_mode=2))
+                count += 1
+                if count % 500 == 0:
+                    channel.tx_commit()
+            channel.tx_commit()
+        return count
+
+    def dead_letters(self) -> list[tuple[dict[str, Any], bytes]]:
+        """Drain the DLQ: (headers, body) of each message."""
+        out: list[tuple[dict[str, Any], bytes]] = []
+        with pika.BlockingConnection(pika.URLParameters(self.rabbitmq.endpoints.amqp_url)) as conn:
+            channel = conn.channel()
+            while True:
+                method, props, body = channel.basic_get(self.dlq, auto_ack=True)
+                if method is None:
+                    return out
+                out.append((props.headers or {}, body))
+
+    def depth(self, queue: str | None = None) -> int:
+        with pika.BlockingConnection(pika.URLParameters(self.rabbitmq.endpoints.amqp_url)) as conn:
+            result = conn.channel().queue_declare(queue or self.queue, passive=True)
+            return int(result.method.message_count)
+
+
+class WorkerProcess:
+    """``matchenv worker`` as a real process with the environment's credentials."""
+
+    def __init__(self, env: Environment, database_env: dict[str, str], log_path: Path, concurrency: int = 1
+                 ) -> None:
+        self.env = env
+        self.database_env = database_env
+        self.log_path = log_path
+        self.concurrency = concurrency
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> WorkerProcess:
+        environ = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "SUPABASE_URL"}}
+        environ.update({
+            "CELERY_BROKER_URL": self.env.url,
+            "MATCHENV_QUEUE_TYPE": self.env.topology.queue.type,
+            "MATCHENV_DEAD_LETTER_EXCHANGE": self.env.topology.names.dead_letter_exchange,
+            "MATCHENV_METRICS_PORT": str(self.port),
+            "PYTHONUNBUFFERED": "1",
+            **self.database_env,
+        })
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(  # noqa: S603
+                [sys.executable, "-m", "matchenv.cli", "worker", "--queue", self.env.queue,
+                 "--concurrency", str(self.concurrency)],
+                env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if requests.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready in {timeout:.0f}s:\n{self.log()[-3000:]}")
+
+    def metric(self, name: str, labels: str = "") -> float:
+        text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2).text
+        prefix = f"{name}{{{labels}}}" if labels else name
+        for line in text.splitlines():
+            if line.startswith(prefix + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

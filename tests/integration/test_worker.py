@@ -1,0 +1,231 @@
+"""The worker against real RabbitMQ and PostgreSQL: every producer format stored, nothing lost, nothing duplicated,
+bad messages dead-lettered once with their reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from celery import Celery
+
+from matchenv.devservices.postgres import PostgresServer
+from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv.models import Match
+from matchenv.workers.migrate import migrate
+from matchenv.workers.stores import PostgresStore, StoreUnavailable
+from tests.integration.harness import TASK, Environment, WorkerProcess, make_match, protocol1_body
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> str:
+    url = postgres.create_database(f"db_{uuid.uuid4().hex[:10]}")
+    migrate(url)
+    return url
+
+
+def rows(url: str, where: str = "true") -> int:
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        return int(conn.execute(f"select count(*) from matches where {where}").fetchone()[0])  # type: ignore[index]
+
+
+def duplicates(url: str) -> int:
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        row = conn.execute("select count(*) - count(distinct external_match_id) from matches").fetchone()
+        return int(row[0])  # type: ignore[index]
+
+
+@pytest.fixture
+def env(rabbitmq: RabbitMQNode) -> Iterator[Environment]:
+    environment = Environment(rabbitmq, f"w{uuid.uuid4().hex[:8]}", exchange={"name": f"fan-{uuid.uuid4().hex[:6]}"})
+    yield environment
+    admin = environment.admin
+    for queue in (environment.queue, environment.dlq):
+        admin.delete_queue("/", queue)
+    admin.delete_exchange("/", environment.topology.exchange)
+    admin.delete_exchange("/", environment.topology.names.dead_letter_exchange)
+    admin.delete_user(environment.topology.names.broker_user)
+
+
+@pytest.fixture
+def workers(env: Environment, database: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 1, wait: bool = True, extra: dict[str, str] | None = None) -> WorkerProcess:
+        proc = WorkerProcess(env, {"DATABASE_URL": database, **(extra or {})},
+                             tmp_path / f"worker-{len(started)}.log", concurrency)
+        started.append(proc)
+        return proc.start(wait=wait)
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+# -- the store on its own --------------------------------------------------------------------------------------
+
+def test_migrate_is_repeatable(postgres: PostgresServer) -> None:
+    url = postgres.create_database(f"m_{uuid.uuid4().hex[:8]}")
+    assert migrate(url) == ["001_matches"]
+    assert migrate(url) == []
+
+
+def test_upsert_creates_skips_and_updates(database: str) -> None:
+    store = PostgresStore(database)
+    match = Match.model_validate(make_match(1))
+    assert [store.upsert(match) for _ in range(3)] == ["created", "skipped", "skipped"]
+    assert store.upsert(match.model_copy(update={"home_score": 9})) == "updated"
+    assert store.upsert(match.model_copy(update={"home_score": 9})) == "skipped"
+    assert rows(database) == 1
+    assert rows(database, "home_score = 9") == 1
+
+
+def test_upsert_without_external_id_uses_the_natural_key(database: str) -> None:
+    store = PostgresStore(database)
+    match = Match.model_validate(make_match(2, external_match_id=None))
+    assert store.upsert(match) == "created"
+    assert store.upsert(match) == "skipped"
+    assert store.upsert(match.model_copy(update={"away_score": 7})) == "updated"
+    assert rows(database) == 1
+
+
+def test_unreachable_database_is_reported_as_unavailable() -> None:
+    from matchenv.devservices.process import free_port
+
+    store = PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none", connect_timeout=1)
+    with pytest.raises(StoreUnavailable, match="database unreachable"):
+        store.upsert(Match.model_validate(make_match(3)))
+
+
+# -- the worker process ----------------------------------------------------------------------------------------
+
+def test_origin_protocol1_body_is_stored(env: Environment, workers: Callable[..., WorkerProcess],
+                                         database: str) -> None:
+    workers()
+    env.publish([protocol1_body(make_match(10))])
+    wait_for(lambda: rows(database, "external_match_id = 'mlsnext_10'") == 1, what="protocol-1 match stored")
+
+
+def test_send_task_from_another_celery_client_is_stored(rabbitmq: RabbitMQNode, env: Environment,
+                                                         workers: Callable[..., WorkerProcess],
+                                                         database: str) -> None:
+    workers()
+    client = Celery("producer", broker=rabbitmq.endpoints.amqp_url, set_as_current=False)
+    # how a Celery producer points the task at the fanout exchange (README: "Publishing with Celery")
+    client.conf.update(task_serializer="json", broker_connection_retry_on_startup=True, task_routes={
+        TASK: {"exchange": env.topology.exchange, "exchange_type": "fanout", "routing_key": ""}})
+    with client.connection_for_write() as conn:
+        client.send_task(TASK, args=[make_match(11)], connection=conn)  # plain send_task, routed to the fanout
+        client.send_task(TASK, args=[make_match(12)], queue=env.queue, connection=conn)  # or to one queue
+    wait_for(lambda: rows(database, "external_match_id in ('mlsnext_11', 'mlsnext_12')") == 2,
+             what="send_task matches stored")
+
+
+def test_redelivered_and_repeated_matches_make_one_row(env: Environment, workers: Callable[..., WorkerProcess],
+                                                        database: str) -> None:
+    worker = workers()
+    env.publish([protocol1_body(make_match(20)) for _ in range(3)])
+    wait_for(lambda: worker.metric("matchenv_worker_processed_total") >= 3, what="3 processed")
+    assert rows(database) == 1
+    assert worker.metric("matchenv_worker_matches_total", 'outcome="created"') == 1
+    assert worker.metric("matchenv_worker_matches_total", 'outcome="skipped"') == 2
+    env.publish([protocol1_body(make_match(20, home_score=4, away_score=4))])
+    wait_for(lambda: worker.metric("matchenv_worker_matches_total", 'outcome="updated"') == 1, what="updated")
+    assert rows(database, "home_score = 4 and away_score = 4") == 1
+    assert rows(database) == 1
+
+
+def test_bad_messages_go_to_the_dlq_with_their_reason(env: Environment, workers: Callable[..., WorkerProcess],
+                                                      database: str) -> None:
+    worker = workers()
+    bad = [
+        (b'{"id": "x", "task": "' + TASK.encode() + b'", "args": [{"home_team": ', "malformed"),
+        (protocol1_body({k: v for k, v in make_match(30).items() if k != "home_team"}), "invalid"),
+        (protocol1_body(make_match(31, home_score=-1)), "invalid"),
+        (protocol1_body(make_match(32, league="Premier")), "invalid"),
+        (protocol1_body(make_match(33)).replace(TASK.encode(), b"some.other.task"), "unknown-task"),
+    ]
+    env.publish([body for body, _ in bad])
+    env.publish([protocol1_body(make_match(34))])  # the worker keeps going
+    wait_for(lambda: rows(database, "external_match_id = 'mlsnext_34'") == 1, what="good match after bad ones")
+    wait_for(lambda: env.depth(env.dlq) == len(bad), what="5 dead letters")
+    letters = env.dead_letters()
+    assert sorted(h["x-matchenv-reason"] for h, _ in letters) == sorted(reason for _, reason in bad)
+    errors = {h["x-matchenv-error"] for h, _ in letters}
+    assert any("home_team: Field required" in e for e in errors)
+    assert any("home_score: Input should be greater than or equal to 0" in e for e in errors)
+    assert any("league: Input should be 'Homegrown' or 'Academy'" in e for e in errors)
+    assert any("cannot decode the body" in e for e in errors)
+    assert any("some.other.task" in e for e in errors)
+    assert all(h["x-matchenv-queue"] == env.queue for h, _ in letters)
+    assert env.depth() == 0  # nothing left looping in the queue
+    assert rows(database) == 1
+    assert worker.metric("matchenv_worker_dead_lettered_total", 'reason="invalid"') == 3
+
+
+def test_5000_matches_4_workers_one_killed_no_loss_no_duplicates(env: Environment,
+                                                                  workers: Callable[..., WorkerProcess],
+                                                                  database: str) -> None:
+    procs = [workers() for _ in range(4)]
+    total = 5000
+    publisher = threading.Thread(target=env.publish, args=([protocol1_body(make_match(i)) for i in range(total)],))
+    publisher.start()
+    wait_for(lambda: rows(database) >= 500, what="work under way")
+    procs[1].kill()  # SIGKILL mid-run: its unacknowledged message goes back to the queue
+    procs[1].start()
+    publisher.join(timeout=120)
+    wait_for(lambda: rows(database) == total, timeout=240, what=f"{total} rows")
+    assert duplicates(database) == 0
+    assert env.depth() == 0
+    assert env.depth(env.dlq) == 0
+    print(f"\n{total} matches, 4 workers, 1 SIGKILLed: {rows(database)} rows, {duplicates(database)} duplicates")
+
+
+def test_database_outage_of_20s_loses_nothing(postgres: PostgresServer, env: Environment,
+                                              workers: Callable[..., WorkerProcess], database: str) -> None:
+    workers(concurrency=2)
+    total = 600
+    env.publish([protocol1_body(make_match(i)) for i in range(total // 2)])
+    wait_for(lambda: rows(database) >= 50, what="some rows before the outage")
+    postgres.stop()
+    try:
+        env.publish([protocol1_body(make_match(i)) for i in range(total // 2, total)])
+        time.sleep(20)
+    finally:
+        postgres.start()
+    wait_for(lambda: rows(database) == total, timeout=120, what=f"{total} rows after the outage")
+    assert duplicates(database) == 0
+    assert env.depth(env.dlq) == 0
+
+
+def test_missing_configuration_names_the_variable(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "matchenv.cli", "worker", "--queue", "q"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "CELERY_BROKER_URL or RABBITMQ_URL" in result.stderr
+    env["CELERY_BROKER_URL"] = "amqp://u:secret-password@127.0.0.1:1/%2F"
+    env["SUPABASE_URL"] = "http://127.0.0.1:1"
+    result = subprocess.run([sys.executable, "-m", "matchenv.cli", "worker", "--queue", "q"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "SUPABASE_SERVICE_KEY nor SUPABASE_KEY" in result.stderr
+    assert "secret-password" not in result.stderr
