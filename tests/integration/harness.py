@@ -130,11 +130,11 @@ class WorkerProcess:
             **self.database_env,
         })
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603
+            self.proc = subprocess.Popen(
                 [sys.executable, "-m", "matchenv.cli", "worker", "--queue", self.env.queue,
                  "--concurrency", str(self.concurrency)],
                 env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=die_with_parent,  # noqa: PLW1509
+                preexec_fn=die_with_parent,
             )
         if wait:
             self.wait_ready()

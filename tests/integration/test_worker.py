@@ -229,3 +229,47 @@ def test_missing_configuration_names_the_variable(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "SUPABASE_SERVICE_KEY nor SUPABASE_KEY" in result.stderr
     assert "secret-password" not in result.stderr
+
+
+# -- Supabase ---------------------------------------------------------------------------------------------------
+
+SERVICE_KEY = "service-role-key-for-tests"
+
+
+def test_supabase_store_upserts_through_postgrest_rpc(database: str) -> None:
+    from matchenv.workers.stores import SupabaseStore
+    from tests.integration.postgrest_endpoint import PostgrestEndpoint
+
+    with PostgrestEndpoint(database, SERVICE_KEY) as endpoint:
+        store = SupabaseStore(endpoint.url, SERVICE_KEY)
+        match = Match.model_validate(make_match(40))
+        assert store.upsert(match) == "created"
+        assert store.upsert(match) == "skipped"
+        assert store.upsert(match.model_copy(update={"away_score": 3})) == "updated"
+        sent = endpoint.requests[0]
+        assert sent["path"] == "/rest/v1/rpc/matchenv_upsert_match"
+        assert sent["body"]["m"]["external_match_id"] == "mlsnext_40"
+    assert rows(database) == 1
+
+
+def test_supabase_store_reports_an_unreachable_database_as_unavailable(postgres: PostgresServer) -> None:
+    from matchenv.devservices.process import free_port
+    from matchenv.workers.stores import SupabaseStore
+    from tests.integration.postgrest_endpoint import PostgrestEndpoint
+
+    with PostgrestEndpoint(f"postgresql://postgres@127.0.0.1:{free_port()}/none", SERVICE_KEY) as endpoint, \
+            pytest.raises(StoreUnavailable, match="PGRST001"):
+        SupabaseStore(endpoint.url, SERVICE_KEY).upsert(Match.model_validate(make_match(41)))
+
+
+def test_worker_writes_through_supabase(env: Environment, workers: Callable[..., WorkerProcess],
+                                        database: str) -> None:
+    from tests.integration.postgrest_endpoint import PostgrestEndpoint
+
+    with PostgrestEndpoint(database, SERVICE_KEY) as endpoint:
+        worker = workers(extra={"DATABASE_URL": "", "SUPABASE_URL": endpoint.url,
+                                "SUPABASE_SERVICE_KEY": SERVICE_KEY})
+        env.publish([protocol1_body(make_match(i)) for i in range(50, 60)])
+        wait_for(lambda: rows(database) == 10, what="10 rows through supabase")
+    assert SERVICE_KEY not in worker.log()
+    assert f"supabase at {endpoint.url}" in worker.log()

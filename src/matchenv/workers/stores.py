@@ -108,9 +108,11 @@ class SupabaseStore:
     """supabase-py: the same upsert function, called through PostgREST's ``/rpc``."""
 
     def __init__(self, url: str, key: str, timeout: float = 10.0) -> None:
+        import httpx
         from supabase import ClientOptions, create_client
 
-        self.client = create_client(url, key, options=ClientOptions(postgrest_client_timeout=timeout))
+        self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
+        self.client = create_client(url, key, options=ClientOptions(httpx_client=self.http))
 
     def upsert(self, match: Match) -> Outcome:
         import httpx
@@ -130,7 +132,7 @@ class SupabaseStore:
         return _outcome(response.data)
 
     def close(self) -> None:
-        return None
+        self.http.close()
 
 
 def make_store(config: DatabaseConfig) -> Store:
