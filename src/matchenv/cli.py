@@ -122,7 +122,16 @@ def worker(
         _echo_err(f"error: {exc}")
         raise typer.Exit(2) from exc
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] %(name)s %(levelname)s %(message)s")
-    logging.getLogger("matchenv").info("worker for queue %s writing to %s", config.queue, config.database.describe())
+    log = logging.getLogger("matchenv.worker")
+    log.info("worker for queue %s writing to %s", config.queue, config.database.describe())
+    if config.database.kind == "postgres" and os.environ.get("MATCHENV_MIGRATE", "true").lower() != "false":
+        from matchenv.workers.migrate import migrate
+
+        try:  # idempotent and advisory-locked, so every worker may do it; a database still down is waited for
+            applied = migrate(config.database.url.get_secret_value())
+            log.info("schema %s", f"migrated: {', '.join(applied)}" if applied else "up to date")
+        except Exception as exc:
+            log.warning("could not migrate the schema now (%s); the worker waits for the database", exc)
     if config.metrics_port:
         serve(config.metrics_port)
     create_app(config).worker_main(worker_argv(config, loglevel.upper()))
@@ -145,6 +154,15 @@ def db_migrate(
         _echo_err(f"error: migration failed: {exc}")
         raise typer.Exit(1) from exc
     typer.echo(f"applied {', '.join(applied)}" if applied else "up to date")
+
+
+@db_app.command("sql")
+def db_sql() -> None:
+    """Print the schema SQL (for Supabase: paste it into the SQL editor once)."""
+    from matchenv.workers.migrate import migrations
+
+    for version, text in migrations():
+        typer.echo(f"-- {version}\n{text}")
 
 
 @app.command("broker-secret")
