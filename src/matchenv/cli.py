@@ -165,6 +165,61 @@ def db_sql() -> None:
         typer.echo(f"-- {version}\n{text}")
 
 
+@app.command()
+def scrape(
+    from_file: Path | None = typer.Option(None, "--from-file", exists=True, dir_okay=False,
+                                          help="JSON array or JSON lines of matches, as the scraper writes them."),
+    synthetic: int | None = typer.Option(None, "--synthetic", min=1, help="Publish N synthetic matches."),
+    seed: int = typer.Option(2025, help="Seed of --synthetic (the same seed gives the same matches)."),
+    start: int = typer.Option(0, help="First index of --synthetic (to continue a series)."),
+    queue: str | None = typer.Option(None, "--queue", help="Publish straight to this queue (wins over --exchange)."),
+    exchange: str | None = typer.Option(None, "--exchange", help="Publish to this exchange (default matches-fanout)."),
+    no_submit_queue: bool = typer.Option(False, "--no-submit-queue", help="Validate and count; publish nothing."),
+    broker_url: str | None = typer.Option(None, "--broker-url", help="AMQP URL (env RABBITMQ_URL)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Publish matches once to the fanout exchange, with confirms; exit 1 if any reached no queue or failed,
+    3 if only invalid matches were left out."""
+    import logging
+    from itertools import chain
+
+    from matchenv.scraper.publisher import Publisher, resolve_target
+    from matchenv.scraper.sources import RawMatch
+    from matchenv.scraper.sources import from_file as read_file
+    from matchenv.scraper.sources import synthetic as make_synthetic
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if from_file is None and synthetic is None:
+        _echo_err("error: give --from-file PATH or --synthetic N")
+        raise typer.Exit(2)
+    url = broker_url or os.environ.get("RABBITMQ_URL")
+    if not url and not no_submit_queue:
+        _echo_err("error: no broker: pass --broker-url or set RABBITMQ_URL")
+        raise typer.Exit(2)
+    sources: list[list[RawMatch]] = []
+    if from_file is not None:
+        sources.append(list(read_file(from_file)))
+    if synthetic is not None:
+        sources.append(list(make_synthetic(synthetic, seed=seed, start=start)))
+    matches = list(chain.from_iterable(sources))
+    target = resolve_target(queue, exchange)
+    publisher = Publisher(url or "amqp://localhost", target)
+    where = "nowhere (--no-submit-queue)" if no_submit_queue else target.describe()
+    _echo_err(f"publishing {len(matches)} matches to {where}")
+    show = not quiet and sys.stderr.isatty()
+    with typer.progressbar(length=len(matches), label="publishing", file=sys.stderr, hidden=not show) as bar:
+        report = publisher.run(matches, submit=not no_submit_queue, progress=bar.update)
+    for problem in report.invalid:
+        _echo_err(f"invalid {problem.describe()}")
+    for error in report.errors:
+        _echo_err(f"error: {error}")
+    if report.unroutable:
+        _echo_err(f"error: {report.unroutable} matches were unroutable: no environment's queue is bound to "
+                  f"{target.describe()}")
+    typer.echo(report.summary())
+    raise typer.Exit(report.exit_code)
+
+
 @app.command("broker-secret")
 def broker_secret(
     url: str = typer.Option(..., help="AMQP URL as the workers reach the broker, e.g. amqp://rabbitmq:5672."),

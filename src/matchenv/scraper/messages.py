@@ -1,0 +1,41 @@
+"""Celery protocol-2 task messages for ``celery_tasks.match_tasks.process_match_data`` (DESIGN §5)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+TASK_NAME = "celery_tasks.match_tasks.process_match_data"
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    body: bytes
+    headers: dict[str, Any]
+    task_id: str
+
+
+def task_message(match: dict[str, Any], task_id: str | None = None) -> TaskMessage:
+    """A protocol-2 message: the task name in the headers, ``[args, kwargs, embed]`` in the JSON body."""
+    task_id = task_id or str(uuid.uuid4())
+    headers = {
+        "lang": "py",
+        "task": TASK_NAME,
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "group": None,
+        "retries": 0,
+        "eta": None,
+        "expires": None,
+        "timelimit": [None, None],
+        "argsrepr": repr((match.get("external_match_id") or match.get("home_team"),)),
+        "kwargsrepr": "{}",
+        "origin": f"matchenv-scraper@{socket.gethostname()}",
+        "ignore_result": True,
+    }
+    body = [[match], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    return TaskMessage(json.dumps(body).encode(), headers, task_id)
