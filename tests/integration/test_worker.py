@@ -273,3 +273,14 @@ def test_worker_writes_through_supabase(env: Environment, workers: Callable[...,
         wait_for(lambda: rows(database) == 10, what="10 rows through supabase")
     assert SERVICE_KEY not in worker.log()
     assert f"supabase at {endpoint.url}" in worker.log()
+
+
+def test_protocol2_from_our_publisher_is_stored(env: Environment, workers: Callable[..., WorkerProcess],
+                                                database: str, rabbitmq: RabbitMQNode) -> None:
+    from matchenv.scraper.publisher import Publisher, Target
+    from matchenv.scraper.sources import synthetic
+
+    workers()
+    report = Publisher(rabbitmq.endpoints.amqp_url, Target(env.topology.exchange)).run(synthetic(30, seed=3))
+    assert report.confirmed == 30
+    wait_for(lambda: rows(database, "external_match_id like 'synthetic-3-%'") == 30, what="30 protocol-2 rows")
