@@ -1,0 +1,70 @@
+"""The mission end to end: one YAML adds an environment, and the next scrape reaches its database through worker
+pods the operator created (real processes started from the Deployment's pod spec by the node agent)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from matchenv.devservices.postgres import PostgresServer
+from matchenv.devservices.rabbitmq import RabbitMQNode
+from tests.e2e.conftest import Kubectl
+from tests.e2e.pipeline import Pipeline, pipeline_fixture
+
+
+@pytest.fixture(scope="module")
+def pipeline(crd_installed: Kubectl, rabbitmq: RabbitMQNode, postgres: PostgresServer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    yield from pipeline_fixture(crd_installed, rabbitmq, postgres, tmp_path_factory.mktemp("pipeline"))
+
+
+def test_prod_and_dev_receive_every_scraped_match(pipeline: Pipeline) -> None:
+    pipeline.apply("prod")
+    pipeline.apply("dev")
+    pipeline.wait_ready("prod", "dev")
+    pods = pipeline.kubectl.get_json("pods", "-l", "matchenv.io/environment=dev")["items"]
+    assert pods
+    assert all(p["status"]["phase"] == "Running" for p in pods)
+    result = pipeline.scrape("--synthetic", "500")
+    assert result.returncode == 0, result.stderr
+    assert "confirmed 500" in result.stdout
+    pipeline.wait_rows({"prod": 500, "dev": 500})
+
+
+def test_applying_staging_adds_an_environment_that_gets_the_next_scrape(pipeline: Pipeline) -> None:
+    pipeline.apply("staging")
+    pipeline.wait_ready("staging")
+    result = pipeline.scrape("--synthetic", "200", "--start", "500")
+    assert result.returncode == 0, result.stderr
+    pipeline.wait_rows({"prod": 700, "dev": 700, "staging": 200})
+    lines = pipeline.kubectl.run("get", "matchenvironments").stdout.splitlines()
+    print("\n" + "\n".join(lines))
+    assert all(line.split()[-2] == "Ready" for line in lines[1:])
+
+
+def test_queue_flag_reaches_one_environment_and_no_submit_none(pipeline: Pipeline) -> None:
+    result = pipeline.scrape("--synthetic", "10", "--seed", "99", "--queue", "matches.prod")
+    assert result.returncode == 0, result.stderr
+    pipeline.wait_rows({"prod": 710, "dev": 700, "staging": 200})
+    result = pipeline.scrape("--synthetic", "10", "--seed", "98", "--no-submit-queue")
+    assert result.returncode == 0
+    assert "published 0" in result.stdout
+    pipeline.wait_rows({"prod": 710, "dev": 700, "staging": 200}, timeout=10)
+
+
+def test_deleted_environment_gets_nothing_more(pipeline: Pipeline) -> None:
+    pipeline.kubectl.run("delete", "menv", "dev", "--timeout=90s", timeout=120)
+    assert pipeline.queue_depth("matches.dev") is None  # deletionPolicy: Delete
+    result = pipeline.scrape("--synthetic", "100", "--start", "700")
+    assert result.returncode == 0, result.stderr
+    pipeline.wait_rows({"prod": 810, "dev": 700, "staging": 300})
+
+
+def test_with_no_environment_bound_the_scrape_fails_as_unroutable(pipeline: Pipeline) -> None:
+    pipeline.kubectl.run("delete", "menv", "prod", "staging", "--timeout=90s", timeout=120)
+    assert pipeline.queue_depth("matches.prod") is not None  # Retain: the queue stays, unbound
+    result = pipeline.scrape("--synthetic", "5", "--start", "800")
+    assert result.returncode == 1
+    assert "5 matches were unroutable" in result.stderr
+    assert pipeline.queue_depth("matches.prod") == 0
