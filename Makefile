@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CLUSTER_DIR ?= /tmp/matchenv-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv crds lint test test-unit cluster-build cluster-up cluster-down demo clean
+.PHONY: help system-deps venv crds lint test test-unit cluster-build cluster-up cluster-down demo chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,8 +49,11 @@ cluster-up: cluster-build  ## start the local control plane in the background
 cluster-down: $(STAMP)  ## stop the local control plane
 	$(BIN)/matchenv cluster down --state-dir $(CLUSTER_DIR)
 
-demo: system-deps cluster-build  ## the main job: local control plane, CRD, prod/dev/staging environments
-	@CLUSTER_DIR=$(CLUSTER_DIR) BIN=$(BIN) scripts/demo.sh
+demo: system-deps cluster-build  ## the main job: broker, databases, control plane, operator, prod/dev/staging, matches
+	$(BIN)/matchenv demo
+
+chaos: system-deps cluster-build  ## the chaos test with 50,000 matches (the suite runs it with 10,000)
+	MATCHENV_CHAOS_MATCHES=$${MATCHENV_CHAOS_MATCHES:-50000} $(BIN)/pytest tests/e2e/test_chaos.py -s
 
 clean:  ## remove the virtualenv and caches in the tree (the control-plane cache stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

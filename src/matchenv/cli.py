@@ -266,6 +266,19 @@ def crd_ready(
     typer.echo("MatchEnvironments are served")
 
 
+@app.command()
+def demo(
+    state_dir: Path = typer.Option(Path("/tmp/matchenv-demo"), help="Where state and logs go (wiped first)."),
+    keep: bool | None = typer.Option(None, "--keep/--no-keep",
+                                     help="Keep it running until Ctrl-C (default: when run in a terminal)."),
+) -> None:
+    """The whole pipeline locally: broker, databases, control plane, operator, prod/dev/staging, matches flowing."""
+    from matchenv.devcluster.demo import run_demo
+
+    stay = sys.stdin.isatty() if keep is None else keep
+    raise typer.Exit(run_demo(state_dir, stay, lambda m: typer.echo(m)))
+
+
 @cluster_app.command("build")
 def cluster_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")) -> None:
     """Build (or find cached) kube-apiserver, controller-manager, scheduler, kubectl and etcd."""

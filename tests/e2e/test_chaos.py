@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from matchenv.devservices.postgres import PostgresServer
+from matchenv.devservices.process import wait_for
 from matchenv.devservices.rabbitmq import RabbitMQNode
 from tests.e2e.conftest import Kubectl
-from tests.e2e.harness import wait_for
 from tests.e2e.pipeline import Pipeline, pipeline_fixture
 
 ENVS = ("alpha", "beta", "gamma")
@@ -29,8 +29,7 @@ def pipeline(crd_installed: Kubectl, rabbitmq: RabbitMQNode, postgres: PostgresS
 
 def test_chaos_loses_nothing_and_duplicates_nothing(pipeline: Pipeline) -> None:
     for name in ENVS:
-        pipeline.apply(name, workers={"image": "matchenv:0.1.0", "replicas": 2, "concurrency": 2,
-                                      "databaseSecretRef": {"name": "unused"}})
+        pipeline.apply(name, workers={"image": "matchenv:0.1.0", "replicas": 2, "concurrency": 2})
     pipeline.wait_ready(*ENVS)
     result: dict[str, object] = {}
     scraper = threading.Thread(target=lambda: result.update(run=pipeline.scrape("--synthetic", str(TOTAL),

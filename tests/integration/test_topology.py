@@ -3,15 +3,15 @@ typed errors."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pika
 import pika.exceptions
 import pytest
 
+from matchenv.devservices.process import wait_for
 from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.models import MatchEnvironmentSpec
 from matchenv.topology.applier import ApplyError, apply_plan
@@ -25,16 +25,6 @@ from matchenv.topology.client import (
 from matchenv.topology.desired import DesiredTopology, desired_topology
 from matchenv.topology.planner import Plan, plan_converge, plan_teardown
 from tests.cases import environment
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -10,29 +10,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 from celery import Celery
 
 from matchenv.devservices.postgres import PostgresServer
+from matchenv.devservices.process import wait_for
 from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.models import Match
 from matchenv.workers.migrate import migrate
 from matchenv.workers.stores import PostgresStore, StoreUnavailable
 from tests.integration.harness import TASK, Environment, WorkerProcess, make_match, protocol1_body
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture

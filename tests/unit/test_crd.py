@@ -17,7 +17,8 @@ from pydantic_core import PydanticUndefined
 from matchenv.crd import build_crd, build_defaulting_policy, rendered_files
 from matchenv.models import MatchEnvironmentSpec, MatchEnvironmentStatus
 
-CRDS = Path(__file__).resolve().parents[2] / "crds"
+ROOT = Path(__file__).resolve().parents[2]
+CRD_DIRS = (ROOT / "crds", ROOT / "manifests/base/crds")
 
 
 def _root() -> dict[str, Any]:
@@ -25,9 +26,10 @@ def _root() -> dict[str, Any]:
     return schema
 
 
-def test_committed_crds_match_the_models() -> None:
+@pytest.mark.parametrize("directory", CRD_DIRS, ids=lambda d: str(d.relative_to(ROOT)))
+def test_committed_crds_match_the_models(directory: Path) -> None:
     for name, content in rendered_files().items():
-        assert (CRDS / name).read_text() == content, f"crds/{name} is stale: run `make crds`"
+        assert (directory / name).read_text() == content, f"{directory}/{name} is stale: run `make crds`"
 
 
 def _walk(node: dict[str, Any], path: str) -> typing.Iterator[tuple[str, dict[str, Any]]]:

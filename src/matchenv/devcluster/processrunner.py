@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import requests
 from kubernetes import client
@@ -244,8 +244,8 @@ class ProcessRunner:
 
     def _secret(self, namespace: str, name: str, optional: bool | None) -> dict[str, str]:
         try:
-            raw = json.loads(self.core.read_namespaced_secret(name, namespace, _request_timeout=10,
-                                                              _preload_content=False).data)
+            raw = json.loads(cast(Any, self.core.read_namespaced_secret(name, namespace, _request_timeout=10,
+                                                                        _preload_content=False)).data)
         except ApiException as exc:
             if exc.status == 404:
                 if optional:
@@ -256,8 +256,8 @@ class ProcessRunner:
 
     def _config_map(self, namespace: str, name: str, optional: bool | None) -> dict[str, str]:
         try:
-            raw = json.loads(self.core.read_namespaced_config_map(name, namespace, _request_timeout=10,
-                                                                  _preload_content=False).data)
+            raw = json.loads(cast(Any, self.core.read_namespaced_config_map(name, namespace, _request_timeout=10,
+                                                                            _preload_content=False)).data)
         except ApiException as exc:
             if exc.status == 404:
                 if optional:

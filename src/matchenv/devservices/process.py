@@ -8,7 +8,10 @@ import os
 import signal
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -45,3 +48,19 @@ def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> 
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "condition", every: float = 0.25) -> Any:
+    """Poll ``check`` until it returns something truthy (returned) or ``timeout`` passes (AssertionError naming
+    ``what`` and the last answer). An exception from ``check`` counts as not yet: it may race a restart."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except Exception as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")

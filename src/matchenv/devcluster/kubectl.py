@@ -1,0 +1,37 @@
+"""The built kubectl pointed at a local cluster; every call has a timeout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import yaml
+
+from matchenv.devcluster.cluster import LocalCluster
+
+
+class KubectlError(AssertionError):
+    """kubectl exited non-zero; the message holds its stderr. (An AssertionError, so tests read it as a failure.)"""
+
+
+class Kubectl:
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+
+    def run(self, *args: str, stdin: str | None = None, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(self.cluster.kubectl_cmd(*args), input=stdin, capture_output=True, text=True,
+                              timeout=timeout)
+        if check and proc.returncode != 0:
+            raise KubectlError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc
+
+    def apply(self, manifest: dict[str, Any] | str, *extra: str, check: bool = True
+              ) -> subprocess.CompletedProcess[str]:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        return self.run("apply", "-f", "-", *extra, stdin=text, check=check)
+
+    def get_json(self, *args: str) -> dict[str, Any]:
+        result: dict[str, Any] = json.loads(self.run("get", *args, "-o", "json").stdout)
+        return result

@@ -1,0 +1,181 @@
+"""The whole system on one machine: control plane, node agent running real worker processes, RabbitMQ, PostgreSQL
+(one database per environment) and the operator. ``matchenv demo`` drives it; the pipeline and chaos tests too."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from kubernetes import client, config
+
+from matchenv.crd import wait_until_served
+from matchenv.devcluster.cluster import LocalCluster
+from matchenv.devcluster.kubectl import Kubectl
+from matchenv.devcluster.nodeagent import NodeAgent, wait_for_node_ready
+from matchenv.devcluster.operatorproc import OperatorProcess, service_account_kubeconfig
+from matchenv.devcluster.processrunner import ProcessRunner
+from matchenv.devservices.postgres import PostgresServer
+from matchenv.devservices.process import wait_for
+from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv.topology.client import BrokerNotFound, ManagementClient
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _minimal_environment(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"apiVersion": "matchenv.io/v1alpha1", "kind": "MatchEnvironment",
+                            "metadata": {"name": name}, "spec": {"workers": {"image": "matchenv:0.1.0"}}}
+    body["spec"].update(spec)
+    body["spec"]["workers"] = {**body["spec"]["workers"], "databaseSecretRef": {"name": f"matchenv-db-{name}"}}
+    return body
+
+
+@dataclass
+class LocalStack:
+    """Everything but the control plane, broker and database processes is started by :meth:`start`; those three
+    are given (tests share them across a session) or made by :meth:`create`."""
+
+    kubectl: Kubectl
+    rabbitmq: RabbitMQNode
+    postgres: PostgresServer
+    tmp: Path
+    root: Path = ROOT
+    resync_seconds: float = 3.0
+    log: Callable[[str], None] = lambda _msg: None
+    operator: OperatorProcess | None = None
+    agent: NodeAgent | None = None
+    databases: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def broker(self) -> ManagementClient:
+        ep = self.rabbitmq.endpoints
+        return ManagementClient(ep.management_url, ep.username, ep.password)
+
+    def install(self) -> None:
+        """The CRD, its defaulting policy, the operator's namespace and RBAC, and the broker Secret."""
+        kubectl = self.kubectl
+        kubectl.run("apply", "-f", str(self.root / "crds"))
+        kubectl.run("wait", "--for=condition=Established", "crd/matchenvironments.matchenv.io", "--timeout=60s")
+        wait_until_served(client.CustomObjectsApi(config.new_client_from_config(str(kubectl.cluster.kubeconfig))))
+        base = self.root / "manifests/base"
+        kubectl.run("apply", "-f", str(base / "namespace.yaml"), "-f", str(base / "rbac.yaml"))
+        ep = self.rabbitmq.endpoints
+        kubectl.apply({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "matchenv-broker", "namespace": "matchenv-system"},
+                       "stringData": {"url": f"amqp://127.0.0.1:{ep.amqp_port}", "management-url": ep.management_url,
+                                      "username": ep.username, "password": ep.password}})
+
+    def start(self) -> LocalStack:
+        self.install()
+        self.clean_broker()
+        api = config.new_client_from_config(str(self.kubectl.cluster.kubeconfig))
+        self.agent = NodeAgent(api, runner=ProcessRunner(api, self.tmp / "pods")).start()
+        wait_for_node_ready(client.CoreV1Api(api), self.agent.name)
+        self.log(f"node {self.agent.name} ready; pod logs in {self.tmp / 'pods'}")
+        self.start_operator()
+        return self
+
+    def clean_broker(self) -> None:
+        """Queues and users left by an earlier run would be adopted; start from a clean broker."""
+        broker = self.broker
+        for queue in broker.list_queues():
+            if queue.name.startswith("matches."):
+                broker.delete_queue(queue.vhost, queue.name)
+        for user in broker.list_users():
+            if user.name.startswith("matchenv."):
+                broker.delete_user(user.name)
+
+    def start_operator(self) -> OperatorProcess:
+        """The operator as a process with the token of its ServiceAccount (so exactly its RBAC)."""
+        sa = service_account_kubeconfig(self.kubectl, "matchenv-system", "matchenv-operator",
+                                        self.tmp / "operator.kubeconfig")
+        n = len(list(self.tmp.glob("operator-*.log")))
+        self.operator = OperatorProcess(sa, self.tmp / f"operator-{n}.log", resync_seconds=self.resync_seconds,
+                                        identity=f"local-{n}").start()
+        self.log(f"operator started (log {self.operator.log_path})")
+        return self.operator
+
+    def stop(self) -> None:
+        self.kubectl.run("delete", "menv", "--all", "--timeout=90s", check=False, timeout=120)
+        if self.operator:
+            self.operator.stop()
+        if self.agent:
+            self.agent.stop()
+
+    def database(self, env: str) -> str:
+        """The environment's own database (created and put in Secret matchenv-db-<env> on first use)."""
+        if env not in self.databases:
+            self.databases[env] = self.postgres.create_database(f"matchenv_{env}_{os.getpid()}")
+            self.kubectl.apply({"apiVersion": "v1", "kind": "Secret",
+                                "metadata": {"name": f"matchenv-db-{env}", "namespace": "default"},
+                                "stringData": {"DATABASE_URL": self.databases[env]}})
+        return self.databases[env]
+
+    def apply(self, name: str, **spec: Any) -> None:
+        """Apply examples/<name>.yaml when it exists and no spec is given, else a minimal environment."""
+        self.database(name)
+        example = self.root / "examples" / f"{name}.yaml"
+        if example.exists() and not spec:
+            self.kubectl.run("apply", "-f", str(example))
+        else:
+            self.kubectl.apply(_minimal_environment(name, **spec))
+
+    def wait_ready(self, *names: str, timeout: float = 180) -> None:
+        for name in names:
+            self.kubectl.run("wait", "--for=condition=Ready", f"menv/{name}", f"--timeout={int(timeout)}s",
+                             timeout=timeout + 30)
+
+    def rows(self, env: str) -> int:
+        try:
+            with psycopg.connect(self.databases[env], connect_timeout=5) as conn:
+                row = conn.execute("select count(*) from matches").fetchone()
+        except psycopg.errors.UndefinedTable:
+            return 0
+        return int(row[0]) if row else 0
+
+    def duplicates(self, env: str) -> int:
+        with psycopg.connect(self.databases[env], connect_timeout=5) as conn:
+            row = conn.execute("select count(*) - count(distinct external_match_id) from matches").fetchone()
+        return int(row[0]) if row else 0
+
+    def scrape(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "RABBITMQ_URL": self.rabbitmq.endpoints.amqp_url}
+        return subprocess.run([sys.executable, "-m", "matchenv.cli", "scrape", "--quiet", *args], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def wait_rows(self, expected: dict[str, int], timeout: float = 180) -> None:
+        wait_for(lambda: {e: self.rows(e) for e in expected} == expected, timeout=timeout,
+                 what=f"rows {expected}")
+
+    def queue_depth(self, queue: str, vhost: str = "/") -> int | None:
+        try:
+            info = self.broker.get_queue(vhost, queue)
+        except BrokerNotFound:
+            return None
+        return info.messages_ready + info.messages_unacknowledged
+
+    @classmethod
+    def create(cls, state_dir: Path, log: Callable[[str], None]) -> tuple[LocalStack, Callable[[], None]]:
+        """Start a private control plane, RabbitMQ and PostgreSQL under ``state_dir``; return the stack and a
+        function that stops all of it."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        rabbitmq = RabbitMQNode(state_dir / "rabbitmq", name="demo").start()
+        log(f"RabbitMQ on 127.0.0.1:{rabbitmq.endpoints.amqp_port} (management {rabbitmq.endpoints.management_url})")
+        postgres = PostgresServer(state_dir / "postgres").start()
+        log(f"PostgreSQL on 127.0.0.1:{postgres.port}")
+        cluster = LocalCluster(state_dir / "cluster", log=log).start()
+        stack = cls(Kubectl(cluster), rabbitmq, postgres, state_dir, log=log)
+
+        def shutdown() -> None:
+            stack.stop()
+            cluster.stop()
+            rabbitmq.stop()
+            postgres.stop()
+
+        return stack, shutdown
