@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -17,7 +15,7 @@ from typing import Any
 import pika
 import requests
 
-from matchenv.devservices.process import die_with_parent, free_port
+from matchenv.devservices.process import ChildProcess, free_port
 from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.models import MatchEnvironmentSpec
 from matchenv.operator.builders import worker_amqp_url
@@ -107,17 +105,16 @@ class Environment:
             return int(result.method.message_count)
 
 
-class WorkerProcess:
+class WorkerProcess(ChildProcess):
     """``matchenv worker`` as a real process with the environment's credentials."""
 
     def __init__(self, env: Environment, database_env: dict[str, str], log_path: Path, concurrency: int = 1
                  ) -> None:
+        super().__init__(log_path)
         self.env = env
         self.database_env = database_env
-        self.log_path = log_path
         self.concurrency = concurrency
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> WorkerProcess:
         environ = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "SUPABASE_URL"}}
@@ -129,13 +126,8 @@ class WorkerProcess:
             "PYTHONUNBUFFERED": "1",
             **self.database_env,
         })
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "matchenv.cli", "worker", "--queue", self.env.queue,
-                 "--concurrency", str(self.concurrency)],
-                env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+        self.spawn([sys.executable, "-m", "matchenv.cli", "worker", "--queue", self.env.queue,
+                    "--concurrency", str(self.concurrency)], environ)
         if wait:
             self.wait_ready()
         return self
@@ -161,21 +153,3 @@ class WorkerProcess:
             if line.startswith(prefix + " "):
                 return float(line.split()[-1])
         return 0.0
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -4,8 +4,6 @@ the demo."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import requests
 import yaml
 
 from matchenv.devcluster.kubectl import Kubectl
-from matchenv.devservices.process import die_with_parent, free_port, process_alive
+from matchenv.devservices.process import ChildProcess, free_port
 
 
 def service_account_kubeconfig(kubectl: Kubectl, namespace: str, name: str, path: Path) -> Path:
@@ -32,18 +30,17 @@ def service_account_kubeconfig(kubectl: Kubectl, namespace: str, name: str, path
     return path
 
 
-class OperatorProcess:
+class OperatorProcess(ChildProcess):
     """``matchenv operator run`` as a child process; its output goes to a log file the tests can read."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, resync_seconds: float = 2.0, lease_seconds: float = 6.0,
                  identity: str = "operator-a") -> None:
+        super().__init__(log_path)
         self.kubeconfig = kubeconfig
-        self.log_path = log_path
         self.resync_seconds = resync_seconds
         self.lease_seconds = lease_seconds
         self.identity = identity
         self.metrics_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
         env = {
@@ -53,44 +50,10 @@ class OperatorProcess:
             "POD_NAME": self.identity,
             "PYTHONUNBUFFERED": "1",
         }
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "matchenv.cli", "operator", "run", "--verbose",
-                 "--resync-seconds", str(self.resync_seconds), "--operator-namespace", "matchenv-system",
-                 "--metrics-port", str(self.metrics_port), "--health-port", "0"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+        self.spawn([sys.executable, "-m", "matchenv.cli", "operator", "run", "--verbose",
+                    "--resync-seconds", str(self.resync_seconds), "--operator-namespace", "matchenv-system",
+                    "--metrics-port", str(self.metrics_port), "--health-port", "0"], env)
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None and process_alive(self.proc.pid)
-
-    def stop(self, timeout: float = 30) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, no lease release, as a crashed pod."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def metric(self, name: str) -> float | None:
         try:

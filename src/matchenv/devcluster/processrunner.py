@@ -21,9 +21,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import requests
 from kubernetes import client
@@ -243,26 +244,23 @@ class ProcessRunner:
         return data[ref["key"]]
 
     def _secret(self, namespace: str, name: str, optional: bool | None) -> dict[str, str]:
-        try:
-            raw = json.loads(cast(Any, self.core.read_namespaced_secret(name, namespace, _request_timeout=10,
-                                                                        _preload_content=False)).data)
-        except ApiException as exc:
-            if exc.status == 404:
-                if optional:
-                    return {}
-                raise ConfigMissing(f'secret "{name}" not found') from exc
-            raise
-        return {k: base64.b64decode(v).decode() for k, v in (raw.get("data") or {}).items()}
+        raw = self._read("secret", self.core.read_namespaced_secret, namespace, name, optional)
+        return {k: base64.b64decode(v).decode() for k, v in raw.items()}
 
     def _config_map(self, namespace: str, name: str, optional: bool | None) -> dict[str, str]:
+        return self._read("configmap", self.core.read_namespaced_config_map, namespace, name, optional)
+
+    @staticmethod
+    def _read(kind: str, read: Callable[..., Any], namespace: str, name: str,
+              optional: bool | None) -> dict[str, str]:
+        """The ``data`` of a Secret or ConfigMap; {} for a missing optional one, ConfigMissing otherwise."""
         try:
-            raw = json.loads(cast(Any, self.core.read_namespaced_config_map(name, namespace, _request_timeout=10,
-                                                                            _preload_content=False)).data)
+            raw = json.loads(read(name, namespace, _request_timeout=10, _preload_content=False).data)
         except ApiException as exc:
             if exc.status == 404:
                 if optional:
                     return {}
-                raise ConfigMissing(f'configmap "{name}" not found') from exc
+                raise ConfigMissing(f'{kind} "{name}" not found') from exc
             raise
         data: dict[str, str] = raw.get("data") or {}
         return data

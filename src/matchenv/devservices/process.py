@@ -64,3 +64,42 @@ def wait_for(check: Callable[[], Any], timeout: float = 30, what: str = "conditi
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class ChildProcess:
+    """A child process in its own process group, dying with its parent, its output appended to ``log_path``."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, argv: list[str], env: dict[str, str]) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and process_alive(self.proc.pid)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """TERM, then KILL after ``timeout``; the exit code (None if never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            stop_process_group(self.proc, timeout=timeout)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash would."""
+        assert self.proc is not None, "not started"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

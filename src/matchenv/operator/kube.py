@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
+from collections.abc import Callable
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -26,6 +27,16 @@ MERGE = "application/merge-patch+json"
 def _json(response: Any) -> Obj:
     data: Obj = json.loads(response.data or b"{}")
     return data
+
+
+def _unless_missing(call: Callable[[], Any]) -> Obj | None:
+    """The object ``call`` reads, or None on 404."""
+    try:
+        return _json(call())
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
 def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -64,13 +75,8 @@ class Kube:
         return items
 
     def get_environment(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return _json(self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name,
-                                                                  **self._opts()))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return _unless_missing(lambda: self.custom.get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, **self._opts()))
 
     def patch_environment_status(self, namespace: str, name: str, status: Obj) -> None:
         self.custom.patch_namespaced_custom_object_status(
@@ -85,12 +91,7 @@ class Kube:
 
     # -- Secrets ---------------------------------------------------------------------------------------------
     def get_secret(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return _json(self.core.read_namespaced_secret(name, namespace, **self._opts()))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return _unless_missing(lambda: self.core.read_namespaced_secret(name, namespace, **self._opts()))
 
     def list_secrets(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
         if namespace:
@@ -107,13 +108,7 @@ class Kube:
                                                        **self._opts()))
 
     def delete_secret(self, namespace: str, name: str) -> bool:
-        try:
-            self.core.delete_namespaced_secret(name, namespace, **self._opts())
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return _unless_missing(lambda: self.core.delete_namespaced_secret(name, namespace, **self._opts())) is not None
 
     # -- Deployments -----------------------------------------------------------------------------------------
     def list_deployments(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
@@ -125,12 +120,7 @@ class Kube:
         return items
 
     def get_deployment(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return _json(self.apps.read_namespaced_deployment(name, namespace, **self._opts()))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return _unless_missing(lambda: self.apps.read_namespaced_deployment(name, namespace, **self._opts()))
 
     def apply_deployment(self, body: Obj) -> Obj:
         meta = body["metadata"]
@@ -139,13 +129,8 @@ class Kube:
                                                            _content_type=APPLY, **self._opts()))
 
     def delete_deployment(self, namespace: str, name: str) -> bool:
-        try:
-            self.apps.delete_namespaced_deployment(name, namespace, propagation_policy="Background", **self._opts())
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return _unless_missing(lambda: self.apps.delete_namespaced_deployment(
+            name, namespace, propagation_policy="Background", **self._opts())) is not None
 
     # -- Events ----------------------------------------------------------------------------------------------
     def post_event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:
@@ -171,12 +156,7 @@ class Kube:
 
     # -- Leases ----------------------------------------------------------------------------------------------
     def get_lease(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return _json(self.coordination.read_namespaced_lease(name, namespace, **self._opts()))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return _unless_missing(lambda: self.coordination.read_namespaced_lease(name, namespace, **self._opts()))
 
     def create_lease(self, namespace: str, body: Obj) -> Obj:
         return _json(self.coordination.create_namespaced_lease(namespace, cast(Any, body), **self._opts()))
