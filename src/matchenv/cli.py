@@ -176,6 +176,7 @@ def scrape(
     exchange: str | None = typer.Option(None, "--exchange", help="Publish to this exchange (default matches-fanout)."),
     no_submit_queue: bool = typer.Option(False, "--no-submit-queue", help="Validate and count; publish nothing."),
     broker_url: str | None = typer.Option(None, "--broker-url", help="AMQP URL (env RABBITMQ_URL)."),
+    retry_seconds: float = typer.Option(120.0, min=0, help="How long to keep reconnecting to a lost broker."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Publish matches once to the fanout exchange, with confirms; exit 1 if any reached no queue or failed,
@@ -189,6 +190,7 @@ def scrape(
     from matchenv.scraper.sources import synthetic as make_synthetic
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # our own warnings say what happened, once
     if from_file is None and synthetic is None:
         _echo_err("error: give --from-file PATH or --synthetic N")
         raise typer.Exit(2)
@@ -203,7 +205,7 @@ def scrape(
         sources.append(list(make_synthetic(synthetic, seed=seed, start=start)))
     matches = list(chain.from_iterable(sources))
     target = resolve_target(queue, exchange)
-    publisher = Publisher(url or "amqp://localhost", target)
+    publisher = Publisher(url or "amqp://localhost", target, retry_seconds=retry_seconds)
     where = "nowhere (--no-submit-queue)" if no_submit_queue else target.describe()
     _echo_err(f"publishing {len(matches)} matches to {where}")
     show = not quiet and sys.stderr.isatty()

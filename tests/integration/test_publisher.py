@@ -100,7 +100,7 @@ def test_invalid_matches_are_listed_and_not_published(rabbitmq: RabbitMQNode, tm
 def test_publisher_survives_a_broker_restart_without_losing_confirmed_matches(
         rabbitmq: RabbitMQNode, envs: tuple[str, Environment, Environment]) -> None:
     exchange, prod, _ = envs
-    publisher = Publisher(rabbitmq.endpoints.amqp_url, Target(exchange), max_attempts=10)
+    publisher = Publisher(rabbitmq.endpoints.amqp_url, Target(exchange))
     total = 6000
     matches = list(synthetic(total, seed=7))
     done: dict[str, object] = {}

@@ -1,9 +1,10 @@
 """Publish matches once, with proof: publisher confirms, ``mandatory``, persistent messages.
 
-Each message waits for its confirm before the next is sent, so after a lost connection the publisher knows exactly
-which matches the broker took; it reconnects and sends the unconfirmed one again (with the same task id: the
-workers' upsert makes a redelivery harmless), never one that was confirmed. A match that reaches no queue (no
-environment bound) is returned by the broker and counted as unroutable; the command then exits non-zero.
+Each message waits for its confirm before the next is sent, so after a lost connection the publisher knows
+exactly which matches the broker took; it reconnects (for up to ``retry_seconds``) and sends the unconfirmed one
+again (with the same task id: the workers' upsert makes a redelivery harmless), never one that was confirmed. A
+match that reaches no queue (no environment bound) is returned by the broker and counted as unroutable; the
+command then exits non-zero.
 """
 
 from __future__ import annotations
@@ -103,16 +104,17 @@ def validate(raw: RawMatch) -> tuple[dict[str, object] | None, list[InvalidMatch
 class Publisher:
     """One confirmed, mandatory channel to the broker; reconnects with backoff."""
 
-    def __init__(self, url: str, target: Target, max_attempts: int = 6, connect_timeout: float = 10.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, url: str, target: Target, retry_seconds: float = 120.0, connect_timeout: float = 10.0,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
         self.params = pika.URLParameters(url)
         self.params.socket_timeout = connect_timeout
         self.params.blocked_connection_timeout = 60
         self.params.heartbeat = 30
         self.params.connection_attempts = 1
         self.target = target
-        self.max_attempts = max_attempts
+        self.retry_seconds = retry_seconds
         self.sleep = sleep
+        self.clock = clock
         self.reconnects = 0
         self._conn: pika.BlockingConnection | None = None
         self._channel: pika.adapters.blocking_connection.BlockingChannel | None = None
@@ -138,6 +140,7 @@ class Publisher:
         props = pika.BasicProperties(content_type="application/json", content_encoding="utf-8", delivery_mode=2,
                                      correlation_id=message.task_id, headers=message.headers, priority=0)
         attempt = 0
+        first_failure: float | None = None
         while True:
             attempt += 1
             try:
@@ -157,10 +160,13 @@ class Publisher:
             except _RECOVERABLE as exc:
                 self._channel = None
                 detail = f"connection lost: {exc.__class__.__name__}"
-            if attempt >= self.max_attempts:
-                return "failed", f"{detail}; gave up after {attempt} attempts"
+            now = self.clock()
+            first_failure = now if first_failure is None else first_failure
+            if now - first_failure >= self.retry_seconds:
+                return "failed", f"{detail}; gave up after {attempt} attempts in {now - first_failure:.0f}s"
             delay = min(10.0, 0.5 * 2 ** (attempt - 1))
-            log.warning("%s; reconnecting in %.1fs (attempt %d of %d)", detail, delay, attempt, self.max_attempts)
+            log.warning("%s; reconnecting in %.1fs (attempt %d, giving up after %.0fs)", detail, delay, attempt,
+                        self.retry_seconds)
             self.reconnects += 1
             self.sleep(delay)
 

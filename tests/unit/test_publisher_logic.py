@@ -1,0 +1,72 @@
+"""Publisher decisions without a broker: routing priority, validation, retry budget."""
+
+from __future__ import annotations
+
+import json
+
+import pika.exceptions
+import pytest
+
+from matchenv.scraper.messages import TASK_NAME, task_message
+from matchenv.scraper.publisher import DEFAULT_EXCHANGE, Publisher, PublishReport, Target, resolve_target, validate
+from matchenv.scraper.sources import RawMatch, synthetic
+
+
+def test_routing_priority_queue_then_exchange_then_default() -> None:
+    assert resolve_target("matches.prod", "other") == Target("", "matches.prod")
+    assert resolve_target(None, "other") == Target("other", "")
+    assert resolve_target(None, None) == Target(DEFAULT_EXCHANGE, "")
+
+
+def test_protocol2_message_carries_the_task_in_headers() -> None:
+    match = next(iter(synthetic(1))).data
+    message = task_message(match, task_id="abc")
+    assert message.headers["task"] == TASK_NAME
+    assert message.headers["id"] == "abc"
+    args, kwargs, embed = json.loads(message.body)
+    assert args == [match]
+    assert kwargs == {}
+    assert set(embed) == {"callbacks", "errbacks", "chain", "chord"}
+
+
+def test_synthetic_matches_are_stable_and_valid() -> None:
+    first = [m.data for m in synthetic(50, seed=1)]
+    assert first == [m.data for m in synthetic(50, seed=1)]
+    assert len({m["external_match_id"] for m in first}) == 50
+    assert all(validate(RawMatch(i, m))[0] is not None for i, m in enumerate(first))
+    assert [m.data for m in synthetic(5, seed=1, start=45)] == first[45:]
+
+
+def test_validation_names_each_bad_field() -> None:
+    data, problems = validate(RawMatch(7, {"home_team": "A", "away_team": "B", "match_date": "2025-01-01",
+                                           "season": "x", "age_group": "U14", "match_type": "League",
+                                           "away_score": -1, "league": "Premier", "external_match_id": "e7"}))
+    assert data is None
+    assert {(p.field, p.key, p.position) for p in problems} == {("away_score", "e7", 7), ("league", "e7", 7)}
+
+
+def test_exit_codes() -> None:
+    assert PublishReport(confirmed=3).exit_code == 0
+    assert PublishReport(confirmed=2, unroutable=1).exit_code == 1
+    assert PublishReport(confirmed=2, failed=1).exit_code == 1
+    assert PublishReport(confirmed=2, invalid_matches=1).exit_code == 3
+
+
+def test_gives_up_after_the_retry_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    publisher = Publisher("amqp://u:p@127.0.0.1:1/%2F", Target("x"), retry_seconds=30, sleep=sleep,
+                          clock=lambda: now[0])
+
+    def refuse() -> None:
+        raise pika.exceptions.AMQPConnectionError("refused")
+
+    monkeypatch.setattr(publisher, "_connect", refuse)
+    result, detail = publisher.publish({"home_team": "A"})
+    assert result == "failed"
+    assert "gave up after" in detail
+    assert 30 <= now[0] < 45
+    assert publisher.reconnects >= 4
