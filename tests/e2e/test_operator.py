@@ -261,6 +261,27 @@ def test_killed_operator_restarts_and_converges_without_duplicates(platform: Pla
     assert sorted(users) == sorted(f"matchenv.default.{e}" for e in (*ENVS, "preview"))
 
 
+def test_environment_with_its_own_broker_secret(platform: Platform) -> None:
+    kubectl = platform.kubectl
+    secret = _broker_secret(platform.rabbitmq)
+    secret["metadata"] = {"name": "team-broker", "namespace": "default"}
+    kubectl.apply(secret)
+    kubectl.apply(_db_secret("ownbroker"))
+    kubectl.apply(environment("ownbroker", broker={"connectionSecretRef": {"name": "team-broker"}}))
+    wait_for(lambda: platform.is_ready("ownbroker"), timeout=60, what="ownbroker Ready")
+    assert len(platform.mgmt.bindings("matches-fanout", "matches.ownbroker")) == 1
+    kubectl.run("delete", "secret", "team-broker")
+    kubectl.run("delete", "menv", "ownbroker", "--wait=false")
+    # without its broker Secret the delete cannot unbind: the finalizer holds and the reason is reported
+    wait_for(lambda: "broker Secret default/team-broker not found" in (platform.status("ownbroker").get("lastError")
+                                                                        or ""), timeout=30, what="reason reported")
+    assert len(platform.mgmt.bindings("matches-fanout", "matches.ownbroker")) == 1
+    kubectl.apply(secret)
+    wait_for(lambda: kubectl.run("get", "menv", "ownbroker", check=False).returncode != 0, timeout=60,
+             what="delete completes once the Secret is back")
+    assert platform.mgmt.bindings("matches-fanout", "matches.ownbroker") == []
+
+
 def test_management_calls_per_resync_do_not_grow_with_environments(platform: Platform) -> None:
     wait_for(lambda: all(platform.is_ready(e) for e in (*ENVS, "preview")), what="all Ready")
     calls = wait_for(lambda: platform.operator.metric("matchenv_resync_management_calls"), what="metric")
