@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +20,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(getattr(pytest.mark, tier))
 
 
+def _started(what: str, start: Callable[[], object]) -> None:
+    """Start a real service for the session; the suite fails (never skips) without it."""
+    try:
+        start()
+    except Exception as exc:
+        pytest.fail(f"{what} did not start: {exc}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:
     """A private RabbitMQ node (Debian's rabbitmq-server + management) on loopback, for the whole session."""
     node = RabbitMQNode(tmp_path_factory.mktemp("rabbitmq"), name="tests")
-    try:
-        node.start()
-    except Exception as exc:
-        pytest.fail(f"RabbitMQ did not start: {exc}", pytrace=False)
+    _started("RabbitMQ", node.start)
     yield node
     node.stop()
 
@@ -44,9 +49,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     """A throw-away PostgreSQL server (Debian's postgresql) on loopback, for the whole session."""
     server = PostgresServer(tmp_path_factory.mktemp("postgres"))
-    try:
-        server.start()
-    except Exception as exc:
-        pytest.fail(f"PostgreSQL did not start: {exc}", pytrace=False)
+    _started("PostgreSQL", server.start)
     yield server
     server.destroy()

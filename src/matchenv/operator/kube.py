@@ -64,6 +64,16 @@ class Kube:
     def _opts(self) -> dict[str, Any]:
         return {"_request_timeout": self.timeout, "_preload_content": False}
 
+    def _list(self, namespaced: Callable[..., Any], everywhere: Callable[..., Any], label_selector: str,
+              namespace: str | None) -> list[Obj]:
+        """Items with ``label_selector`` in ``namespace``, or in all namespaces when it is None."""
+        if namespace:
+            data = namespaced(namespace, label_selector=label_selector, **self._opts())
+        else:
+            data = everywhere(label_selector=label_selector, **self._opts())
+        items: list[Obj] = _json(data).get("items", [])
+        return items
+
     # -- MatchEnvironments -----------------------------------------------------------------------------------
     def list_environments(self, namespace: str | None = None) -> list[Obj]:
         if namespace:
@@ -94,12 +104,8 @@ class Kube:
         return _unless_missing(lambda: self.core.read_namespaced_secret(name, namespace, **self._opts()))
 
     def list_secrets(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
-        if namespace:
-            data = self.core.list_namespaced_secret(namespace, label_selector=label_selector, **self._opts())
-        else:
-            data = self.core.list_secret_for_all_namespaces(label_selector=label_selector, **self._opts())
-        items: list[Obj] = _json(data).get("items", [])
-        return items
+        return self._list(self.core.list_namespaced_secret, self.core.list_secret_for_all_namespaces,
+                          label_selector, namespace)
 
     def apply_secret(self, body: Obj) -> Obj:
         meta = body["metadata"]
@@ -112,12 +118,8 @@ class Kube:
 
     # -- Deployments -----------------------------------------------------------------------------------------
     def list_deployments(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
-        if namespace:
-            data = self.apps.list_namespaced_deployment(namespace, label_selector=label_selector, **self._opts())
-        else:
-            data = self.apps.list_deployment_for_all_namespaces(label_selector=label_selector, **self._opts())
-        items: list[Obj] = _json(data).get("items", [])
-        return items
+        return self._list(self.apps.list_namespaced_deployment, self.apps.list_deployment_for_all_namespaces,
+                          label_selector, namespace)
 
     def get_deployment(self, namespace: str, name: str) -> Obj | None:
         return _unless_missing(lambda: self.apps.read_namespaced_deployment(name, namespace, **self._opts()))

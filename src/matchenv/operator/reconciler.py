@@ -278,17 +278,20 @@ class Reconciler:
             # an environment's broker Secret that the list did not return is known to be missing
             broker_secret = f"{meta['name']}-broker"
             prefetched.secrets.setdefault((meta["namespace"], broker_secret), None)
+            spec: MatchEnvironmentSpec | None = None
+            conn: BrokerConnection | None = None
             try:
                 spec = MatchEnvironmentSpec.model_validate(spec_raw)
                 conn = self.connection_for(env, spec, prefetched)
             except (ValidationError, BrokerConfigError, ApiException):
-                conn = None
+                pass
             if conn is not None and conn.key not in prefetched.snapshots:
                 try:
                     prefetched.snapshots[conn.key] = self.clients.get(conn).snapshot()
                 except BrokerError as exc:
                     prefetched.snapshots[conn.key] = exc
-            self._autoscale(env, prefetched, conn)
+            if spec is not None:
+                self._autoscale(env, spec, prefetched, conn)
             before = env.get("status")
             try:
                 after = self.converge(env, prefetched)
@@ -301,12 +304,8 @@ class Reconciler:
         report.seconds = self.clock() - started
         return report
 
-    def _autoscale(self, env: Obj, prefetched: Prefetched, conn: BrokerConnection | None) -> None:
-        spec_raw = env.get("spec") or {}
-        try:
-            spec = MatchEnvironmentSpec.model_validate(spec_raw)
-        except ValidationError:
-            return
+    def _autoscale(self, env: Obj, spec: MatchEnvironmentSpec, prefetched: Prefetched,
+                   conn: BrokerConnection | None) -> None:
         if not spec.autoscaling.enabled or conn is None:
             return
         snapshot = prefetched.snapshots.get(conn.key)
@@ -318,7 +317,7 @@ class Reconciler:
         wanted = self.autoscaler.decide(meta["uid"], spec.autoscaling, seen.messages, current, self.clock())
         if wanted != current:
             self.kube.scale_environment(meta["namespace"], meta["name"], wanted)
-            spec_raw.setdefault("workers", {})["replicas"] = wanted
+            env.setdefault("spec", {}).setdefault("workers", {})["replicas"] = wanted
             self._event(env, "Scaled", f"workers {current} -> {wanted} for a backlog of {seen.messages} messages")
 
 
