@@ -20,6 +20,11 @@ def broker_regex(name: str) -> str:
     return "^" + re.sub(r"([.^$|()\[\]{}*+?\\])", r"\\\1", name) + "$"
 
 
+def broker_secret_name(environment: str) -> str:
+    """Secret ``<env>-broker``: the worker's AMQP URL (it does not depend on the queue name)."""
+    return f"{environment}-broker"
+
+
 @dataclass(frozen=True)
 class EnvironmentNames:
     """Names of what the operator owns for the MatchEnvironment ``namespace/name`` whose queue is ``queue``."""
@@ -46,7 +51,7 @@ class EnvironmentNames:
 
     @property
     def broker_secret(self) -> str:
-        return f"{self.name}-broker"
+        return broker_secret_name(self.name)
 
     @property
     def deployment(self) -> str:

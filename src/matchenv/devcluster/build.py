@@ -196,7 +196,3 @@ def ensure_binaries(
         raise BuildError(f"build finished but these binaries are missing: {', '.join(still_missing)}")
     progress(f"control plane built in {time.monotonic() - started:.0f}s")
     return binaries
-
-
-if __name__ == "__main__":
-    ensure_binaries(force="--force" in sys.argv)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +55,3 @@ def run_demo(state_dir: Path, keep: bool, say: Callable[[str], None]) -> int:
     finally:
         say("== stopping everything")
         shutdown()
-
-
-def main() -> None:  # pragma: no cover
-    sys.exit(run_demo(Path("/tmp/matchenv-demo"), keep=False, say=print))

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from matchenv.models import DeletionPolicy, MatchEnvironmentSpec, Phase
-from matchenv.naming import MANAGED_BY, EnvironmentNames
+from matchenv.naming import MANAGED_BY, broker_secret_name
 from matchenv.operator import builders
 from matchenv.operator.autoscaler import Autoscaler
 from matchenv.operator.brokers import BrokerClients, BrokerConfigError, BrokerConnection, read_connection
@@ -110,11 +110,6 @@ class Reconciler:
         namespace, name = (env["metadata"]["namespace"], ref.name) if ref else self.settings.broker_secret_ref
         return read_connection(self._secret(namespace, name, prefetched), namespace, name)
 
-    @staticmethod
-    def _names(env: Obj, spec: MatchEnvironmentSpec) -> EnvironmentNames:
-        meta = env["metadata"]
-        return EnvironmentNames(meta["namespace"], meta["name"], spec.queue.resolved_name(meta["name"]))
-
     def _database_problem(self, namespace: str, spec: MatchEnvironmentSpec,
                           prefetched: Prefetched | None) -> tuple[str | None, Obj | None]:
         name = spec.workers.database_secret_ref.name
@@ -144,22 +139,24 @@ class Reconciler:
             status = {"phase": Phase.DEGRADED.value, "lastError": message}
             self.kube.patch_environment_status(namespace, name, status)
             return status
-        names = self._names(env, spec)
-        owner = builders.owner_reference(name, meta["uid"])
         desired = desired_topology(namespace, name, spec)
+        names = desired.names
+        owner = builders.owner_reference(name, meta["uid"])
 
         broker_error: str | None = None
         error_reason: str | None = None
         problems: tuple[str, ...] = ()
         topology = None
-        broker_secret_data: dict[str, str] = {}
+        # what the broker Secret holds now; it feeds the pod-template hash even when the broker connection cannot
+        # be read, so a missing admin Secret does not roll the workers
+        current = builders.decode_secret_data((self._secret(namespace, names.broker_secret, prefetched) or {})
+                                              .get("data"))
+        broker_secret_data = current
         try:
             conn = self.connection_for(env, spec, prefetched)
             client = self.clients.get(conn)
             # 1. the worker's credentials: keep the password the Secret holds, or mint one (Secret first, so a
             #    crash between the two steps cannot leave a broker user whose password nobody knows)
-            live_secret = self._secret(namespace, names.broker_secret, prefetched)
-            current = builders.decode_secret_data((live_secret or {}).get("data"))
             password = current.get("password") or secrets.token_urlsafe(24)
             reset_password = "password" not in current
             secret_body = builders.build_broker_secret(names, owner, conn.url, password, spec.broker.vhost)
@@ -189,9 +186,8 @@ class Reconciler:
 
         # 3. the workers
         db_problem, db_secret = self._database_problem(namespace, spec, prefetched)
-        current_replicas = spec.workers.replicas
         secrets_hash = builders.secret_data_hash(broker_secret_data, (db_secret or {}).get("data"))
-        deployment = builders.build_deployment(names, spec, owner, current_replicas, secrets_hash)
+        deployment = builders.build_deployment(names, spec, owner, spec.workers.replicas, secrets_hash)
         live = prefetched.deployments.get((namespace, names.deployment)) if prefetched else None
         if live is None:
             live = self.kube.get_deployment(namespace, names.deployment)
@@ -230,13 +226,14 @@ class Reconciler:
             meta = env["metadata"]
             namespace, name = meta["namespace"], meta["name"]
             spec = MatchEnvironmentSpec.model_validate(env.get("spec") or {})
-            names = self._names(env, spec)
+            desired = desired_topology(namespace, name, spec)
+            names = desired.names
             self.kube.patch_environment_status(namespace, name, {"phase": Phase.DELETING.value})
             done: list[str] = []
             try:
                 conn = self.connection_for(env, spec)
                 client = self.clients.get(conn)
-                plan = plan_teardown(desired_topology(namespace, name, spec), client.snapshot(),
+                plan = plan_teardown(desired, client.snapshot(),
                                      delete_queue=spec.deletion_policy is DeletionPolicy.DELETE,
                                      previous_exchange=(env.get("status") or {}).get("exchange"))
                 done = apply_plan(client, plan)
@@ -276,8 +273,7 @@ class Reconciler:
             meta = env["metadata"]
             spec_raw = env.get("spec") or {}
             # an environment's broker Secret that the list did not return is known to be missing
-            broker_secret = f"{meta['name']}-broker"
-            prefetched.secrets.setdefault((meta["namespace"], broker_secret), None)
+            prefetched.secrets.setdefault((meta["namespace"], broker_secret_name(meta["name"])), None)
             spec: MatchEnvironmentSpec | None = None
             conn: BrokerConnection | None = None
             try:
