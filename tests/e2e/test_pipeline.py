@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from matchenv.devservices.postgres import PostgresServer
+from matchenv.devservices.process import wait_for
 from matchenv.devservices.rabbitmq import RabbitMQNode
 from tests.e2e.conftest import Kubectl
 from tests.e2e.pipeline import Pipeline, pipeline_fixture
@@ -67,4 +68,5 @@ def test_with_no_environment_bound_the_scrape_fails_as_unroutable(pipeline: Pipe
     result = pipeline.scrape("--synthetic", "5", "--start", "800")
     assert result.returncode == 1
     assert "5 matches were unroutable" in result.stderr
-    assert pipeline.queue_depth("matches.prod") == 0
+    # the management API's counts trail by up to one stats interval: wait for them to read 0
+    wait_for(lambda: pipeline.queue_depth("matches.prod") == 0, timeout=10, what="nothing queued for prod")
