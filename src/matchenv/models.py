@@ -13,6 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from matchenv.contracts import DEFAULT_EXCHANGE as DEFAULT_EXCHANGE
+from matchenv.contracts import QUEUE_PREFIX as QUEUE_PREFIX
+
 API_GROUP = "matchenv.io"
 API_VERSION = "v1alpha1"
 KIND = "MatchEnvironment"
@@ -21,8 +24,6 @@ SINGULAR = "matchenvironment"
 SHORT_NAMES = ("menv",)
 CATEGORIES = ("matchenv",)
 
-DEFAULT_EXCHANGE = "matches-fanout"
-QUEUE_PREFIX = "matches."
 # An environment's name becomes part of Deployment, Secret and broker user names; keep room for their suffixes.
 MAX_ENVIRONMENT_NAME = 40
 
@@ -149,7 +150,23 @@ class QueueSpec(_Model):
         True,
         alias="deadLetter",
         description="Keep a dead-letter queue '<queue>.dlq' behind a per-environment dead-letter exchange for "
-        "malformed, expired and failed messages.",
+        "malformed, expired and failed messages. Without it, invalid messages are counted and dropped, and a "
+        "valid match that cannot be stored stays in the queue.",
+    )
+    delivery_limit: int = Field(
+        20,
+        alias="deliveryLimit",
+        ge=1,
+        le=1000,
+        description="Quorum queues with deadLetter on: deliveries after which a message that keeps failing (e.g. "
+        "one that makes the worker process exit) goes to the dead-letter queue with reason 'delivery_limit'. "
+        "Applied through the policy. Classic queues have no delivery count: there the worker's own retries and "
+        "dead-lettering bound it.",
+    )
+    adopt: bool = Field(
+        False,
+        description="Take over a queue of this name that exists but was not made by matchenv (a hand-wired one), "
+        "keeping its messages. Without it such a queue is refused with reason QueueExists.",
     )
 
     def resolved_name(self, environment: str) -> str:
@@ -163,23 +180,94 @@ class SecretRef(_Model):
     name: K8sName = Field(..., description="Name of the Secret.")
 
 
+class KeyRef(_Model):
+    """A key of a Secret or ConfigMap in the environment's namespace."""
+
+    name: K8sName = Field(..., description="Name of the Secret or ConfigMap.")
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253)] = Field(..., description="The key.")
+    optional: bool | None = Field(None, description="Whether the Secret/ConfigMap or its key may be missing.")
+
+
+class FieldRef(_Model):
+    """A field of the worker pod, e.g. metadata.name."""
+
+    field_path: Annotated[str, StringConstraints(min_length=1)] = Field(
+        ..., alias="fieldPath", description="Path of the field, e.g. metadata.name or status.podIP."
+    )
+    api_version: str | None = Field(None, alias="apiVersion", description="Version of the schema of fieldPath.")
+
+
+QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+                    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+Quantity = Annotated[
+    int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)],
+    Field(json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN}),
+]
+
+
+class ResourceFieldRef(_Model):
+    """A resource of the worker container, e.g. limits.memory."""
+
+    resource: Annotated[str, StringConstraints(min_length=1)] = Field(..., description="e.g. limits.cpu.")
+    container_name: str | None = Field(None, alias="containerName", description="Container name.")
+    divisor: Quantity | None = Field(None, description="Output unit, e.g. 1Mi.")
+
+
+_ONE_SOURCE = "valueFrom needs exactly one of secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef"
+
+
+class EnvVarSource(_Model):
+    """Where an environment variable's value comes from, as in a Pod spec: exactly one source."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("[has(self.secretKeyRef), has(self.configMapKeyRef), has(self.fieldRef), "
+                    "has(self.resourceFieldRef)].filter(x, x).size() == 1", _ONE_SOURCE),
+            ]
+        }
+    )
+
+    secret_key_ref: KeyRef | None = Field(None, alias="secretKeyRef", description="A key of a Secret.")
+    config_map_key_ref: KeyRef | None = Field(None, alias="configMapKeyRef", description="A key of a ConfigMap.")
+    field_ref: FieldRef | None = Field(None, alias="fieldRef", description="A field of the pod.")
+    resource_field_ref: ResourceFieldRef | None = Field(None, alias="resourceFieldRef",
+                                                        description="A resource of the container.")
+
+    @model_validator(mode="after")
+    def _one(self) -> EnvVarSource:
+        sources = [self.secret_key_ref, self.config_map_key_ref, self.field_ref, self.resource_field_ref]
+        if sum(s is not None for s in sources) != 1:
+            raise ValueError(_ONE_SOURCE)
+        return self
+
+
+_VALUE_OR_FROM = "an env entry takes value or valueFrom, not both"
+
+
 class EnvVar(_Model):
     """An extra environment variable for the worker container, as in a Pod spec."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [cel("!(has(self.value) && has(self.valueFrom))", _VALUE_OR_FROM)]
+        }
+    )
 
     name: Annotated[str, StringConstraints(min_length=1, pattern=ENV_VAR_NAME_PATTERN)] = Field(
         ..., description="Variable name."
     )
     value: str | None = Field(None, description="Literal value.")
-    value_from: dict[str, Any] | None = Field(
-        None,
-        alias="valueFrom",
-        description="Source for the value (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef), as in a "
-        "Pod spec.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    value_from: EnvVarSource | None = Field(
+        None, alias="valueFrom", description="Source for the value (secretKeyRef, configMapKeyRef, fieldRef, "
+        "resourceFieldRef), as in a Pod spec."
     )
 
-
-Quantity = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+    @model_validator(mode="after")
+    def _value_or_from(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(_VALUE_OR_FROM)
+        return self
 
 
 class ResourceRequirements(_Model):
@@ -379,29 +467,35 @@ class MatchStatus(StrEnum):
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 
+# Longest text matchenv stores per Match field (characters); a longer value is refused by the publisher and
+# dead-lettered by the worker with reason 'invalid' naming the field.
+TEXT_LIMITS = {"home_team": 200, "away_team": 200, "season": 20, "age_group": 20, "match_type": 50,
+               "division": 200, "external_match_id": 200, "location": 500, "notes": 2000, "source": 200}
+
 
 class Match(BaseModel):
-    """One match result as the scraper publishes it (the message payload, DESIGN §5)."""
+    """One match result as the scraper publishes it (the message payload, DESIGN §5). Text fields are bounded by
+    ``TEXT_LIMITS``."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    home_team: NonEmpty
-    away_team: NonEmpty
+    home_team: NonEmpty = Field(max_length=TEXT_LIMITS["home_team"])
+    away_team: NonEmpty = Field(max_length=TEXT_LIMITS["away_team"])
     match_date: dt.date
-    season: NonEmpty
-    age_group: NonEmpty
-    match_type: NonEmpty
+    season: NonEmpty = Field(max_length=TEXT_LIMITS["season"])
+    age_group: NonEmpty = Field(max_length=TEXT_LIMITS["age_group"])
+    match_type: NonEmpty = Field(max_length=TEXT_LIMITS["match_type"])
     match_time: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
-    division: str | None = None
+    division: str | None = Field(None, max_length=TEXT_LIMITS["division"])
     division_id: int | None = Field(None, ge=1)
     league: League | None = None
     home_score: int | None = Field(None, ge=0)
     away_score: int | None = Field(None, ge=0)
     match_status: MatchStatus | None = None
-    external_match_id: str | None = None
-    location: str | None = None
-    notes: str | None = None
-    source: str | None = None
+    external_match_id: str | None = Field(None, max_length=TEXT_LIMITS["external_match_id"])
+    location: str | None = Field(None, max_length=TEXT_LIMITS["location"])
+    notes: str | None = Field(None, max_length=TEXT_LIMITS["notes"])
+    source: str | None = Field(None, max_length=TEXT_LIMITS["source"])
 
     def natural_key(self) -> tuple[str, str, dt.date, str]:
         """The fallback identity when there is no ``external_match_id``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from matchenv.contracts import owner_id
 from matchenv.models import API_GROUP
 
 MANAGED_BY = "matchenv"
@@ -18,6 +19,22 @@ POLICY_PRIORITY = 100
 def broker_regex(name: str) -> str:
     """An anchored Erlang regex matching exactly ``name`` (queue names may contain dots)."""
     return "^" + re.sub(r"([.^$|()\[\]{}*+?\\])", r"\\\1", name) + "$"
+
+
+BROKER_USER_PREFIX = "matchenv."
+
+
+def broker_user_name(namespace: str, name: str) -> str:
+    """The environment's own broker user. Namespaces hold no dots, so the owner can be read back from it."""
+    return f"{BROKER_USER_PREFIX}{namespace}.{name}"
+
+
+def owner_of_broker_user(user: str) -> str | None:
+    """``namespace/name`` of the MatchEnvironment whose broker user ``user`` is, or None for other users."""
+    if not user.startswith(BROKER_USER_PREFIX):
+        return None
+    namespace, _, name = user.removeprefix(BROKER_USER_PREFIX).partition(".")
+    return owner_id(namespace, name) if namespace and name else None
 
 
 def broker_secret_name(environment: str) -> str:
@@ -46,8 +63,13 @@ class EnvironmentNames:
         return f"matchenv.{self.queue}"
 
     @property
+    def owner(self) -> str:
+        """The ownership marker of everything this environment declares: ``namespace/name``."""
+        return owner_id(self.namespace, self.name)
+
+    @property
     def broker_user(self) -> str:
-        return f"matchenv.{self.namespace}.{self.name}"
+        return broker_user_name(self.namespace, self.name)
 
     @property
     def broker_secret(self) -> str:

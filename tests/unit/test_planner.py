@@ -13,6 +13,7 @@ from matchenv.topology.applier import apply_plan
 from matchenv.topology.desired import DesiredTopology, desired_topology
 from matchenv.topology.planner import (
     Bind,
+    ClearPermissions,
     DeclareExchange,
     DeclareQueue,
     DeleteExchange,
@@ -24,82 +25,33 @@ from matchenv.topology.planner import (
     PutUser,
     SetPermissions,
     Unbind,
+    check_ownership,
     observe,
     plan_converge,
-    plan_teardown,
+    plan_detach,
+    plan_remove,
 )
-from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, User
+from matchenv.topology.snapshot import Binding, BrokerSnapshot, Queue
 from tests.cases import environment
-
-
-class SimulatedBroker:
-    """Applies actions to an in-memory snapshot, so a unit test can plan again after applying (planner only:
-    the integration tests run the same plans against a real RabbitMQ)."""
-
-    def __init__(self, snapshot: BrokerSnapshot | None = None) -> None:
-        s = snapshot or BrokerSnapshot.empty()
-        self.queues = dict(s.queues)
-        self.exchanges = dict(s.exchanges)
-        self.bindings = list(s.bindings)
-        self.policies = dict(s.policies)
-        self.users = dict(s.users)
-        self.permissions = dict(s.permissions)
-
-    def snapshot(self) -> BrokerSnapshot:
-        return BrokerSnapshot(dict(self.queues), dict(self.exchanges), tuple(self.bindings), dict(self.policies),
-                              dict(self.users), dict(self.permissions))
-
-    def declare_exchange(self, vhost: str, name: str, type_: str, durable: bool = True) -> None:
-        self.exchanges[(vhost, name)] = Exchange(vhost, name, type_, durable)
-
-    def delete_exchange(self, vhost: str, name: str) -> None:
-        del self.exchanges[(vhost, name)]
-
-    def declare_queue(self, vhost: str, name: str, arguments: dict[str, Any], durable: bool = True) -> None:
-        self.queues[(vhost, name)] = Queue(vhost, name, arguments["x-queue-type"], durable, arguments)
-
-    def delete_queue(self, vhost: str, name: str) -> None:
-        del self.queues[(vhost, name)]
-
-    def bind_queue(self, vhost: str, exchange: str, queue: str, routing_key: str = "") -> None:
-        self.bindings.append(Binding(vhost, exchange, queue, "queue", routing_key, routing_key or "~"))
-
-    def unbind_queue(self, vhost: str, exchange: str, queue: str, properties_key: str) -> None:
-        self.bindings = [b for b in self.bindings
-                         if (b.vhost, b.source, b.destination, b.properties_key) != (vhost, exchange, queue,
-                                                                                     properties_key)]
-
-    def put_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any], priority: int,
-                   apply_to: str = "queues") -> None:
-        self.policies[(vhost, name)] = Policy(vhost, name, pattern, apply_to, definition, priority)
-
-    def delete_policy(self, vhost: str, name: str) -> None:
-        del self.policies[(vhost, name)]
-
-    def put_user(self, name: str, password: str, tags: Any = ()) -> None:
-        self.users[name] = User(name)
-
-    def delete_user(self, name: str) -> None:
-        del self.users[name]
-        self.permissions = {k: v for k, v in self.permissions.items() if k[0] != name}
-
-    def set_permissions(self, vhost: str, user: str, configure: str, write: str, read: str) -> None:
-        self.permissions[(user, vhost)] = Permission(user, vhost, configure, write, read)
+from tests.fakes import SimulatedBroker
 
 
 def desired(name: str = "staging", namespace: str = "default", **spec: Any) -> DesiredTopology:
     return desired_topology(namespace, name, MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
 
 
-def converge(broker: SimulatedBroker, want: DesiredTopology, **kwargs: Any) -> Plan:
-    plan = plan_converge(want, broker.snapshot(), "secret-pw", **kwargs)
+def converge(broker: SimulatedBroker, want: DesiredTopology, password: str = "secret-pw") -> Plan:
+    plan = plan_converge(want, broker.snapshot(), password)
     apply_plan(broker, plan)
     return plan
 
 
-def assert_converged(broker: SimulatedBroker, want: DesiredTopology, **kwargs: Any) -> None:
-    again = plan_converge(want, broker.snapshot(), "secret-pw", **kwargs)
+def assert_converged(broker: SimulatedBroker, want: DesiredTopology) -> None:
+    again = plan_converge(want, broker.snapshot(), "secret-pw")
     assert again == Plan(), f"second plan not empty: {again}"
+
+
+OWNER = "default/staging"
 
 
 def test_fresh_broker_gets_the_whole_topology() -> None:
@@ -108,9 +60,9 @@ def test_fresh_broker_gets_the_whole_topology() -> None:
     assert plan.problems == ()
     assert plan.actions == (
         DeclareExchange("/", "matches-fanout", "fanout"),
-        DeclareQueue("/", "matches.staging", "classic"),
-        DeclareQueue("/", "matches.staging.dlq", "classic"),
-        DeclareExchange("/", "matches.staging.dlx", "fanout"),
+        DeclareQueue("/", "matches.staging", "classic", OWNER),
+        DeclareQueue("/", "matches.staging.dlq", "classic", OWNER),
+        DeclareExchange("/", "matches.staging.dlx", "fanout", OWNER),
         Bind("/", "matches.staging.dlx", "matches.staging.dlq"),
         PutPolicy("/", "matchenv.matches.staging", r"^matches\.staging$",
                   {"dead-letter-exchange": "matches.staging.dlx"}, 100),
@@ -166,14 +118,16 @@ def test_quorum_queue_and_its_dlq_are_quorum() -> None:
     broker = SimulatedBroker()
     want = desired(queue={"type": "quorum"})
     plan = converge(broker, want)
-    assert DeclareQueue("/", "matches.staging", "quorum") in plan.actions
-    assert DeclareQueue("/", "matches.staging.dlq", "quorum") in plan.actions
-    assert want.queue.arguments == {"x-queue-type": "quorum"}
+    assert DeclareQueue("/", "matches.staging", "quorum", OWNER) in plan.actions
+    assert DeclareQueue("/", "matches.staging.dlq", "quorum", OWNER) in plan.actions
+    assert want.queue.arguments == {"x-queue-type": "quorum", "x-matchenv-owner": OWNER}
+    policy = next(a for a in plan.actions if isinstance(a, PutPolicy))
+    assert policy.definition["delivery-limit"] == 20  # a message that keeps killing workers ends in the DLQ
 
 
 def test_queue_of_another_type_is_a_problem_not_an_action() -> None:
     broker = SimulatedBroker()
-    broker.declare_queue("/", "matches.staging", {"x-queue-type": "classic"})
+    broker.declare_queue("/", "matches.staging", {"x-queue-type": "classic", "x-matchenv-owner": OWNER})
     plan = plan_converge(desired(queue={"type": "quorum"}), broker.snapshot(), "pw")
     assert any("exists as a classic queue" in p for p in plan.problems)
     assert not any(isinstance(a, DeclareQueue) and a.name == "matches.staging" for a in plan.actions)
@@ -202,21 +156,23 @@ def test_topic_exchange_binds_once_per_routing_key_and_follows_key_changes() -> 
     assert_converged(broker, changed)
 
 
-def test_exchange_rename_moves_the_binding() -> None:
+def test_exchange_rename_moves_the_binding_whatever_status_said() -> None:
     broker = SimulatedBroker()
     converge(broker, desired())
     want = desired(exchange={"name": "matches-v2"})
-    plan = converge(broker, want, previous_exchange="matches-fanout")
+    plan = converge(broker, want)
     assert Bind("/", "matches-v2", "matches.staging", "") in plan.actions
     assert Unbind("/", "matches-fanout", "matches.staging", "~") in plan.actions
-    assert_converged(broker, want, previous_exchange="matches-fanout")
+    assert_converged(broker, want)
 
 
-def test_bindings_from_foreign_exchanges_are_left_alone() -> None:
+def test_bindings_the_spec_does_not_ask_for_are_removed() -> None:
     broker = SimulatedBroker()
     converge(broker, desired())
-    broker.declare_exchange("/", "audit", "fanout")
-    broker.bind_queue("/", "audit", "matches.staging")
+    broker.declare_exchange("/", "amq.topic", "topic")
+    broker.bind_queue("/", "amq.topic", "matches.staging", "#")
+    plan = converge(broker, desired())
+    assert plan.actions == (Unbind("/", "amq.topic", "matches.staging", "#"),)
     assert_converged(broker, desired())
 
 
@@ -242,19 +198,22 @@ def test_hand_edited_policy_and_permissions_are_repaired() -> None:
     assert {type(a) for a in plan.actions} == {PutPolicy, SetPermissions}
 
 
-def test_existing_user_keeps_its_password_unless_reset() -> None:
+def test_user_password_follows_the_secret() -> None:
     broker = SimulatedBroker()
     converge(broker, desired())
-    assert not any(isinstance(a, PutUser) for a in plan_converge(desired(), broker.snapshot(), "x").actions)
-    reset = plan_converge(desired(), broker.snapshot(), "new", reset_password=True)
-    assert PutUser("/", "matchenv.default.staging", "new") in reset.actions
+    assert not any(isinstance(a, PutUser) for a in plan_converge(desired(), broker.snapshot(), "secret-pw").actions)
+    other = plan_converge(desired(), broker.snapshot(), "new")  # the broker's hash does not match: set it
+    assert PutUser("/", "matchenv.default.staging", "new", exists=True) in other.actions
+    apply_plan(broker, other)
+    assert broker.users["matchenv.default.staging"].has_password("new") is True
+    assert broker.users["matchenv.default.staging"].has_password("secret-pw") is False
 
 
 def test_vhost_and_queue_name_come_from_the_spec() -> None:
     want = desired(broker={"vhost": "matches"}, queue={"name": "feed.custom"})
     plan = plan_converge(want, BrokerSnapshot.empty(), "pw")
     assert {a.vhost for a in plan.actions} == {"matches"}
-    assert DeclareQueue("matches", "feed.custom", "classic") in plan.actions
+    assert DeclareQueue("matches", "feed.custom", "classic", OWNER) in plan.actions
     assert want.names.dead_letter_queue == "feed.custom.dlq"
 
 
@@ -263,26 +222,108 @@ def test_user_name_includes_the_namespace() -> None:
 
 
 @pytest.mark.parametrize("delete_queue", [False, True])
-def test_teardown_always_unbinds_and_drops_the_user(delete_queue: bool) -> None:
+def test_teardown_unbinds_first_then_drops_the_user_and_per_policy_the_queue(delete_queue: bool) -> None:
     broker = SimulatedBroker()
     want = desired(queue={"maxLength": 10})
     converge(broker, want)
-    plan = plan_teardown(want, broker.snapshot(), delete_queue=delete_queue)
-    assert plan.actions[0] == Unbind("/", "matches-fanout", "matches.staging", "~")
-    assert DeleteUser("/", "matchenv.default.staging") in plan.actions
+    detach = plan_detach(want, broker.snapshot())
+    assert detach.actions == (Unbind("/", "matches-fanout", "matches.staging", "~"),)
+    apply_plan(broker, detach)
+    plan = plan_remove(want, broker.snapshot(), delete_queue=delete_queue)
+    assert plan.actions[0] == DeleteUser("/", "matchenv.default.staging")
     deleted = {a.name for a in plan.actions if isinstance(a, DeleteQueue)}
     assert deleted == ({"matches.staging", "matches.staging.dlq"} if delete_queue else set())
     assert (DeleteExchange("/", "matches.staging.dlx") in plan.actions) is delete_queue
     assert (DeletePolicy("/", "matchenv.matches.staging") in plan.actions) is delete_queue
     apply_plan(broker, plan)
-    assert plan_teardown(want, broker.snapshot(), delete_queue=delete_queue) == Plan()
+    assert plan_remove(want, broker.snapshot(), delete_queue=delete_queue) == Plan()
     assert broker.exchanges[("/", "matches-fanout")]  # the shared exchange is never deleted
+
+
+# -- ownership ---------------------------------------------------------------------------------------------------
+
+def test_a_queue_of_another_namespace_is_claimed_not_shared() -> None:
+    broker = SimulatedBroker()
+    prod = desired("prod", "default", queue={"type": "quorum", "maxLength": 100})
+    converge(broker, prod)
+    other = desired("prod", "other", queue={"type": "quorum", "maxLength": 1}, deletionPolicy="Delete")
+    plan = plan_converge(other, broker.snapshot(), "pw")
+    assert plan.actions == ()
+    assert plan.refusal is not None
+    assert plan.refusal.reason == "QueueClaimed"
+    assert "default/prod" in plan.refusal.message
+    # its deletion touches nothing of prod's: only its own user, if it had one
+    assert plan_detach(other, broker.snapshot()).actions == ()
+    assert plan_remove(other, broker.snapshot(), delete_queue=True).actions == ()
+    assert_converged_as(broker, prod)
+
+
+def assert_converged_as(broker: SimulatedBroker, want: DesiredTopology) -> None:
+    assert plan_converge(want, broker.snapshot(), "secret-pw") == Plan()
+
+
+def test_a_refused_environment_loses_any_permission_it_holds() -> None:
+    broker = SimulatedBroker()
+    converge(broker, desired("prod"))
+    broker.set_permissions("/", "matchenv.other.prod", r"^matches\.prod$", "", r"^matches\.prod$")
+    plan = plan_converge(desired("prod", "other"), broker.snapshot(), "pw")
+    assert plan.actions == (ClearPermissions("/", "matchenv.other.prod"),)
+
+
+def test_an_environment_named_like_a_dead_letter_queue_cannot_take_it() -> None:
+    broker = SimulatedBroker()
+    converge(broker, desired("prod"))
+    refusal = check_ownership(desired("prod.dlq"), broker.snapshot())
+    assert refusal is not None
+    assert refusal.reason == "QueueClaimed"
+
+
+def test_a_hand_made_queue_is_refused_unless_adopted() -> None:
+    broker = SimulatedBroker()
+    broker.declare_queue("/", "matches.legacy", {"x-queue-type": "classic"})
+    refusal = check_ownership(desired("legacy"), broker.snapshot())
+    assert refusal is not None
+    assert refusal.reason == "QueueExists"
+    assert "adopt" in refusal.message
+    adopted = desired("legacy", queue={"adopt": True})
+    plan = converge(broker, adopted)
+    assert not any(isinstance(a, DeclareQueue) and a.name == "matches.legacy" for a in plan.actions)
+    assert_converged_as(broker, adopted)
+    # the adoption is a claim (its user reads the queue): a second adopter elsewhere is refused
+    second = check_ownership(desired("legacy", "other", queue={"adopt": True}), broker.snapshot())
+    assert second is not None
+    assert second.reason == "QueueClaimed"
+    assert "default/legacy" in second.message
+
+
+def test_a_retained_queue_goes_back_to_its_owner_only() -> None:
+    broker = SimulatedBroker()
+    want = desired()
+    converge(broker, want)
+    apply_plan(broker, plan_detach(want, broker.snapshot()))
+    apply_plan(broker, plan_remove(want, broker.snapshot(), delete_queue=False))
+    assert check_ownership(want, broker.snapshot()) is None  # the same namespace/name takes it up again
+    assert check_ownership(desired(namespace="other"), broker.snapshot()) is not None
+
+
+def test_two_declarations_at_once_are_decided_by_the_marker_the_broker_kept() -> None:
+    broker = SimulatedBroker()
+    first, second = desired("prod"), desired("prod", "other")
+    plan_first = plan_converge(first, broker.snapshot(), "a")
+    plan_second = plan_converge(second, broker.snapshot(), "b")  # planned before the first was applied
+    apply_plan(broker, plan_first)
+    apply_plan(broker, plan_second)
+    assert check_ownership(first, broker.snapshot()) is None
+    refusal = check_ownership(second, broker.snapshot())
+    assert refusal is not None
+    assert refusal.reason == "QueueClaimed"
 
 
 def test_observe_counts_ready_and_unacked_and_the_dlq() -> None:
     want = desired()
     snapshot = BrokerSnapshot.build(
-        queues=[Queue("/", "matches.staging", messages_ready=3, messages_unacknowledged=2, consumers=4),
+        queues=[Queue("/", "matches.staging", messages_ready=3, messages_unacknowledged=2, consumers=4,
+                      arguments={"x-matchenv-owner": OWNER}),
                 Queue("/", "matches.staging.dlq", messages_ready=1)],
         exchanges=[], bindings=[Binding("/", "matches-fanout", "matches.staging", "queue", "", "~")],
         policies=[], users=[], permissions=[],
@@ -291,6 +332,14 @@ def test_observe_counts_ready_and_unacked_and_the_dlq() -> None:
     assert (seen.exists, seen.messages, seen.consumers, seen.dead_letter_messages, seen.bound) == (True, 5, 4, 1, True)
     assert observe(want, BrokerSnapshot.empty()).exists is False
     assert observe(want, replace(snapshot, bindings=())).bound is False
+
+
+def test_counts_the_broker_does_not_report_are_unknown_not_zero() -> None:
+    row = {"vhost": "/", "name": "matches.staging", "type": "classic", "arguments": {}}
+    queue = Queue.from_api(row)
+    assert (queue.messages_ready, queue.backlog, queue.consumers) == (None, None, None)
+    snapshot = BrokerSnapshot.build([queue], [], [], [], [], [])
+    assert observe(desired(), snapshot).messages is None
 
 
 def test_broker_regex_escapes_dots_and_anchors() -> None:

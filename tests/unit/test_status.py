@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from matchenv.operator.status import Observation, WorkersObservation, build_status, status_changed
-from matchenv.topology.planner import QueueObservation
+from matchenv.topology.planner import QueueObservation, Refusal
 
 BOUND = QueueObservation(exists=True, messages=5, consumers=2, dead_letter_messages=1, bound=True)
 READY_WORKERS = WorkersObservation(exists=True, replicas=2, ready_replicas=2, updated_replicas=2)
@@ -53,10 +53,36 @@ def test_conflicts_and_database_problems_are_degraded() -> None:
     status = build_status(seen(problems=("queue x exists as a classic queue",)), None)
     assert status["phase"] == "Degraded"
     assert conditions(status)["TopologyReady"]["reason"] == "BrokerConflict"
-    status = build_status(seen(worker_problems=("database Secret db not found",)), None)
+    status = build_status(seen(worker_problem=Refusal("DatabaseSecretInvalid", "database Secret db not found")),
+                          None)
     assert status["phase"] == "Degraded"
     assert conditions(status)["WorkersReady"]["reason"] == "DatabaseSecretInvalid"
     assert status["lastError"] == "database Secret db not found"
+
+
+def test_a_refused_environment_is_degraded_with_the_reason_and_no_exchange() -> None:
+    refusal = Refusal("QueueClaimed", "queue matches.prod (vhost /) belongs to MatchEnvironment default/prod")
+    status = build_status(seen(refusal=refusal, topology=None), {"exchange": "matches-fanout"})
+    assert status["phase"] == "Degraded"
+    topology = conditions(status)["TopologyReady"]
+    assert (topology["status"], topology["reason"]) == ("False", "QueueClaimed")
+    assert "default/prod" in status["lastError"]
+    assert conditions(status)["Ready"]["reason"] == "QueueClaimed"
+
+
+def test_status_exchange_is_what_the_queue_is_bound_to() -> None:
+    unbound = build_status(seen(topology=QueueObservation(exists=True, bound=False)), {"exchange": "old"})
+    assert unbound["exchange"] is None
+    assert build_status(seen(), None)["exchange"] == "matches-fanout"
+    # broker unreadable: nothing new is known, the last observed exchange stays
+    assert build_status(seen(topology=None, broker_error="down"), {"exchange": "old"})["exchange"] == "old"
+
+
+def test_unknown_counts_are_unknown_and_said_so() -> None:
+    status = build_status(seen(topology=QueueObservation(exists=True, messages=None, consumers=None, bound=True)),
+                          {"messages": 7})
+    assert status["messages"] is None
+    assert "unknown" in conditions(status)["TopologyReady"]["message"]
 
 
 def test_missing_binding_after_ready_is_degraded_until_repaired() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+import threading
+from typing import Any, ClassVar
 
 import pytest
 from celery import Celery
+from celery.exceptions import Reject
 
 from matchenv.models import Match
-from matchenv.workers.app import Runtime, process, worker_argv
+from matchenv.workers.app import Runtime, process, scraped_at, worker_argv
 from matchenv.workers.config import WorkerConfig, WorkerConfigError
 from matchenv.workers.stores import Outcome, StoreUnavailable, TransientStoreError
 
@@ -25,9 +28,11 @@ class ScriptedStore:
         self.errors = list(errors)
         self.outcome: Outcome = outcome
         self.calls = 0
+        self.stamps: list[dt.datetime | None] = []
 
-    def upsert(self, match: Match) -> Outcome:
+    def upsert(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome:
         self.calls += 1
+        self.stamps.append(scraped_at)
         if self.errors:
             raise self.errors.pop(0)
         return self.outcome
@@ -39,14 +44,17 @@ class ScriptedStore:
 class RecordingRuntime(Runtime):
     letters: list[tuple[Any, str, str]]
 
-    def dead_letter(self, body: Any, reason: str, error: str, **kwargs: Any) -> None:
+    def dead_letter(self, body: Any, reason: str, error: str, **kwargs: Any) -> bool:
         self.letters.append((body, reason, error))
+        return bool(self.config.dead_letter_exchange)
 
 
-def runtime(store: ScriptedStore) -> RecordingRuntime:
-    config = WorkerConfig.from_env(ENV)
+def runtime(store: ScriptedStore, **env: str) -> RecordingRuntime:
+    config = WorkerConfig.from_env({**ENV, **env})
+    stopping = threading.Event()
+    stopping.set()  # no real pauses in unit tests
     rt = RecordingRuntime(config=config, app=Celery(set_as_current=False), store_factory=lambda: store,
-                          sleep=lambda _s: None)
+                          sleep=lambda _s: None, stopping=stopping)
     rt.letters = []
     return rt
 
@@ -144,3 +152,35 @@ def test_worker_uses_threads_and_only_its_queue() -> None:
     assert "--concurrency=4" in argv
     assert argv[argv.index("--queues") + 1] == "matches.dev"
     assert {"--without-gossip", "--without-mingle", "--without-heartbeat"} <= set(argv)
+
+
+def test_without_a_dlq_invalid_input_is_dropped_but_a_valid_match_is_never() -> None:
+    from matchenv.workers.stores import PermanentStoreError
+
+    rt = runtime(ScriptedStore(PermanentStoreError("constraint")), MATCHENV_DEAD_LETTER_EXCHANGE="")
+    assert process(rt, ({"home_team": ""},), {}, Request()) == "dropped"
+    with pytest.raises(Reject) as info:
+        process(rt, (MATCH,), {}, Request())
+    assert info.value.requeue is True  # back to its queue, not acknowledged
+
+
+def test_an_overlong_text_field_is_invalid_and_named() -> None:
+    rt = runtime(ScriptedStore())
+    assert process(rt, ({**MATCH, "notes": "x" * (2 * 1024 * 1024)},), {}, Request()) == "dead-lettered"
+    (_, reason, error), = rt.letters
+    assert reason == "invalid"
+    assert error.startswith("notes: String should have at most 2000 characters")
+
+
+class StampedRequest:
+    id = "task-2"
+    headers: ClassVar[dict[str, str]] = {"x-matchenv-scraped-at": "2026-11-23T10:00:00+00:00"}
+
+
+def test_the_publishers_stamp_reaches_the_store() -> None:
+    store = ScriptedStore()
+    rt = runtime(store)
+    process(rt, (MATCH,), {}, StampedRequest())
+    process(rt, (MATCH,), {}, Request())
+    assert store.stamps == [dt.datetime(2026, 11, 23, 10, tzinfo=dt.UTC), None]
+    assert scraped_at(type("R", (), {"headers": {"x-matchenv-scraped-at": "garbage"}})()) is None

@@ -158,7 +158,7 @@ class LocalStack:
             info = self.broker.get_queue(vhost, queue)
         except BrokerNotFound:
             return None
-        return info.messages_ready + info.messages_unacknowledged
+        return info.backlog
 
     @classmethod
     def create(cls, state_dir: Path, log: Callable[[str], None]) -> tuple[LocalStack, Callable[[], None]]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from matchenv.operator.builders import decode_secret_data
+from matchenv.contracts import BROKER_ADMIN_KEYS
+from matchenv.operator.builders import SecretDecodeError, decode_secret_data
 from matchenv.topology.client import ManagementClient
-
-SECRET_KEYS = ("url", "management-url", "username", "password")
 
 
 class BrokerConfigError(Exception):
@@ -23,15 +23,17 @@ class BrokerConnection:
     url: str
     management_url: str
     username: str
-    password: str
+    password: str = field(repr=False)
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.management_url, self.username)
+    def key(self) -> tuple[str, str, str]:
+        """One broker *and* one set of credentials: a Secret with a wrong password never shares a client, a
+        snapshot or an error with the right one."""
+        return (self.management_url, self.username, hashlib.sha256(self.password.encode()).hexdigest()[:16])
 
     @classmethod
     def from_secret_data(cls, data: dict[str, str], where: str) -> BrokerConnection:
-        missing = [k for k in SECRET_KEYS if not data.get(k)]
+        missing = [k for k in BROKER_ADMIN_KEYS if not data.get(k)]
         if missing:
             raise BrokerConfigError(f"broker Secret {where} lacks key(s) {', '.join(missing)}")
         return cls(data["url"], data["management-url"], data["username"], data["password"])
@@ -41,29 +43,30 @@ def read_connection(secret: dict[str, Any] | None, namespace: str, name: str) ->
     """The connection a broker Secret holds (``secret`` as read from the API, ``None`` if missing)."""
     if secret is None:
         raise BrokerConfigError(f"broker Secret {namespace}/{name} not found")
-    return BrokerConnection.from_secret_data(decode_secret_data(secret.get("data")), f"{namespace}/{name}")
+    try:
+        data = decode_secret_data(secret.get("data"))
+    except SecretDecodeError as exc:
+        raise BrokerConfigError(f"broker Secret {namespace}/{name}: {exc}") from exc
+    return BrokerConnection.from_secret_data(data, f"{namespace}/{name}")
 
 
 class BrokerClients:
-    """One ``ManagementClient`` per (management URL, user), rebuilt when the password changes."""
+    """One ``ManagementClient`` per broker and credentials (``BrokerConnection.key``)."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._clients: dict[tuple[str, str], tuple[str, ManagementClient]] = {}
+        self._clients: dict[tuple[str, str, str], ManagementClient] = {}
         self._lock = threading.Lock()
 
     def get(self, conn: BrokerConnection) -> ManagementClient:
         with self._lock:
-            cached = self._clients.get(conn.key)
-            if cached and cached[0] == conn.password:
-                return cached[1]
-            if cached:
-                cached[1].close()
-            client = ManagementClient(conn.management_url, conn.username, conn.password,
-                                      timeout=(min(3.05, self.timeout), self.timeout))
-            self._clients[conn.key] = (conn.password, client)
+            client = self._clients.get(conn.key)
+            if client is None:
+                client = ManagementClient(conn.management_url, conn.username, conn.password,
+                                          timeout=(min(3.05, self.timeout), self.timeout))
+                self._clients[conn.key] = client
             return client
 
     def total_calls(self) -> int:
         with self._lock:
-            return sum(c.calls for _, c in self._clients.values())
+            return sum(c.calls for c in self._clients.values())

@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from matchenv import contracts as c
 from matchenv.models import API_GROUP, API_VERSION, KIND, MatchEnvironmentSpec
 from matchenv.naming import SECRETS_HASH_ANNOTATION, EnvironmentNames
 
 Obj = dict[str, Any]
-METRICS_PORT = 9808
+METRICS_PORT = c.WORKER_METRICS_PORT
 FIELD_MANAGER = "matchenv-operator"
 
 
@@ -41,20 +42,25 @@ def worker_amqp_url(broker_url: str, username: str, password: str, vhost: str) -
     return urlunsplit((parts.scheme or "amqp", netloc, "/" + quote(vhost, safe=""), parts.query, ""))
 
 
-def build_broker_secret(names: EnvironmentNames, owner: Obj, broker_url: str, password: str, vhost: str) -> Obj:
+def build_broker_secret(names: EnvironmentNames, owner: Obj, broker_url: str, password: str, vhost: str,
+                        annotations: dict[str, str] | None = None) -> Obj:
     """Secret ``<env>-broker``: the worker's AMQP URL with its own least-privilege user."""
     url = worker_amqp_url(broker_url, names.broker_user, password, vhost)
+    metadata: Obj = {
+        "name": names.broker_secret,
+        "namespace": names.namespace,
+        "labels": names.labels,
+        "ownerReferences": [owner],
+    }
+    if annotations:
+        metadata["annotations"] = annotations
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {
-            "name": names.broker_secret,
-            "namespace": names.namespace,
-            "labels": names.labels,
-            "ownerReferences": [owner],
-        },
+        "metadata": metadata,
         "type": "Opaque",
-        "stringData": {"url": url, "username": names.broker_user, "password": password},
+        "stringData": {c.WORKER_SECRET_URL: url, c.WORKER_SECRET_USERNAME: names.broker_user,
+                       c.WORKER_SECRET_PASSWORD: password},
     }
 
 
@@ -67,8 +73,18 @@ def secret_data_hash(*datas: Mapping[str, str] | None) -> str:
     return digest.hexdigest()[:32]
 
 
+class SecretDecodeError(ValueError):
+    """A Secret value that is not base64 of UTF-8 text; the message names the key, never the value."""
+
+
 def decode_secret_data(data: Mapping[str, str] | None) -> dict[str, str]:
-    return {k: base64.b64decode(v).decode() for k, v in (data or {}).items()}
+    decoded: dict[str, str] = {}
+    for key, value in (data or {}).items():
+        try:
+            decoded[key] = base64.b64decode(value, validate=True).decode()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SecretDecodeError(f"key {key} is not UTF-8 text") from exc
+    return decoded
 
 
 def build_deployment(
@@ -81,14 +97,15 @@ def build_deployment(
     """Deployment ``<env>-workers``: ``matchenv worker`` on the environment's queue, wired to its Secrets."""
     workers = spec.workers
     env: list[Obj] = [
-        {"name": "CELERY_BROKER_URL",
-         "valueFrom": {"secretKeyRef": {"name": names.broker_secret, "key": "url"}}},
-        {"name": "MATCHENV_ENVIRONMENT", "value": names.name},
-        {"name": "MATCHENV_QUEUE", "value": names.queue},
-        {"name": "MATCHENV_QUEUE_TYPE", "value": spec.queue.type.value},
-        {"name": "MATCHENV_DEAD_LETTER_EXCHANGE",
+        {"name": c.ENV_BROKER_URL,
+         "valueFrom": {"secretKeyRef": {"name": names.broker_secret, "key": c.WORKER_SECRET_URL}}},
+        {"name": c.ENV_ENVIRONMENT, "value": names.name},
+        {"name": c.ENV_OWNER, "value": names.owner},
+        {"name": c.ENV_QUEUE, "value": names.queue},
+        {"name": c.ENV_QUEUE_TYPE, "value": spec.queue.type.value},
+        {"name": c.ENV_DEAD_LETTER_EXCHANGE,
          "value": names.dead_letter_exchange if spec.queue.dead_letter else ""},
-        {"name": "MATCHENV_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": c.ENV_METRICS_PORT, "value": str(METRICS_PORT)},
     ]
     env += [e.model_dump(by_alias=True, exclude_none=True) for e in workers.env or []]
     container: Obj = {

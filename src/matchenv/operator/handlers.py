@@ -98,4 +98,4 @@ def teardown(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     try:
         memo.reconciler.teardown(plain(body))
     except TeardownIncomplete as exc:
-        raise kopf.TemporaryError(str(exc), delay=memo.settings.resync_seconds) from exc
+        raise kopf.TemporaryError(str(exc), delay=exc.delay or memo.settings.resync_seconds) from exc

@@ -113,8 +113,10 @@ class Kube:
                                                        field_manager=FIELD_MANAGER, force=True, _content_type=APPLY,
                                                        **self._opts()))
 
-    def delete_secret(self, namespace: str, name: str) -> bool:
-        return _unless_missing(lambda: self.core.delete_namespaced_secret(name, namespace, **self._opts())) is not None
+    def delete_secret(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the Secret only if it is still the object ``uid`` (never one made in its place meanwhile)."""
+        return _unless_missing(lambda: self.core.delete_namespaced_secret(
+            name, namespace, body=cast(Any, {"preconditions": {"uid": uid}}), **self._opts())) is not None
 
     # -- Deployments -----------------------------------------------------------------------------------------
     def list_deployments(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
@@ -130,9 +132,12 @@ class Kube:
                                                            field_manager=FIELD_MANAGER, force=True,
                                                            _content_type=APPLY, **self._opts()))
 
-    def delete_deployment(self, namespace: str, name: str) -> bool:
+    def delete_deployment(self, namespace: str, name: str, uid: str) -> bool:
+        """Foreground deletion of the Deployment ``uid``: it stays until its pods have terminated (their grace
+        period included), so the caller can wait for the workers to finish before taking their credentials."""
         return _unless_missing(lambda: self.apps.delete_namespaced_deployment(
-            name, namespace, propagation_policy="Background", **self._opts())) is not None
+            name, namespace, body=cast(Any, {"preconditions": {"uid": uid}, "propagationPolicy": "Foreground"}),
+            **self._opts())) is not None
 
     # -- Events ----------------------------------------------------------------------------------------------
     def post_event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:

@@ -2,6 +2,9 @@
 
 Handlers (create/update/resume/delete) and the resync loop both come here; a lock per environment keeps them from
 working on the same one at once. Every step is idempotent: a second run against an unchanged world writes nothing.
+A converge is four small steps over one parsed :class:`Context`: bounds and ownership, the worker's credentials,
+the broker topology, the workers; then the status. A teardown runs in the order that loses nothing: unbind, stop
+the workers (their in-flight messages finish), then drop the user, the Secret and (per policy) the queue.
 """
 
 from __future__ import annotations
@@ -18,28 +21,46 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from matchenv.models import DeletionPolicy, MatchEnvironmentSpec, Phase
-from matchenv.naming import MANAGED_BY, broker_secret_name
+from matchenv.contracts import DATABASE_KEY_SETS, WORKER_SECRET_PASSWORD
+from matchenv.models import API_GROUP, DeletionPolicy, MatchEnvironmentSpec, Phase
+from matchenv.naming import MANAGED_BY, EnvironmentNames
 from matchenv.operator import builders
 from matchenv.operator.autoscaler import Autoscaler
 from matchenv.operator.brokers import BrokerClients, BrokerConfigError, BrokerConnection, read_connection
 from matchenv.operator.kube import Kube, Obj
 from matchenv.operator.settings import OperatorSettings
 from matchenv.operator.status import Observation, WorkersObservation, build_status, status_changed
+from matchenv.operator.tenancy import bounds_refusal, not_owned, owned_by
 from matchenv.topology.applier import apply_plan
 from matchenv.topology.client import BrokerAuthError, BrokerConflict, BrokerError, BrokerUnreachable
-from matchenv.topology.desired import desired_topology
-from matchenv.topology.planner import observe, plan_converge, plan_teardown
+from matchenv.topology.desired import DesiredTopology, desired_topology
+from matchenv.topology.planner import (
+    Action,
+    Plan,
+    QueueObservation,
+    Refusal,
+    check_ownership,
+    observe,
+    plan_converge,
+    plan_detach,
+    plan_remove,
+    plan_revoke,
+)
 from matchenv.topology.snapshot import BrokerSnapshot
 
 log = logging.getLogger("matchenv.operator")
 
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
-DATABASE_KEYS = (("DATABASE_URL",), ("SUPABASE_URL", "SUPABASE_KEY"), ("SUPABASE_URL", "SUPABASE_SERVICE_KEY"))
+ROTATE_ANNOTATION = f"{API_GROUP}/rotate-credentials"  # on the MatchEnvironment: a new value → a new password
+ROTATED_ANNOTATION = f"{API_GROUP}/rotated-for"  # on the broker Secret: the rotation value it was minted for
 
 
 class TeardownIncomplete(Exception):
-    """The broker part of a deletion could not be done yet; the finalizer stays and the delete is retried."""
+    """A deletion step cannot finish yet (broker unreachable, workers still stopping); it is retried."""
+
+    def __init__(self, message: str, delay: float | None = None) -> None:
+        super().__init__(message)
+        self.delay = delay
 
 
 def _error_reason(exc: Exception) -> str:
@@ -57,9 +78,10 @@ def _error_reason(exc: Exception) -> str:
 @dataclass
 class Prefetched:
     """What the resync loop read once for all environments, handed to each converge. ``secrets`` caches every
-    Secret read during one pass (``None``: known to be missing)."""
+    Secret read during one pass (``None``: not in the list); ``snapshots`` one snapshot (or its error) per broker
+    connection."""
 
-    snapshots: dict[tuple[str, str], BrokerSnapshot | Exception] = field(default_factory=dict)
+    snapshots: dict[tuple[str, str, str], BrokerSnapshot | Exception] = field(default_factory=dict)
     deployments: dict[tuple[str, str], Obj] = field(default_factory=dict)
     secrets: dict[tuple[str, str], Obj | None] = field(default_factory=dict)
 
@@ -69,7 +91,70 @@ class ResyncReport:
     environments: int = 0
     management_calls: int = 0
     changes: int = 0
+    failures: int = 0
+    skipped: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class Context:
+    """One environment, parsed once for all the steps of a converge or a teardown."""
+
+    env: Obj
+    spec: MatchEnvironmentSpec
+    desired: DesiredTopology
+    prefetched: Prefetched | None
+
+    @property
+    def meta(self) -> Obj:
+        meta: Obj = self.env["metadata"]
+        return meta
+
+    @property
+    def namespace(self) -> str:
+        return str(self.meta["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["name"])
+
+    @property
+    def uid(self) -> str:
+        return str(self.meta["uid"])
+
+    @property
+    def names(self) -> EnvironmentNames:
+        return self.desired.names
+
+    @property
+    def old_status(self) -> Obj:
+        status: Obj = self.env.get("status") or {}
+        return status
+
+    @property
+    def owner_reference(self) -> Obj:
+        return builders.owner_reference(self.name, self.uid)
+
+    @property
+    def own_broker(self) -> bool:
+        """True when the environment uses the operator's broker Secret (so the operator's bounds apply)."""
+        return self.spec.broker.connection_secret_ref is None
+
+
+@dataclass
+class TopologyOutcome:
+    """What the broker steps did and saw."""
+
+    observation: QueueObservation | None = None
+    problems: tuple[str, ...] = ()
+    refusal: Refusal | None = None
+    error: str | None = None
+    error_reason: str | None = None
+    secret_data: dict[str, str] = field(default_factory=dict)  # the broker Secret as it stands after the step
+
+    @property
+    def refused(self) -> bool:
+        return self.refusal is not None
 
 
 class Reconciler:
@@ -82,6 +167,7 @@ class Reconciler:
         self.clock = clock
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
+        self._converged_at: dict[str, float] = {}  # uid → when a converge last finished (clock)
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_guard:
@@ -96,9 +182,13 @@ class Reconciler:
         except ApiException as exc:
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
 
-    def _secret(self, namespace: str, name: str, prefetched: Prefetched | None) -> Obj | None:
-        if prefetched is None:
-            return self.kube.get_secret(namespace, name)
+    def _secret(self, namespace: str, name: str, prefetched: Prefetched | None, fresh: bool = False) -> Obj | None:
+        """A Secret: from the pass's cache, or read now (``fresh``: always read now, for read-your-writes)."""
+        if prefetched is None or fresh:
+            secret = self.kube.get_secret(namespace, name)
+            if prefetched is not None:
+                prefetched.secrets[(namespace, name)] = secret
+            return secret
         key = (namespace, name)
         if key not in prefetched.secrets:
             prefetched.secrets[key] = self.kube.get_secret(namespace, name)
@@ -110,153 +200,255 @@ class Reconciler:
         namespace, name = (env["metadata"]["namespace"], ref.name) if ref else self.settings.broker_secret_ref
         return read_connection(self._secret(namespace, name, prefetched), namespace, name)
 
-    def _database_problem(self, namespace: str, spec: MatchEnvironmentSpec,
-                          prefetched: Prefetched | None) -> tuple[str | None, Obj | None]:
-        name = spec.workers.database_secret_ref.name
-        secret = self._secret(namespace, name, prefetched)
+    def _snapshot(self, conn: BrokerConnection, client: Any, prefetched: Prefetched | None) -> BrokerSnapshot:
+        """The pass's snapshot of this broker (taken once per pass and connection), or a fresh one."""
+        if prefetched is None:
+            snapshot: BrokerSnapshot = client.snapshot()
+            return snapshot
+        if conn.key not in prefetched.snapshots:
+            try:
+                prefetched.snapshots[conn.key] = client.snapshot()
+            except BrokerError as exc:
+                prefetched.snapshots[conn.key] = exc
+        cached = prefetched.snapshots[conn.key]
+        if isinstance(cached, Exception):
+            raise cached
+        return cached
+
+    def _database_problem(self, ctx: Context) -> tuple[Refusal | None, Obj | None]:
+        name = ctx.spec.workers.database_secret_ref.name
+        secret = self._secret(ctx.namespace, name, ctx.prefetched)
         if secret is None:
-            return f"database Secret {name} not found", None
+            return Refusal("DatabaseSecretInvalid", f"database Secret {name} not found"), None
         keys = set((secret.get("data") or {}).keys())
-        if not any(set(option) <= keys for option in DATABASE_KEYS):
-            return (f"database Secret {name} needs DATABASE_URL, or SUPABASE_URL with SUPABASE_KEY or "
-                    "SUPABASE_SERVICE_KEY"), secret
+        if not any(set(option) <= keys for option in DATABASE_KEY_SETS):
+            return Refusal("DatabaseSecretInvalid", f"database Secret {name} needs DATABASE_URL, or SUPABASE_URL "
+                           "with SUPABASE_KEY or SUPABASE_SERVICE_KEY"), secret
         return None, secret
+
+    def _context(self, env: Obj, prefetched: Prefetched | None) -> Context:
+        spec = MatchEnvironmentSpec.model_validate(env.get("spec") or {})
+        meta = env["metadata"]
+        return Context(env, spec, desired_topology(meta["namespace"], meta["name"], spec), prefetched)
 
     # -- converge --------------------------------------------------------------------------------------------
     def converge(self, env: Obj, prefetched: Prefetched | None = None) -> Obj:
         """Make broker and cluster match ``env``; write and return its status."""
         with self._lock(env["metadata"]["uid"]):
-            return self._converge(env, prefetched)
+            try:
+                return self._converge(env, prefetched)
+            finally:
+                self._converged_at[env["metadata"]["uid"]] = self.clock()
 
     def _converge(self, env: Obj, prefetched: Prefetched | None) -> Obj:
-        meta = env["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        old_status: Obj = env.get("status") or {}
         try:
-            spec = MatchEnvironmentSpec.model_validate(env.get("spec") or {})
+            ctx = self._context(env, prefetched)
         except ValidationError as exc:
-            message = f"invalid spec: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
-            status = {"phase": Phase.DEGRADED.value, "lastError": message}
-            self.kube.patch_environment_status(namespace, name, status)
+            meta = env["metadata"]
+            first = exc.errors()[0]
+            status = {"phase": Phase.DEGRADED.value, "lastError": f"invalid spec: {first['loc']}: {first['msg']}"}
+            self.kube.patch_environment_status(meta["namespace"], meta["name"], status)
             return status
-        desired = desired_topology(namespace, name, spec)
-        names = desired.names
-        owner = builders.owner_reference(name, meta["uid"])
+        topology = self._converge_topology(ctx)
+        if prefetched is not None and topology.observation is not None:
+            self._autoscale(ctx, topology.observation)
+        workers, worker_problem = self._converge_workers(ctx, topology)
+        return self._write_status(ctx, topology, workers, worker_problem)
 
-        broker_error: str | None = None
-        error_reason: str | None = None
-        problems: tuple[str, ...] = ()
-        topology = None
-        # what the broker Secret holds now; it feeds the pod-template hash even when the broker connection cannot
-        # be read, so a missing admin Secret does not roll the workers
-        current = builders.decode_secret_data((self._secret(namespace, names.broker_secret, prefetched) or {})
-                                              .get("data"))
-        broker_secret_data = current
+    def _converge_topology(self, ctx: Context) -> TopologyOutcome:
+        """Bounds, ownership, the worker's credentials and the broker objects, in that order."""
+        outcome = TopologyOutcome()
+        if ctx.own_broker:
+            outcome.refusal = bounds_refusal(ctx.desired, self.settings)
+            if outcome.refusal:
+                return outcome
+        secret = self._secret(ctx.namespace, ctx.names.broker_secret, ctx.prefetched)
+        if ctx.prefetched is not None and not _holds_password(secret, ctx.uid):
+            # read-your-writes: the pass's list may predate the Secret a handler wrote; never mint from it
+            secret = self._secret(ctx.namespace, ctx.names.broker_secret, ctx.prefetched, fresh=True)
+        if secret is not None and not owned_by(secret, ctx.uid):
+            outcome.refusal = Refusal("SecretNotOwned", not_owned("Secret", ctx.namespace, ctx.names.broker_secret))
+            return outcome
         try:
-            conn = self.connection_for(env, spec, prefetched)
+            outcome.secret_data = builders.decode_secret_data((secret or {}).get("data"))
+            conn = self.connection_for(ctx.env, ctx.spec, ctx.prefetched)
             client = self.clients.get(conn)
-            # 1. the worker's credentials: keep the password the Secret holds, or mint one (Secret first, so a
-            #    crash between the two steps cannot leave a broker user whose password nobody knows)
-            password = current.get("password") or secrets.token_urlsafe(24)
-            reset_password = "password" not in current
-            secret_body = builders.build_broker_secret(names, owner, conn.url, password, spec.broker.vhost)
-            if current != secret_body["stringData"]:
-                self.kube.apply_secret(secret_body)
-                self._event(env, "BrokerSecretUpdated" if current else "BrokerSecretCreated",
-                            f"wrote Secret {names.broker_secret} for broker user {names.broker_user}")
-            broker_secret_data = secret_body["stringData"]
-            # 2. the broker topology
-            cached = prefetched.snapshots.get(conn.key) if prefetched else None
-            if isinstance(cached, Exception):
-                raise cached
-            snapshot = cached or client.snapshot()
-            plan = plan_converge(desired, snapshot, password, previous_exchange=old_status.get("exchange"),
-                                 reset_password=reset_password)
-            problems = plan.problems
+            snapshot = self._snapshot(conn, client, ctx.prefetched)
+            outcome.refusal = check_ownership(ctx.desired, snapshot)
+            if outcome.refusal is not None:
+                self._apply(ctx, client, plan_revoke(ctx.desired, snapshot))  # no access to what is not ours
+                return outcome
+            self._ensure_credentials(ctx, conn, secret, outcome)
+            password = outcome.secret_data[WORKER_SECRET_PASSWORD]
+            plan = plan_converge(ctx.desired, snapshot, password)
+            outcome.problems = plan.problems
             if plan.actions:
-                done = apply_plan(client, plan)
-                for what in done:
-                    self._event(env, "BrokerChanged", what)
+                self._apply(ctx, client, plan.actions)
                 snapshot = client.snapshot()
-            topology = observe(desired, snapshot)
-        except (BrokerError, BrokerConfigError) as exc:
-            broker_error, error_reason = str(exc), _error_reason(exc)
-            if old_status.get("lastError") != broker_error:
-                self._event(env, error_reason, broker_error, "Warning")
+                # verify: another environment may have declared the same queue at the same moment; the marker
+                # the broker kept decides, and a loser gives its permissions back at once
+                outcome.refusal = check_ownership(ctx.desired, snapshot)
+                if outcome.refusal is not None:
+                    self._apply(ctx, client, plan_revoke(ctx.desired, snapshot))
+                    return outcome
+            outcome.observation = observe(ctx.desired, snapshot)
+        except (BrokerError, BrokerConfigError, builders.SecretDecodeError) as exc:
+            outcome.error, outcome.error_reason = str(exc), _error_reason(exc)
+            if ctx.old_status.get("lastError") != outcome.error:
+                self._event(ctx.env, outcome.error_reason, outcome.error, "Warning")
+        return outcome
 
-        # 3. the workers
-        db_problem, db_secret = self._database_problem(namespace, spec, prefetched)
-        secrets_hash = builders.secret_data_hash(broker_secret_data, (db_secret or {}).get("data"))
-        deployment = builders.build_deployment(names, spec, owner, spec.workers.replicas, secrets_hash)
-        live = prefetched.deployments.get((namespace, names.deployment)) if prefetched else None
+    def _apply(self, ctx: Context, client: Any, actions: tuple[Action, ...]) -> None:
+        for what in apply_plan(client, Plan(actions)):
+            self._event(ctx.env, "BrokerChanged", what)
+
+    def _ensure_credentials(self, ctx: Context, conn: BrokerConnection, secret: Obj | None,
+                            outcome: TopologyOutcome) -> None:
+        """The broker Secret with the worker's password: kept as it is, minted once (only when a fresh read says
+        there is none), or minted anew when ``matchenv.io/rotate-credentials`` asks for it. Written before the
+        broker user is set, so a crash between the two never leaves a user whose password nobody knows; the plan
+        then sets the user's password whenever the broker's hash does not match the Secret."""
+        current = outcome.secret_data
+        rotation = (ctx.meta.get("annotations") or {}).get(ROTATE_ANNOTATION) or ""
+        rotated_for = ((secret or {}).get("metadata", {}).get("annotations") or {}).get(ROTATED_ANNOTATION) or ""
+        password = current.get(WORKER_SECRET_PASSWORD) or ""
+        rotate = bool(password) and rotation != rotated_for
+        if not password or rotate:
+            password = secrets.token_urlsafe(24)
+        body = builders.build_broker_secret(ctx.names, ctx.owner_reference, conn.url, password, ctx.spec.broker.vhost,
+                                            annotations={ROTATED_ANNOTATION: rotation} if rotation else None)
+        if current != body["stringData"] or rotation != rotated_for:
+            self.kube.apply_secret(body)
+            what = ("BrokerCredentialsRotated" if rotate else
+                    "BrokerSecretUpdated" if current.get(WORKER_SECRET_PASSWORD) else "BrokerSecretCreated")
+            self._event(ctx.env, what, f"wrote Secret {ctx.names.broker_secret} for broker user "
+                        f"{ctx.names.broker_user}" + (" with a new password" if rotate else ""))
+        outcome.secret_data = body["stringData"]
+
+    def _converge_workers(self, ctx: Context, topology: TopologyOutcome
+                          ) -> tuple[WorkersObservation, Refusal | None]:
+        """The worker Deployment: ours only (an ownerReference to this environment), no pods while the topology is
+        refused, and an API refusal reported rather than retried blindly."""
+        names = ctx.names
+        db_problem, db_secret = self._database_problem(ctx)
+        live = ctx.prefetched.deployments.get((ctx.namespace, names.deployment)) if ctx.prefetched else None
         if live is None:
-            live = self.kube.get_deployment(namespace, names.deployment)
+            live = self.kube.get_deployment(ctx.namespace, names.deployment)
+        if live is not None and not owned_by(live, ctx.uid):
+            return WorkersObservation(exists=False), Refusal("DeploymentNotOwned",
+                                                              not_owned("Deployment", ctx.namespace, names.deployment))
+        replicas = 0 if topology.refused else ctx.spec.workers.replicas
+        secrets_hash = builders.secret_data_hash(topology.secret_data, (db_secret or {}).get("data"))
+        deployment = builders.build_deployment(names, ctx.spec, ctx.owner_reference, replicas, secrets_hash)
         # list responses carry no apiVersion/kind on their items: compare what we own, metadata and spec
         differs = None if live is None else builders.drift(
             {"metadata": deployment["metadata"], "spec": deployment["spec"]}, live
         )
         if live is None or differs:
-            applied = self.kube.apply_deployment(deployment)
+            try:
+                applied = self.kube.apply_deployment(deployment)
+            except ApiException as exc:
+                if exc.status not in (400, 422):
+                    raise
+                message = f"the API server refused Deployment {names.deployment}: {_api_message(exc)}"
+                if ctx.old_status.get("lastError") != message:
+                    self._event(ctx.env, "DeploymentRefused", message, "Warning")
+                return _workers(live), Refusal("DeploymentRefused", message)
             if live is None:
-                self._event(env, "DeploymentCreated", f"created Deployment {names.deployment}")
+                self._event(ctx.env, "DeploymentCreated", f"created Deployment {names.deployment}")
             elif applied["metadata"].get("resourceVersion") != live["metadata"].get("resourceVersion"):
-                self._event(env, "DeploymentUpdated", f"updated Deployment {names.deployment} ({differs} differed)")
-            else:
-                log.debug("%s/%s Deployment differs at %s but applying changed nothing", namespace, name, differs)
+                self._event(ctx.env, "DeploymentUpdated", f"updated Deployment {names.deployment} ({differs} differed)")
             live = applied
-        workers = _workers(live)
+        return _workers(live), db_problem
 
+    def _write_status(self, ctx: Context, topology: TopologyOutcome, workers: WorkersObservation,
+                      worker_problem: Refusal | None) -> Obj:
         seen = Observation(
-            generation=meta.get("generation"), exchange=spec.exchange.name, queue=names.queue,
-            selector=names.selector, topology=topology, workers=workers, problems=problems,
-            broker_error=broker_error, error_reason=error_reason,
-            worker_problems=(db_problem,) if db_problem else (),
+            generation=ctx.meta.get("generation"), exchange=ctx.spec.exchange.name, queue=ctx.names.queue,
+            selector=ctx.names.selector, topology=topology.observation, workers=workers, problems=topology.problems,
+            broker_error=topology.error, error_reason=topology.error_reason, refusal=topology.refusal,
+            worker_problem=worker_problem,
         )
-        status = build_status(seen, old_status)
-        if status_changed(status, old_status):
-            self.kube.patch_environment_status(namespace, name, status)
-            if status["phase"] != old_status.get("phase"):
-                log.info("%s/%s phase %s -> %s", namespace, name, old_status.get("phase"), status["phase"])
+        old = ctx.old_status
+        status = build_status(seen, old)
+        for refusal in (topology.refusal, worker_problem):
+            if refusal is not None and refusal.message not in (old.get("lastError") or ""):
+                self._event(ctx.env, refusal.reason, refusal.message, "Warning")
+        if status_changed(status, old):
+            self.kube.patch_environment_status(ctx.namespace, ctx.name, status)
+            if status["phase"] != old.get("phase"):
+                log.info("%s/%s phase %s -> %s", ctx.namespace, ctx.name, old.get("phase"), status["phase"])
         return status
+
+    def _autoscale(self, ctx: Context, seen: QueueObservation) -> None:
+        spec = ctx.spec
+        if not spec.autoscaling.enabled or seen.messages is None:
+            return  # never scale on a guess: unknown counts hold the current size
+        current = spec.workers.replicas
+        wanted = self.autoscaler.decide(ctx.uid, spec.autoscaling, seen.messages, current, self.clock())
+        if wanted != current:
+            self.kube.scale_environment(ctx.namespace, ctx.name, wanted)
+            spec.workers.replicas = wanted
+            self._event(ctx.env, "Scaled", f"workers {current} -> {wanted} for a backlog of {seen.messages} messages")
 
     # -- teardown --------------------------------------------------------------------------------------------
     def teardown(self, env: Obj) -> list[str]:
-        """Unbind and drop the user always; the queue only under ``deletionPolicy: Delete``; then the workers."""
+        """Unbind; stop the workers and wait for them; then drop the user and the Secret, and the queue only
+        under ``deletionPolicy: Delete``. Only what this environment owns is touched. Raises
+        :class:`TeardownIncomplete` while a step has to wait; calling again resumes where it stopped."""
         with self._lock(env["metadata"]["uid"]):
-            meta = env["metadata"]
-            namespace, name = meta["namespace"], meta["name"]
-            spec = MatchEnvironmentSpec.model_validate(env.get("spec") or {})
-            desired = desired_topology(namespace, name, spec)
-            names = desired.names
-            self.kube.patch_environment_status(namespace, name, {"phase": Phase.DELETING.value})
+            ctx = self._context(env, None)
+            names = ctx.names
+            if ctx.old_status.get("phase") != Phase.DELETING.value:
+                self.kube.patch_environment_status(ctx.namespace, ctx.name, {"phase": Phase.DELETING.value})
+                ctx.old_status["phase"] = Phase.DELETING.value
             done: list[str] = []
             try:
-                conn = self.connection_for(env, spec)
+                conn = self.connection_for(ctx.env, ctx.spec)
                 client = self.clients.get(conn)
-                plan = plan_teardown(desired, client.snapshot(),
-                                     delete_queue=spec.deletion_policy is DeletionPolicy.DELETE,
-                                     previous_exchange=(env.get("status") or {}).get("exchange"))
-                done = apply_plan(client, plan)
-            except (BrokerError, BrokerConfigError) as exc:
+                detach = plan_detach(ctx.desired, client.snapshot())
+                done += apply_plan(client, detach)
+                self._stop_workers(ctx)
+                remove = plan_remove(ctx.desired, client.snapshot(),
+                                     delete_queue=ctx.spec.deletion_policy is DeletionPolicy.DELETE)
+                done += apply_plan(client, remove)
+            except (BrokerError, BrokerConfigError, builders.SecretDecodeError) as exc:
                 message = f"cannot remove the broker topology yet: {exc}"
-                self._event(env, _error_reason(exc), message, "Warning")
-                self.kube.patch_environment_status(namespace, name, {"lastError": message})
+                self._event(ctx.env, _error_reason(exc), message, "Warning")
+                self.kube.patch_environment_status(ctx.namespace, ctx.name, {"lastError": message})
                 raise TeardownIncomplete(message) from exc
             for what in done:
-                self._event(env, "BrokerChanged", what)
-            if spec.deletion_policy is DeletionPolicy.RETAIN:
-                self._event(env, "QueueRetained", f"kept queue {names.queue} and its messages (deletionPolicy Retain)")
-            if self.kube.delete_deployment(namespace, names.deployment):
-                done.append(f"deleted Deployment {names.deployment}")
-            if self.kube.delete_secret(namespace, names.broker_secret):
+                self._event(ctx.env, "BrokerChanged", what)
+            if remove.refusal is not None:
+                self._event(ctx.env, "QueueLeftAlone", f"{remove.refusal.message}: left untouched")
+            elif ctx.spec.deletion_policy is DeletionPolicy.RETAIN:
+                self._event(ctx.env, "QueueRetained", f"kept queue {names.queue} and its messages (deletionPolicy "
+                            "Retain)")
+            secret = self.kube.get_secret(ctx.namespace, names.broker_secret)
+            if owned_by(secret, ctx.uid) and secret is not None and \
+                    self.kube.delete_secret(ctx.namespace, names.broker_secret, secret["metadata"]["uid"]):
                 done.append(f"deleted Secret {names.broker_secret}")
-            self.autoscaler.forget(meta["uid"])
-            log.info("%s/%s torn down: %s", namespace, name, "; ".join(done) or "nothing to do")
+            self.autoscaler.forget(ctx.uid)
+            self._converged_at.pop(ctx.uid, None)
+            log.info("%s/%s torn down: %s", ctx.namespace, ctx.name, "; ".join(done) or "nothing to do")
             return done
+
+    def _stop_workers(self, ctx: Context) -> None:
+        """Delete the worker Deployment (foreground) and wait until its pods are gone, so that every worker ends
+        its in-flight message with its credentials still valid."""
+        live = self.kube.get_deployment(ctx.namespace, ctx.names.deployment)
+        if live is None or not owned_by(live, ctx.uid):
+            return
+        if not live["metadata"].get("deletionTimestamp"):
+            self.kube.delete_deployment(ctx.namespace, ctx.names.deployment, live["metadata"]["uid"])
+            self._event(ctx.env, "WorkersStopping", f"deleting Deployment {ctx.names.deployment}; the broker user "
+                        "is removed once its pods have finished")
+        raise TeardownIncomplete(f"waiting for the pods of Deployment {ctx.names.deployment} to finish", delay=2.0)
 
     # -- resync ----------------------------------------------------------------------------------------------
     def resync_all(self) -> ResyncReport:
-        """Re-check every environment: one broker snapshot per broker, one Deployment and one Secret list."""
+        """Re-check every environment: one broker snapshot per broker connection, one Deployment and one Secret
+        list. One environment's failure (a bad Secret, a broker that answers nonsense) is its own: the pass goes on."""
         started = self.clock()
         calls_before = self.clients.total_calls()
         namespaces: list[str | None] = list(self.settings.namespaces) or [None]
@@ -271,50 +463,24 @@ class Reconciler:
         report = ResyncReport(environments=len(envs))
         for env in envs:
             meta = env["metadata"]
-            spec_raw = env.get("spec") or {}
-            # an environment's broker Secret that the list did not return is known to be missing
-            prefetched.secrets.setdefault((meta["namespace"], broker_secret_name(meta["name"])), None)
-            spec: MatchEnvironmentSpec | None = None
-            conn: BrokerConnection | None = None
-            try:
-                spec = MatchEnvironmentSpec.model_validate(spec_raw)
-                conn = self.connection_for(env, spec, prefetched)
-            except (ValidationError, BrokerConfigError, ApiException):
-                pass
-            if conn is not None and conn.key not in prefetched.snapshots:
-                try:
-                    prefetched.snapshots[conn.key] = self.clients.get(conn).snapshot()
-                except BrokerError as exc:
-                    prefetched.snapshots[conn.key] = exc
-            if spec is not None:
-                self._autoscale(env, spec, prefetched, conn)
+            # a broker Secret the list did not return is not known to exist (read again before minting)
+            prefetched.secrets.setdefault((meta["namespace"], f"{meta['name']}-broker"), None)
+            if self._converged_at.get(meta["uid"], started - 1) > started:
+                # a handler converged it during this pass, from fresher reads than the pass's lists: acting on
+                # them could only undo that (e.g. mint a second password)
+                report.skipped += 1
+                continue
             before = env.get("status")
             try:
                 after = self.converge(env, prefetched)
-            except ApiException as exc:
-                log.warning("resync of %s/%s failed: %s %s", env["metadata"]["namespace"], env["metadata"]["name"],
-                            exc.status, exc.reason)
+            except Exception as exc:
+                report.failures += 1
+                log.warning("resync of %s/%s failed: %s", meta["namespace"], meta["name"], _describe(exc))
                 continue
             report.changes += int(status_changed(after, before))
         report.management_calls = self.clients.total_calls() - calls_before
         report.seconds = self.clock() - started
         return report
-
-    def _autoscale(self, env: Obj, spec: MatchEnvironmentSpec, prefetched: Prefetched,
-                   conn: BrokerConnection | None) -> None:
-        if not spec.autoscaling.enabled or conn is None:
-            return
-        snapshot = prefetched.snapshots.get(conn.key)
-        if not isinstance(snapshot, BrokerSnapshot):
-            return  # never scale on a guess while the broker cannot be read
-        meta = env["metadata"]
-        seen = observe(desired_topology(meta["namespace"], meta["name"], spec), snapshot)
-        current = spec.workers.replicas
-        wanted = self.autoscaler.decide(meta["uid"], spec.autoscaling, seen.messages, current, self.clock())
-        if wanted != current:
-            self.kube.scale_environment(meta["namespace"], meta["name"], wanted)
-            env.setdefault("spec", {}).setdefault("workers", {})["replicas"] = wanted
-            self._event(env, "Scaled", f"workers {current} -> {wanted} for a backlog of {seen.messages} messages")
 
 
 def _workers(deployment: Obj | None) -> WorkersObservation:
@@ -329,3 +495,22 @@ def _workers(deployment: Obj | None) -> WorkersObservation:
         ready_replicas=int(status.get("readyReplicas", 0)),
         updated_replicas=int(status.get("updatedReplicas", 0)) if generation_seen else 0,
     )
+
+
+def _holds_password(secret: Obj | None, uid: str) -> bool:
+    return owned_by(secret, uid) and bool(((secret or {}).get("data") or {}).get(WORKER_SECRET_PASSWORD))
+
+
+def _api_message(exc: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)[:1000]
+    except ValueError:
+        return str(exc.reason)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return f"{exc.__class__.__name__}: {str(exc)[:300]}"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 
 from pydantic import BaseModel, Field, field_validator
+
+from matchenv.contracts import DEFAULT_EXCHANGE
 
 
 class OperatorSettings(BaseModel):
@@ -27,6 +30,23 @@ class OperatorSettings(BaseModel):
     broker_timeout: float = Field(10.0, gt=0, description="Seconds for each management-API request.")
     kubeconfig: str | None = None
     log_json: bool = False
+    # Bounds for environments that use the operator's own broker Secret (an environment that brings its own
+    # broker.connectionSecretRef is bound by what its credentials allow instead).
+    queue_pattern: str = Field(r"^matches\.", description="Queue names must match this regex "
+                               "(MATCHENV_QUEUE_PATTERN).")
+    allowed_exchanges: list[str] = Field(default_factory=lambda: [DEFAULT_EXCHANGE],
+                                         description="Exchanges environments may bind to (MATCHENV_ALLOWED_EXCHANGES).")
+    allowed_vhosts: list[str] = Field(default_factory=lambda: ["/"],
+                                      description="Virtual hosts environments may use (MATCHENV_ALLOWED_VHOSTS).")
+
+    @field_validator("queue_pattern")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"queue_pattern is not a regular expression: {exc}") from exc
+        return value
 
     @field_validator("broker_secret")
     @classmethod
@@ -63,7 +83,12 @@ class OperatorSettings(BaseModel):
         for var, field in mapping.items():
             if env.get(var):
                 values[field] = env[var]
-        if env.get("MATCHENV_NAMESPACES"):
-            values["namespaces"] = [n.strip() for n in env["MATCHENV_NAMESPACES"].split(",") if n.strip()]
+        lists = {"MATCHENV_NAMESPACES": "namespaces", "MATCHENV_ALLOWED_EXCHANGES": "allowed_exchanges",
+                 "MATCHENV_ALLOWED_VHOSTS": "allowed_vhosts"}
+        for var, field in lists.items():
+            if env.get(var):
+                values[field] = [n.strip() for n in env[var].split(",") if n.strip()]
+        if env.get("MATCHENV_QUEUE_PATTERN"):
+            values["queue_pattern"] = env["MATCHENV_QUEUE_PATTERN"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)

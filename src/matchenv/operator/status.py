@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from matchenv.models import Phase
-from matchenv.topology.planner import QueueObservation
+from matchenv.topology.planner import QueueObservation, Refusal
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class Observation:
     problems: tuple[str, ...] = ()
     broker_error: str | None = None
     error_reason: str | None = None  # e.g. "BrokerUnreachable"
-    worker_problems: tuple[str, ...] = ()  # e.g. the database Secret is missing
+    refusal: Refusal | None = None  # e.g. QueueClaimed: this environment may not have what it names
+    worker_problem: Refusal | None = None  # e.g. DatabaseSecretInvalid, DeploymentRefused
 
 
 def _now() -> str:
@@ -54,6 +55,8 @@ def _condition(old: dict[str, dict[str, Any]], type_: str, ok: bool, reason: str
 
 
 def topology_condition(seen: Observation) -> tuple[bool, str, str]:
+    if seen.refusal:
+        return False, seen.refusal.reason, seen.refusal.message
     if seen.broker_error:
         return False, seen.error_reason or "BrokerError", seen.broker_error
     if seen.problems:
@@ -62,13 +65,16 @@ def topology_condition(seen: Observation) -> tuple[bool, str, str]:
         return False, "QueueMissing", f"queue {seen.queue} does not exist yet"
     if not seen.topology.bound:
         return False, "BindingMissing", f"queue {seen.queue} is not bound to {seen.exchange} yet"
+    if seen.topology.messages is None:
+        return True, "Converged", (f"queue {seen.queue} is bound to {seen.exchange}; the broker reports no message "
+                                   "counts for it, so they are unknown and autoscaling holds")
     return True, "Converged", f"queue {seen.queue} is bound to {seen.exchange}"
 
 
 def workers_condition(seen: Observation) -> tuple[bool, str, str]:
     w = seen.workers
-    if seen.worker_problems:
-        return False, "DatabaseSecretInvalid", "; ".join(seen.worker_problems)
+    if seen.worker_problem:
+        return False, seen.worker_problem.reason, seen.worker_problem.message
     if not w.exists:
         return False, "DeploymentMissing", "the worker Deployment does not exist yet"
     if w.replicas == 0:
@@ -99,21 +105,25 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
     ]
     if ready:
         phase = Phase.READY
-    elif seen.broker_error or seen.problems or seen.worker_problems:
+    elif seen.broker_error or seen.problems or seen.refusal or seen.worker_problem:
         phase = Phase.DEGRADED
     elif old_status.get("phase") in (Phase.READY.value, Phase.DEGRADED.value) and not topo_ok:
         phase = Phase.DEGRADED  # something that existed went missing and is being repaired
     else:
         phase = Phase.PENDING
+    bound = seen.topology is not None and seen.topology.bound
+    errors = [seen.refusal.message if seen.refusal else None, seen.broker_error, *seen.problems,
+              seen.worker_problem.message if seen.worker_problem else None]
     status: dict[str, Any] = {
         "phase": phase.value,
-        "exchange": seen.exchange,
+        # what the broker did, not what the spec asks: the exchange the queue is bound to
+        "exchange": seen.exchange if bound else (old_status.get("exchange") if seen.topology is None else None),
         "queue": seen.queue,
         "selector": seen.selector,
         "replicas": seen.workers.replicas,
         "readyReplicas": seen.workers.ready_replicas,
         "ready": f"{seen.workers.ready_replicas}/{seen.workers.replicas}",
-        "lastError": "; ".join(filter(None, [seen.broker_error, *seen.problems, *seen.worker_problems])) or None,
+        "lastError": "; ".join(filter(None, errors)) or None,
         "conditions": conditions,
     }
     if seen.generation is not None:

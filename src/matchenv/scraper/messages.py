@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-TASK_NAME = "celery_tasks.match_tasks.process_match_data"
+from matchenv.contracts import SCRAPED_AT_HEADER, TASK_NAME
 
 
 @dataclass(frozen=True)
@@ -18,10 +19,13 @@ class TaskMessage:
     task_id: str
 
 
-def task_message(match: dict[str, Any], task_id: str | None = None) -> TaskMessage:
-    """A protocol-2 message: the task name in the headers, ``[args, kwargs, embed]`` in the JSON body."""
+def task_message(match: dict[str, Any], task_id: str | None = None,
+                 scraped_at: dt.datetime | None = None) -> TaskMessage:
+    """A protocol-2 message: the task name in the headers, ``[args, kwargs, embed]`` in the JSON body, and the
+    time the match was read (``x-matchenv-scraped-at``) so that an older copy never overwrites a newer one."""
     task_id = task_id or str(uuid.uuid4())
     headers = {
+        SCRAPED_AT_HEADER: (scraped_at or dt.datetime.now(dt.UTC)).isoformat(),
         "lang": "py",
         "task": TASK_NAME,
         "id": task_id,

@@ -20,12 +20,12 @@ import pika
 import pika.exceptions
 from pydantic import ValidationError
 
+from matchenv.contracts import DEFAULT_EXCHANGE
 from matchenv.models import Match
 from matchenv.scraper.messages import task_message
 from matchenv.scraper.sources import RawMatch
 
 log = logging.getLogger("matchenv.scraper")
-DEFAULT_EXCHANGE = "matches-fanout"
 Result = Literal["confirmed", "unroutable", "failed"]
 _RECOVERABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
                 pika.exceptions.ConnectionClosed, pika.exceptions.ChannelWrongStateError)

@@ -1,12 +1,15 @@
 """The one RabbitMQ management-HTTP client. Nothing else in matchenv speaks HTTP to the broker.
 
-One ``requests.Session`` per client (connection reuse), a timeout on every call, vhosts and names URL-encoded, and
-typed errors that say what failed. :meth:`ManagementClient.snapshot` reads everything the reconciler needs in a
-fixed number of calls, whatever the number of environments.
+One ``requests.Session`` per client (connection reuse), a total deadline on every call (connect, headers and body
+together, not only per read), a bound on the body's size, vhosts and names URL-encoded, and typed errors that say
+what failed, cut short and never echoing the credentials. :meth:`ManagementClient.snapshot` reads everything the
+reconciler needs in a fixed number of calls, whatever the number of environments.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
@@ -15,7 +18,9 @@ import requests
 
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, User
 
-DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, read) seconds
+DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds the whole call
+MAX_BODY = 64 * 1024 * 1024  # a management answer larger than this is refused, not read into memory
+MAX_ERROR_TEXT = 300
 QUEUE_COLUMNS = (
     "name,vhost,type,durable,arguments,messages,messages_ready,messages_unacknowledged,consumers,policy"
 )
@@ -75,19 +80,34 @@ class ManagementClient:
     def _request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
         operation = f"{method} {path}"
         self.calls += 1
+        connect, total = self.timeout
+        deadline = time.monotonic() + total
         try:
-            response = self.session.request(method, self.base_url + path, json=body, params=params,
-                                            timeout=self.timeout)
-        except requests.Timeout as exc:
-            raise BrokerUnreachable(f"{operation}: timed out after {self.timeout[1]:.0f}s", operation) from exc
+            response = self.session.request(method, self.base_url + path, json=body, params=params, stream=True,
+                                            timeout=(min(connect, total), max(1.0, total / 2)))
+            try:
+                content = _read_body(response, deadline)
+            except BaseException:
+                response.close()  # a half-read connection is never reused
+                raise
+            response.raw.release_conn()
+        except (requests.Timeout, TimeoutError) as exc:
+            raise BrokerUnreachable(f"{operation}: no complete answer within {total:.0f}s", operation) from exc
         except requests.RequestException as exc:
             raise BrokerUnreachable(f"{operation}: broker unreachable at {self.base_url} ({exc.__class__.__name__})",
                                     operation) from exc
+        except _BodyTooLarge as exc:
+            raise BrokerConflict(f"{operation}: the answer is larger than {MAX_BODY} bytes", operation) from exc
         status = response.status_code
         if status < 300:
-            return response.json() if response.content else None
-        reason = _reason(response)
-        message = f"{operation}: {status} {reason}"
+            if not content:
+                return None
+            try:
+                return json.loads(content)
+            except ValueError as exc:
+                raise BrokerUnreachable(f"{operation}: the answer is not JSON (is {self.base_url} the management "
+                                        "API?)", operation, status) from exc
+        message = f"{operation}: {status} {self._redact(_reason(response.reason, content))}"
         if status in (401, 403):
             raise BrokerAuthError(message, operation, status)
         if status == 404:
@@ -95,6 +115,13 @@ class ManagementClient:
         if status >= 500:
             raise BrokerUnreachable(message, operation, status)
         raise BrokerConflict(message, operation, status)
+
+    def _redact(self, text: str) -> str:
+        """Error text as reported: cut short, the password (and the user's name with it) never repeated."""
+        password = self.session.auth[1] if isinstance(self.session.auth, tuple) else ""
+        if password:
+            text = text.replace(str(password), "***")
+        return text[:MAX_ERROR_TEXT]
 
     # -- reads -----------------------------------------------------------------------------------------------
     def overview(self) -> dict[str, Any]:
@@ -109,7 +136,7 @@ class ManagementClient:
         return Queue.from_api(self._request("GET", f"/api/queues/{_q(vhost)}/{_q(name)}"))
 
     def list_exchanges(self) -> list[Exchange]:
-        rows = self._request("GET", "/api/exchanges", params={"columns": "name,vhost,type,durable"})
+        rows = self._request("GET", "/api/exchanges", params={"columns": "name,vhost,type,durable,arguments"})
         return [Exchange.from_api(r) for r in rows]
 
     def list_bindings(self) -> list[Binding]:
@@ -142,9 +169,11 @@ class ManagementClient:
     def delete_vhost(self, name: str) -> None:
         self._request("DELETE", f"/api/vhosts/{_q(name)}")
 
-    def declare_exchange(self, vhost: str, name: str, type_: str, durable: bool = True) -> None:
+    def declare_exchange(self, vhost: str, name: str, type_: str, durable: bool = True,
+                         arguments: dict[str, Any] | None = None) -> None:
         self._request("PUT", f"/api/exchanges/{_q(vhost)}/{_q(name)}",
-                      {"type": type_, "durable": durable, "auto_delete": False, "internal": False, "arguments": {}})
+                      {"type": type_, "durable": durable, "auto_delete": False, "internal": False,
+                       "arguments": arguments or {}})
 
     def delete_exchange(self, vhost: str, name: str) -> None:
         self._request("DELETE", f"/api/exchanges/{_q(vhost)}/{_q(name)}")
@@ -181,12 +210,36 @@ class ManagementClient:
         self._request("PUT", f"/api/permissions/{_q(vhost)}/{_q(user)}",
                       {"configure": configure, "write": write, "read": read})
 
+    def clear_permissions(self, vhost: str, user: str) -> None:
+        self._request("DELETE", f"/api/permissions/{_q(vhost)}/{_q(user)}")
 
-def _reason(response: requests.Response) -> str:
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _read_body(response: requests.Response, deadline: float) -> bytes:
+    """The whole body, or TimeoutError once ``deadline`` passes: one socket read at a time, so a server that
+    trickles bytes is cut off at the deadline (plus at most one read timeout), not after the whole body."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := response.raw.read1(65536, decode_content=True):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise TimeoutError
+    if time.monotonic() > deadline:
+        raise TimeoutError
+    return b"".join(chunks)
+
+
+def _reason(http_reason: str | None, content: bytes) -> str:
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
-        return response.reason or "error"
+        return http_reason or "error"
     if isinstance(body, dict):
-        return str(body.get("reason") or body.get("error") or response.reason)
+        return str(body.get("reason") or body.get("error") or http_reason)
     return str(body)

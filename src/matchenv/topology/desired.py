@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from matchenv.models import MatchEnvironmentSpec
+from matchenv.contracts import queue_arguments
+from matchenv.models import MatchEnvironmentSpec, QueueType
 from matchenv.naming import POLICY_PRIORITY, EnvironmentNames, broker_regex
 
 
@@ -13,11 +14,12 @@ from matchenv.naming import POLICY_PRIORITY, EnvironmentNames, broker_regex
 class DesiredQueue:
     name: str
     type: str
+    owner: str
 
     @property
     def arguments(self) -> dict[str, Any]:
-        """Declare-time arguments: only the type. Everything mutable goes through the policy."""
-        return {"x-queue-type": self.type}
+        """Declare-time arguments: the type and the ownership marker. Everything mutable goes through the policy."""
+        return queue_arguments(self.type, self.owner)
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,15 @@ class DesiredTopology:
     names: EnvironmentNames
     policy_definition: dict[str, Any] = field(hash=False)
     permissions: DesiredPermissions
+    adopt: bool = False
+
+    @property
+    def owner(self) -> str:
+        return self.names.owner
 
     @property
     def dead_letter_queue(self) -> DesiredQueue:
-        return DesiredQueue(self.names.dead_letter_queue, self.queue.type)
+        return DesiredQueue(self.names.dead_letter_queue, self.queue.type, self.owner)
 
     @property
     def policy_pattern(self) -> str:
@@ -63,6 +70,9 @@ def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec) -> D
         definition["message-ttl"] = spec.queue.message_ttl_seconds * 1000
     if spec.queue.dead_letter:
         definition["dead-letter-exchange"] = names.dead_letter_exchange
+        if spec.queue.type is QueueType.QUORUM:
+            # a message that keeps failing (one that kills the worker process) ends in the DLQ, not in a loop
+            definition["delivery-limit"] = spec.queue.delivery_limit
     own_queue = broker_regex(queue_name)
     # The worker may declare (with identical arguments) and consume its own queue, and publish a malformed
     # message with its reason to its own dead-letter exchange. Nothing else: no default exchange, no other queue.
@@ -72,10 +82,11 @@ def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec) -> D
         vhost=spec.broker.vhost,
         exchange=spec.exchange.name,
         exchange_type=spec.exchange.type.value,
-        queue=DesiredQueue(queue_name, spec.queue.type.value),
+        queue=DesiredQueue(queue_name, spec.queue.type.value, names.owner),
         routing_keys=keys,
         dead_letter=spec.queue.dead_letter,
         names=names,
         policy_definition=definition,
         permissions=DesiredPermissions(configure=own_queue, write=write, read=own_queue),
+        adopt=spec.queue.adopt,
     )

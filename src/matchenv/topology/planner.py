@@ -1,6 +1,11 @@
 """Pure planning: (desired topology, broker snapshot) → the actions that make the broker match, and the problems
 that no action can fix (a queue of another type, an exchange of another type).
 
+Ownership comes first: a queue, dead-letter queue or dead-letter exchange that belongs to another
+MatchEnvironment (its ``x-matchenv-owner`` marker, or for unmarked queues the matchenv user that may read it), or a
+queue that exists but was not made by matchenv (unless the spec adopts it), is a :class:`Refusal`: nothing of it is
+declared, bound, given a policy or opened to this environment's user, and a teardown leaves it alone.
+
 Running the plan and planning again against a fresh snapshot yields no actions: that is what makes reconciles
 idempotent, and the unit tests check it for every spec field.
 """
@@ -10,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from matchenv.contracts import OWNER_ARGUMENT
+from matchenv.naming import broker_regex, owner_of_broker_user
 from matchenv.topology.desired import DesiredQueue, DesiredTopology
 from matchenv.topology.snapshot import BrokerSnapshot
 
@@ -17,7 +24,8 @@ from matchenv.topology.snapshot import BrokerSnapshot
 class Broker(Protocol):
     """What actions need from the management client (``ManagementClient`` satisfies it)."""
 
-    def declare_exchange(self, vhost: str, name: str, type_: str, durable: bool = True) -> None: ...
+    def declare_exchange(self, vhost: str, name: str, type_: str, durable: bool = True,
+                         arguments: dict[str, Any] | None = None) -> None: ...
     def delete_exchange(self, vhost: str, name: str) -> None: ...
     def declare_queue(self, vhost: str, name: str, arguments: dict[str, Any], durable: bool = True) -> None: ...
     def delete_queue(self, vhost: str, name: str) -> None: ...
@@ -29,6 +37,7 @@ class Broker(Protocol):
     def put_user(self, name: str, password: str, tags: Any = ()) -> None: ...
     def delete_user(self, name: str) -> None: ...
     def set_permissions(self, vhost: str, user: str, configure: str, write: str, read: str) -> None: ...
+    def clear_permissions(self, vhost: str, user: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -48,9 +57,11 @@ class Action:
 class DeclareExchange(Action):
     name: str
     type: str
+    owner: str = ""  # the ownership marker of an exchange one environment owns (its dead-letter exchange)
 
     def apply(self, broker: Broker) -> None:
-        broker.declare_exchange(self.vhost, self.name, self.type)
+        broker.declare_exchange(self.vhost, self.name, self.type,
+                                arguments={OWNER_ARGUMENT: self.owner} if self.owner else None)
 
     def describe(self) -> str:
         return f"declared {self.type} exchange {self.name}"
@@ -71,9 +82,10 @@ class DeleteExchange(Action):
 class DeclareQueue(Action):
     name: str
     type: str
+    owner: str
 
     def apply(self, broker: Broker) -> None:
-        broker.declare_queue(self.vhost, self.name, DesiredQueue(self.name, self.type).arguments)
+        broker.declare_queue(self.vhost, self.name, DesiredQueue(self.name, self.type, self.owner).arguments)
 
     def describe(self) -> str:
         return f"declared {self.type} queue {self.name}"
@@ -147,11 +159,14 @@ class DeletePolicy(Action):
 class PutUser(Action):
     name: str
     password: str = field(repr=False)
+    exists: bool = False  # the user is there with another password: this sets the Secret's one
 
     def apply(self, broker: Broker) -> None:
         broker.put_user(self.name, self.password)
 
     def describe(self) -> str:
+        if self.exists:
+            return f"set the password of broker user {self.name} to the one in its Secret"
         return f"created broker user {self.name}"
 
 
@@ -181,20 +196,86 @@ class SetPermissions(Action):
 
 
 @dataclass(frozen=True)
+class ClearPermissions(Action):
+    user: str
+
+    def apply(self, broker: Broker) -> None:
+        broker.clear_permissions(self.vhost, self.user)
+
+    def describe(self) -> str:
+        return f"removed the permissions of {self.user} on vhost {self.vhost}"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why this environment may not have the broker objects it names; ``reason`` is its condition reason."""
+
+    reason: str  # QueueClaimed | QueueExists
+    message: str
+
+
+@dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...] = ()
     problems: tuple[str, ...] = ()
+    refusal: Refusal | None = None
 
 
-def plan_converge(
-    desired: DesiredTopology,
-    snapshot: BrokerSnapshot,
-    password: str,
-    previous_exchange: str | None = None,
-    reset_password: bool = False,
-) -> Plan:
-    """Actions that bring the broker to ``desired``; ``password`` is the environment user's (from its Secret)."""
+def queue_claimant(snapshot: BrokerSnapshot, vhost: str, queue: str) -> str | None:
+    """The MatchEnvironment (``namespace/name``) a live queue belongs to: its marker, else (a queue adopted, or
+    declared before markers) the matchenv user whose permissions read exactly it; None if nobody's."""
+    live = snapshot.queues.get((vhost, queue))
+    if live is None:
+        return None
+    if live.owner:
+        return live.owner
+    pattern = broker_regex(queue)
+    readers = sorted(owner for p in snapshot.permissions.values()
+                     if p.vhost == vhost and p.read == pattern and (owner := owner_of_broker_user(p.user)))
+    return readers[0] if readers else None
+
+
+def check_ownership(desired: DesiredTopology, snapshot: BrokerSnapshot) -> Refusal | None:
+    """None when every queue and exchange this environment would own is free or already its own."""
+    vhost, me = desired.vhost, desired.owner
+    queue_owner = queue_claimant(snapshot, vhost, desired.queue.name)
+    names = [desired.queue.name] + ([desired.names.dead_letter_queue] if desired.dead_letter else [])
+    for name in names:
+        if (vhost, name) not in snapshot.queues:
+            continue
+        owner = queue_claimant(snapshot, vhost, name)
+        if owner is None and name != desired.queue.name and queue_owner == me:
+            owner = me  # the dead-letter queue of an adopted (or pre-marker) queue of ours
+        if owner is None:
+            if desired.adopt:
+                continue
+            return Refusal("QueueExists", f"queue {name} (vhost {vhost}) exists and was not made by matchenv; "
+                           "set spec.queue.adopt: true to take it over with its messages")
+        if owner != me:
+            return Refusal("QueueClaimed", f"queue {name} (vhost {vhost}) belongs to MatchEnvironment {owner}")
+    if desired.dead_letter:
+        dlx = snapshot.exchanges.get((vhost, desired.names.dead_letter_exchange))
+        if dlx is not None and dlx.owner and dlx.owner != me:
+            return Refusal("QueueClaimed", f"exchange {dlx.name} (vhost {vhost}) belongs to MatchEnvironment "
+                           f"{dlx.owner}")
+    return None
+
+
+def plan_revoke(desired: DesiredTopology, snapshot: BrokerSnapshot) -> tuple[Action, ...]:
+    """Take back whatever permissions the environment's user holds on its vhost (a refused environment)."""
+    user = desired.names.broker_user
+    return (ClearPermissions(desired.vhost, user),) if (user, desired.vhost) in snapshot.permissions else ()
+
+
+def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: str) -> Plan:
+    """Actions that bring the broker to ``desired``; ``password`` is the environment user's (from its Secret).
+
+    A refused environment gets no actions but the removal of any permissions its user holds on the vhost."""
     vhost, q = desired.vhost, desired.queue
+    user = desired.names.broker_user
+    refusal = check_ownership(desired, snapshot)
+    if refusal is not None:
+        return Plan(plan_revoke(desired, snapshot), refusal=refusal)
     actions: list[Action] = []
     problems: list[str] = []
 
@@ -208,7 +289,7 @@ def plan_converge(
     for wanted in [q, desired.dead_letter_queue] if desired.dead_letter else [q]:
         live = snapshot.queues.get((vhost, wanted.name))
         if live is None:
-            actions.append(DeclareQueue(vhost, wanted.name, wanted.type))
+            actions.append(DeclareQueue(vhost, wanted.name, wanted.type, wanted.owner))
         elif live.type != wanted.type:
             problems.append(f"queue {wanted.name} exists as a {live.type} queue, spec.queue.type is {wanted.type}; "
                             "a queue's type cannot change: delete the queue or keep its type")
@@ -216,7 +297,7 @@ def plan_converge(
     if desired.dead_letter:
         dlx = desired.names.dead_letter_exchange
         if (vhost, dlx) not in snapshot.exchanges:
-            actions.append(DeclareExchange(vhost, dlx, "fanout"))
+            actions.append(DeclareExchange(vhost, dlx, "fanout", desired.owner))
         if not any(b.source == dlx for b in snapshot.bindings_to(vhost, desired.names.dead_letter_queue)):
             actions.append(Bind(vhost, dlx, desired.names.dead_letter_queue))
 
@@ -230,11 +311,11 @@ def plan_converge(
         actions.append(PutPolicy(vhost, desired.names.policy, desired.policy_pattern, desired.policy_definition,
                                  desired.policy_priority))
 
-    actions += _binding_actions(desired, snapshot, previous_exchange)
+    actions += _binding_actions(desired, snapshot)
 
-    user = desired.names.broker_user
-    if user not in snapshot.users or reset_password:
-        actions.append(PutUser(vhost, user, password))
+    live_user = snapshot.users.get(user)
+    if live_user is None or live_user.has_password(password) is False:
+        actions.append(PutUser(vhost, user, password, exists=live_user is not None))
     perms = snapshot.permissions.get((user, vhost))
     want = desired.permissions
     if perms is None or (perms.configure, perms.write, perms.read) != (want.configure, want.write, want.read):
@@ -242,17 +323,17 @@ def plan_converge(
     return Plan(tuple(actions), tuple(problems))
 
 
-def _binding_actions(desired: DesiredTopology, snapshot: BrokerSnapshot,
-                     previous_exchange: str | None) -> list[Action]:
+def _binding_actions(desired: DesiredTopology, snapshot: BrokerSnapshot) -> list[Action]:
+    """Bindings follow the spec: every binding to the owned queue that it does not ask for is removed, whichever
+    exchange it comes from (a hand-made or a previous exchange's binding alike)."""
     vhost, queue = desired.vhost, desired.queue.name
-    ours = {desired.exchange, previous_exchange} - {None, ""}
-    live = [b for b in snapshot.bindings_to(vhost, queue) if b.source in ours]
+    live = snapshot.bindings_to(vhost, queue)
     wanted = {(desired.exchange, key) for key in desired.routing_keys}
-    # A fanout exchange ignores keys: any binding from it counts as the one we want.
-    if desired.exchange_type == "fanout" and any(b.source == desired.exchange for b in live):
+    # A fanout exchange ignores keys: any one binding from it counts as the one we want.
+    from_ours = [b for b in live if b.source == desired.exchange]
+    if desired.exchange_type == "fanout" and from_ours:
         have = {(desired.exchange, "")}
-        extra = [b for b in live if b.source != desired.exchange]
-        extra += [b for b in live if b.source == desired.exchange][1:]
+        extra = [b for b in live if b.source != desired.exchange] + from_ours[1:]
     else:
         have = {(b.source, b.routing_key) for b in live}
         extra = [b for b in live if (b.source, b.routing_key) not in wanted]
@@ -261,28 +342,32 @@ def _binding_actions(desired: DesiredTopology, snapshot: BrokerSnapshot,
     return actions
 
 
-def plan_teardown(
-    desired: DesiredTopology,
-    snapshot: BrokerSnapshot,
-    delete_queue: bool,
-    previous_exchange: str | None = None,
-) -> Plan:
-    """Actions on delete: always unbind (nothing is routed to a dying environment) and drop the user; delete the
-    queue, its dead-letter queue and exchange and its policy only when ``delete_queue``."""
+def plan_detach(desired: DesiredTopology, snapshot: BrokerSnapshot) -> Plan:
+    """First step of a deletion: unbind the owned queue from every exchange, so nothing new is routed to it."""
     vhost, queue = desired.vhost, desired.queue.name
-    ours = {desired.exchange, previous_exchange} - {None, ""}
-    actions: list[Action] = [
-        Unbind(vhost, b.source, queue, b.properties_key) for b in snapshot.bindings_to(vhost, queue)
-        if b.source in ours
-    ]
+    refusal = check_ownership(desired, snapshot)
+    if refusal is not None:
+        return Plan(refusal=refusal)
+    return Plan(tuple(Unbind(vhost, b.source, queue, b.properties_key) for b in snapshot.bindings_to(vhost, queue)))
+
+
+def plan_remove(desired: DesiredTopology, snapshot: BrokerSnapshot, delete_queue: bool) -> Plan:
+    """Last step of a deletion, once the workers are gone: drop the user; delete the queue, its dead-letter queue
+    and exchange and its policy only when ``delete_queue`` and only when they are this environment's."""
+    vhost, queue = desired.vhost, desired.queue.name
+    actions: list[Action] = []
     if desired.names.broker_user in snapshot.users:
         actions.append(DeleteUser(vhost, desired.names.broker_user))
+    refusal = check_ownership(desired, snapshot)
+    if refusal is not None:
+        return Plan(tuple(actions), refusal=refusal)
     if delete_queue:
         for name in (queue, desired.names.dead_letter_queue):
             live = snapshot.queues.get((vhost, name))
             if live is not None:
-                actions.append(DeleteQueue(vhost, name, live.messages))
-        if (vhost, desired.names.dead_letter_exchange) in snapshot.exchanges:
+                actions.append(DeleteQueue(vhost, name, live.messages or 0))
+        dlx = snapshot.exchanges.get((vhost, desired.names.dead_letter_exchange))
+        if dlx is not None and dlx.owner in (None, desired.owner):
             actions.append(DeleteExchange(vhost, desired.names.dead_letter_exchange))
         if (vhost, desired.names.policy) in snapshot.policies:
             actions.append(DeletePolicy(vhost, desired.names.policy))
@@ -291,12 +376,12 @@ def plan_teardown(
 
 @dataclass(frozen=True)
 class QueueObservation:
-    """What status reports about the environment's queues."""
+    """What status reports about the environment's queues; None counts are unknown (not reported)."""
 
     exists: bool
-    messages: int = 0
-    consumers: int = 0
-    dead_letter_messages: int = 0
+    messages: int | None = 0
+    consumers: int | None = 0
+    dead_letter_messages: int | None = 0
     bound: bool = False
 
 
@@ -309,8 +394,8 @@ def observe(desired: DesiredTopology, snapshot: BrokerSnapshot) -> QueueObservat
     bound = any(b.source == desired.exchange for b in snapshot.bindings_to(vhost, desired.queue.name))
     return QueueObservation(
         exists=True,
-        messages=live.messages_ready + live.messages_unacknowledged,
+        messages=live.backlog,
         consumers=live.consumers,
-        dead_letter_messages=(dlq.messages_ready + dlq.messages_unacknowledged) if dlq else 0,
+        dead_letter_messages=dlq.backlog if dlq else 0,
         bound=bound,
     )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from matchenv.contracts import OWNER_ARGUMENT
 
 
 @dataclass(frozen=True)
@@ -13,11 +17,25 @@ class Queue:
     type: str = "classic"
     durable: bool = True
     arguments: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
-    messages: int = 0
-    messages_ready: int = 0
-    messages_unacknowledged: int = 0
-    consumers: int = 0
+    # None: the broker did not report it (statistics off, or not collected yet): unknown, never 0
+    messages: int | None = 0
+    messages_ready: int | None = 0
+    messages_unacknowledged: int | None = 0
+    consumers: int | None = 0
     policy: str | None = None
+
+    @property
+    def owner(self) -> str | None:
+        """The ownership marker matchenv declared the queue with (``namespace/name``), if any."""
+        marker = self.arguments.get(OWNER_ARGUMENT)
+        return marker if isinstance(marker, str) and marker else None
+
+    @property
+    def backlog(self) -> int | None:
+        """Ready plus unacknowledged messages, or None when the broker did not report both."""
+        if self.messages_ready is None or self.messages_unacknowledged is None:
+            return None
+        return self.messages_ready + self.messages_unacknowledged
 
     @classmethod
     def from_api(cls, row: dict[str, Any]) -> Queue:
@@ -27,12 +45,17 @@ class Queue:
             type=row.get("type") or row.get("arguments", {}).get("x-queue-type") or "classic",
             durable=bool(row.get("durable", True)),
             arguments=row.get("arguments") or {},
-            messages=int(row.get("messages") or 0),
-            messages_ready=int(row.get("messages_ready") or 0),
-            messages_unacknowledged=int(row.get("messages_unacknowledged") or 0),
-            consumers=int(row.get("consumers") or 0),
+            messages=_count(row, "messages"),
+            messages_ready=_count(row, "messages_ready"),
+            messages_unacknowledged=_count(row, "messages_unacknowledged"),
+            consumers=_count(row, "consumers"),
             policy=row.get("policy") or None,
         )
+
+
+def _count(row: dict[str, Any], key: str) -> int | None:
+    value = row.get(key)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
@@ -41,10 +64,16 @@ class Exchange:
     name: str
     type: str
     durable: bool = True
+    arguments: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def owner(self) -> str | None:
+        marker = self.arguments.get(OWNER_ARGUMENT)
+        return marker if isinstance(marker, str) and marker else None
 
     @classmethod
     def from_api(cls, row: dict[str, Any]) -> Exchange:
-        return cls(row["vhost"], row["name"], row["type"], bool(row.get("durable", True)))
+        return cls(row["vhost"], row["name"], row["type"], bool(row.get("durable", True)), row.get("arguments") or {})
 
 
 @dataclass(frozen=True)
@@ -77,17 +106,40 @@ class Policy:
                    int(row.get("priority", 0)))
 
 
+_HASHES = {
+    "rabbit_password_hashing_sha256": hashlib.sha256,
+    "rabbit_password_hashing_sha512": hashlib.sha512,
+    "rabbit_password_hashing_md5": hashlib.md5,
+}
+
+
 @dataclass(frozen=True)
 class User:
     name: str
     tags: tuple[str, ...] = ()
+    password_hash: str = field(default="", repr=False)
+    hashing_algorithm: str = "rabbit_password_hashing_sha256"
+
+    def has_password(self, password: str) -> bool | None:
+        """Whether ``password`` is this user's (RabbitMQ stores base64(salt[4] + H(salt + password))); None when
+        the broker's hash cannot be checked here (unknown algorithm, no hash)."""
+        algorithm = _HASHES.get(self.hashing_algorithm)
+        if algorithm is None or not self.password_hash:
+            return None
+        try:
+            raw = base64.b64decode(self.password_hash, validate=True)
+        except ValueError:
+            return None
+        salt, digest = raw[:4], raw[4:]
+        return algorithm(salt + password.encode()).digest() == digest
 
     @classmethod
     def from_api(cls, row: dict[str, Any]) -> User:
         tags = row.get("tags") or []
         if isinstance(tags, str):
             tags = [t for t in tags.split(",") if t]
-        return cls(row["name"], tuple(tags))
+        return cls(row["name"], tuple(tags), str(row.get("password_hash") or ""),
+                   str(row.get("hashing_algorithm") or "rabbit_password_hashing_sha256"))
 
 
 @dataclass(frozen=True)

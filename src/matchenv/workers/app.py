@@ -9,6 +9,7 @@ held (unacknowledged), never dead-lettered.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import threading
@@ -18,14 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery, signals
+from celery.exceptions import Reject
 from celery.worker.consumer import Consumer
 from kombu.entity import Exchange, Queue
 from pydantic import ValidationError
 
+from matchenv.contracts import SCRAPED_AT_HEADER, TASK_ID_HEADER, TASK_NAME, queue_arguments
 from matchenv.models import Match
 from matchenv.workers import metrics
 from matchenv.workers.config import WorkerConfig
-from matchenv.workers.deadletter import dead_letter
+from matchenv.workers.deadletter import Body, DeadLetterPublisher, DeadLetterUnavailable
 from matchenv.workers.stores import (
     PermanentStoreError,
     Store,
@@ -34,8 +37,9 @@ from matchenv.workers.stores import (
     make_store,
 )
 
-TASK_NAME = "celery_tasks.match_tasks.process_match_data"
 log = logging.getLogger("matchenv.worker")
+STOPPING = threading.Event()  # set when the worker starts its warm shutdown
+REQUEUE_DELAY = 5.0  # a valid match that cannot be stored and has no DLQ goes back after this pause
 
 
 @dataclass
@@ -46,8 +50,10 @@ class Runtime:
     app: Celery
     store_factory: Callable[[], Store] | None = None
     sleep: Callable[[float], None] = time.sleep
+    stopping: threading.Event = field(default_factory=lambda: STOPPING)
     _store: Store | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _dead_letters: DeadLetterPublisher | None = field(default=None, init=False)
 
     @property
     def store(self) -> Store:
@@ -57,17 +63,25 @@ class Runtime:
                 self._store = factory()
             return self._store
 
-    def dead_letter(self, body: Any, reason: str, error: str, **kwargs: Any) -> None:
-        dead_letter(self.app, self.config.dead_letter_exchange, self.config.queue, body, reason, error, **kwargs)
+    def dead_letter(self, body: Body, reason: str, error: str, headers: dict[str, Any] | None = None,
+                    content_type: str = "application/json") -> bool:
+        """Route the message to the DLQ (blocking until the broker routed it); False when there is none."""
+        with self._lock:
+            if self._dead_letters is None:
+                self._dead_letters = DeadLetterPublisher(self.config.broker_url.get_secret_value(),
+                                                         self.config.dead_letter_exchange, self.config.queue,
+                                                         self.stopping)
+            publisher = self._dead_letters
+        return publisher.publish(body, reason, error, headers=headers, content_type=content_type)
 
-    def store_match(self, match: Match) -> str:
+    def store_match(self, match: Match, scraped_at: dt.datetime | None = None) -> str:
         """Upsert with retries: transient errors 3 times with backoff and jitter (then PermanentStoreError), an
         unreachable database for as long as it takes (the message stays unacknowledged meanwhile)."""
         attempt = 0
         waited = 0
         while True:
             try:
-                return self.store.upsert(match)
+                return self.store.upsert(match, scraped_at)
             except TransientStoreError as exc:
                 attempt += 1
                 if attempt >= self.config.store_retries:
@@ -85,10 +99,24 @@ class Runtime:
                 self.sleep(delay)
 
 
+def scraped_at(request: Any) -> dt.datetime | None:
+    """The publisher's stamp (message header ``x-matchenv-scraped-at``), None when absent or unreadable."""
+    value = getattr(request, SCRAPED_AT_HEADER, None)
+    if value is None:
+        value = (getattr(request, "headers", None) or {}).get(SCRAPED_AT_HEADER)
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+
+
 def process(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any], request: Any) -> str:
     """The task body, separate from Celery so that it can be called directly."""
     metrics.PROCESSED.inc()
-    headers = {"x-matchenv-task-id": str(getattr(request, "id", "") or "")}
+    headers = {TASK_ID_HEADER: str(getattr(request, "id", "") or "")}
     if len(args) == 1 and not kwargs:
         raw = args[0]
     elif not args and set(kwargs) == {"match_data"}:
@@ -96,20 +124,25 @@ def process(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any], req
     else:
         raw = None
     if not isinstance(raw, dict):
-        runtime.dead_letter({"args": list(args), "kwargs": kwargs}, "invalid",
-                            "expected one match object as the only argument", headers=headers)
-        return "dead-lettered"
+        kept = runtime.dead_letter({"args": list(args), "kwargs": kwargs}, "invalid",
+                                   "expected one match object as the only argument", headers=headers)
+        return "dead-lettered" if kept else "dropped"
     try:
         match = Match.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'match'}: {e['msg']}" for e in exc.errors())
-        runtime.dead_letter(raw, "invalid", problems, headers=headers)
-        return "dead-lettered"
+        kept = runtime.dead_letter(raw, "invalid", problems, headers=headers)
+        return "dead-lettered" if kept else "dropped"
     try:
-        outcome = runtime.store_match(match)
+        outcome = runtime.store_match(match, scraped_at(request))
     except PermanentStoreError as exc:
-        runtime.dead_letter(raw, "store-error", str(exc), headers=headers)
-        return "dead-lettered"
+        if runtime.dead_letter(raw, "store-error", str(exc), headers=headers):
+            return "dead-lettered"
+        # a valid match is never dropped: without a DLQ it goes back to its queue, after a pause
+        log.warning("cannot store match %s and there is no dead-letter queue: returning it to %s in %.0fs: %s",
+                    match.external_match_id or "-", runtime.config.queue, REQUEUE_DELAY, exc)
+        runtime.stopping.wait(REQUEUE_DELAY)
+        raise Reject(str(exc), requeue=True) from exc
     metrics.STORED.labels(outcome=outcome).inc()
     log.info("%s match %s (%s vs %s, %s)", outcome, match.external_match_id or "-", match.home_team,
              match.away_team, match.match_date)
@@ -130,9 +163,9 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
             self._runtime().dead_letter(body, reason, error, headers={"x-original-content-type":
                                                                       message.content_type or ""},
                                         content_type="application/octet-stream")
-        except Exception:
-            log.exception("could not dead-letter a %s message; rejecting it to the broker instead", reason)
-            message.reject(requeue=False)
+        except DeadLetterUnavailable as exc:
+            log.warning("%s; returning it to the queue", exc)
+            message.reject(requeue=True)
             return
         message.ack()
 
@@ -157,7 +190,7 @@ def create_app(config: WorkerConfig, store_factory: Callable[[], Store] | None =
     """The Celery app for ``config``: its queue declared exactly as the operator declares it."""
     app = Celery("matchenv", set_as_current=False)
     queue = Queue(config.queue, Exchange(""), routing_key=config.queue, durable=True,
-                  queue_arguments={"x-queue-type": config.queue_type})
+                  queue_arguments=queue_arguments(config.queue_type, config.owner))
     app.conf.update(
         broker_url=config.broker_url.get_secret_value(),
         broker_connection_retry_on_startup=True,
@@ -172,8 +205,7 @@ def create_app(config: WorkerConfig, store_factory: Callable[[], Store] | None =
         task_create_missing_queues=False,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        # a task that raises (only when even dead-lettering failed) is rejected: the broker's own dead-lettering
-        # (the queue's policy) takes it, so it is not lost
+        # a task that raises is rejected, never acknowledged: the message is not lost
         task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
@@ -195,10 +227,20 @@ def create_app(config: WorkerConfig, store_factory: Callable[[], Store] | None =
     def process_match_data(self: Any, *args: Any, **kwargs: Any) -> str:
         try:
             return process(runtime, args, kwargs, self.request)
+        except Reject:
+            raise
+        except DeadLetterUnavailable as exc:  # stopping while the DLQ could not take it: back to the queue
+            log.warning("%s; returning it to the queue", exc)
+            raise Reject(str(exc), requeue=True) from exc
         except Exception as exc:  # never let Celery ack a message we did not deal with
             metrics.FAILED.inc()
             log.exception("unexpected error; dead-lettering the message")
-            runtime.dead_letter({"args": list(args), "kwargs": kwargs}, "error", repr(exc))  # raises: rejected
+            try:
+                kept = runtime.dead_letter({"args": list(args), "kwargs": kwargs}, "error", repr(exc))
+            except DeadLetterUnavailable as unavailable:
+                raise Reject(str(unavailable), requeue=True) from exc
+            if not kept:
+                raise Reject(repr(exc), requeue=True) from exc
             return "dead-lettered"
 
     return app
@@ -212,6 +254,7 @@ def _mark_ready(**_: Any) -> None:
 @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
 def _mark_stopping(**_: Any) -> None:
     metrics.ready.clear()
+    STOPPING.set()
 
 
 def worker_argv(config: WorkerConfig, loglevel: str = "INFO") -> list[str]:

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
+from matchenv import contracts as c
+
 
 class WorkerConfigError(Exception):
     """Configuration is missing or wrong; the message names the variable (and where it usually comes from)."""
@@ -41,26 +43,28 @@ class WorkerConfig(BaseModel):
     metrics_port: int = Field(9808, ge=0, le=65535)
     store_retries: int = Field(3, ge=1, le=10)
     environment: str = ""
+    owner: str = ""  # namespace/name of the MatchEnvironment: the ownership marker its queue is declared with
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], queue: str | None = None, concurrency: int | None = None
                  ) -> WorkerConfig:
-        broker = env.get("CELERY_BROKER_URL") or env.get("RABBITMQ_URL")
+        broker = env.get(c.ENV_BROKER_URL) or env.get(c.ENV_BROKER_URL_FALLBACK)
         if not broker:
             raise WorkerConfigError("no broker URL: set CELERY_BROKER_URL or RABBITMQ_URL "
                                     "(the operator sets it from Secret <environment>-broker, key url)")
-        queue = queue or env.get("MATCHENV_QUEUE")
+        queue = queue or env.get(c.ENV_QUEUE)
         if not queue:
             raise WorkerConfigError("no queue: pass --queue or set MATCHENV_QUEUE")
         return cls(
             broker_url=SecretStr(broker),
             queue=queue,
-            queue_type=env.get("MATCHENV_QUEUE_TYPE", "classic"),
-            dead_letter_exchange=env.get("MATCHENV_DEAD_LETTER_EXCHANGE", f"{queue}.dlx"),
-            concurrency=concurrency or int(env.get("MATCHENV_CONCURRENCY", "1")),
+            queue_type=env.get(c.ENV_QUEUE_TYPE, "classic"),
+            dead_letter_exchange=env.get(c.ENV_DEAD_LETTER_EXCHANGE, f"{queue}.dlx"),
+            concurrency=concurrency or int(env.get(c.ENV_CONCURRENCY, "1")),
             database=database_from_env(env),
-            metrics_port=int(env.get("MATCHENV_METRICS_PORT", "9808")),
-            environment=env.get("MATCHENV_ENVIRONMENT", ""),
+            metrics_port=int(env.get(c.ENV_METRICS_PORT, str(c.WORKER_METRICS_PORT))),
+            environment=env.get(c.ENV_ENVIRONMENT, ""),
+            owner=env.get(c.ENV_OWNER, ""),
         )
 
 

@@ -1,59 +1,103 @@
 """Send a message that cannot be processed to the environment's dead-letter exchange, with the reason attached.
 
 The worker's broker user may write to ``<queue>.dlx`` and nowhere else; the exchange is never declared here (that
-would need configure permission), and the channel runs in confirm mode, so a dead-lettered message is on the
-broker before the original is acknowledged.
+would need configure permission). Each dead letter is published ``mandatory`` on a confirmed channel of its own
+(pika), so it is on the broker *and routed to the dead-letter queue* before the original is acknowledged. When it
+cannot be (the DLQ unbound, the broker away), the original is held, unacknowledged, and the publish retried with a
+capped back-off until it goes through or the worker stops (then the original goes back to its queue): nothing lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
-from celery import Celery
+import pika
+import pika.exceptions
 
+from matchenv.contracts import DEAD_LETTERED_AT_HEADER, ERROR_HEADER, QUEUE_HEADER, REASON_HEADER
 from matchenv.workers import metrics
 
 log = logging.getLogger("matchenv.worker")
 
-REASON_HEADER = "x-matchenv-reason"
-ERROR_HEADER = "x-matchenv-error"
+Body = bytes | str | dict[str, Any] | list[Any]
 
 
-def dead_letter(app: Celery, exchange: str, queue: str, body: bytes | str | dict[str, Any] | list[Any],
-                reason: str, error: str, headers: dict[str, Any] | None = None,
+class DeadLetterUnavailable(Exception):
+    """The worker is stopping while a dead letter still could not be published: give the original back."""
+
+
+class DeadLetterPublisher:
+    """One confirmed pika channel for dead letters, shared by the worker's threads under a lock."""
+
+    def __init__(self, broker_url: str, exchange: str, queue: str, stopping: threading.Event,
+                 wait: Callable[[float], bool] | None = None) -> None:
+        self.params = pika.URLParameters(broker_url)
+        self.params.socket_timeout = 10
+        self.params.blocked_connection_timeout = 30
+        self.params.connection_attempts = 1
+        self.exchange = exchange
+        self.queue = queue
+        self.stopping = stopping
+        self.wait = wait or stopping.wait
+        self._lock = threading.Lock()
+        self._conn: pika.BlockingConnection | None = None
+        self._channel: Any = None
+
+    def _connect(self) -> Any:
+        if self._channel is not None and self._channel.is_open:
+            return self._channel
+        self.close()
+        self._conn = pika.BlockingConnection(self.params)
+        self._channel = self._conn.channel()
+        self._channel.confirm_delivery()
+        return self._channel
+
+    def close(self) -> None:
+        conn, self._conn, self._channel = self._conn, None, None
+        if conn is not None and conn.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                conn.close()
+
+    def publish(self, body: Body, reason: str, error: str, headers: dict[str, Any] | None = None,
                 content_type: str = "application/json") -> bool:
-    """Publish ``body`` to ``exchange`` with ``reason``/``error`` headers; False if there is no dead-letter exchange."""
-    metrics.DEAD_LETTERED.labels(reason=reason).inc()
-    if not exchange:
-        log.error("no dead-letter exchange configured: dropping a %s message from %s: %s", reason, queue, error)
-        return False
-    if isinstance(body, dict | list):
-        body = json.dumps(body)
-    if isinstance(body, str):
-        body = body.encode()
-    all_headers = {
-        **(headers or {}),
-        REASON_HEADER: reason,
-        ERROR_HEADER: error[:2000],
-        "x-matchenv-queue": queue,
-        "x-matchenv-dead-lettered-at": dt.datetime.now(dt.UTC).isoformat(),
-    }
-    with app.producer_or_acquire() as producer:
-        producer.publish(
-            body,
-            exchange=exchange,
-            routing_key=queue,
-            headers=all_headers,
-            content_type=content_type,
-            content_encoding="binary" if content_type == "application/octet-stream" else "utf-8",
-            delivery_mode=2,
-            declare=[],
-            serializer=None,
-            retry=True,
-            retry_policy={"max_retries": 5, "interval_start": 0.5, "interval_step": 1, "interval_max": 5},
+        """Publish ``body`` with ``reason``/``error`` headers; False when there is no dead-letter exchange (the
+        environment has ``deadLetter: false``). Blocks, holding the original, until the broker has routed it."""
+        metrics.DEAD_LETTERED.labels(reason=reason).inc()
+        if not self.exchange:
+            log.warning("no dead-letter queue: a %s message from %s is not kept: %s", reason, self.queue, error)
+            return False
+        if isinstance(body, dict | list):
+            body = json.dumps(body)
+        if isinstance(body, str):
+            body = body.encode()
+        properties = pika.BasicProperties(
+            content_type=content_type, delivery_mode=2,
+            headers={**(headers or {}), REASON_HEADER: reason, ERROR_HEADER: error[:2000], QUEUE_HEADER: self.queue,
+                     DEAD_LETTERED_AT_HEADER: dt.datetime.now(dt.UTC).isoformat()},
         )
-    log.warning("dead-lettered a %s message from %s: %s", reason, queue, error)
-    return True
+        attempt = 0
+        while True:
+            with self._lock:
+                try:
+                    self._connect().basic_publish(self.exchange, self.queue, body, properties, mandatory=True)
+                    log.warning("dead-lettered a %s message from %s: %s", reason, self.queue, error)
+                    return True
+                except pika.exceptions.UnroutableError:
+                    problem = f"{self.exchange} routes it nowhere (is {self.queue}.dlq bound?)"
+                except pika.exceptions.NackError:
+                    problem = "the broker refused it"
+                except (pika.exceptions.AMQPError, OSError) as exc:
+                    self._channel = None
+                    problem = f"{exc.__class__.__name__}"
+            attempt += 1
+            delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
+            log.warning("cannot dead-letter a %s message from %s yet (%s); holding it and retrying in %.0fs",
+                        reason, self.queue, problem, delay)
+            if self.wait(delay) or self.stopping.is_set():
+                raise DeadLetterUnavailable(f"stopping with a {reason} message not dead-lettered ({problem})")

@@ -7,6 +7,7 @@ created/updated/skipped answer are one piece of code whichever way the database 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from typing import Any, Literal, Protocol
@@ -38,12 +39,15 @@ class PermanentStoreError(StoreError):
 
 
 class Store(Protocol):
-    def upsert(self, match: Match) -> Outcome: ...
+    def upsert(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome: ...
     def close(self) -> None: ...
 
 
-def _payload(match: Match) -> dict[str, Any]:
-    return match.model_dump(mode="json", exclude_none=False)
+def _payload(match: Match, scraped_at: dt.datetime | None) -> dict[str, Any]:
+    """The upsert's argument: the match, and when the publisher read it (None: unstamped, last writer wins)."""
+    payload = match.model_dump(mode="json", exclude_none=False)
+    payload["scraped_at"] = scraped_at.isoformat() if scraped_at else None
+    return payload
 
 
 def _outcome(value: Any) -> Outcome:
@@ -78,10 +82,11 @@ class PostgresStore:
             self._local.conn = conn
         return conn
 
-    def upsert(self, match: Match) -> Outcome:
+    def upsert(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome:
         conn = self._conn()
         try:
-            row = conn.execute("select matchenv_upsert_match(%s::jsonb)", (json.dumps(_payload(match)),)).fetchone()
+            row = conn.execute("select matchenv_upsert_match(%s::jsonb)",
+                               (json.dumps(_payload(match, scraped_at)),)).fetchone()
         except _TRANSIENT_PG as exc:
             self._drop()
             raise TransientStoreError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
@@ -114,12 +119,12 @@ class SupabaseStore:
         self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
         self.client = create_client(url, key, options=ClientOptions(httpx_client=self.http))
 
-    def upsert(self, match: Match) -> Outcome:
+    def upsert(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome:
         import httpx
         from postgrest.exceptions import APIError
 
         try:
-            response = self.client.rpc("matchenv_upsert_match", {"m": _payload(match)}).execute()
+            response = self.client.rpc("matchenv_upsert_match", {"m": _payload(match, scraped_at)}).execute()
         except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
             raise StoreUnavailable(f"supabase unreachable: {exc.__class__.__name__}") from exc
         except APIError as exc:

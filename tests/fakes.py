@@ -1,0 +1,270 @@
+"""In-memory stand-ins for the unit tier: a broker that applies plan actions to a snapshot, and a Kubernetes seam
+that keeps objects in dicts. The integration and e2e tiers run the same code against real RabbitMQ and a real API
+server; these only let the pure planner and the reconciler be tested in milliseconds."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import uuid
+from collections import Counter
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from matchenv.topology.client import BrokerUnreachable
+from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, User
+
+Obj = dict[str, Any]
+
+
+def password_hash(password: str) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256 format: base64(salt[4] + sha256(salt + password))."""
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+class SimulatedBroker:
+    """Applies actions to an in-memory snapshot the way RabbitMQ does (a queue re-declared keeps its arguments),
+    so a unit test can plan again after applying. ``put_users`` counts password writes per user."""
+
+    def __init__(self, snapshot: BrokerSnapshot | None = None) -> None:
+        s = snapshot or BrokerSnapshot.empty()
+        self.queues = dict(s.queues)
+        self.exchanges = dict(s.exchanges)
+        self.bindings = list(s.bindings)
+        self.policies = dict(s.policies)
+        self.users = dict(s.users)
+        self.permissions = dict(s.permissions)
+        self.put_users: Counter[str] = Counter()
+        self.down = False
+        self.calls = 0
+
+    def _call(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise BrokerUnreachable("simulated broker is down", "GET /api/overview")
+
+    def snapshot(self) -> BrokerSnapshot:
+        self._call()
+        return BrokerSnapshot(dict(self.queues), dict(self.exchanges), tuple(self.bindings), dict(self.policies),
+                              dict(self.users), dict(self.permissions))
+
+    def declare_exchange(self, vhost: str, name: str, type_: str, durable: bool = True,
+                         arguments: dict[str, Any] | None = None) -> None:
+        self._call()
+        self.exchanges.setdefault((vhost, name), Exchange(vhost, name, type_, durable, dict(arguments or {})))
+
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        self._call()
+        del self.exchanges[(vhost, name)]
+
+    def declare_queue(self, vhost: str, name: str, arguments: dict[str, Any], durable: bool = True) -> None:
+        self._call()
+        self.queues.setdefault((vhost, name), Queue(vhost, name, arguments["x-queue-type"], durable, dict(arguments)))
+
+    def delete_queue(self, vhost: str, name: str) -> None:
+        self._call()
+        del self.queues[(vhost, name)]
+        self.bindings = [b for b in self.bindings if (b.vhost, b.destination) != (vhost, name)]
+
+    def bind_queue(self, vhost: str, exchange: str, queue: str, routing_key: str = "") -> None:
+        self._call()
+        binding = Binding(vhost, exchange, queue, "queue", routing_key, routing_key or "~")
+        if binding not in self.bindings:
+            self.bindings.append(binding)
+
+    def unbind_queue(self, vhost: str, exchange: str, queue: str, properties_key: str) -> None:
+        self._call()
+        self.bindings = [b for b in self.bindings
+                         if (b.vhost, b.source, b.destination, b.properties_key) != (vhost, exchange, queue,
+                                                                                     properties_key)]
+
+    def put_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any], priority: int,
+                   apply_to: str = "queues") -> None:
+        self._call()
+        self.policies[(vhost, name)] = Policy(vhost, name, pattern, apply_to, definition, priority)
+
+    def delete_policy(self, vhost: str, name: str) -> None:
+        self._call()
+        del self.policies[(vhost, name)]
+
+    def put_user(self, name: str, password: str, tags: Any = ()) -> None:
+        self._call()
+        self.put_users[name] += 1
+        self.users[name] = User(name, password_hash=password_hash(password))
+
+    def delete_user(self, name: str) -> None:
+        self._call()
+        del self.users[name]
+        self.permissions = {k: v for k, v in self.permissions.items() if k[0] != name}
+
+    def set_permissions(self, vhost: str, user: str, configure: str, write: str, read: str) -> None:
+        self._call()
+        self.permissions[(user, vhost)] = Permission(user, vhost, configure, write, read)
+
+    def clear_permissions(self, vhost: str, user: str) -> None:
+        self._call()
+        self.permissions.pop((user, vhost), None)
+
+
+def _api_error(status: int, message: str = "") -> ApiException:
+    exc = ApiException(status=status, reason={404: "Not Found", 422: "Unprocessable Entity"}.get(status, "Error"))
+    exc.body = json.dumps({"message": message})
+    return exc
+
+
+def _encode(data: dict[str, str]) -> dict[str, str]:
+    return {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+
+
+class FakeKube:
+    """The operator's Kubernetes seam over dicts: Secrets, Deployments, MatchEnvironments, events. Applies merge
+    ``stringData`` into ``data`` and bump ``resourceVersion`` only when something changed, as the API server does."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[tuple[str, str], Obj] = {}
+        self.deployments: dict[tuple[str, str], Obj] = {}
+        self.environments: dict[tuple[str, str], Obj] = {}
+        self.events: list[tuple[str, str, str]] = []  # (environment, reason, message)
+        self.writes: Counter[str] = Counter()
+        self.refuse_deployments: str | None = None  # a message: apply_deployment answers 422 with it
+        self._rv = 0
+
+    def _bump(self, obj: Obj) -> None:
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+
+    # MatchEnvironments
+    def add_environment(self, namespace: str, name: str, spec: Obj, annotations: Obj | None = None) -> Obj:
+        env = {"apiVersion": "matchenv.io/v1alpha1", "kind": "MatchEnvironment",
+               "metadata": {"namespace": namespace, "name": name, "uid": str(uuid.uuid4()), "generation": 1,
+                            "annotations": dict(annotations or {})},
+               "spec": copy.deepcopy(spec)}
+        self.environments[(namespace, name)] = env
+        return env
+
+    def environment(self, namespace: str, name: str) -> Obj:
+        return copy.deepcopy(self.environments[(namespace, name)])
+
+    def list_environments(self, namespace: str | None = None) -> list[Obj]:
+        return [copy.deepcopy(e) for (ns, _), e in sorted(self.environments.items()) if namespace in (None, ns)]
+
+    def patch_environment_status(self, namespace: str, name: str, status: Obj) -> None:
+        self.writes["status"] += 1
+        env = self.environments[(namespace, name)]
+        merged = {**(env.get("status") or {}), **status}
+        env["status"] = {k: v for k, v in merged.items() if v is not None}
+
+    def scale_environment(self, namespace: str, name: str, replicas: int) -> None:
+        self.environments[(namespace, name)]["spec"]["workers"]["replicas"] = replicas
+
+    # Secrets
+    def add_secret(self, namespace: str, name: str, data: dict[str, str], owner_uid: str | None = None,
+                   labels: dict[str, str] | None = None) -> Obj:
+        meta: Obj = {"namespace": namespace, "name": name, "uid": str(uuid.uuid4()), "labels": dict(labels or {})}
+        if owner_uid:
+            meta["ownerReferences"] = [{"uid": owner_uid, "kind": "MatchEnvironment", "name": name}]
+        secret = {"metadata": meta, "data": _encode(data)}
+        self._bump(secret)
+        self.secrets[(namespace, name)] = secret
+        return secret
+
+    def get_secret(self, namespace: str, name: str) -> Obj | None:
+        found = self.secrets.get((namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    def list_secrets(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
+        key, _, value = label_selector.partition("=")
+        return [copy.deepcopy(s) for (ns, _), s in self.secrets.items()
+                if namespace in (None, ns) and s["metadata"].get("labels", {}).get(key) == value]
+
+    def apply_secret(self, body: Obj) -> Obj:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        old = self.secrets.get(key)
+        new = {"metadata": {**copy.deepcopy(meta), "uid": old["metadata"]["uid"] if old else str(uuid.uuid4())},
+               "data": _encode(body["stringData"])}
+        if old is None or (old["data"], old["metadata"].get("annotations")) != (new["data"],
+                                                                               new["metadata"].get("annotations")):
+            self.writes["secret"] += 1
+            self._bump(new)
+            self.secrets[key] = new
+        return copy.deepcopy(self.secrets[key])
+
+    def delete_secret(self, namespace: str, name: str, uid: str) -> bool:
+        found = self.secrets.get((namespace, name))
+        if found is None or found["metadata"]["uid"] != uid:
+            return False
+        del self.secrets[(namespace, name)]
+        return True
+
+    # Deployments
+    def list_deployments(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
+        return [copy.deepcopy(d) for (ns, _), d in self.deployments.items() if namespace in (None, ns)]
+
+    def get_deployment(self, namespace: str, name: str) -> Obj | None:
+        found = self.deployments.get((namespace, name))
+        return copy.deepcopy(found) if found else None
+
+    def apply_deployment(self, body: Obj) -> Obj:
+        if self.refuse_deployments:
+            raise _api_error(422, self.refuse_deployments)
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        old = self.deployments.get(key)
+        if old is None or old["spec"] != body["spec"] or old["metadata"].get("labels") != meta.get("labels"):
+            self.writes["deployment"] += 1
+            new = copy.deepcopy(body)
+            new["metadata"]["uid"] = old["metadata"]["uid"] if old else str(uuid.uuid4())
+            new["metadata"]["generation"] = (old["metadata"].get("generation", 0) if old else 0) + 1
+            new["status"] = (old or {}).get("status", {})
+            self._bump(new)
+            self.deployments[key] = new
+        return copy.deepcopy(self.deployments[key])
+
+    def delete_deployment(self, namespace: str, name: str, uid: str) -> bool:
+        found = self.deployments.get((namespace, name))
+        if found is None or found["metadata"]["uid"] != uid:
+            return False
+        found["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        return True
+
+    def finish_deletions(self) -> None:
+        """What the garbage collector does once the pods are gone."""
+        self.deployments = {k: d for k, d in self.deployments.items() if not d["metadata"].get("deletionTimestamp")}
+
+    def post_event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:
+        self.events.append((env["metadata"]["name"], reason, message))
+
+
+class FakeClients:
+    """``BrokerClients`` for the reconciler: one simulated broker per management URL, whatever the credentials;
+    a connection whose password is not in ``passwords`` gets a 401, as RabbitMQ would answer."""
+
+    def __init__(self, broker: SimulatedBroker, passwords: set[str]) -> None:
+        self.broker = broker
+        self.passwords = passwords
+
+    def get(self, conn: Any) -> Any:
+        if conn.password not in self.passwords:
+            return _Refusing()
+        return self.broker
+
+    def total_calls(self) -> int:
+        return self.broker.calls
+
+
+class _Refusing:
+    """A broker client whose credentials the broker refuses."""
+
+    def __getattr__(self, name: str) -> Any:
+        def refuse(*_: Any, **__: Any) -> Any:
+            from matchenv.topology.client import BrokerAuthError
+
+            raise BrokerAuthError(f"{name}: 401 Unauthorized", name, 401)
+
+        return refuse

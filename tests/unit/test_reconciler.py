@@ -1,0 +1,239 @@
+"""The reconciler against in-memory fakes of the broker and the Kubernetes seam: ownership, credentials, failure
+isolation, deletion order and the status it writes, in milliseconds. (The e2e tier runs the same code against a
+real API server and RabbitMQ.)"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from matchenv.operator.reconciler import ROTATE_ANNOTATION, Reconciler, TeardownIncomplete
+from matchenv.operator.settings import OperatorSettings
+from tests.cases import environment
+from tests.fakes import FakeClients, FakeKube, SimulatedBroker
+
+ADMIN = {"url": "amqp://rabbitmq:5672", "management-url": "http://rabbitmq:15672", "username": "admin",
+         "password": "admin-pw"}
+
+
+class World:
+    def __init__(self) -> None:
+        self.kube = FakeKube()
+        self.broker = SimulatedBroker()
+        self.kube.add_secret("matchenv-system", "matchenv-broker", ADMIN)
+        self.clients = FakeClients(self.broker, {"admin-pw"})
+        self.settings = OperatorSettings(resync_seconds=1, leader_election=False)
+        self.reconciler = Reconciler(self.kube, self.settings, clients=self.clients)  # type: ignore[arg-type]
+
+    def add(self, name: str, namespace: str = "default", annotations: dict[str, str] | None = None,
+            **spec: Any) -> dict[str, Any]:
+        body = environment(name, **spec)["spec"]
+        self.kube.add_secret(namespace, f"matchenv-db-{name}", {"DATABASE_URL": "postgresql://db/x"})
+        return self.kube.add_environment(namespace, name, body, annotations)
+
+    def converge(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        return self.reconciler.converge(self.kube.environment(namespace, name))
+
+    def status(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        status: dict[str, Any] = self.kube.environments[(namespace, name)].get("status") or {}
+        return status
+
+    def reason(self, name: str, type_: str = "TopologyReady", namespace: str = "default") -> str:
+        conditions = {c["type"]: c for c in self.status(name, namespace).get("conditions", [])}
+        return str(conditions[type_]["reason"])
+
+    def delete(self, name: str, namespace: str = "default") -> list[str]:
+        """The delete handler as kopf retries it, with the workers' pods gone in between."""
+        env = self.kube.environment(namespace, name)
+        for _ in range(3):
+            try:
+                return self.reconciler.teardown(env)
+            except TeardownIncomplete:
+                self.kube.finish_deletions()
+        raise AssertionError("teardown did not finish")
+
+    def password(self, name: str, namespace: str = "default") -> str:
+        return base64.b64decode(self.kube.secrets[(namespace, f"{name}-broker")]["data"]["password"]).decode()
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_converge_then_converge_again_writes_nothing(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    assert ("/", "matches.prod") in world.broker.queues
+    writes, calls = dict(world.kube.writes), world.broker.calls
+    world.converge("prod")
+    assert dict(world.kube.writes) == writes
+    assert world.broker.calls == calls + 1  # one snapshot, no writes
+    assert world.broker.put_users["matchenv.default.prod"] == 1
+
+
+def test_the_second_team_gets_a_clear_refusal_and_nothing_of_the_first(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    world.add("prod", "other", deletionPolicy="Delete")
+    world.converge("prod", "other")
+    assert world.status("prod", "other")["phase"] == "Degraded"
+    assert world.reason("prod", namespace="other") == "QueueClaimed"
+    assert "default/prod" in world.status("prod", "other")["lastError"]
+    assert ("matchenv.other.prod", "/") not in world.broker.permissions
+    assert world.kube.deployments[("other", "prod-workers")]["spec"]["replicas"] == 0
+    # its deletion leaves prod's queue, dead-letter queue and policy alone
+    world.delete("prod", "other")
+    assert {("/", "matches.prod"), ("/", "matches.prod.dlq")} <= set(world.broker.queues)
+    assert ("/", "matchenv.matches.prod") in world.broker.policies
+    assert any(b.destination == "matches.prod" for b in world.broker.bindings)
+
+
+@pytest.mark.parametrize(("spec", "setting"), [
+    ({"queue": {"name": "orders"}}, "MATCHENV_QUEUE_PATTERN"),
+    ({"exchange": {"name": "orders-events"}}, "MATCHENV_ALLOWED_EXCHANGES"),
+    ({"broker": {"vhost": "billing"}}, "MATCHENV_ALLOWED_VHOSTS"),
+])
+def test_the_administrators_bounds_name_the_setting(world: World, spec: dict[str, Any], setting: str) -> None:
+    world.add("tenant", **spec)
+    world.converge("tenant")
+    assert world.reason("tenant") == "NotAllowed"
+    assert setting in world.status("tenant")["lastError"]
+    assert world.broker.calls == 0  # refused before any broker call
+
+
+def test_own_broker_secret_is_not_bound_by_the_operators_bounds(world: World) -> None:
+    world.kube.add_secret("default", "team-broker", ADMIN)
+    world.add("tenant", queue={"name": "orders"}, broker={"connectionSecretRef": {"name": "team-broker"}})
+    world.converge("tenant")
+    assert world.status("tenant")["phase"] != "Degraded"
+    assert ("/", "orders") in world.broker.queues
+
+
+def test_a_wrong_password_degrades_one_environment_and_no_other(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    world.kube.add_secret("default", "bad-admin", {**ADMIN, "password": "wrong"})
+    world.add("bad", broker={"connectionSecretRef": {"name": "bad-admin"}})
+    world.kube.add_secret("default", "binary-admin", {})
+    world.kube.secrets[("default", "binary-admin")]["data"] = {k: base64.b64encode(b"\xff\xfe").decode()
+                                                                 for k in ADMIN}
+    world.add("binary", broker={"connectionSecretRef": {"name": "binary-admin"}})
+    world.broker.bindings.clear()  # drift on prod, to be repaired by the same pass
+    report = world.reconciler.resync_all()
+    assert report.failures == 0
+    assert world.reason("bad") == "BrokerAuthFailed"
+    assert world.reason("binary") == "BrokerSecretInvalid"
+    assert "not UTF-8" in world.status("binary")["lastError"]
+    assert world.status("prod")["phase"] == "Ready" or world.reason("prod", "TopologyReady") == "Converged"
+    assert any(b.source == "matches-fanout" and b.destination == "matches.prod" for b in world.broker.bindings)
+
+
+def test_a_password_changed_on_the_broker_is_put_back(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    world.broker.put_user("matchenv.default.prod", "changed-by-hand")
+    world.reconciler.resync_all()
+    assert world.broker.users["matchenv.default.prod"].has_password(world.password("prod"))
+
+
+def test_a_secret_whose_password_the_user_never_got_converges(world: World) -> None:
+    world.add("prod")
+    world.broker.down = True
+    world.converge("prod")
+    assert world.reason("prod") == "BrokerUnreachable"
+    world.broker.down = False
+    world.converge("prod")
+    # a Secret written, then the broker call lost: the Secret's password is not the user's
+    secret = world.kube.secrets[("default", "prod-broker")]
+    secret["data"]["password"] = base64.b64encode(b"minted-meanwhile").decode()
+    world.reconciler.resync_all()
+    assert world.password("prod") == "minted-meanwhile"
+    assert world.broker.users["matchenv.default.prod"].has_password("minted-meanwhile")
+
+
+def test_rotation_issues_a_new_password_once_and_rolls_the_workers(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    old = world.password("prod")
+    template = world.kube.deployments[("default", "prod-workers")]["spec"]["template"]
+    world.kube.environments[("default", "prod")]["metadata"]["annotations"][ROTATE_ANNOTATION] = "2026-11-23"
+    world.converge("prod")
+    new = world.password("prod")
+    assert new != old
+    user = world.broker.users["matchenv.default.prod"]
+    assert user.has_password(new)
+    assert not user.has_password(old)
+    assert world.kube.deployments[("default", "prod-workers")]["spec"]["template"] != template
+    world.converge("prod")
+    assert world.password("prod") == new  # the same annotation value rotates once
+
+
+def test_a_pass_reading_a_stale_secret_list_never_mints_again(world: World) -> None:
+    for i in range(20):
+        world.add(f"env{i}")
+    # the pass lists Secrets before any handler ran; each handler converges during the pass
+    real_list = world.kube.list_secrets
+    stale = real_list("app.kubernetes.io/managed-by=matchenv")
+
+    def listing(selector: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        for i in range(20):
+            world.converge(f"env{i}")  # the create handlers, racing the pass
+        return stale
+
+    world.kube.list_secrets = listing  # type: ignore[method-assign]
+    world.reconciler.resync_all()
+    world.kube.list_secrets = real_list  # type: ignore[method-assign]
+    world.reconciler.resync_all()
+    assert set(world.broker.put_users.values()) == {1}
+    assert world.kube.writes["deployment"] == 20  # one revision each
+
+
+def test_a_hand_made_secret_is_not_overwritten(world: World) -> None:
+    world.kube.add_secret("default", "prod-broker", {"url": "amqp://someone-else"})
+    world.add("prod")
+    world.converge("prod")
+    assert world.reason("prod") == "SecretNotOwned"
+    assert world.kube.secrets[("default", "prod-broker")]["data"]["url"] == base64.b64encode(
+        b"amqp://someone-else").decode()
+    assert "matchenv.default.prod" not in world.broker.users
+    world.delete("prod")
+    assert ("default", "prod-broker") in world.kube.secrets  # not deleted either
+
+
+def test_a_hand_made_deployment_is_not_taken_over(world: World) -> None:
+    world.kube.deployments[("default", "prod-workers")] = {"metadata": {"name": "prod-workers", "uid": "x"},
+                                                           "spec": {"replicas": 5}}
+    world.add("prod")
+    world.converge("prod")
+    assert world.reason("prod", "WorkersReady") == "DeploymentNotOwned"
+    assert world.kube.deployments[("default", "prod-workers")]["spec"] == {"replicas": 5}
+
+
+def test_a_deployment_the_api_server_refuses_is_reported(world: World) -> None:
+    world.add("prod")
+    world.kube.refuse_deployments = 'Deployment.apps "prod-workers" is invalid: spec.template...: Invalid value'
+    world.converge("prod")
+    assert world.status("prod")["phase"] == "Degraded"
+    assert world.reason("prod", "WorkersReady") == "DeploymentRefused"
+    assert "is invalid" in world.status("prod")["lastError"]
+
+
+def test_deletion_unbinds_then_waits_for_the_workers_then_drops_the_user(world: World) -> None:
+    world.add("prod", deletionPolicy="Delete")
+    world.converge("prod")
+    env = world.kube.environment("default", "prod")
+    with pytest.raises(TeardownIncomplete):
+        world.reconciler.teardown(env)
+    assert not any(b.destination == "matches.prod" and b.source == "matches-fanout" for b in world.broker.bindings)
+    assert "matchenv.default.prod" in world.broker.users  # the workers still finish their messages
+    assert world.kube.deployments[("default", "prod-workers")]["metadata"]["deletionTimestamp"]
+    with pytest.raises(TeardownIncomplete):
+        world.reconciler.teardown(env)  # pods still terminating
+    world.kube.finish_deletions()
+    world.reconciler.teardown(env)
+    assert "matchenv.default.prod" not in world.broker.users
+    assert ("/", "matches.prod") not in world.broker.queues
+    assert ("default", "prod-broker") not in world.kube.secrets
