@@ -134,6 +134,9 @@ class FakeKube:
         self.refuse_deployments: str | None = None  # a message: apply_deployment answers 422 with it
         self._rv = 0
 
+    def may_write(self, what: str, target: str = "kubernetes") -> None:
+        self.writes[f"{target}-any"] += 1
+
     def _bump(self, obj: Obj) -> None:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)

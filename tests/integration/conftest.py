@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from matchenv.devservices.postgres import PostgresServer
 from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.topology.client import ManagementClient
+from matchenv.workers.migrate import migrate
+from tests.integration.harness import Environment, WorkerProcess
 
 
 @pytest.fixture
@@ -16,3 +22,52 @@ def broker(rabbitmq: RabbitMQNode) -> Iterator[ManagementClient]:
     client = ManagementClient(ep.management_url, ep.username, ep.password)
     yield client
     client.close()
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> str:
+    url = postgres.create_database(f"db_{uuid.uuid4().hex[:10]}")
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+def make_env(rabbitmq: RabbitMQNode) -> Iterator[Callable[..., Environment]]:
+    """Environments on the real broker (a fanout of their own each), removed afterwards."""
+    made: list[Environment] = []
+
+    def make(**spec: Any) -> Environment:
+        spec.setdefault("exchange", {"name": f"fan-{uuid.uuid4().hex[:6]}"})
+        environment = Environment(rabbitmq, f"w{uuid.uuid4().hex[:8]}", **spec)
+        made.append(environment)
+        return environment
+
+    yield make
+    for environment in made:
+        admin = environment.admin
+        for queue in (environment.queue, environment.dlq):
+            admin.delete_queue("/", queue)
+        admin.delete_exchange("/", environment.topology.exchange)
+        admin.delete_exchange("/", environment.topology.names.dead_letter_exchange)
+        admin.delete_user(environment.topology.names.broker_user)
+
+
+@pytest.fixture
+def env(make_env: Callable[..., Environment]) -> Environment:
+    return make_env()
+
+
+@pytest.fixture
+def workers(env: Environment, database: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 1, wait: bool = True, extra: dict[str, str] | None = None,
+              environment: Environment | None = None) -> WorkerProcess:
+        proc = WorkerProcess(environment or env, {"DATABASE_URL": database, **(extra or {})},
+                             tmp_path / f"worker-{len(started)}.log", concurrency)
+        started.append(proc)
+        return proc.start(wait=wait)
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import psycopg
 import requests
 
 from matchenv.devservices.process import ChildProcess, free_port
@@ -44,6 +45,17 @@ def protocol1_body(match: Any) -> bytes:
     """Exactly what the existing producers publish."""
     return json.dumps({"id": str(uuid.uuid4()), "task": TASK, "args": [match], "kwargs": {}, "retries": 0,
                        "eta": None, "expires": None}).encode()
+
+
+def rows(url: str, where: str = "true") -> int:
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        return int(conn.execute(f"select count(*) from matches where {where}").fetchone()[0])  # type: ignore[index]
+
+
+def duplicates(url: str) -> int:
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        row = conn.execute("select count(*) - count(distinct external_match_id) from matches").fetchone()
+        return int(row[0])  # type: ignore[index]
 
 
 class Environment:
@@ -121,6 +133,7 @@ class WorkerProcess(ChildProcess):
         environ.update({
             "CELERY_BROKER_URL": self.env.url,
             "MATCHENV_QUEUE_TYPE": self.env.topology.queue.type,
+            "MATCHENV_OWNER": self.env.topology.owner,
             "MATCHENV_DEAD_LETTER_EXCHANGE": self.env.topology.names.dead_letter_exchange,
             "MATCHENV_METRICS_PORT": str(self.port),
             "PYTHONUNBUFFERED": "1",

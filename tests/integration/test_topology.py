@@ -3,6 +3,7 @@ typed errors."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +24,7 @@ from matchenv.topology.client import (
     ManagementClient,
 )
 from matchenv.topology.desired import DesiredTopology, desired_topology
-from matchenv.topology.planner import Plan, plan_converge, plan_teardown
+from matchenv.topology.planner import Plan, plan_converge, plan_detach, plan_remove
 from tests.cases import environment
 
 
@@ -36,12 +37,18 @@ def make(name: str, namespace: str = "itest", **spec: Any) -> DesiredTopology:
     return desired_topology(namespace, name, MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
 
 
+def teardown(broker: ManagementClient, want: DesiredTopology, delete_queue: bool) -> None:
+    """A deletion's broker steps, as the reconciler runs them (with the workers stopped in between)."""
+    apply_plan(broker, plan_detach(want, broker.snapshot()))
+    apply_plan(broker, plan_remove(want, broker.snapshot(), delete_queue=delete_queue))
+
+
 @pytest.fixture
 def cleanup(broker: ManagementClient) -> Iterator[list[DesiredTopology]]:
     made: list[DesiredTopology] = []
     yield made
     for want in made:
-        apply_plan(broker, plan_teardown(want, broker.snapshot(), delete_queue=True))
+        teardown(broker, want, True)
 
 
 def test_converge_is_idempotent_against_the_real_broker(broker: ManagementClient, unique: str,
@@ -106,12 +113,12 @@ def test_retain_teardown_keeps_messages_delete_removes_queue(rabbitmq: RabbitMQN
     apply_plan(broker, plan_converge(want, broker.snapshot(), "pw"))
     with pika.BlockingConnection(pika.URLParameters(rabbitmq.endpoints.amqp_url)) as conn:
         conn.channel().basic_publish("", want.queue.name, b"kept", pika.BasicProperties(delivery_mode=2))
-    apply_plan(broker, plan_teardown(want, broker.snapshot(), delete_queue=False))
+    teardown(broker, want, False)
     snapshot = broker.snapshot()
     assert snapshot.bindings_to("/", want.queue.name) == []
     assert want.names.broker_user not in snapshot.users
     wait_for(lambda: broker.get_queue("/", want.queue.name).messages == 1, what="retained message")
-    apply_plan(broker, plan_teardown(want, broker.snapshot(), delete_queue=True))
+    teardown(broker, want, True)
     assert ("/", want.queue.name) not in broker.snapshot().queues
 
 
@@ -196,3 +203,107 @@ def test_snapshot_costs_six_calls_whatever_the_number_of_queues(broker: Manageme
     before = broker.calls
     broker.snapshot()
     assert broker.calls - before == 6
+
+
+class _Misbehaving:
+    """A local HTTP server on loopback that answers like a broken management endpoint."""
+
+    def __init__(self, mode: str) -> None:
+        import http.server
+        import threading
+
+        mode_ = mode
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if mode_ == "html":
+                    body = b"<html>login</html>"
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                elif mode_ == "trickle":
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    for _ in range(1000):
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                elif mode_ == "echo-401":
+                    body = ('{"error": "not_authorised", "reason": "Login failed for ' + "x" * 5000
+                            + ' secret-pw"}').encode()
+                    self.send_response(401)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_non_json_answer_is_an_error_not_a_crash() -> None:
+    server = _Misbehaving("html")
+    try:
+        with pytest.raises(BrokerUnreachable, match="not JSON"):
+            ManagementClient(server.url, "u", "p").snapshot()
+    finally:
+        server.close()
+
+
+def test_a_trickling_answer_is_cut_at_the_total_deadline() -> None:
+    server = _Misbehaving("trickle")  # 1,000 bytes at 20 bytes/s: 50 s, each read well within its timeout
+    try:
+        started = time.monotonic()
+        with pytest.raises(BrokerUnreachable, match="no complete answer within 2s"):
+            ManagementClient(server.url, "u", "p", timeout=(1, 2)).list_queues()
+        assert time.monotonic() - started < 5
+    finally:
+        server.close()
+
+
+def test_error_bodies_are_cut_and_never_echo_the_password() -> None:
+    server = _Misbehaving("echo-401")
+    try:
+        with pytest.raises(BrokerAuthError) as info:
+            ManagementClient(server.url, "u", "secret-pw").overview()
+        assert "secret-pw" not in str(info.value)
+        assert len(str(info.value)) < 400
+    finally:
+        server.close()
+
+
+def test_user_password_is_checked_against_the_brokers_hash(broker: ManagementClient, unique: str) -> None:
+    user = f"hash-{unique}"
+    broker.put_user(user, "right-password")
+    try:
+        live = broker.snapshot().users[user]
+        assert live.has_password("right-password") is True
+        assert live.has_password("wrong-password") is False
+    finally:
+        broker.delete_user(user)
+
+
+def test_queue_and_dead_letter_exchange_carry_the_owner_marker(broker: ManagementClient, unique: str,
+                                                                cleanup: list[DesiredTopology]) -> None:
+    want = make(f"own-{unique}", namespace="team-a", queue={"type": "quorum"})
+    cleanup.append(want)
+    apply_plan(broker, plan_converge(want, broker.snapshot(), "pw"))
+    snapshot = broker.snapshot()
+    assert snapshot.queues[("/", want.queue.name)].owner == f"team-a/own-{unique}"
+    assert snapshot.queues[("/", want.names.dead_letter_queue)].owner == f"team-a/own-{unique}"
+    assert snapshot.exchanges[("/", want.names.dead_letter_exchange)].owner == f"team-a/own-{unique}"
+    # the worker re-declares its queue with the same arguments (the contract): accepted, marker kept
+    broker.declare_queue("/", want.queue.name, want.queue.arguments)
+    other = make(f"own-{unique}", namespace="team-b", queue={"type": "quorum", "name": want.queue.name})
+    refused = plan_converge(other, broker.snapshot(), "pw")
+    assert refused.refusal is not None
+    assert refused.refusal.reason == "QueueClaimed"

@@ -8,10 +8,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
 import pytest
 from celery import Celery
 
@@ -21,59 +20,13 @@ from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.models import Match
 from matchenv.workers.migrate import migrate
 from matchenv.workers.stores import PostgresStore, StoreUnavailable
-from tests.integration.harness import TASK, Environment, WorkerProcess, make_match, protocol1_body
-
-
-@pytest.fixture
-def database(postgres: PostgresServer) -> str:
-    url = postgres.create_database(f"db_{uuid.uuid4().hex[:10]}")
-    migrate(url)
-    return url
-
-
-def rows(url: str, where: str = "true") -> int:
-    with psycopg.connect(url, connect_timeout=5) as conn:
-        return int(conn.execute(f"select count(*) from matches where {where}").fetchone()[0])  # type: ignore[index]
-
-
-def duplicates(url: str) -> int:
-    with psycopg.connect(url, connect_timeout=5) as conn:
-        row = conn.execute("select count(*) - count(distinct external_match_id) from matches").fetchone()
-        return int(row[0])  # type: ignore[index]
-
-
-@pytest.fixture
-def env(rabbitmq: RabbitMQNode) -> Iterator[Environment]:
-    environment = Environment(rabbitmq, f"w{uuid.uuid4().hex[:8]}", exchange={"name": f"fan-{uuid.uuid4().hex[:6]}"})
-    yield environment
-    admin = environment.admin
-    for queue in (environment.queue, environment.dlq):
-        admin.delete_queue("/", queue)
-    admin.delete_exchange("/", environment.topology.exchange)
-    admin.delete_exchange("/", environment.topology.names.dead_letter_exchange)
-    admin.delete_user(environment.topology.names.broker_user)
-
-
-@pytest.fixture
-def workers(env: Environment, database: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(concurrency: int = 1, wait: bool = True, extra: dict[str, str] | None = None) -> WorkerProcess:
-        proc = WorkerProcess(env, {"DATABASE_URL": database, **(extra or {})},
-                             tmp_path / f"worker-{len(started)}.log", concurrency)
-        started.append(proc)
-        return proc.start(wait=wait)
-
-    yield start
-    for proc in started:
-        proc.stop()
-
+from tests.integration.harness import TASK, Environment, WorkerProcess, duplicates, make_match, protocol1_body, rows
 
 # -- the store on its own --------------------------------------------------------------------------------------
 
 def test_migrate_is_repeatable(postgres: PostgresServer) -> None:
     url = postgres.create_database(f"m_{uuid.uuid4().hex[:8]}")
-    assert migrate(url) == ["001_matches"]
+    assert migrate(url) == ["001_matches", "002_ordering", "003_supabase_access"]
     assert migrate(url) == []
 
 

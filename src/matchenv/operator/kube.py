@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any, cast
@@ -16,8 +17,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from matchenv.models import API_GROUP, API_VERSION, KIND, PLURAL
+from matchenv.operator import metrics
 from matchenv.operator.builders import FIELD_MANAGER
 
+log = logging.getLogger("matchenv.operator")
 Obj = dict[str, Any]
 # The generated client types bodies as its own models; it validates plain dicts into them, which is what we pass.
 APPLY = "application/apply-patch+yaml"
@@ -39,6 +42,10 @@ def _unless_missing(call: Callable[[], Any]) -> Obj | None:
         raise
 
 
+class NotLeading(Exception):
+    """A write was refused: this operator is past its Lease's renew deadline and may no longer be the leader."""
+
+
 def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster config when running in a pod, else the kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``)."""
     configuration = client.Configuration()
@@ -53,9 +60,11 @@ def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
 class Kube:
     """Typed-enough access to what the operator reads and writes."""
 
-    def __init__(self, api_client: client.ApiClient, timeout: float = 10.0) -> None:
+    def __init__(self, api_client: client.ApiClient, timeout: float = 10.0,
+                 fence: Callable[[], bool] | None = None) -> None:
         self.api_client = api_client
         self.timeout = timeout
+        self.fence = fence  # True while this process may write (leader election); None: always
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
@@ -63,6 +72,15 @@ class Kube:
 
     def _opts(self) -> dict[str, Any]:
         return {"_request_timeout": self.timeout, "_preload_content": False}
+
+    def may_write(self, what: str, target: str = "kubernetes") -> None:
+        """Every write asks first: raises :class:`NotLeading` past the Lease's renew deadline."""
+        if self.fence is not None and not self.fence():
+            metrics.FENCED_WRITES.inc()
+            log.warning("not leading: refused %s", what)
+            raise NotLeading(f"not leading: refused {what}")
+        metrics.WRITES.labels(target=target).inc()
+        log.debug("write: %s", what)
 
     def _list(self, namespaced: Callable[..., Any], everywhere: Callable[..., Any], label_selector: str,
               namespace: str | None) -> list[Obj]:
@@ -89,11 +107,13 @@ class Kube:
             API_GROUP, API_VERSION, namespace, PLURAL, name, **self._opts()))
 
     def patch_environment_status(self, namespace: str, name: str, status: Obj) -> None:
+        self.may_write(f"status of {namespace}/{name}")
         self.custom.patch_namespaced_custom_object_status(
             API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE, **self._opts()
         )
 
     def scale_environment(self, namespace: str, name: str, replicas: int) -> None:
+        self.may_write(f"scale of {namespace}/{name}")
         self.custom.patch_namespaced_custom_object_scale(
             API_GROUP, API_VERSION, namespace, PLURAL, name, {"spec": {"replicas": replicas}}, _content_type=MERGE,
             **self._opts()
@@ -108,12 +128,14 @@ class Kube:
                           label_selector, namespace)
 
     def apply_secret(self, body: Obj) -> Obj:
+        self.may_write(f"Secret {body['metadata']['namespace']}/{body['metadata']['name']}")
         meta = body["metadata"]
         return _json(self.core.patch_namespaced_secret(meta["name"], meta["namespace"], body,
                                                        field_manager=FIELD_MANAGER, force=True, _content_type=APPLY,
                                                        **self._opts()))
 
     def delete_secret(self, namespace: str, name: str, uid: str) -> bool:
+        self.may_write(f"delete of Secret {namespace}/{name}")
         """Delete the Secret only if it is still the object ``uid`` (never one made in its place meanwhile)."""
         return _unless_missing(lambda: self.core.delete_namespaced_secret(
             name, namespace, body=cast(Any, {"preconditions": {"uid": uid}}), **self._opts())) is not None
@@ -127,12 +149,14 @@ class Kube:
         return _unless_missing(lambda: self.apps.read_namespaced_deployment(name, namespace, **self._opts()))
 
     def apply_deployment(self, body: Obj) -> Obj:
+        self.may_write(f"Deployment {body['metadata']['namespace']}/{body['metadata']['name']}")
         meta = body["metadata"]
         return _json(self.apps.patch_namespaced_deployment(meta["name"], meta["namespace"], body,
                                                            field_manager=FIELD_MANAGER, force=True,
                                                            _content_type=APPLY, **self._opts()))
 
     def delete_deployment(self, namespace: str, name: str, uid: str) -> bool:
+        self.may_write(f"delete of Deployment {namespace}/{name}")
         """Foreground deletion of the Deployment ``uid``: it stays until its pods have terminated (their grace
         period included), so the caller can wait for the workers to finish before taking their credentials."""
         return _unless_missing(lambda: self.apps.delete_namespaced_deployment(
@@ -141,6 +165,7 @@ class Kube:
 
     # -- Events ----------------------------------------------------------------------------------------------
     def post_event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:
+        self.may_write(f"event {reason} on {env['metadata']['name']}")
         """A core/v1 Event on the MatchEnvironment (``kubectl describe menv`` shows it)."""
         meta = env["metadata"]
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

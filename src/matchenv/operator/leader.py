@@ -1,8 +1,11 @@
 """Active/standby through a ``coordination.k8s.io/v1`` Lease (kopf's peering pauses peers; it does not elect).
 
-The holder renews the Lease every ``lease_seconds / 3``. A standby takes it over when the record has not changed
-for ``lease_seconds`` by its own clock (it never trusts the other process's timestamps), with an optimistic
-update so that two standbys cannot both win. A holder that cannot renew within ``lease_seconds`` steps down.
+The holder renews the Lease every ``lease_seconds / 5``, each renewal bounded by that period. A standby takes it
+over when the record has not changed for ``lease_seconds`` by its own clock (it never trusts the other process's
+timestamps), with an optimistic update so that two standbys cannot both win. The holder counts as leading only
+until ``renew_deadline`` (two thirds of the Lease) after its last successful renewal: every write of the operator
+asks :meth:`LeaseElector.leading` first, so a holder that stalled (a long GC pause, SIGSTOP, a partition) stops
+writing a third of a Lease before anyone else can take over, and steps down when it notices.
 """
 
 from __future__ import annotations
@@ -35,7 +38,20 @@ class LeaseElector:
         self.clock = clock
         self._observed: tuple[str | None, str | None] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
-        self.last_renewed = 0.0
+        self.last_renewed: float | None = None
+        self.heartbeat = clock()  # the election loop is alive (for /healthz)
+
+    @property
+    def retry_period(self) -> float:
+        return max(0.2, self.lease_seconds / 5)
+
+    @property
+    def renew_deadline(self) -> float:
+        return self.lease_seconds * 2 / 3
+
+    def leading(self) -> bool:
+        """True while the last successful renewal is younger than the renew deadline (the write fence)."""
+        return self.last_renewed is not None and self.clock() - self.last_renewed < self.renew_deadline
 
     def _body(self, current: Obj | None, transitions: int) -> Obj:
         now = _micro_now()
@@ -54,12 +70,14 @@ class LeaseElector:
 
     def try_acquire_or_renew(self) -> bool:
         """One election step; True if this process holds the Lease afterwards."""
+        self.heartbeat = self.clock()
         try:
             current = self.kube.get_lease(self.namespace, self.name)
             if current is None:
+                started = self.clock()
                 self.kube.create_lease(self.namespace, self._body(None, 0))
                 log.info("acquired lease %s/%s as %s", self.namespace, self.name, self.identity)
-                self.last_renewed = self.clock()
+                self.last_renewed = started
                 return True
             spec = current.get("spec") or {}
             holder = spec.get("holderIdentity")
@@ -69,6 +87,9 @@ class LeaseElector:
                 self._observed, self._observed_at = record, now
             transitions = int(spec.get("leaseTransitions") or 0)
             if holder == self.identity:
+                if self.last_renewed is not None and now - self.last_renewed >= self.renew_deadline:
+                    return False  # stalled past the deadline: another may be taking over; never renew blindly
+                # (last_renewed None: this pod restarted under the same name; its old process is gone)
                 self.kube.replace_lease(self.namespace, self.name, self._body(current, transitions))
                 self.last_renewed = now
                 return True
@@ -97,16 +118,17 @@ class LeaseElector:
             if not announced:
                 log.info("standing by: lease %s/%s is held by another replica", self.namespace, self.name)
                 announced = True
-            stop.wait(max(1.0, self.lease_seconds / 5))
+            stop.wait(self.retry_period)
         return False
 
     def keep_renewing(self, lost: threading.Event, stop: threading.Event) -> None:
-        """Renew until ``stop``; set ``lost`` if a renewal has not succeeded for ``lease_seconds``."""
-        while not stop.wait(self.lease_seconds / 3):
+        """Renew until ``stop``; set ``lost`` once this process no longer leads (past the renew deadline)."""
+        while not stop.wait(self.retry_period):
             if self.try_acquire_or_renew():
                 continue
-            if self.clock() - self.last_renewed >= self.lease_seconds:
-                log.error("lost lease %s/%s: stepping down", self.namespace, self.name)
+            if not self.leading():
+                log.error("lost lease %s/%s: no renewal for %.1fs (deadline %.1fs); stepping down", self.namespace,
+                          self.name, self.clock() - (self.last_renewed or 0.0), self.renew_deadline)
                 lost.set()
                 return
 

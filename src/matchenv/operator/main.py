@@ -6,6 +6,9 @@ import faulthandler
 import logging
 import signal
 import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 
 import kopf
@@ -19,21 +22,49 @@ from matchenv.operator.settings import OperatorSettings
 log = logging.getLogger("matchenv.operator")
 
 
+def serve_health(port: int, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
+    """``/healthz`` from process start, for the leader and the standby alike: 200 while ``healthy()``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path.startswith("/healthz") and healthy()
+            body = b"ok\n" if ok else b"unhealthy\n"
+            self.send_response(200 if ok else (503 if self.path.startswith("/healthz") else 404))
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+    return server
+
+
 def run(settings: OperatorSettings, verbose: bool = False) -> int:
     """Run the operator; the exit code is 1 when leadership was lost (so the pod restarts into standby)."""
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack to stderr
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if settings.log_json else kopf.LogFormat.FULL)
     logging.getLogger("matchenv").setLevel(logging.DEBUG if verbose else logging.INFO)
-    kube = Kube(new_api_client(settings.kubeconfig), timeout=settings.api_timeout)
+    api = new_api_client(settings.kubeconfig)
+    # the election's own calls are bounded by its retry period, so a renewal cannot outlast the renew deadline
+    elector = LeaseElector(Kube(api, timeout=max(0.5, min(settings.api_timeout, settings.lease_seconds / 5))),
+                           settings.operator_namespace, settings.lease_name, settings.identity,
+                           settings.lease_seconds)
+    kube = Kube(api, timeout=settings.api_timeout, fence=elector.leading if settings.leader_election else None)
     reconciler = Reconciler(kube, settings)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="0.0.0.0")
+    if settings.health_port:
+        # alive while the election loop (standby) or the renewals (leader) keep beating
+        serve_health(settings.health_port, lambda: time.monotonic() - elector.heartbeat < 3 * settings.lease_seconds
+                     or not settings.leader_election)
 
     stop = threading.Event()
     halt = threading.Event()  # kopf's stop flag: a signal, or the lease lost
     lost = threading.Event()
-    elector = LeaseElector(kube, settings.operator_namespace, settings.lease_name, settings.identity,
-                           settings.lease_seconds)
     if settings.leader_election:
         def on_signal(signum: int, frame: FrameType | None) -> None:
             stop.set()
@@ -57,7 +88,6 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
     import matchenv.operator.handlers  # noqa: F401 - registers the handlers with kopf
 
     namespaces = settings.namespaces
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
     try:
         kopf.run(
             standalone=True,
@@ -65,7 +95,6 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
             namespaces=namespaces,
             memo=kopf.Memo(reconciler=reconciler, settings=settings, halt=halt),
             stop_flag=halt,
-            liveness_endpoint=liveness,
         )
     finally:
         stop.set()

@@ -11,3 +11,6 @@ MANAGEMENT_CALLS = Gauge("matchenv_resync_management_calls",
                          "RabbitMQ management-API calls made by the last resync pass.")
 ENVIRONMENTS = Gauge("matchenv_environments", "MatchEnvironments seen by the last resync pass.")
 STATUS_CHANGES = Counter("matchenv_status_changes_total", "Status writes made by resync passes.")
+WRITES = Counter("matchenv_writes_total", "Writes this operator made, by target (kubernetes, broker).", ["target"])
+FENCED_WRITES = Counter("matchenv_fenced_writes_total",
+                        "Writes refused because this operator was no longer sure to lead.")

@@ -298,8 +298,11 @@ class Reconciler:
                 self._event(ctx.env, outcome.error_reason, outcome.error, "Warning")
         return outcome
 
+    def _guard(self, action: Action) -> None:
+        self.kube.may_write(action.describe(), "broker")
+
     def _apply(self, ctx: Context, client: Any, actions: tuple[Action, ...]) -> None:
-        for what in apply_plan(client, Plan(actions)):
+        for what in apply_plan(client, Plan(actions), self._guard):
             self._event(ctx.env, "BrokerChanged", what)
 
     def _ensure_credentials(self, ctx: Context, conn: BrokerConnection, secret: Obj | None,
@@ -407,11 +410,11 @@ class Reconciler:
                 conn = self.connection_for(ctx.env, ctx.spec)
                 client = self.clients.get(conn)
                 detach = plan_detach(ctx.desired, client.snapshot())
-                done += apply_plan(client, detach)
+                done += apply_plan(client, detach, self._guard)
                 self._stop_workers(ctx)
                 remove = plan_remove(ctx.desired, client.snapshot(),
                                      delete_queue=ctx.spec.deletion_policy is DeletionPolicy.DELETE)
-                done += apply_plan(client, remove)
+                done += apply_plan(client, remove, self._guard)
             except (BrokerError, BrokerConfigError, builders.SecretDecodeError) as exc:
                 message = f"cannot remove the broker topology yet: {exc}"
                 self._event(ctx.env, _error_reason(exc), message, "Warning")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from matchenv.topology.client import BrokerError
-from matchenv.topology.planner import Broker, Plan
+from matchenv.topology.planner import Action, Broker, Plan
 
 
 class ApplyError(BrokerError):
@@ -16,10 +18,13 @@ class ApplyError(BrokerError):
         self.done = done
 
 
-def apply_plan(broker: Broker, plan: Plan) -> list[str]:
-    """Apply every action of ``plan``; return their descriptions. Raises :class:`ApplyError` at the first failure."""
+def apply_plan(broker: Broker, plan: Plan, guard: Callable[[Action], None] | None = None) -> list[str]:
+    """Apply every action of ``plan``; return their descriptions. Raises :class:`ApplyError` at the first failure.
+    ``guard`` is asked before each action (the leader's write fence) and may raise to stop."""
     done: list[str] = []
     for action in plan.actions:
+        if guard is not None:
+            guard(action)
         try:
             action.apply(broker)
         except BrokerError as exc:
