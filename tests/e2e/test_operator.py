@@ -5,28 +5,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pika
 import pika.exceptions
 import pytest
 import yaml
-from kubernetes import client, config
 
-from matchenv.devcluster.nodeagent import NodeAgent, wait_for_node_ready
 from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.naming import SECRETS_HASH_ANNOTATION
 from tests.cases import environment
 from tests.e2e.conftest import Kubectl
 from tests.e2e.harness import (
-    ManagementReader,
     OperatorProcess,
     secret_value,
-    service_account_kubeconfig,
     wait_for,
 )
+from tests.e2e.platform import Platform, broker_secret, db_secret, platform_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -34,78 +29,11 @@ RESYNC = 2.0
 ENVS = ("prod", "dev", "staging")
 
 
-@dataclass
-class Platform:
-    kubectl: Kubectl
-    rabbitmq: RabbitMQNode
-    mgmt: ManagementReader
-    operator: OperatorProcess
-    sa_kubeconfig: Path
-    tmp: Path
-
-    def status(self, name: str) -> dict[str, Any]:
-        status: dict[str, Any] = self.kubectl.get_json("menv", name).get("status") or {}
-        return status
-
-    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
-        return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), None)
-
-    def is_ready(self, name: str) -> bool:
-        ready = self.condition(name, "Ready")
-        return bool(ready and ready["status"] == "True")
-
-    def publish(self, body: bytes = b'{"probe": true}', exchange: str = "matches-fanout") -> None:
-        with pika.BlockingConnection(pika.URLParameters(self.rabbitmq.endpoints.amqp_url)) as conn:
-            channel = conn.channel()
-            channel.confirm_delivery()
-            channel.basic_publish(exchange, "", body, pika.BasicProperties(delivery_mode=2), mandatory=True)
-
-    def messages(self, queue: str) -> int | None:
-        info = self.mgmt.queue(queue)
-        return None if info is None else int(info.get("messages", 0))
-
-    def purge(self, queue: str) -> None:
-        self.mgmt.delete(f"/api/queues/%2F/{queue}/contents")
-
-
-def _broker_secret(rabbitmq: RabbitMQNode) -> dict[str, Any]:
-    ep = rabbitmq.endpoints
-    return {
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "matchenv-broker", "namespace": "matchenv-system"},
-        "stringData": {"url": f"amqp://127.0.0.1:{ep.amqp_port}", "management-url": ep.management_url,
-                       "username": ep.username, "password": ep.password},
-    }
-
-
-def _db_secret(env: str, value: str = "postgresql://matchenv@127.0.0.1:5432/x") -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"matchenv-db-{env}", "namespace": "default"},
-            "stringData": {"DATABASE_URL": value}}
-
-
 @pytest.fixture(scope="module")
 def platform(crd_installed: Kubectl, rabbitmq: RabbitMQNode, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Platform]:
-    kubectl = crd_installed
-    tmp = tmp_path_factory.mktemp("operator")
-    base = ROOT / "manifests/base"
-    kubectl.run("apply", "-f", str(base / "namespace.yaml"), "-f", str(base / "rbac.yaml"))
-    kubectl.apply(_broker_secret(rabbitmq))
-    for env in (*ENVS, "preview"):
-        kubectl.apply(_db_secret(env))
-    api = config.new_client_from_config(str(kubectl.cluster.kubeconfig))
-    agent = NodeAgent(api).start()
-    wait_for_node_ready(client.CoreV1Api(api), agent.name)
-    sa = service_account_kubeconfig(kubectl, "matchenv-system", "matchenv-operator", tmp / "operator.kubeconfig")
-    operator = OperatorProcess(sa, tmp / "operator.log", resync_seconds=RESYNC).start()
-    plat = Platform(kubectl, rabbitmq, ManagementReader(rabbitmq), operator, sa, tmp)
-    yield plat
-    kubectl.run("delete", "menv", "--all", "--timeout=60s", check=False, timeout=90)
-    plat.operator.stop()
-    agent.stop()
-    log = "".join(p.read_text(errors="replace") for p in tmp.glob("*.log"))
-    forbidden = [line for line in log.splitlines() if "Forbidden" in line or '" 403 ' in line]
-    assert forbidden == [], "the operator hit a permission its RBAC lacks"
+    yield from platform_fixture(crd_installed, rabbitmq, tmp_path_factory.mktemp("operator"), RESYNC,
+                                (*ENVS, "preview"))
 
 
 @pytest.fixture(autouse=True)
@@ -216,7 +144,7 @@ def test_database_secret_change_rolls_the_workers(platform: Platform) -> None:
         return str(meta["annotations"][SECRETS_HASH_ANNOTATION])
 
     before = template_hash()
-    kubectl.apply(_db_secret("staging", "postgresql://matchenv@127.0.0.1:5432/rotated"))
+    kubectl.apply(db_secret("staging", "postgresql://matchenv@127.0.0.1:5432/rotated"))
     after = wait_for(lambda: template_hash() != before and template_hash(), timeout=4 * RESYNC + 10,
                      what="new pod-template hash")
     assert after != before
@@ -261,12 +189,12 @@ def test_killed_operator_restarts_and_converges_without_duplicates(platform: Pla
     assert sorted(users) == sorted(f"matchenv.default.{e}" for e in (*ENVS, "preview"))
 
 
-def test_environment_with_its_own_broker_secret(platform: Platform) -> None:
+def test_environment_with_its_ownbroker_secret(platform: Platform) -> None:
     kubectl = platform.kubectl
-    secret = _broker_secret(platform.rabbitmq)
+    secret = broker_secret(platform.rabbitmq)
     secret["metadata"] = {"name": "team-broker", "namespace": "default"}
     kubectl.apply(secret)
-    kubectl.apply(_db_secret("ownbroker"))
+    kubectl.apply(db_secret("ownbroker"))
     kubectl.apply(environment("ownbroker", broker={"connectionSecretRef": {"name": "team-broker"}}))
     wait_for(lambda: platform.is_ready("ownbroker"), timeout=60, what="ownbroker Ready")
     assert len(platform.mgmt.bindings("matches-fanout", "matches.ownbroker")) == 1
@@ -299,7 +227,7 @@ def test_standby_takes_over_when_the_leader_dies(platform: Platform) -> None:
         wait_for(lambda: "took over lease" in standby.log() or "acquired lease" in standby.log(), timeout=40,
                  what="standby takes over")
         platform.kubectl.apply(environment("handover"))
-        platform.kubectl.apply(_db_secret("handover"))
+        platform.kubectl.apply(db_secret("handover"))
         wait_for(lambda: platform.is_ready("handover"), timeout=60, what="new leader converges")
         platform.kubectl.run("delete", "menv", "handover", "--timeout=60s")
     finally:

@@ -59,7 +59,8 @@ def test_a_stalled_leader_stops_writing_before_the_standby_can_take_over() -> No
     # the old leader wakes up: it never writes the Lease back, and it is not leading
     assert not leader.try_acquire_or_renew()
     assert not leader.leading()
-    assert store.lease is not None and store.lease["spec"]["holderIdentity"] == "b"
+    assert store.lease is not None
+    assert store.lease["spec"]["holderIdentity"] == "b"
 
 
 def test_margins_follow_the_lease_duration() -> None:

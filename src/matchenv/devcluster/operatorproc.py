@@ -34,13 +34,19 @@ class OperatorProcess(ChildProcess):
     """``matchenv operator run`` as a child process; its output goes to a log file the tests can read."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, resync_seconds: float = 2.0, lease_seconds: float = 6.0,
-                 identity: str = "operator-a") -> None:
+                 identity: str = "operator-a", health_port: bool = False, namespaces: tuple[str, ...] = ()) -> None:
         super().__init__(log_path)
         self.kubeconfig = kubeconfig
         self.resync_seconds = resync_seconds
         self.lease_seconds = lease_seconds
         self.identity = identity
         self.metrics_port = free_port()
+        self.health_port = free_port() if health_port else 0
+        self.namespaces = namespaces
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}/healthz"
 
     def start(self) -> OperatorProcess:
         env = {
@@ -50,9 +56,11 @@ class OperatorProcess(ChildProcess):
             "POD_NAME": self.identity,
             "PYTHONUNBUFFERED": "1",
         }
+        if self.namespaces:
+            env["MATCHENV_NAMESPACES"] = ",".join(self.namespaces)
         self.spawn([sys.executable, "-m", "matchenv.cli", "operator", "run", "--verbose",
                     "--resync-seconds", str(self.resync_seconds), "--operator-namespace", "matchenv-system",
-                    "--metrics-port", str(self.metrics_port), "--health-port", "0"], env)
+                    "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)], env)
         return self
 
     def metric(self, name: str) -> float | None:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from matchenv.contracts import DATABASE_KEY_SETS, WORKER_SECRET_PASSWORD
 from matchenv.models import API_GROUP, DeletionPolicy, MatchEnvironmentSpec, Phase
-from matchenv.naming import MANAGED_BY, EnvironmentNames
+from matchenv.naming import MANAGED_BY, EnvironmentNames, broker_secret_name
 from matchenv.operator import builders
 from matchenv.operator.autoscaler import Autoscaler
 from matchenv.operator.brokers import BrokerClients, BrokerConfigError, BrokerConnection, read_connection
@@ -84,6 +84,7 @@ class Prefetched:
     snapshots: dict[tuple[str, str, str], BrokerSnapshot | Exception] = field(default_factory=dict)
     deployments: dict[tuple[str, str], Obj] = field(default_factory=dict)
     secrets: dict[tuple[str, str], Obj | None] = field(default_factory=dict)
+    started: float = 0.0  # when the pass began reading (clock): data older than any converge finished since
 
 
 @dataclass
@@ -232,13 +233,18 @@ class Reconciler:
         return Context(env, spec, desired_topology(meta["namespace"], meta["name"], spec), prefetched)
 
     # -- converge --------------------------------------------------------------------------------------------
-    def converge(self, env: Obj, prefetched: Prefetched | None = None) -> Obj:
-        """Make broker and cluster match ``env``; write and return its status."""
-        with self._lock(env["metadata"]["uid"]):
+    def converge(self, env: Obj, prefetched: Prefetched | None = None) -> Obj | None:
+        """Make broker and cluster match ``env``; write and return its status. With a resync pass's
+        ``prefetched`` reads, returns None (and does nothing) when a handler converged the environment after the
+        pass began reading: acting on the older reads could only undo that (e.g. set a password again)."""
+        uid = env["metadata"]["uid"]
+        with self._lock(uid):
+            if prefetched is not None and self._converged_at.get(uid, prefetched.started - 1) > prefetched.started:
+                return None
             try:
                 return self._converge(env, prefetched)
             finally:
-                self._converged_at[env["metadata"]["uid"]] = self.clock()
+                self._converged_at[uid] = self.clock()
 
     def _converge(self, env: Obj, prefetched: Prefetched | None) -> Obj:
         try:
@@ -457,7 +463,7 @@ class Reconciler:
         namespaces: list[str | None] = list(self.settings.namespaces) or [None]
         envs = [e for ns in namespaces for e in self.kube.list_environments(ns)]
         envs = [e for e in envs if not e["metadata"].get("deletionTimestamp")]
-        prefetched = Prefetched()
+        prefetched = Prefetched(started=started)
         for ns in namespaces:
             for d in self.kube.list_deployments(MANAGED_SELECTOR, ns):
                 prefetched.deployments[(d["metadata"]["namespace"], d["metadata"]["name"])] = d
@@ -467,20 +473,18 @@ class Reconciler:
         for env in envs:
             meta = env["metadata"]
             # a broker Secret the list did not return is not known to exist (read again before minting)
-            prefetched.secrets.setdefault((meta["namespace"], f"{meta['name']}-broker"), None)
-            if self._converged_at.get(meta["uid"], started - 1) > started:
-                # a handler converged it during this pass, from fresher reads than the pass's lists: acting on
-                # them could only undo that (e.g. mint a second password)
-                report.skipped += 1
-                continue
+            prefetched.secrets.setdefault((meta["namespace"], broker_secret_name(meta["name"])), None)
             before = env.get("status")
             try:
                 after = self.converge(env, prefetched)
-            except Exception as exc:
+            except Exception as exc:  # isolate: the next environment must still be checked
                 report.failures += 1
                 log.warning("resync of %s/%s failed: %s", meta["namespace"], meta["name"], _describe(exc))
                 continue
-            report.changes += int(status_changed(after, before))
+            if after is None:
+                report.skipped += 1
+            else:
+                report.changes += int(status_changed(after, before))
         report.management_calls = self.clients.total_calls() - calls_before
         report.seconds = self.clock() - started
         return report

@@ -1,0 +1,159 @@
+"""Tenancy and safety with real worker processes (the node agent runs the operator's pods): adopting a hand-wired
+queue, credentials that converge and rotate with no message lost, and a deletion that lets the workers finish."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import psycopg
+import pytest
+import requests
+
+from matchenv.devservices.postgres import PostgresServer
+from matchenv.devservices.process import wait_for
+from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv.scraper.messages import task_message
+from matchenv.scraper.sources import synthetic
+from tests.e2e.conftest import Kubectl
+from tests.e2e.harness import secret_value
+from tests.e2e.pipeline import Pipeline, pipeline_fixture
+
+
+@pytest.fixture(scope="module")
+def pipeline(crd_installed: Kubectl, rabbitmq: RabbitMQNode, postgres: PostgresServer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    yield from pipeline_fixture(crd_installed, rabbitmq, postgres, tmp_path_factory.mktemp("tenancy-workers"))
+
+
+def reason(pipeline: Pipeline, name: str, type_: str = "TopologyReady") -> str | None:
+    status = pipeline.kubectl.get_json("menv", name).get("status") or {}
+    return next((c["reason"] for c in status.get("conditions", []) if c["type"] == type_), None)
+
+
+Scrape = tuple[threading.Thread, list[subprocess.CompletedProcess[str]]]
+
+
+def scrape_in_background(pipeline: Pipeline, *args: str) -> Scrape:
+    results: list[subprocess.CompletedProcess[str]] = []
+    thread = threading.Thread(target=lambda: results.append(pipeline.scrape(*args)))
+    thread.start()
+    return thread, results
+
+
+def stored_ids(pipeline: Pipeline, env: str) -> list[str]:
+    with psycopg.connect(pipeline.databases[env], connect_timeout=5) as conn:
+        return [row[0] for row in conn.execute("select external_match_id from matches")]
+
+
+def test_a_hand_wired_queue_is_refused_then_adopted_with_its_messages(pipeline: Pipeline) -> None:
+    broker = pipeline.broker
+    for name in ("matches.legacy", "matches.legacy2"):
+        broker.declare_queue("/", name, {"x-queue-type": "classic"})  # made by hand, before matchenv
+    with pika.BlockingConnection(pika.URLParameters(pipeline.rabbitmq.endpoints.amqp_url)) as conn:
+        channel = conn.channel()
+        for raw in synthetic(10, seed=77):
+            message = task_message(raw.data)  # type: ignore[arg-type]
+            channel.basic_publish("", "matches.legacy", message.body, pika.BasicProperties(
+                content_type="application/json", content_encoding="utf-8", delivery_mode=2,
+                headers=message.headers))
+    pipeline.apply("legacy2")
+    wait_for(lambda: reason(pipeline, "legacy2") == "QueueExists", timeout=30, what="QueueExists")
+    pipeline.apply("legacy", queue={"adopt": True})
+    pipeline.wait_ready("legacy")
+    pipeline.wait_rows({"legacy": 10})
+    assert sorted(stored_ids(pipeline, "legacy")) == sorted(f"synthetic-77-{i}" for i in range(10))
+    pipeline.kubectl.run("delete", "menv", "legacy", "legacy2", "--timeout=120s", timeout=150)
+    assert broker.get_queue("/", "matches.legacy2").messages == 0  # untouched, still there
+    for name in ("matches.legacy", "matches.legacy2"):
+        broker.delete_queue("/", name)
+
+
+def test_credentials_repair_and_rotate_with_no_message_lost(pipeline: Pipeline) -> None:
+    pipeline.apply("rot")
+    pipeline.wait_ready("rot")
+    user = "matchenv.default.rot"
+    ep = pipeline.rabbitmq.endpoints
+    admin = (ep.username, ep.password)
+
+    # 1. the password changed on the broker by hand, the workers' connections dropped: repaired within one interval
+    requests.put(f"{ep.management_url}/api/users/{user}", auth=admin, json={"password": "by-hand", "tags": ""},
+                 timeout=5).raise_for_status()
+    for conn in requests.get(f"{ep.management_url}/api/connections", auth=admin, timeout=5).json():
+        if conn.get("user") == user:
+            requests.delete(f"{ep.management_url}/api/connections/{conn['name']}", auth=admin, timeout=5)
+    url = secret_value(pipeline.kubectl, "default", "rot-broker", "url")
+    wait_for(lambda: _can_connect(url), timeout=2 * pipeline.resync_seconds + 10, what="password repaired")
+    result = pipeline.scrape("--synthetic", "50", "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    pipeline.wait_rows({"rot": 50})
+
+    # 2. rotation while 2,000 matches are published
+    thread, results = scrape_in_background(pipeline, "--synthetic", "2000", "--seed", "6")
+    wait_for(lambda: pipeline.rows("rot") >= 100, what="scrape under way")
+    pipeline.kubectl.run("annotate", "menv", "rot", "matchenv.io/rotate-credentials=first", "--overwrite")
+    wait_for(lambda: secret_value(pipeline.kubectl, "default", "rot-broker", "url") != url, timeout=30,
+             what="new password in the Secret")
+    pipeline.kubectl.run("rollout", "status", "deployment/rot-workers", "--timeout=120s", timeout=150)
+    thread.join(timeout=300)
+    assert results, "scrape did not finish"
+    assert results[0].returncode == 0, results[0].stderr
+    pipeline.wait_rows({"rot": 2050})
+    assert pipeline.duplicates("rot") == 0
+    revisions = {r["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                 for r in pipeline.kubectl.get_json("replicasets", "-l", "matchenv.io/environment=rot")["items"]}
+    assert len(revisions) >= 2  # the workers were rolled onto the new Secret
+    assert not _can_connect(url)  # the old password is refused
+    assert _can_connect(secret_value(pipeline.kubectl, "default", "rot-broker", "url"))
+    pipeline.kubectl.run("delete", "menv", "rot", "--timeout=120s", timeout=150)
+
+
+def _can_connect(url: str) -> bool:
+    try:
+        pika.BlockingConnection(pika.URLParameters(url)).close()
+    except pika.exceptions.AMQPConnectionError:
+        return False
+    return True
+
+
+def test_deleting_an_environment_mid_scrape_lets_its_workers_finish(pipeline: Pipeline) -> None:
+    pipeline.apply("keep")
+    pipeline.apply("gone")  # deletionPolicy Retain
+    pipeline.wait_ready("keep", "gone")
+    total = 4000
+    thread, results = scrape_in_background(pipeline, "--synthetic", str(total), "--seed", "8")
+    wait_for(lambda: pipeline.rows("gone") >= 300, what="gone's workers busy")
+    pipeline.kubectl.run("delete", "menv", "gone", "--timeout=150s", timeout=180)
+    thread.join(timeout=300)
+    assert results, "scrape did not finish"
+    assert results[0].returncode == 0, results[0].stderr
+    pipeline.wait_rows({"keep": total})
+    # everything routed to gone before it was unbound is either stored or back in its retained queue
+    stored = stored_ids(pipeline, "gone")
+    queued = _drain(pipeline, "matches.gone")
+    seen = {int(i.rsplit("-", 1)[1]) for i in [*stored, *queued]}
+    assert seen == set(range(len(seen))), "a message routed to gone was lost"
+    assert 300 <= len(seen) <= total
+    assert pipeline.duplicates("gone") == 0
+    errors = [line for log in Path(pipeline.tmp / "pods").glob("default_gone-workers-*") for line in
+              log.read_text(errors="replace").splitlines() if "ERROR" in line or "CRITICAL" in line]
+    assert errors == [], errors[:5]
+    print(f"\ngone: {len(stored)} stored, {len(queued)} back in the retained queue, none lost")
+    pipeline.broker.delete_queue("/", "matches.gone")
+    pipeline.broker.delete_queue("/", "matches.gone.dlq")
+
+
+def _drain(pipeline: Pipeline, queue: str) -> list[str]:
+    ids: list[str] = []
+    with pika.BlockingConnection(pika.URLParameters(pipeline.rabbitmq.endpoints.amqp_url)) as conn:
+        channel = conn.channel()
+        while True:
+            method, _props, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return ids
+            ids.append(json.loads(body)[0][0]["external_match_id"])
