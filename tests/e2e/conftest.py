@@ -41,3 +41,12 @@ def crd_installed(kubectl: Kubectl) -> Kubectl:
     kubectl.run("wait", "--for=condition=Established", "crd/matchenvironments.matchenv.io", "--timeout=60s")
     wait_until_served(client.CustomObjectsApi(config.new_client_from_config(str(kubectl.cluster.kubeconfig))))
     return kubectl
+
+
+@pytest.fixture(autouse=True)
+def _show_operator_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed test that used the operator platform prints the end of the operator's log."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "platform" in request.fixturenames:
+        print(request.getfixturevalue("platform").operator.log()[-6000:])

@@ -36,14 +36,6 @@ def platform(crd_installed: Kubectl, rabbitmq: RabbitMQNode, tmp_path_factory: p
                                 (*ENVS, "preview"))
 
 
-@pytest.fixture(autouse=True)
-def _show_operator_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "platform" in request.fixturenames:
-        print(request.getfixturevalue("platform").operator.log()[-6000:])
-
-
 def test_three_environments_become_ready(platform: Platform) -> None:
     kubectl, mgmt = platform.kubectl, platform.mgmt
     for env in ENVS:

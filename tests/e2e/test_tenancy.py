@@ -35,14 +35,6 @@ def platform(crd_installed: Kubectl, rabbitmq: RabbitMQNode, tmp_path_factory: p
     yield from platform_fixture(crd_installed, rabbitmq, tmp_path_factory.mktemp("tenancy"), RESYNC)
 
 
-@pytest.fixture(autouse=True)
-def _show_operator_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "platform" in request.fixturenames:
-        print(request.getfixturevalue("platform").operator.log()[-6000:])
-
-
 def apply(platform: Platform, name: str, namespace: str = "default", **spec: Any) -> None:
     body = environment(name, **spec)
     body["metadata"]["namespace"] = namespace

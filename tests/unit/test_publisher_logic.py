@@ -64,7 +64,7 @@ def test_gives_up_after_the_retry_budget(monkeypatch: pytest.MonkeyPatch) -> Non
     def refuse() -> None:
         raise pika.exceptions.AMQPConnectionError("refused")
 
-    monkeypatch.setattr(publisher, "_connect", refuse)
+    monkeypatch.setattr(publisher.channel, "get", refuse)
     result, detail = publisher.publish({"home_team": "A"})
     assert result == "failed"
     assert "gave up after" in detail

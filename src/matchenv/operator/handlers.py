@@ -44,6 +44,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.request_timeout = max(30.0, ours.api_timeout * 3)
     settings.networking.connect_timeout = 10
     settings.execution.max_workers = 8
+    if ours.namespaces:
+        # namespaced install: the listed namespaces are exact names; kopf needs no cluster-wide read of namespaces
+        # or CRDs (its Roles are in the watched namespaces only)
+        settings.scanning.disabled = True
 
 
 @kopf.on.startup()

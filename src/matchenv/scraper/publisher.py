@@ -9,7 +9,6 @@ command then exits non-zero.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +19,7 @@ import pika
 import pika.exceptions
 from pydantic import ValidationError
 
+from matchenv.amqp import ConfirmedChannel
 from matchenv.contracts import DEFAULT_EXCHANGE
 from matchenv.models import Match
 from matchenv.scraper.messages import task_message
@@ -116,23 +116,10 @@ class Publisher:
         self.sleep = sleep
         self.clock = clock
         self.reconnects = 0
-        self._conn: pika.BlockingConnection | None = None
-        self._channel: pika.adapters.blocking_connection.BlockingChannel | None = None
-
-    def _connect(self) -> pika.adapters.blocking_connection.BlockingChannel:
-        if self._channel is not None and self._channel.is_open:
-            return self._channel
-        self.close()
-        self._conn = pika.BlockingConnection(self.params)
-        self._channel = self._conn.channel()
-        self._channel.confirm_delivery()
-        return self._channel
+        self.channel = ConfirmedChannel(self.params)
 
     def close(self) -> None:
-        conn, self._conn, self._channel = self._conn, None, None
-        if conn is not None and conn.is_open:
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                conn.close()
+        self.channel.close()
 
     def publish(self, match: dict[str, object]) -> tuple[Result, str]:
         """Send one match and wait for the broker's answer: (result, detail)."""
@@ -144,7 +131,7 @@ class Publisher:
         while True:
             attempt += 1
             try:
-                channel = self._connect()
+                channel = self.channel.get()
                 channel.basic_publish(self.target.exchange, self.target.routing_key, message.body, props,
                                       mandatory=True)
                 return "confirmed", ""
@@ -153,12 +140,12 @@ class Publisher:
             except pika.exceptions.NackError:
                 detail = "the broker refused the message (nack)"
             except pika.exceptions.ChannelClosedByBroker as exc:
-                self._channel = None
+                self.channel.forget()
                 if exc.reply_code in (403, 404):  # permanent: missing exchange, no permission
                     return "failed", f"{exc.reply_code} {exc.reply_text}"
                 detail = f"channel closed: {exc.reply_code} {exc.reply_text}"
             except _RECOVERABLE as exc:
-                self._channel = None
+                self.channel.forget()
                 detail = f"connection lost: {exc.__class__.__name__}"
             now = self.clock()
             first_failure = now if first_failure is None else first_failure

@@ -9,7 +9,6 @@ capped back-off until it goes through or the worker stops (then the original goe
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -20,6 +19,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from matchenv.amqp import ConfirmedChannel
 from matchenv.contracts import DEAD_LETTERED_AT_HEADER, ERROR_HEADER, QUEUE_HEADER, REASON_HEADER
 from matchenv.workers import metrics
 
@@ -46,23 +46,10 @@ class DeadLetterPublisher:
         self.stopping = stopping
         self.wait = wait or stopping.wait
         self._lock = threading.Lock()
-        self._conn: pika.BlockingConnection | None = None
-        self._channel: Any = None
-
-    def _connect(self) -> Any:
-        if self._channel is not None and self._channel.is_open:
-            return self._channel
-        self.close()
-        self._conn = pika.BlockingConnection(self.params)
-        self._channel = self._conn.channel()
-        self._channel.confirm_delivery()
-        return self._channel
+        self.channel = ConfirmedChannel(self.params)
 
     def close(self) -> None:
-        conn, self._conn, self._channel = self._conn, None, None
-        if conn is not None and conn.is_open:
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                conn.close()
+        self.channel.close()
 
     def publish(self, body: Body, reason: str, error: str, headers: dict[str, Any] | None = None,
                 content_type: str = "application/json") -> bool:
@@ -85,7 +72,7 @@ class DeadLetterPublisher:
         while True:
             with self._lock:
                 try:
-                    self._connect().basic_publish(self.exchange, self.queue, body, properties, mandatory=True)
+                    self.channel.get().basic_publish(self.exchange, self.queue, body, properties, mandatory=True)
                     log.warning("dead-lettered a %s message from %s: %s", reason, self.queue, error)
                     return True
                 except pika.exceptions.UnroutableError:
@@ -93,7 +80,7 @@ class DeadLetterPublisher:
                 except pika.exceptions.NackError:
                     problem = "the broker refused it"
                 except (pika.exceptions.AMQPError, OSError) as exc:
-                    self._channel = None
+                    self.channel.forget()
                     problem = f"{exc.__class__.__name__}"
             attempt += 1
             delay = min(30.0, 0.5 * 2 ** min(attempt, 6))
