@@ -25,7 +25,8 @@ class World:
         self.kube.add_secret("matchenv-system", "matchenv-broker", ADMIN)
         self.clients = FakeClients(self.broker, {"admin-pw"})
         self.settings = OperatorSettings(resync_seconds=1, leader_election=False)
-        self.reconciler = Reconciler(self.kube, self.settings, clients=self.clients)  # type: ignore[arg-type]
+        self.reconciler = Reconciler(self.kube, self.settings, clients=self.clients,  # type: ignore[arg-type]
+                                     stop_wait=0)
 
     def add(self, name: str, namespace: str = "default", annotations: dict[str, str] | None = None,
             **spec: Any) -> dict[str, Any]:

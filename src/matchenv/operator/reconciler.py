@@ -160,8 +160,10 @@ class TopologyOutcome:
 
 class Reconciler:
     def __init__(self, kube: Kube, settings: OperatorSettings, clients: BrokerClients | None = None,
-                 autoscaler: Autoscaler | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 autoscaler: Autoscaler | None = None, clock: Callable[[], float] = time.monotonic,
+                 stop_wait: float = 20.0) -> None:
         self.kube = kube
+        self.stop_wait = stop_wait  # how long one teardown call waits for the workers before it is retried
         self.settings = settings
         self.clients = clients or BrokerClients(settings.broker_timeout)
         self.autoscaler = autoscaler or Autoscaler()
@@ -410,7 +412,6 @@ class Reconciler:
             names = ctx.names
             if ctx.old_status.get("phase") != Phase.DELETING.value:
                 self.kube.patch_environment_status(ctx.namespace, ctx.name, {"phase": Phase.DELETING.value})
-                ctx.old_status["phase"] = Phase.DELETING.value
             done: list[str] = []
             try:
                 conn = self.connection_for(ctx.env, ctx.spec)
@@ -452,6 +453,11 @@ class Reconciler:
             self.kube.delete_deployment(ctx.namespace, ctx.names.deployment, live["metadata"]["uid"])
             self._event(ctx.env, "WorkersStopping", f"deleting Deployment {ctx.names.deployment}; the broker user "
                         "is removed once its pods have finished")
+        deadline = self.clock() + self.stop_wait
+        while self.clock() < deadline:  # most workers finish within seconds: wait here rather than retry
+            time.sleep(0.5)
+            if self.kube.get_deployment(ctx.namespace, ctx.names.deployment) is None:
+                return
         raise TeardownIncomplete(f"waiting for the pods of Deployment {ctx.names.deployment} to finish", delay=2.0)
 
     # -- resync ----------------------------------------------------------------------------------------------
