@@ -101,7 +101,7 @@ def test_an_application_queue_and_a_foreign_exchange_are_out_of_bounds(platform:
     platform.mgmt.delete("/api/queues/%2F/orders/contents")
     with pika.BlockingConnection(pika.URLParameters(platform.rabbitmq.endpoints.amqp_url)) as conn:
         conn.channel().basic_publish("", "orders", b"an order", pika.BasicProperties(delivery_mode=2))
-    apply(platform, "grabber", queue={"name": "orders", "maxLength": 1}, deletionPolicy="Delete")
+    apply(platform, "grabber", queue={"name": "orders", "maxLength": 1, "adopt": True}, deletionPolicy="Delete")
     apply(platform, "tapper", exchange={"name": "orders-events", "type": "topic"}, queue={"routingKeys": ["#"]})
     wait_for(lambda: condition(platform, "grabber", "TopologyReady").get("reason") == "NotAllowed", timeout=30,
              what="queue refused")
@@ -111,8 +111,9 @@ def test_an_application_queue_and_a_foreign_exchange_are_out_of_bounds(platform:
     assert "MATCHENV_ALLOWED_EXCHANGES" in status(platform, "tapper")["lastError"]
     delete(platform, "grabber")
     delete(platform, "tapper")
-    orders = mgmt.queue("orders")
-    assert orders is not None
+    # the management API reports a new queue's counts after its first stats interval
+    orders = wait_for(lambda: (q := mgmt.queue("orders")) is not None and "messages" in q and q, timeout=15,
+                      what="the orders queue and its counts")
     assert orders["messages"] == 1
     assert orders.get("policy") in (None, "")
     assert mgmt.get("/api/exchanges/%2F/orders-events") is None

@@ -69,7 +69,8 @@ def test_a_hand_wired_queue_is_refused_then_adopted_with_its_messages(pipeline: 
     pipeline.wait_rows({"legacy": 10})
     assert sorted(stored_ids(pipeline, "legacy")) == sorted(f"synthetic-77-{i}" for i in range(10))
     pipeline.kubectl.run("delete", "menv", "legacy", "legacy2", "--timeout=120s", timeout=150)
-    assert broker.get_queue("/", "matches.legacy2").messages == 0  # untouched, still there
+    wait_for(lambda: broker.get_queue("/", "matches.legacy2").messages == 0, timeout=15,
+             what="matches.legacy2 untouched, still there")
     for name in ("matches.legacy", "matches.legacy2"):
         broker.delete_queue("/", name)
 

@@ -258,3 +258,13 @@ def test_unknown_queue_counts_hold_the_autoscaler(world: World) -> None:
                                        messages_unacknowledged=0, consumers=0)
     world.reconciler.resync_all()
     assert world.kube.environments[("default", "prod")]["spec"]["workers"]["replicas"] == 1  # known: scaled down
+
+
+def test_an_out_of_bounds_environment_never_deletes_the_queue_it_named(world: World) -> None:
+    world.broker.declare_queue("/", "orders", {"x-queue-type": "classic"})  # another application's queue
+    world.add("grabber", queue={"name": "orders", "adopt": True}, deletionPolicy="Delete")
+    world.converge("grabber")
+    assert world.reason("grabber") == "NotAllowed"
+    world.delete("grabber")
+    assert ("/", "orders") in world.broker.queues
+    assert any(e[1] == "QueueLeftAlone" for e in world.kube.events)

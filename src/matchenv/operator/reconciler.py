@@ -309,9 +309,13 @@ class Reconciler:
     def _guard(self, action: Action) -> None:
         self.kube.may_write(action.describe(), "broker")
 
-    def _apply(self, ctx: Context, client: Any, actions: tuple[Action, ...]) -> None:
-        for what in apply_plan(client, Plan(actions), self._guard):
-            self._event(ctx.env, "BrokerChanged", what)
+    def _apply(self, ctx: Context, client: Any, actions: tuple[Action, ...]) -> list[str]:
+        """Apply ``actions`` (each asking the leader fence first); an event for each as it is done."""
+        done = []
+        for action in actions:
+            done += apply_plan(client, Plan((action,)), self._guard)
+            self._event(ctx.env, "BrokerChanged", done[-1])
+        return done
 
     def _ensure_credentials(self, ctx: Context, conn: BrokerConnection, secret: Obj | None,
                             outcome: TopologyOutcome) -> None:
@@ -405,32 +409,34 @@ class Reconciler:
     # -- teardown --------------------------------------------------------------------------------------------
     def teardown(self, env: Obj) -> list[str]:
         """Unbind; stop the workers and wait for them; then drop the user and the Secret, and the queue only
-        under ``deletionPolicy: Delete``. Only what this environment owns is touched. Raises
-        :class:`TeardownIncomplete` while a step has to wait; calling again resumes where it stopped."""
+        under ``deletionPolicy: Delete``. Only what this environment owns is touched: nothing of a queue outside
+        the operator's bounds or owned by another. Raises :class:`TeardownIncomplete` while a step has to wait;
+        calling again resumes where it stopped."""
         with self._lock(env["metadata"]["uid"]):
             ctx = self._context(env, None)
             names = ctx.names
             if ctx.old_status.get("phase") != Phase.DELETING.value:
                 self.kube.patch_environment_status(ctx.namespace, ctx.name, {"phase": Phase.DELETING.value})
             done: list[str] = []
+            out_of_bounds = bounds_refusal(ctx.desired, self.settings) if ctx.own_broker else None
             try:
                 conn = self.connection_for(ctx.env, ctx.spec)
                 client = self.clients.get(conn)
-                detach = plan_detach(ctx.desired, client.snapshot())
-                done += apply_plan(client, detach, self._guard)
+                if out_of_bounds is None:
+                    done += self._apply(ctx, client, plan_detach(ctx.desired, client.snapshot()).actions)
                 self._stop_workers(ctx)
-                remove = plan_remove(ctx.desired, client.snapshot(),
-                                     delete_queue=ctx.spec.deletion_policy is DeletionPolicy.DELETE)
-                done += apply_plan(client, remove, self._guard)
+                # out of bounds: its own user at most (delete_queue=False leaves every queue alone)
+                remove = plan_remove(ctx.desired, client.snapshot(), delete_queue=out_of_bounds is None and
+                                     ctx.spec.deletion_policy is DeletionPolicy.DELETE)
+                done += self._apply(ctx, client, remove.actions)
             except (BrokerError, BrokerConfigError, builders.SecretDecodeError) as exc:
                 message = f"cannot remove the broker topology yet: {exc}"
                 self._event(ctx.env, _error_reason(exc), message, "Warning")
                 self.kube.patch_environment_status(ctx.namespace, ctx.name, {"lastError": message})
                 raise TeardownIncomplete(message) from exc
-            for what in done:
-                self._event(ctx.env, "BrokerChanged", what)
-            if remove.refusal is not None:
-                self._event(ctx.env, "QueueLeftAlone", f"{remove.refusal.message}: left untouched")
+            refusal = out_of_bounds or remove.refusal
+            if refusal is not None:
+                self._event(ctx.env, "QueueLeftAlone", f"{refusal.message}: left untouched")
             elif ctx.spec.deletion_policy is DeletionPolicy.RETAIN:
                 self._event(ctx.env, "QueueRetained", f"kept queue {names.queue} and its messages (deletionPolicy "
                             "Retain)")
