@@ -230,6 +230,12 @@ class _Misbehaving:
                         self.wfile.write(b" ")
                         self.wfile.flush()
                         time.sleep(0.05)
+                elif mode_ == "trickle-headers":
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    for i in range(1000):
+                        self.wfile.write(f"X-Slow-{i}: x\r\n".encode())
+                        self.wfile.flush()
+                        time.sleep(0.05)
                 elif mode_ == "echo-401":
                     body = ('{"error": "not_authorised", "reason": "Login failed for ' + "x" * 5000
                             + ' secret-pw"}').encode()
@@ -266,6 +272,18 @@ def test_a_trickling_answer_is_cut_at_the_total_deadline() -> None:
         with pytest.raises(BrokerUnreachable, match="no complete answer within 2s"):
             ManagementClient(server.url, "u", "p", timeout=(1, 2)).list_queues()
         assert time.monotonic() - started < 5
+    finally:
+        server.close()
+
+
+def test_trickling_headers_are_cut_at_the_total_deadline_too() -> None:
+    server = _Misbehaving("trickle-headers")  # each header line well within the read timeout
+    try:
+        client = ManagementClient(server.url, "u", "p", timeout=(1, 2))
+        started = time.monotonic()
+        with pytest.raises(BrokerUnreachable, match="no complete answer within 2s"):
+            client.list_queues()
+        assert time.monotonic() - started < 4
     finally:
         server.close()
 

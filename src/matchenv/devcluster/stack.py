@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -52,7 +53,7 @@ class LocalStack:
     agent: NodeAgent | None = None
     databases: dict[str, str] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def broker(self) -> ManagementClient:
         ep = self.rabbitmq.endpoints
         return ManagementClient(ep.management_url, ep.username, ep.password)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 from urllib.parse import quote
 
@@ -72,9 +74,23 @@ class ManagementClient:
         self.session.auth = (username, password)
         self.session.headers["content-type"] = "application/json"
         self.calls = 0  # management calls made; the reconciler reports it per interval
+        # each call runs on this one thread so that the caller can stop waiting at the deadline, even for a server
+        # that trickles its headers (requests' timeouts are per socket read)
+        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="management")
 
     def close(self) -> None:
+        self._runner.shutdown(wait=False)
         self.session.close()
+
+    def _abandon(self) -> None:
+        """After a deadline: leave the stalled call to its thread (it ends at its next read timeout) and carry on
+        with a fresh session and thread."""
+        stalled, self._runner = self._runner, ThreadPoolExecutor(max_workers=1, thread_name_prefix="management")
+        stalled.shutdown(wait=False)
+        fresh = requests.Session()
+        fresh.auth, fresh.headers = self.session.auth, self.session.headers
+        self.session.close()
+        self.session = fresh
 
     # -- transport -------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
@@ -82,15 +98,26 @@ class ManagementClient:
         self.calls += 1
         connect, total = self.timeout
         deadline = time.monotonic() + total
-        try:
-            response = self.session.request(method, self.base_url + path, json=body, params=params, stream=True,
-                                            timeout=(min(connect, total), max(1.0, total / 2)))
+        session = self.session
+
+        def exchange() -> tuple[requests.Response, bytes]:
+            response = session.request(method, self.base_url + path, json=body, params=params, stream=True,
+                                       timeout=(min(connect, total), max(1.0, total / 2)))
             try:
                 content = _read_body(response, deadline)
             except BaseException:
                 response.close()  # a half-read connection is never reused
                 raise
             response.raw.release_conn()
+            return response, content
+
+        try:
+            future = self._runner.submit(exchange)
+            try:
+                response, content = future.result(timeout=total + 0.5)
+            except FutureTimeout as exc:
+                self._abandon()
+                raise TimeoutError from exc
         except (requests.Timeout, TimeoutError) as exc:
             raise BrokerUnreachable(f"{operation}: no complete answer within {total:.0f}s", operation) from exc
         except requests.RequestException as exc:

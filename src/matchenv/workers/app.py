@@ -239,7 +239,8 @@ def create_app(config: WorkerConfig, store_factory: Callable[[], Store] | None =
                 kept = runtime.dead_letter({"args": list(args), "kwargs": kwargs}, "error", repr(exc))
             except DeadLetterUnavailable as unavailable:
                 raise Reject(str(unavailable), requeue=True) from exc
-            if not kept:
+            if not kept:  # no DLQ: back to the queue after a pause, never dropped
+                runtime.stopping.wait(REQUEUE_DELAY)
                 raise Reject(repr(exc), requeue=True) from exc
             return "dead-lettered"
 
