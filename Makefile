@@ -17,24 +17,24 @@ help:  ## list the targets
 system-deps:  ## install RabbitMQ, PostgreSQL and check Go (Debian; apt via sudo when not root)
 	@scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet -e '.[test,dev]' -e ./devkit
 	@touch $@
 
-venv: $(STAMP)  ## create .venv with matchenv and its test/dev tools
+venv: $(STAMP)  ## create .venv with matchenv, its dev kit (matchenv-dev) and its test/dev tools
 
 crds: $(STAMP)  ## regenerate crds/ and manifests/base/crds/ from src/matchenv/models.py
 	$(BIN)/matchenv crd
 
 lint: $(STAMP)  ## ruff, mypy, and a check that crds/ is up to date
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src devkit tests
 	$(BIN)/mypy
 	$(BIN)/matchenv crd --check
 
 cluster-build: $(STAMP)  ## build (or reuse) the cached control plane under ~/.cache/matchenv
-	$(BIN)/matchenv cluster build
+	$(BIN)/matchenv-dev cluster build
 
 test: system-deps cluster-build  ## run the whole test suite (unit, integration, e2e); no tests collected is a failure
 	@set +e; $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
@@ -44,13 +44,13 @@ test-unit: $(STAMP)  ## only the fast, pure tests
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 cluster-up: cluster-build  ## start the local control plane in the background
-	$(BIN)/matchenv cluster up --state-dir $(CLUSTER_DIR)
+	$(BIN)/matchenv-dev cluster up --state-dir $(CLUSTER_DIR)
 
 cluster-down: $(STAMP)  ## stop the local control plane
-	$(BIN)/matchenv cluster down --state-dir $(CLUSTER_DIR)
+	$(BIN)/matchenv-dev cluster down --state-dir $(CLUSTER_DIR)
 
 demo: system-deps cluster-build  ## the main job: broker, databases, control plane, operator, prod/dev/staging, matches
-	$(BIN)/matchenv demo
+	$(BIN)/matchenv-dev demo
 
 chaos: system-deps cluster-build  ## the chaos test with 50,000 matches (the suite runs it with 10,000)
 	MATCHENV_CHAOS_MATCHES=$${MATCHENV_CHAOS_MATCHES:-50000} $(BIN)/pytest tests/e2e/test_chaos.py -s

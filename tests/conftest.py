@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from matchenv.devservices.postgres import PostgresServer
-from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv_devkit.services.postgres import PostgresServer
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 
 ROOT = Path(__file__).resolve().parent.parent
 

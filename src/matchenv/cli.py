@@ -1,4 +1,5 @@
-"""The one ``matchenv`` command line: operator, worker, scraper, CRD generation and the local dev cluster."""
+"""The one ``matchenv`` command line: operator, worker, scraper and CRD generation. (The local dev cluster and the
+demo are the dev kit's: ``matchenv-dev``.)"""
 
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ app = typer.Typer(
     add_completion=False,
 )
 db_app = typer.Typer(help="The environment database.", no_args_is_help=True)
-cluster_app = typer.Typer(help="A real local Kubernetes control plane for tests and the demo.", no_args_is_help=True)
-app.add_typer(cluster_app, name="cluster")
 app.add_typer(db_app, name="db")
 operator_app = typer.Typer(help="The Kubernetes operator.", no_args_is_help=True)
 app.add_typer(operator_app, name="operator")
@@ -25,11 +24,6 @@ app.add_typer(operator_app, name="operator")
 
 def _echo_err(message: str) -> None:
     typer.echo(message, err=True)
-
-
-def default_state_dir() -> Path:
-    """Where ``cluster up`` keeps its state: ``$MATCHENV_CLUSTER_DIR`` or ``/tmp/matchenv-cluster``."""
-    return Path(os.environ.get("MATCHENV_CLUSTER_DIR", "/tmp/matchenv-cluster"))
 
 
 @app.callback(invoke_without_command=True)
@@ -266,79 +260,6 @@ def crd_ready(
         _echo_err(f"error: {exc}")
         raise typer.Exit(1) from exc
     typer.echo("MatchEnvironments are served")
-
-
-@app.command()
-def demo(
-    state_dir: Path = typer.Option(Path("/tmp/matchenv-demo"), help="Where state and logs go (wiped first)."),
-    keep: bool | None = typer.Option(None, "--keep/--no-keep",
-                                     help="Keep it running until Ctrl-C (default: when run in a terminal)."),
-) -> None:
-    """The whole pipeline locally: broker, databases, control plane, operator, prod/dev/staging, matches flowing."""
-    from matchenv.devcluster.demo import run_demo
-
-    stay = sys.stdin.isatty() if keep is None else keep
-    raise typer.Exit(run_demo(state_dir, stay, lambda m: typer.echo(m)))
-
-
-@cluster_app.command("build")
-def cluster_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")) -> None:
-    """Build (or find cached) kube-apiserver, controller-manager, scheduler, kubectl and etcd."""
-    from matchenv.devcluster.build import BuildError, ensure_binaries
-
-    try:
-        binaries = ensure_binaries(force=force)
-    except BuildError as exc:
-        _echo_err(f"error: {exc}")
-        raise typer.Exit(1) from exc
-    typer.echo(str(binaries.bin_dir))
-
-
-@cluster_app.command("up")
-def cluster_up(
-    state_dir: Path = typer.Option(default_state_dir(), "--state-dir", help="Where state, logs and kubeconfig go."),
-) -> None:
-    """Start the control plane in the background; prints the kubeconfig path."""
-    from matchenv.devcluster.build import BuildError
-    from matchenv.devcluster.cluster import ClusterError, LocalCluster
-
-    cluster = LocalCluster(state_dir, detached=True, log=_echo_err)
-    try:
-        cluster.start()
-    except (BuildError, ClusterError) as exc:
-        _echo_err(f"error: {exc}")
-        raise typer.Exit(1) from exc
-    typer.echo(f"export KUBECONFIG={cluster.kubeconfig}")
-    typer.echo(f"export PATH={cluster.binaries.bin_dir}:$PATH")
-
-
-@cluster_app.command("down")
-def cluster_down(
-    state_dir: Path = typer.Option(default_state_dir(), "--state-dir", help="The state directory of `cluster up`."),
-) -> None:
-    """Stop a control plane started with ``cluster up``."""
-    from matchenv.devcluster.cluster import LocalCluster
-
-    cluster = LocalCluster.attach(state_dir, log=_echo_err)
-    if cluster.state is None:
-        _echo_err(f"no cluster recorded in {state_dir}")
-        return
-    cluster.stop()
-    _echo_err("control plane stopped")
-
-
-@cluster_app.command("status")
-def cluster_status(
-    state_dir: Path = typer.Option(default_state_dir(), "--state-dir", help="The state directory of `cluster up`."),
-) -> None:
-    """Say whether the local control plane is running (exit 1 if not)."""
-    from matchenv.devcluster.cluster import LocalCluster
-
-    cluster = LocalCluster.attach(state_dir)
-    if not cluster.running():
-        typer.echo("not running")
-        raise typer.Exit(1)
-    typer.echo(f"running: {cluster.server}  KUBECONFIG={cluster.kubeconfig}")
 
 
 def main() -> None:  # pragma: no cover

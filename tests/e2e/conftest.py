@@ -12,8 +12,8 @@ import pytest
 from kubernetes import client, config
 
 from matchenv.crd import wait_until_served
-from matchenv.devcluster.cluster import LocalCluster
-from matchenv.devcluster.kubectl import Kubectl
+from matchenv_devkit.cluster.cluster import LocalCluster
+from matchenv_devkit.cluster.kubectl import Kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 

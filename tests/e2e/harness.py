@@ -1,5 +1,5 @@
 """Pieces the operator e2e tests assemble: a management-API reader that does not go through the operator's own
-client code, and waiting helpers. (The operator process itself lives in matchenv.devcluster.operatorproc.)"""
+client code, and waiting helpers. (The operator process itself lives in matchenv_devkit.cluster.operatorproc.)"""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from urllib.parse import quote
 
 import requests
 
-from matchenv.devcluster.kubectl import Kubectl
-from matchenv.devcluster.operatorproc import OperatorProcess, service_account_kubeconfig
-from matchenv.devservices.process import wait_for
-from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv_devkit.cluster.kubectl import Kubectl
+from matchenv_devkit.cluster.operatorproc import OperatorProcess, service_account_kubeconfig
+from matchenv_devkit.services.process import wait_for
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 
 
 class ManagementReader:

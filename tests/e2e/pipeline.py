@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from matchenv.devcluster.kubectl import Kubectl
-from matchenv.devcluster.stack import LocalStack
-from matchenv.devservices.postgres import PostgresServer
-from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv_devkit.cluster.kubectl import Kubectl
+from matchenv_devkit.cluster.stack import LocalStack
+from matchenv_devkit.services.postgres import PostgresServer
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 
 Pipeline = LocalStack
 

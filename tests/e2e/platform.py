@@ -11,8 +11,8 @@ from typing import Any
 import pika
 from kubernetes import client, config
 
-from matchenv.devcluster.nodeagent import NodeAgent, wait_for_node_ready
-from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv_devkit.cluster.nodeagent import NodeAgent, wait_for_node_ready
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.e2e.conftest import Kubectl
 from tests.e2e.harness import ManagementReader, OperatorProcess, service_account_kubeconfig
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from matchenv.devservices.postgres import PostgresServer
-from matchenv.devservices.process import wait_for
-from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv_devkit.services.postgres import PostgresServer
+from matchenv_devkit.services.process import wait_for
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.e2e.conftest import Kubectl
 from tests.e2e.pipeline import Pipeline, pipeline_fixture
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from matchenv.devcluster.cluster import ClusterError, LocalCluster
-from matchenv.devcluster.versions import ControlPlaneBinaries
-from matchenv.devservices.process import process_alive
+from matchenv_devkit.cluster.cluster import ClusterError, LocalCluster
+from matchenv_devkit.cluster.versions import ControlPlaneBinaries
+from matchenv_devkit.services.process import process_alive
 
 
 def _fake_binaries(tmp_path: Path, etcd_script: str) -> ControlPlaneBinaries:
@@ -35,7 +35,7 @@ def test_a_component_that_dies_fails_start_with_its_log(tmp_path: Path) -> None:
 
 def test_cluster_up_status_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    cli = [sys.executable, "-m", "matchenv.cli"]
+    cli = [sys.executable, "-m", "matchenv_devkit.cli"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     up = subprocess.run([*cli, "cluster", "up", "--state-dir", str(state)], capture_output=True, text=True,
                         timeout=300, env=env)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from matchenv.devcluster.nodeagent import NodeAgent, wait_for_node_ready
-from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv_devkit.cluster.nodeagent import NodeAgent, wait_for_node_ready
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.cases import environment
 from tests.e2e.conftest import Kubectl
 from tests.e2e.harness import OperatorProcess, service_account_kubeconfig, wait_for

@@ -12,8 +12,8 @@ import pika.exceptions
 import pytest
 import yaml
 
-from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.naming import SECRETS_HASH_ANNOTATION
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.cases import environment
 from tests.e2e.conftest import Kubectl
 from tests.e2e.harness import (

@@ -18,7 +18,7 @@ import pika.exceptions
 import pytest
 import requests
 
-from matchenv.devservices.rabbitmq import RabbitMQNode
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.cases import environment
 from tests.e2e.conftest import Kubectl
 from tests.e2e.harness import OperatorProcess, secret_value, wait_for

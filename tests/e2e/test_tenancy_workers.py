@@ -15,11 +15,11 @@ import psycopg
 import pytest
 import requests
 
-from matchenv.devservices.postgres import PostgresServer
-from matchenv.devservices.process import wait_for
-from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.scraper.messages import task_message
 from matchenv.scraper.sources import synthetic
+from matchenv_devkit.services.postgres import PostgresServer
+from matchenv_devkit.services.process import wait_for
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.e2e.conftest import Kubectl
 from tests.e2e.harness import secret_value
 from tests.e2e.pipeline import Pipeline, pipeline_fixture

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from matchenv.devservices.postgres import PostgresServer
-from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.topology.client import ManagementClient
 from matchenv.workers.migrate import migrate
+from matchenv_devkit.services.postgres import PostgresServer
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.integration.harness import Environment, WorkerProcess
 
 

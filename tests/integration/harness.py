@@ -16,14 +16,14 @@ import pika
 import psycopg
 import requests
 
-from matchenv.devservices.process import ChildProcess, free_port
-from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.models import MatchEnvironmentSpec
 from matchenv.operator.builders import worker_amqp_url
 from matchenv.topology.applier import apply_plan
 from matchenv.topology.client import ManagementClient
 from matchenv.topology.desired import DesiredTopology, desired_topology
 from matchenv.topology.planner import plan_converge
+from matchenv_devkit.services.process import ChildProcess, free_port
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.cases import environment
 
 TASK = "celery_tasks.match_tasks.process_match_data"

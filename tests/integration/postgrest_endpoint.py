@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from matchenv.devservices.process import free_port
+from matchenv_devkit.services.process import free_port
 
 _RPC = re.compile(r"^/rest/v1/rpc/([a-z_][a-z0-9_]*)$")
 

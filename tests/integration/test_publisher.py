@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.scraper.publisher import Publisher, Target
 from matchenv.scraper.sources import synthetic
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.integration.harness import Environment
 
 

@@ -12,8 +12,6 @@ import pika
 import pika.exceptions
 import pytest
 
-from matchenv.devservices.process import wait_for
-from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.models import MatchEnvironmentSpec
 from matchenv.topology.applier import ApplyError, apply_plan
 from matchenv.topology.client import (
@@ -25,6 +23,8 @@ from matchenv.topology.client import (
 )
 from matchenv.topology.desired import DesiredTopology, desired_topology
 from matchenv.topology.planner import Plan, plan_converge, plan_detach, plan_remove
+from matchenv_devkit.services.process import wait_for
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.cases import environment
 
 
@@ -184,7 +184,7 @@ def test_wrong_password_is_an_auth_error(rabbitmq: RabbitMQNode) -> None:
 
 
 def test_nothing_listening_is_unreachable() -> None:
-    from matchenv.devservices.process import free_port
+    from matchenv_devkit.services.process import free_port
 
     client = ManagementClient(f"http://127.0.0.1:{free_port()}", "u", "p", timeout=(1, 1))
     with pytest.raises(BrokerUnreachable, match="broker unreachable"):

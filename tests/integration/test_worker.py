@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from matchenv.devservices.postgres import PostgresServer
-from matchenv.devservices.process import wait_for
-from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.models import Match
 from matchenv.workers.migrate import migrate
 from matchenv.workers.stores import PostgresStore, StoreUnavailable
+from matchenv_devkit.services.postgres import PostgresServer
+from matchenv_devkit.services.process import wait_for
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.integration.harness import TASK, Environment, WorkerProcess, duplicates, make_match, protocol1_body, rows
 
 # -- the store on its own --------------------------------------------------------------------------------------
@@ -50,7 +50,7 @@ def test_upsert_without_external_id_uses_the_natural_key(database: str) -> None:
 
 
 def test_unreachable_database_is_reported_as_unavailable() -> None:
-    from matchenv.devservices.process import free_port
+    from matchenv_devkit.services.process import free_port
 
     store = PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none", connect_timeout=1)
     with pytest.raises(StoreUnavailable, match="database unreachable"):
@@ -195,8 +195,8 @@ def test_supabase_store_upserts_through_postgrest_rpc(database: str) -> None:
 
 
 def test_supabase_store_reports_an_unreachable_database_as_unavailable(postgres: PostgresServer) -> None:
-    from matchenv.devservices.process import free_port
     from matchenv.workers.stores import SupabaseStore
+    from matchenv_devkit.services.process import free_port
     from tests.integration.postgrest_endpoint import PostgrestEndpoint
 
     with PostgrestEndpoint(f"postgresql://postgres@127.0.0.1:{free_port()}/none", SERVICE_KEY) as endpoint, \

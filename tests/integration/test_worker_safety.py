@@ -14,10 +14,10 @@ import pika
 import psycopg
 import pytest
 
-from matchenv.devservices.postgres import PostgresServer
-from matchenv.devservices.process import wait_for
 from matchenv.scraper.messages import task_message
 from matchenv.workers.migrate import migrate
+from matchenv_devkit.services.postgres import PostgresServer
+from matchenv_devkit.services.process import wait_for
 from tests.integration.harness import Environment, WorkerProcess, make_match, protocol1_body, rows
 
 CRASHING = Path(__file__).parent / "crashing"

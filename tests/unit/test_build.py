@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from matchenv.devcluster.build import staging_modules, staging_version, wrapper_gomod
+from matchenv_devkit.cluster.build import staging_modules, staging_version, wrapper_gomod
 
 GOMOD = """module k8s.io/kubernetes
 

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import requests
 
-from matchenv.devservices.process import die_with_parent, free_port, stop_process_group
+from matchenv_devkit.services.process import die_with_parent, free_port, stop_process_group
 
 RABBITMQ_LIB = Path("/usr/lib/rabbitmq/bin")
 

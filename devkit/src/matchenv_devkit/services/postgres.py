@@ -18,7 +18,7 @@ from types import TracebackType
 
 import psycopg
 
-from matchenv.devservices.process import free_port
+from matchenv_devkit.services.process import free_port
 
 
 class DatabaseStartError(RuntimeError):

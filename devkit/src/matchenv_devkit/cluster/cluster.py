@@ -2,8 +2,8 @@
 
 Everything listens on loopback with TLS and RBAC on. State (PKI, etcd data, logs, kubeconfig, pids) lives in one
 directory. A :class:`LocalCluster` used as a context manager stops its processes on exit and they die with the
-Python process that started them; ``detached=True`` (``matchenv cluster up``) leaves them running for a later
-``matchenv cluster down``.
+Python process that started them; ``detached=True`` (``matchenv-dev cluster up``) leaves them running for a later
+``matchenv-dev cluster down``.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any
 import requests
 import yaml
 
-from matchenv.devcluster.build import ensure_binaries
-from matchenv.devcluster.pki import CertPair, Pki
-from matchenv.devcluster.versions import ControlPlaneBinaries
-from matchenv.devservices.process import die_with_parent, free_port, process_alive
+from matchenv_devkit.cluster.build import ensure_binaries
+from matchenv_devkit.cluster.pki import CertPair, Pki
+from matchenv_devkit.cluster.versions import ControlPlaneBinaries
+from matchenv_devkit.services.process import die_with_parent, free_port, process_alive
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"

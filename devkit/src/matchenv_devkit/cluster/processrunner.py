@@ -30,7 +30,7 @@ import requests
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from matchenv.devservices.process import die_with_parent, free_port
+from matchenv_devkit.services.process import die_with_parent, free_port
 
 log = logging.getLogger("matchenv.nodeagent")
 Obj = dict[str, Any]

@@ -10,8 +10,8 @@ from pathlib import Path
 import requests
 import yaml
 
-from matchenv.devcluster.kubectl import Kubectl
-from matchenv.devservices.process import ChildProcess, free_port
+from matchenv_devkit.cluster.kubectl import Kubectl
+from matchenv_devkit.services.process import ChildProcess, free_port
 
 
 def service_account_kubeconfig(kubectl: Kubectl, namespace: str, name: str, path: Path) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from matchenv.devcluster.cluster import LocalCluster
+from matchenv_devkit.cluster.cluster import LocalCluster
 
 
 class KubectlError(AssertionError):

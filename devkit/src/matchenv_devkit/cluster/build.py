@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from matchenv.devcluster.versions import (
+from matchenv_devkit.cluster.versions import (
     COMPONENTS,
     ETCD_VERSION,
     KUBERNETES_VERSION,

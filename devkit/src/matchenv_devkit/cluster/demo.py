@@ -1,4 +1,4 @@
-"""``matchenv demo``: the whole pipeline on this machine, from nothing to matches in three databases."""
+"""``matchenv-dev demo``: the whole pipeline on this machine, from nothing to matches in three databases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from matchenv.devcluster.stack import LocalStack
+from matchenv_devkit.cluster.stack import LocalStack
 
 
 def run_demo(state_dir: Path, keep: bool, say: Callable[[str], None]) -> int:

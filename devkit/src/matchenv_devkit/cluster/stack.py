@@ -1,5 +1,5 @@
 """The whole system on one machine: control plane, node agent running real worker processes, RabbitMQ, PostgreSQL
-(one database per environment) and the operator. ``matchenv demo`` drives it; the pipeline and chaos tests too."""
+(one database per environment) and the operator. ``matchenv-dev demo`` drives it; the pipeline and chaos tests too."""
 
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ import psycopg
 from kubernetes import client, config
 
 from matchenv.crd import wait_until_served
-from matchenv.devcluster.cluster import LocalCluster
-from matchenv.devcluster.kubectl import Kubectl
-from matchenv.devcluster.nodeagent import NodeAgent, wait_for_node_ready
-from matchenv.devcluster.operatorproc import OperatorProcess, service_account_kubeconfig
-from matchenv.devcluster.processrunner import ProcessRunner
-from matchenv.devservices.postgres import PostgresServer
-from matchenv.devservices.process import wait_for
-from matchenv.devservices.rabbitmq import RabbitMQNode
 from matchenv.topology.client import BrokerNotFound, ManagementClient
+from matchenv_devkit.cluster.cluster import LocalCluster
+from matchenv_devkit.cluster.kubectl import Kubectl
+from matchenv_devkit.cluster.nodeagent import NodeAgent, wait_for_node_ready
+from matchenv_devkit.cluster.operatorproc import OperatorProcess, service_account_kubeconfig
+from matchenv_devkit.cluster.processrunner import ProcessRunner
+from matchenv_devkit.services.postgres import PostgresServer
+from matchenv_devkit.services.process import wait_for
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]  # the repository: crds/, manifests/, examples/
 
 
 def _minimal_environment(name: str, **spec: Any) -> dict[str, Any]:
