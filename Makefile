@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CLUSTER_DIR ?= /tmp/matchenv-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv crds lint test test-unit cluster-build cluster-up cluster-down demo chaos clean
+.PHONY: help system-deps venv crds lint test test-unit cluster-build node-build cluster-up cluster-down demo chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,7 +36,10 @@ lint: $(STAMP)  ## ruff, mypy, and a check that crds/ is up to date
 cluster-build: $(STAMP)  ## build (or reuse) the cached control plane under ~/.cache/matchenv
 	$(BIN)/matchenv-dev cluster build
 
-test: system-deps cluster-build  ## run the whole test suite (unit, integration, e2e); no tests collected is a failure
+node-build: $(STAMP)  ## build (or reuse) the cached node binaries: kubelet, kube-proxy, containerd, runc, CoreDNS
+	$(BIN)/matchenv-dev node build
+
+test: system-deps cluster-build node-build  ## run the whole test suite (unit, integration, e2e); no tests collected is a failure
 	@set +e; $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the suite" >&2; exit 1; fi; exit $$rc
 

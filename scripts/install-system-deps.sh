@@ -7,6 +7,10 @@ need=()
 command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# the real node: runc is built with cgo against libseccomp
+[ -f /usr/include/seccomp.h ] || need+=(libseccomp-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -16,6 +16,8 @@ app = typer.Typer(
 )
 cluster_app = typer.Typer(help="A real local Kubernetes control plane for tests and the demo.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
+node_app = typer.Typer(help="A real node: kubelet, kube-proxy, containerd, runc, CoreDNS.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
 
 
 def _echo_err(message: str) -> None:
@@ -47,6 +49,19 @@ def cluster_build(force: bool = typer.Option(False, "--force", help="Rebuild eve
 
     try:
         binaries = ensure_binaries(force=force)
+    except BuildError as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(str(binaries.bin_dir))
+
+
+@node_app.command("build")
+def node_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")) -> None:
+    """Build (or find cached) the node's binaries from their Go modules; prints their directory."""
+    from matchenv_devkit.cluster.build import BuildError, ensure_node_binaries
+
+    try:
+        binaries = ensure_node_binaries(force=force)
     except BuildError as exc:
         _echo_err(f"error: {exc}")
         raise typer.Exit(1) from exc

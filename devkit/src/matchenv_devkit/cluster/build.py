@@ -21,9 +21,16 @@ from pathlib import Path
 
 from matchenv_devkit.cluster.versions import (
     COMPONENTS,
+    CONTAINERD_COMMANDS,
+    CONTAINERD_VERSION,
+    COREDNS_VERSION,
     ETCD_VERSION,
     KUBERNETES_VERSION,
+    NODE_COMPONENTS,
+    RUNC_VERSION,
+    CachedBinaries,
     ControlPlaneBinaries,
+    NodeBinaries,
     cache_root,
 )
 
@@ -108,12 +115,12 @@ class _Go:
             raise BuildError(f"go {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         return proc.stdout
 
-    def build(self, args: Sequence[str], cwd: Path, label: str) -> None:
+    def build(self, args: Sequence[str], cwd: Path, label: str, cgo: bool = False) -> None:
         """``go build -v``: counts compiled packages to report progress, keeps the tail of the log for errors."""
         proc = subprocess.Popen(
             [self.go, "build", "-v", *args],
             cwd=cwd,
-            env=self.env,
+            env={**self.env, "CGO_ENABLED": "1"} if cgo else self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -136,7 +143,8 @@ class _Go:
         self.progress(f"{label}: done, {count} packages, {time.monotonic() - started:.0f}s")
 
 
-def _build_kubernetes(go: _Go, workdir: Path, out: Path, kubernetes_version: str) -> None:
+def _kubernetes_wrapper(go: _Go, workdir: Path, kubernetes_version: str, commands: Sequence[str]) -> None:
+    """The wrapper module that builds ``k8s.io/kubernetes/cmd/<command>`` for each of ``commands``."""
     workdir.mkdir(parents=True, exist_ok=True)
     info = json.loads(go.output(["mod", "download", "-json", f"k8s.io/kubernetes@{kubernetes_version}"], cwd=workdir))
     modules = staging_modules(Path(info["GoMod"]).read_text())
@@ -144,12 +152,33 @@ def _build_kubernetes(go: _Go, workdir: Path, out: Path, kubernetes_version: str
         raise BuildError(f"no staging modules found in {info['GoMod']}")
     (workdir / "go.mod").write_text(wrapper_gomod(kubernetes_version, modules, go.version()))
     tools = ["//go:build tools", "", "package tools", "", "import ("]
-    tools += [f'\t_ "k8s.io/kubernetes/cmd/{c}"' for c in COMPONENTS]
+    tools += [f'\t_ "k8s.io/kubernetes/cmd/{c}"' for c in commands]
     (workdir / "tools.go").write_text("\n".join([*tools, ")", ""]))
     go.progress(f"resolving modules for Kubernetes {kubernetes_version} ({len(modules)} staging modules replaced)")
     go.output(["mod", "tidy"], cwd=workdir)
+
+
+def _build_kubernetes(go: _Go, workdir: Path, out: Path, kubernetes_version: str,
+                      commands: Sequence[str] = COMPONENTS, label: str = "kubernetes") -> None:
+    _kubernetes_wrapper(go, workdir, kubernetes_version, commands)
     args = ["-trimpath", "-ldflags", _version_ldflags(kubernetes_version), "-o", f"{out}/"]
-    go.build([*args, *(f"k8s.io/kubernetes/cmd/{c}" for c in COMPONENTS)], cwd=workdir, label="kubernetes")
+    go.build([*args, *(f"k8s.io/kubernetes/cmd/{c}" for c in commands)], cwd=workdir, label=label)
+
+
+def _build_module(go: _Go, workdir: Path, out: Path, module: str, version: str, packages: Sequence[str],
+                  label: str, tags: Sequence[str] = (), ldflags: str = "-s -w", cgo: bool = False) -> None:
+    """Build ``packages`` (main packages) of ``module@version`` through a wrapper module that requires it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    gomod = f"module matchenv.local/{label}\n\ngo {go.version()}\n\nrequire {module} {version}\n"
+    (workdir / "go.mod").write_text(gomod)
+    imports = "".join(f'\t_ "{p}"\n' for p in packages)
+    (workdir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports})\n")
+    go.progress(f"resolving modules for {module} {version}")
+    go.output(["mod", "tidy"], cwd=workdir)
+    args = ["-trimpath", "-ldflags", ldflags, "-o", f"{out}/"]
+    if tags:
+        args += ["-tags", " ".join(tags)]
+    go.build([*args, *packages], cwd=workdir, label=label, cgo=cgo)
 
 
 def _build_etcd(go: _Go, workdir: Path, out: Path, etcd_version: str) -> None:
@@ -166,6 +195,21 @@ def _build_etcd(go: _Go, workdir: Path, out: Path, etcd_version: str) -> None:
     go.build(["-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"), "."], cwd=workdir, label="etcd")
 
 
+def _into_cache(binaries: CachedBinaries, build: Callable[[Path], None]) -> None:
+    """Build into a staging directory, then move every binary into the cache: a half-done build leaves nothing."""
+    staging = binaries.root / "bin.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    build(staging)
+    binaries.bin_dir.mkdir(parents=True, exist_ok=True)
+    for built in staging.iterdir():
+        os.replace(built, binaries.path(built.name))
+    shutil.rmtree(staging, ignore_errors=True)
+    still_missing = binaries.missing()
+    if still_missing:
+        raise BuildError(f"build finished but these binaries are missing: {', '.join(still_missing)}")
+
+
 def ensure_binaries(
     binaries: ControlPlaneBinaries | None = None,
     progress: Progress = _stderr_progress,
@@ -180,19 +224,53 @@ def ensure_binaries(
     progress(f"building {', '.join(missing or binaries.all_names)} into {binaries.bin_dir} (cold builds take a while)")
     go = _Go(progress)
     src = cache_root() / "src"
-    staging = binaries.root / "bin.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    if force or any(n in COMPONENTS for n in missing):
-        _build_kubernetes(go, src / f"kubernetes-{KUBERNETES_VERSION}", staging, KUBERNETES_VERSION)
-    if force or "etcd" in missing:
-        _build_etcd(go, src / f"etcd-{ETCD_VERSION}", staging, ETCD_VERSION)
-    binaries.bin_dir.mkdir(parents=True, exist_ok=True)
-    for built in staging.iterdir():
-        os.replace(built, binaries.path(built.name))
-    shutil.rmtree(staging, ignore_errors=True)
-    still_missing = binaries.missing()
-    if still_missing:
-        raise BuildError(f"build finished but these binaries are missing: {', '.join(still_missing)}")
+
+    def build(staging: Path) -> None:
+        if force or any(n in COMPONENTS for n in missing):
+            _build_kubernetes(go, src / f"kubernetes-{KUBERNETES_VERSION}", staging, KUBERNETES_VERSION)
+        if force or "etcd" in missing:
+            _build_etcd(go, src / f"etcd-{ETCD_VERSION}", staging, ETCD_VERSION)
+
+    _into_cache(binaries, build)
     progress(f"control plane built in {time.monotonic() - started:.0f}s")
+    return binaries
+
+
+def ensure_node_binaries(
+    binaries: NodeBinaries | None = None,
+    progress: Progress = _stderr_progress,
+    force: bool = False,
+) -> NodeBinaries:
+    """Return the cached node binaries (kubelet, kube-proxy, containerd, runc, CoreDNS), building what is missing.
+    runc is built with cgo against Debian's libseccomp-dev (``make system-deps``)."""
+    binaries = binaries or NodeBinaries.default()
+    missing = binaries.missing()
+    if not missing and not force:
+        return binaries
+    started = time.monotonic()
+    wanted = set(binaries.all_names if force else missing)
+    progress(f"building {', '.join(sorted(wanted))} into {binaries.bin_dir} (cold builds take a while)")
+    go = _Go(progress)
+    src = cache_root() / "src"
+
+    def build(staging: Path) -> None:
+        if wanted & set(NODE_COMPONENTS):
+            _build_kubernetes(go, src / f"kubernetes-node-{KUBERNETES_VERSION}", staging, KUBERNETES_VERSION,
+                              NODE_COMPONENTS, label="kubelet, kube-proxy")
+        if wanted & set(CONTAINERD_COMMANDS):
+            module = "github.com/containerd/containerd/v2"
+            _build_module(go, src / f"containerd-{CONTAINERD_VERSION}", staging, module, CONTAINERD_VERSION,
+                          [f"{module}/cmd/{c}" for c in CONTAINERD_COMMANDS], label="containerd",
+                          tags=("no_btrfs", "no_devmapper", "no_zfs"),
+                          ldflags=f"-s -w -X {module}/version.Version={CONTAINERD_VERSION}")
+        if "runc" in wanted:
+            _build_module(go, src / f"runc-{RUNC_VERSION}", staging, "github.com/opencontainers/runc", RUNC_VERSION,
+                          ["github.com/opencontainers/runc"], label="runc", tags=("seccomp",), cgo=True,
+                          ldflags=f"-s -w -X main.version={RUNC_VERSION.removeprefix('v')}")
+        if "coredns" in wanted:
+            _build_module(go, src / f"coredns-{COREDNS_VERSION}", staging, "github.com/coredns/coredns",
+                          COREDNS_VERSION, ["github.com/coredns/coredns"], label="coredns")
+
+    _into_cache(binaries, build)
+    progress(f"node built in {time.monotonic() - started:.0f}s")
     return binaries

@@ -12,6 +12,14 @@ ETCD_VERSION = "v3.6.8"
 
 COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
+# A real node. The 1.36 kubelet no longer supports containerd 1.x (Debian ships 1.6), Debian's crun is too old for
+# containerd 2.4's OCI spec: all four are built from their Go modules, like the control plane.
+NODE_COMPONENTS = ("kubelet", "kube-proxy")
+CONTAINERD_VERSION = "v2.4.2"
+CONTAINERD_COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr")
+RUNC_VERSION = "v1.5.2"
+COREDNS_VERSION = "v1.15.0"
+
 
 def cache_root() -> Path:
     """Root of matchenv's build cache: ``$MATCHENV_CACHE`` or ``$XDG_CACHE_HOME/matchenv`` or ``~/.cache/matchenv``."""
@@ -24,14 +32,10 @@ def cache_root() -> Path:
 
 
 @dataclass(frozen=True)
-class ControlPlaneBinaries:
-    """Where the binaries of one pinned control-plane version live."""
+class CachedBinaries:
+    """A cache directory of built binaries, keyed by the versions in its name."""
 
     root: Path
-
-    @classmethod
-    def default(cls) -> ControlPlaneBinaries:
-        return cls(cache_root() / f"k8s-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}")
 
     @property
     def bin_dir(self) -> Path:
@@ -42,7 +46,34 @@ class ControlPlaneBinaries:
 
     @property
     def all_names(self) -> tuple[str, ...]:
-        return (*COMPONENTS, "etcd")
+        raise NotImplementedError
 
     def missing(self) -> list[str]:
         return [n for n in self.all_names if not os.access(self.path(n), os.X_OK)]
+
+
+@dataclass(frozen=True)
+class ControlPlaneBinaries(CachedBinaries):
+    """Where the binaries of one pinned control-plane version live."""
+
+    @classmethod
+    def default(cls) -> ControlPlaneBinaries:
+        return cls(cache_root() / f"k8s-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}")
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return (*COMPONENTS, "etcd")
+
+
+@dataclass(frozen=True)
+class NodeBinaries(CachedBinaries):
+    """Where the binaries of one pinned node (kubelet, kube-proxy, containerd, runc, CoreDNS) live."""
+
+    @classmethod
+    def default(cls) -> NodeBinaries:
+        return cls(cache_root() / f"node-k8s-{KUBERNETES_VERSION}-containerd-{CONTAINERD_VERSION}-runc-{RUNC_VERSION}"
+                                  f"-coredns-{COREDNS_VERSION}")
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return (*NODE_COMPONENTS, *CONTAINERD_COMMANDS, "runc", "coredns")
