@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
+
+from matchenv_devkit.cluster.versions import CachedBinaries
 
 app = typer.Typer(
     help="matchenv's development kit: a real local Kubernetes control plane and the demo.",
@@ -42,30 +45,32 @@ def demo(
     raise typer.Exit(run_demo(state_dir, stay, lambda m: typer.echo(m)))
 
 
-@cluster_app.command("build")
-def cluster_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")) -> None:
-    """Build (or find cached) kube-apiserver, controller-manager, scheduler, kubectl and etcd."""
-    from matchenv_devkit.cluster.build import BuildError, ensure_binaries
+def _build(ensure: Callable[..., CachedBinaries], force: bool) -> None:
+    """Run one of the cached builds; print the binaries' directory, or the error and exit 1."""
+    from matchenv_devkit.cluster.build import BuildError
 
     try:
-        binaries = ensure_binaries(force=force)
+        binaries = ensure(force=force)
     except BuildError as exc:
         _echo_err(f"error: {exc}")
         raise typer.Exit(1) from exc
     typer.echo(str(binaries.bin_dir))
+
+
+@cluster_app.command("build")
+def cluster_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")) -> None:
+    """Build (or find cached) kube-apiserver, controller-manager, scheduler, kubectl and etcd."""
+    from matchenv_devkit.cluster.build import ensure_binaries
+
+    _build(ensure_binaries, force)
 
 
 @node_app.command("build")
 def node_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")) -> None:
     """Build (or find cached) the node's binaries from their Go modules; prints their directory."""
-    from matchenv_devkit.cluster.build import BuildError, ensure_node_binaries
+    from matchenv_devkit.cluster.build import ensure_node_binaries
 
-    try:
-        binaries = ensure_node_binaries(force=force)
-    except BuildError as exc:
-        _echo_err(f"error: {exc}")
-        raise typer.Exit(1) from exc
-    typer.echo(str(binaries.bin_dir))
+    _build(ensure_node_binaries, force)
 
 
 @cluster_app.command("up")
