@@ -70,13 +70,13 @@ class WorkerConfig(BaseModel):
 
 def database_from_env(env: Mapping[str, str]) -> DatabaseConfig:
     """``DATABASE_URL`` wins; else ``SUPABASE_URL`` with ``SUPABASE_SERVICE_KEY`` or ``SUPABASE_KEY``."""
-    if env.get("DATABASE_URL"):
-        return DatabaseConfig(kind="postgres", url=SecretStr(env["DATABASE_URL"]))
-    if env.get("SUPABASE_URL"):
-        key = env.get("SUPABASE_SERVICE_KEY") or env.get("SUPABASE_KEY")
+    if env.get(c.ENV_DATABASE_URL):
+        return DatabaseConfig(kind="postgres", url=SecretStr(env[c.ENV_DATABASE_URL]))
+    if env.get(c.ENV_SUPABASE_URL):
+        key = next((env[k] for k in c.ENV_SUPABASE_KEYS if env.get(k)), None)
         if not key:
             raise WorkerConfigError("SUPABASE_URL is set but neither SUPABASE_SERVICE_KEY nor SUPABASE_KEY is "
                                     "(keys of the environment's databaseSecretRef Secret)")
-        return DatabaseConfig(kind="supabase", url=SecretStr(env["SUPABASE_URL"]), key=SecretStr(key))
+        return DatabaseConfig(kind="supabase", url=SecretStr(env[c.ENV_SUPABASE_URL]), key=SecretStr(key))
     raise WorkerConfigError("no database: set DATABASE_URL, or SUPABASE_URL with SUPABASE_SERVICE_KEY or "
                             "SUPABASE_KEY (keys of the environment's databaseSecretRef Secret)")
