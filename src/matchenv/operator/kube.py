@@ -135,8 +135,8 @@ class Kube:
                                                        **self._opts()))
 
     def delete_secret(self, namespace: str, name: str, uid: str) -> bool:
-        self.may_write(f"delete of Secret {namespace}/{name}")
         """Delete the Secret only if it is still the object ``uid`` (never one made in its place meanwhile)."""
+        self.may_write(f"delete of Secret {namespace}/{name}")
         return _unless_missing(lambda: self.core.delete_namespaced_secret(
             name, namespace, body=cast(Any, {"preconditions": {"uid": uid}}), **self._opts())) is not None
 
@@ -156,9 +156,9 @@ class Kube:
                                                            _content_type=APPLY, **self._opts()))
 
     def delete_deployment(self, namespace: str, name: str, uid: str) -> bool:
-        self.may_write(f"delete of Deployment {namespace}/{name}")
         """Foreground deletion of the Deployment ``uid``: it stays until its pods have terminated (their grace
         period included), so the caller can wait for the workers to finish before taking their credentials."""
+        self.may_write(f"delete of Deployment {namespace}/{name}")
         return _unless_missing(lambda: self.apps.delete_namespaced_deployment(
             name, namespace, body=cast(Any, {"preconditions": {"uid": uid}, "propagationPolicy": "Foreground"}),
             **self._opts())) is not None

@@ -7,40 +7,18 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 
 import kopf
 from prometheus_client import start_http_server
 
+from matchenv import health
 from matchenv.operator.kube import Kube, new_api_client
 from matchenv.operator.leader import LeaseElector
 from matchenv.operator.reconciler import Reconciler
 from matchenv.operator.settings import OperatorSettings
 
 log = logging.getLogger("matchenv.operator")
-
-
-def serve_health(port: int, healthy: Callable[[], bool]) -> ThreadingHTTPServer:
-    """``/healthz`` from process start, for the leader and the standby alike: 200 while ``healthy()``."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            ok = self.path.startswith("/healthz") and healthy()
-            body = b"ok\n" if ok else b"unhealthy\n"
-            self.send_response(200 if ok else (503 if self.path.startswith("/healthz") else 404))
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
-    return server
 
 
 def run(settings: OperatorSettings, verbose: bool = False) -> int:
@@ -59,7 +37,7 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
         start_http_server(settings.metrics_port, addr="0.0.0.0")
     if settings.health_port:
         # alive while the election loop (standby) or the renewals (leader) keep beating
-        serve_health(settings.health_port, lambda: time.monotonic() - elector.heartbeat < 3 * settings.lease_seconds
+        health.serve(settings.health_port, lambda: time.monotonic() - elector.heartbeat < 3 * settings.lease_seconds
                      or not settings.leader_election)
 
     stop = threading.Event()

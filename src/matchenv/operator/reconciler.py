@@ -311,11 +311,7 @@ class Reconciler:
 
     def _apply(self, ctx: Context, client: Any, actions: tuple[Action, ...]) -> list[str]:
         """Apply ``actions`` (each asking the leader fence first); an event for each as it is done."""
-        done = []
-        for action in actions:
-            done += apply_plan(client, Plan((action,)), self._guard)
-            self._event(ctx.env, "BrokerChanged", done[-1])
-        return done
+        return apply_plan(client, Plan(actions), self._guard, lambda what: self._event(ctx.env, "BrokerChanged", what))
 
     def _ensure_credentials(self, ctx: Context, conn: BrokerConnection, secret: Obj | None,
                             outcome: TopologyOutcome) -> None:
@@ -365,9 +361,8 @@ class Reconciler:
             except ApiException as exc:
                 if exc.status not in (400, 422):
                     raise
+                # reported (status and a Warning event) like every refusal, by _write_status
                 message = f"the API server refused Deployment {names.deployment}: {_api_message(exc)}"
-                if ctx.old_status.get("lastError") != message:
-                    self._event(ctx.env, "DeploymentRefused", message, "Warning")
                 return _workers(live), Refusal("DeploymentRefused", message)
             if live is None:
                 self._event(ctx.env, "DeploymentCreated", f"created Deployment {names.deployment}")

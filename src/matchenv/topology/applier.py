@@ -18,9 +18,11 @@ class ApplyError(BrokerError):
         self.done = done
 
 
-def apply_plan(broker: Broker, plan: Plan, guard: Callable[[Action], None] | None = None) -> list[str]:
+def apply_plan(broker: Broker, plan: Plan, guard: Callable[[Action], None] | None = None,
+               on_done: Callable[[str], None] | None = None) -> list[str]:
     """Apply every action of ``plan``; return their descriptions. Raises :class:`ApplyError` at the first failure.
-    ``guard`` is asked before each action (the leader's write fence) and may raise to stop."""
+    ``guard`` is asked before each action (the leader's write fence) and may raise to stop; ``on_done`` is told
+    each description as soon as that action is done (so what was done is reported even if a later one fails)."""
     done: list[str] = []
     for action in plan.actions:
         if guard is not None:
@@ -30,4 +32,6 @@ def apply_plan(broker: Broker, plan: Plan, guard: Callable[[Action], None] | Non
         except BrokerError as exc:
             raise ApplyError(exc, action.describe(), done) from exc
         done.append(action.describe())
+        if on_done is not None:
+            on_done(done[-1])
     return done

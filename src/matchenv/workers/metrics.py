@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import Counter
+
+from matchenv import health
 
 PROCESSED = Counter("matchenv_worker_processed_total", "Messages handled, whatever the outcome.")
 STORED = Counter("matchenv_worker_matches_total", "Matches written or found unchanged.", ["outcome"])
@@ -17,29 +19,6 @@ STORE_WAITS = Counter("matchenv_worker_store_waits_total", "Waits for an unreach
 ready = threading.Event()  # set once the worker consumes
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        if self.path.startswith("/healthz"):
-            ok = ready.is_set()
-            body = b"ok\n" if ok else b"starting\n"
-            self.send_response(200 if ok else 503)
-            self.send_header("Content-Type", "text/plain")
-        elif self.path.startswith("/metrics"):
-            body = generate_latest()
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-        else:
-            body = b"not found\n"
-            self.send_response(404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        return None
-
-
 def serve(port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), _Handler)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
+    """``/healthz`` (ready once the worker consumes) and ``/metrics`` on ``port``."""
+    return health.serve(port, ready.is_set, metrics=True, host=host)
