@@ -144,7 +144,7 @@ class ManagementClient:
         raise BrokerConflict(message, operation, status)
 
     def _redact(self, text: str) -> str:
-        """Error text as reported: cut short, the password (and the user's name with it) never repeated."""
+        """Error text as reported: cut short, and the password never repeated."""
         password = self.session.auth[1] if isinstance(self.session.auth, tuple) else ""
         if password:
             text = text.replace(str(password), "***")
