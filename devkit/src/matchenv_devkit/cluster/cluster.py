@@ -25,6 +25,7 @@ import requests
 import yaml
 
 from matchenv_devkit.cluster.build import ensure_binaries
+from matchenv_devkit.cluster.nodeconfig import NODE_NAME
 from matchenv_devkit.cluster.pki import CertPair, Pki
 from matchenv_devkit.cluster.versions import ControlPlaneBinaries
 from matchenv_devkit.services.process import die_with_parent, free_port, process_alive
@@ -32,6 +33,14 @@ from matchenv_devkit.services.process import die_with_parent, free_port, process
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"
 ADMIN_USER = "matchenv-admin"
+# The real node's identities: kubeconfigs are written for these; the API server's own client cert for kubelets.
+NODE_CLIENTS: dict[str, tuple[str, str | None]] = {
+    "kubelet": (f"system:node:{NODE_NAME}", "system:nodes"),
+    "kube-proxy": ("system:kube-proxy", None),
+}
+KUBELET_CLIENT: dict[str, tuple[str, str | None]] = {
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
+}
 _STOP_ORDER = ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
 
 
@@ -66,6 +75,7 @@ class ClusterState:
     kubeconfig: str
     pids: dict[str, int] = field(default_factory=dict)
     binaries: dict[str, str] = field(default_factory=dict)
+    node_ip: str | None = None
 
 
 class LocalCluster:
@@ -77,8 +87,12 @@ class LocalCluster:
         binaries: ControlPlaneBinaries | None = None,
         detached: bool = False,
         log: Callable[[str], None] = lambda _msg: None,
+        node_ip: str | None = None,
     ) -> None:
+        """``node_ip``: for a real node, the address pods reach the API server at (it is advertised as the
+        ``kubernetes`` Service's endpoint) and the node's address the API server reaches the kubelet at."""
         self.state_dir = state_dir.resolve()
+        self.node_ip = node_ip
         self.binaries = binaries or ControlPlaneBinaries.default()
         self.detached = detached
         self.log = log
@@ -117,14 +131,18 @@ class LocalCluster:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
         started = time.monotonic()
-        clients = {
+        clients: dict[str, tuple[str, str | None]] = {
             "admin": (ADMIN_USER, "system:masters"),
             "controller-manager": ("system:kube-controller-manager", None),
             "scheduler": ("system:kube-scheduler", None),
         }
-        self.pki.create(clients, SERVICE_IP)
+        if self.node_ip:
+            clients.update(NODE_CLIENTS)
+        self.pki.create({**clients, **KUBELET_CLIENT} if self.node_ip else clients, SERVICE_IP,
+                        extra_ips=(self.node_ip,) if self.node_ip else ())
         self.state = ClusterState(api_port=free_port(), etcd_port=free_port(), kubeconfig=str(self.kubeconfig),
-                                  binaries={n: str(self.binaries.path(n)) for n in self.binaries.all_names})
+                                  binaries={n: str(self.binaries.path(n)) for n in self.binaries.all_names},
+                                  node_ip=self.node_ip)
         for name, (user, _) in clients.items():
             config = kubeconfig_for(self.server, self.pki.ca.cert, self.pki.client(name), user)
             path = self.kubeconfig if name == "admin" else self.state_dir / f"{name}.kubeconfig"
@@ -188,6 +206,7 @@ class LocalCluster:
         state_file = cluster._state_file
         if state_file.exists():
             cluster.state = ClusterState(**json.loads(state_file.read_text()))
+            cluster.node_ip = cluster.state.node_ip
         return cluster
 
     def __enter__(self) -> LocalCluster:
@@ -269,11 +288,20 @@ class LocalCluster:
     def _apiserver_args(self) -> list[str]:
         assert self.state is not None
         pki = self.pki
+        if self.node_ip:
+            kubelet_client = pki.client("apiserver-kubelet-client")
+            # Pods reach the API server through the `kubernetes` Service, whose endpoint is the advertised address.
+            network = [
+                "--bind-address=0.0.0.0", f"--advertise-address={self.node_ip}", "--endpoint-reconciler-type=lease",
+                f"--kubelet-client-certificate={kubelet_client.cert}", f"--kubelet-client-key={kubelet_client.key}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+        else:
+            network = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
         return [
             f"--etcd-servers=http://127.0.0.1:{self.state.etcd_port}",
             f"--secure-port={self.state.api_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            *network,
             f"--cert-dir={pki.dir}",
             f"--tls-cert-file={pki.serving.cert}",
             f"--tls-private-key-file={pki.serving.key}",
@@ -284,7 +312,6 @@ class LocalCluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki.sa_pub}",
             f"--service-account-signing-key-file={pki.sa_key}",
-            "--endpoint-reconciler-type=none",
             "--profiling=false",
             "--v=1",
         ]

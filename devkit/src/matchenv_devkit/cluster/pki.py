@@ -50,8 +50,10 @@ class Pki:
     def client(self, name: str) -> CertPair:
         return CertPair(self.dir / f"{name}.crt", self.dir / f"{name}.key")
 
-    def create(self, clients: dict[str, tuple[str, str | None]], service_ip: str) -> None:
-        """Create the CA, the serving cert (loopback + in-cluster names), client certs ``name → (CN, O)``."""
+    def create(self, clients: dict[str, tuple[str, str | None]], service_ip: str,
+               extra_ips: tuple[str, ...] = ()) -> None:
+        """Create the CA, the serving cert (loopback, ``extra_ips`` and in-cluster names), client certs
+        ``name → (CN, O)``."""
         self.dir.mkdir(parents=True, exist_ok=True)
         now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         ca_key = _key()
@@ -84,7 +86,7 @@ class Pki:
 
         dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                "kubernetes.default.svc.cluster.local"]
-        ips = ["127.0.0.1", service_ip]
+        ips = ["127.0.0.1", service_ip, *extra_ips]
         issue(self.serving, _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH,
               [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips])
         for file_name, (cn, org) in clients.items():

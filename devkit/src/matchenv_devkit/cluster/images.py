@@ -1,0 +1,257 @@
+"""Container images for the real node, built here without a registry or a Docker engine, cached by content.
+
+* ``base``: a Debian root filesystem made by ``debootstrap`` (Python 3.11 and venv) → the ``BASE_IMAGE`` of the
+  project's ``Dockerfile``, standing in for the public ``python:3.11-slim`` that cannot be pulled here;
+* ``matchenv``: the project's ``Dockerfile`` as written, built by ``buildah bud`` on that base;
+* ``pause``: the sandbox image containerd needs for every pod, from Kubernetes' own ``pause.c``;
+* ``coredns``: the cached CoreDNS binary alone, for the cluster DNS Deployment.
+
+Each image is exported once to ``~/.cache/matchenv/images/<name>-<key>.tar`` (a docker-archive carrying the name
+the node uses) where ``key`` hashes every input; a warm run finds the archives and builds nothing. buildah keeps its
+own storage under the same cache directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from matchenv_devkit.cluster.versions import COREDNS_VERSION, KUBERNETES_VERSION, NodeBinaries, cache_root
+
+Progress = Callable[[str], None]
+
+DEBIAN_SUITE = "bookworm"
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+PROJECT_IMAGE = "docker.io/library/matchenv:0.1.0"
+PAUSE_IMAGE = "localhost/matchenv/pause:3.10"
+COREDNS_IMAGE = f"localhost/matchenv/coredns:{COREDNS_VERSION}"
+BASE_IMAGE = f"localhost/matchenv/debian-python:{DEBIAN_SUITE}"
+# What the project's image is built from: everything the Dockerfile reads.
+PROJECT_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "src")
+
+
+class ImageError(RuntimeError):
+    """An image could not be built; the message names the step and shows its output."""
+
+
+def _stderr_progress(message: str) -> None:
+    print(f"[matchenv images] {message}", file=sys.stderr, flush=True)
+
+
+def content_key(parts: Iterable[bytes | str]) -> str:
+    """A short hash of the inputs, in order."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def tree_inputs(root: Path, names: Sequence[str]) -> list[bytes | str]:
+    """Paths and contents of the named files and directories under ``root`` (bytecode caches skipped)."""
+    parts: list[bytes | str] = []
+    for name in names:
+        path = root / name
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            if "__pycache__" in file.parts:
+                continue
+            parts += [str(file.relative_to(root)), file.read_bytes()]
+    return parts
+
+
+def debian_mirror(sources: Sequence[Path] = (Path("/etc/apt/sources.list.d/debian.sources"),
+                                            Path("/etc/apt/sources.list"))) -> str:
+    """The Debian mirror apt on this machine uses (deb822 ``URIs:`` or a ``deb`` line), else deb.debian.org."""
+    for source in sources:
+        if not source.exists():
+            continue
+        text = source.read_text()
+        match = re.search(r"^URIs:\s*(\S+)", text, re.MULTILINE) or re.search(r"^deb\s+(?:\[[^]]*]\s+)?(\S+)",
+                                                                              text, re.MULTILINE)
+        if match:
+            return match.group(1)
+    return "http://deb.debian.org/debian"
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    name: str
+    archive: Path
+
+    @property
+    def size_mb(self) -> float:
+        return self.archive.stat().st_size / 1e6
+
+
+class ImageBuilder:
+    """Builds (or finds cached) the node's images; :meth:`all` returns them ready for ``ctr images import``."""
+
+    def __init__(self, root: Path, binaries: NodeBinaries | None = None, cache: Path | None = None,
+                 progress: Progress = _stderr_progress) -> None:
+        self.root = root
+        self.binaries = binaries or NodeBinaries.default()
+        self.cache = cache or cache_root() / "images"
+        self.progress = progress
+        self.storage = self.cache / "buildah"
+
+    # -- the images --------------------------------------------------------------------------------------------
+    def all(self) -> list[BuiltImage]:
+        return [self.pause(), self.coredns(), self.project()]
+
+    def base(self) -> str:
+        """The Debian + Python base image in buildah's storage; returns its name."""
+        mirror = debian_mirror()
+        name = f"{BASE_IMAGE}-{content_key([DEBIAN_SUITE, *BASE_PACKAGES, mirror])}"
+        if self._buildah_ok("inspect", "--type", "image", name):
+            return name
+        if shutil.which("debootstrap") is None:
+            raise ImageError("debootstrap is not installed (make system-deps installs it)")
+        started = time.monotonic()
+        self.progress(f"debootstrap {DEBIAN_SUITE} ({', '.join(BASE_PACKAGES)}) from {mirror} ...")
+        with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            self._run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE,
+                       str(rootfs), mirror], "debootstrap", timeout=1200)
+            for leftover in ("var/cache/apt", "var/lib/apt/lists", "var/log"):
+                for child in (rootfs / leftover).glob("*"):
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            self._commit_tree(rootfs, name, ["--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:"
+                                             "/bin", "--env", "LANG=C.UTF-8", "--cmd", "/bin/bash"])
+        self.progress(f"base image {name} built in {time.monotonic() - started:.0f}s")
+        return name
+
+    def pause(self) -> BuiltImage:
+        source = self._gomodcache() / f"k8s.io/kubernetes@{KUBERNETES_VERSION}/build/pause/linux/pause.c"
+        if not source.exists():
+            raise ImageError(f"Kubernetes' pause.c was not found at {source} (the node build fetches the module)")
+        code = source.read_bytes()
+
+        def build(workdir: Path) -> None:
+            binary = workdir / "pause"
+            self._run(["gcc", "-Os", "-static", "-Wall", f'-DVERSION="{KUBERNETES_VERSION}-matchenv"', "-o",
+                       str(binary), str(source)], "gcc pause.c")
+            self._scratch_image(PAUSE_IMAGE, {binary: "/pause"}, ["--entrypoint", '["/pause"]', "--user", "65535"])
+
+        return self._cached("pause", PAUSE_IMAGE, [code, KUBERNETES_VERSION], build)
+
+    def coredns(self) -> BuiltImage:
+        binary = self.binaries.path("coredns")
+
+        def build(_workdir: Path) -> None:
+            self._scratch_image(COREDNS_IMAGE, {binary: "/coredns"}, ["--entrypoint", '["/coredns"]',
+                                                                      "--user", "65532"])
+
+        return self._cached("coredns", COREDNS_IMAGE, [COREDNS_VERSION, binary.read_bytes()], build)
+
+    def project(self) -> BuiltImage:
+        """The project's Dockerfile, as written, on the local base image."""
+        base = self.base()
+        inputs = [base, *tree_inputs(self.root, PROJECT_INPUTS)]
+
+        def build(workdir: Path) -> None:
+            # pip inside the build trusts the bundle this machine's pip uses (a proxy may re-sign TLS here); the
+            # mounts are build-time only and not in the image.
+            pip_conf = workdir / "pip.conf"
+            bundle = _pip_cert_bundle()
+            pip_conf.write_text(f"[global]\ncert = {bundle}\n" if bundle else "[global]\n")
+            volumes = ["--volume", f"{pip_conf}:/etc/pip.conf:ro"]
+            if bundle:
+                volumes += ["--volume", f"{Path(bundle).parent}:{Path(bundle).parent}:ro"]
+            self._buildah("bud", "--isolation", "chroot", "--network", "host", "--layers=false",
+                          "--build-arg", f"BASE_IMAGE={base}", *volumes, "--tag", PROJECT_IMAGE,
+                          "--file", str(self.root / "Dockerfile"), str(self.root), timeout=1800, label="buildah bud")
+
+        return self._cached("matchenv", PROJECT_IMAGE, inputs, build)
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _cached(self, label: str, name: str, inputs: Sequence[bytes | str],
+                build: Callable[[Path], None]) -> BuiltImage:
+        archive = self.cache / f"{label}-{content_key(inputs)}.tar"
+        if archive.exists():
+            return BuiltImage(name, archive)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        self.progress(f"building image {name} ...")
+        with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
+            build(Path(tmp))
+            partial = Path(tmp) / "image.tar"
+            self._buildah("push", name, f"docker-archive:{partial}:{name}", label=f"export {name}")
+            for stale in self.cache.glob(f"{label}-*.tar"):
+                stale.unlink()
+            partial.rename(archive)
+        image = BuiltImage(name, archive)
+        self.progress(f"image {name} built in {time.monotonic() - started:.0f}s ({image.size_mb:.0f} MB)")
+        return image
+
+    def _scratch_image(self, name: str, files: dict[Path, str], config: Sequence[str]) -> None:
+        container = self._buildah("from", "scratch", label="buildah from").strip()
+        try:
+            for source, dest in files.items():
+                self._buildah("copy", "--chmod", "0755", container, str(source), dest, label="buildah copy")
+            self._buildah("config", *config, container, label="buildah config")
+            self._buildah("commit", "--rm", container, name, label="buildah commit")
+        except BaseException:
+            self._buildah_ok("rm", container)
+            raise
+
+    def _commit_tree(self, rootfs: Path, name: str, config: Sequence[str]) -> None:
+        container = self._buildah("from", "scratch", label="buildah from").strip()
+        try:
+            mount = self._buildah("mount", container, label="buildah mount").strip()
+            self._run(["cp", "-a", f"{rootfs}/.", mount], "copy the root filesystem")
+            self._buildah("umount", container, label="buildah umount")
+            self._buildah("config", *config, container, label="buildah config")
+            self._buildah("commit", "--rm", container, name, label="buildah commit")
+        except BaseException:
+            self._buildah_ok("rm", container)
+            raise
+
+    def _buildah_cmd(self, *args: str) -> list[str]:
+        if shutil.which("buildah") is None:
+            raise ImageError("buildah is not installed (make system-deps installs it)")
+        return ["buildah", "--root", str(self.storage), "--runroot", str(self.storage / "run"),
+                "--storage-driver", "overlay", *args]
+
+    def _buildah(self, *args: str, label: str, timeout: float = 600) -> str:
+        return self._run(self._buildah_cmd(*args), label, timeout=timeout)
+
+    def _buildah_ok(self, *args: str) -> bool:
+        return subprocess.run(self._buildah_cmd(*args), capture_output=True, timeout=120).returncode == 0
+
+    @staticmethod
+    def _run(cmd: Sequence[str], label: str, timeout: float = 600) -> str:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "BUILDAH_ISOLATION": "chroot"})
+        if proc.returncode != 0:
+            raise ImageError(f"{label} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}")
+        return proc.stdout
+
+    @staticmethod
+    def _gomodcache() -> Path:
+        go = shutil.which("go") or "/usr/local/go/bin/go"
+        try:
+            out = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True, timeout=30).stdout
+        except OSError:
+            out = ""
+        return Path(out.strip()) if out.strip() else Path.home() / "go/pkg/mod"
+
+
+def _pip_cert_bundle() -> str | None:
+    """The CA bundle pip on this machine is told to use (``PIP_CERT`` or ``pip config``), if any."""
+    explicit = os.environ.get("PIP_CERT")
+    if explicit:
+        return explicit
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.cert"], capture_output=True,
+                          text=True, timeout=60)
+    value = proc.stdout.strip().strip("'\"")
+    return value if proc.returncode == 0 and value else None

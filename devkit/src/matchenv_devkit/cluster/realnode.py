@@ -1,0 +1,410 @@
+"""A real node for the local control plane: containerd + runc run pods as containers, the kubelet registers the
+node, kube-proxy programs Services in iptables, CoreDNS answers cluster names, pods get addresses on a bridge.
+
+Needs root. Everything the node makes is recorded or lives under its state directory, and :meth:`RealNode.stop`
+removes it: processes (the kubelet, kube-proxy, containerd, its shims and every container), mounts (the kubelet's
+root, overlay root filesystems, network namespaces), the bridge and its veths, kube-proxy's iptables chains, the
+kubelet's cgroups, and the two kernel settings it changed. :func:`leftovers` lists whatever of that still exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from matchenv_devkit.cluster.build import ensure_node_binaries
+from matchenv_devkit.cluster.cluster import LocalCluster
+from matchenv_devkit.cluster.images import COREDNS_IMAGE, PAUSE_IMAGE, BuiltImage, ImageBuilder
+from matchenv_devkit.cluster.kubectl import Kubectl
+from matchenv_devkit.cluster.nodeconfig import (
+    BRIDGE,
+    CNI_NETWORK,
+    NODE_IP,
+    NODE_NAME,
+    POD_CIDR,
+    NodePaths,
+    cni_conflist,
+    containerd_config,
+    coredns_manifests,
+    kube_proxy_config,
+    kubelet_config,
+)
+from matchenv_devkit.cluster.versions import NodeBinaries
+from matchenv_devkit.services.process import die_with_parent, free_port, process_alive
+
+CNI_BIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
+# Kernel settings the node needs: forwarding between pods and Services, and bridged traffic through iptables.
+SYSCTLS = {"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1"}
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTAINER_LOG_LINKS = Path("/var/log/containers")  # the kubelet's symlinks; the path is fixed in the kubelet
+CNI_CACHE = Path("/var/lib/cni/results")  # libcni's result cache; the path is fixed in containerd's CNI library
+SHIM_SOCKETS = Path("/run/containerd/s")  # the runc shims' sockets; the path is fixed in containerd
+# Fixed paths the node's programs write to; those that did not exist before ``start`` are removed by ``stop``,
+# otherwise only what appeared in them since.
+FIXED_DIRS = (Path("/run/containerd"), Path("/var/lib/cni"), CONTAINER_LOG_LINKS)
+IPTABLES = ("iptables", "ip6tables")
+_STOP_ORDER = ("kubelet", "kube-proxy")
+
+
+class NodeError(RuntimeError):
+    """The node did not start; the message says which part and shows its log."""
+
+
+@dataclass
+class NodeState:
+    """What a started node leaves in ``node.json`` so a later ``down`` (or the next ``up``) can remove it."""
+
+    pids: dict[str, int] = field(default_factory=dict)
+    sysctls: dict[str, str] = field(default_factory=dict)
+    created_dirs: list[str] = field(default_factory=list)
+    started_at: float = 0.0
+
+
+class RealNode:
+    """The real node of ``cluster``; its state lives in ``<cluster state dir>/node``."""
+
+    def __init__(self, cluster: LocalCluster, binaries: NodeBinaries | None = None,
+                 images: Sequence[BuiltImage] | None = None, detached: bool = False,
+                 log: Callable[[str], None] = lambda _msg: None) -> None:
+        if cluster.node_ip != NODE_IP:
+            raise NodeError(f"the control plane must be started with node_ip={NODE_IP} for a real node")
+        self.cluster = cluster
+        self.binaries = binaries or NodeBinaries.default()
+        self.images = images
+        self.detached = detached
+        self.log = log
+        self.paths = NodePaths(cluster.state_dir / "node")
+        self.logs_dir = self.paths.root / "logs"
+        self.state = NodeState()
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def _state_file(self) -> Path:
+        return self.paths.root / "node.json"
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self, timeout: float = 180.0) -> RealNode:
+        """Start containerd, import the images, start the kubelet and kube-proxy, deploy CoreDNS; return when the
+        node is Ready and cluster DNS answers."""
+        if os.geteuid() != 0:
+            raise NodeError("a real node needs root (containers, mounts, network namespaces, iptables)")
+        ensure_node_binaries(self.binaries)
+        images = list(self.images) if self.images is not None else ImageBuilder(_repo_root()).all()
+        if self._state_file.exists():
+            RealNode.attach(self.cluster).stop()
+        if _link_exists(BRIDGE):
+            raise NodeError(f"bridge {BRIDGE} exists: another real node runs on this machine (stop it with "
+                            "`matchenv-dev cluster down`), or one was not cleaned up (`ip link del {BRIDGE}`)")
+        started = time.monotonic()
+        self.state.started_at = time.time()
+        self.state.created_dirs = [str(d) for d in FIXED_DIRS if not d.exists()]
+        for directory in (self.logs_dir, self.paths.cni_conf_dir, self.paths.kubelet_root, self.paths.pod_logs):
+            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._set_sysctls()
+            self._run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+            self._run(["ip", "addr", "add", f"{NODE_IP}/{POD_CIDR.split('/')[1]}", "dev", BRIDGE])
+            self._run(["ip", "link", "set", BRIDGE, "up"])
+            self._write_configs()
+            self._spawn("containerd", [str(self.binaries.path("containerd")),
+                                       f"--config={self.paths.containerd_config}"])
+            self._wait(lambda: self._ctr_ok("version"), "containerd", started + timeout)
+            for image in images:
+                self._run(self._ctr("images", "import", "--local", str(image.archive)), timeout=600)
+            self.log(f"containerd ready with {len(images)} images")
+            cluster_dir = self.cluster.state_dir
+            self._spawn("kubelet", [
+                str(self.binaries.path("kubelet")), f"--config={self.paths.kubelet_config}",
+                f"--kubeconfig={cluster_dir / 'kubelet.kubeconfig'}", f"--root-dir={self.paths.kubelet_root}",
+                f"--node-ip={NODE_IP}", f"--hostname-override={NODE_NAME}", "--v=1",
+            ])
+            self._spawn("kube-proxy", [str(self.binaries.path("kube-proxy")),
+                                       f"--config={self.paths.kube_proxy_config}", "--v=1"])
+            api = config.new_client_from_config(str(self.cluster.kubeconfig))
+            core = client.CoreV1Api(api)
+            self._wait(lambda: _node_ready(core), "kubelet", started + timeout)
+            kubectl = Kubectl(self.cluster)
+            for manifest in coredns_manifests(COREDNS_IMAGE):
+                kubectl.apply(manifest)
+            kubectl.run("rollout", "status", "-n", "kube-system", "deployment/coredns",
+                        f"--timeout={max(10, int(started + timeout - time.monotonic()))}s", timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.log(f"node {NODE_NAME} ready at {NODE_IP} in {time.monotonic() - started:.1f}s "
+                 f"(logs in {self.logs_dir})")
+        return self
+
+    def stop(self) -> None:
+        """Stop everything the node started and remove what it made; safe to call more than once."""
+        for name in _STOP_ORDER:
+            self._terminate(name)
+        kube_proxy = self.binaries.path("kube-proxy")
+        if kube_proxy.exists():
+            subprocess.run([str(kube_proxy), "--cleanup"], capture_output=True, timeout=60)
+        _kill_all(_container_pids())
+        _kill_all(_shim_pids(self.paths.containerd_socket))
+        self._terminate("containerd")
+        _kill_all(_shim_pids(self.paths.containerd_socket))
+        for mount in sorted(_mounts_under(self.paths.root), key=len, reverse=True):
+            if subprocess.run(["umount", mount], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "--lazy", mount], capture_output=True)
+        if _link_exists(BRIDGE):
+            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+        for cgroup in _kubepods_cgroups():
+            _remove_cgroup(cgroup)
+        for binary in IPTABLES:
+            _remove_chains(binary, "KUBE-")  # the kubelet's own (KUBE-FIREWALL, canaries); kube-proxy's are gone
+        for link in CONTAINER_LOG_LINKS.glob("*.log") if CONTAINER_LOG_LINKS.is_dir() else []:
+            with contextlib.suppress(OSError):
+                if str(self.paths.pod_logs) in os.readlink(link):
+                    link.unlink()
+        for pattern in (f"{CNI_NETWORK}-*", "cni-loopback-*"):
+            _remove_newer(CNI_CACHE.glob(pattern), self.state.started_at)
+        _remove_newer(SHIM_SOCKETS.glob("*"), self.state.started_at)
+        for directory in self.state.created_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        self._restore_sysctls()
+        self._procs.clear()
+        self.state.pids.clear()
+        self._state_file.unlink(missing_ok=True)
+
+    @classmethod
+    def attach(cls, cluster: LocalCluster, log: Callable[[str], None] = lambda _msg: None) -> RealNode:
+        """A handle on the node a detached ``cluster up`` left running."""
+        node = cls.__new__(cls)
+        RealNode.__init__(node, cluster, images=[], detached=True, log=log)
+        if node._state_file.exists():
+            node.state = NodeState(**json.loads(node._state_file.read_text()))
+        return node
+
+    def running(self) -> bool:
+        return bool(self.state.pids) and all(process_alive(pid) for pid in self.state.pids.values())
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _write_configs(self) -> None:
+        paths = self.paths
+        paths.containerd_config.parent.mkdir(parents=True, exist_ok=True)
+        paths.containerd_config.write_text(containerd_config(paths, CNI_BIN_DIR, self.binaries.path("runc"),
+                                                             PAUSE_IMAGE))
+        (paths.cni_conf_dir / f"10-{CNI_NETWORK}.conflist").write_text(cni_conflist(paths))
+        kubelet = kubelet_config(paths, self.cluster.pki.ca.cert, port=free_port(), healthz_port=free_port())
+        paths.kubelet_config.write_text(yaml.safe_dump(kubelet))
+        proxy = kube_proxy_config(self.cluster.state_dir / "kube-proxy.kubeconfig", healthz_port=free_port(),
+                                  metrics_port=free_port())
+        paths.kube_proxy_config.write_text(yaml.safe_dump(proxy))
+
+    def _set_sysctls(self) -> None:
+        for key, value in SYSCTLS.items():
+            path = Path("/proc/sys") / key
+            previous = path.read_text().strip()
+            if previous != value:
+                self.state.sysctls.setdefault(key, previous)
+                path.write_text(value)
+        self._save_state()
+
+    def _restore_sysctls(self) -> None:
+        for key, previous in self.state.sysctls.items():
+            with contextlib.suppress(OSError):
+                (Path("/proc/sys") / key).write_text(previous)
+        self.state.sysctls.clear()
+
+    def _ctr(self, *args: str) -> list[str]:
+        return [str(self.binaries.path("ctr")), f"--address={self.paths.containerd_socket}", "--namespace=k8s.io",
+                *args]
+
+    def _ctr_ok(self, *args: str) -> bool:
+        return subprocess.run(self._ctr(*args), capture_output=True, timeout=10).returncode == 0
+
+    @staticmethod
+    def _run(cmd: Sequence[str], timeout: float = 60) -> str:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise NodeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        return proc.stdout
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        with (self.logs_dir / f"{name}.log").open("ab") as log_file:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                    cwd=self.paths.root, start_new_session=True,
+                                    preexec_fn=None if self.detached else die_with_parent)
+        self._procs[name] = proc
+        self.state.pids[name] = proc.pid
+        self._save_state()
+        self.log(f"started {name} (pid {proc.pid})")
+
+    def _terminate(self, name: str, timeout: float = 15) -> None:
+        pid = self.state.pids.pop(name, None)
+        if pid is None:
+            return
+        proc = self._procs.pop(name, None)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (proc.poll() is None if proc else process_alive(pid)):
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        if proc is not None:
+            proc.wait(timeout=10)
+
+    def _wait(self, check: Callable[[], bool], name: str, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            for proc_name, proc in self._procs.items():
+                if proc.poll() is not None:
+                    raise NodeError(f"{proc_name} exited with code {proc.returncode}:\n{self.log_tail(proc_name)}")
+            with contextlib.suppress(Exception):
+                if check():
+                    return
+            time.sleep(0.3)
+        raise NodeError(f"{name} was not ready in time:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs_dir / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _save_state(self) -> None:
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        self._state_file.write_text(json.dumps(asdict(self.state), indent=2))
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[4]
+
+
+def _node_ready(core: client.CoreV1Api) -> bool:
+    try:
+        node = core.read_node(NODE_NAME, _request_timeout=5)
+    except ApiException:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+
+
+def _link_exists(name: str) -> bool:
+    return Path("/sys/class/net", name).exists()
+
+
+def _kill_all(pids: Sequence[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(process_alive(p) for p in pids):
+        time.sleep(0.05)
+
+
+def _kubepods_cgroups() -> list[Path]:
+    """The kubelet's cgroup trees (``kubepods`` under each v1 controller)."""
+    return [p for p in CGROUP_ROOT.glob("*/kubepods") if p.is_dir()]
+
+
+def _container_pids() -> list[int]:
+    """Every process in the kubelet's pod cgroups: the containers and their sandboxes."""
+    pids: set[int] = set()
+    for tree in _kubepods_cgroups():
+        for procs in tree.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids.update(int(line) for line in procs.read_text().split())
+    return sorted(pids)
+
+
+def _shim_pids(socket: Path) -> list[int]:
+    """containerd's runc shims for the containerd listening on ``socket``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            argv = proc.joinpath("cmdline").read_bytes().split(b"\0")
+            if argv and argv[0].endswith(b"containerd-shim-runc-v2") and str(socket).encode() in b" ".join(argv):
+                found.append(int(proc.name))
+    return found
+
+
+def _mounts_under(root: Path) -> list[str]:
+    """Mount points at or below ``root`` (from /proc/self/mountinfo, octal escapes decoded)."""
+    prefix = str(root.resolve())
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4])
+        if point == prefix or point.startswith(prefix + "/"):
+            points.append(point)
+    return points
+
+
+def _remove_newer(paths: Iterable[Path], since: float) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if path.lstat().st_mtime >= since - 1:
+                path.unlink()
+
+
+def _remove_chains(binary: str, prefix: str) -> None:
+    """Delete every ``prefix`` chain of ``binary`` (iptables or ip6tables) in every table, and the jumps to them."""
+    dump = subprocess.run([f"{binary}-save"], capture_output=True, text=True).stdout
+    table = ""
+    jumps: list[tuple[str, list[str]]] = []
+    chains: list[tuple[str, str]] = []
+    for line in dump.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(f":{prefix}"):
+            chains.append((table, line[1:].split()[0]))
+        elif line.startswith("-A ") and f"-j {prefix}" in line and not line.startswith(f"-A {prefix}"):
+            jumps.append((table, shlex.split(line)[1:]))
+    for table, rule in jumps:
+        subprocess.run([binary, "-t", table, "-D", *rule], capture_output=True)
+    for table, chain in chains:
+        subprocess.run([binary, "-t", table, "-F", chain], capture_output=True)
+    for table, chain in chains:
+        subprocess.run([binary, "-t", table, "-X", chain], capture_output=True)
+
+
+def _remove_cgroup(tree: Path) -> None:
+    for directory in sorted((p for p in tree.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    with contextlib.suppress(OSError):
+        tree.rmdir()
+
+
+def leftovers(root: Path, binaries: NodeBinaries | None = None) -> list[str]:
+    """What a node with state under ``root`` left on this machine: each item says what it is. Empty when clean."""
+    found: list[str] = []
+    bin_dir = str((binaries or NodeBinaries.default()).bin_dir)
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            exe = os.readlink(proc / "exe")
+            cgroups = proc.joinpath("cgroup").read_text()
+            if exe.startswith(bin_dir) or re.search(r":/kubepods(/|$)", cgroups, re.MULTILINE):
+                found.append(f"process {proc.name} ({exe})")
+    found += [f"mount {m}" for m in _mounts_under(root)]
+    found += [f"overlay mount {line.split()[4]}" for line in Path("/proc/self/mountinfo").read_text().splitlines()
+              if " - overlay " in line and str(root) in line]
+    if _link_exists(BRIDGE):
+        found.append(f"bridge {BRIDGE}")
+    veths = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True, text=True).stdout
+    found += [f"veth {line.split(':')[1].strip()}" for line in veths.splitlines() if line.strip()]
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found += [f"netns {line.split()[0]}" for line in netns.splitlines() if line.startswith("cni-")]
+    for binary in IPTABLES:
+        rules = subprocess.run([f"{binary}-save"], capture_output=True, text=True).stdout
+        found += [f"{binary} {line}" for line in rules.splitlines()
+                  if re.search(r"KUBE-|CNI-|" + re.escape(BRIDGE) + "|" + re.escape(POD_CIDR), line)]
+    found += [f"file {p}" for d in (SHIM_SOCKETS, CNI_CACHE) if d.is_dir() for p in d.iterdir()]
+    found += [f"cgroup {p}" for p in _kubepods_cgroups()]
+    return found
