@@ -1,5 +1,6 @@
 """The mission end to end: one YAML adds an environment, and the next scrape reaches its database through worker
-pods the operator created (real processes started from the Deployment's pod spec by the node agent)."""
+pods the operator created: containers of the project's image on the real node, reaching the broker and the database
+through the ``rabbitmq`` and ``postgres`` Services' DNS names."""
 
 from __future__ import annotations
 
@@ -7,17 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.process import wait_for
-from matchenv_devkit.services.rabbitmq import RabbitMQNode
-from tests.e2e.conftest import Kubectl
-from tests.e2e.pipeline import Pipeline, pipeline_fixture
+from tests.e2e.pipeline import Pipeline, real_node_pipeline_fixture
 
 
 @pytest.fixture(scope="module")
-def pipeline(crd_installed: Kubectl, rabbitmq: RabbitMQNode, postgres: PostgresServer,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    yield from pipeline_fixture(crd_installed, rabbitmq, postgres, tmp_path_factory.mktemp("pipeline"))
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    yield from real_node_pipeline_fixture(tmp_path_factory.mktemp("pipeline"))
 
 
 def test_prod_and_dev_receive_every_scraped_match(pipeline: Pipeline) -> None:
@@ -27,6 +24,11 @@ def test_prod_and_dev_receive_every_scraped_match(pipeline: Pipeline) -> None:
     pods = pipeline.kubectl.get_json("pods", "-l", "matchenv.io/environment=dev")["items"]
     assert pods
     assert all(p["status"]["phase"] == "Running" for p in pods)
+    # containers on the real node, from the project's image, non-root with a read-only root filesystem
+    assert all(p["spec"]["nodeName"] == "matchenv-node" for p in pods)
+    statuses = [s for p in pods for s in p["status"]["containerStatuses"]]
+    assert all(s["image"].endswith("matchenv:0.1.0") and s["containerID"].startswith("containerd://")
+               for s in statuses)
     result = pipeline.scrape("--synthetic", "500")
     assert result.returncode == 0, result.stderr
     assert "confirmed 500" in result.stdout

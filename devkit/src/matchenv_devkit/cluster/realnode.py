@@ -293,7 +293,8 @@ def _node_ready(core: client.CoreV1Api) -> bool:
         node = core.read_node(NODE_NAME, _request_timeout=5)
     except ApiException:
         return False
-    return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+    conditions = (node.status.conditions if node.status else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
 def _link_exists(name: str) -> bool:

@@ -1,5 +1,10 @@
-"""The whole system on one machine: control plane, node agent running real worker processes, RabbitMQ, PostgreSQL
-(one database per environment) and the operator. ``matchenv-dev demo`` drives it; the pipeline and chaos tests too."""
+"""The whole system on one machine: control plane, a node, RabbitMQ, PostgreSQL (one database per environment) and the
+operator. ``matchenv-dev demo`` drives it; the pipeline and chaos tests too.
+
+Two nodes: ``real`` (containerd + kubelet: worker pods are containers from the project's image, reaching RabbitMQ
+and PostgreSQL through the ``rabbitmq`` and ``postgres`` Services, whose endpoints are the host's services on the
+node's bridge) and ``process`` (the node agent runs each worker pod's command as a local process: fast, for tests of
+the operator that are not about pods)."""
 
 from __future__ import annotations
 
@@ -20,13 +25,38 @@ from matchenv.topology.client import BrokerNotFound, ManagementClient
 from matchenv_devkit.cluster.cluster import LocalCluster
 from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.cluster.nodeagent import NodeAgent, wait_for_node_ready
+from matchenv_devkit.cluster.nodeconfig import CLUSTER_DOMAIN, NODE_IP, POD_CIDR
 from matchenv_devkit.cluster.operatorproc import OperatorProcess, service_account_kubeconfig
 from matchenv_devkit.cluster.processrunner import ProcessRunner
+from matchenv_devkit.cluster.realnode import RealNode
 from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.process import wait_for
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
 
 ROOT = Path(__file__).resolve().parents[4]  # the repository: crds/, manifests/, examples/
+BROKER_SERVICE = ("rabbitmq", "matchenv-system", 5672)
+DATABASE_SERVICE = ("postgres", "default", 5432)
+
+
+def _service_host(service: tuple[str, str, int]) -> str:
+    name, namespace, _ = service
+    return f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}"
+
+
+def host_service(service: tuple[str, str, int], host_port: int) -> list[dict[str, Any]]:
+    """A Service without a selector whose one endpoint is a service of this host on the node's bridge."""
+    name, namespace, port = service
+    return [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
+         "spec": {"ports": [{"name": "main", "port": port, "targetPort": host_port, "protocol": "TCP"}]}},
+        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+         "metadata": {"name": f"{name}-host", "namespace": namespace,
+                      "labels": {"kubernetes.io/service-name": name,
+                                 "endpointslice.kubernetes.io/managed-by": "matchenv-dev"}},
+         "addressType": "IPv4",
+         "ports": [{"name": "main", "port": host_port, "protocol": "TCP"}],
+         "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}]},
+    ]
 
 
 def _minimal_environment(name: str, **spec: Any) -> dict[str, Any]:
@@ -49,6 +79,7 @@ class LocalStack:
     root: Path = ROOT
     resync_seconds: float = 3.0
     log: Callable[[str], None] = lambda _msg: None
+    node: str = "process"
     operator: OperatorProcess | None = None
     agent: NodeAgent | None = None
     databases: dict[str, str] = field(default_factory=dict)
@@ -67,18 +98,26 @@ class LocalStack:
         base = self.root / "manifests/base"
         kubectl.run("apply", "-f", str(base / "namespace.yaml"), "-f", str(base / "rbac.yaml"))
         ep = self.rabbitmq.endpoints
+        # The AMQP URL as the workers reach the broker: the Service on a real node, loopback for worker processes.
+        url = f"amqp://{_service_host(BROKER_SERVICE)}:{BROKER_SERVICE[2]}" if self.node == "real" \
+            else f"amqp://127.0.0.1:{ep.amqp_port}"
+        if self.node == "real":
+            for manifest in [*host_service(BROKER_SERVICE, ep.amqp_port),
+                             *host_service(DATABASE_SERVICE, self.postgres.port)]:
+                kubectl.apply(manifest)
         kubectl.apply({"apiVersion": "v1", "kind": "Secret",
                        "metadata": {"name": "matchenv-broker", "namespace": "matchenv-system"},
-                       "stringData": {"url": f"amqp://127.0.0.1:{ep.amqp_port}", "management-url": ep.management_url,
+                       "stringData": {"url": url, "management-url": ep.management_url,
                                       "username": ep.username, "password": ep.password}})
 
     def start(self) -> LocalStack:
         self.install()
         self.clean_broker()
-        api = config.new_client_from_config(str(self.kubectl.cluster.kubeconfig))
-        self.agent = NodeAgent(api, runner=ProcessRunner(api, self.tmp / "pods")).start()
-        wait_for_node_ready(client.CoreV1Api(api), self.agent.name)
-        self.log(f"node {self.agent.name} ready; pod logs in {self.tmp / 'pods'}")
+        if self.node == "process":
+            api = config.new_client_from_config(str(self.kubectl.cluster.kubeconfig))
+            self.agent = NodeAgent(api, runner=ProcessRunner(api, self.tmp / "pods")).start()
+            wait_for_node_ready(client.CoreV1Api(api), self.agent.name)
+            self.log(f"node {self.agent.name} ready; pod logs in {self.tmp / 'pods'}")
         self.start_operator()
         return self
 
@@ -112,10 +151,13 @@ class LocalStack:
     def database(self, env: str) -> str:
         """The environment's own database (created and put in Secret matchenv-db-<env> on first use)."""
         if env not in self.databases:
-            self.databases[env] = self.postgres.create_database(f"matchenv_{env}_{os.getpid()}")
+            database = f"matchenv_{env}_{os.getpid()}"
+            self.databases[env] = self.postgres.create_database(database)
+            url = self.postgres.pod_url(database, _service_host(DATABASE_SERVICE)) if self.node == "real" \
+                else self.databases[env]
             self.kubectl.apply({"apiVersion": "v1", "kind": "Secret",
                                 "metadata": {"name": f"matchenv-db-{env}", "namespace": "default"},
-                                "stringData": {"DATABASE_URL": self.databases[env]}})
+                                "stringData": {"DATABASE_URL": url}})
         return self.databases[env]
 
     def apply(self, name: str, **spec: Any) -> None:
@@ -162,21 +204,36 @@ class LocalStack:
         return info.backlog
 
     @classmethod
-    def create(cls, state_dir: Path, log: Callable[[str], None]) -> tuple[LocalStack, Callable[[], None]]:
-        """Start a private control plane, RabbitMQ and PostgreSQL under ``state_dir``; return the stack and a
-        function that stops all of it."""
+    def create(cls, state_dir: Path, log: Callable[[str], None], node: str = "process",
+               resync_seconds: float = 3.0) -> tuple[LocalStack, Callable[[], None]]:
+        """Start a private control plane (with a ``real`` or ``process`` node), RabbitMQ and PostgreSQL under
+        ``state_dir``; return the stack (not yet :meth:`start`-ed) and a function that stops all of it."""
         state_dir.mkdir(parents=True, exist_ok=True)
-        rabbitmq = RabbitMQNode(state_dir / "rabbitmq", name="demo").start()
-        log(f"RabbitMQ on 127.0.0.1:{rabbitmq.endpoints.amqp_port} (management {rabbitmq.endpoints.management_url})")
-        postgres = PostgresServer(state_dir / "postgres").start()
-        log(f"PostgreSQL on 127.0.0.1:{postgres.port}")
-        cluster = LocalCluster(state_dir / "cluster", log=log).start()
-        stack = cls(Kubectl(cluster), rabbitmq, postgres, state_dir, log=log)
+        real = node == "real"
+        stoppers: list[Callable[[], None]] = []
 
         def shutdown() -> None:
-            stack.stop()
-            cluster.stop()
-            rabbitmq.stop()
-            postgres.stop()
+            for stop in reversed(stoppers):
+                stop()
 
+        try:
+            cluster = LocalCluster(state_dir / "cluster", log=log, node_ip=NODE_IP if real else None).start()
+            stoppers.append(cluster.stop)
+            if real:
+                stoppers.append(RealNode(cluster, log=log).start().stop)
+            rabbitmq = RabbitMQNode(state_dir / "rabbitmq", name="demo", pod_address=NODE_IP if real else None)
+            stoppers.append(rabbitmq.stop)
+            rabbitmq.start()
+            log(f"RabbitMQ on 127.0.0.1:{rabbitmq.endpoints.amqp_port} "
+                f"(management {rabbitmq.endpoints.management_url})")
+            postgres = PostgresServer(state_dir / "postgres", pod_network=(NODE_IP, POD_CIDR) if real else None)
+            stoppers.append(postgres.stop)
+            postgres.start()
+            log(f"PostgreSQL on 127.0.0.1:{postgres.port}")
+        except BaseException:
+            shutdown()
+            raise
+        stack = cls(Kubectl(cluster), rabbitmq, postgres, state_dir, log=log, node=node,
+                    resync_seconds=resync_seconds)
+        stoppers.append(stack.stop)
         return stack, shutdown

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import glob
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import psycopg
 
@@ -41,8 +43,12 @@ def _reachable_by_postgres(path: Path) -> bool:
 class PostgresServer:
     """One private PostgreSQL server whose data lives in ``state_dir``."""
 
-    def __init__(self, state_dir: Path, port: int | None = None) -> None:
+    def __init__(self, state_dir: Path, port: int | None = None, pod_network: tuple[str, str] | None = None) -> None:
+        """``pod_network``: ``(address, cidr)``: also listen on ``address`` (the real node's bridge) and accept
+        password logins from ``cidr``; :meth:`pod_url` gives the URL pods use."""
         self.as_root = os.geteuid() == 0
+        self.pod_network = pod_network
+        self.pod_password = secrets.token_urlsafe(18)
         state_dir.mkdir(parents=True, exist_ok=True)
         if self.as_root and not _reachable_by_postgres(state_dir):
             # e.g. under pytest's root-only tmp dirs: keep the cluster where the postgres user can reach it
@@ -62,6 +68,10 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
+    def pod_url(self, database: str, host: str) -> str:
+        """The URL of ``database`` for pods, through ``host`` (e.g. a Service name) on the default port."""
+        return f"postgresql://postgres:{quote(self.pod_password, safe='')}@{host}:5432/{database}"
+
     def start(self, timeout: float = 60) -> PostgresServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.as_root:
@@ -71,7 +81,14 @@ class PostgresServer:
                              "--no-sync", "-E", "UTF8")
             if done.returncode != 0:
                 raise DatabaseStartError(f"initdb failed:\n{done.stderr[-2000:]}")
-        options = f"-p {self.port} -k {self.state_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        listen = "127.0.0.1" + (f",{self.pod_network[0]}" if self.pod_network else "")
+        if self.pod_network:
+            hba = self.data_dir / "pg_hba.conf"
+            rule = f"host all all {self.pod_network[1]} scram-sha-256"
+            if rule not in hba.read_text():
+                with hba.open("a") as file:
+                    file.write(f"# pods on the real node\n{rule}\n")
+        options = f"-p {self.port} -k {self.state_dir} -c listen_addresses={listen} -c fsync=off"
         done = self._run(str(self.bin / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", str(self.log_file),
                          "-w", "-t", str(int(timeout)), "start", timeout=timeout + 10)
         if done.returncode != 0:
@@ -79,7 +96,10 @@ class PostgresServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                with psycopg.connect(self.url(), connect_timeout=2):
+                with psycopg.connect(self.url(), connect_timeout=2, autocommit=True) as conn:
+                    if self.pod_network:
+                        conn.execute(psycopg.sql.SQL("alter user postgres password {}").format(
+                            psycopg.sql.Literal(self.pod_password)))
                     return self
             except psycopg.OperationalError:
                 time.sleep(0.2)

@@ -59,8 +59,10 @@ class RabbitMQNode:
     """One private RabbitMQ node whose state lives in ``state_dir``."""
 
     def __init__(self, state_dir: Path, name: str = "matchenv", stats_interval_ms: int = 500,
-                 detached: bool = False) -> None:
+                 detached: bool = False, pod_address: str | None = None) -> None:
+        """``pod_address``: a second AMQP listener (same port) that pods on the real node reach, e.g. its bridge."""
         self.state_dir = state_dir.resolve()
+        self.pod_address = pod_address
         self.node_name = f"{name}-{os.getpid()}@localhost"
         self.stats_interval_ms = stats_interval_ms
         self.detached = detached
@@ -90,6 +92,7 @@ class RabbitMQNode:
         (self.state_dir / "rabbitmq.conf").write_text(
             "\n".join([
                 f"listeners.tcp.default = 127.0.0.1:{ep.amqp_port}",
+                *([f"listeners.tcp.pods = {self.pod_address}:{ep.amqp_port}"] if self.pod_address else []),
                 f"management.tcp.port = {ep.http_port}",
                 "management.tcp.ip = 127.0.0.1",
                 f"collect_statistics_interval = {self.stats_interval_ms}",
