@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -73,18 +74,33 @@ def node_build(force: bool = typer.Option(False, "--force", help="Rebuild even i
     _build(ensure_node_binaries, force)
 
 
+class NodeKind(StrEnum):
+    none = "none"
+    real = "real"
+
+
 @cluster_app.command("up")
 def cluster_up(
     state_dir: Path = typer.Option(default_state_dir(), "--state-dir", help="Where state, logs and kubeconfig go."),
+    node: NodeKind = typer.Option(NodeKind.none, "--node",
+                                  help="'real': also a node (containerd, runc, kubelet, kube-proxy, CoreDNS; needs "
+                                       "root) that runs pods as containers of images built here."),
 ) -> None:
-    """Start the control plane in the background; prints the kubeconfig path."""
+    """Start the control plane (and a node) in the background; prints the kubeconfig path."""
     from matchenv_devkit.cluster.build import BuildError
     from matchenv_devkit.cluster.cluster import ClusterError, LocalCluster
+    from matchenv_devkit.cluster.images import ImageError
+    from matchenv_devkit.cluster.nodeconfig import NODE_IP
+    from matchenv_devkit.cluster.realnode import NodeError, RealNode
 
-    cluster = LocalCluster(state_dir, detached=True, log=_echo_err)
+    real = node is NodeKind.real
+    cluster = LocalCluster(state_dir, detached=True, log=_echo_err, node_ip=NODE_IP if real else None)
     try:
         cluster.start()
-    except (BuildError, ClusterError) as exc:
+        if real:
+            RealNode(cluster, detached=True, log=_echo_err).start()
+    except (BuildError, ClusterError, NodeError, ImageError) as exc:
+        cluster.stop()
         _echo_err(f"error: {exc}")
         raise typer.Exit(1) from exc
     typer.echo(f"export KUBECONFIG={cluster.kubeconfig}")
@@ -95,13 +111,17 @@ def cluster_up(
 def cluster_down(
     state_dir: Path = typer.Option(default_state_dir(), "--state-dir", help="The state directory of `cluster up`."),
 ) -> None:
-    """Stop a control plane started with ``cluster up``."""
+    """Stop a control plane (and its node) started with ``cluster up``; the node leaves nothing behind."""
     from matchenv_devkit.cluster.cluster import LocalCluster
+    from matchenv_devkit.cluster.realnode import RealNode
 
     cluster = LocalCluster.attach(state_dir, log=_echo_err)
     if cluster.state is None:
         _echo_err(f"no cluster recorded in {state_dir}")
         return
+    if cluster.node_ip:
+        RealNode.attach(cluster, log=_echo_err).stop()
+        _echo_err("node stopped: its processes, mounts, network and iptables chains are gone")
     cluster.stop()
     _echo_err("control plane stopped")
 
@@ -113,11 +133,18 @@ def cluster_status(
     """Say whether the local control plane is running (exit 1 if not)."""
     from matchenv_devkit.cluster.cluster import LocalCluster
 
+    from matchenv_devkit.cluster.realnode import RealNode
+
     cluster = LocalCluster.attach(state_dir)
     if not cluster.running():
         typer.echo("not running")
         raise typer.Exit(1)
     typer.echo(f"running: {cluster.server}  KUBECONFIG={cluster.kubeconfig}")
+    if cluster.node_ip:
+        node = RealNode.attach(cluster)
+        typer.echo(f"node: {'running' if node.running() else 'NOT running'} (logs in {node.logs_dir})")
+        if not node.running():
+            raise typer.Exit(1)
 
 
 def main() -> None:  # pragma: no cover

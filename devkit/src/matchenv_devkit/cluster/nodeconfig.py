@@ -7,6 +7,7 @@ per machine: the bridge name and the pod range are fixed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ NODE_IP = "10.244.0.1"
 CLUSTER_DNS_IP = "10.0.0.10"
 CLUSTER_DOMAIN = "cluster.local"
 DNS_PORT = 1053  # CoreDNS listens unprivileged; the kube-dns Service maps 53 to it
+
+SOCKET_ROOT = Path("/run/matchenv")
 
 Obj = dict[str, Any]
 
@@ -41,8 +44,13 @@ class NodePaths:
         return self.root / "containerd" / "state"
 
     @property
+    def socket_dir(self) -> Path:
+        """A short directory for sockets (a unix socket path has at most 104 characters): one per state directory."""
+        return SOCKET_ROOT / hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+
+    @property
     def containerd_socket(self) -> Path:
-        return self.root / "containerd" / "containerd.sock"
+        return self.socket_dir / "containerd.sock"
 
     @property
     def containerd_config(self) -> Path:

@@ -36,6 +36,7 @@ from matchenv_devkit.cluster.nodeconfig import (
     NODE_IP,
     NODE_NAME,
     POD_CIDR,
+    SOCKET_ROOT,
     NodePaths,
     cni_conflist,
     containerd_config,
@@ -112,7 +113,7 @@ class RealNode:
         started = time.monotonic()
         self.state.started_at = time.time()
         self.state.created_dirs = [str(d) for d in FIXED_DIRS if not d.exists()]
-        for directory in (self.logs_dir, self.paths.cni_conf_dir, self.paths.kubelet_root, self.paths.pod_logs):
+        for directory in (self.logs_dir, self.paths.socket_dir, self.paths.cni_conf_dir, self.paths.kubelet_root, self.paths.pod_logs):
             directory.mkdir(parents=True, exist_ok=True)
         try:
             self._set_sysctls()
@@ -178,6 +179,9 @@ class RealNode:
         _remove_newer(SHIM_SOCKETS.glob("*"), self.state.started_at)
         for directory in self.state.created_dirs:
             shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(self.paths.socket_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            SOCKET_ROOT.rmdir()  # when no other node's sockets are there
         self._restore_sysctls()
         self._procs.clear()
         self.state.pids.clear()
@@ -191,6 +195,15 @@ class RealNode:
         if node._state_file.exists():
             node.state = NodeState(**json.loads(node._state_file.read_text()))
         return node
+
+    def container_pid(self, container_id: str) -> int:
+        """The host PID of a container's main process (``containerd://<id>`` or ``<id>``, as a pod's status has it)."""
+        wanted = container_id.removeprefix("containerd://")
+        for line in self._run(self._ctr("tasks", "ls")).splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] == wanted:
+                return int(fields[1])
+        raise NodeError(f"no running task for container {wanted}")
 
     def running(self) -> bool:
         return bool(self.state.pids) and all(process_alive(pid) for pid in self.state.pids.values())
@@ -407,5 +420,7 @@ def leftovers(root: Path, binaries: NodeBinaries | None = None) -> list[str]:
         found += [f"{binary} {line}" for line in rules.splitlines()
                   if re.search(r"KUBE-|CNI-|" + re.escape(BRIDGE) + "|" + re.escape(POD_CIDR), line)]
     found += [f"file {p}" for d in (SHIM_SOCKETS, CNI_CACHE) if d.is_dir() for p in d.iterdir()]
+    if NodePaths(root).socket_dir.exists():
+        found.append(f"directory {NodePaths(root).socket_dir}")
     found += [f"cgroup {p}" for p in _kubepods_cgroups()]
     return found

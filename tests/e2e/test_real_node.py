@@ -1,0 +1,177 @@
+"""What users' pods rely on, on the real node (containerd + runc + kubelet + kube-proxy + CoreDNS): the project's
+image runs non-root on a read-only root filesystem; logs, exec and port-forward reach it; the kubelet restarts a
+killed container and one whose liveness probe fails; cluster DNS and the API server's ``kubernetes`` Service work
+with the pod's ServiceAccount token, within exactly its RBAC."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from matchenv_devkit.cluster.cluster import LocalCluster
+from matchenv_devkit.cluster.kubectl import Kubectl
+from matchenv_devkit.cluster.nodeconfig import NODE_IP
+from matchenv_devkit.cluster.realnode import RealNode
+from matchenv_devkit.services.process import free_port, wait_for
+
+IMAGE = "matchenv:0.1.0"
+NS = "node-tests"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubectl, RealNode]]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("real-node"), node_ip=NODE_IP, log=print)
+    try:
+        cluster.start()
+        real = RealNode(cluster, log=print).start()
+    except Exception as exc:  # the suite fails, never skips, without its node
+        cluster.stop()
+        pytest.fail(f"the real node did not start: {exc}", pytrace=False)
+    kubectl = Kubectl(cluster)
+    kubectl.run("create", "namespace", NS)
+    yield kubectl, real
+    real.stop()
+    cluster.stop()
+
+
+def _pod(name: str, command: str, **spec: Any) -> dict[str, Any]:
+    """A pod of the project's image as the shipped manifests run it: non-root, read-only root, no capabilities."""
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
+        "spec": {
+            "terminationGracePeriodSeconds": 2,
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "main", "image": IMAGE, "imagePullPolicy": "Never", "command": ["sh", "-c", command],
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                **spec.pop("container", {}),
+            }],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+            **spec,
+        },
+    }
+
+
+def _running(kubectl: Kubectl, manifest: dict[str, Any]) -> dict[str, Any]:
+    kubectl.apply(manifest)
+    name = manifest["metadata"]["name"]
+    kubectl.run("wait", "-n", NS, "--for=condition=Ready", f"pod/{name}", "--timeout=90s", timeout=100)
+    return kubectl.get_json("pod", "-n", NS, name)
+
+
+def _restarts(kubectl: Kubectl, name: str) -> int:
+    pod = kubectl.get_json("pod", "-n", NS, name)
+    return sum(s["restartCount"] for s in pod["status"].get("containerStatuses", []))
+
+
+SERVER = "matchenv --version; touch /tmp/healthy; exec python3 -m http.server 8080 --bind 0.0.0.0 --directory /etc"
+
+
+def test_the_project_image_runs_non_root_on_a_read_only_root(node: tuple[Kubectl, RealNode]) -> None:
+    kubectl, _ = node
+    pod = _running(kubectl, _pod("app", SERVER))
+    assert pod["spec"]["nodeName"] == "matchenv-node"
+    assert pod["status"]["podIP"].startswith("10.244.0.")
+    assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
+    wait_for(lambda: "0.1.0" in kubectl.run("logs", "-n", NS, "app").stdout, timeout=30, what="the version in logs")
+    identity = kubectl.run("exec", "-n", NS, "app", "--", "id", "-u").stdout.strip()
+    assert identity == "10001"
+    denied = kubectl.run("exec", "-n", NS, "app", "--", "touch", "/opt/venv/x", check=False)
+    assert denied.returncode != 0 and "Read-only file system" in denied.stderr
+
+
+def test_port_forward_reaches_the_container(node: tuple[Kubectl, RealNode]) -> None:
+    kubectl, _ = node
+    _running(kubectl, _pod("app", SERVER))
+    port = free_port()
+    forward = subprocess.Popen(kubectl.cluster.kubectl_cmd("port-forward", "-n", NS, "pod/app", f"{port}:8080"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def fetch() -> str:
+            return requests.get(f"http://127.0.0.1:{port}/os-release", timeout=5).text
+        assert "Debian" in wait_for(fetch, timeout=30, what="a response through port-forward")
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+
+
+def test_a_container_killed_by_its_pid_is_restarted(node: tuple[Kubectl, RealNode]) -> None:
+    kubectl, real = node
+    pod = _running(kubectl, _pod("app", SERVER))
+    before = _restarts(kubectl, "app")
+    pid = real.container_pid(pod["status"]["containerStatuses"][0]["containerID"])
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: _restarts(kubectl, "app") == before + 1, timeout=60, what="the kubelet restarting it")
+    kubectl.run("wait", "-n", NS, "--for=condition=Ready", "pod/app", "--timeout=60s", timeout=70)
+    last = kubectl.get_json("pod", "-n", NS, "app")["status"]["containerStatuses"][0]["lastState"]["terminated"]
+    assert last["exitCode"] == 137  # SIGKILL
+
+
+def test_a_failing_liveness_probe_restarts_the_container(node: tuple[Kubectl, RealNode]) -> None:
+    kubectl, _ = node
+    probe = {"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 1, "failureThreshold": 2}
+    _running(kubectl, _pod("live", SERVER, container={"livenessProbe": probe}))
+    time.sleep(3)
+    assert _restarts(kubectl, "live") == 0  # a passing probe restarts nothing
+    kubectl.run("exec", "-n", NS, "live", "--", "rm", "/tmp/healthy")
+    wait_for(lambda: _restarts(kubectl, "live") >= 1, timeout=60, what="a restart after the probe failed")
+    events = kubectl.run("get", "events", "-n", NS, "--field-selector", "involvedObject.name=live").stdout
+    assert "Liveness probe failed" in events
+    # the restarted container recreated its marker: it stays up
+    kubectl.run("wait", "-n", NS, "--for=condition=Ready", "pod/live", "--timeout=60s", timeout=70)
+
+
+CLIENT = """
+import json
+from kubernetes import client, config
+config.load_incluster_config()
+conf = client.Configuration.get_default_copy()
+conf.host = "https://kubernetes.default.svc.cluster.local"  # by its DNS name, through the Service
+api = client.CoreV1Api(client.ApiClient(conf))
+out = {"configmaps": len(api.list_namespaced_config_map("%s").items)}
+try:
+    api.list_namespaced_secret("%s")
+    out["secrets"] = "allowed"
+except client.ApiException as exc:
+    out["secrets"] = exc.status
+print(json.dumps(out))
+""" % (NS, NS)
+
+
+def test_a_pod_reaches_the_api_server_with_its_token_within_its_rbac(node: tuple[Kubectl, RealNode]) -> None:
+    kubectl, _ = node
+    kubectl.run("create", "serviceaccount", "reader", "-n", NS)
+    kubectl.run("create", "role", "reader", "-n", NS, "--verb=get,list", "--resource=configmaps")
+    kubectl.run("create", "rolebinding", "reader", "-n", NS, "--role=reader", f"--serviceaccount={NS}:reader")
+    _running(kubectl, _pod("client", "exec sleep infinity", serviceAccountName="reader"))
+    address = kubectl.run("exec", "-n", NS, "client", "--", "python3", "-c",
+                          "import socket; print(socket.gethostbyname('kubernetes.default.svc.cluster.local'))")
+    assert address.stdout.strip() == "10.0.0.1"
+    result = json.loads(kubectl.run("exec", "-n", NS, "client", "--", "python3", "-c", CLIENT).stdout)
+    assert result["configmaps"] >= 1  # kube-root-ca.crt at least
+    assert result["secrets"] == 403
+
+
+def test_service_names_resolve_to_their_cluster_ip(node: tuple[Kubectl, RealNode]) -> None:
+    kubectl, _ = node
+    _running(kubectl, _pod("app", SERVER))
+    kubectl.run("expose", "pod", "app", "-n", NS, "--port=80", "--target-port=8080", "--name=web")
+    cluster_ip = kubectl.get_json("service", "-n", NS, "web")["spec"]["clusterIP"]
+    _running(kubectl, _pod("caller", "exec sleep infinity"))
+    fetch = ("import socket, urllib.request as u; print(socket.gethostbyname('web.%s.svc.cluster.local'));"
+             "print(u.urlopen('http://web.%s.svc.cluster.local/os-release', timeout=5).status)") % (NS, NS)
+    out = wait_for(lambda: kubectl.run("exec", "-n", NS, "caller", "--", "python3", "-c", fetch).stdout.split(),
+                   timeout=30, what="the Service answering by name")
+    assert out == [cluster_ip, "200"]
+    assert socket.inet_aton(cluster_ip)
