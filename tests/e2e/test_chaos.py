@@ -1,6 +1,6 @@
 """Chaos, bounded: 3 environments and 10,000 matches (MATCHENV_CHAOS_MATCHES; `make chaos` runs more) while worker
-pods are deleted, RabbitMQ restarts once and the operator restarts once. Every database must end with exactly every
-match, no duplicates, nothing dead-lettered."""
+pods (containers on the real node) are deleted, RabbitMQ restarts once and the operator restarts once. Every
+database must end with exactly every match, no duplicates, nothing dead-lettered."""
 
 from __future__ import annotations
 
@@ -11,20 +11,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.process import wait_for
-from matchenv_devkit.services.rabbitmq import RabbitMQNode
-from tests.e2e.conftest import Kubectl
-from tests.e2e.pipeline import Pipeline, pipeline_fixture
+from tests.e2e.pipeline import Pipeline, real_node_pipeline_fixture
 
 ENVS = ("alpha", "beta", "gamma")
 TOTAL = int(os.environ.get("MATCHENV_CHAOS_MATCHES", "10000"))
 
 
 @pytest.fixture(scope="module")
-def pipeline(crd_installed: Kubectl, rabbitmq: RabbitMQNode, postgres: PostgresServer,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    yield from pipeline_fixture(crd_installed, rabbitmq, postgres, tmp_path_factory.mktemp("chaos"))
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    yield from real_node_pipeline_fixture(tmp_path_factory.mktemp("chaos"))
 
 
 def test_chaos_loses_nothing_and_duplicates_nothing(pipeline: Pipeline) -> None:

@@ -33,7 +33,8 @@ def test_down_leaves_nothing_behind(tmp_path: Path) -> None:
                       .removeprefix("export PATH=").split(":")[0]) + "/kubectl"
         status = subprocess.run([*DEV, "cluster", "status", "--state-dir", str(state)], capture_output=True,
                                 text=True, timeout=60)
-        assert status.returncode == 0 and "node: running" in status.stdout
+        assert status.returncode == 0
+        assert "node: running" in status.stdout
         subprocess.run([kubectl, "run", "sleeper", "--image=matchenv:0.1.0", "--image-pull-policy=Never",
                         "--", "sleep", "infinity"], env=env, check=True, capture_output=True, timeout=60)
         subprocess.run([kubectl, "wait", "--for=condition=Ready", "pod/sleeper", "--timeout=90s"], env=env,

@@ -1,5 +1,5 @@
-"""Tenancy and safety with real worker processes (the node agent runs the operator's pods): adopting a hand-wired
-queue, credentials that converge and rotate with no message lost, and a deletion that lets the workers finish."""
+"""Tenancy and safety with worker pods on the real node: adopting a hand-wired queue, credentials that converge and
+rotate with no message lost, and a deletion that lets the workers finish."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import subprocess
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pika
 import pika.exceptions
@@ -17,18 +16,14 @@ import requests
 
 from matchenv.scraper.messages import task_message
 from matchenv.scraper.sources import synthetic
-from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.process import wait_for
-from matchenv_devkit.services.rabbitmq import RabbitMQNode
-from tests.e2e.conftest import Kubectl
 from tests.e2e.harness import secret_value
-from tests.e2e.pipeline import Pipeline, pipeline_fixture
+from tests.e2e.pipeline import Pipeline, real_node_pipeline_fixture
 
 
 @pytest.fixture(scope="module")
-def pipeline(crd_installed: Kubectl, rabbitmq: RabbitMQNode, postgres: PostgresServer,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    yield from pipeline_fixture(crd_installed, rabbitmq, postgres, tmp_path_factory.mktemp("tenancy-workers"))
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    yield from real_node_pipeline_fixture(tmp_path_factory.mktemp("tenancy-workers"))
 
 
 def reason(pipeline: Pipeline, name: str, type_: str = "TopologyReady") -> str | None:
@@ -88,7 +83,7 @@ def test_credentials_repair_and_rotate_with_no_message_lost(pipeline: Pipeline) 
     for conn in requests.get(f"{ep.management_url}/api/connections", auth=admin, timeout=5).json():
         if conn.get("user") == user:
             requests.delete(f"{ep.management_url}/api/connections/{conn['name']}", auth=admin, timeout=5)
-    url = secret_value(pipeline.kubectl, "default", "rot-broker", "url")
+    url = pipeline.broker_url_from_host(secret_value(pipeline.kubectl, "default", "rot-broker", "url"))
     wait_for(lambda: _can_connect(url), timeout=2 * pipeline.resync_seconds + 10, what="password repaired")
     result = pipeline.scrape("--synthetic", "50", "--seed", "5")
     assert result.returncode == 0, result.stderr
@@ -98,7 +93,8 @@ def test_credentials_repair_and_rotate_with_no_message_lost(pipeline: Pipeline) 
     thread, results = scrape_in_background(pipeline, "--synthetic", "2000", "--seed", "6")
     wait_for(lambda: pipeline.rows("rot") >= 100, what="scrape under way")
     pipeline.kubectl.run("annotate", "menv", "rot", "matchenv.io/rotate-credentials=first", "--overwrite")
-    wait_for(lambda: secret_value(pipeline.kubectl, "default", "rot-broker", "url") != url, timeout=30,
+    wait_for(lambda: pipeline.broker_url_from_host(secret_value(pipeline.kubectl, "default", "rot-broker", "url"))
+             != url, timeout=30,
              what="new password in the Secret")
     pipeline.kubectl.run("rollout", "status", "deployment/rot-workers", "--timeout=120s", timeout=150)
     thread.join(timeout=300)
@@ -110,7 +106,7 @@ def test_credentials_repair_and_rotate_with_no_message_lost(pipeline: Pipeline) 
                  for r in pipeline.kubectl.get_json("replicasets", "-l", "matchenv.io/environment=rot")["items"]}
     assert len(revisions) >= 2  # the workers were rolled onto the new Secret
     assert not _can_connect(url)  # the old password is refused
-    assert _can_connect(secret_value(pipeline.kubectl, "default", "rot-broker", "url"))
+    assert _can_connect(pipeline.broker_url_from_host(secret_value(pipeline.kubectl, "default", "rot-broker", "url")))
     pipeline.kubectl.run("delete", "menv", "rot", "--timeout=120s", timeout=150)
 
 
@@ -129,6 +125,12 @@ def test_deleting_an_environment_mid_scrape_lets_its_workers_finish(pipeline: Pi
     total = 4000
     thread, results = scrape_in_background(pipeline, "--synthetic", str(total), "--seed", "8")
     wait_for(lambda: pipeline.rows("gone") >= 300, what="gone's workers busy")
+    # the pods' logs disappear with them: follow them until the containers end
+    log_path = pipeline.tmp / "gone-workers.log"
+    with log_path.open("w") as log_file:
+        follower = subprocess.Popen(pipeline.kubectl.cluster.kubectl_cmd(
+            "logs", "--follow", "--prefix", "--tail=-1", "-l", "matchenv.io/environment=gone"),
+            stdout=log_file, stderr=subprocess.STDOUT)
     pipeline.kubectl.run("delete", "menv", "gone", "--timeout=150s", timeout=180)
     thread.join(timeout=300)
     assert results, "scrape did not finish"
@@ -141,8 +143,10 @@ def test_deleting_an_environment_mid_scrape_lets_its_workers_finish(pipeline: Pi
     assert seen == set(range(len(seen))), "a message routed to gone was lost"
     assert 300 <= len(seen) <= total
     assert pipeline.duplicates("gone") == 0
-    errors = [line for log in Path(pipeline.tmp / "pods").glob("default_gone-workers-*") for line in
-              log.read_text(errors="replace").splitlines() if "ERROR" in line or "CRITICAL" in line]
+    follower.wait(timeout=60)
+    logs = log_path.read_text(errors="replace")
+    assert "gone-workers-" in logs  # the prefix: the follower saw the pods
+    errors = [line for line in logs.splitlines() if "ERROR" in line or "CRITICAL" in line]
     assert errors == [], errors[:5]
     print(f"\ngone: {len(stored)} stored, {len(queued)} back in the retained queue, none lost")
     pipeline.broker.delete_queue("/", "matches.gone")

@@ -132,7 +132,6 @@ def cluster_status(
 ) -> None:
     """Say whether the local control plane is running (exit 1 if not)."""
     from matchenv_devkit.cluster.cluster import LocalCluster
-
     from matchenv_devkit.cluster.realnode import RealNode
 
     cluster = LocalCluster.attach(state_dir)

@@ -113,7 +113,8 @@ class RealNode:
         started = time.monotonic()
         self.state.started_at = time.time()
         self.state.created_dirs = [str(d) for d in FIXED_DIRS if not d.exists()]
-        for directory in (self.logs_dir, self.paths.socket_dir, self.paths.cni_conf_dir, self.paths.kubelet_root, self.paths.pod_logs):
+        paths = self.paths
+        for directory in (self.logs_dir, paths.socket_dir, paths.cni_conf_dir, paths.kubelet_root, paths.pod_logs):
             directory.mkdir(parents=True, exist_ok=True)
         try:
             self._set_sysctls()

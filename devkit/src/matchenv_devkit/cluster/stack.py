@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from kubernetes import client, config
@@ -140,6 +141,17 @@ class LocalStack:
                                         identity=f"local-{n}").start()
         self.log(f"operator started (log {self.operator.log_path})")
         return self.operator
+
+    def broker_url_from_host(self, url: str) -> str:
+        """A workers' AMQP URL (credentials and all) as this host reaches the broker: the ``rabbitmq`` Service's
+        name resolves in pods only."""
+        parts = urlsplit(url)
+        if parts.hostname != _service_host(BROKER_SERVICE):
+            return url
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{self.rabbitmq.endpoints.amqp_port}" if credentials \
+            else f"127.0.0.1:{self.rabbitmq.endpoints.amqp_port}"
+        return urlunsplit(parts._replace(netloc=netloc))
 
     def stop(self) -> None:
         self.kubectl.run("delete", "menv", "--all", "--timeout=90s", check=False, timeout=120)
