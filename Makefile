@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CLUSTER_DIR ?= /tmp/matchenv-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv crds lint test test-unit cluster-build node-build cluster-up cluster-down demo chaos clean
+.PHONY: help system-deps venv crds lint test test-unit cluster-build node-build images cluster-up cluster-down demo chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -39,20 +39,23 @@ cluster-build: $(STAMP)  ## build (or reuse) the cached control plane under ~/.c
 node-build: $(STAMP)  ## build (or reuse) the cached node binaries: kubelet, kube-proxy, containerd, runc, CoreDNS
 	$(BIN)/matchenv-dev node build
 
-test: system-deps cluster-build node-build  ## run the whole test suite (unit, integration, e2e); no tests collected is a failure
+images: node-build  ## build (or reuse) the node's images: the project's Dockerfile on a Debian base, pause, CoreDNS
+	$(BIN)/matchenv-dev images build
+
+test: system-deps cluster-build node-build images  ## run the whole test suite (unit, integration, e2e); no tests collected is a failure
 	@set +e; $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the suite" >&2; exit 1; fi; exit $$rc
 
 test-unit: $(STAMP)  ## only the fast, pure tests
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-cluster-up: cluster-build  ## start the local control plane in the background
-	$(BIN)/matchenv-dev cluster up --state-dir $(CLUSTER_DIR)
+cluster-up: cluster-build node-build images  ## start the local control plane and a real node in the background
+	$(BIN)/matchenv-dev cluster up --node real --state-dir $(CLUSTER_DIR)
 
-cluster-down: $(STAMP)  ## stop the local control plane
+cluster-down: $(STAMP)  ## stop the local control plane and its node, leaving nothing behind
 	$(BIN)/matchenv-dev cluster down --state-dir $(CLUSTER_DIR)
 
-demo: system-deps cluster-build  ## the main job: broker, databases, control plane, operator, prod/dev/staging, matches
+demo: system-deps cluster-build node-build images  ## the main job: broker, databases, control plane, operator, prod/dev/staging, matches
 	$(BIN)/matchenv-dev demo
 
 chaos: system-deps cluster-build  ## the chaos test with 50,000 matches (the suite runs it with 10,000)

@@ -11,6 +11,14 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -f /usr/include/seccomp.h ] || need+=(libseccomp-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
+# the real node's network (CNI bridge, host-local, loopback), Services (kube-proxy: iptables, conntrack), and the
+# daemonless image builds (debootstrap for the base image, buildah for the Dockerfile); gcc -static needs libc.a
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || ls /usr/lib/*/libc.a >/dev/null 2>&1 || need+=(libc6-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -87,6 +87,10 @@ def test_the_project_image_runs_non_root_on_a_read_only_root(node: tuple[Kubectl
     wait_for(lambda: "0.1.0" in kubectl.run("logs", "-n", NS, "app").stdout, timeout=30, what="the version in logs")
     identity = kubectl.run("exec", "-n", NS, "app", "--", "id", "-u").stdout.strip()
     assert identity == "10001"
+    # the product only: no dev kit in the image (cryptography is there for supabase-auth's pyjwt[crypto] only)
+    found = kubectl.run("exec", "-n", NS, "app", "--", "python3", "-c", "import importlib.util as u; print([m for m in "
+                        "('matchenv_devkit', 'matchenv.devcluster', 'matchenv.devservices') if u.find_spec(m)])")
+    assert found.stdout.strip() == "[]"
     denied = kubectl.run("exec", "-n", NS, "app", "--", "touch", "/opt/venv/x", check=False)
     assert denied.returncode != 0
     assert "Read-only file system" in denied.stderr

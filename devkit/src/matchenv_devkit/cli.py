@@ -22,6 +22,8 @@ cluster_app = typer.Typer(help="A real local Kubernetes control plane for tests 
 app.add_typer(cluster_app, name="cluster")
 node_app = typer.Typer(help="A real node: kubelet, kube-proxy, containerd, runc, CoreDNS.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
+images_app = typer.Typer(help="The real node's images, built here without a registry.", no_args_is_help=True)
+app.add_typer(images_app, name="images")
 
 
 def _echo_err(message: str) -> None:
@@ -38,12 +40,17 @@ def demo(
     state_dir: Path = typer.Option(Path("/tmp/matchenv-demo"), help="Where state and logs go (wiped first)."),
     keep: bool | None = typer.Option(None, "--keep/--no-keep",
                                      help="Keep it running until Ctrl-C (default: when run in a terminal)."),
+    node: str = typer.Option("real", "--node", help="'real': worker pods are containers on a real node (needs "
+                                                      "root); 'process': they are local processes."),
 ) -> None:
     """The whole pipeline locally: broker, databases, control plane, operator, prod/dev/staging, matches flowing."""
     from matchenv_devkit.cluster.demo import run_demo
 
+    if node not in {"real", "process"}:
+        _echo_err(f"error: --node must be 'real' or 'process', not {node!r}")
+        raise typer.Exit(2)
     stay = sys.stdin.isatty() if keep is None else keep
-    raise typer.Exit(run_demo(state_dir, stay, lambda m: typer.echo(m)))
+    raise typer.Exit(run_demo(state_dir, stay, lambda m: typer.echo(m), node=node))
 
 
 def _build(ensure: Callable[..., CachedBinaries], force: bool) -> None:
@@ -77,6 +84,21 @@ def node_build(force: bool = typer.Option(False, "--force", help="Rebuild even i
 class NodeKind(StrEnum):
     none = "none"
     real = "real"
+
+
+@images_app.command("build")
+def images_build() -> None:
+    """Build (or find cached) the project's image (its Dockerfile on a Debian base made here), pause and CoreDNS;
+    prints each image's name, size and archive."""
+    from matchenv_devkit.cluster.build import BuildError, ensure_node_binaries
+    from matchenv_devkit.cluster.images import ImageBuilder, ImageError
+    try:
+        built = ImageBuilder(binaries=ensure_node_binaries()).all()
+    except (BuildError, ImageError) as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1) from exc
+    for image in built:
+        typer.echo(f"{image.name}\t{image.size_mb:.0f} MB\t{image.archive}")
 
 
 @cluster_app.command("up")

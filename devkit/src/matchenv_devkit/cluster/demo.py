@@ -11,12 +11,19 @@ from pathlib import Path
 from matchenv_devkit.cluster.stack import LocalStack
 
 
-def run_demo(state_dir: Path, keep: bool, say: Callable[[str], None]) -> int:
+def run_demo(state_dir: Path, keep: bool, say: Callable[[str], None], node: str = "real") -> int:
+    """``node``: ``real`` (worker pods are containers of the project's image) or ``process`` (worker pods are local
+    processes; no root needed)."""
     shutil.rmtree(state_dir, ignore_errors=True)
-    say("== starting RabbitMQ, PostgreSQL and the Kubernetes control plane (first run builds it: ~9 min)")
-    stack, shutdown = LocalStack.create(state_dir, log=lambda m: say(f"   {m}"))
+    say(f"== starting the Kubernetes control plane, a {node} node, RabbitMQ and PostgreSQL "
+        "(a first run builds the binaries and images: ~15 min)")
     try:
-        say("== installing the CRD, RBAC and the broker Secret; node agent; operator")
+        stack, shutdown = LocalStack.create(state_dir, log=lambda m: say(f"   {m}"), node=node)
+    except Exception as exc:
+        say(f"demo failed: {exc}")
+        return 1
+    try:
+        say("== installing the CRD, RBAC and the broker Secret; the operator")
         stack.start()
         say("== kubectl apply -f examples/prod.yaml -f examples/dev.yaml")
         stack.apply("prod")
@@ -37,6 +44,9 @@ def run_demo(state_dir: Path, keep: bool, say: Callable[[str], None]) -> int:
         say("== rows per environment database")
         for env in ("prod", "dev", "staging"):
             say(f"   {env:8} {stack.rows(env):5} rows, {stack.duplicates(env)} duplicates  ({stack.databases[env]})")
+        if node == "real":
+            say("== the worker pods: containers of the project's image on the real node")
+            say(stack.kubectl.run("get", "pods", "-o", "wide").stdout.rstrip())
         if keep:
             say("\nEverything is still running. In another shell:")
             say(f"   export KUBECONFIG={stack.kubectl.cluster.kubeconfig}")

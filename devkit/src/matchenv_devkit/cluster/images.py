@@ -35,6 +35,7 @@ PROJECT_IMAGE = "docker.io/library/matchenv:0.1.0"
 PAUSE_IMAGE = "localhost/matchenv/pause:3.10"
 COREDNS_IMAGE = f"localhost/matchenv/coredns:{COREDNS_VERSION}"
 BASE_IMAGE = f"localhost/matchenv/debian-python:{DEBIAN_SUITE}"
+REPO_ROOT = Path(__file__).resolve().parents[4]  # the repository (the dev kit is installed from it, editable)
 # What the project's image is built from: everything the Dockerfile reads.
 PROJECT_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "src")
 
@@ -96,7 +97,7 @@ class BuiltImage:
 class ImageBuilder:
     """Builds (or finds cached) the node's images; :meth:`all` returns them ready for ``ctr images import``."""
 
-    def __init__(self, root: Path, binaries: NodeBinaries | None = None, cache: Path | None = None,
+    def __init__(self, root: Path = REPO_ROOT, binaries: NodeBinaries | None = None, cache: Path | None = None,
                  progress: Progress = _stderr_progress) -> None:
         self.root = root
         self.binaries = binaries or NodeBinaries.default()

@@ -104,7 +104,7 @@ class RealNode:
         if os.geteuid() != 0:
             raise NodeError("a real node needs root (containers, mounts, network namespaces, iptables)")
         ensure_node_binaries(self.binaries)
-        images = list(self.images) if self.images is not None else ImageBuilder(_repo_root()).all()
+        images = list(self.images) if self.images is not None else ImageBuilder().all()
         if self._state_file.exists():
             RealNode.attach(self.cluster).stop()
         if _link_exists(BRIDGE):
@@ -296,10 +296,6 @@ class RealNode:
     def _save_state(self) -> None:
         self.paths.root.mkdir(parents=True, exist_ok=True)
         self._state_file.write_text(json.dumps(asdict(self.state), indent=2))
-
-
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[4]
 
 
 def _node_ready(core: client.CoreV1Api) -> bool:

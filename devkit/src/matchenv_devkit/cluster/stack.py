@@ -24,6 +24,7 @@ from kubernetes import client, config
 from matchenv.crd import wait_until_served
 from matchenv.topology.client import BrokerNotFound, ManagementClient
 from matchenv_devkit.cluster.cluster import LocalCluster
+from matchenv_devkit.cluster.images import REPO_ROOT
 from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.cluster.nodeagent import NodeAgent, wait_for_node_ready
 from matchenv_devkit.cluster.nodeconfig import CLUSTER_DOMAIN, NODE_IP, POD_CIDR
@@ -34,7 +35,7 @@ from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.process import wait_for
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
 
-ROOT = Path(__file__).resolve().parents[4]  # the repository: crds/, manifests/, examples/
+ROOT = REPO_ROOT  # crds/, manifests/, examples/
 BROKER_SERVICE = ("rabbitmq", "matchenv-system", 5672)
 DATABASE_SERVICE = ("postgres", "default", 5432)
 
