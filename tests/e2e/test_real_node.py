@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,13 +17,16 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from matchenv_devkit.cluster.cluster import LocalCluster
+from matchenv_devkit.cluster.images import POSTGRES_IMAGE, RABBITMQ_IMAGE, REPO_ROOT
 from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.cluster.nodeconfig import NODE_IP
 from matchenv_devkit.cluster.realnode import RealNode
 from matchenv_devkit.services.process import free_port, wait_for
 
+ROOT = REPO_ROOT
 IMAGE = "matchenv:0.1.0"
 NS = "node-tests"
 
@@ -182,3 +186,84 @@ def test_service_names_resolve_to_their_cluster_ip(node: tuple[Kubectl, RealNode
                    timeout=30, what="the Service answering by name")
     assert out == [cluster_ip, "200"]
     assert socket.inet_aton(cluster_ip)
+
+
+AMQP = """
+import sys, pika
+url = sys.argv[1]
+try:
+    with pika.BlockingConnection(pika.URLParameters(url)) as conn:
+        conn.channel().queue_declare("kept", durable=True, passive=sys.argv[2] == "passive")
+    print("ok")
+except pika.exceptions.ProbableAuthenticationError:
+    print("refused")
+"""
+
+
+def test_the_manifests_broker_runs_with_its_volume_and_its_secret(node: tuple[Kubectl, RealNode]) -> None:
+    """manifests/base/rabbitmq.yaml as shipped (only the image is the one built here): its PVC binds to a node
+    volume, its admin user is the Secret's, and its data outlives the pod."""
+    kubectl, _ = node
+    docs = list(yaml.safe_load_all((ROOT / "manifests/base/rabbitmq.yaml").read_text()))
+    container = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    container.update(image=RABBITMQ_IMAGE, imagePullPolicy="Never")
+    kubectl.apply(ROOT.joinpath("manifests/base/namespace.yaml").read_text())
+    password = secrets.token_urlsafe(16)
+    kubectl.run("create", "secret", "generic", "matchenv-broker", "-n", "matchenv-system",
+                "--from-literal=username=admin", f"--from-literal=password={password}")
+    kubectl.apply(yaml.safe_dump_all(docs))
+    kubectl.run("rollout", "status", "statefulset/rabbitmq", "-n", "matchenv-system", "--timeout=180s",
+                timeout=200)
+    claim = kubectl.get_json("pvc", "-n", "matchenv-system", "data-rabbitmq-0")
+    assert claim["status"]["phase"] == "Bound"
+    assert claim["spec"]["storageClassName"] == "local-static"
+    _running(kubectl, _pod("app", SERVER))
+    host = "rabbitmq.matchenv-system.svc.cluster.local:5672"
+
+    def amqp(user: str, secret: str, mode: str) -> str:
+        return kubectl.run("exec", "-n", NS, "app", "--", "python3", "-c", AMQP, f"amqp://{user}:{secret}@{host}/",
+                           mode).stdout.strip()
+
+    assert amqp("admin", password, "declare") == "ok"
+    assert amqp("admin", "wrong", "declare") == "refused"
+    assert amqp("guest", "guest", "declare") == "refused"  # only the Secret's user exists
+    kubectl.run("delete", "pod", "rabbitmq-0", "-n", "matchenv-system", "--timeout=60s", timeout=90)
+    kubectl.run("rollout", "status", "statefulset/rabbitmq", "-n", "matchenv-system", "--timeout=180s",
+                timeout=200)
+    assert wait_for(lambda: amqp("admin", password, "passive") == "ok", timeout=60, what="the queue kept")
+
+
+def test_the_database_image_takes_its_password_from_a_secret(node: tuple[Kubectl, RealNode]) -> None:
+    kubectl, _ = node
+    password = secrets.token_urlsafe(16)
+    kubectl.run("create", "secret", "generic", "db", "-n", NS, f"--from-literal=POSTGRES_PASSWORD={password}")
+    database = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "namespace": NS, "labels": {"app": "db"}},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "postgres", "image": POSTGRES_IMAGE, "imagePullPolicy": "Never",
+                "envFrom": [{"secretRef": {"name": "db"}}],
+                "ports": [{"containerPort": 5432}],
+                "readinessProbe": {"tcpSocket": {"port": 5432}, "periodSeconds": 1},
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+            }],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+        },
+    }
+    _running(kubectl, database)
+    kubectl.run("expose", "pod", "db", "-n", NS, "--port=5432", "--name=postgres")
+    _running(kubectl, _pod("app", SERVER))
+    query = ("import sys, psycopg\ntry:\n    print(psycopg.connect(sys.argv[1], connect_timeout=5)"
+             ".execute('select 1').fetchone()[0])\nexcept psycopg.OperationalError as exc:\n"
+             "    print('refused' if 'password authentication failed' in str(exc) else exc)")
+    host = f"postgres.{NS}.svc.cluster.local"
+
+    def connect(secret: str) -> str:
+        return kubectl.run("exec", "-n", NS, "app", "--", "python3", "-c", query,
+                           f"postgresql://postgres:{secret}@{host}/postgres").stdout.strip()
+
+    assert wait_for(lambda: connect(password) == "1", timeout=30, what="a login with the Secret's password")
+    assert connect("wrong") == "refused"

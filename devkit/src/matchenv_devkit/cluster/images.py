@@ -4,7 +4,9 @@
   project's ``Dockerfile``, standing in for the public ``python:3.11-slim`` that cannot be pulled here;
 * ``matchenv``: the project's ``Dockerfile`` as written, built by ``buildah bud`` on that base;
 * ``pause``: the sandbox image containerd needs for every pod, from Kubernetes' own ``pause.c``;
-* ``coredns``: the cached CoreDNS binary alone, for the cluster DNS Deployment.
+* ``coredns``: the cached CoreDNS binary alone, for the cluster DNS Deployment;
+* ``rabbitmq`` and ``postgres``: Debian's packages on the same base, from ``devkit/images/<name>/Dockerfile``,
+  taking the settings the public images take (for the manifests' broker and the local databases).
 
 Each image is exported once to ``~/.cache/matchenv/images/<name>-<key>.tar`` (a docker-archive carrying the name
 the node uses) where ``key`` hashes every input; a warm run finds the archives and builds nothing. buildah keeps its
@@ -35,6 +37,9 @@ PROJECT_IMAGE = "docker.io/library/matchenv:0.1.0"
 PAUSE_IMAGE = "localhost/matchenv/pause:3.10"
 COREDNS_IMAGE = f"localhost/matchenv/coredns:{COREDNS_VERSION}"
 BASE_IMAGE = f"localhost/matchenv/debian-python:{DEBIAN_SUITE}"
+RABBITMQ_IMAGE = f"localhost/matchenv/rabbitmq:{DEBIAN_SUITE}"
+POSTGRES_IMAGE = f"localhost/matchenv/postgres:{DEBIAN_SUITE}"
+BUILD_CA = "/run/matchenv-build-ca.crt"  # where a build step finds this machine's CA bundle
 REPO_ROOT = Path(__file__).resolve().parents[4]  # the repository (the dev kit is installed from it, editable)
 # What the project's image is built from: everything the Dockerfile reads.
 PROJECT_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "src")
@@ -107,7 +112,8 @@ class ImageBuilder:
 
     # -- the images --------------------------------------------------------------------------------------------
     def all(self) -> list[BuiltImage]:
-        return [self.pause(), self.coredns(), self.project()]
+        return [self.pause(), self.coredns(), self.project(), self.service("rabbitmq", RABBITMQ_IMAGE),
+                self.service("postgres", POSTGRES_IMAGE)]
 
     def base(self) -> str:
         """The Debian + Python base image in buildah's storage; returns its name."""
@@ -159,20 +165,36 @@ class ImageBuilder:
         base = self.base()
         inputs = [base, *tree_inputs(self.root, PROJECT_INPUTS)]
 
-        def build(workdir: Path) -> None:
-            # pip inside the build trusts the bundle this machine's pip uses (a proxy may re-sign TLS here); the
-            # mounts are build-time only and not in the image.
-            pip_conf = workdir / "pip.conf"
-            bundle = _pip_cert_bundle()
-            pip_conf.write_text(f"[global]\ncert = {bundle}\n" if bundle else "[global]\n")
-            volumes = ["--volume", f"{pip_conf}:/etc/pip.conf:ro"]
-            if bundle:
-                volumes += ["--volume", f"{Path(bundle).parent}:{Path(bundle).parent}:ro"]
-            self._buildah("bud", "--isolation", "chroot", "--network", "host", "--layers=false",
-                          "--build-arg", f"BASE_IMAGE={base}", *volumes, "--tag", PROJECT_IMAGE,
-                          "--file", str(self.root / "Dockerfile"), str(self.root), timeout=1800, label="buildah bud")
+        def build(_workdir: Path) -> None:
+            self._bud(self.root, PROJECT_IMAGE, base)
 
         return self._cached("matchenv", PROJECT_IMAGE, inputs, build)
+
+    def service(self, label: str, name: str) -> BuiltImage:
+        """One of the dev kit's service images: ``devkit/images/<label>/Dockerfile`` on the local base image."""
+        context = self.root / "devkit" / "images" / label
+        base = self.base()
+
+        def build(_workdir: Path) -> None:
+            self._bud(context, name, base)
+
+        return self._cached(label, name, [base, *tree_inputs(context, ["."])], build)
+
+    def _bud(self, context: Path, name: str, base: str) -> None:
+        """``buildah bud`` of ``context``'s Dockerfile with ``BASE_IMAGE=base``; the host's network for package
+        downloads (apt, pip), which trust the CA bundle this machine's pip uses (a proxy may re-sign TLS here). The
+        mounts are build-time only, never in the image."""
+        with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
+            pip_conf = Path(tmp) / "pip.conf"
+            bundle = _pip_cert_bundle()
+            # the bundle is mounted beside, not over, the image's /etc/ssl/certs: packages write there (ssl-cert)
+            pip_conf.write_text(f"[global]\ncert = {BUILD_CA}\n" if bundle else "[global]\n")
+            volumes = ["--volume", f"{pip_conf}:/etc/pip.conf:ro"]
+            if bundle:
+                volumes += ["--volume", f"{Path(bundle).resolve()}:{BUILD_CA}:ro"]
+            self._buildah("bud", "--isolation", "chroot", "--network", "host", "--layers=false",
+                          "--build-arg", f"BASE_IMAGE={base}", *volumes, "--tag", name,
+                          "--file", str(context / "Dockerfile"), str(context), timeout=1800, label="buildah bud")
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _cached(self, label: str, name: str, inputs: Sequence[bytes | str],

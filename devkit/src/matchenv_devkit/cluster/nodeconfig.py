@@ -77,6 +77,10 @@ class NodePaths:
         return self.root / "pod-logs"
 
     @property
+    def volumes(self) -> Path:
+        return self.root / "volumes"
+
+    @property
     def kube_proxy_config(self) -> Path:
         return self.root / "kube-proxy-config.yaml"
 
@@ -202,6 +206,36 @@ def kube_proxy_config(kubeconfig: Path, healthz_port: int, metrics_port: int) ->
         "iptables": {"localhostNodePorts": False},
         "conntrack": {"maxPerCore": 0, "min": 0},
     }
+
+
+STORAGE_CLASS = "local-static"
+
+
+def storage_manifests(volume_dir: Path, count: int, size: str = "10Gi") -> list[Obj]:
+    """The default StorageClass and ``count`` host-path PersistentVolumes of it, made ahead of time (static
+    provisioning): a PVC without a class, like the RabbitMQ StatefulSet's, binds to one when its pod is scheduled."""
+    manifests: list[Obj] = [{
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": STORAGE_CLASS,
+                     "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": "kubernetes.io/no-provisioner",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "reclaimPolicy": "Retain",
+    }]
+    for index in range(count):
+        manifests.append({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NODE_NAME}-pv-{index}"},
+            "spec": {
+                "storageClassName": STORAGE_CLASS,
+                "capacity": {"storage": size},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "hostPath": {"path": str(volume_dir / f"pv-{index}"), "type": "Directory"},
+                "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]}]}]}},
+            },
+        })
+    return manifests
 
 
 def coredns_manifests(image: str) -> list[Obj]:

@@ -43,6 +43,7 @@ from matchenv_devkit.cluster.nodeconfig import (
     coredns_manifests,
     kube_proxy_config,
     kubelet_config,
+    storage_manifests,
 )
 from matchenv_devkit.cluster.versions import NodeBinaries
 from matchenv_devkit.services.process import die_with_parent, free_port, process_alive
@@ -59,6 +60,7 @@ SHIM_SOCKETS = Path("/run/containerd/s")  # the runc shims' sockets; the path is
 FIXED_DIRS = (Path("/run/containerd"), Path("/var/lib/cni"), CONTAINER_LOG_LINKS)
 IPTABLES = ("iptables", "ip6tables")
 _STOP_ORDER = ("kubelet", "kube-proxy")
+VOLUMES = 8  # host-path PersistentVolumes made ahead of time
 
 
 class NodeError(RuntimeError):
@@ -140,8 +142,12 @@ class RealNode:
             core = client.CoreV1Api(api)
             self._wait(lambda: _node_ready(core), "kubelet", started + timeout)
             kubectl = Kubectl(self.cluster)
-            for manifest in coredns_manifests(COREDNS_IMAGE):
-                kubectl.apply(manifest)
+            for index in range(VOLUMES):
+                volume = self.paths.volumes / f"pv-{index}"
+                volume.mkdir(parents=True, exist_ok=True)
+                volume.chmod(0o777)  # any pod's user may write: no fsGroup for host paths
+            kubectl.apply(yaml.safe_dump_all([*coredns_manifests(COREDNS_IMAGE),
+                                              *storage_manifests(self.paths.volumes, VOLUMES)]))
             kubectl.run("rollout", "status", "-n", "kube-system", "deployment/coredns",
                         f"--timeout={max(10, int(started + timeout - time.monotonic()))}s", timeout=timeout)
         except BaseException:
