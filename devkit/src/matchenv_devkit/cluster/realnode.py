@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -127,8 +128,9 @@ class RealNode:
             self._spawn("containerd", [str(self.binaries.path("containerd")),
                                        f"--config={self.paths.containerd_config}"])
             self._wait(lambda: self._ctr_ok("version"), "containerd", started + timeout)
-            for image in images:
-                self._run(self._ctr("images", "import", "--local", str(image.archive)), timeout=600)
+            with ThreadPoolExecutor(max_workers=len(images) or 1) as pool:  # the largest takes most of the time
+                list(pool.map(lambda image: self._run(self._ctr("images", "import", "--local", str(image.archive)),
+                                                      timeout=600), images))
             self.log(f"containerd ready with {len(images)} images")
             cluster_dir = self.cluster.state_dir
             self._spawn("kubelet", [
