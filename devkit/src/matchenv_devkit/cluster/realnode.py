@@ -110,9 +110,11 @@ class RealNode:
         images = list(self.images) if self.images is not None else ImageBuilder().all()
         if self._state_file.exists():
             RealNode.attach(self.cluster).stop()
-        if _link_exists(BRIDGE):
-            raise NodeError(f"bridge {BRIDGE} exists: another real node runs on this machine (stop it with "
-                            "`matchenv-dev cluster down`), or one was not cleaned up (`ip link del {BRIDGE}`)")
+        foreign = _foreign_node()
+        if foreign:
+            raise NodeError(f"{foreign}: another node (this kit's from another state directory, or a Kubernetes "
+                            "node this machine already is) owns it; its pods and Service rules are not this node's "
+                            "to take over or remove. Stop it first (`matchenv-dev cluster down --state-dir ...`).")
         started = time.monotonic()
         self.state.started_at = time.time()
         self.state.created_dirs = [str(d) for d in FIXED_DIRS if not d.exists()]
@@ -315,6 +317,20 @@ def _node_ready(core: client.CoreV1Api) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
+def _foreign_node() -> str | None:
+    """What on this machine shows a node other than this one (checked before starting, after cleaning up this
+    state directory's own): the bridge, the kubelet's pod cgroups, or kube-proxy's chains."""
+    if _link_exists(BRIDGE):
+        return f"bridge {BRIDGE} exists"
+    if _kubepods_cgroups():
+        return f"the cgroup {_kubepods_cgroups()[0]} exists"
+    for binary in IPTABLES:
+        dump = subprocess.run([f"{binary}-save"], capture_output=True, text=True).stdout
+        if ":KUBE-SERVICES" in dump or ":KUBE-FIREWALL" in dump:
+            return f"{binary} has KUBE-* chains"
+    return None
+
+
 def _link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
@@ -372,11 +388,11 @@ def _remove_newer(paths: Iterable[Path], since: float) -> None:
                 path.unlink()
 
 
-def _remove_chains(binary: str, prefix: str) -> None:
-    """Delete every ``prefix`` chain of ``binary`` (iptables or ip6tables) in every table, and the jumps to them."""
-    dump = subprocess.run([f"{binary}-save"], capture_output=True, text=True).stdout
+def chain_removal(dump: str, prefix: str) -> list[list[str]]:
+    """The arguments that delete every ``prefix`` chain in an ``iptables-save`` dump: first the jumps to them from
+    other chains, then flush, then delete (a chain can only go once nothing refers to it)."""
     table = ""
-    jumps: list[tuple[str, list[str]]] = []
+    jumps: list[list[str]] = []
     chains: list[tuple[str, str]] = []
     for line in dump.splitlines():
         if line.startswith("*"):
@@ -384,13 +400,15 @@ def _remove_chains(binary: str, prefix: str) -> None:
         elif line.startswith(f":{prefix}"):
             chains.append((table, line[1:].split()[0]))
         elif line.startswith("-A ") and f"-j {prefix}" in line and not line.startswith(f"-A {prefix}"):
-            jumps.append((table, shlex.split(line)[1:]))
-    for table, rule in jumps:
-        subprocess.run([binary, "-t", table, "-D", *rule], capture_output=True)
-    for table, chain in chains:
-        subprocess.run([binary, "-t", table, "-F", chain], capture_output=True)
-    for table, chain in chains:
-        subprocess.run([binary, "-t", table, "-X", chain], capture_output=True)
+            jumps.append(["-t", table, "-D", *shlex.split(line)[1:]])
+    return [*jumps, *(["-t", t, "-F", c] for t, c in chains), *(["-t", t, "-X", c] for t, c in chains)]
+
+
+def _remove_chains(binary: str, prefix: str) -> None:
+    """Delete every ``prefix`` chain of ``binary`` (iptables or ip6tables) in every table, and the jumps to them."""
+    dump = subprocess.run([f"{binary}-save"], capture_output=True, text=True).stdout
+    for args in chain_removal(dump, prefix):
+        subprocess.run([binary, *args], capture_output=True)
 
 
 def _remove_cgroup(tree: Path) -> None:
