@@ -11,7 +11,9 @@ from typing import Any
 import pika
 from kubernetes import client, config
 
+from matchenv.topology.client import ManagementClient
 from matchenv_devkit.cluster.nodeagent import NodeAgent, wait_for_node_ready
+from matchenv_devkit.cluster.stack import clean_broker
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.e2e.conftest import Kubectl
 from tests.e2e.harness import ManagementReader, OperatorProcess, service_account_kubeconfig
@@ -70,6 +72,8 @@ def db_secret(env: str, value: str = "postgresql://matchenv@127.0.0.1:5432/x") -
 
 def platform_fixture(kubectl: Kubectl, rabbitmq: RabbitMQNode, tmp: Path, resync: float,
                      databases: tuple[str, ...] = ()) -> Iterator[Platform]:
+    ep = rabbitmq.endpoints
+    clean_broker(ManagementClient(ep.management_url, ep.username, ep.password))  # earlier modules' retained queues
     base = ROOT / "manifests/base"
     kubectl.run("apply", "-f", str(base / "namespace.yaml"), "-f", str(base / "rbac.yaml"))
     kubectl.apply(broker_secret(rabbitmq))

@@ -5,10 +5,12 @@ through the ``rabbitmq`` and ``postgres`` Services' DNS names."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
 from matchenv_devkit.services.process import wait_for
+from tests.e2e.harness import secret_value
 from tests.e2e.pipeline import Pipeline, real_node_pipeline_fixture
 
 
@@ -29,6 +31,9 @@ def test_prod_and_dev_receive_every_scraped_match(pipeline: Pipeline) -> None:
     statuses = [s for p in pods for s in p["status"]["containerStatuses"]]
     assert all(s["image"].endswith("matchenv:0.1.0") and s["containerID"].startswith("containerd://")
                for s in statuses)
+    # the workers reach the broker by the Service's DNS name
+    url = urlsplit(secret_value(pipeline.kubectl, "default", "dev-broker", "url"))
+    assert (url.hostname, url.port) == ("rabbitmq.matchenv-system.svc.cluster.local", 5672)
     result = pipeline.scrape("--synthetic", "500")
     assert result.returncode == 0, result.stderr
     assert "confirmed 500" in result.stdout

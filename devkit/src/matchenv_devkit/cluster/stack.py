@@ -61,6 +61,20 @@ def host_service(service: tuple[str, str, int], host_port: int) -> list[dict[str
     ]
 
 
+def clean_broker(broker: ManagementClient) -> None:
+    """Remove what earlier environments left on a shared broker (retained queues with their messages, users,
+    policies): a new environment of the same name would reuse them."""
+    for queue in broker.list_queues():
+        if queue.name.startswith("matches."):
+            broker.delete_queue(queue.vhost, queue.name)
+    for user in broker.list_users():
+        if user.name.startswith("matchenv."):
+            broker.delete_user(user.name)
+    for policy in broker.list_policies():
+        if policy.name.startswith("matchenv."):
+            broker.delete_policy(policy.vhost, policy.name)
+
+
 def _minimal_environment(name: str, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"apiVersion": "matchenv.io/v1alpha1", "kind": "MatchEnvironment",
                             "metadata": {"name": name}, "spec": {"workers": {"image": "matchenv:0.1.0"}}}
@@ -125,13 +139,7 @@ class LocalStack:
 
     def clean_broker(self) -> None:
         """Queues and users left by an earlier run would be adopted; start from a clean broker."""
-        broker = self.broker
-        for queue in broker.list_queues():
-            if queue.name.startswith("matches."):
-                broker.delete_queue(queue.vhost, queue.name)
-        for user in broker.list_users():
-            if user.name.startswith("matchenv."):
-                broker.delete_user(user.name)
+        clean_broker(self.broker)
 
     def start_operator(self) -> OperatorProcess:
         """The operator as a process with the token of its ServiceAccount (so exactly its RBAC)."""
