@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from matchenv_devkit.cluster.realnode import FIXED_DIRS, SYSCTLS, leftovers
+from matchenv_devkit.cluster.nodecleanup import FIXED_DIRS, leftovers
+from matchenv_devkit.cluster.realnode import SYSCTLS
 from matchenv_devkit.services.process import wait_for
 
 DEV = [str(Path(sys.executable).with_name("matchenv-dev"))]

@@ -7,6 +7,7 @@ import tomllib
 from pathlib import Path
 
 from matchenv_devkit.cluster.images import content_key, debian_mirror, tree_inputs
+from matchenv_devkit.cluster.nodecleanup import chain_removal
 from matchenv_devkit.cluster.nodeconfig import (
     BRIDGE,
     NODE_IP,
@@ -18,7 +19,6 @@ from matchenv_devkit.cluster.nodeconfig import (
     kubelet_config,
     storage_manifests,
 )
-from matchenv_devkit.cluster.realnode import chain_removal
 
 PATHS = NodePaths(Path("/tmp/some/very/long/state/directory/that/goes/on/and/on/for/a/while/cluster/node"))
 
