@@ -267,3 +267,36 @@ def test_the_database_image_takes_its_password_from_a_secret(node: tuple[Kubectl
 
     assert wait_for(lambda: connect(password) == "1", timeout=30, what="a login with the Secret's password")
     assert connect("wrong") == "refused"
+
+
+def test_the_shipped_operator_deployment_runs_a_leader_and_a_standby(node: tuple[Kubectl, RealNode]) -> None:
+    """manifests/base/operator.yaml as shipped (non-root, read-only root filesystem, no capabilities, its liveness
+    probe): both replicas start, one leads through the Lease, and the standby's probe keeps passing."""
+    kubectl, _ = node
+    base = ROOT / "manifests/base"
+    kubectl.run("apply", "-f", str(base / "namespace.yaml"), "-f", str(base / "crds"), "-f", str(base / "rbac.yaml"))
+    kubectl.run("apply", "-f", str(base / "operator.yaml"))
+    selector = "app.kubernetes.io/component=operator"
+    kubectl.run("rollout", "status", "-n", "matchenv-system", "deployment/matchenv-operator", "--timeout=120s",
+                timeout=150)
+    pods = kubectl.get_json("pods", "-n", "matchenv-system", "-l", selector)["items"]
+    names = {p["metadata"]["name"] for p in pods}
+    assert len(names) == 2
+
+    def holder() -> str | None:
+        lease = kubectl.get_json("lease", "-n", "matchenv-system", "matchenv-operator")
+        return str(lease["spec"].get("holderIdentity") or "") or None
+
+    leader = wait_for(holder, timeout=60, what="a leader")
+    assert leader in names
+    # past the probe's initial delay and two periods (30 s + 2 x 20 s): nobody was restarted
+    time.sleep(75)
+    pods = kubectl.get_json("pods", "-n", "matchenv-system", "-l", selector)["items"]
+    assert {p["metadata"]["name"] for p in pods} == names
+    assert [s["restartCount"] for p in pods for s in p["status"]["containerStatuses"]] == [0, 0]
+    events = kubectl.run("get", "events", "-n", "matchenv-system").stdout
+    assert "Liveness probe failed" not in events
+    assert holder() == leader
+    (standby,) = names - {leader}
+    assert "leading as" in kubectl.run("logs", "-n", "matchenv-system", leader).stdout
+    assert "leading as" not in kubectl.run("logs", "-n", "matchenv-system", standby).stdout
