@@ -9,11 +9,7 @@ Python process that started them; ``detached=True`` (``matchenv-dev cluster up``
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +24,7 @@ from matchenv_devkit.cluster.build import ensure_binaries
 from matchenv_devkit.cluster.nodeconfig import NODE_NAME
 from matchenv_devkit.cluster.pki import CertPair, Pki
 from matchenv_devkit.cluster.versions import ControlPlaneBinaries
-from matchenv_devkit.services.process import die_with_parent, free_port, process_alive
+from matchenv_devkit.services.process import Daemons, free_port, process_alive
 
 SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"
@@ -98,7 +94,7 @@ class LocalCluster:
         self.log = log
         self.pki = Pki(self.state_dir / "pki")
         self.logs_dir = self.state_dir / "logs"
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.daemons = Daemons(self.logs_dir, self.state_dir, detached, ClusterError)
         self.state: ClusterState | None = None
 
     # -- paths -------------------------------------------------------------------------------------------------
@@ -150,13 +146,13 @@ class LocalCluster:
             path.chmod(0o600)
         try:
             self._spawn("etcd", self._etcd_args())
-            self._wait(lambda: self._etcd_healthy(), "etcd", deadline=started + timeout)
+            self.daemons.wait(lambda: self._etcd_healthy(), "etcd", deadline=started + timeout)
             self._spawn("kube-apiserver", self._apiserver_args())
-            self._wait(lambda: self._api_ok("/readyz"), "kube-apiserver", deadline=started + timeout)
+            self.daemons.wait(lambda: self._api_ok("/readyz"), "kube-apiserver", deadline=started + timeout)
             self._spawn("kube-controller-manager", self._controller_manager_args())
             self._spawn("kube-scheduler", self._scheduler_args())
             # The default ServiceAccount appears once the controller-manager works; pods need it.
-            self._wait(lambda: self._api_ok("/api/v1/namespaces/default/serviceaccounts/default"),
+            self.daemons.wait(lambda: self._api_ok("/api/v1/namespaces/default/serviceaccounts/default"),
                        "kube-controller-manager", deadline=started + timeout)
         except BaseException:
             self.stop()
@@ -170,25 +166,8 @@ class LocalCluster:
         """Stop every component (TERM, then KILL after 10 s) and forget the state file."""
         pids = dict(self.state.pids) if self.state else {}
         for name in _STOP_ORDER:
-            pid = pids.get(name)
-            if pid is None:
-                continue
-            proc = self._procs.get(name)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                if proc is not None and proc.poll() is not None:
-                    break
-                if proc is None and not process_alive(pid):
-                    break
-                time.sleep(0.1)
-            else:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-                if proc is not None:
-                    proc.wait(timeout=10)
-        self._procs.clear()
+            if name in pids:
+                self.daemons.terminate(name, pids[name], timeout=10)
         if self.state:
             self.state.pids.clear()
         self._state_file.unlink(missing_ok=True)
@@ -226,37 +205,12 @@ class LocalCluster:
 
     def _spawn(self, name: str, args: Sequence[str]) -> None:
         assert self.state is not None
-        log_file = (self.logs_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            [str(self.binaries.path(name)), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=self.state_dir,
-            start_new_session=True,
-            preexec_fn=None if self.detached else die_with_parent,
-        )
-        log_file.close()
-        self._procs[name] = proc
-        self.state.pids[name] = proc.pid
+        self.state.pids[name] = pid = self.daemons.spawn(name, [str(self.binaries.path(name)), *args])
         self._save_state()
-        self.log(f"started {name} (pid {proc.pid})")
-
-    def _wait(self, check: Callable[[], bool], name: str, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            for proc_name, proc in self._procs.items():
-                if proc.poll() is not None:
-                    raise ClusterError(f"{proc_name} exited with code {proc.returncode}:\n{self.log_tail(proc_name)}")
-            if check():
-                return
-            time.sleep(0.2)
-        raise ClusterError(f"{name} was not ready in time:\n{self.log_tail(name)}")
+        self.log(f"started {name} (pid {pid})")
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.logs_dir / f"{name}.log"
-        if not path.exists():
-            return "(no log)"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return self.daemons.log_tail(name, lines)
 
     def _etcd_healthy(self) -> bool:
         assert self.state is not None

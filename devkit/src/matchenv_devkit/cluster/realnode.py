@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -62,7 +61,7 @@ from matchenv_devkit.cluster.nodeconfig import (
     storage_manifests,
 )
 from matchenv_devkit.cluster.versions import NodeBinaries
-from matchenv_devkit.services.process import die_with_parent, free_port, process_alive
+from matchenv_devkit.services.process import Daemons, free_port, process_alive
 
 CNI_BIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 # Kernel settings the node needs: forwarding between pods and Services, and bridged traffic through iptables.
@@ -101,7 +100,7 @@ class RealNode:
         self.paths = NodePaths(cluster.state_dir / "node")
         self.logs_dir = self.paths.root / "logs"
         self.state = NodeState()
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.daemons = Daemons(self.logs_dir, self.paths.root, detached, NodeError)
 
     @property
     def _state_file(self) -> Path:
@@ -136,7 +135,7 @@ class RealNode:
             self._write_configs()
             self._spawn("containerd", [str(self.binaries.path("containerd")),
                                        f"--config={self.paths.containerd_config}"])
-            self._wait(lambda: self._ctr_ok("version"), "containerd", started + timeout)
+            self.daemons.wait(lambda: self._ctr_ok("version"), "containerd", started + timeout)
             with ThreadPoolExecutor(max_workers=len(images) or 1) as pool:  # the largest takes most of the time
                 list(pool.map(lambda image: self._run(self._ctr("images", "import", "--local", str(image.archive)),
                                                       timeout=600), images))
@@ -151,7 +150,7 @@ class RealNode:
                                        f"--config={self.paths.kube_proxy_config}", "--v=1"])
             api = config.new_client_from_config(str(self.cluster.kubeconfig))
             core = client.CoreV1Api(api)
-            self._wait(lambda: _node_ready(core), "kubelet", started + timeout)
+            self.daemons.wait(lambda: _node_ready(core), "kubelet", started + timeout)
             kubectl = Kubectl(self.cluster)
             for index in range(VOLUMES):
                 volume = self.paths.volumes / f"pv-{index}"
@@ -201,7 +200,6 @@ class RealNode:
         with contextlib.suppress(OSError):
             SOCKET_ROOT.rmdir()  # when no other node's sockets are there
         self._restore_sysctls()
-        self._procs.clear()
         self.state.pids.clear()
         self._state_file.unlink(missing_ok=True)
 
@@ -269,46 +267,17 @@ class RealNode:
         return proc.stdout
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        with (self.logs_dir / f"{name}.log").open("ab") as log_file:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                    cwd=self.paths.root, start_new_session=True,
-                                    preexec_fn=None if self.detached else die_with_parent)
-        self._procs[name] = proc
-        self.state.pids[name] = proc.pid
+        self.state.pids[name] = pid = self.daemons.spawn(name, argv)
         self._save_state()
-        self.log(f"started {name} (pid {proc.pid})")
+        self.log(f"started {name} (pid {pid})")
 
-    def _terminate(self, name: str, timeout: float = 15) -> None:
+    def _terminate(self, name: str) -> None:
         pid = self.state.pids.pop(name, None)
-        if pid is None:
-            return
-        proc = self._procs.pop(name, None)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (proc.poll() is None if proc else process_alive(pid)):
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        if proc is not None:
-            proc.wait(timeout=10)
-
-    def _wait(self, check: Callable[[], bool], name: str, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            for proc_name, proc in self._procs.items():
-                if proc.poll() is not None:
-                    raise NodeError(f"{proc_name} exited with code {proc.returncode}:\n{self.log_tail(proc_name)}")
-            with contextlib.suppress(Exception):
-                if check():
-                    return
-            time.sleep(0.3)
-        raise NodeError(f"{name} was not ready in time:\n{self.log_tail(name)}")
+        if pid is not None:
+            self.daemons.terminate(name, pid, timeout=15)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.logs_dir / f"{name}.log"
-        if not path.exists():
-            return "(no log)"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return self.daemons.log_tail(name, lines)
 
     def _save_state(self) -> None:
         self.paths.root.mkdir(parents=True, exist_ok=True)

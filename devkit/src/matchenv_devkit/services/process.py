@@ -103,3 +103,56 @@ class ChildProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Daemons:
+    """The long-running programs of one component (the control plane, a node), by name: each in its own session,
+    its output appended to ``<logs_dir>/<name>.log``; they die with this process unless ``detached``. The owner
+    records the pids :meth:`spawn` returns, so that a later process can :meth:`terminate` them by pid."""
+
+    def __init__(self, logs_dir: Path, cwd: Path, detached: bool, error: type[Exception]) -> None:
+        self.logs_dir = logs_dir
+        self.cwd = cwd
+        self.detached = detached
+        self.error = error
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(self, name: str, argv: list[str]) -> int:
+        with (self.logs_dir / f"{name}.log").open("ab") as log_file:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                    cwd=self.cwd, start_new_session=True,
+                                    preexec_fn=None if self.detached else die_with_parent)
+        self.procs[name] = proc
+        return proc.pid
+
+    def wait(self, check: Callable[[], bool], name: str, deadline: float) -> None:
+        """Until ``check`` passes (an exception counts as not yet); ``error`` with the log's tail if any program
+        exits or ``deadline`` (monotonic) passes."""
+        while time.monotonic() < deadline:
+            for proc_name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise self.error(f"{proc_name} exited with code {proc.returncode}:\n{self.log_tail(proc_name)}")
+            with contextlib.suppress(Exception):
+                if check():
+                    return
+            time.sleep(0.2)
+        raise self.error(f"{name} was not ready in time:\n{self.log_tail(name)}")
+
+    def terminate(self, name: str, pid: int, timeout: float) -> None:
+        """TERM the program's process group, KILL what is left of it after ``timeout`` seconds."""
+        proc = self.procs.pop(name, None)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (proc.poll() is None if proc else process_alive(pid)):
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        if proc is not None:
+            proc.wait(timeout=10)
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs_dir / f"{name}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
