@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from matchenv_devkit.cluster.cluster import LocalCluster
 from matchenv_devkit.cluster.images import POSTGRES_IMAGE, RABBITMQ_IMAGE, REPO_ROOT
 from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.cluster.nodeconfig import NODE_IP
-from matchenv_devkit.cluster.realnode import RealNode
+from matchenv_devkit.cluster.realnode import NodeError, RealNode
 from matchenv_devkit.services.process import free_port, wait_for
 
 ROOT = REPO_ROOT
@@ -300,3 +301,25 @@ def test_the_shipped_operator_deployment_runs_a_leader_and_a_standby(node: tuple
     (standby,) = names - {leader}
     assert "leading as" in kubectl.run("logs", "-n", "matchenv-system", leader).stdout
     assert "leading as" not in kubectl.run("logs", "-n", "matchenv-system", standby).stdout
+
+
+def test_another_state_directorys_node_neither_starts_beside_it_nor_stops_it(
+        node: tuple[Kubectl, RealNode], tmp_path: Path) -> None:
+    kubectl, real = node
+    pod = _running(kubectl, _pod("app", SERVER))
+    other = RealNode(LocalCluster(tmp_path / "other", node_ip=NODE_IP), images=[])
+    with pytest.raises(NodeError, match="another node"):
+        other.start()
+    other.stop()  # it never started: nothing on the machine is its to remove
+    assert real.running()
+    after = kubectl.get_json("pod", "-n", NS, "app")
+    assert after["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert after["status"]["containerStatuses"][0]["restartCount"] == pod["status"]["containerStatuses"][0][
+        "restartCount"]
+    kubectl.run("exec", "-n", NS, "app", "--", "true")  # its container is still there
+    assert _node_ready(kubectl)
+
+
+def _node_ready(kubectl: Kubectl) -> bool:
+    conditions = kubectl.get_json("node", "matchenv-node")["status"]["conditions"]
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)

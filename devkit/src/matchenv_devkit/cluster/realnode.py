@@ -168,7 +168,11 @@ class RealNode:
         return self
 
     def stop(self) -> None:
-        """Stop everything the node started and remove what it made; safe to call more than once."""
+        """Stop everything the node started and remove what it made; safe to call more than once. Without this
+        node's state file (never started, or already stopped) nothing machine-wide is touched: the pods, bridge and
+        chains there would be another node's."""
+        if not self._state_file.exists():
+            return
         for name in _STOP_ORDER:
             self._terminate(name)
         kube_proxy = self.binaries.path("kube-proxy")
@@ -243,6 +247,7 @@ class RealNode:
             previous = path.read_text().strip()
             if previous != value:
                 self.state.sysctls.setdefault(key, previous)
+                self._save_state()  # before the change: a crash right after it still restores it
                 path.write_text(value)
         self._save_state()
 
