@@ -15,6 +15,7 @@ own storage under the same cache directory.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -115,14 +116,19 @@ class ImageBuilder:
         return [self.pause(), self.coredns(), self.project(), self.service("rabbitmq", RABBITMQ_IMAGE),
                 self.service("postgres", POSTGRES_IMAGE)]
 
-    def base(self) -> str:
-        """The Debian + Python base image in buildah's storage; returns its name."""
-        mirror = debian_mirror()
-        name = f"{BASE_IMAGE}-{content_key([DEBIAN_SUITE, *BASE_PACKAGES, mirror])}"
+    @functools.cached_property
+    def base_name(self) -> str:
+        """The Debian + Python base image's name, keyed by what debootstrap is given (an input of the images on it)."""
+        return f"{BASE_IMAGE}-{content_key([DEBIAN_SUITE, *BASE_PACKAGES, debian_mirror()])}"
+
+    def ensure_base(self) -> str:
+        """The base image in buildah's storage, made now if missing (only a build needs it); returns its name."""
+        name = self.base_name
         if self._buildah_ok("inspect", "--type", "image", name):
             return name
         if shutil.which("debootstrap") is None:
             raise ImageError("debootstrap is not installed (make system-deps installs it)")
+        mirror = debian_mirror()
         started = time.monotonic()
         self.progress(f"debootstrap {DEBIAN_SUITE} ({', '.join(BASE_PACKAGES)}) from {mirror} ...")
         with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
@@ -132,8 +138,14 @@ class ImageBuilder:
             for leftover in ("var/cache/apt", "var/lib/apt/lists", "var/log"):
                 for child in (rootfs / leftover).glob("*"):
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-            self._commit_tree(rootfs, name, ["--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:"
-                                             "/bin", "--env", "LANG=C.UTF-8", "--cmd", "/bin/bash"])
+
+            def fill(container: str) -> None:
+                mount = self._buildah("mount", container, label="buildah mount").strip()
+                self._run(["cp", "-a", f"{rootfs}/.", mount], "copy the root filesystem")
+                self._buildah("umount", container, label="buildah umount")
+
+            self._from_scratch(name, fill, ["--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:"
+                                            "/bin", "--env", "LANG=C.UTF-8", "--cmd", "/bin/bash"])
         self.progress(f"base image {name} built in {time.monotonic() - started:.0f}s")
         return name
 
@@ -162,28 +174,27 @@ class ImageBuilder:
 
     def project(self) -> BuiltImage:
         """The project's Dockerfile, as written, on the local base image."""
-        base = self.base()
-        inputs = [base, *tree_inputs(self.root, PROJECT_INPUTS)]
+        inputs = [self.base_name, *tree_inputs(self.root, PROJECT_INPUTS)]
 
         def build(_workdir: Path) -> None:
-            self._bud(self.root, PROJECT_IMAGE, base)
+            self._bud(self.root, PROJECT_IMAGE)
 
         return self._cached("matchenv", PROJECT_IMAGE, inputs, build)
 
     def service(self, label: str, name: str) -> BuiltImage:
         """One of the dev kit's service images: ``devkit/images/<label>/Dockerfile`` on the local base image."""
         context = self.root / "devkit" / "images" / label
-        base = self.base()
 
         def build(_workdir: Path) -> None:
-            self._bud(context, name, base)
+            self._bud(context, name)
 
-        return self._cached(label, name, [base, *tree_inputs(context, ["."])], build)
+        return self._cached(label, name, [self.base_name, *tree_inputs(context, ["."])], build)
 
-    def _bud(self, context: Path, name: str, base: str) -> None:
-        """``buildah bud`` of ``context``'s Dockerfile with ``BASE_IMAGE=base``; the host's network for package
-        downloads (apt, pip), which trust the CA bundle this machine's pip uses (a proxy may re-sign TLS here). The
-        mounts are build-time only, never in the image."""
+    def _bud(self, context: Path, name: str) -> None:
+        """``buildah bud`` of ``context``'s Dockerfile with ``BASE_IMAGE`` the local base (made if missing), on
+        the host's network for package downloads (apt, pip), which trust the CA bundle this machine's pip uses (a
+        proxy may re-sign TLS here). The mounts are build-time only, never in the image."""
+        base = self.ensure_base()
         with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
             pip_conf = Path(tmp) / "pip.conf"
             bundle = _pip_cert_bundle()
@@ -217,22 +228,18 @@ class ImageBuilder:
         return image
 
     def _scratch_image(self, name: str, files: dict[Path, str], config: Sequence[str]) -> None:
-        container = self._buildah("from", "scratch", label="buildah from").strip()
-        try:
+        def fill(container: str) -> None:
             for source, dest in files.items():
                 self._buildah("copy", "--chmod", "0755", container, str(source), dest, label="buildah copy")
-            self._buildah("config", *config, container, label="buildah config")
-            self._buildah("commit", "--rm", container, name, label="buildah commit")
-        except BaseException:
-            self._buildah_ok("rm", container)
-            raise
 
-    def _commit_tree(self, rootfs: Path, name: str, config: Sequence[str]) -> None:
+        self._from_scratch(name, fill, config)
+
+    def _from_scratch(self, name: str, fill: Callable[[str], None], config: Sequence[str]) -> None:
+        """An image ``name`` from an empty working container that ``fill`` populates; the container is removed
+        whatever happens."""
         container = self._buildah("from", "scratch", label="buildah from").strip()
         try:
-            mount = self._buildah("mount", container, label="buildah mount").strip()
-            self._run(["cp", "-a", f"{rootfs}/.", mount], "copy the root filesystem")
-            self._buildah("umount", container, label="buildah umount")
+            fill(container)
             self._buildah("config", *config, container, label="buildah config")
             self._buildah("commit", "--rm", container, name, label="buildah commit")
         except BaseException:
