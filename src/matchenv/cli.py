@@ -35,22 +35,20 @@ def _main(version: bool = typer.Option(False, "--version", help="Print the versi
 
 @app.command()
 def crd(
-    output_dir: list[Path] = typer.Option(
-        [Path("crds"), Path("manifests/base/crds")], "--output-dir", "-o", help="Directory to write to (repeat)."
-    ),
+    root: Path = typer.Option(Path("."), "--root", help="Repository root to write under."),
     check: bool = typer.Option(False, "--check", help="Exit 1 if the files on disk differ from the models."),
 ) -> None:
-    """Generate the MatchEnvironment CRD and its defaulting policy from the pydantic models."""
+    """Generate the MatchEnvironment CRD and its defaulting policy (crds/, manifests/, the chart) from the models."""
     from matchenv.crd import rendered_files
 
     stale = []
-    for (name, content), directory in ((item, d) for d in output_dir for item in rendered_files().items()):
-        path = directory / name
+    for name, content in rendered_files().items():
+        path = root / name
         if check:
             if not path.exists() or path.read_text() != content:
                 stale.append(str(path))
             continue
-        directory.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
         typer.echo(f"wrote {path}")
     if stale:
@@ -247,15 +245,17 @@ def broker_secret(
 def crd_ready(
     timeout: float = typer.Option(30.0, help="Seconds to wait."),
     namespace: str = typer.Option("default", help="Namespace for the dry-run probe."),
+    defaulting: bool = typer.Option(True, "--defaulting/--no-defaulting",
+                                    help="Also wait for the queue-name defaulting policy (components/defaulting)."),
 ) -> None:
-    """Wait until the API server serves MatchEnvironments and applies the queue-name default."""
+    """Wait until the API server serves MatchEnvironments (and applies the queue-name default)."""
     from kubernetes import client, config
 
     from matchenv.crd import wait_until_served
 
     config.load_kube_config()
     try:
-        wait_until_served(client.CustomObjectsApi(), namespace=namespace, timeout=timeout)
+        wait_until_served(client.CustomObjectsApi(), namespace=namespace, timeout=timeout, defaulting=defaulting)
     except TimeoutError as exc:
         _echo_err(f"error: {exc}")
         raise typer.Exit(1) from exc

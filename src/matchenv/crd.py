@@ -132,7 +132,8 @@ def _printer_columns() -> list[JsonSchema]:
         return column
 
     return [
-        col("Queue", ".spec.queue.name", desc="The environment's queue."),
+        # from status: set by the operator on every cluster, with or without the defaulting policy
+        col("Queue", ".status.queue", desc="The environment's queue, as the operator declared it."),
         col("Ready", ".status.ready", desc="Ready/desired worker pods."),
         col("Messages", ".status.messages", "integer", desc="Messages waiting or in flight."),
         col("Consumers", ".status.consumers", "integer", desc="Consumers on the queue."),
@@ -259,16 +260,37 @@ def render(documents: list[JsonSchema]) -> str:
     return HEADER + yaml.dump_all(documents, Dumper=_NoAliasDumper, sort_keys=False, width=120)
 
 
+# Where each rendered document lives, relative to the repository root. ``crds/`` holds both for a plain
+# ``kubectl apply -f crds/``; kustomize's base has the CRD only (every supported Kubernetes version serves it) and the
+# defaulting policy is an optional component (admissionregistration v1 MutatingAdmissionPolicy: Kubernetes >= 1.36).
+CRD_FILES = ("crds/matchenvironments.yaml", "manifests/base/crds/matchenvironments.yaml",
+             "charts/matchenv/crds/matchenvironments.yaml")
+POLICY_FILES = ("crds/matchenvironments-defaults.yaml",
+                "manifests/components/defaulting/matchenvironments-defaults.yaml")
+
+
 def rendered_files() -> dict[str, str]:
-    """File name (under ``crds/``) → rendered content."""
-    return {
-        "matchenvironments.yaml": render([build_crd()]),
-        "matchenvironments-defaults.yaml": render(build_defaulting_policy()),
-    }
+    """Path relative to the repository root → rendered content."""
+    crd, policy = render([build_crd()]), render(build_defaulting_policy())
+    return {**{path: crd for path in CRD_FILES}, **{path: policy for path in POLICY_FILES},
+            CHART_POLICY_TEMPLATE: _chart_policy(policy)}
 
 
-def wait_until_served(api: Any, namespace: str = "default", timeout: float = 30.0) -> None:
-    """Block until the API server accepts MatchEnvironments *and* applies the queue-name default.
+CHART_POLICY_TEMPLATE = "charts/matchenv/templates/defaulting-policy.yaml"
+
+
+def _chart_policy(policy: str) -> str:
+    """The policy as a chart template: on when the value says so, or ("auto") when the cluster serves the kind."""
+    condition = (
+        '{{- $mode := toString .Values.defaultingPolicy.enabled }}\n'
+        '{{- if or (eq $mode "true") (and (eq $mode "auto") '
+        '(.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy")) }}\n'
+    )
+    return condition + policy + "{{- end }}\n"
+
+
+def wait_until_served(api: Any, namespace: str = "default", timeout: float = 30.0, defaulting: bool = True) -> None:
+    """Block until the API server accepts MatchEnvironments and (``defaulting``) applies the queue-name default.
 
     The CRD becomes Established and the admission policy is loaded by informers, each a moment after
     ``kubectl apply``; a server-side dry-run create shows when both are in effect. ``api`` is a
@@ -291,7 +313,7 @@ def wait_until_served(api: Any, namespace: str = "default", timeout: float = 30.
             created = api.create_namespaced_custom_object(
                 API_GROUP, API_VERSION, namespace, PLURAL, probe, dry_run="All", _request_timeout=5
             )
-            if created["spec"].get("queue", {}).get("name") == f"{QUEUE_PREFIX}crd-ready-probe":
+            if not defaulting or created["spec"].get("queue", {}).get("name") == f"{QUEUE_PREFIX}crd-ready-probe":
                 return
             last = "the queue-name defaulting policy is not in effect yet"
         except ApiException as exc:

@@ -37,6 +37,14 @@ def owner_of_broker_user(user: str) -> str | None:
     return owner_id(namespace, name) if namespace and name else None
 
 
+PUBLISHER_USER_PREFIX = "matchenv-publisher."
+
+
+def publisher_user_name(operator_namespace: str) -> str:
+    """The publish-only broker user one operator keeps for the scraper (never an environment's: other prefix)."""
+    return f"{PUBLISHER_USER_PREFIX}{operator_namespace}"
+
+
 def broker_secret_name(environment: str) -> str:
     """Secret ``<env>-broker``: the worker's AMQP URL (it does not depend on the queue name)."""
     return f"{environment}-broker"

@@ -268,3 +268,40 @@ def test_an_out_of_bounds_environment_never_deletes_the_queue_it_named(world: Wo
     world.delete("grabber")
     assert ("/", "orders") in world.broker.queues
     assert any(e[1] == "QueueLeftAlone" for e in world.kube.events)
+
+
+def test_the_scraper_gets_a_publish_only_user_whose_password_is_in_its_secret(world: World) -> None:
+    world.reconciler.resync_all()
+    secret = world.kube.secrets[("matchenv-system", "matchenv-publisher")]
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    user = "matchenv-publisher.matchenv-system"
+    assert data["username"] == user and data["url"] == f"amqp://{user}:{data['password']}@rabbitmq:5672/%2F"
+    assert world.broker.users[user].has_password(data["password"])
+    perms = world.broker.permissions[(user, "/")]
+    # publish to the fanout and nothing else: no queue to declare or read, not the default exchange
+    assert (perms.configure, perms.write, perms.read) == ("", "^matches-fanout$", "")
+    writes, calls = dict(world.kube.writes), world.broker.calls
+    world.reconciler.resync_all()
+    assert dict(world.kube.writes) == writes and world.broker.calls == calls + 1  # a snapshot, no write
+
+
+def test_a_deleted_publisher_user_comes_back_with_the_password_the_scraper_has(world: World) -> None:
+    world.reconciler.resync_all()
+    password = base64.b64decode(world.kube.secrets[("matchenv-system", "matchenv-publisher")]["data"]["password"])
+    world.broker.delete_user("matchenv-publisher.matchenv-system")
+    world.reconciler.resync_all()
+    assert world.broker.users["matchenv-publisher.matchenv-system"].has_password(password.decode())
+
+
+def test_a_publisher_secret_the_user_made_is_left_alone_and_so_is_the_broker(world: World) -> None:
+    world.kube.add_secret("matchenv-system", "matchenv-publisher", {"url": "amqp://mine:pw@elsewhere/"})
+    world.reconciler.resync_all()
+    data = world.kube.secrets[("matchenv-system", "matchenv-publisher")]["data"]
+    assert base64.b64decode(data["url"]).decode() == "amqp://mine:pw@elsewhere/"
+    assert "matchenv-publisher.matchenv-system" not in world.broker.users
+
+
+def test_no_publisher_when_turned_off(world: World) -> None:
+    world.reconciler.settings = OperatorSettings.from_env({"MATCHENV_PUBLISHER_SECRET": ""}, leader_election=False)
+    world.reconciler.resync_all()
+    assert ("matchenv-system", "matchenv-publisher") not in world.kube.secrets and not world.broker.users

@@ -28,6 +28,7 @@ from matchenv.operator import builders
 from matchenv.operator.autoscaler import Autoscaler
 from matchenv.operator.brokers import BrokerClients, BrokerConfigError, BrokerConnection, read_connection
 from matchenv.operator.kube import Kube, Obj
+from matchenv.operator.publisher import ensure_publisher
 from matchenv.operator.settings import OperatorSettings
 from matchenv.operator.status import Observation, WorkersObservation, build_status, status_changed
 from matchenv.operator.tenancy import bounds_refusal, not_owned, owned_by
@@ -492,9 +493,23 @@ class Reconciler:
                 report.skipped += 1
             else:
                 report.changes += int(status_changed(after, before))
+        if self.settings.publisher_secret:
+            self._ensure_publisher(prefetched)
         report.management_calls = self.clients.total_calls() - calls_before
         report.seconds = self.clock() - started
         return report
+
+    def _ensure_publisher(self, prefetched: Prefetched) -> None:
+        """The scraper's publish-only user on the operator's broker (its own failure stalls no environment)."""
+        try:
+            namespace, name = self.settings.broker_secret_ref
+            conn = read_connection(self._secret(namespace, name, prefetched), namespace, name)
+            client = self.clients.get(conn)
+            secret = self._secret(self.settings.operator_namespace, self.settings.publisher_secret, prefetched)
+            ensure_publisher(self.kube, self.settings, conn, client, secret,
+                             lambda: self._snapshot(conn, client, prefetched))
+        except (BrokerError, BrokerConfigError, builders.SecretDecodeError, ApiException) as exc:
+            log.warning("publisher credentials: %s", _describe(exc))
 
 
 def _workers(deployment: Obj | None) -> WorkersObservation:

@@ -39,6 +39,10 @@ class OperatorSettings(BaseModel):
     allowed_vhosts: list[str] = Field(default_factory=lambda: ["/"],
                                       description="Virtual hosts environments may use (MATCHENV_ALLOWED_VHOSTS).")
 
+    publisher_secret: str = Field("matchenv-publisher", description="Secret (in the operator's namespace) with the "
+                                  "scraper's publish-only broker user, kept by the leader; empty turns it off "
+                                  "(MATCHENV_PUBLISHER_SECRET).")
+
     @field_validator("queue_pattern")
     @classmethod
     def _regex(cls, value: str) -> str:
@@ -88,6 +92,8 @@ class OperatorSettings(BaseModel):
         for var, field in lists.items():
             if env.get(var):
                 values[field] = [n.strip() for n in env[var].split(",") if n.strip()]
+        if "MATCHENV_PUBLISHER_SECRET" in env:  # an empty value means: no publisher user
+            values["publisher_secret"] = env["MATCHENV_PUBLISHER_SECRET"].strip()
         if env.get("MATCHENV_QUEUE_PATTERN"):
             values["queue_pattern"] = env["MATCHENV_QUEUE_PATTERN"]
         values.update({k: v for k, v in overrides.items() if v is not None})

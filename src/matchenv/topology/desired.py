@@ -90,3 +90,18 @@ def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec) -> D
         permissions=DesiredPermissions(configure=own_queue, write=write, read=own_queue),
         adopt=spec.queue.adopt,
     )
+
+
+@dataclass(frozen=True)
+class DesiredPublisher:
+    """The scraper's broker user: it may publish to the allowed exchanges, in the allowed vhosts, and nothing else
+    (no queue to declare or read, not the default exchange)."""
+
+    user: str
+    vhosts: tuple[str, ...]
+    permissions: DesiredPermissions
+
+
+def desired_publisher(user: str, exchanges: list[str], vhosts: list[str]) -> DesiredPublisher:
+    write = "|".join(broker_regex(e) for e in exchanges) if exchanges else ""
+    return DesiredPublisher(user, tuple(vhosts), DesiredPermissions(configure="", write=write, read=""))

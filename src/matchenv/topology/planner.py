@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from matchenv.contracts import OWNER_ARGUMENT
 from matchenv.naming import broker_regex, owner_of_broker_user
-from matchenv.topology.desired import DesiredQueue, DesiredTopology
+from matchenv.topology.desired import DesiredPublisher, DesiredQueue, DesiredTopology
 from matchenv.topology.snapshot import BrokerSnapshot
 
 
@@ -321,6 +321,21 @@ def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: 
     if perms is None or (perms.configure, perms.write, perms.read) != (want.configure, want.write, want.read):
         actions.append(SetPermissions(vhost, user, want.configure, want.write, want.read))
     return Plan(tuple(actions), tuple(problems))
+
+
+def plan_publisher(desired: DesiredPublisher, snapshot: BrokerSnapshot, password: str) -> tuple[Action, ...]:
+    """The publisher user with ``password`` (from its Secret) and exactly its permissions in each vhost."""
+    actions: list[Action] = []
+    live_user = snapshot.users.get(desired.user)
+    if live_user is None or live_user.has_password(password) is False:
+        actions.append(PutUser(desired.vhosts[0] if desired.vhosts else "/", desired.user, password,
+                               exists=live_user is not None))
+    want = desired.permissions
+    for vhost in desired.vhosts:
+        perms = snapshot.permissions.get((desired.user, vhost))
+        if perms is None or (perms.configure, perms.write, perms.read) != (want.configure, want.write, want.read):
+            actions.append(SetPermissions(vhost, desired.user, want.configure, want.write, want.read))
+    return tuple(actions)
 
 
 def _binding_actions(desired: DesiredTopology, snapshot: BrokerSnapshot) -> list[Action]:

@@ -68,7 +68,7 @@ def clean_broker(broker: ManagementClient) -> None:
         if queue.name.startswith("matches."):
             broker.delete_queue(queue.vhost, queue.name)
     for user in broker.list_users():
-        if user.name.startswith("matchenv."):
+        if user.name.startswith(("matchenv.", "matchenv-publisher.")):
             broker.delete_user(user.name)
     for policy in broker.list_policies():
         if policy.name.startswith("matchenv."):
