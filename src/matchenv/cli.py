@@ -160,19 +160,26 @@ def db_sql() -> None:
 @app.command()
 def scrape(
     from_file: Path | None = typer.Option(None, "--from-file", exists=True, dir_okay=False,
+                                          envvar="MATCHENV_SCRAPE_FROM_FILE",
                                           help="JSON array or JSON lines of matches, as the scraper writes them."),
-    synthetic: int | None = typer.Option(None, "--synthetic", min=1, help="Publish N synthetic matches."),
-    seed: int = typer.Option(2025, help="Seed of --synthetic (the same seed gives the same matches)."),
-    start: int = typer.Option(0, help="First index of --synthetic (to continue a series)."),
+    synthetic: int | None = typer.Option(None, "--synthetic", min=1, envvar="MATCHENV_SCRAPE_SYNTHETIC",
+                                         help="Publish N synthetic matches."),
+    seed: int = typer.Option(2025, envvar="MATCHENV_SCRAPE_SEED",
+                             help="Seed of --synthetic (the same seed gives the same matches)."),
+    start: int = typer.Option(0, envvar="MATCHENV_SCRAPE_START",
+                              help="First index of --synthetic (to continue a series)."),
     queue: str | None = typer.Option(None, "--queue", help="Publish straight to this queue (wins over --exchange)."),
-    exchange: str | None = typer.Option(None, "--exchange", help="Publish to this exchange (default matches-fanout)."),
+    exchange: str | None = typer.Option(None, "--exchange", envvar="MATCHENV_SCRAPE_EXCHANGE",
+                                        help="Publish to this exchange (default matches-fanout)."),
     no_submit_queue: bool = typer.Option(False, "--no-submit-queue", help="Validate and count; publish nothing."),
     broker_url: str | None = typer.Option(None, "--broker-url", help="AMQP URL (env RABBITMQ_URL)."),
-    retry_seconds: float = typer.Option(120.0, min=0, help="How long to keep reconnecting to a lost broker."),
+    retry_seconds: float = typer.Option(120.0, min=0, envvar="MATCHENV_SCRAPE_RETRY_SECONDS",
+                                        help="How long to keep reconnecting to a lost broker."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Publish matches once to the fanout exchange, with confirms; exit 1 if any reached no queue or failed,
-    3 if only invalid matches were left out."""
+    3 if only invalid matches were left out. The options that name an env var may come from the environment (as
+    the CronJob's ConfigMap sets them)."""
     import logging
     from itertools import chain
 

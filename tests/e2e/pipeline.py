@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from matchenv_devkit.cluster.cluster import LocalCluster
 from matchenv_devkit.cluster.kubectl import Kubectl
+from matchenv_devkit.cluster.nodeconfig import NODE_IP
+from matchenv_devkit.cluster.realnode import RealNode
 from matchenv_devkit.cluster.stack import LocalStack
 from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
@@ -36,3 +39,19 @@ def real_node_pipeline_fixture(tmp: Path) -> Iterator[LocalStack]:
         yield stack.start()
     finally:
         shutdown()
+
+
+def real_node_fixture(tmp: Path) -> Iterator[tuple[Kubectl, RealNode]]:
+    """Its own control plane and real node, nothing installed: for what users install themselves."""
+    cluster = LocalCluster(tmp, node_ip=NODE_IP, log=print)
+    try:
+        cluster.start()
+        real = RealNode(cluster, log=print).start()
+    except Exception as exc:  # the suite fails, never skips, without its node
+        cluster.stop()
+        pytest.fail(f"the real node did not start: {exc}", pytrace=False)
+    try:
+        yield Kubectl(cluster), real
+    finally:
+        real.stop()
+        cluster.stop()

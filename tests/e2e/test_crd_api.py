@@ -11,12 +11,12 @@ import pytest
 from tests.cases import INVALID_CASES, InvalidCase, environment
 from tests.e2e.conftest import Kubectl
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ENVIRONMENTS = Path(__file__).resolve().parents[2] / "manifests/environments"
 
 
 @pytest.fixture
 def staging(crd_installed: Kubectl) -> Iterator[Kubectl]:
-    crd_installed.run("apply", "-f", str(EXAMPLES / "staging.yaml"))
+    crd_installed.run("apply", "-f", str(ENVIRONMENTS / "staging/matchenvironment.yaml"))
     yield crd_installed
     crd_installed.run("delete", "menv", "staging", "--ignore-not-found", "--wait=true")
 
@@ -124,9 +124,9 @@ def test_scale_sets_worker_replicas(staging: Kubectl) -> None:
 def test_examples_are_accepted(crd_installed: Kubectl) -> None:
     try:
         for name in ("prod", "dev", "staging"):
-            crd_installed.run("apply", "-f", str(EXAMPLES / f"{name}.yaml"))
+            crd_installed.run("apply", "-f", str(ENVIRONMENTS / name / "matchenvironment.yaml"))
         names = crd_installed.run("get", "menv", "-o", "name").stdout.split()
         assert {"matchenvironment.matchenv.io/prod", "matchenvironment.matchenv.io/dev",
                 "matchenvironment.matchenv.io/staging"} <= set(names)
     finally:
-        crd_installed.run("delete", "-f", str(EXAMPLES), "--ignore-not-found")
+        crd_installed.run("delete", "menv", "prod", "dev", "staging", "--ignore-not-found")

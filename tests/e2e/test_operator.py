@@ -24,7 +24,7 @@ from tests.e2e.harness import (
 from tests.e2e.platform import Platform, broker_secret, db_secret, platform_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
+ENVIRONMENTS = ROOT / "manifests/environments"
 RESYNC = 2.0
 ENVS = ("prod", "dev", "staging")
 
@@ -39,7 +39,7 @@ def platform(crd_installed: Kubectl, rabbitmq: RabbitMQNode, tmp_path_factory: p
 def test_three_environments_become_ready(platform: Platform) -> None:
     kubectl, mgmt = platform.kubectl, platform.mgmt
     for env in ENVS:
-        kubectl.run("apply", "-f", str(EXAMPLES / f"{env}.yaml"))
+        kubectl.run("apply", "-f", str(ENVIRONMENTS / env / "matchenvironment.yaml"))
     kubectl.run("wait", "--for=condition=Ready", "menv", "--all", "--timeout=90s", timeout=120)
     for env in ENVS:
         queue = f"matches.{env}"

@@ -26,6 +26,7 @@ from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.cluster.nodeconfig import NODE_IP
 from matchenv_devkit.cluster.realnode import NodeError, RealNode
 from matchenv_devkit.services.process import free_port, wait_for
+from tests.e2e.pipeline import real_node_fixture
 
 ROOT = REPO_ROOT
 IMAGE = "matchenv:0.1.0"
@@ -34,18 +35,9 @@ NS = "node-tests"
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubectl, RealNode]]:
-    cluster = LocalCluster(tmp_path_factory.mktemp("real-node"), node_ip=NODE_IP, log=print)
-    try:
-        cluster.start()
-        real = RealNode(cluster, log=print).start()
-    except Exception as exc:  # the suite fails, never skips, without its node
-        cluster.stop()
-        pytest.fail(f"the real node did not start: {exc}", pytrace=False)
-    kubectl = Kubectl(cluster)
-    kubectl.run("create", "namespace", NS)
-    yield kubectl, real
-    real.stop()
-    cluster.stop()
+    for kubectl, real in real_node_fixture(tmp_path_factory.mktemp("real-node")):
+        kubectl.run("create", "namespace", NS)
+        yield kubectl, real
 
 
 def _pod(name: str, command: str, **spec: Any) -> dict[str, Any]:
@@ -202,10 +194,10 @@ except pika.exceptions.ProbableAuthenticationError:
 
 
 def test_the_manifests_broker_runs_with_its_volume_and_its_secret(node: tuple[Kubectl, RealNode]) -> None:
-    """manifests/base/rabbitmq.yaml as shipped (only the image is the one built here): its PVC binds to a node
-    volume, its admin user is the Secret's, and its data outlives the pod."""
+    """manifests/components/rabbitmq/rabbitmq.yaml as shipped (only the image is the one built here): its PVC binds
+    to a node volume, its admin user is the Secret's, and its data outlives the pod."""
     kubectl, _ = node
-    docs = list(yaml.safe_load_all((ROOT / "manifests/base/rabbitmq.yaml").read_text()))
+    docs = list(yaml.safe_load_all((ROOT / "manifests/components/rabbitmq/rabbitmq.yaml").read_text()))
     container = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
     container.update(image=RABBITMQ_IMAGE, imagePullPolicy="Never")
     kubectl.apply(ROOT.joinpath("manifests/base/namespace.yaml").read_text())
@@ -268,39 +260,6 @@ def test_the_database_image_takes_its_password_from_a_secret(node: tuple[Kubectl
 
     assert wait_for(lambda: connect(password) == "1", timeout=30, what="a login with the Secret's password")
     assert connect("wrong") == "refused"
-
-
-def test_the_shipped_operator_deployment_runs_a_leader_and_a_standby(node: tuple[Kubectl, RealNode]) -> None:
-    """manifests/base/operator.yaml as shipped (non-root, read-only root filesystem, no capabilities, its liveness
-    probe): both replicas start, one leads through the Lease, and the standby's probe keeps passing."""
-    kubectl, _ = node
-    base = ROOT / "manifests/base"
-    kubectl.run("apply", "-f", str(base / "namespace.yaml"), "-f", str(base / "crds"), "-f", str(base / "rbac.yaml"))
-    kubectl.run("apply", "-f", str(base / "operator.yaml"))
-    selector = "app.kubernetes.io/component=operator"
-    kubectl.run("rollout", "status", "-n", "matchenv-system", "deployment/matchenv-operator", "--timeout=120s",
-                timeout=150)
-    pods = kubectl.get_json("pods", "-n", "matchenv-system", "-l", selector)["items"]
-    names = {p["metadata"]["name"] for p in pods}
-    assert len(names) == 2
-
-    def holder() -> str | None:
-        lease = kubectl.get_json("lease", "-n", "matchenv-system", "matchenv-operator")
-        return str(lease["spec"].get("holderIdentity") or "") or None
-
-    leader = wait_for(holder, timeout=60, what="a leader")
-    assert leader in names
-    # past the probe's initial delay and two periods (30 s + 2 x 20 s): nobody was restarted
-    time.sleep(75)
-    pods = kubectl.get_json("pods", "-n", "matchenv-system", "-l", selector)["items"]
-    assert {p["metadata"]["name"] for p in pods} == names
-    assert [s["restartCount"] for p in pods for s in p["status"]["containerStatuses"]] == [0, 0]
-    events = kubectl.run("get", "events", "-n", "matchenv-system").stdout
-    assert "Liveness probe failed" not in events
-    assert holder() == leader
-    (standby,) = names - {leader}
-    assert "leading as" in kubectl.run("logs", "-n", "matchenv-system", leader).stdout
-    assert "leading as" not in kubectl.run("logs", "-n", "matchenv-system", standby).stdout
 
 
 def test_another_state_directorys_node_neither_starts_beside_it_nor_stops_it(

@@ -18,7 +18,7 @@ from matchenv.models import (
 )
 from tests.cases import INVALID_CASES, InvalidCase, environment
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ENVIRONMENTS = Path(__file__).resolve().parents[2] / "manifests/environments"
 
 
 def test_defaults_fill_a_minimal_spec() -> None:
@@ -55,7 +55,7 @@ def test_spec_round_trips_by_alias() -> None:
     assert MatchEnvironmentSpec.model_validate(dumped) == MatchEnvironmentSpec.model_validate(raw)
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(ENVIRONMENTS.glob("*/matchenvironment.yaml")), ids=lambda p: p.parent.name)
 def test_examples_are_valid(path: Path) -> None:
     doc = yaml.safe_load(path.read_text())
     MatchEnvironmentSpec.model_validate(doc["spec"])

@@ -132,6 +132,11 @@ class LeaseElector:
                 lost.set()
                 return
 
+    def step_down(self) -> None:
+        """On shutdown: close the write fence first (nothing is written as leader from now on), then release."""
+        self.last_renewed = None
+        self.release()
+
     def release(self) -> None:
         """Give the Lease up on a clean shutdown so a standby takes over at once."""
         try:

@@ -71,11 +71,12 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
             standalone=True,
             clusterwide=not namespaces,
             namespaces=namespaces,
-            memo=kopf.Memo(reconciler=reconciler, settings=settings, halt=halt),
+            memo=kopf.Memo(reconciler=reconciler, settings=settings, halt=halt,
+                           step_down=elector.step_down if settings.leader_election else None),
             stop_flag=halt,
         )
     finally:
         stop.set()
         if settings.leader_election and not lost.is_set():
-            elector.release()
+            elector.step_down()
     return 1 if lost.is_set() else 0

@@ -35,7 +35,7 @@ from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.process import wait_for
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
 
-ROOT = REPO_ROOT  # crds/, manifests/, examples/
+ROOT = REPO_ROOT  # crds/, manifests/
 BROKER_SERVICE = ("rabbitmq", "matchenv-system", 5672)
 DATABASE_SERVICE = ("postgres", "default", 5432)
 
@@ -73,6 +73,23 @@ def clean_broker(broker: ManagementClient) -> None:
     for policy in broker.list_policies():
         if policy.name.startswith("matchenv."):
             broker.delete_policy(policy.vhost, policy.name)
+
+
+def count_rows(database_url: str) -> int:
+    """Matches stored in a database (0 before the workers created the table)."""
+    try:
+        with psycopg.connect(database_url, connect_timeout=5) as conn:
+            row = conn.execute("select count(*) from matches").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def count_duplicates(database_url: str) -> int:
+    """Rows beyond one per match (the unique key makes this 0 unless the schema lost it)."""
+    with psycopg.connect(database_url, connect_timeout=5) as conn:
+        row = conn.execute("select count(*) - count(distinct external_match_id) from matches").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _minimal_environment(name: str, **spec: Any) -> dict[str, Any]:
@@ -182,9 +199,10 @@ class LocalStack:
         return self.databases[env]
 
     def apply(self, name: str, **spec: Any) -> None:
-        """Apply examples/<name>.yaml when it exists and no spec is given, else a minimal environment."""
+        """Apply manifests/environments/<name>/matchenvironment.yaml when it exists and no spec is given, else a
+        minimal environment."""
         self.database(name)
-        example = self.root / "examples" / f"{name}.yaml"
+        example = self.root / "manifests/environments" / name / "matchenvironment.yaml"
         if example.exists() and not spec:
             self.kubectl.run("apply", "-f", str(example))
         else:
@@ -196,17 +214,10 @@ class LocalStack:
                              timeout=timeout + 30)
 
     def rows(self, env: str) -> int:
-        try:
-            with psycopg.connect(self.databases[env], connect_timeout=5) as conn:
-                row = conn.execute("select count(*) from matches").fetchone()
-        except psycopg.errors.UndefinedTable:
-            return 0
-        return int(row[0]) if row else 0
+        return count_rows(self.databases[env])
 
     def duplicates(self, env: str) -> int:
-        with psycopg.connect(self.databases[env], connect_timeout=5) as conn:
-            row = conn.execute("select count(*) - count(distinct external_match_id) from matches").fetchone()
-        return int(row[0]) if row else 0
+        return count_duplicates(self.databases[env])
 
     def scrape(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "RABBITMQ_URL": self.rabbitmq.endpoints.amqp_url}

@@ -1,0 +1,152 @@
+"""matchenv as users install and run it, on the real node: `kubectl apply -k manifests/overlays/local` on an empty
+cluster (operator Deployment with leader and standby, RabbitMQ and a PostgreSQL per environment, all pods from the
+images built here), the scraper as a Job from its CronJob, and what a platform team lives through: the leading
+operator pod deleted, a worker pod deleted and a worker container killed mid-run, the RabbitMQ pod deleted mid-run.
+Every match is stored exactly once in every environment's database, whatever happens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from matchenv_devkit.cluster.install import ENVIRONMENTS, SYSTEM, Installation
+from matchenv_devkit.cluster.kubectl import Kubectl
+from matchenv_devkit.cluster.realnode import RealNode
+from matchenv_devkit.services.process import wait_for
+from tests.e2e.pipeline import real_node_fixture
+
+LEASE_SECONDS = 15  # the operator's default Lease duration
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubectl, RealNode]]:
+    yield from real_node_fixture(tmp_path_factory.mktemp("install-node"))
+
+
+@pytest.fixture(scope="module")
+def installed(node: tuple[Kubectl, RealNode], tmp_path_factory: pytest.TempPathFactory) -> Installation:
+    kubectl, _ = node
+    return Installation(kubectl, tmp_path_factory.mktemp("install"), log=print).prepare()
+
+
+@pytest.fixture(autouse=True)
+def _operator_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "installed" in request.fixturenames:
+        print(request.getfixturevalue("installed").operator_logs()[-6000:])
+
+
+def _feed(installed: Installation, count: int, seed: int) -> None:
+    """What the next Job from the CronJob publishes (the ConfigMap the CronJob reads)."""
+    installed.kubectl.run("patch", "configmap", "-n", SYSTEM, "matchenv-scrape", "--type=merge", "-p",
+                          f'{{"data": {{"MATCHENV_SCRAPE_SYNTHETIC": "{count}", "MATCHENV_SCRAPE_SEED": "{seed}"}}}}')
+
+
+def _stored_exactly_once(installed: Installation, total: int) -> None:
+    installed.wait_rows({env: total for env in ENVIRONMENTS}, timeout=600)
+    assert {env: installed.duplicates(env) for env in ENVIRONMENTS} == {env: 0 for env in ENVIRONMENTS}
+    broker = installed.broker()
+    assert {env: broker.get_queue("/", f"matches.{env}.dlq").backlog for env in ENVIRONMENTS} == \
+        {env: 0 for env in ENVIRONMENTS}
+
+
+def _worker_pods(kubectl: Kubectl, env: str) -> list[dict[str, Any]]:
+    pods: list[dict[str, Any]] = kubectl.get_json("pods", "-l", f"matchenv.io/environment={env}")["items"]
+    return [p for p in pods if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+
+
+def test_apply_k_on_an_empty_cluster_runs_everything_and_a_scrape_job_fills_every_database(
+        installed: Installation) -> None:
+    kubectl = installed.kubectl
+    installed.apply()
+    installed.wait_installed()
+    pods = installed.operator_pods()
+    assert len(pods) == 2
+    leader = wait_for(installed.leader, timeout=60, what="a leading operator pod")
+    assert leader in {p["metadata"]["name"] for p in pods}
+    installed.wait_ready(timeout=300)  # kubectl wait --for=condition=Ready menv --all
+    table = kubectl.run("get", "menv").stdout
+    for env in ENVIRONMENTS:  # the QUEUE column, from status
+        assert f"matches.{env}" in table, table
+
+    job = installed.scrape_job("s1")
+    assert "confirmed 1000" in installed.job_log("s1"), installed.job_log("s1")
+    assert job["status"]["succeeded"] == 1
+    _stored_exactly_once(installed, 1000)
+
+
+def test_the_standby_leads_when_the_leader_pod_is_deleted_and_repairs_a_binding(installed: Installation) -> None:
+    kubectl = installed.kubectl
+    leader = installed.leader()
+    standby = next(p["metadata"]["name"] for p in installed.operator_pods() if p["metadata"]["name"] != leader)
+    started = time.monotonic()
+    kubectl.run("delete", "pod", "-n", SYSTEM, str(leader), "--wait=false")
+    wait_for(lambda: installed.leader() == standby, timeout=LEASE_SECONDS + 15, what=f"{standby} to lead")
+    took = time.monotonic() - started
+    print(f"\nfailover: {standby} leads {took:.1f}s after the leader pod was deleted")
+    assert took <= LEASE_SECONDS
+    broker = installed.broker()
+    broker.unbind_queue("/", "matches-fanout", "matches.dev", "~")
+    assert not any(b.source == "matches-fanout" and b.destination == "matches.dev" for b in broker.list_bindings())
+    wait_for(lambda: any(b.source == "matches-fanout" for b in broker.list_bindings()
+                         if b.destination == "matches.dev"), timeout=60, what="the binding repaired")
+    kubectl.run("rollout", "status", "-n", SYSTEM, "deployment/matchenv-operator", "--timeout=120s", timeout=150)
+
+
+def test_a_worker_pod_deleted_and_a_worker_container_killed_mid_run_lose_nothing(
+        installed: Installation, node: tuple[Kubectl, RealNode]) -> None:
+    kubectl, real = node
+    _feed(installed, 3000, seed=77)
+    installed.scrape_job("s2", wait=False)
+    wait_for(lambda: installed.rows("prod") >= 1300, timeout=300, what="the run under way in prod", every=0.5)
+    victim = _worker_pods(kubectl, "prod")[0]["metadata"]["name"]
+    kubectl.run("delete", "pod", victim, "--wait=false")
+    dev = _worker_pods(kubectl, "dev")[0]
+    pid = real.container_pid(dev["status"]["containerStatuses"][0]["containerID"])
+    os.kill(pid, signal.SIGKILL)
+    print(f"\ndeleted pod {victim}; killed the worker container of {dev['metadata']['name']} (pid {pid})")
+    installed.wait_job("s2")
+    _stored_exactly_once(installed, 4000)
+    restarted = kubectl.get_json("pod", dev["metadata"]["name"])
+    assert restarted["status"]["containerStatuses"][0]["restartCount"] >= 1
+
+
+def test_the_rabbitmq_pod_deleted_mid_run_comes_back_with_its_volume_and_the_scrape_resumes(
+        installed: Installation) -> None:
+    kubectl = installed.kubectl
+    claim = kubectl.get_json("pvc", "-n", SYSTEM, "data-rabbitmq-0")["metadata"]["uid"]
+    _feed(installed, 3000, seed=78)
+    installed.scrape_job("s3", wait=False)
+    wait_for(lambda: installed.rows("staging") >= 4300, timeout=300, what="the run under way", every=0.5)
+    kubectl.run("delete", "pod", "-n", SYSTEM, "rabbitmq-0", "--wait=false")
+    print("\ndeleted pod rabbitmq-0")
+    kubectl.run("rollout", "status", "-n", SYSTEM, "statefulset/rabbitmq", "--timeout=240s", timeout=260)
+    assert kubectl.get_json("pvc", "-n", SYSTEM, "data-rabbitmq-0")["metadata"]["uid"] == claim
+    installed.wait_job("s3", timeout=900)
+    log = installed.job_log("s3")
+    print(log)
+    assert "confirmed 3000" in log
+    assert "reconnects 0" not in log  # it waited for the broker and went on
+    _stored_exactly_once(installed, 7000)
+
+
+def test_operator_pods_that_were_not_deleted_never_restarted(installed: Installation) -> None:
+    """The standby of the first test (leader since the failover) ran through everything above (minutes, at a 10 s
+    probe period) and the new standby since the failover: no restart, no failed probe."""
+    pods = installed.operator_pods()
+    assert len(pods) == 2
+    assert [s["restartCount"] for p in pods for s in p["status"]["containerStatuses"]] == [0, 0]
+    events = installed.kubectl.get_json("events", "-n", SYSTEM)["items"]
+    probes = [e["message"] for e in events if e["reason"] == "Unhealthy"
+              and e["involvedObject"]["name"].startswith("matchenv-operator-")]
+    # a readiness check while the process is still starting (nothing listening yet) is the only failure allowed
+    assert [m for m in probes if not (m.startswith("Readiness") and "connection refused" in m)] == []
+    logs = installed.operator_logs()
+    forbidden = [line for line in logs.splitlines() if "Forbidden" in line or " 403 " in line]
+    assert forbidden == [], "the operator hit a permission its RBAC lacks"
