@@ -6,9 +6,10 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS build
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY src ./src
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check . \
+# the locked versions: two builds of one commit install the same packages
+RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --constraint requirements.lock . \
     && /opt/venv/bin/pip uninstall --yes --quiet pip setuptools
 
 FROM ${BASE_IMAGE}

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CLUSTER_DIR ?= /tmp/matchenv-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv crds lint test test-unit cluster-build node-build images cluster-up cluster-down demo chaos clean
+.PHONY: help system-deps venv lock crds lint test test-unit cluster-build node-build images cluster-up cluster-down demo chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -17,15 +17,21 @@ help:  ## list the targets
 system-deps:  ## install RabbitMQ, PostgreSQL and check Go (Debian; apt via sudo when not root)
 	@scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml devkit/pyproject.toml
+$(STAMP): pyproject.toml devkit/pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]' -e ./devkit
+	$(BIN)/pip install --quiet --constraint requirements.lock -e '.[test,dev]' -e ./devkit
 	@touch $@
 
 venv: $(STAMP)  ## create .venv with matchenv, its dev kit (matchenv-dev) and its test/dev tools
 
-crds: $(STAMP)  ## regenerate crds/ and manifests/base/crds/ from src/matchenv/models.py
+lock:  ## pin every runtime dependency (transitive too) in requirements.lock, from a fresh venv
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install --quiet --disable-pip-version-check .
+	{ sed -n '1,3p' requirements.lock; build/lock-venv/bin/pip freeze --exclude matchenv; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf build/lock-venv
+
+crds: $(STAMP)  ## regenerate the CRD and its defaulting policy (crds/, manifests/, the chart) from the models
 	$(BIN)/matchenv crd
 
 lint: $(STAMP)  ## ruff, mypy, and a check that crds/ is up to date
@@ -33,7 +39,7 @@ lint: $(STAMP)  ## ruff, mypy, and a check that crds/ is up to date
 	$(BIN)/mypy
 	$(BIN)/matchenv crd --check
 
-cluster-build: $(STAMP)  ## build (or reuse) the cached control plane under ~/.cache/matchenv
+cluster-build: $(STAMP)  ## build (or reuse) the cached control plane (and the oldest supported API server) under ~/.cache/matchenv
 	$(BIN)/matchenv-dev cluster build
 
 node-build: $(STAMP)  ## build (or reuse) the cached node binaries: kubelet, kube-proxy, containerd, runc, CoreDNS

@@ -93,6 +93,23 @@ def test_the_project_image_runs_non_root_on_a_read_only_root(node: tuple[Kubectl
     assert "Read-only file system" in denied.stderr
 
 
+def test_the_image_holds_exactly_the_locked_dependency_versions(node: tuple[Kubectl, RealNode]) -> None:
+    kubectl, _ = node
+    _running(kubectl, _pod("app", SERVER))
+    listed = kubectl.run("exec", "-n", NS, "app", "--", "python3", "-c",
+                         "import importlib.metadata as m; print('\\n'.join(sorted(f'{d.name}=={d.version}' "
+                         "for d in m.distributions() if d.name != 'matchenv')))").stdout
+    installed = {_canonical(line) for line in listed.splitlines() if line}
+    locked = {_canonical(line) for line in (ROOT / "requirements.lock").read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert installed == locked
+
+
+def _canonical(requirement: str) -> str:
+    name, _, version = requirement.partition("==")
+    return f"{name.lower().replace('_', '-').replace('.', '-')}=={version}"
+
+
 def test_port_forward_reaches_the_container(node: tuple[Kubectl, RealNode]) -> None:
     kubectl, _ = node
     _running(kubectl, _pod("app", SERVER))

@@ -67,10 +67,12 @@ def _build(ensure: Callable[..., CachedBinaries], force: bool) -> None:
 
 @cluster_app.command("build")
 def cluster_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")) -> None:
-    """Build (or find cached) kube-apiserver, controller-manager, scheduler, kubectl and etcd."""
-    from matchenv_devkit.cluster.build import ensure_binaries
+    """Build (or find cached) kube-apiserver, controller-manager, scheduler, kubectl and etcd; and the oldest
+    supported release's kube-apiserver and kubectl (the install is checked against them too)."""
+    from matchenv_devkit.cluster.build import ensure_apiserver_binaries, ensure_binaries
 
     _build(ensure_binaries, force)
+    _build(lambda force: ensure_apiserver_binaries(), force)
 
 
 @node_app.command("build")

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from matchenv_devkit.cluster.versions import (
+    APISERVER_COMPONENTS,
     COMPONENTS,
     CONTAINERD_COMMANDS,
     CONTAINERD_VERSION,
@@ -28,6 +29,7 @@ from matchenv_devkit.cluster.versions import (
     KUBERNETES_VERSION,
     NODE_COMPONENTS,
     RUNC_VERSION,
+    ApiServerBinaries,
     CachedBinaries,
     ControlPlaneBinaries,
     NodeBinaries,
@@ -233,6 +235,27 @@ def ensure_binaries(
 
     _into_cache(binaries, build)
     progress(f"control plane built in {time.monotonic() - started:.0f}s")
+    return binaries
+
+
+def ensure_apiserver_binaries(
+    binaries: ApiServerBinaries | None = None,
+    progress: Progress = _stderr_progress,
+) -> ApiServerBinaries:
+    """Return the cached API server and kubectl of another release (the oldest supported), building them first."""
+    binaries = binaries or ApiServerBinaries.for_version()
+    if not binaries.missing():
+        return binaries
+    started = time.monotonic()
+    progress(f"building kube-apiserver and kubectl {binaries.version} into {binaries.bin_dir}")
+    go = _Go(progress)
+
+    def build(staging: Path) -> None:
+        _build_kubernetes(go, cache_root() / "src" / f"kubernetes-{binaries.version}", staging, binaries.version,
+                          APISERVER_COMPONENTS, label=f"kube-apiserver {binaries.version}")
+
+    _into_cache(binaries, build)
+    progress(f"API server {binaries.version} built in {time.monotonic() - started:.0f}s")
     return binaries
 
 

@@ -20,10 +20,10 @@ from typing import Any
 import requests
 import yaml
 
-from matchenv_devkit.cluster.build import ensure_binaries
+from matchenv_devkit.cluster.build import ensure_apiserver_binaries, ensure_binaries
 from matchenv_devkit.cluster.nodeconfig import NODE_NAME
 from matchenv_devkit.cluster.pki import CertPair, Pki
-from matchenv_devkit.cluster.versions import ControlPlaneBinaries
+from matchenv_devkit.cluster.versions import ApiServerBinaries, ControlPlaneBinaries
 from matchenv_devkit.services.process import Daemons, free_port, process_alive
 
 SERVICE_CIDR = "10.0.0.0/24"
@@ -84,12 +84,16 @@ class LocalCluster:
         detached: bool = False,
         log: Callable[[str], None] = lambda _msg: None,
         node_ip: str | None = None,
+        apiserver: ApiServerBinaries | None = None,
     ) -> None:
         """``node_ip``: for a real node, the address pods reach the API server at (it is advertised as the
-        ``kubernetes`` Service's endpoint) and the node's address the API server reaches the kubelet at."""
+        ``kubernetes`` Service's endpoint) and the node's address the API server reaches the kubelet at.
+        ``apiserver``: only etcd and this (another release's) API server, with its kubectl: no controllers, no
+        scheduler, for checks of what that release's API accepts."""
         self.state_dir = state_dir.resolve()
         self.node_ip = node_ip
         self.binaries = binaries or ControlPlaneBinaries.default()
+        self.apiserver = apiserver
         self.detached = detached
         self.log = log
         self.pki = Pki(self.state_dir / "pki")
@@ -104,7 +108,12 @@ class LocalCluster:
 
     @property
     def kubectl(self) -> Path:
-        return self.binaries.path("kubectl")
+        return self._binary("kubectl")
+
+    def _binary(self, name: str) -> Path:
+        if self.apiserver is not None and name in self.apiserver.all_names:
+            return self.apiserver.path(name)
+        return self.binaries.path(name)
 
     @property
     def server(self) -> str:
@@ -119,6 +128,8 @@ class LocalCluster:
     def start(self, timeout: float = 120.0) -> LocalCluster:
         """Start etcd, the API server, controller-manager and scheduler; return when the API is ready."""
         ensure_binaries(self.binaries)
+        if self.apiserver is not None:
+            ensure_apiserver_binaries(self.apiserver)
         if self._state_file.exists():
             previous = LocalCluster.attach(self.state_dir)
             if previous.running():
@@ -127,17 +138,16 @@ class LocalCluster:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
         started = time.monotonic()
-        clients: dict[str, tuple[str, str | None]] = {
-            "admin": (ADMIN_USER, "system:masters"),
-            "controller-manager": ("system:kube-controller-manager", None),
-            "scheduler": ("system:kube-scheduler", None),
-        }
+        clients: dict[str, tuple[str, str | None]] = {"admin": (ADMIN_USER, "system:masters")}
+        if self.apiserver is None:
+            clients["controller-manager"] = ("system:kube-controller-manager", None)
+            clients["scheduler"] = ("system:kube-scheduler", None)
         if self.node_ip:
             clients.update(NODE_CLIENTS)
         self.pki.create({**clients, **KUBELET_CLIENT} if self.node_ip else clients, SERVICE_IP,
                         extra_ips=(self.node_ip,) if self.node_ip else ())
         self.state = ClusterState(api_port=free_port(), etcd_port=free_port(), kubeconfig=str(self.kubeconfig),
-                                  binaries={n: str(self.binaries.path(n)) for n in self.binaries.all_names},
+                                  binaries={n: str(self._binary(n)) for n in self.binaries.all_names},
                                   node_ip=self.node_ip)
         for name, (user, _) in clients.items():
             config = kubeconfig_for(self.server, self.pki.ca.cert, self.pki.client(name), user)
@@ -149,6 +159,10 @@ class LocalCluster:
             self.daemons.wait(lambda: self._etcd_healthy(), "etcd", deadline=started + timeout)
             self._spawn("kube-apiserver", self._apiserver_args())
             self.daemons.wait(lambda: self._api_ok("/readyz"), "kube-apiserver", deadline=started + timeout)
+            if self.apiserver is not None:
+                self._save_state()
+                self.log(f"API server {self.apiserver.version} ready at {self.server}; KUBECONFIG={self.kubeconfig}")
+                return self
             self._spawn("kube-controller-manager", self._controller_manager_args())
             self._spawn("kube-scheduler", self._scheduler_args())
             # The default ServiceAccount appears once the controller-manager works; pods need it.
@@ -205,7 +219,7 @@ class LocalCluster:
 
     def _spawn(self, name: str, args: Sequence[str]) -> None:
         assert self.state is not None
-        self.state.pids[name] = pid = self.daemons.spawn(name, [str(self.binaries.path(name)), *args])
+        self.state.pids[name] = pid = self.daemons.spawn(name, [str(self._binary(name)), *args])
         self._save_state()
         self.log(f"started {name} (pid {pid})")
 

@@ -43,7 +43,7 @@ POSTGRES_IMAGE = f"localhost/matchenv/postgres:{DEBIAN_SUITE}"
 BUILD_CA = "/run/matchenv-build-ca.crt"  # where a build step finds this machine's CA bundle
 REPO_ROOT = Path(__file__).resolve().parents[4]  # the repository (the dev kit is installed from it, editable)
 # What the project's image is built from: everything the Dockerfile reads.
-PROJECT_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "src")
+PROJECT_INPUTS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "requirements.lock", "src")
 
 
 class ImageError(RuntimeError):

@@ -12,6 +12,13 @@ ETCD_VERSION = "v3.6.8"
 
 COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
+# matchenv supports the pinned minor and the three before it (README: Supported Kubernetes versions). The whole
+# suite runs on the pinned one; the install (kustomize base, chart) and the operator are also checked against the
+# oldest one's API server and kubectl, with the pinned etcd (etcd's API is the same for both).
+SUPPORTED_MINORS = ("1.33", "1.34", "1.35", "1.36")
+OLDEST_KUBERNETES_VERSION = "v1.33.13"
+APISERVER_COMPONENTS = ("kube-apiserver", "kubectl")
+
 # A real node. The 1.36 kubelet no longer supports containerd 1.x (Debian ships 1.6), Debian's crun is too old for
 # containerd 2.4's OCI spec: all four are built from their Go modules, like the control plane.
 NODE_COMPONENTS = ("kubelet", "kube-proxy")
@@ -63,6 +70,21 @@ class ControlPlaneBinaries(CachedBinaries):
     @property
     def all_names(self) -> tuple[str, ...]:
         return (*COMPONENTS, "etcd")
+
+
+@dataclass(frozen=True)
+class ApiServerBinaries(CachedBinaries):
+    """The API server and kubectl of another Kubernetes release (the oldest supported one, by default)."""
+
+    version: str = OLDEST_KUBERNETES_VERSION
+
+    @classmethod
+    def for_version(cls, version: str = OLDEST_KUBERNETES_VERSION) -> ApiServerBinaries:
+        return cls(cache_root() / f"k8s-{version}-apiserver", version)
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return APISERVER_COMPONENTS
 
 
 @dataclass(frozen=True)

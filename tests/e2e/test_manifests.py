@@ -1,0 +1,130 @@
+"""The install as users run it, checked by the API servers it targets: every kustomization builds (`kubectl
+kustomize`) and passes `kubectl apply --dry-run=server` on the pinned release, and the base installs on the oldest
+supported release (1.33: no MutatingAdmissionPolicy there), where a MatchEnvironment still shows its queue once the
+operator has run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from matchenv.topology.client import ManagementClient
+from matchenv_devkit.cluster.cluster import LocalCluster
+from matchenv_devkit.cluster.install import fill_env_files
+from matchenv_devkit.cluster.kubectl import Kubectl
+from matchenv_devkit.cluster.operatorproc import OperatorProcess, service_account_kubeconfig
+from matchenv_devkit.cluster.stack import clean_broker
+from matchenv_devkit.cluster.versions import OLDEST_KUBERNETES_VERSION, ApiServerBinaries
+from matchenv_devkit.services.process import wait_for
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
+from tests.e2e.platform import broker_secret, db_secret
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = ("base", "scraper", "environments/prod", "environments/dev", "environments/staging", "databases/prod",
+           "overlays/local", "overlays/kind")
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of manifests/ with the user-filled files written (the repository's tree is never touched)."""
+    copy = tmp_path_factory.mktemp("manifests") / "manifests"
+    shutil.copytree(ROOT / "manifests", copy, ignore=shutil.ignore_patterns("*.env"))
+    fill_env_files(copy)
+    return copy
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_kustomization_builds_and_the_api_server_accepts_it(crd_installed: Kubectl, manifests: Path,
+                                                                    target: str) -> None:
+    kubectl = crd_installed
+    built = kubectl.run("kustomize", str(manifests / target)).stdout
+    docs = [d for d in yaml.safe_load_all(built) if d]
+    assert docs, f"{target} built nothing"
+    kubectl.run("apply", "-f", str(manifests / "base/namespace.yaml"))  # objects in it need it to exist
+    result = kubectl.run("apply", "-k", str(manifests / target), "--dry-run=server", check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_local_overlay_holds_what_users_run(manifests: Path, crd_installed: Kubectl) -> None:
+    docs = [d for d in yaml.safe_load_all(crd_installed.run("kustomize", str(manifests / "overlays/local")).stdout)
+            if d]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("CronJob", "matchenv-scrape"), ("Deployment", "matchenv-operator"), ("StatefulSet", "rabbitmq"),
+            ("MutatingAdmissionPolicy", "matchenv-queue-name-default")} <= kinds
+    assert {n for k, n in kinds if k == "MatchEnvironment"} == {"prod", "dev", "staging"}
+    assert {n for k, n in kinds if k == "StatefulSet"} == {"rabbitmq", "postgres-prod", "postgres-dev",
+                                                           "postgres-staging"}
+    cron = next(d for d in docs if d["kind"] == "CronJob")
+    assert (cron["spec"]["schedule"], cron["spec"]["timeZone"]) == ("0 6 * * *", "Etc/UTC")
+    operator = next(d for d in docs if d["kind"] == "Deployment")
+    pod = operator["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert operator["spec"]["replicas"] == 2
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}
+    assert {"livenessProbe", "readinessProbe"} <= set(container)
+
+
+# -- the oldest supported release ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def oldest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("oldest"), apiserver=ApiServerBinaries.for_version(), log=print)
+    try:
+        cluster.start()
+    except Exception as exc:  # the suite fails, never skips, without it
+        cluster.stop()
+        pytest.fail(f"the {OLDEST_KUBERNETES_VERSION} API server did not start: {exc}", pytrace=False)
+    yield Kubectl(cluster)
+    cluster.stop()
+
+
+def test_the_oldest_release_takes_the_base_and_serves_environments_without_the_policy(
+        oldest: Kubectl, manifests: Path, rabbitmq: RabbitMQNode, tmp_path: Path) -> None:
+    kubectl = oldest
+    versions = json.loads(kubectl.run("version", "-o", "json").stdout)
+    assert versions["serverVersion"]["gitVersion"] == OLDEST_KUBERNETES_VERSION
+    assert versions["clientVersion"]["gitVersion"] == OLDEST_KUBERNETES_VERSION
+    kubectl.run("create", "namespace", "matchenv-system")
+    result = kubectl.run("apply", "-k", str(manifests / "base"), "--dry-run=server", check=False)
+    assert result.returncode == 0, result.stderr
+    # the defaulting policy is a kind this release does not serve: it is an optional component for that reason
+    with_policy = manifests / "with-defaulting"
+    with_policy.mkdir()
+    (with_policy / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../base"], "components": ["../components/defaulting"]}))
+    refused = kubectl.run("apply", "-k", str(with_policy), "--dry-run=server", check=False)
+    assert refused.returncode != 0
+    assert "MutatingAdmissionPolicy" in refused.stderr
+
+    kubectl.run("apply", "-k", str(manifests / "base"))
+    kubectl.run("wait", "--for=condition=Established", "crd/matchenvironments.matchenv.io", "--timeout=60s")
+    kubectl.apply(broker_secret(rabbitmq))
+    kubectl.apply(db_secret("staging"))
+    sa = service_account_kubeconfig(kubectl, "matchenv-system", "matchenv-operator", tmp_path / "sa.kubeconfig")
+    ep = rabbitmq.endpoints
+    broker = ManagementClient(ep.management_url, ep.username, ep.password)
+    operator = OperatorProcess(sa, tmp_path / "operator.log", resync_seconds=2).start()
+    try:
+        kubectl.run("apply", "-f", str(manifests / "environments/staging/matchenvironment.yaml"))
+        spec = kubectl.get_json("menv", "staging")["spec"]
+        assert "name" not in spec.get("queue", {})  # nobody defaulted it at admission
+
+        def queue_column() -> str | None:
+            header, row = kubectl.run("get", "menv", "staging").stdout.splitlines()[:2]
+            start = header.index("QUEUE")
+            end = header.index(header[start:].split()[1], start)  # where the next column begins
+            return row[start:end].strip() or None
+
+        assert wait_for(queue_column, timeout=60, what="the QUEUE column") == "matches.staging"
+        assert any(b.destination == "matches.staging" for b in broker.list_bindings())
+    finally:
+        operator.stop()  # this API server goes with the test; the shared broker is cleaned for the next ones
+        clean_broker(broker)
+    assert "Forbidden" not in operator.log_path.read_text(errors="replace")
