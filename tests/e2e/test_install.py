@@ -87,7 +87,9 @@ def test_the_standby_leads_when_the_leader_pod_is_deleted_and_repairs_a_binding(
     standby = next(p["metadata"]["name"] for p in installed.operator_pods() if p["metadata"]["name"] != leader)
     started = time.monotonic()
     kubectl.run("delete", "pod", "-n", SYSTEM, str(leader), "--wait=false")
-    wait_for(lambda: installed.leader() == standby, timeout=LEASE_SECONDS + 15, what=f"{standby} to lead")
+    wait_for(lambda: installed.leader() == standby, timeout=LEASE_SECONDS + 15, what=f"{standby} to hold the Lease")
+    wait_for(lambda: f"leading as {standby}" in kubectl.run("logs", "-n", SYSTEM, standby).stdout,
+             timeout=LEASE_SECONDS, what=f"{standby} to start leading")
     took = time.monotonic() - started
     print(f"\nfailover: {standby} leads {took:.1f}s after the leader pod was deleted")
     assert took <= LEASE_SECONDS

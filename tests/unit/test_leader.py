@@ -68,3 +68,46 @@ def test_margins_follow_the_lease_duration() -> None:
     assert elector.renew_deadline == 10
     assert elector.retry_period == 3
     assert not elector.leading()  # not before the first acquisition
+
+
+def test_a_clean_shutdown_hands_the_lease_to_the_standby_not_to_a_pod_that_starts_meanwhile() -> None:
+    store, clock = LeaseStore(), Clock()
+    leader = LeaseElector(store, "ns", "lease", "a", lease_seconds=15, clock=clock)  # type: ignore[arg-type]
+    standby = LeaseElector(store, "ns", "lease", "b", lease_seconds=15, clock=clock)  # type: ignore[arg-type]
+    assert leader.try_acquire_or_renew()
+    assert not standby.try_acquire_or_renew()  # stands by, and names itself in the Lease
+    assert leader.try_acquire_or_renew()  # renewals keep the standby's name
+    assert store.lease is not None
+    assert store.lease["metadata"]["annotations"] == {"matchenv.io/standby": "b"}
+    leader.step_down()
+    assert not leader.leading()
+    assert not leader.try_acquire_or_renew()  # a stepped-down process takes no further step
+    replacement = LeaseElector(store, "ns", "lease", "c", lease_seconds=15, clock=clock)  # type: ignore[arg-type]
+    assert not replacement.try_acquire_or_renew()  # held by b now, freshly renewed
+    assert standby.try_acquire_or_renew()
+    assert standby.leading()
+    assert store.lease["spec"]["holderIdentity"] == "b"
+    assert store.lease["metadata"]["annotations"] == {"matchenv.io/standby": "c"}  # the next one in line
+
+
+def test_a_lease_handed_to_a_standby_that_is_gone_expires_and_is_taken() -> None:
+    store, clock = LeaseStore(), Clock()
+    leader = LeaseElector(store, "ns", "lease", "a", lease_seconds=15, clock=clock)  # type: ignore[arg-type]
+    gone = LeaseElector(store, "ns", "lease", "b", lease_seconds=15, clock=clock)  # type: ignore[arg-type]
+    assert leader.try_acquire_or_renew()
+    assert not gone.try_acquire_or_renew()
+    leader.step_down()
+    other = LeaseElector(store, "ns", "lease", "c", lease_seconds=15, clock=clock)  # type: ignore[arg-type]
+    assert not other.try_acquire_or_renew()
+    clock.now += 15
+    assert other.try_acquire_or_renew()
+
+
+def test_without_a_standby_a_clean_shutdown_frees_the_lease() -> None:
+    store, clock = LeaseStore(), Clock()
+    leader = LeaseElector(store, "ns", "lease", "a", lease_seconds=15, clock=clock)  # type: ignore[arg-type]
+    assert leader.try_acquire_or_renew()
+    leader.step_down()
+    assert store.lease is not None
+    assert store.lease["spec"]["holderIdentity"] is None
+    assert LeaseElector(store, "ns", "lease", "c", lease_seconds=15, clock=clock).try_acquire_or_renew()  # type: ignore[arg-type]

@@ -6,10 +6,16 @@ timestamps), with an optimistic update so that two standbys cannot both win. The
 until ``renew_deadline`` (two thirds of the Lease) after its last successful renewal: every write of the operator
 asks :meth:`LeaseElector.leading` first, so a holder that stalled (a long GC pause, SIGSTOP, a partition) stops
 writing a third of a Lease before anyone else can take over, and steps down when it notices.
+
+A standby names itself in the Lease's ``matchenv.io/standby`` annotation; a leader that shuts down cleanly hands
+the Lease to that standby (holder set to it, renewed now) instead of leaving it free, so the warm standby leads at
+its next poll and a replacement pod that starts meanwhile does not race it. If that standby is gone, the handed-over
+record expires like any other and whoever polls next takes it.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 import threading
@@ -21,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from matchenv.operator.kube import Kube, Obj
 
 log = logging.getLogger("matchenv.leader")
+STANDBY_ANNOTATION = "matchenv.io/standby"
 
 
 def _micro_now() -> str:
@@ -40,6 +47,8 @@ class LeaseElector:
         self._observed_at = 0.0
         self.last_renewed: float | None = None
         self.heartbeat = clock()  # the election loop is alive (for /healthz)
+        self._registered = False  # this process has named itself the standby once
+        self._stepped_down = False  # shutting down: no more election steps, no more writes
 
     @property
     def retry_period(self) -> float:
@@ -66,11 +75,15 @@ class LeaseElector:
         metadata: Obj = {"name": self.name, "namespace": self.namespace}
         if current is not None:
             metadata["resourceVersion"] = current["metadata"]["resourceVersion"]
+            if current["metadata"].get("annotations"):
+                metadata["annotations"] = dict(current["metadata"]["annotations"])
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
     def try_acquire_or_renew(self) -> bool:
         """One election step; True if this process holds the Lease afterwards."""
         self.heartbeat = self.clock()
+        if self._stepped_down:
+            return False
         try:
             current = self.kube.get_lease(self.namespace, self.name)
             if current is None:
@@ -89,12 +102,14 @@ class LeaseElector:
             if holder == self.identity:
                 if self.last_renewed is not None and now - self.last_renewed >= self.renew_deadline:
                     return False  # stalled past the deadline: another may be taking over; never renew blindly
-                # (last_renewed None: this pod restarted under the same name; its old process is gone)
+                # (last_renewed None: the previous leader handed the Lease over to this standby, or this pod
+                # restarted under the same name and its old process is gone)
                 self.kube.replace_lease(self.namespace, self.name, self._body(current, transitions))
                 self.last_renewed = now
                 return True
             expired = not holder or now - self._observed_at >= self.lease_seconds
             if not expired:
+                self._register_as_standby(current)
                 return False
             self.kube.replace_lease(self.namespace, self.name, self._body(current, transitions + 1))
             log.info("took over lease %s/%s from %s", self.namespace, self.name, holder or "nobody")
@@ -108,6 +123,16 @@ class LeaseElector:
         except Exception as exc:  # the API server may be down: keep trying
             log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
             return False
+
+    def _register_as_standby(self, current: Obj) -> None:
+        """Name this process in the Lease as the one to hand over to (once, or again when nobody is named)."""
+        named = (current["metadata"].get("annotations") or {}).get(STANDBY_ANNOTATION)
+        if named == self.identity or (named and self._registered):
+            return
+        body = copy.deepcopy(current)
+        body["metadata"].setdefault("annotations", {})[STANDBY_ANNOTATION] = self.identity
+        self.kube.replace_lease(self.namespace, self.name, body)  # a 409 (the holder renewed): next poll
+        self._registered = True
 
     def wait_until_leader(self, stop: threading.Event) -> bool:
         """Block until this process holds the Lease (True) or ``stop`` is set (False)."""
@@ -126,6 +151,8 @@ class LeaseElector:
         while not stop.wait(self.retry_period):
             if self.try_acquire_or_renew():
                 continue
+            if self._stepped_down:
+                return
             if not self.leading():
                 log.error("lost lease %s/%s: no renewal for %.1fs (deadline %.1fs); stepping down", self.namespace,
                           self.name, self.clock() - (self.last_renewed or 0.0), self.renew_deadline)
@@ -134,15 +161,25 @@ class LeaseElector:
 
     def step_down(self) -> None:
         """On shutdown: close the write fence first (nothing is written as leader from now on), then release."""
+        self._stepped_down = True
         self.last_renewed = None
         self.release()
 
     def release(self) -> None:
-        """Give the Lease up on a clean shutdown so a standby takes over at once."""
+        """Give the Lease up on a clean shutdown: to the named standby, or free, so that one takes over at once."""
         try:
             current = self.kube.get_lease(self.namespace, self.name)
             if current and (current.get("spec") or {}).get("holderIdentity") == self.identity:
-                body = self._body(current, int(current["spec"].get("leaseTransitions") or 0))
+                transitions = int(current["spec"].get("leaseTransitions") or 0)
+                body = self._body(current, transitions)
+                standby = (body["metadata"].get("annotations") or {}).pop(STANDBY_ANNOTATION, None)
+                if standby and standby != self.identity:
+                    now = _micro_now()
+                    body["spec"].update(holderIdentity=standby, acquireTime=now, renewTime=now,
+                                        leaseTransitions=transitions + 1)
+                    self.kube.replace_lease(self.namespace, self.name, body)
+                    log.info("handed lease %s/%s over to the standby %s", self.namespace, self.name, standby)
+                    return
                 body["spec"]["holderIdentity"] = None
                 body["spec"]["leaseDurationSeconds"] = 1
                 self.kube.replace_lease(self.namespace, self.name, body)
