@@ -39,7 +39,7 @@ lint: $(STAMP)  ## ruff, mypy, and a check that crds/ is up to date
 	$(BIN)/mypy
 	$(BIN)/matchenv crd --check
 
-cluster-build: $(STAMP)  ## build (or reuse) the cached control plane (and the oldest supported API server) under ~/.cache/matchenv
+cluster-build: $(STAMP)  ## build (or reuse) the control plane, the oldest supported API server and helm, cached in ~/.cache/matchenv
 	$(BIN)/matchenv-dev cluster build
 
 node-build: $(STAMP)  ## build (or reuse) the cached node binaries: kubelet, kube-proxy, containerd, runc, CoreDNS

@@ -116,14 +116,16 @@ def worker(
     logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("matchenv.worker")
     log.info("worker for queue %s writing to %s", config.queue, config.database.describe())
-    if config.database.kind == "postgres" and os.environ.get("MATCHENV_MIGRATE", "true").lower() != "false":
+    if config.database.kind == "postgres" and config.database.migrate:
         from matchenv.workers.migrate import migrate
 
-        try:  # idempotent and advisory-locked, so every worker may do it; a database still down is waited for
+        try:  # idempotent and advisory-locked, so every worker may do it; if the database is not up yet, the first
+            # message that finds the schema missing migrates it
             applied = migrate(config.database.url.get_secret_value())
             log.info("schema %s", f"migrated: {', '.join(applied)}" if applied else "up to date")
         except Exception as exc:
-            log.warning("could not migrate the schema now (%s); the worker waits for the database", exc)
+            log.warning("could not migrate the schema now (%s); the first message migrates it once the database "
+                        "answers", exc)
     if config.metrics_port:
         serve(config.metrics_port)
     create_app(config).worker_main(worker_argv(config, loglevel.upper()))

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from matchenv_devkit.cluster.images import REPO_ROOT
 from matchenv_devkit.cluster.install import ENVIRONMENTS, SYSTEM, Installation
 from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.cluster.realnode import RealNode
+from matchenv_devkit.cluster.stack import count_rows
+from matchenv_devkit.cluster.versions import HelmBinaries
 from matchenv_devkit.services.process import wait_for
 from tests.e2e.pipeline import real_node_fixture
 
@@ -145,10 +152,111 @@ def test_operator_pods_that_were_not_deleted_never_restarted(installed: Installa
     assert len(pods) == 2
     assert [s["restartCount"] for p in pods for s in p["status"]["containerStatuses"]] == [0, 0]
     events = installed.kubectl.get_json("events", "-n", SYSTEM)["items"]
-    probes = [e["message"] for e in events if e["reason"] == "Unhealthy"
-              and e["involvedObject"]["name"].startswith("matchenv-operator-")]
+    names = {p["metadata"]["name"] for p in pods}  # (the deleted leader's probes failed while it stopped)
+    probes = [e["message"] for e in events if e["reason"] == "Unhealthy" and e["involvedObject"]["name"] in names]
     # a readiness check while the process is still starting (nothing listening yet) is the only failure allowed
     assert [m for m in probes if not (m.startswith("Readiness") and "connection refused" in m)] == []
     logs = installed.operator_logs()
     forbidden = [line for line in logs.splitlines() if "Forbidden" in line or " 403 " in line]
     assert forbidden == [], "the operator hit a permission its RBAC lacks"
+
+
+# -- Helm --------------------------------------------------------------------------------------------------------
+TEAM = "team-h"
+
+
+def _helm(kubectl: Kubectl, *args: str, timeout: float = 300) -> str:
+    helm = HelmBinaries.default().path("helm")
+    proc = subprocess.run([str(helm), f"--kubeconfig={kubectl.cluster.kubeconfig}", *args], capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stderr}"
+    return proc.stdout
+
+
+def _released(kubectl: Kubectl) -> list[str]:
+    """Every object of release h1 in its namespace, and its cluster-wide ones."""
+    kinds = "deployments,replicasets,pods,services,configmaps,secrets,serviceaccounts,roles,rolebindings," \
+            "poddisruptionbudgets,cronjobs,jobs,statefulsets,leases"
+    named = kubectl.run("get", kinds, "-n", TEAM, "-l", "app.kubernetes.io/instance=h1", "-o", "name").stdout.split()
+    cluster = kubectl.run("get", "clusterroles,clusterrolebindings", "-o", "name").stdout.split()
+    return named + [n for n in cluster if "h1-" in n]
+
+
+def test_helm_installs_a_second_team_upgrades_and_uninstalls_leaving_the_crd(installed: Installation,
+                                                                             tmp_path: Path) -> None:
+    kubectl = installed.kubectl
+    # one operator per namespace: the cluster-wide operator of the kustomize install steps aside for this test
+    kubectl.run("scale", "deployment/matchenv-operator", "-n", SYSTEM, "--replicas=0")
+    wait_for(lambda: not installed.operator_pods(), timeout=90, what="the kustomize operator gone")
+    kubectl.run("create", "namespace", TEAM)
+    # the platform's broker, as a second team uses it: the admin Secret in the team's namespace
+    secret = subprocess.run(
+        [sys.executable, "-m", "matchenv.cli", "broker-secret", "--namespace", TEAM, "--password-stdin",
+         "--url", "amqp://rabbitmq.matchenv-system.svc:5672",
+         "--management-url", "http://rabbitmq.matchenv-system.svc:15672"],
+        input=installed.passwords["broker"], capture_output=True, text=True, check=True).stdout
+    kubectl.run("apply", "-f", "-", stdin=secret)
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({
+        "image": {"repository": "docker.io/library/matchenv"},
+        "watchNamespaces": [TEAM],
+        "defaultingPolicy": {"enabled": "false"},  # the kustomize install has it: one per cluster
+        "scraper": {"options": {"MATCHENV_SCRAPE_FROM_FILE": None, "MATCHENV_SCRAPE_SYNTHETIC": "300",
+                                "MATCHENV_SCRAPE_SEED": "99"}},
+    }))
+    chart = str(REPO_ROOT / "charts/matchenv")
+    _helm(kubectl, "install", "h1", chart, "-n", TEAM, "-f", str(values), "--wait", "--timeout", "180s")
+    pods = kubectl.get_json("pods", "-n", TEAM, "-l", "app.kubernetes.io/component=operator")["items"]
+    assert len(pods) == 2
+    # one environment and its database, from the same manifests, in the team's namespace under its own queue name
+    team = installed.manifests / TEAM
+    team.mkdir()
+    (team / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": TEAM,
+        "resources": ["../environments/dev", "../databases/dev"],
+        "images": [{"name": "postgres", "newName": "localhost/matchenv/postgres", "newTag": "bookworm"}],
+        "patches": [{"target": {"kind": "MatchEnvironment"}, "patch": yaml.safe_dump(
+            [{"op": "add", "path": "/spec/queue", "value": {"name": f"matches.{TEAM}-dev"}}])}]}))
+    kubectl.run("apply", "-k", str(team))
+    kubectl.run("rollout", "status", "-n", TEAM, "statefulset/postgres-dev", "--timeout=180s", timeout=200)
+    kubectl.run("wait", "-n", TEAM, "--for=condition=Ready", "menv/dev", "--timeout=180s", timeout=200)
+    kubectl.run("create", "job", "-n", TEAM, "--from=cronjob/h1-scrape", "h1-s1")
+    kubectl.run("wait", "-n", TEAM, "--for=condition=Complete", "job/h1-s1", "--timeout=300s", timeout=320)
+    ip = installed.service_ip(TEAM, "postgres-dev")
+    url = f"postgresql://postgres:{installed.passwords['dev']}@{ip}:5432/postgres"
+    rows: list[int] = []
+
+    def stored() -> bool:
+        rows.append(count_rows(url))
+        return rows[-1] == 300
+
+    try:
+        wait_for(stored, timeout=180, what="300 rows in the team's database", every=1)
+    except AssertionError:
+        print(kubectl.run("logs", "-n", TEAM, "job/h1-s1", check=False).stdout)
+        print(kubectl.run("get", "menv", "-n", TEAM, "dev", "-o", "yaml").stdout)
+        print(kubectl.run("logs", "-n", TEAM, "deployment/dev-workers", "--tail=40", check=False).stdout)
+        raise AssertionError(f"rows seen: {rows[-5:]}") from None
+
+    before = {p["metadata"]["name"] for p in kubectl.get_json("pods", "-n", TEAM, "-l",
+                                                              "app.kubernetes.io/component=operator")["items"]}
+    _helm(kubectl, "upgrade", "h1", chart, "-n", TEAM, "--reuse-values", "--set", "operator.resyncSeconds=5",
+          "--wait", "--timeout", "180s")
+    kubectl.run("rollout", "status", "-n", TEAM, "deployment/h1-operator", "--timeout=180s", timeout=200)
+    after = kubectl.get_json("pods", "-n", TEAM, "-l", "app.kubernetes.io/component=operator")["items"]
+    live = [p for p in after if not p["metadata"].get("deletionTimestamp")]
+    assert {p["metadata"]["name"] for p in live}.isdisjoint(before)  # rolled
+    env = {e["name"]: e.get("value") for e in live[0]["spec"]["containers"][0]["env"]}
+    assert env["MATCHENV_RESYNC_SECONDS"] == "5"
+    owned = [kubectl.run("get", "lease", "h1-operator", "-n", TEAM, "-o", "name", check=False).stdout,
+             kubectl.run("get", "secret", "matchenv-publisher", "-n", TEAM, "-o", "name", check=False).stdout]
+    assert all(owned), "the operator made its Lease and the publisher Secret"
+
+    _helm(kubectl, "uninstall", "h1", "-n", TEAM, "--wait", "--timeout", "180s")
+    kubectl.run("get", "crd", "matchenvironments.matchenv.io")  # kept (documented): the environments stay
+    kubectl.run("get", "menv", "-n", TEAM, "dev")
+    wait_for(lambda: _released(kubectl) == [], timeout=90, what="nothing of release h1 left")
+    # what the operator made for itself went with its Deployment (owner references)
+    left = {"secret/matchenv-broker", "secret/matchenv-db-dev", "secret/dev-broker"}  # the team's, the env's
+    wait_for(lambda: set(kubectl.run("get", "lease,secret", "-n", TEAM, "-o", "name").stdout.split()) == left,
+             timeout=90, what=f"only {sorted(left)} left")

@@ -49,6 +49,18 @@ def test_upsert_without_external_id_uses_the_natural_key(database: str) -> None:
     assert rows(database) == 1
 
 
+def test_a_store_finding_no_schema_migrates_it_and_stores_or_says_what_to_run(postgres: PostgresServer) -> None:
+    """A worker that started before its database had no schema to use: the first message migrates it (unless the
+    database's owner migrates, MATCHENV_MIGRATE=false)."""
+    bare = postgres.create_database(f"bare_{uuid.uuid4().hex[:8]}")
+    match = Match.model_validate(make_match(4))
+    with pytest.raises(StoreUnavailable, match="run `matchenv db migrate`"):
+        PostgresStore(bare).upsert(match)
+    assert PostgresStore(bare, auto_migrate=True).upsert(match) == "created"
+    assert rows(bare) == 1
+    assert migrate(bare) == []  # the whole schema is there
+
+
 def test_unreachable_database_is_reported_as_unavailable() -> None:
     from matchenv_devkit.services.process import free_port
 

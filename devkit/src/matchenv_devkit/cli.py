@@ -67,12 +67,13 @@ def _build(ensure: Callable[..., CachedBinaries], force: bool) -> None:
 
 @cluster_app.command("build")
 def cluster_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")) -> None:
-    """Build (or find cached) kube-apiserver, controller-manager, scheduler, kubectl and etcd; and the oldest
-    supported release's kube-apiserver and kubectl (the install is checked against them too)."""
-    from matchenv_devkit.cluster.build import ensure_apiserver_binaries, ensure_binaries
+    """Build (or find cached) kube-apiserver, controller-manager, scheduler, kubectl and etcd; the oldest supported
+    release's kube-apiserver and kubectl (the install is checked against them too); helm (the chart's tests)."""
+    from matchenv_devkit.cluster.build import ensure_apiserver_binaries, ensure_binaries, ensure_helm
 
     _build(ensure_binaries, force)
     _build(lambda force: ensure_apiserver_binaries(), force)
+    _build(ensure_helm, force)
 
 
 @node_app.command("build")

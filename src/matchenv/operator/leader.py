@@ -36,8 +36,11 @@ def _micro_now() -> str:
 
 class LeaseElector:
     def __init__(self, kube: Kube, namespace: str, name: str, identity: str, lease_seconds: float = 15.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, owner: Obj | None = None) -> None:
+        """``owner``: an ownerReference (the operator's Deployment) the Lease is created with, so that it goes
+        with the installation."""
         self.kube = kube
+        self.owner = owner
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -73,10 +76,13 @@ class LeaseElector:
         held = current and (current.get("spec") or {}).get("holderIdentity") == self.identity
         spec["acquireTime"] = (current or {}).get("spec", {}).get("acquireTime", now) if held else now
         metadata: Obj = {"name": self.name, "namespace": self.namespace}
-        if current is not None:
+        if current is not None:  # a replace keeps what others set on the object (labels, owners, the standby)
             metadata["resourceVersion"] = current["metadata"]["resourceVersion"]
-            if current["metadata"].get("annotations"):
-                metadata["annotations"] = dict(current["metadata"]["annotations"])
+            for key in ("annotations", "labels", "ownerReferences"):
+                if current["metadata"].get(key):
+                    metadata[key] = copy.deepcopy(current["metadata"][key])
+        elif self.owner is not None:
+            metadata["ownerReferences"] = [self.owner]
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
     def try_acquire_or_renew(self) -> bool:

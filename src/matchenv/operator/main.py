@@ -21,18 +21,37 @@ from matchenv.operator.settings import OperatorSettings
 log = logging.getLogger("matchenv.operator")
 
 
+def installation_owner(kube: Kube, settings: OperatorSettings) -> dict[str, object] | None:
+    """An ownerReference to the operator's own Deployment, for what it creates outside any MatchEnvironment."""
+    if not settings.owner_deployment:
+        return None
+    try:
+        deployment = kube.get_deployment(settings.operator_namespace, settings.owner_deployment)
+    except Exception as exc:  # the operator runs on; only the clean-up on uninstall is lost
+        log.warning("could not read Deployment %s/%s (%s): its Lease and publisher Secret will not be owned by it",
+                    settings.operator_namespace, settings.owner_deployment, exc)
+        return None
+    if deployment is None:
+        log.warning("Deployment %s/%s not found: the Lease and publisher Secret will not be owned by it",
+                    settings.operator_namespace, settings.owner_deployment)
+        return None
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "name": settings.owner_deployment,
+            "uid": deployment["metadata"]["uid"]}
+
+
 def run(settings: OperatorSettings, verbose: bool = False) -> int:
     """Run the operator; the exit code is 1 when leadership was lost (so the pod restarts into standby)."""
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack to stderr
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if settings.log_json else kopf.LogFormat.FULL)
     logging.getLogger("matchenv").setLevel(logging.DEBUG if verbose else logging.INFO)
     api = new_api_client(settings.kubeconfig)
+    owner = installation_owner(Kube(api, timeout=settings.api_timeout), settings)
     # the election's own calls are bounded by its retry period, so a renewal cannot outlast the renew deadline
     elector = LeaseElector(Kube(api, timeout=max(0.5, min(settings.api_timeout, settings.lease_seconds / 5))),
                            settings.operator_namespace, settings.lease_name, settings.identity,
-                           settings.lease_seconds)
+                           settings.lease_seconds, owner=owner)
     kube = Kube(api, timeout=settings.api_timeout, fence=elector.leading if settings.leader_election else None)
-    reconciler = Reconciler(kube, settings)
+    reconciler = Reconciler(kube, settings, owner=owner)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="0.0.0.0")
     if settings.health_port:

@@ -30,21 +30,26 @@ MANAGED_LABEL = "app.kubernetes.io/managed-by"
 
 
 def build_publisher_secret(namespace: str, name: str, broker_url: str, user: str, password: str,
-                           vhost: str) -> Obj:
-    """Secret with the scraper's AMQP URL (the publisher user's credentials and vhost in it)."""
+                           vhost: str, owner: Obj | None = None) -> Obj:
+    """Secret with the scraper's AMQP URL (the publisher user's credentials and vhost in it); ``owner``: the
+    operator's Deployment, so that the Secret goes with the installation."""
+    metadata: Obj = {"name": name, "namespace": namespace,
+                     "labels": {MANAGED_LABEL: MANAGED_BY, "app.kubernetes.io/component": "publisher"}}
+    if owner is not None:
+        metadata["ownerReferences"] = [owner]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": {MANAGED_LABEL: MANAGED_BY, "app.kubernetes.io/component": "publisher"}},
+        "metadata": metadata,
         "stringData": {c.WORKER_SECRET_URL: builders.worker_amqp_url(broker_url, user, password, vhost),
                        c.WORKER_SECRET_USERNAME: user, c.WORKER_SECRET_PASSWORD: password},
     }
 
 
 def ensure_publisher(kube: Kube, settings: OperatorSettings, conn: BrokerConnection, client: Any,
-                     secret: Obj | None, snapshot: Callable[[], BrokerSnapshot]) -> list[str]:
+                     secret: Obj | None, snapshot: Callable[[], BrokerSnapshot], owner: Obj | None = None
+                     ) -> list[str]:
     """Bring the publisher's Secret (``secret`` as read, None if missing) and broker user to what ``settings``
     allow; what was done, for the log."""
     namespace, name = settings.operator_namespace, settings.publisher_secret
@@ -54,9 +59,10 @@ def ensure_publisher(kube: Kube, settings: OperatorSettings, conn: BrokerConnect
     current = builders.decode_secret_data((secret or {}).get("data"))
     password = current.get(c.WORKER_SECRET_PASSWORD) or secrets.token_urlsafe(24)
     vhosts = settings.allowed_vhosts or ["/"]
-    body = build_publisher_secret(namespace, name, conn.url, user, password, vhosts[0])
+    body = build_publisher_secret(namespace, name, conn.url, user, password, vhosts[0], owner)
     done = []
-    if current != body["stringData"]:
+    owners = (secret or {}).get("metadata", {}).get("ownerReferences") or []
+    if current != body["stringData"] or (owner is not None and owner not in owners):
         kube.apply_secret(body)
         done.append(f"wrote Secret {namespace}/{name} for broker user {user}")
     desired = desired_publisher(user, settings.allowed_exchanges, vhosts)

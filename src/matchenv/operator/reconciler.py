@@ -162,8 +162,9 @@ class TopologyOutcome:
 class Reconciler:
     def __init__(self, kube: Kube, settings: OperatorSettings, clients: BrokerClients | None = None,
                  autoscaler: Autoscaler | None = None, clock: Callable[[], float] = time.monotonic,
-                 stop_wait: float = 20.0) -> None:
+                 stop_wait: float = 20.0, owner: Obj | None = None) -> None:
         self.kube = kube
+        self.owner = owner  # the operator's Deployment: owns what the operator makes for itself (publisher Secret)
         self.stop_wait = stop_wait  # how long one teardown call waits for the workers before it is retried
         self.settings = settings
         self.clients = clients or BrokerClients(settings.broker_timeout)
@@ -507,7 +508,7 @@ class Reconciler:
             client = self.clients.get(conn)
             secret = self._secret(self.settings.operator_namespace, self.settings.publisher_secret, prefetched)
             ensure_publisher(self.kube, self.settings, conn, client, secret,
-                             lambda: self._snapshot(conn, client, prefetched))
+                             lambda: self._snapshot(conn, client, prefetched), owner=self.owner)
         except (BrokerError, BrokerConfigError, builders.SecretDecodeError, ApiException) as exc:
             log.warning("publisher credentials: %s", _describe(exc))
 

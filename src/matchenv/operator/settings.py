@@ -43,6 +43,10 @@ class OperatorSettings(BaseModel):
                                   "scraper's publish-only broker user, kept by the leader; empty turns it off "
                                   "(MATCHENV_PUBLISHER_SECRET).")
 
+    owner_deployment: str = Field("", description="The operator's own Deployment (MATCHENV_OWNER_DEPLOYMENT): the "
+                                  "Lease and the publisher Secret it creates are owned by it, so deleting the "
+                                  "installation deletes them too.")
+
     @field_validator("queue_pattern")
     @classmethod
     def _regex(cls, value: str) -> str:
@@ -83,6 +87,7 @@ class OperatorSettings(BaseModel):
             "MATCHENV_BROKER_TIMEOUT": "broker_timeout",
             "KUBECONFIG": "kubeconfig",
             "MATCHENV_LOG_JSON": "log_json",
+            "MATCHENV_OWNER_DEPLOYMENT": "owner_deployment",
         }
         for var, field in mapping.items():
             if env.get(var):

@@ -22,6 +22,7 @@ class DatabaseConfig(BaseModel):
     kind: Literal["postgres", "supabase"]
     url: SecretStr  # DATABASE_URL (may hold a password) or SUPABASE_URL
     key: SecretStr | None = None  # the Supabase key
+    migrate: bool = True  # PostgreSQL: create or update the schema (MATCHENV_MIGRATE=false: the owner does it)
 
     def describe(self) -> str:
         """Where the worker writes, without credentials (for logs)."""
@@ -71,7 +72,8 @@ class WorkerConfig(BaseModel):
 def database_from_env(env: Mapping[str, str]) -> DatabaseConfig:
     """``DATABASE_URL`` wins; else ``SUPABASE_URL`` with ``SUPABASE_SERVICE_KEY`` or ``SUPABASE_KEY``."""
     if env.get(c.ENV_DATABASE_URL):
-        return DatabaseConfig(kind="postgres", url=SecretStr(env[c.ENV_DATABASE_URL]))
+        return DatabaseConfig(kind="postgres", url=SecretStr(env[c.ENV_DATABASE_URL]),
+                              migrate=env.get(c.ENV_MIGRATE, "true").lower() != "false")
     if env.get(c.ENV_SUPABASE_URL):
         key = next((env[k] for k in c.ENV_SUPABASE_KEYS if env.get(k)), None)
         if not key:

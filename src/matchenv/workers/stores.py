@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 from typing import Any, Literal, Protocol
 
@@ -17,6 +18,8 @@ from psycopg import errors as pg_errors
 
 from matchenv.models import Match
 from matchenv.workers.config import DatabaseConfig
+
+log = logging.getLogger("matchenv.worker")
 
 Outcome = Literal["created", "updated", "skipped"]
 OUTCOMES: tuple[Outcome, ...] = ("created", "updated", "skipped")
@@ -62,11 +65,19 @@ _TRANSIENT_PG = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_
                  pg_errors.CannotConnectNow)
 
 
-class PostgresStore:
-    """psycopg 3; one autocommit connection per thread, reopened after a failure."""
+class _SchemaMissing(Exception):
+    pass
 
-    def __init__(self, url: str, connect_timeout: int = 5, statement_timeout_ms: int = 10_000) -> None:
+
+class PostgresStore:
+    """psycopg 3; one autocommit connection per thread, reopened after a failure. With ``auto_migrate``, a
+    database whose schema is missing (it was not up when the worker started, or was recreated) is migrated when
+    the first message finds it so, and the message stored."""
+
+    def __init__(self, url: str, connect_timeout: int = 5, statement_timeout_ms: int = 10_000,
+                 auto_migrate: bool = False) -> None:
         self.url = url
+        self.auto_migrate = auto_migrate
         self.connect_timeout = connect_timeout
         self.statement_timeout_ms = statement_timeout_ms
         self._local = threading.local()
@@ -83,6 +94,24 @@ class PostgresStore:
         return conn
 
     def upsert(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome:
+        try:
+            return self._upsert(match, scraped_at)
+        except _SchemaMissing:
+            if not self.auto_migrate:
+                raise StoreUnavailable("matchenv_upsert_match is missing: run `matchenv db migrate`") from None
+        from matchenv.workers.migrate import migrate
+
+        try:
+            applied = migrate(self.url, timeout=self.connect_timeout)
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"the schema is missing and migrating failed: {_first_line(exc)}") from exc
+        log.info("schema migrated (%s)", ", ".join(applied) or "by another worker")
+        try:
+            return self._upsert(match, scraped_at)
+        except _SchemaMissing:
+            raise StoreUnavailable("matchenv_upsert_match is still missing after migrating") from None
+
+    def _upsert(self, match: Match, scraped_at: dt.datetime | None) -> Outcome:
         conn = self._conn()
         try:
             row = conn.execute("select matchenv_upsert_match(%s::jsonb)",
@@ -94,7 +123,7 @@ class PostgresStore:
             self._drop()
             raise StoreUnavailable(f"database connection lost: {_first_line(exc)}") from exc
         except pg_errors.UndefinedFunction as exc:
-            raise StoreUnavailable("matchenv_upsert_match is missing: run `matchenv db migrate`") from exc
+            raise _SchemaMissing from exc
         except psycopg.Error as exc:
             raise PermanentStoreError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
         return _outcome(row[0] if row else None)
@@ -144,7 +173,7 @@ def make_store(config: DatabaseConfig) -> Store:
     if config.kind == "supabase":
         assert config.key is not None
         return SupabaseStore(config.url.get_secret_value(), config.key.get_secret_value())
-    return PostgresStore(config.url.get_secret_value())
+    return PostgresStore(config.url.get_secret_value(), auto_migrate=config.migrate)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -26,12 +26,14 @@ from matchenv_devkit.cluster.versions import (
     CONTAINERD_VERSION,
     COREDNS_VERSION,
     ETCD_VERSION,
+    HELM_VERSION,
     KUBERNETES_VERSION,
     NODE_COMPONENTS,
     RUNC_VERSION,
     ApiServerBinaries,
     CachedBinaries,
     ControlPlaneBinaries,
+    HelmBinaries,
     NodeBinaries,
     cache_root,
 )
@@ -256,6 +258,27 @@ def ensure_apiserver_binaries(
 
     _into_cache(binaries, build)
     progress(f"API server {binaries.version} built in {time.monotonic() - started:.0f}s")
+    return binaries
+
+
+def ensure_helm(binaries: HelmBinaries | None = None, progress: Progress = _stderr_progress,
+                force: bool = False) -> HelmBinaries:
+    """Return the cached helm, building it from its Go module first."""
+    binaries = binaries or HelmBinaries.default()
+    if not binaries.missing() and not force:
+        return binaries
+    started = time.monotonic()
+    progress(f"building helm {HELM_VERSION} into {binaries.bin_dir}")
+    go = _Go(progress)
+    module = "helm.sh/helm/v4"
+
+    def build(staging: Path) -> None:
+        _build_module(go, cache_root() / "src" / f"helm-{HELM_VERSION}", staging, module, HELM_VERSION,
+                      [f"{module}/cmd/helm"], label="helm",
+                      ldflags=f"-s -w -X {module}/internal/version.version={HELM_VERSION}")
+
+    _into_cache(binaries, build)
+    progress(f"helm built in {time.monotonic() - started:.0f}s")
     return binaries
 
 

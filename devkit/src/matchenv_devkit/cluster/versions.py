@@ -26,6 +26,8 @@ CONTAINERD_VERSION = "v2.4.2"
 CONTAINERD_COMMANDS = ("containerd", "containerd-shim-runc-v2", "ctr")
 RUNC_VERSION = "v1.5.2"
 COREDNS_VERSION = "v1.15.0"
+# Helm, for the chart's tests (lint, template, install/upgrade/uninstall on the real node).
+HELM_VERSION = "v4.3.1"
 
 
 def cache_root() -> Path:
@@ -85,6 +87,19 @@ class ApiServerBinaries(CachedBinaries):
     @property
     def all_names(self) -> tuple[str, ...]:
         return APISERVER_COMPONENTS
+
+
+@dataclass(frozen=True)
+class HelmBinaries(CachedBinaries):
+    """The pinned helm."""
+
+    @classmethod
+    def default(cls) -> HelmBinaries:
+        return cls(cache_root() / f"helm-{HELM_VERSION}")
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return ("helm",)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,44 @@
+{{- define "matchenv.labels" -}}
+app.kubernetes.io/name: matchenv
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{- define "matchenv.operatorSelector" -}}
+app.kubernetes.io/name: matchenv
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "matchenv.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* cluster-scoped objects are named after the release and its namespace: two releases never share one */}}
+{{- define "matchenv.clusterName" -}}
+{{ .Release.Name }}-{{ .Release.Namespace }}
+{{- end }}
+
+{{/* the rules the operator needs where it serves MatchEnvironments (ClusterRole, or a Role per namespace) */}}
+{{- define "matchenv.environmentRules" -}}
+- apiGroups: [matchenv.io]
+  resources: [matchenvironments]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [matchenv.io]
+  resources: [matchenvironments/status, matchenvironments/scale]
+  verbs: [get, patch, update]
+- apiGroups: [matchenv.io]
+  resources: [matchenvironments/finalizers]
+  verbs: [update]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}
