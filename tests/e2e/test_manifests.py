@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from matchenv_devkit.cluster.install import fill_env_files
 from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.cluster.operatorproc import OperatorProcess, service_account_kubeconfig
 from matchenv_devkit.cluster.stack import clean_broker
-from matchenv_devkit.cluster.versions import OLDEST_KUBERNETES_VERSION, ApiServerBinaries
+from matchenv_devkit.cluster.versions import OLDEST_KUBERNETES_VERSION, ApiServerBinaries, HelmBinaries
 from matchenv_devkit.services.process import wait_for
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.e2e.platform import broker_secret, db_secret
@@ -128,3 +129,39 @@ def test_the_oldest_release_takes_the_base_and_serves_environments_without_the_p
         operator.stop()  # this API server goes with the test; the shared broker is cleaned for the next ones
         clean_broker(broker)
     assert "Forbidden" not in operator.log_path.read_text(errors="replace")
+
+
+# -- the Helm chart ----------------------------------------------------------------------------------------------
+CHART = ROOT / "charts/matchenv"
+VALUE_SETS = {
+    "defaults": [],
+    "bundled-broker-namespaced": ["--set", "rabbitmq.enabled=true", "--set", "watchNamespaces={team-a,team-b}"],
+    "no-scraper-no-metrics": ["--set", "scraper.enabled=false", "--set", "metrics.enabled=false",
+                              "--set", "operator.replicas=1"],
+}
+
+
+def _helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HelmBinaries.default().path("helm")), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_helm_lint_passes() -> None:
+    result = _helm("lint", str(CHART), "--strict")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_the_chart_renders_what_the_api_servers_accept(values: str, crd_installed: Kubectl, oldest: Kubectl) -> None:
+    rendered = _helm("template", "rel", str(CHART), "--namespace", "matchenv-system", *VALUE_SETS[values])
+    assert rendered.returncode == 0, rendered.stderr
+    docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    kinds = {d["kind"] for d in docs}
+    assert "Deployment" in kinds
+    assert ("CronJob" in kinds) == (values != "no-scraper-no-metrics")
+    assert ("StatefulSet" in kinds) == (values == "bundled-broker-namespaced")
+    for kubectl in (crd_installed, oldest):
+        for ns in ("matchenv-system", "team-a", "team-b"):
+            kubectl.run("create", "namespace", ns, check=False)
+        result = kubectl.run("apply", "--dry-run=server", "-f", "-", stdin=rendered.stdout, check=False)
+        assert result.returncode == 0, result.stderr
