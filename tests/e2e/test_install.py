@@ -1,4 +1,5 @@
-"""matchenv as users install and run it, on the real node: `kubectl apply -k manifests/overlays/local` on an empty
+"""matchenv as users install and run it, on the real node (or, with MATCHENV_E2E_KUBECONFIG, any cluster such as
+kind's: `make e2e-kind`): `kubectl apply -k manifests/overlays/local` on an empty
 cluster (operator Deployment with leader and standby, RabbitMQ and a PostgreSQL per environment, all pods from the
 images built here), the scraper as a Job from its CronJob, and what a platform team lives through: the leading
 operator pod deleted, a worker pod deleted and a worker container killed mid-run, the RabbitMQ pod deleted mid-run.
@@ -11,7 +12,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ import yaml
 
 from matchenv_devkit.cluster.images import REPO_ROOT
 from matchenv_devkit.cluster.install import ENVIRONMENTS, SYSTEM, Installation
-from matchenv_devkit.cluster.kubectl import Kubectl
+from matchenv_devkit.cluster.kubectl import ExternalCluster, Kubectl
 from matchenv_devkit.cluster.realnode import RealNode
 from matchenv_devkit.cluster.stack import count_rows
 from matchenv_devkit.cluster.versions import HelmBinaries
@@ -30,15 +33,54 @@ from tests.e2e.pipeline import real_node_fixture
 LEASE_SECONDS = 15  # the operator's default Lease duration
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubectl, RealNode]]:
-    yield from real_node_fixture(tmp_path_factory.mktemp("install-node"))
+EXTERNAL = os.environ.get("MATCHENV_E2E_KUBECONFIG")  # another cluster (kind), prepared by scripts/e2e-kind.sh
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where the install runs, and what differs there: how a container is killed, which images the team's
+    database uses."""
+
+    kubectl: Kubectl
+    kill_container: Callable[[dict[str, Any]], None]
+    overlay: str = "overlays/local"
+    images: tuple[dict[str, str], ...] = ({"name": "postgres", "newName": "localhost/matchenv/postgres",
+                                           "newTag": "bookworm"},)
+    postgres_user: int = 998
+
+
+def _kill_in_kind(kubectl: Kubectl) -> Callable[[dict[str, Any]], None]:
+    def kill(pod: dict[str, Any]) -> None:
+        node = pod["spec"]["nodeName"]  # a kind node is a Docker container of that name
+        container = pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+        pid = subprocess.run(["docker", "exec", node, "crictl", "inspect", "--output", "go-template", "--template",
+                              "{{.info.pid}}", container], capture_output=True, text=True, check=True).stdout
+        subprocess.run(["docker", "exec", node, "kill", "-KILL", pid.strip()], check=True)
+
+    return kill
 
 
 @pytest.fixture(scope="module")
-def installed(node: tuple[Kubectl, RealNode], tmp_path_factory: pytest.TempPathFactory) -> Installation:
-    kubectl, _ = node
-    return Installation(kubectl, tmp_path_factory.mktemp("install"), log=print).prepare()
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    if EXTERNAL:
+        kubectl = Kubectl(ExternalCluster(Path(EXTERNAL)))
+        yield Site(kubectl, _kill_in_kind(kubectl), overlay=os.environ.get("MATCHENV_E2E_OVERLAY", "overlays/kind"),
+                   images=(), postgres_user=999)
+        return
+    for kubectl, real in real_node_fixture(tmp_path_factory.mktemp("install-node")):
+        yield Site(kubectl, partial(_kill_on_real_node, real))
+
+
+def _kill_on_real_node(real: RealNode, pod: dict[str, Any]) -> None:
+    os.kill(real.container_pid(pod["status"]["containerStatuses"][0]["containerID"]), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def installed(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installation]:
+    installation = Installation(site.kubectl, tmp_path_factory.mktemp("install"), overlay=site.overlay, log=print,
+                                port_forward=bool(EXTERNAL)).prepare()
+    yield installation
+    installation.close()
 
 
 @pytest.fixture(autouse=True)
@@ -109,17 +151,16 @@ def test_the_standby_leads_when_the_leader_pod_is_deleted_and_repairs_a_binding(
 
 
 def test_a_worker_pod_deleted_and_a_worker_container_killed_mid_run_lose_nothing(
-        installed: Installation, node: tuple[Kubectl, RealNode]) -> None:
-    kubectl, real = node
+        installed: Installation, site: Site) -> None:
+    kubectl = installed.kubectl
     _feed(installed, 3000, seed=77)
     installed.scrape_job("s2", wait=False)
     wait_for(lambda: installed.rows("prod") >= 1300, timeout=300, what="the run under way in prod", every=0.5)
     victim = _worker_pods(kubectl, "prod")[0]["metadata"]["name"]
     kubectl.run("delete", "pod", victim, "--wait=false")
     dev = _worker_pods(kubectl, "dev")[0]
-    pid = real.container_pid(dev["status"]["containerStatuses"][0]["containerID"])
-    os.kill(pid, signal.SIGKILL)
-    print(f"\ndeleted pod {victim}; killed the worker container of {dev['metadata']['name']} (pid {pid})")
+    site.kill_container(dev)
+    print(f"\ndeleted pod {victim}; killed the worker container of {dev['metadata']['name']}")
     installed.wait_job("s2")
     _stored_exactly_once(installed, 4000)
     restarted = kubectl.get_json("pod", dev["metadata"]["name"])
@@ -182,7 +223,7 @@ def _released(kubectl: Kubectl) -> list[str]:
     return named + [n for n in cluster if "h1-" in n]
 
 
-def test_helm_installs_a_second_team_upgrades_and_uninstalls_leaving_the_crd(installed: Installation,
+def test_helm_installs_a_second_team_upgrades_and_uninstalls_leaving_the_crd(installed: Installation, site: Site,
                                                                              tmp_path: Path) -> None:
     kubectl = installed.kubectl
     # one operator per namespace: the cluster-wide operator of the kustomize install steps aside for this test
@@ -198,7 +239,6 @@ def test_helm_installs_a_second_team_upgrades_and_uninstalls_leaving_the_crd(ins
     kubectl.run("apply", "-f", "-", stdin=secret)
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump({
-        "image": {"repository": "docker.io/library/matchenv"},
         "watchNamespaces": [TEAM],
         "defaultingPolicy": {"enabled": "false"},  # the kustomize install has it: one per cluster
         "scraper": {"options": {"MATCHENV_SCRAPE_FROM_FILE": None, "MATCHENV_SCRAPE_SYNTHETIC": "300",
@@ -214,16 +254,19 @@ def test_helm_installs_a_second_team_upgrades_and_uninstalls_leaving_the_crd(ins
     (team / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": TEAM,
         "resources": ["../environments/dev", "../databases/dev"],
-        "images": [{"name": "postgres", "newName": "localhost/matchenv/postgres", "newTag": "bookworm"}],
-        "patches": [{"target": {"kind": "MatchEnvironment"}, "patch": yaml.safe_dump(
-            [{"op": "add", "path": "/spec/queue", "value": {"name": f"matches.{TEAM}-dev"}}])}]}))
+        "images": list(site.images),
+        "patches": [
+            {"target": {"kind": "MatchEnvironment"}, "patch": yaml.safe_dump(
+                [{"op": "add", "path": "/spec/queue", "value": {"name": f"matches.{TEAM}-dev"}}])},
+            {"target": {"kind": "StatefulSet"}, "patch": yaml.safe_dump(
+                [{"op": "replace", "path": "/spec/template/spec/securityContext/runAsUser",
+                  "value": site.postgres_user}])}]}))
     kubectl.run("apply", "-k", str(team))
     kubectl.run("rollout", "status", "-n", TEAM, "statefulset/postgres-dev", "--timeout=180s", timeout=200)
     kubectl.run("wait", "-n", TEAM, "--for=condition=Ready", "menv/dev", "--timeout=180s", timeout=200)
     kubectl.run("create", "job", "-n", TEAM, "--from=cronjob/h1-scrape", "h1-s1")
     kubectl.run("wait", "-n", TEAM, "--for=condition=Complete", "job/h1-s1", "--timeout=300s", timeout=320)
-    ip = installed.service_ip(TEAM, "postgres-dev")
-    url = f"postgresql://postgres:{installed.passwords['dev']}@{ip}:5432/postgres"
+    url = installed.database_url("dev", namespace=TEAM)
     rows: list[int] = []
 
     def stored() -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import secrets
 import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from matchenv.topology.client import ManagementClient
 from matchenv_devkit.cluster.images import REPO_ROOT
 from matchenv_devkit.cluster.kubectl import Kubectl, KubectlError
 from matchenv_devkit.cluster.stack import count_duplicates, count_rows
-from matchenv_devkit.services.process import wait_for
+from matchenv_devkit.services.process import free_port, wait_for
 
 SYSTEM = "matchenv-system"
 OPERATOR_SELECTOR = "app.kubernetes.io/name=matchenv,app.kubernetes.io/component=operator"
@@ -54,6 +56,10 @@ class Installation:
     namespace: str = "default"  # where the environments and their databases live (the overlay names none)
     log: Callable[[str], None] = lambda _msg: None
     passwords: dict[str, str] = field(default_factory=dict)
+    # Service ClusterIPs answer from this host on the real node (kube-proxy's rules are the host's); elsewhere
+    # (kind) the broker and databases are reached through `kubectl port-forward`
+    port_forward: bool = False
+    _forwards: dict[tuple[str, str, int], tuple[subprocess.Popen[bytes], int]] = field(default_factory=dict)
 
     @property
     def manifests(self) -> Path:
@@ -136,16 +142,35 @@ class Installation:
         return self.kubectl.run("logs", "-n", SYSTEM, f"job/{name}", "--tail=50", check=False).stdout
 
     # -- the broker and the databases, from this host --------------------------------------------------------
-    def service_ip(self, namespace: str, name: str) -> str:
-        return str(self.kubectl.get_json("service", "-n", namespace, name)["spec"]["clusterIP"])
+    def reach(self, namespace: str, service: str, port: int) -> str:
+        """``host:port`` at which this host reaches a Service's port."""
+        if not self.port_forward:
+            ip = self.kubectl.get_json("service", "-n", namespace, service)["spec"]["clusterIP"]
+            return f"{ip}:{port}"
+        key = (namespace, service, port)
+        forward = self._forwards.get(key)
+        if forward is None or forward[0].poll() is not None:
+            local = free_port()
+            proc = subprocess.Popen(self.kubectl.cluster.kubectl_cmd(
+                "port-forward", "-n", namespace, f"service/{service}", f"{local}:{port}"),
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: _listening(local), timeout=30, what=f"port-forward to {namespace}/{service}")
+            self._forwards[key] = forward = (proc, local)
+        return f"127.0.0.1:{forward[1]}"
+
+    def close(self) -> None:
+        """Stop the port-forwards."""
+        for proc, _ in self._forwards.values():
+            proc.terminate()
+        self._forwards.clear()
 
     def broker(self) -> ManagementClient:
-        return ManagementClient(f"http://{self.service_ip(SYSTEM, 'rabbitmq')}:15672", "matchenv-admin",
+        return ManagementClient(f"http://{self.reach(SYSTEM, 'rabbitmq', 15672)}", "matchenv-admin",
                                 self.passwords["broker"])
 
-    def database_url(self, env: str) -> str:
-        ip = self.service_ip(self.namespace, f"postgres-{env}")
-        return f"postgresql://postgres:{self.passwords[env]}@{ip}:5432/postgres"
+    def database_url(self, env: str, namespace: str | None = None) -> str:
+        where = self.reach(namespace or self.namespace, f"postgres-{env}", 5432)
+        return f"postgresql://postgres:{self.passwords[env]}@{where}/postgres"
 
     def rows(self, env: str) -> int:
         return count_rows(self.database_url(env))
@@ -166,3 +191,9 @@ class Installation:
         except AssertionError as exc:
             raise AssertionError(f"{exc}; rows now {last}") from None
         self.log(f"rows {expected} after {time.monotonic() - started:.0f}s")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

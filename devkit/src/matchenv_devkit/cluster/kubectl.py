@@ -1,14 +1,35 @@
-"""The built kubectl pointed at a local cluster; every call has a timeout."""
+"""kubectl pointed at a cluster (the local one, or any kubeconfig); every call has a timeout."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import yaml
 
-from matchenv_devkit.cluster.cluster import LocalCluster
+from matchenv_devkit.cluster.versions import ControlPlaneBinaries
+
+
+class Target(Protocol):
+    """What kubectl needs of a cluster: a kubeconfig and the command line."""
+
+    @property
+    def kubeconfig(self) -> Path: ...
+
+    def kubectl_cmd(self, *args: str) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class ExternalCluster:
+    """A cluster this kit did not start (kind, a real one): its kubeconfig, with the pinned kubectl."""
+
+    kubeconfig: Path
+
+    def kubectl_cmd(self, *args: str) -> list[str]:
+        return [str(ControlPlaneBinaries.default().path("kubectl")), f"--kubeconfig={self.kubeconfig}", *args]
 
 
 class KubectlError(AssertionError):
@@ -16,7 +37,7 @@ class KubectlError(AssertionError):
 
 
 class Kubectl:
-    def __init__(self, cluster: LocalCluster) -> None:
+    def __init__(self, cluster: Target) -> None:
         self.cluster = cluster
 
     def run(self, *args: str, stdin: str | None = None, check: bool = True,
