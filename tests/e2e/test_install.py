@@ -7,6 +7,7 @@ Every match is stored exactly once in every environment's database, whatever hap
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -192,6 +193,12 @@ def test_operator_pods_that_were_not_deleted_never_restarted(installed: Installa
     pods = installed.operator_pods()
     assert len(pods) == 2
     assert [s["restartCount"] for p in pods for s in p["status"]["containerStatuses"]] == [0, 0]
+    # the shortened form of "no restart in 5 minutes": the longest-lived pod has been probed at least 9 times
+    # (10 s period, 10 s initial delay), once as the standby and since the failover as the leader
+    now = time.time()
+    ages = [now - _timestamp(p["status"]["startTime"]) for p in pods]
+    print(f"\noperator pods up {', '.join(f'{a:.0f}s' for a in sorted(ages))}, restarts 0")
+    assert max(ages) >= 100
     events = installed.kubectl.get_json("events", "-n", SYSTEM)["items"]
     names = {p["metadata"]["name"] for p in pods}  # (the deleted leader's probes failed while it stopped)
     probes = [e["message"] for e in events if e["reason"] == "Unhealthy" and e["involvedObject"]["name"] in names]
@@ -303,3 +310,7 @@ def test_helm_installs_a_second_team_upgrades_and_uninstalls_leaving_the_crd(ins
     left = {"secret/matchenv-broker", "secret/matchenv-db-dev", "secret/dev-broker"}  # the team's, the env's
     wait_for(lambda: set(kubectl.run("get", "lease,secret", "-n", TEAM, "-o", "name").stdout.split()) == left,
              timeout=90, what=f"only {sorted(left)} left")
+
+
+def _timestamp(value: str) -> float:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
