@@ -70,6 +70,9 @@ _STOP_ORDER = ("kubelet", "kube-proxy")
 VOLUMES = 8  # host-path PersistentVolumes made ahead of time
 
 
+MIN_FREE_BYTES = 6 * 2**30  # the images unpacked (~2.5 GiB) and pods' writable layers, with room to spare
+
+
 class NodeError(RuntimeError):
     """The node did not start; the message says which part and shows its log."""
 
@@ -121,6 +124,13 @@ class RealNode:
             raise NodeError(f"{foreign}: another node (this kit's from another state directory, or a Kubernetes "
                             "node this machine already is) owns it; its pods and Service rules are not this node's "
                             "to take over or remove. Stop it first (`matchenv-dev cluster down --state-dir ...`).")
+        state_root = self.cluster.state_dir
+        state_root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(state_root).free
+        if free < MIN_FREE_BYTES:
+            raise NodeError(f"only {free / 2**30:.1f} GiB free under {state_root}: a node needs at least "
+                            f"{MIN_FREE_BYTES / 2**30:.0f} GiB there (its images are unpacked there; near a full disk "
+                            "the kubelet taints the node, evicts its pods and deletes their images)")
         started = time.monotonic()
         self.state.started_at = time.time()
         self.state.created_dirs = [str(d) for d in FIXED_DIRS if not d.exists()]
