@@ -77,11 +77,7 @@ def _installed_demo(state_dir: Path, keep: bool, say: Say, stoppers: list[Callab
     install.scrape_job("scrape-2")
     say("   " + install.job_log("scrape-2").strip().splitlines()[-1])
     install.wait_rows({"prod": 1200, "dev": 1200, "staging": 200})
-    say("== kubectl get matchenvironments")
-    say(kubectl.run("get", "matchenvironments").stdout.rstrip())
-    say("== rows per environment database (each its own PostgreSQL pod)")
-    for env in ("prod", "dev", "staging"):
-        say(f"   {env:8} {install.rows(env):5} rows, {install.duplicates(env)} duplicates")
+    _report(say, kubectl, install.rows, install.duplicates)
     if keep:
         say("\nEverything is still running. In another shell:")
         say(f"   export KUBECONFIG={cluster.kubeconfig} PATH={cluster.binaries.bin_dir}:$PATH")
@@ -109,17 +105,21 @@ def _process_demo(state_dir: Path, keep: bool, say: Say, stoppers: list[Callable
     say("== matchenv scrape --synthetic 200 --start 500")
     say("   " + stack.scrape("--synthetic", "200", "--start", "500").stdout.strip())
     stack.wait_rows({"prod": 700, "dev": 700, "staging": 200})
-    say("== kubectl get matchenvironments")
-    say(stack.kubectl.run("get", "matchenvironments").stdout.rstrip())
-    say("== rows per environment database")
-    for env in ("prod", "dev", "staging"):
-        say(f"   {env:8} {stack.rows(env):5} rows, {stack.duplicates(env)} duplicates")
+    _report(say, stack.kubectl, stack.rows, stack.duplicates)
     if keep:
         say("\nEverything is still running. In another shell:")
         say(f"   export KUBECONFIG={stack.kubectl.cluster.kubeconfig}")
         say(f"   export RABBITMQ_URL='{stack.rabbitmq.endpoints.amqp_url}'")
         say("   kubectl get menv; matchenv scrape --synthetic 100")
         _wait_for_ctrl_c(say)
+
+
+def _report(say: Say, kubectl: Kubectl, rows: Callable[[str], int], duplicates: Callable[[str], int]) -> None:
+    say("== kubectl get matchenvironments")
+    say(kubectl.run("get", "matchenvironments").stdout.rstrip())
+    say("== rows per environment database")
+    for env in ("prod", "dev", "staging"):
+        say(f"   {env:8} {rows(env):5} rows, {duplicates(env)} duplicates")
 
 
 def _wait_for_ctrl_c(say: Say) -> None:
