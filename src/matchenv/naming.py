@@ -9,6 +9,7 @@ from matchenv.contracts import owner_id
 from matchenv.models import API_GROUP
 
 MANAGED_BY = "matchenv"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 ENV_LABEL = f"{API_GROUP}/environment"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 WORKER_COMPONENT = "worker"
@@ -97,7 +98,7 @@ class EnvironmentNames:
             **self.selector_labels,
             "app.kubernetes.io/name": "matchenv",
             "app.kubernetes.io/instance": self.name,
-            "app.kubernetes.io/managed-by": MANAGED_BY,
+            MANAGED_BY_LABEL: MANAGED_BY,
         }
 
     @property

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from matchenv import contracts as c
-from matchenv.naming import MANAGED_BY, publisher_user_name
+from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL, publisher_user_name
 from matchenv.operator import builders
 from matchenv.operator.brokers import BrokerConnection
 from matchenv.operator.kube import Kube, Obj
@@ -26,7 +26,6 @@ from matchenv.topology.planner import Plan, plan_publisher
 from matchenv.topology.snapshot import BrokerSnapshot
 
 log = logging.getLogger("matchenv.operator")
-MANAGED_LABEL = "app.kubernetes.io/managed-by"
 
 
 def build_publisher_secret(namespace: str, name: str, broker_url: str, user: str, password: str,
@@ -34,7 +33,7 @@ def build_publisher_secret(namespace: str, name: str, broker_url: str, user: str
     """Secret with the scraper's AMQP URL (the publisher user's credentials and vhost in it); ``owner``: the
     operator's Deployment, so that the Secret goes with the installation."""
     metadata: Obj = {"name": name, "namespace": namespace,
-                     "labels": {MANAGED_LABEL: MANAGED_BY, "app.kubernetes.io/component": "publisher"}}
+                     "labels": {MANAGED_BY_LABEL: MANAGED_BY, "app.kubernetes.io/component": "publisher"}}
     if owner is not None:
         metadata["ownerReferences"] = [owner]
     return {
@@ -54,7 +53,7 @@ def ensure_publisher(kube: Kube, settings: OperatorSettings, conn: BrokerConnect
     allow; what was done, for the log."""
     namespace, name = settings.operator_namespace, settings.publisher_secret
     user = publisher_user_name(namespace)
-    if secret is not None and (secret["metadata"].get("labels") or {}).get(MANAGED_LABEL) != MANAGED_BY:
+    if secret is not None and (secret["metadata"].get("labels") or {}).get(MANAGED_BY_LABEL) != MANAGED_BY:
         return []  # the user's own publisher credentials
     current = builders.decode_secret_data((secret or {}).get("data"))
     password = current.get(c.WORKER_SECRET_PASSWORD) or secrets.token_urlsafe(24)

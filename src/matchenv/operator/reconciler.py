@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from matchenv.contracts import DATABASE_KEY_SETS, WORKER_SECRET_PASSWORD
 from matchenv.models import API_GROUP, DeletionPolicy, MatchEnvironmentSpec, Phase
-from matchenv.naming import MANAGED_BY, EnvironmentNames, broker_secret_name
+from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL, EnvironmentNames, broker_secret_name
 from matchenv.operator import builders
 from matchenv.operator.autoscaler import Autoscaler
 from matchenv.operator.brokers import BrokerClients, BrokerConfigError, BrokerConnection, read_connection
@@ -51,7 +51,7 @@ from matchenv.topology.snapshot import BrokerSnapshot
 
 log = logging.getLogger("matchenv.operator")
 
-MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 ROTATE_ANNOTATION = f"{API_GROUP}/rotate-credentials"  # on the MatchEnvironment: a new value → a new password
 ROTATED_ANNOTATION = f"{API_GROUP}/rotated-for"  # on the broker Secret: the rotation value it was minted for
 
