@@ -308,3 +308,36 @@ def test_no_publisher_when_turned_off(world: World) -> None:
     world.reconciler.resync_all()
     assert ("matchenv-system", "matchenv-publisher") not in world.kube.secrets
     assert not world.broker.users
+
+
+def test_a_pass_that_listed_an_environment_before_its_deletion_puts_nothing_back(world: World) -> None:
+    world.add("dev", deletionPolicy="Delete")
+    world.converge("dev")
+    real_list = world.kube.list_environments
+
+    def listing(namespace: str | None = None) -> list[dict[str, Any]]:
+        stale = real_list(namespace)  # read before the delete handler ran
+        world.delete("dev")
+        del world.kube.environments[("default", "dev")]
+        return stale
+
+    world.kube.list_environments = listing  # type: ignore[method-assign]
+    report = world.reconciler.resync_all()
+    world.kube.list_environments = real_list  # type: ignore[method-assign]
+    assert report.skipped == 1
+    assert ("/", "matches.dev") not in world.broker.queues
+    assert "matchenv.default.dev" not in world.broker.users
+    assert not any(b.destination == "matches.dev" for b in world.broker.bindings)
+    assert ("default", "dev-workers") not in world.kube.deployments
+    assert ("default", "dev-broker") not in world.kube.secrets
+
+
+def test_a_teardown_waiting_for_its_workers_is_not_undone_by_a_converge(world: World) -> None:
+    world.add("dev")
+    world.converge("dev")
+    env = world.kube.environment("default", "dev")
+    with pytest.raises(TeardownIncomplete):
+        world.reconciler.teardown(env)  # unbound, Deployment deleting, pods still running
+    assert world.reconciler.converge(env) is None
+    assert not any(b.destination == "matches.dev" and b.source == "matches-fanout" for b in world.broker.bindings)
+    assert world.kube.deployments[("default", "dev-workers")]["metadata"]["deletionTimestamp"]

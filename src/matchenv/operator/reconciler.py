@@ -173,6 +173,9 @@ class Reconciler:
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         self._converged_at: dict[str, float] = {}  # uid → when a converge last finished (clock)
+        # uid → when its teardown finished (None: under way). A deleted environment is never converged again: a
+        # resync pass that listed it before its deletion would otherwise put back what the teardown removed.
+        self._torn_down: dict[str, float | None] = {}
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_guard:
@@ -240,9 +243,12 @@ class Reconciler:
     def converge(self, env: Obj, prefetched: Prefetched | None = None) -> Obj | None:
         """Make broker and cluster match ``env``; write and return its status. With a resync pass's
         ``prefetched`` reads, returns None (and does nothing) when a handler converged the environment after the
-        pass began reading: acting on the older reads could only undo that (e.g. set a password again)."""
+        pass began reading: acting on the older reads could only undo that (e.g. set a password again). Returns None
+        too once the environment's teardown has begun."""
         uid = env["metadata"]["uid"]
         with self._lock(uid):
+            if uid in self._torn_down:
+                return None
             if prefetched is not None and self._converged_at.get(uid, prefetched.started - 1) > prefetched.started:
                 return None
             try:
@@ -411,6 +417,7 @@ class Reconciler:
         calling again resumes where it stopped."""
         with self._lock(env["metadata"]["uid"]):
             ctx = self._context(env, None)
+            self._torn_down[ctx.uid] = None
             names = ctx.names
             if ctx.old_status.get("phase") != Phase.DELETING.value:
                 self.kube.patch_environment_status(ctx.namespace, ctx.name, {"phase": Phase.DELETING.value})
@@ -443,6 +450,7 @@ class Reconciler:
                 done.append(f"deleted Secret {names.broker_secret}")
             self.autoscaler.forget(ctx.uid)
             self._converged_at.pop(ctx.uid, None)
+            self._torn_down[ctx.uid] = self.clock()
             log.info("%s/%s torn down: %s", ctx.namespace, ctx.name, "; ".join(done) or "nothing to do")
             return done
 
@@ -469,6 +477,10 @@ class Reconciler:
         list. One environment's failure (a bad Secret, a broker that answers nonsense) is its own: the pass goes on."""
         started = self.clock()
         calls_before = self.clients.total_calls()
+        # a pass that begins after a teardown finished lists that environment deleted or not at all
+        for uid, finished in list(self._torn_down.items()):
+            if finished is not None and finished < started:
+                self._torn_down.pop(uid, None)
         namespaces: list[str | None] = list(self.settings.namespaces) or [None]
         envs = [e for ns in namespaces for e in self.kube.list_environments(ns)]
         envs = [e for e in envs if not e["metadata"].get("deletionTimestamp")]
