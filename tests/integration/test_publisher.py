@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from matchenv.scraper.publisher import Publisher, Target
-from matchenv.scraper.sources import synthetic
+from matchenv.scraper.sources import RawMatch, synthetic
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.integration.harness import Environment
 
@@ -103,8 +103,14 @@ def test_publisher_survives_a_broker_restart_without_losing_confirmed_matches(
     publisher = Publisher(rabbitmq.endpoints.amqp_url, Target(exchange))
     total = 6000
     matches = list(synthetic(total, seed=7))
+
+    def paced() -> Iterator[RawMatch]:  # a scrape that takes seconds, so that the restart lands mid-run
+        for raw in matches:
+            time.sleep(0.001)
+            yield raw
+
     done: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: done.update(report=publisher.run(matches)))
+    thread = threading.Thread(target=lambda: done.update(report=publisher.run(paced())))
     thread.start()
     while prod.depth() < 100:  # the restart lands mid-run
         time.sleep(0.05)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pika.exceptions
-import pytest
-
 from matchenv.scraper.messages import TASK_NAME, task_message
 from matchenv.scraper.publisher import DEFAULT_EXCHANGE, Publisher, PublishReport, Target, resolve_target, validate
 from matchenv.scraper.sources import RawMatch, synthetic
@@ -52,7 +49,7 @@ def test_exit_codes() -> None:
     assert PublishReport(confirmed=2, invalid_matches=1).exit_code == 3
 
 
-def test_gives_up_after_the_retry_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gives_up_after_the_retry_budget() -> None:
     now = [0.0]
 
     def sleep(seconds: float) -> None:
@@ -60,13 +57,9 @@ def test_gives_up_after_the_retry_budget(monkeypatch: pytest.MonkeyPatch) -> Non
 
     publisher = Publisher("amqp://u:p@127.0.0.1:1/%2F", Target("x"), retry_seconds=30, sleep=sleep,
                           clock=lambda: now[0])
-
-    def refuse() -> None:
-        raise pika.exceptions.AMQPConnectionError("refused")
-
-    monkeypatch.setattr(publisher.channel, "get", refuse)
-    result, detail = publisher.publish({"home_team": "A"})
-    assert result == "failed"
-    assert "gave up after" in detail
+    report = publisher.run([RawMatch(1, next(iter(synthetic(1))).data)])
+    assert (report.failed, report.confirmed, report.exit_code) == (1, 0, 1)
+    assert "gave up after" in report.errors[0]
+    assert "cannot connect to the broker: ConnectionRefusedError" in report.errors[0]
     assert 30 <= now[0] < 45
     assert publisher.reconnects >= 4

@@ -1,25 +1,30 @@
 """Publish matches once, with proof: publisher confirms, ``mandatory``, persistent messages.
 
-Each message waits for its confirm before the next is sent, so after a lost connection the publisher knows
-exactly which matches the broker took; it reconnects (for up to ``retry_seconds``) and sends the unconfirmed one
-again (with the same task id: the workers' upsert makes a redelivery harmless), never one that was confirmed. A
+Confirms are streamed: up to ``window`` messages are on the wire unconfirmed at any time, and each is settled by the
+broker's (possibly multiple) ack or nack. After a lost connection the publisher knows exactly which matches the
+broker took: it reconnects (for up to ``retry_seconds`` of outage) and sends the unconfirmed ones again, in their
+order, with the same task ids (the workers' upsert makes a redelivery harmless), never one that was confirmed. A
 match that reaches no queue (no environment bound) is returned by the broker and counted as unroutable; the
-command then exits non-zero.
+command then exits non-zero. A missing exchange or a refused permission ends the run: every match not yet
+confirmed is reported failed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import pika
+import pika.channel
 import pika.exceptions
+import pika.frame
+import pika.spec
 from pydantic import ValidationError
 
-from matchenv.amqp import ConfirmedChannel
 from matchenv.contracts import DEFAULT_EXCHANGE
 from matchenv.models import Match
 from matchenv.scraper.messages import task_message
@@ -27,8 +32,8 @@ from matchenv.scraper.sources import RawMatch
 
 log = logging.getLogger("matchenv.scraper")
 Result = Literal["confirmed", "unroutable", "failed"]
-_RECOVERABLE = (pika.exceptions.AMQPConnectionError, pika.exceptions.StreamLostError,
-                pika.exceptions.ConnectionClosed, pika.exceptions.ChannelWrongStateError)
+DEFAULT_WINDOW = 512  # unconfirmed messages on the wire at most
+MAX_NACKS = 3  # a message the broker refuses this often is reported failed
 
 
 @dataclass(frozen=True)
@@ -101,88 +106,257 @@ def validate(raw: RawMatch) -> tuple[dict[str, object] | None, list[InvalidMatch
     return raw.data, []
 
 
+@dataclass
+class _Pending:
+    position: int
+    body: bytes
+    properties: pika.BasicProperties
+    nacks: int = 0
+
+    @property
+    def task_id(self) -> str:
+        return str(self.properties.correlation_id)
+
+
 class Publisher:
-    """One confirmed, mandatory channel to the broker; reconnects with backoff."""
+    """Streams matches over one confirmed, mandatory channel (pika's asynchronous connection); reconnects with
+    backoff while an outage lasts less than ``retry_seconds``."""
 
     def __init__(self, url: str, target: Target, retry_seconds: float = 120.0, connect_timeout: float = 10.0,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+                 window: int = DEFAULT_WINDOW, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.params = pika.URLParameters(url)
         self.params.socket_timeout = connect_timeout
+        self.params.stack_timeout = connect_timeout * 2
         self.params.blocked_connection_timeout = 60
         self.params.heartbeat = 30
         self.params.connection_attempts = 1
         self.target = target
         self.retry_seconds = retry_seconds
+        self.window = max(1, window)
         self.sleep = sleep
         self.clock = clock
         self.reconnects = 0
-        self.channel = ConfirmedChannel(self.params)
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def publish(self, match: dict[str, object]) -> tuple[Result, str]:
-        """Send one match and wait for the broker's answer: (result, detail)."""
-        message = task_message(match)
-        props = pika.BasicProperties(content_type="application/json", content_encoding="utf-8", delivery_mode=2,
-                                     correlation_id=message.task_id, headers=message.headers, priority=0)
-        attempt = 0
-        first_failure: float | None = None
-        while True:
-            attempt += 1
-            try:
-                channel = self.channel.get()
-                channel.basic_publish(self.target.exchange, self.target.routing_key, message.body, props,
-                                      mandatory=True)
-                return "confirmed", ""
-            except pika.exceptions.UnroutableError:
-                return "unroutable", f"no queue is bound to {self.target.describe()}"
-            except pika.exceptions.NackError:
-                detail = "the broker refused the message (nack)"
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                self.channel.forget()
-                if exc.reply_code in (403, 404):  # permanent: missing exchange, no permission
-                    return "failed", f"{exc.reply_code} {exc.reply_text}"
-                detail = f"channel closed: {exc.reply_code} {exc.reply_text}"
-            except _RECOVERABLE as exc:
-                self.channel.forget()
-                detail = f"connection lost: {exc.__class__.__name__}"
-            now = self.clock()
-            first_failure = now if first_failure is None else first_failure
-            if now - first_failure >= self.retry_seconds:
-                return "failed", f"{detail}; gave up after {attempt} attempts in {now - first_failure:.0f}s"
-            delay = min(10.0, 0.5 * 2 ** (attempt - 1))
-            log.warning("%s; reconnecting in %.1fs (attempt %d, giving up after %.0fs)", detail, delay, attempt,
-                        self.retry_seconds)
-            self.reconnects += 1
-            self.sleep(delay)
 
     def run(self, matches: Iterable[RawMatch], submit: bool = True,
             progress: Callable[[int], None] | None = None) -> PublishReport:
         """Validate every match, publish the valid ones (unless ``submit`` is False), count everything."""
         report = PublishReport()
-        try:
+        if not submit:
             for raw in matches:
-                report.read += 1
-                data, problems = validate(raw)
-                if data is None:
-                    report.invalid_matches += 1
-                    report.invalid.extend(problems)
-                elif submit:
-                    result, detail = self.publish(data)
-                    report.published += 1
-                    if result == "confirmed":
-                        report.confirmed += 1
-                    elif result == "unroutable":
-                        report.unroutable += 1
-                        if report.unroutable == 1:
-                            report.errors.append(detail)
-                    else:
-                        report.failed += 1
-                        report.errors.append(f"#{raw.position}: {detail}")
+                self._read(raw, report)
                 if progress:
                     progress(1)
-        finally:
-            self.close()
+            return report
+        _Stream(self, iter(matches), report, progress).run()
         report.reconnects = self.reconnects
         return report
+
+    @staticmethod
+    def _read(raw: RawMatch, report: PublishReport) -> dict[str, object] | None:
+        report.read += 1
+        data, problems = validate(raw)
+        if data is None:
+            report.invalid_matches += 1
+            report.invalid.extend(problems)
+        return data
+
+
+class _Stream:
+    """One run of a :class:`Publisher`: the source, what waits to be (re)sent, what awaits its confirm."""
+
+    def __init__(self, publisher: Publisher, source: Iterator[RawMatch], report: PublishReport,
+                 progress: Callable[[int], None] | None) -> None:
+        self.p = publisher
+        self.source: Iterator[RawMatch] | None = source
+        self.report = report
+        self.progress = progress
+        self.resend: deque[_Pending] = deque()  # sent but not confirmed when a connection was lost, or nacked
+        self.unconfirmed: OrderedDict[int, _Pending] = OrderedDict()  # delivery tag → message, oldest first
+        self.returned: set[str] = set()  # task ids the broker returned as unroutable (their ack follows)
+        self.conn: pika.SelectConnection | None = None
+        self.channel: pika.channel.Channel | None = None
+        self.next_tag = 0
+        self.problem = ""  # why the last connection ended
+        self.fatal = ""  # a permanent refusal: end the run
+
+    # -- the outer loop: connect, stream until done or the connection ends, back off, again ----------------
+    def run(self) -> None:
+        attempt = 0
+        outage_since: float | None = None
+        while not self._done():
+            confirmed_before = self.report.confirmed + self.report.unroutable
+            self.problem = ""
+            self.conn = pika.SelectConnection(self.p.params, on_open_callback=self._on_open,
+                                              on_open_error_callback=self._on_open_error,
+                                              on_close_callback=self._on_closed)
+            self.conn.ioloop.start()
+            self.conn, self.channel = None, None
+            self.resend.extendleft(reversed(self.unconfirmed.values()))
+            self.unconfirmed.clear()
+            if self.fatal:
+                self._fail_the_rest(self.fatal)
+                return
+            if self._done():
+                return
+            if self.report.confirmed + self.report.unroutable > confirmed_before:
+                attempt, outage_since = 0, None  # that connection made progress: a new outage starts now
+            attempt += 1
+            now = self.p.clock()
+            outage_since = now if outage_since is None else outage_since
+            if now - outage_since >= self.p.retry_seconds:
+                self._fail_the_rest(f"{self.problem}; gave up after {attempt} attempts in "
+                                    f"{now - outage_since:.0f}s")
+                return
+            delay = min(10.0, 0.5 * 2 ** (attempt - 1))
+            log.warning("%s; reconnecting in %.1fs (%d unconfirmed to resend, giving up after %.0fs)",
+                        self.problem, delay, len(self.resend), self.p.retry_seconds)
+            self.p.reconnects += 1
+            self.p.sleep(delay)
+
+    def _done(self) -> bool:
+        return self.source is None and not self.resend and not self.unconfirmed
+
+    def _fail_the_rest(self, detail: str) -> None:
+        """Nothing more can be sent: each match not confirmed, and each valid one not yet read, is failed."""
+        failed = list(self.resend)
+        self.resend.clear()
+        while self.source is not None:
+            raw = next(self.source, None)
+            if raw is None:
+                self.source = None
+            elif Publisher._read(raw, self.report) is not None:
+                failed.append(_Pending(raw.position, b"", pika.BasicProperties()))
+            if raw is not None and self.progress:
+                self.progress(1)
+        self.report.failed += len(failed)
+        self.report.errors.extend(f"#{pending.position}: {detail}" for pending in failed[:5])
+        if len(failed) > 5:
+            self.report.errors.append(f"... and {len(failed) - 5} more matches not delivered: {detail}")
+
+    # -- connection and channel callbacks --------------------------------------------------------------------
+    def _on_open(self, conn: pika.SelectConnection) -> None:
+        conn.channel(on_open_callback=self._on_channel)
+
+    def _on_open_error(self, conn: pika.SelectConnection, exc: BaseException | str) -> None:
+        self.problem = f"cannot connect to the broker: {_cause(exc)}"
+        if isinstance(exc, pika.exceptions.ProbableAuthenticationError | pika.exceptions.ProbableAccessDeniedError):
+            self.fatal = f"the broker refused the credentials or the vhost: {exc}"
+        conn.ioloop.stop()
+
+    def _on_closed(self, conn: pika.SelectConnection, reason: BaseException) -> None:
+        if not self.problem and not self._done():
+            self.problem = f"connection lost: {reason.__class__.__name__}: {reason}"
+        conn.ioloop.stop()
+
+    def _on_channel(self, channel: pika.channel.Channel) -> None:
+        self.channel = channel
+        self.next_tag = 0
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _frame: self._fill())
+
+    def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
+        self.channel = None
+        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            text = f"{reason.reply_code} {reason.reply_text}"
+            if reason.reply_code in (403, 404):  # permanent: missing exchange, no permission
+                self.fatal = text
+            self.problem = self.problem or f"channel closed: {text}"
+        if self.conn is not None and self.conn.is_open:
+            self.conn.close()
+
+    def _on_return(self, channel: pika.channel.Channel, method: pika.spec.Basic.Return,
+                   properties: pika.BasicProperties, body: bytes) -> None:
+        self.returned.add(str(properties.correlation_id))
+
+    def _on_confirm(self, frame: pika.frame.Method[Any]) -> None:
+        method = frame.method
+        tag, multiple = method.delivery_tag, method.multiple
+        settled = []
+        while self.unconfirmed:
+            first = next(iter(self.unconfirmed))
+            if first > tag or (not multiple and first != tag):
+                break
+            settled.append(self.unconfirmed.popitem(last=False)[1])
+        if not multiple and not settled and tag in self.unconfirmed:
+            settled.append(self.unconfirmed.pop(tag))
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        for pending in settled:
+            if nacked:
+                self._nacked(pending)
+            elif pending.task_id in self.returned:
+                self.returned.discard(pending.task_id)
+                self._settle(pending, "unroutable", f"no queue is bound to {self.p.target.describe()}")
+            else:
+                self._settle(pending, "confirmed", "")
+        self._fill()
+
+    def _nacked(self, pending: _Pending) -> None:
+        pending.nacks += 1
+        if pending.nacks >= MAX_NACKS:
+            self._settle(pending, "failed", f"the broker refused the message (nack) {pending.nacks} times")
+        else:
+            log.warning("the broker refused #%d (nack); sending it again", pending.position)
+            self.resend.append(pending)
+
+    def _settle(self, pending: _Pending, result: Result, detail: str) -> None:
+        report = self.report
+        if result == "confirmed":
+            report.confirmed += 1
+        elif result == "unroutable":
+            report.unroutable += 1
+            if report.unroutable == 1:
+                report.errors.append(detail)
+        else:
+            report.failed += 1
+            report.errors.append(f"#{pending.position}: {detail}")
+
+    # -- sending ---------------------------------------------------------------------------------------------
+    def _fill(self) -> None:
+        """Send until ``window`` messages await their confirm; close the connection when all are settled."""
+        channel = self.channel
+        if channel is None or not channel.is_open:
+            return
+        while len(self.unconfirmed) < self.p.window:
+            pending = self.resend.popleft() if self.resend else self._next()
+            if pending is None:
+                break
+            channel.basic_publish(self.p.target.exchange, self.p.target.routing_key, pending.body,
+                                  pending.properties, mandatory=True)
+            self.next_tag += 1
+            self.unconfirmed[self.next_tag] = pending
+        if self._done() and self.conn is not None and self.conn.is_open:
+            self.conn.close()
+
+    def _next(self) -> _Pending | None:
+        """The next valid match from the source as a message (invalid ones are counted and skipped)."""
+        while self.source is not None:
+            raw = next(self.source, None)
+            if raw is None:
+                self.source = None
+                return None
+            data = Publisher._read(raw, self.report)
+            if self.progress:
+                self.progress(1)
+            if data is None:
+                continue
+            self.report.published += 1
+            message = task_message(data)
+            props = pika.BasicProperties(content_type="application/json", content_encoding="utf-8",
+                                         delivery_mode=2, correlation_id=message.task_id,
+                                         headers=message.headers, priority=0)
+            return _Pending(raw.position, message.body, props)
+        return None
+
+
+def _cause(exc: BaseException | str) -> str:
+    """The innermost reason pika wraps a failed connection in (its outer exceptions often print empty)."""
+    while isinstance(exc, BaseException):
+        wrapped = getattr(exc, "exception", None)
+        inner = getattr(exc, "exceptions", None) or ([wrapped] if isinstance(wrapped, BaseException) else []) \
+            or [a for a in exc.args if isinstance(a, BaseException)]
+        if not inner:
+            return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+        exc = inner[-1]
+    return exc
