@@ -76,19 +76,20 @@ def raw_confirm_each(url: str, exchange: str, count: int) -> float:
 def raw_confirms_per_batch(url: str, exchange: str, count: int, batch: int = 100) -> float:
     """pika's asynchronous connection: publish ``batch`` messages, wait for all their confirms, repeat."""
     messages = _bodies(count)
-    state = {"sent": 0, "acked": 0, "started": 0.0, "seconds": 0.0}
+    state = {"sent": 0, "acked": 0}
+    clock = {"started": 0.0, "seconds": 0.0}
 
     def send_batch(channel: pika.channel.Channel) -> None:
         end = min(count, state["sent"] + batch)
-        for body, props in messages[int(state["sent"]):end]:
+        for body, props in messages[state["sent"]:end]:
             channel.basic_publish(exchange, "", body, props, mandatory=True)
         state["sent"] = end
 
-    def on_confirm(frame: pika.frame.Method) -> None:  # type: ignore[type-arg]
+    def on_confirm(frame: pika.frame.Method) -> None:
         tag = frame.method.delivery_tag
         state["acked"] = tag if frame.method.multiple else max(state["acked"], tag)
         if state["acked"] >= count:
-            state["seconds"] = time.perf_counter() - state["started"]
+            clock["seconds"] = time.perf_counter() - clock["started"]
             conn.close()
         elif state["acked"] == state["sent"]:
             send_batch(channel_holder[0])
@@ -99,14 +100,14 @@ def raw_confirms_per_batch(url: str, exchange: str, count: int, batch: int = 100
         channel_holder.append(channel)
 
         def ready(_frame: object) -> None:
-            state["started"] = time.perf_counter()
+            clock["started"] = time.perf_counter()
             send_batch(channel)
         channel.confirm_delivery(ack_nack_callback=on_confirm, callback=ready)
 
     conn = pika.SelectConnection(pika.URLParameters(url), on_open_callback=lambda c: c.channel(
         on_open_callback=on_channel), on_close_callback=lambda c, r: c.ioloop.stop())
     conn.ioloop.start()
-    return state["seconds"]
+    return clock["seconds"]
 
 
 def ours(url: str, exchange: str, count: int) -> float:
