@@ -26,7 +26,7 @@ from tests.integration.harness import TASK, Environment, WorkerProcess, duplicat
 
 def test_migrate_is_repeatable(postgres: PostgresServer) -> None:
     url = postgres.create_database(f"m_{uuid.uuid4().hex[:8]}")
-    assert migrate(url) == ["001_matches", "002_ordering", "003_supabase_access"]
+    assert migrate(url) == ["001_matches", "002_ordering", "003_supabase_access", "004_batch_upsert"]
     assert migrate(url) == []
 
 

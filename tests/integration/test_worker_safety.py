@@ -115,7 +115,7 @@ def test_supabase_public_roles_can_neither_read_nor_write(postgres: PostgresServ
     with psycopg.connect(plain, autocommit=True) as conn:
         exists = conn.execute("select count(*) from pg_roles where rolname in ('anon', 'service_role')").fetchone()
     if exists and exists[0] == 0:
-        assert migrate(plain)[-1] == "003_supabase_access"  # a plain PostgreSQL: the migration still applies
+        assert migrate(plain)[-1] == "004_batch_upsert"  # a plain PostgreSQL: the migration still applies
     with psycopg.connect(plain, autocommit=True) as conn:
         for role, extra in (("anon", ""), ("authenticated", ""), ("service_role", " bypassrls")):
             if not conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone():

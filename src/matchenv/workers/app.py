@@ -1,6 +1,7 @@
 """The Celery app of one environment's worker and its one task, ``celery_tasks.match_tasks.process_match_data``.
 
-Delivery (DESIGN §6): late acks, prefetch 1, reject on worker loss; JSON only; no result backend; remote control,
+Delivery (DESIGN §6): late acks, a bounded prefetch (``MATCHENV_PREFETCH``, 256) stored in batches (see
+:mod:`matchenv.workers.batches`), reject on worker loss; JSON only; no result backend; remote control,
 events, gossip, mingle and heartbeat off so the environment's least-privilege user suffices. Nothing is lost and
 nothing loops: a message that cannot be decoded, names another task, fails validation or keeps failing in the store
 goes to the dead-letter exchange once with its reason; a database that is down is waited for with the message
@@ -27,10 +28,13 @@ from pydantic import ValidationError
 from matchenv.contracts import SCRAPED_AT_HEADER, TASK_ID_HEADER, TASK_NAME, queue_arguments
 from matchenv.models import Match
 from matchenv.workers import metrics
+from matchenv.workers.batches import Batcher
 from matchenv.workers.config import WorkerConfig
 from matchenv.workers.deadletter import Body, DeadLetterPublisher, DeadLetterUnavailable
 from matchenv.workers.stores import (
+    Outcome,
     PermanentStoreError,
+    Stamped,
     Store,
     StoreUnavailable,
     TransientStoreError,
@@ -40,6 +44,7 @@ from matchenv.workers.stores import (
 log = logging.getLogger("matchenv.worker")
 STOPPING = threading.Event()  # set when the worker starts its warm shutdown
 REQUEUE_DELAY = 5.0  # a valid match that cannot be stored and has no DLQ goes back after this pause
+STOP_WAIT = 20.0  # how long a stopping worker waits for the batch it is storing
 
 
 @dataclass
@@ -54,6 +59,10 @@ class Runtime:
     _store: Store | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _dead_letters: DeadLetterPublisher | None = field(default=None, init=False)
+    batcher: Batcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self)
 
     @property
     def store(self) -> Store:
@@ -73,6 +82,12 @@ class Runtime:
                                                          self.stopping)
             publisher = self._dead_letters
         return publisher.publish(body, reason, error, headers=headers, content_type=content_type)
+
+    def dead_letter_message(self, message: Any, reason: str, error: str) -> bool:
+        """A message that is no task message at all: its bytes as received, with its content type."""
+        body = message.body if isinstance(message.body, bytes | str) else str(message.body)
+        return self.dead_letter(body, reason, error, content_type="application/octet-stream",
+                                headers={"x-original-content-type": message.content_type or ""})
 
     def store_match(self, match: Match, scraped_at: dt.datetime | None = None) -> str:
         """Upsert with retries: transient errors 3 times with backoff and jitter (then PermanentStoreError), an
@@ -99,6 +114,64 @@ class Runtime:
                 self.sleep(delay)
 
 
+    def store_batch(self, matches: list[Stamped]) -> list[Outcome]:
+        """All in one transaction. Transient errors are retried like one match's; an unreachable database is
+        waited for until the worker stops (:class:`Stopping`: the messages go back). PermanentStoreError: store
+        them one by one to find which."""
+        attempt = 0
+        waited = 0
+        while True:
+            try:
+                return self.store.upsert_many(matches)
+            except TransientStoreError as exc:
+                attempt += 1
+                if attempt >= self.config.store_retries:
+                    raise PermanentStoreError(f"still failing after {attempt} tries: {exc}") from exc
+                metrics.STORE_RETRIES.inc()
+                delay = min(10.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+                log.warning("store error (try %d of %d), retrying in %.1fs: %s", attempt,
+                            self.config.store_retries, delay, exc)
+                self.sleep(delay)
+            except StoreUnavailable as exc:
+                metrics.STORE_WAITS.inc()
+                delay = min(30.0, 1.0 * 2 ** min(waited, 5)) * random.uniform(0.8, 1.2)
+                waited += 1
+                log.warning("database unavailable, holding %d messages and retrying in %.1fs: %s", len(matches),
+                            delay, exc)
+                if self.stopping.wait(delay):
+                    raise Stopping(f"stopping while the database is unavailable ({exc})") from exc
+
+
+class Stopping(Exception):
+    """The worker stops while messages still wait for the database: they go back to the queue."""
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A task message whose arguments are not one valid match: what to dead-letter, and why."""
+
+    body: Body
+    problems: str
+
+
+def parse(args: Any, kwargs: Any) -> tuple[Match, dict[str, Any]] | Invalid:
+    """The match a task message carries (and its raw form, for the dead-letter queue), or why there is none."""
+    if isinstance(args, list | tuple) and len(args) == 1 and not kwargs:
+        raw = args[0]
+    elif not args and isinstance(kwargs, dict) and set(kwargs) == {"match_data"}:
+        raw = kwargs["match_data"]
+    else:
+        raw = None
+    if not isinstance(raw, dict):
+        return Invalid({"args": list(args) if isinstance(args, list | tuple) else args, "kwargs": kwargs},
+                       "expected one match object as the only argument")
+    try:
+        return Match.model_validate(raw), raw
+    except ValidationError as exc:
+        return Invalid(raw, "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'match'}: {e['msg']}"
+                                      for e in exc.errors()))
+
+
 def scraped_at(request: Any) -> dt.datetime | None:
     """The publisher's stamp (message header ``x-matchenv-scraped-at``), None when absent or unreadable."""
     value = getattr(request, SCRAPED_AT_HEADER, None)
@@ -117,22 +190,11 @@ def process(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any], req
     """The task body, separate from Celery so that it can be called directly."""
     metrics.PROCESSED.inc()
     headers = {TASK_ID_HEADER: str(getattr(request, "id", "") or "")}
-    if len(args) == 1 and not kwargs:
-        raw = args[0]
-    elif not args and set(kwargs) == {"match_data"}:
-        raw = kwargs["match_data"]
-    else:
-        raw = None
-    if not isinstance(raw, dict):
-        kept = runtime.dead_letter({"args": list(args), "kwargs": kwargs}, "invalid",
-                                   "expected one match object as the only argument", headers=headers)
+    parsed = parse(args, kwargs)
+    if isinstance(parsed, Invalid):
+        kept = runtime.dead_letter(parsed.body, "invalid", parsed.problems, headers=headers)
         return "dead-lettered" if kept else "dropped"
-    try:
-        match = Match.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'match'}: {e['msg']}" for e in exc.errors())
-        kept = runtime.dead_letter(raw, "invalid", problems, headers=headers)
-        return "dead-lettered" if kept else "dropped"
+    match, raw = parsed
     try:
         outcome = runtime.store_match(match, scraped_at(request))
     except PermanentStoreError as exc:
@@ -157,12 +219,32 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         runtime: Runtime = self.app.matchenv_runtime
         return runtime
 
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], None]:
+        """Celery's handler, except that our task's messages go to the batches (the rest as Celery does)."""
+        default: Callable[[Any], None] = super().create_task_handler(*args, **kwargs)
+        batcher = self._runtime().batcher
+        batcher.schedule = self.call_soon_ack  # acks are written by this consumer's event loop
+
+        def on_task_received(message: Any) -> None:
+            headers = message.headers
+            if isinstance(headers, dict) and headers.get("task") == TASK_NAME:
+                batcher.submit(message)
+            else:
+                default(message)
+
+        return on_task_received
+
+    def stop(self) -> None:
+        self._runtime().batcher.stop(STOP_WAIT)  # the batch in hand is stored and acked before the channel closes
+        super().stop()
+
+    def shutdown(self) -> None:
+        self._runtime().batcher.stop(STOP_WAIT)
+        super().shutdown()
+
     def _dead_letter(self, message: Any, reason: str, error: str) -> None:
-        body = message.body if isinstance(message.body, bytes | str) else str(message.body)
         try:
-            self._runtime().dead_letter(body, reason, error, headers={"x-original-content-type":
-                                                                      message.content_type or ""},
-                                        content_type="application/octet-stream")
+            self._runtime().dead_letter_message(message, reason, error)
         except DeadLetterUnavailable as exc:
             log.warning("%s; returning it to the queue", exc)
             message.reject(requeue=True)
@@ -207,7 +289,8 @@ def create_app(config: WorkerConfig, store_factory: Callable[[], Store] | None =
         task_reject_on_worker_lost=True,
         # a task that raises is rejected, never acknowledged: the message is not lost
         task_acks_on_failure_or_timeout=False,
-        worker_prefetch_multiplier=1,
+        # Celery's prefetch is concurrency x multiplier; the batches need ``config.prefetch`` in all
+        worker_prefetch_multiplier=-(-config.prefetch // config.concurrency),
         worker_cancel_long_running_tasks_on_connection_loss=True,
         accept_content=["json"],
         task_serializer="json",

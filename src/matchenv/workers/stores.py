@@ -11,7 +11,8 @@ import datetime as dt
 import json
 import logging
 import threading
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -41,8 +42,14 @@ class PermanentStoreError(StoreError):
     """Will fail the same way again: dead-letter the message with this reason."""
 
 
+Stamped = tuple[Match, dt.datetime | None]  # a match and when the publisher read it
+
+
 class Store(Protocol):
     def upsert(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome: ...
+    def upsert_many(self, matches: Sequence[Stamped]) -> list[Outcome]:
+        """All in one transaction, in order; any error fails them all (store them one by one to find it)."""
+        ...
     def close(self) -> None: ...
 
 
@@ -60,6 +67,13 @@ def _outcome(value: Any) -> Outcome:
     return result
 
 
+def _outcomes(value: Any, count: int) -> list[Outcome]:
+    if not isinstance(value, list) or len(value) != count:
+        raise PermanentStoreError(f"matchenv_upsert_matches answered {str(value)[:200]} for {count} matches")
+    return [_outcome(v) for v in value]
+
+
+_T = TypeVar("_T")
 _TRANSIENT_PG = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.QueryCanceled,
                  pg_errors.LockNotAvailable, pg_errors.TooManyConnections, pg_errors.AdminShutdown,
                  pg_errors.CannotConnectNow)
@@ -67,6 +81,10 @@ _TRANSIENT_PG = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_
 
 class _SchemaMissing(Exception):
     pass
+
+
+class _FunctionMissing(StoreUnavailable):
+    """Supabase: the database lacks a function of the schema (migrations are its owner's job there)."""
 
 
 class PostgresStore:
@@ -94,11 +112,21 @@ class PostgresStore:
         return conn
 
     def upsert(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome:
+        return self._migrating(lambda: _outcome(self._call("select matchenv_upsert_match(%s::jsonb)",
+                                                           _payload(match, scraped_at))))
+
+    def upsert_many(self, matches: Sequence[Stamped]) -> list[Outcome]:
+        payload = [_payload(match, stamp) for match, stamp in matches]
+        return self._migrating(lambda: _outcomes(self._call("select matchenv_upsert_matches(%s::jsonb)", payload),
+                                                 len(payload)))
+
+    def _migrating(self, call: Callable[[], _T]) -> _T:
+        """``call``; when the schema is missing (or older than this worker), migrate and call again."""
         try:
-            return self._upsert(match, scraped_at)
+            return call()
         except _SchemaMissing:
             if not self.auto_migrate:
-                raise StoreUnavailable("matchenv_upsert_match is missing: run `matchenv db migrate`") from None
+                raise StoreUnavailable("the matchenv schema is missing or old: run `matchenv db migrate`") from None
         from matchenv.workers.migrate import migrate
 
         try:
@@ -107,15 +135,15 @@ class PostgresStore:
             raise StoreUnavailable(f"the schema is missing and migrating failed: {_first_line(exc)}") from exc
         log.info("schema migrated (%s)", ", ".join(applied) or "by another worker")
         try:
-            return self._upsert(match, scraped_at)
+            return call()
         except _SchemaMissing:
-            raise StoreUnavailable("matchenv_upsert_match is still missing after migrating") from None
+            raise StoreUnavailable("the matchenv schema is still missing after migrating") from None
 
-    def _upsert(self, match: Match, scraped_at: dt.datetime | None) -> Outcome:
+    def _call(self, sql: str, payload: Any) -> Any:
+        """One statement with one jsonb argument, its one value."""
         conn = self._conn()
         try:
-            row = conn.execute("select matchenv_upsert_match(%s::jsonb)",
-                               (json.dumps(_payload(match, scraped_at)),)).fetchone()
+            row = conn.execute(sql, (json.dumps(payload),)).fetchone()
         except _TRANSIENT_PG as exc:
             self._drop()
             raise TransientStoreError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
@@ -126,7 +154,7 @@ class PostgresStore:
             raise _SchemaMissing from exc
         except psycopg.Error as exc:
             raise PermanentStoreError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
-        return _outcome(row[0] if row else None)
+        return row[0] if row else None
 
     def _drop(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -147,23 +175,40 @@ class SupabaseStore:
 
         self.http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)))
         self.client = create_client(url, key, options=ClientOptions(httpx_client=self.http))
+        self.one_by_one = False  # the database has no batch function
 
     def upsert(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome:
+        return _outcome(self._rpc("matchenv_upsert_match", {"m": _payload(match, scraped_at)}))
+
+    def upsert_many(self, matches: Sequence[Stamped]) -> list[Outcome]:
+        if self.one_by_one:
+            return [self.upsert(match, stamp) for match, stamp in matches]
+        payload = [_payload(match, stamp) for match, stamp in matches]
+        try:
+            return _outcomes(self._rpc("matchenv_upsert_matches", {"ms": payload}), len(payload))
+        except _FunctionMissing:  # a database migrated before batches existed: still correct, only slower
+            log.warning("matchenv_upsert_matches is missing (run `matchenv db migrate`); storing one by one")
+            self.one_by_one = True
+            return [self.upsert(match, stamp) for match, stamp in matches]
+
+    def _rpc(self, function: str, params: dict[str, Any]) -> Any:
         import httpx
         from postgrest.exceptions import APIError
 
         try:
-            response = self.client.rpc("matchenv_upsert_match", {"m": _payload(match, scraped_at)}).execute()
+            response = self.client.rpc(function, params).execute()
         except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
             raise StoreUnavailable(f"supabase unreachable: {exc.__class__.__name__}") from exc
         except APIError as exc:
             code = str(exc.code or "")
+            if code in {"PGRST202", "42883"}:  # no such function (PostgREST's schema cache, or PostgreSQL)
+                raise _FunctionMissing(f"{code}: {exc.message}") from exc
             if code in {"40001", "40P01", "57014", "55P03", "53300"}:
                 raise TransientStoreError(f"{code}: {exc.message}") from exc
             if code.startswith("PGRST0") or code in {"503", "502", "504"}:  # PostgREST cannot reach the database
                 raise StoreUnavailable(f"{code}: {exc.message}") from exc
             raise PermanentStoreError(f"{code}: {exc.message}") from exc
-        return _outcome(response.data)
+        return response.data
 
     def close(self) -> None:
         self.http.close()

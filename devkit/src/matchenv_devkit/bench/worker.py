@@ -1,0 +1,103 @@
+"""One `matchenv worker` process storing queued matches, beside a raw psycopg loop calling the same upsert."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import psycopg
+
+from matchenv.scraper.messages import task_message
+from matchenv.scraper.sources import synthetic
+from matchenv.workers.migrate import migrate
+from matchenv_devkit.bench.result import Measure
+from matchenv_devkit.bench.result import Target as Goal
+from matchenv_devkit.services.postgres import PostgresServer
+from matchenv_devkit.services.rabbitmq import RabbitMQNode
+
+
+def _matches(count: int, seed: int) -> list[dict[str, object]]:
+    out = []
+    for raw in synthetic(count, seed=seed):
+        assert isinstance(raw.data, dict)
+        out.append(raw.data)
+    return out
+
+
+def raw_loop(url: str, matches: list[dict[str, object]]) -> float:
+    """The baseline: one connection, autocommit, one ``matchenv_upsert_match`` per row. Returns rows/s."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.perf_counter()
+        for match in matches:
+            conn.execute("select matchenv_upsert_match(%s::jsonb)", (json.dumps({**match, "scraped_at": None}),))
+        return len(matches) / (time.perf_counter() - started)
+
+
+def _fill(amqp_url: str, queue: str, matches: list[dict[str, object]]) -> None:
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        channel = conn.channel()
+        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "classic"})
+        for match in matches:
+            message = task_message(match)
+            channel.basic_publish("", queue, message.body, pika.BasicProperties(
+                content_type="application/json", content_encoding="utf-8", delivery_mode=2,
+                correlation_id=message.task_id, headers=message.headers))
+        channel.queue_declare(queue, passive=True)  # a round trip: everything above has reached the broker
+
+
+def worker_rate(broker: RabbitMQNode, url: str, matches: list[dict[str, object]], log: Path,
+                concurrency: int = 1) -> float:
+    """Queue ``matches``, start one worker, time from its first stored row to its last (the database's clock)."""
+    queue = f"bench-{uuid.uuid4().hex[:6]}"
+    _fill(broker.endpoints.amqp_url, queue, matches)
+    environ = {k: v for k, v in os.environ.items() if k not in {"SUPABASE_URL"}}
+    environ.update({"CELERY_BROKER_URL": broker.endpoints.amqp_url, "DATABASE_URL": url,
+                    "MATCHENV_DEAD_LETTER_EXCHANGE": "", "MATCHENV_METRICS_PORT": "0"})
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "matchenv.cli", "worker", "--queue", queue,
+                                 "--concurrency", str(concurrency)], env=environ, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 300
+        with psycopg.connect(url, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                row = conn.execute("select count(*), extract(epoch from max(created_at) - min(created_at)) "
+                                   "from matches").fetchone()
+                assert row is not None
+                if row[0] >= len(matches):
+                    return (len(matches) - 1) / float(row[1])
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the worker exited with {proc.returncode}; see {log}")
+                time.sleep(0.2)
+        raise RuntimeError(f"the worker stored too little in 300 s; see {log}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        with pika.BlockingConnection(pika.URLParameters(broker.endpoints.amqp_url)) as conn:
+            conn.channel().queue_delete(queue)
+
+
+def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: int = 5000, rounds: int = 2
+            ) -> Measure:
+    best_raw = best_worker = 0.0
+    for round_ in range(rounds):  # interleaved: a slow moment of the machine hits both alike
+        matches = _matches(count, seed=100 + round_)
+        raw_url = postgres.create_database(f"bench_raw_{round_}_{uuid.uuid4().hex[:6]}")
+        migrate(raw_url)
+        best_raw = max(best_raw, raw_loop(raw_url, matches))
+        worker_url = postgres.create_database(f"bench_worker_{round_}_{uuid.uuid4().hex[:6]}")
+        migrate(worker_url)
+        best_worker = max(best_worker, worker_rate(broker, worker_url, matches, work / "worker.log"))
+    ratio = best_worker / best_raw
+    return Measure(
+        name=f"one worker process storing {count:,} queued matches",
+        ours=f"{best_worker:,.0f} rows/s",
+        baseline=f"raw psycopg upsert loop, one transaction per row: {best_raw:,.0f} rows/s",
+        ratio=f"{ratio:.2f}",
+        targets=[Goal("worker >= 0.5 x the raw psycopg loop", ratio, 0.5)],
+    )

@@ -1,0 +1,191 @@
+"""Task messages stored in batches: the hot path of a worker.
+
+Celery's consumer hands each ``process_match_data`` message here instead of to its pool; one thread takes what has
+arrived (up to ``max_batch``), dead-letters what is malformed or invalid, stores the valid matches in one
+transaction, and only then has the messages acknowledged (late acks: a message is acked after its row is
+committed, or after its dead letter is routed). A batch the database refuses is stored one match at a time, so
+only the culprit is dead-lettered. Nothing is acknowledged that was not dealt with: on a lost connection or a stop
+the messages not yet acknowledged go back to the queue (the upsert makes the redelivery harmless).
+
+Acks are written by the consumer's own event loop (``schedule``): kombu channels are not shared across threads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from matchenv.contracts import TASK_ID_HEADER
+from matchenv.models import Match
+from matchenv.workers import metrics
+from matchenv.workers.deadletter import DeadLetterUnavailable
+from matchenv.workers.stores import Outcome, PermanentStoreError
+
+log = logging.getLogger("matchenv.worker")
+MAX_BATCH = 100  # matches stored in one transaction at most
+Verdict = Literal["ack", "requeue"]
+
+
+@dataclass
+class _Valid:
+    message: Any
+    match: Match
+    raw: dict[str, Any]
+    stamp: dt.datetime | None
+
+
+class Batcher:
+    """One storing thread fed by the consumer; see the module's docstring."""
+
+    def __init__(self, runtime: Any, max_batch: int = MAX_BATCH) -> None:
+        self.runtime = runtime  # matchenv.workers.app.Runtime (a cycle if typed here)
+        self.max_batch = max_batch
+        self.schedule: Callable[[Callable[[], None]], Any] = lambda fn: fn()
+        self._arrived: deque[Any] = deque()
+        self._settled: deque[tuple[Any, Verdict]] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # -- the consumer's side ---------------------------------------------------------------------------------
+    def submit(self, message: Any) -> None:
+        with self._cond:
+            self._arrived.append(message)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="matchenv-batches", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def flush(self) -> None:
+        """Acknowledge (or give back) what the storing thread has settled; runs on the consumer's thread."""
+        while self._settled:
+            message, verdict = self._settled.popleft()
+            try:
+                if verdict == "ack":
+                    message.ack()
+                else:
+                    message.reject(requeue=True)
+            except Exception as exc:  # the channel is gone: the broker delivers the message again
+                log.warning("cannot %s a message (%s): the broker will deliver it again", verdict, exc)
+
+    def stop(self, timeout: float) -> None:
+        """Finish the batch in hand, acknowledge it, take no more (what has arrived goes back to the queue)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("a batch was still being stored after %.0fs; its messages go back to the queue",
+                            timeout)
+        self.flush()
+
+    # -- the storing thread ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._arrived and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                batch = [self._arrived.popleft() for _ in range(min(len(self._arrived), self.max_batch))]
+            try:
+                verdicts = self.process(batch)
+            except Exception:  # never ack what was not dealt with
+                metrics.FAILED.inc(len(batch))
+                log.exception("unexpected error storing a batch of %d; returning it to the queue", len(batch))
+                verdicts = [(message, "requeue") for message in batch]
+            self._settled.extend(verdicts)
+            self.schedule(self.flush)
+
+    def process(self, batch: list[Any]) -> list[tuple[Any, Verdict]]:
+        """What to do with each message of ``batch``, once its match is stored or its dead letter routed."""
+        from matchenv.workers.app import Invalid, Stopping, parse, scraped_at
+
+        metrics.PROCESSED.inc(len(batch))
+        verdicts: list[tuple[Any, Verdict]] = []
+        valid: list[_Valid] = []
+        for message in batch:
+            try:
+                body = message.decode()
+            except Exception as exc:
+                verdicts.append((message, self._dead_letter_raw(message, f"cannot decode the body: {exc}")))
+                continue
+            if not isinstance(body, list | tuple) or len(body) < 2:
+                verdicts.append((message, self._dead_letter_raw(message, "invalid task message: the body is not "
+                                                                         "[args, kwargs, embed]")))
+                continue
+            parsed = parse(body[0], body[1])
+            if isinstance(parsed, Invalid):
+                verdicts.append((message, self._dead_letter(message, parsed.body, "invalid", parsed.problems)))
+            else:
+                valid.append(_Valid(message, parsed[0], parsed[1], scraped_at(message)))
+        if not valid:
+            return verdicts
+        try:
+            outcomes = self.runtime.store_batch([(v.match, v.stamp) for v in valid])
+        except Stopping as exc:
+            log.warning("%s: %d messages go back to the queue", exc, len(valid))
+            return verdicts + [(v.message, "requeue") for v in valid]
+        except PermanentStoreError as exc:
+            log.warning("a batch of %d was refused (%s); storing its matches one by one", len(valid), exc)
+            return verdicts + [self._one_by_one(v) for v in valid]
+        self._report(valid, outcomes)
+        return verdicts + [(v.message, "ack") for v in valid]
+
+    def _one_by_one(self, item: _Valid) -> tuple[Any, Verdict]:
+        from matchenv.workers.app import REQUEUE_DELAY
+
+        try:
+            outcome = self.runtime.store_match(item.match, item.stamp)
+        except PermanentStoreError as exc:
+            try:
+                if self.runtime.dead_letter(item.raw, "store-error", str(exc), headers=_task_id(item.message)):
+                    return item.message, "ack"
+            except DeadLetterUnavailable as unavailable:
+                log.warning("%s; returning it to the queue", unavailable)
+                return item.message, "requeue"
+            # a valid match is never dropped: without a DLQ it goes back to its queue, after a pause
+            log.warning("cannot store match %s and there is no dead-letter queue: returning it to %s in %.0fs: %s",
+                        item.match.external_match_id or "-", self.runtime.config.queue, REQUEUE_DELAY, exc)
+            self.runtime.stopping.wait(REQUEUE_DELAY)
+            return item.message, "requeue"
+        self._report([item], [outcome])
+        return item.message, "ack"
+
+    def _report(self, items: list[_Valid], outcomes: list[Outcome]) -> None:
+        counts = Counter(outcomes)
+        for outcome, count in counts.items():
+            metrics.STORED.labels(outcome=outcome).inc(count)
+        if log.isEnabledFor(logging.DEBUG):
+            for item, outcome in zip(items, outcomes, strict=True):
+                m = item.match
+                log.debug("%s match %s (%s vs %s, %s)", outcome, m.external_match_id or "-", m.home_team,
+                          m.away_team, m.match_date)
+        log.info("stored %d matches: %s", len(items), ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
+
+    def _dead_letter(self, message: Any, body: Any, reason: str, error: str) -> Verdict:
+        try:
+            self.runtime.dead_letter(body, reason, error, headers=_task_id(message))
+        except DeadLetterUnavailable as exc:
+            log.warning("%s; returning it to the queue", exc)
+            return "requeue"
+        return "ack"  # dead-lettered, or dropped for want of a dead-letter queue (logged there)
+
+    def _dead_letter_raw(self, message: Any, error: str) -> Verdict:
+        try:
+            self.runtime.dead_letter_message(message, "malformed", error)
+        except DeadLetterUnavailable as exc:
+            log.warning("%s; returning it to the queue", exc)
+            return "requeue"
+        return "ack"
+
+
+def _task_id(message: Any) -> dict[str, Any]:
+    return {TASK_ID_HEADER: str((message.headers or {}).get("id") or "")}
