@@ -153,6 +153,24 @@ def test_5000_matches_4_workers_one_killed_no_loss_no_duplicates(env: Environmen
     print(f"\n{total} matches, 4 workers, 1 SIGKILLed: {rows(database)} rows, {duplicates(database)} duplicates")
 
 
+def test_a_worker_told_to_stop_mid_run_stores_or_gives_back_every_message(
+        env: Environment, workers: Callable[..., WorkerProcess], database: str) -> None:
+    total = 3000
+    env.publish([protocol1_body(make_match(i)) for i in range(total)])
+    busy = workers()
+    wait_for(lambda: rows(database) >= 200, what="the worker storing")
+    assert busy.stop() == 0  # SIGTERM: the batch in hand is stored and acknowledged, the rest given back
+    assert "unexpected error" not in busy.log()
+    stored, queued = rows(database), env.depth()
+    assert stored < total  # it stopped mid-run
+    assert stored + queued >= total  # nothing acknowledged that was not stored
+    workers()  # the rest, redelivered
+    wait_for(lambda: rows(database) == total, timeout=120, what=f"{total} rows")
+    assert duplicates(database) == 0
+    assert env.depth() == 0
+    assert env.depth(env.dlq) == 0
+
+
 def test_database_outage_of_20s_loses_nothing(postgres: PostgresServer, env: Environment,
                                               workers: Callable[..., WorkerProcess], database: str) -> None:
     workers(concurrency=2)

@@ -45,6 +45,7 @@ log = logging.getLogger("matchenv.worker")
 STOPPING = threading.Event()  # set when the worker starts its warm shutdown
 REQUEUE_DELAY = 5.0  # a valid match that cannot be stored and has no DLQ goes back after this pause
 STOP_WAIT = 20.0  # how long a stopping worker waits for the batch it is storing
+WAKE_SECONDS = 0.25  # the event loop's longest sleep: how soon an idle worker notices it should stop
 
 
 @dataclass
@@ -220,14 +221,22 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         return runtime
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], None]:
-        """Celery's handler, except that our task's messages go to the batches (the rest as Celery does)."""
+        """Celery's handler, except that our task's messages, and those that name no task in their headers (protocol
+        1, or no task message at all), go to the batches; other tasks' as Celery does."""
         default: Callable[[Any], None] = super().create_task_handler(*args, **kwargs)
         batcher = self._runtime().batcher
         batcher.schedule = self.call_soon_ack  # acks are written by this consumer's event loop
+        # Celery notices a SIGTERM only when its event loop wakes, which an idle worker did every ~10 s: a timer
+        # wakes it often enough to stop within a fraction of a second
+        previous = getattr(self, "_wake_timer", None)
+        if previous is not None:
+            previous.cancel()
+        if self.hub is not None:
+            self._wake_timer = self.hub.call_repeatedly(WAKE_SECONDS, _nothing)
 
         def on_task_received(message: Any) -> None:
-            headers = message.headers
-            if isinstance(headers, dict) and headers.get("task") == TASK_NAME:
+            headers = message.headers if isinstance(message.headers, dict) else {}
+            if headers.get("task", TASK_NAME) == TASK_NAME:  # ours, protocol 2 or 1 (the task in the body)
                 batcher.submit(message)
             else:
                 default(message)
@@ -266,6 +275,10 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         metrics.PROCESSED.inc()
         self._dead_letter(message, "malformed", f"invalid task message: {exc}")
+
+
+def _nothing() -> None:
+    pass
 
 
 def create_app(config: WorkerConfig, store_factory: Callable[[], Store] | None = None) -> Celery:

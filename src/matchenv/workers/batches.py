@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from matchenv.contracts import TASK_ID_HEADER
+from matchenv.contracts import TASK_ID_HEADER, TASK_NAME
 from matchenv.models import Match
 from matchenv.workers import metrics
 from matchenv.workers.deadletter import DeadLetterUnavailable
@@ -115,13 +115,15 @@ class Batcher:
             try:
                 body = message.decode()
             except Exception as exc:
-                verdicts.append((message, self._dead_letter_raw(message, f"cannot decode the body: {exc}")))
+                verdicts.append((message, self._dead_letter_raw(message, "malformed",
+                                                                f"cannot decode the body: {exc}")))
                 continue
-            if not isinstance(body, list | tuple) or len(body) < 2:
-                verdicts.append((message, self._dead_letter_raw(message, "invalid task message: the body is not "
-                                                                         "[args, kwargs, embed]")))
+            task = _task(message, body)
+            if isinstance(task, str):
+                reason, _, error = task.partition(": ")
+                verdicts.append((message, self._dead_letter_raw(message, reason, error)))
                 continue
-            parsed = parse(body[0], body[1])
+            parsed = parse(*task)
             if isinstance(parsed, Invalid):
                 verdicts.append((message, self._dead_letter(message, parsed.body, "invalid", parsed.problems)))
             else:
@@ -178,14 +180,37 @@ class Batcher:
             return "requeue"
         return "ack"  # dead-lettered, or dropped for want of a dead-letter queue (logged there)
 
-    def _dead_letter_raw(self, message: Any, error: str) -> Verdict:
+    def _dead_letter_raw(self, message: Any, reason: str, error: str) -> Verdict:
         try:
-            self.runtime.dead_letter_message(message, "malformed", error)
+            self.runtime.dead_letter_message(message, reason, error)
         except DeadLetterUnavailable as exc:
             log.warning("%s; returning it to the queue", exc)
             return "requeue"
         return "ack"
 
 
+def _task(message: Any, body: Any) -> tuple[Any, Any] | str:
+    """(args, kwargs) of a task message of ours, protocol 2 (the task in the headers, ``[args, kwargs, embed]``
+    in the body) or 1 (all in the body, as the existing producers send it); else "reason: why"."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    if "task" in headers:
+        if not isinstance(body, list | tuple) or len(body) < 2:
+            return "malformed: invalid task message: the body is not [args, kwargs, embed]"
+        return body[0], body[1]
+    if not isinstance(body, dict) or "task" not in body:
+        return "malformed: not a Celery task message"
+    if body["task"] != TASK_NAME:
+        return f"unknown-task: no such task here: {body['task']!r}"
+    return body.get("args") or [], body.get("kwargs") or {}
+
+
 def _task_id(message: Any) -> dict[str, Any]:
-    return {TASK_ID_HEADER: str((message.headers or {}).get("id") or "")}
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task_id = headers.get("id")
+    if task_id is None:
+        try:
+            body = message.decode()
+        except Exception:
+            body = None
+        task_id = body.get("id") if isinstance(body, dict) else None
+    return {TASK_ID_HEADER: str(task_id or "")}

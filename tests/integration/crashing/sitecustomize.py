@@ -6,12 +6,24 @@ import os
 from matchenv.workers import stores
 
 _upsert = stores.PostgresStore.upsert
+_upsert_many = stores.PostgresStore.upsert_many
+
+
+def _crash_on(match) -> None:  # type: ignore[no-untyped-def]
+    if match.external_match_id == os.environ.get("MATCHENV_TEST_CRASH_ON"):
+        os._exit(3)
 
 
 def _crashing_upsert(self, match, scraped_at=None):  # type: ignore[no-untyped-def]
-    if match.external_match_id == os.environ.get("MATCHENV_TEST_CRASH_ON"):
-        os._exit(3)
+    _crash_on(match)
     return _upsert(self, match, scraped_at)
 
 
+def _crashing_upsert_many(self, matches):  # type: ignore[no-untyped-def]
+    for match, _ in matches:
+        _crash_on(match)
+    return _upsert_many(self, matches)
+
+
 stores.PostgresStore.upsert = _crashing_upsert  # type: ignore[method-assign]
+stores.PostgresStore.upsert_many = _crashing_upsert_many  # type: ignore[method-assign]
