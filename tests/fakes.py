@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from matchenv.topology.client import BrokerUnreachable
-from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, User
+from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
 
 Obj = dict[str, Any]
 
@@ -48,10 +48,21 @@ class SimulatedBroker:
         if self.down:
             raise BrokerUnreachable("simulated broker is down", "GET /api/overview")
 
-    def snapshot(self) -> BrokerSnapshot:
+    def snapshot(self, scope: Scope | None = None) -> BrokerSnapshot:
+        """The whole broker, or (as the management client reads it) only what ``scope`` names."""
         self._call()
-        return BrokerSnapshot(dict(self.queues), dict(self.exchanges), tuple(self.bindings), dict(self.policies),
+        full = BrokerSnapshot(dict(self.queues), dict(self.exchanges), tuple(self.bindings), dict(self.policies),
                               dict(self.users), dict(self.permissions))
+        if scope is None:
+            return full
+        v = scope.vhost
+        queues = {k: q for k, q in full.queues.items() if k in {(v, n) for n in scope.queues}}
+        return BrokerSnapshot(
+            queues, {k: e for k, e in full.exchanges.items() if k in {(v, n) for n in scope.exchanges}},
+            tuple(b for b in full.bindings if (b.vhost, b.destination) in queues),
+            {k: p for k, p in full.policies.items() if k in {(v, n) for n in scope.policies}},
+            {k: u for k, u in full.users.items() if k in scope.users},
+            {k: p for k, p in full.permissions.items() if p.vhost == v})
 
     def declare_exchange(self, vhost: str, name: str, type_: str, durable: bool = True,
                          arguments: dict[str, Any] | None = None) -> None:

@@ -47,7 +47,7 @@ from matchenv.topology.planner import (
     plan_remove,
     plan_revoke,
 )
-from matchenv.topology.snapshot import BrokerSnapshot
+from matchenv.topology.snapshot import BrokerSnapshot, Scope
 
 log = logging.getLogger("matchenv.operator")
 
@@ -208,10 +208,11 @@ class Reconciler:
         namespace, name = (env["metadata"]["namespace"], ref.name) if ref else self.settings.broker_secret_ref
         return read_connection(self._secret(namespace, name, prefetched), namespace, name)
 
-    def _snapshot(self, conn: BrokerConnection, client: Any, prefetched: Prefetched | None) -> BrokerSnapshot:
-        """The pass's snapshot of this broker (taken once per pass and connection), or a fresh one."""
+    def _snapshot(self, conn: BrokerConnection, client: Any, prefetched: Prefetched | None,
+                  scope: Scope | None = None) -> BrokerSnapshot:
+        """The pass's snapshot of this broker (taken once per pass and connection), or a fresh one of ``scope``."""
         if prefetched is None:
-            snapshot: BrokerSnapshot = client.snapshot()
+            snapshot: BrokerSnapshot = client.snapshot(scope)
             return snapshot
         if conn.key not in prefetched.snapshots:
             try:
@@ -289,7 +290,7 @@ class Reconciler:
             outcome.secret_data = builders.decode_secret_data((secret or {}).get("data"))
             conn = self.connection_for(ctx.env, ctx.spec, ctx.prefetched)
             client = self.clients.get(conn)
-            snapshot = self._snapshot(conn, client, ctx.prefetched)
+            snapshot = self._snapshot(conn, client, ctx.prefetched, ctx.desired.scope())
             outcome.refusal = check_ownership(ctx.desired, snapshot)
             if outcome.refusal is not None:
                 self._apply(ctx, client, plan_revoke(ctx.desired, snapshot))  # no access to what is not ours
@@ -300,7 +301,7 @@ class Reconciler:
             outcome.problems = plan.problems
             if plan.actions:
                 self._apply(ctx, client, plan.actions)
-                snapshot = client.snapshot()
+                snapshot = client.snapshot(ctx.desired.scope())
                 # verify: another environment may have declared the same queue at the same moment; the marker
                 # the broker kept decides, and a loser gives its permissions back at once
                 outcome.refusal = check_ownership(ctx.desired, snapshot)
@@ -427,11 +428,12 @@ class Reconciler:
                 conn = self.connection_for(ctx.env, ctx.spec)
                 client = self.clients.get(conn)
                 if out_of_bounds is None:
-                    done += self._apply(ctx, client, plan_detach(ctx.desired, client.snapshot()).actions)
+                    done += self._apply(ctx, client, plan_detach(ctx.desired,
+                                                                 client.snapshot(ctx.desired.scope())).actions)
                 self._stop_workers(ctx)
                 # out of bounds: its own user at most (delete_queue=False leaves every queue alone)
-                remove = plan_remove(ctx.desired, client.snapshot(), delete_queue=out_of_bounds is None and
-                                     ctx.spec.deletion_policy is DeletionPolicy.DELETE)
+                delete_queue = out_of_bounds is None and ctx.spec.deletion_policy is DeletionPolicy.DELETE
+                remove = plan_remove(ctx.desired, client.snapshot(ctx.desired.scope()), delete_queue=delete_queue)
                 done += self._apply(ctx, client, remove.actions)
             except (BrokerError, BrokerConfigError, builders.SecretDecodeError) as exc:
                 message = f"cannot remove the broker topology yet: {exc}"

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import requests
 
-from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, User
+from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
 
 DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds the whole call
 MAX_BODY = 64 * 1024 * 1024  # a management answer larger than this is refused, not read into memory
@@ -178,16 +178,42 @@ class ManagementClient:
     def list_permissions(self) -> list[Permission]:
         return [Permission.from_api(r) for r in self._request("GET", "/api/permissions")]
 
-    def snapshot(self) -> BrokerSnapshot:
-        """Everything the planner compares against, in six calls."""
+    def snapshot(self, scope: Scope | None = None) -> BrokerSnapshot:
+        """Everything the planner compares against: the whole broker in two calls (its definitions, and the queues
+        with their message counts), or, with ``scope``, only the objects it names (a constant number of small
+        calls; the permissions of its vhost are all read: a queue's claimant is found among them)."""
+        if scope is not None:
+            return self._scoped(scope)
+        definitions = self._request("GET", "/api/definitions") or {}
         return BrokerSnapshot.build(
             queues=self.list_queues(),
-            exchanges=self.list_exchanges(),
-            bindings=self.list_bindings(),
-            policies=self.list_policies(),
-            users=self.list_users(),
-            permissions=self.list_permissions(),
+            exchanges=[Exchange.from_api(r) for r in definitions.get("exchanges", [])],
+            bindings=[Binding.from_api(r) for r in definitions.get("bindings", [])],
+            policies=[Policy.from_api(r) for r in definitions.get("policies", [])],
+            users=[User.from_api(r) for r in definitions.get("users", [])],
+            permissions=[Permission.from_api(r) for r in definitions.get("permissions", [])],
         )
+
+    def _scoped(self, scope: Scope) -> BrokerSnapshot:
+        v = _q(scope.vhost)
+        queues = [Queue.from_api(r) for name in scope.queues
+                  if (r := self._get_or_none(f"/api/queues/{v}/{_q(name)}")) is not None]
+        bindings = [Binding.from_api(r) for q in queues
+                    for r in self._request("GET", f"/api/queues/{v}/{_q(q.name)}/bindings") or []]
+        exchanges = [Exchange.from_api(r) for name in scope.exchanges
+                     if (r := self._get_or_none(f"/api/exchanges/{v}/{_q(name)}")) is not None]
+        policies = [Policy.from_api(r) for name in scope.policies
+                    if (r := self._get_or_none(f"/api/policies/{v}/{_q(name)}")) is not None]
+        users = [User.from_api(r) for name in scope.users
+                 if (r := self._get_or_none(f"/api/users/{_q(name)}")) is not None]
+        permissions = [Permission.from_api(r) for r in self._get_or_none(f"/api/vhosts/{v}/permissions") or []]
+        return BrokerSnapshot.build(queues, exchanges, bindings, policies, users, permissions)
+
+    def _get_or_none(self, path: str) -> Any:
+        try:
+            return self._request("GET", path)
+        except BrokerNotFound:
+            return None
 
     # -- writes ----------------------------------------------------------------------------------------------
     def put_vhost(self, name: str) -> None:
@@ -217,7 +243,13 @@ class ManagementClient:
                       {"routing_key": routing_key, "arguments": {}})
 
     def unbind_queue(self, vhost: str, exchange: str, queue: str, properties_key: str) -> None:
-        self._request("DELETE", f"/api/bindings/{_q(vhost)}/e/{_q(exchange)}/q/{_q(queue)}/{_q(properties_key)}")
+        """``properties_key`` "": a binding with arguments read from the definitions; every such binding between
+        the two is looked up and removed."""
+        path = f"/api/bindings/{_q(vhost)}/e/{_q(exchange)}/q/{_q(queue)}"
+        keys = [properties_key] if properties_key else \
+            [r["properties_key"] for r in self._request("GET", path) or [] if r.get("arguments")]
+        for key in keys:
+            self._request("DELETE", f"{path}/{_q(key)}")
 
     def put_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any], priority: int,
                    apply_to: str = "queues") -> None:

@@ -8,6 +8,7 @@ from typing import Any
 from matchenv.contracts import queue_arguments
 from matchenv.models import MatchEnvironmentSpec, QueueType
 from matchenv.naming import POLICY_PRIORITY, EnvironmentNames, broker_regex
+from matchenv.topology.snapshot import Scope
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class DesiredTopology:
     @property
     def dead_letter_queue(self) -> DesiredQueue:
         return DesiredQueue(self.names.dead_letter_queue, self.queue.type, self.owner)
+
+    def scope(self) -> Scope:
+        """What its plans look at on the broker."""
+        queues = (self.queue.name, self.names.dead_letter_queue)
+        return Scope(self.vhost, queues, (self.exchange, self.names.dead_letter_exchange), (self.names.policy,),
+                     (self.names.broker_user,))
 
     @property
     def policy_pattern(self) -> str:

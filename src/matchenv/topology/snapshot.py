@@ -87,8 +87,12 @@ class Binding:
 
     @classmethod
     def from_api(cls, row: dict[str, Any]) -> Binding:
-        return cls(row["vhost"], row["source"], row["destination"], row["destination_type"], row["routing_key"],
-                   row.get("properties_key", row["routing_key"] or "~"))
+        """A row of ``/api/bindings`` (with its ``properties_key``) or of ``/api/definitions`` (without: it is the
+        routing key for a binding without arguments, and "" (look it up before unbinding) for one with)."""
+        key = row.get("properties_key")
+        if key is None:
+            key = "" if row.get("arguments") else (row["routing_key"] or "~")
+        return cls(row["vhost"], row["source"], row["destination"], row["destination_type"], row["routing_key"], key)
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,18 @@ class Permission:
     @classmethod
     def from_api(cls, row: dict[str, Any]) -> Permission:
         return cls(row["user"], row["vhost"], row["configure"], row["write"], row["read"])
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The objects one environment's plan looks at: a snapshot of only these costs a constant number of small
+    calls, however many environments share the broker."""
+
+    vhost: str
+    queues: tuple[str, ...]
+    exchanges: tuple[str, ...]
+    policies: tuple[str, ...]
+    users: tuple[str, ...]
 
 
 @dataclass(frozen=True)
