@@ -164,6 +164,10 @@ class FakeKube:
     def environment(self, namespace: str, name: str) -> Obj:
         return copy.deepcopy(self.environments[(namespace, name)])
 
+    def get_environment(self, namespace: str, name: str) -> Obj | None:
+        found = self.environments.get((namespace, name))
+        return copy.deepcopy(found) if found else None
+
     def list_environments(self, namespace: str | None = None) -> list[Obj]:
         return [copy.deepcopy(e) for (ns, _), e in sorted(self.environments.items()) if namespace in (None, ns)]
 

@@ -341,3 +341,39 @@ def test_a_teardown_waiting_for_its_workers_is_not_undone_by_a_converge(world: W
     assert world.reconciler.converge(env) is None
     assert not any(b.destination == "matches.dev" and b.source == "matches-fanout" for b in world.broker.bindings)
     assert world.kube.deployments[("default", "dev-workers")]["metadata"]["deletionTimestamp"]
+
+
+def test_workers_ready_follows_the_deployment_without_a_resync(world: World) -> None:
+    world.add("prod", workers={"image": "matchenv:0.1.0", "databaseSecretRef": {"name": "matchenv-db-prod"},
+                               "replicas": 2})
+    world.converge("prod")
+    assert world.status("prod")["phase"] != "Ready"
+    key = ("default", "prod-workers")
+    assert world.reconciler.workers_changed(world.kube.get_deployment(*key) or {}) is None  # first sight: noted
+    writes = dict(world.kube.writes)
+    assert world.reconciler.workers_changed(world.kube.get_deployment(*key) or {}) is None  # nothing moved
+    assert dict(world.kube.writes) == writes
+    live = world.kube.deployments[key]
+    live["status"] = {"observedGeneration": live["metadata"].get("generation", 1), "replicas": 2,
+                      "readyReplicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
+    assert world.reconciler.workers_changed(world.kube.get_deployment(*key) or {}) is not None
+    assert world.status("prod")["phase"] == "Ready"
+
+
+def test_a_deleted_worker_deployment_is_put_back_at_once(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    key = ("default", "prod-workers")
+    gone = world.kube.deployments.pop(key)
+    world.reconciler.workers_changed(gone, deleted=True)
+    assert key in world.kube.deployments
+
+
+def test_a_deployment_of_someone_else_is_not_followed(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    foreign = {"metadata": {"namespace": "default", "name": "x", "uid": "u1",
+                            "ownerReferences": [{"kind": "ReplicaSet", "name": "prod", "uid": "z"}]}}
+    writes = dict(world.kube.writes)
+    assert world.reconciler.workers_changed(foreign, deleted=True) is None
+    assert dict(world.kube.writes) == writes

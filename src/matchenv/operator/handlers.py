@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from matchenv.models import API_GROUP, API_VERSION, PLURAL
+from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL
 from matchenv.operator import metrics
 from matchenv.operator.reconciler import Reconciler, TeardownIncomplete
 from matchenv.operator.settings import OperatorSettings
@@ -100,6 +101,16 @@ async def resync_forever(reconciler: Reconciler, interval: float) -> None:
 def converge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Broker problems end in a Degraded status (the resync loop heals them); API errors are retried by kopf."""
     memo.reconciler.converge(plain(body))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY})
+def workers_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Our worker Deployments, watched (no state stored on them): WorkersReady follows the pods at once."""
+    try:
+        memo.reconciler.workers_changed(plain(body), deleted=event.get("type") == "DELETED")
+    except Exception as exc:  # the resync loop repairs whatever this missed
+        log.warning("workers of %s/%s: %s", body.get("metadata", {}).get("namespace"),
+                    body.get("metadata", {}).get("name"), exc)
 
 
 @kopf.on.delete(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5)

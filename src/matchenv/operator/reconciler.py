@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from matchenv.contracts import DATABASE_KEY_SETS, WORKER_SECRET_PASSWORD
-from matchenv.models import API_GROUP, DeletionPolicy, MatchEnvironmentSpec, Phase
+from matchenv.models import API_GROUP, KIND, DeletionPolicy, MatchEnvironmentSpec, Phase
 from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL, EnvironmentNames, broker_secret_name
 from matchenv.operator import builders
 from matchenv.operator.autoscaler import Autoscaler
@@ -176,6 +176,7 @@ class Reconciler:
         # uid → when its teardown finished (None: under way). A deleted environment is never converged again: a
         # resync pass that listed it before its deletion would otherwise put back what the teardown removed.
         self._torn_down: dict[str, float | None] = {}
+        self._workers_seen: dict[str, tuple[Any, ...]] = {}  # Deployment uid → what of it WorkersReady reads
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_guard:
@@ -409,6 +410,34 @@ class Reconciler:
             self.kube.scale_environment(ctx.namespace, ctx.name, wanted)
             spec.workers.replicas = wanted
             self._event(ctx.env, "Scaled", f"workers {current} -> {wanted} for a backlog of {seen.messages} messages")
+
+    # -- the workers' Deployments, watched ---------------------------------------------------------------------
+    def workers_changed(self, deployment: Obj, deleted: bool = False) -> Obj | None:
+        """A Deployment of ours changed: converge its environment when what WorkersReady reads moved (its pods
+        became ready, a rollout ended) or when it was deleted (put back at once), so status follows the pods
+        without waiting for the resync. The first sight of each (the watch starting) only records it: the resume
+        handlers converge everything then."""
+        meta = deployment.get("metadata") or {}
+        owner = next((r for r in meta.get("ownerReferences") or [] if r.get("kind") == KIND), None)
+        uid = meta.get("uid", "")
+        if owner is None or not uid:
+            return None
+        status = deployment.get("status") or {}
+        seen = (meta.get("generation"), (deployment.get("spec") or {}).get("replicas"), status.get("replicas"),
+                status.get("readyReplicas"), status.get("updatedReplicas"), status.get("availableReplicas"),
+                status.get("observedGeneration"))
+        first = uid not in self._workers_seen
+        if deleted:
+            self._workers_seen.pop(uid, None)
+        elif first or self._workers_seen[uid] == seen:
+            self._workers_seen[uid] = seen
+            return None
+        else:
+            self._workers_seen[uid] = seen
+        env = self.kube.get_environment(meta.get("namespace", ""), owner.get("name", ""))
+        if env is None or env["metadata"].get("uid") != owner.get("uid") or env["metadata"].get("deletionTimestamp"):
+            return None
+        return self.converge(env)
 
     # -- teardown --------------------------------------------------------------------------------------------
     def teardown(self, env: Obj) -> list[str]:
