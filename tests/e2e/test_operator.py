@@ -107,6 +107,22 @@ def test_hand_deleted_binding_queue_and_deployment_are_repaired(platform: Platfo
     wait_for(lambda: platform.is_ready("staging"), what="staging Ready again")
 
 
+def test_the_broker_s_own_events_start_the_repairs(platform: Platform) -> None:
+    """The broker's events (rabbitmq_event_exchange) name what went; the leader converges that environment at once
+    (the time this takes beside a resync is measured by ``make bench``)."""
+    mgmt, operator = platform.mgmt, platform.operator
+    wait_for(lambda: platform.is_ready("staging"), what="staging Ready")
+    before = operator.metric("matchenv_drift_repairs_total")
+    mgmt.delete("/api/policies/%2F/matchenv.matches.staging")
+    mgmt.delete("/api/users/matchenv.default.staging")
+    wait_for(lambda: mgmt.get("/api/policies/%2F/matchenv.matches.staging") is not None and
+             mgmt.user("matchenv.default.staging") is not None, timeout=4 * RESYNC + 10,
+             what="policy and user repaired")
+    assert operator.metric("matchenv_broker_events_total") >= 2
+    assert operator.metric("matchenv_drift_repairs_total") > before
+    wait_for(lambda: platform.is_ready("staging"), what="staging Ready again")
+
+
 def test_hand_edited_deployment_is_put_back(platform: Platform) -> None:
     kubectl = platform.kubectl
     kubectl.run("patch", "deployment", "staging-workers", "--type=json", "-p",

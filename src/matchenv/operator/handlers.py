@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ import kopf
 from matchenv.models import API_GROUP, API_VERSION, PLURAL
 from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL
 from matchenv.operator import metrics
+from matchenv.operator.drift import BrokerEvents, Changed, Repairs
 from matchenv.operator.reconciler import Reconciler, TeardownIncomplete
 from matchenv.operator.settings import OperatorSettings
 
@@ -56,6 +58,35 @@ async def start_resync(memo: kopf.Memo, **_: Any) -> None:
     memo.resync_task = asyncio.create_task(resync_forever(memo.reconciler, memo.settings.resync_seconds))
 
 
+@kopf.on.startup()
+def follow_broker_events(memo: kopf.Memo, **_: Any) -> None:
+    """The leader repairs what the broker says was deleted at once (see :mod:`matchenv.operator.drift`)."""
+    settings: OperatorSettings = memo.settings
+    if not settings.broker_events:
+        return
+    reconciler: Reconciler = memo.reconciler
+    stop = threading.Event()
+
+    def repair(namespace: str, name: str) -> None:
+        metrics.DRIFT_REPAIRS.inc()
+        if namespace:
+            reconciler.repair(namespace, name)
+        else:
+            reconciler.repair_publisher()
+
+    repairs = Repairs(repair, stop).start()
+
+    def on_change(what: Changed) -> None:
+        metrics.BROKER_EVENTS.inc()
+        if reconciler.is_publisher(what):
+            repairs.add("", "")
+        elif (owner := reconciler.owner_of(what)) is not None:
+            repairs.add(*owner)
+
+    memo.broker_events_stop = stop
+    memo.broker_events = BrokerEvents(reconciler.events_url, on_change, stop, settings.broker_timeout).start()
+
+
 @kopf.on.cleanup()
 async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     # Shutting down (SIGTERM): stop leading at once, so the standby takes over within its retry period instead of
@@ -68,6 +99,9 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     halt = getattr(memo, "halt", None)
     if halt is not None:
         halt.set()
+    events_stop = getattr(memo, "broker_events_stop", None)
+    if events_stop is not None:
+        events_stop.set()
     task = getattr(memo, "resync_task", None)
     if task is not None:
         task.cancel()

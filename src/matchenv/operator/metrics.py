@@ -14,3 +14,6 @@ STATUS_CHANGES = Counter("matchenv_status_changes_total", "Status writes made by
 WRITES = Counter("matchenv_writes_total", "Writes this operator made, by target (kubernetes, broker).", ["target"])
 FENCED_WRITES = Counter("matchenv_fenced_writes_total",
                         "Writes refused because this operator was no longer sure to lead.")
+BROKER_EVENTS = Counter("matchenv_broker_events_total",
+                        "Deletions the broker reported (rabbitmq_event_exchange) that the operator looked at.")
+DRIFT_REPAIRS = Counter("matchenv_drift_repairs_total", "Converges started by a broker event.")

@@ -23,10 +23,11 @@ from pydantic import ValidationError
 
 from matchenv.contracts import DATABASE_KEY_SETS, WORKER_SECRET_PASSWORD
 from matchenv.models import API_GROUP, KIND, DeletionPolicy, MatchEnvironmentSpec, Phase
-from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL, EnvironmentNames, broker_secret_name
+from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL, EnvironmentNames, broker_secret_name, publisher_user_name
 from matchenv.operator import builders
 from matchenv.operator.autoscaler import Autoscaler
 from matchenv.operator.brokers import BrokerClients, BrokerConfigError, BrokerConnection, read_connection
+from matchenv.operator.drift import Changed
 from matchenv.operator.kube import Kube, Obj
 from matchenv.operator.publisher import ensure_publisher
 from matchenv.operator.settings import OperatorSettings
@@ -177,6 +178,9 @@ class Reconciler:
         # resync pass that listed it before its deletion would otherwise put back what the teardown removed.
         self._torn_down: dict[str, float | None] = {}
         self._workers_seen: dict[str, tuple[Any, ...]] = {}  # Deployment uid → what of it WorkersReady reads
+        # what each environment on the operator's broker owns there → (namespace, name): a broker event names one
+        self._owned: dict[Changed, tuple[str, str]] = {}
+        self._owns: dict[str, tuple[Changed, ...]] = {}  # uid → its keys in _owned
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_guard:
@@ -267,6 +271,7 @@ class Reconciler:
             status = {"phase": Phase.DEGRADED.value, "lastError": f"invalid spec: {first['loc']}: {first['msg']}"}
             self.kube.patch_environment_status(meta["namespace"], meta["name"], status)
             return status
+        self._remember(ctx)
         topology = self._converge_topology(ctx)
         if prefetched is not None and topology.observation is not None:
             self._autoscale(ctx, topology.observation)
@@ -411,6 +416,49 @@ class Reconciler:
             spec.workers.replicas = wanted
             self._event(ctx.env, "Scaled", f"workers {current} -> {wanted} for a backlog of {seen.messages} messages")
 
+    # -- drift the broker told of -----------------------------------------------------------------------------
+    def _remember(self, ctx: Context) -> None:
+        """Index what this environment owns on the operator's broker, for :meth:`owner_of`."""
+        for key in self._owns.pop(ctx.uid, ()):
+            self._owned.pop(key, None)
+        if not ctx.own_broker:
+            return
+        scope = ctx.desired.scope()
+        keys = (*(Changed("queue", scope.vhost, q) for q in scope.queues),
+                *(Changed("policy", scope.vhost, p) for p in scope.policies),
+                *(Changed("user", "", u) for u in scope.users))
+        self._owns[ctx.uid] = keys
+        for key in keys:
+            self._owned[key] = (ctx.namespace, ctx.name)
+
+    def _forget(self, uid: str) -> None:
+        for key in self._owns.pop(uid, ()):
+            self._owned.pop(key, None)
+
+    def owner_of(self, what: Changed) -> tuple[str, str] | None:
+        """The environment (namespace, name) a removed broker object belonged to, if any."""
+        return self._owned.get(what)
+
+    def is_publisher(self, what: Changed) -> bool:
+        return bool(self.settings.publisher_secret) and what.kind == "user" and \
+            what.name == publisher_user_name(self.settings.operator_namespace)
+
+    def repair(self, namespace: str, name: str) -> Obj | None:
+        """Converge one environment now (a broker event said something of it went)."""
+        env = self.kube.get_environment(namespace, name)
+        if env is None or env["metadata"].get("deletionTimestamp"):
+            return None
+        return self.converge(env)
+
+    def events_url(self) -> str:
+        """The AMQP URL (vhost /, where ``amq.rabbitmq.event`` is) of the operator's broker, as its admin."""
+        namespace, name = self.settings.broker_secret_ref
+        conn = read_connection(self.kube.get_secret(namespace, name), namespace, name)
+        return builders.worker_amqp_url(conn.url, conn.username, conn.password, "/")
+
+    def repair_publisher(self) -> None:
+        self._ensure_publisher(Prefetched(started=self.clock()))
+
     # -- the workers' Deployments, watched ---------------------------------------------------------------------
     def workers_changed(self, deployment: Obj, deleted: bool = False) -> Obj | None:
         """A Deployment of ours changed: converge its environment when what WorkersReady reads moved (its pods
@@ -480,6 +528,7 @@ class Reconciler:
                     self.kube.delete_secret(ctx.namespace, names.broker_secret, secret["metadata"]["uid"]):
                 done.append(f"deleted Secret {names.broker_secret}")
             self.autoscaler.forget(ctx.uid)
+            self._forget(ctx.uid)
             self._converged_at.pop(ctx.uid, None)
             self._torn_down[ctx.uid] = self.clock()
             log.info("%s/%s torn down: %s", ctx.namespace, ctx.name, "; ".join(done) or "nothing to do")

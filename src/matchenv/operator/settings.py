@@ -43,6 +43,10 @@ class OperatorSettings(BaseModel):
                                   "scraper's publish-only broker user, kept by the leader; empty turns it off "
                                   "(MATCHENV_PUBLISHER_SECRET).")
 
+    broker_events: bool = Field(True, description="Follow the broker's events (its rabbitmq_event_exchange plugin) "
+                                "to repair a deleted queue, binding, policy, user or permission at once; without "
+                                "the plugin the resync repairs drift (MATCHENV_BROKER_EVENTS).")
+
     owner_deployment: str = Field("", description="The operator's own Deployment (MATCHENV_OWNER_DEPLOYMENT): the "
                                   "Lease and the publisher Secret it creates are owned by it, so deleting the "
                                   "installation deletes them too.")
@@ -88,6 +92,7 @@ class OperatorSettings(BaseModel):
             "KUBECONFIG": "kubeconfig",
             "MATCHENV_LOG_JSON": "log_json",
             "MATCHENV_OWNER_DEPLOYMENT": "owner_deployment",
+            "MATCHENV_BROKER_EVENTS": "broker_events",
         }
         for var, field in mapping.items():
             if env.get(var):

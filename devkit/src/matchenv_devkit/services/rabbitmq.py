@@ -108,7 +108,7 @@ class RabbitMQNode:
                 "",
             ])
         )
-        (self.state_dir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (self.state_dir / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_event_exchange].\n")
 
     def start(self, timeout: float = 90.0) -> RabbitMQNode:
         """Start (or restart, keeping data) the node; return when the management API answers."""
