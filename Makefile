@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CLUSTER_DIR ?= /tmp/matchenv-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv lock crds lint e2e-kind test test-unit cluster-build node-build images cluster-up cluster-down demo chaos clean
+.PHONY: help system-deps venv lock crds lint e2e-kind test test-unit cluster-build node-build images cluster-up cluster-down demo bench chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ demo: system-deps cluster-build node-build images  ## the main job: the install 
 
 e2e-kind: $(STAMP) cluster-build  ## the install tests on a kind cluster (Docker needed; without it: skipped, says why)
 	scripts/e2e-kind.sh
+
+bench: system-deps cluster-build  ## each measure beside its baseline (never part of make test): docs/benchmarks.md + .png
+	$(BIN)/matchenv-dev bench
 
 chaos: system-deps cluster-build  ## the chaos test with 50,000 matches (the suite runs it with 10,000)
 	MATCHENV_CHAOS_MATCHES=$${MATCHENV_CHAOS_MATCHES:-50000} $(BIN)/pytest tests/e2e/test_chaos.py -s

@@ -51,17 +51,25 @@ def _fill(amqp_url: str, queue: str, matches: list[dict[str, object]]) -> None:
         channel.queue_declare(queue, passive=True)  # a round trip: everything above has reached the broker
 
 
-def worker_rate(broker: RabbitMQNode, url: str, matches: list[dict[str, object]], log: Path,
-                concurrency: int = 1) -> float:
-    """Queue ``matches``, start one worker, time from its first stored row to its last (the database's clock)."""
-    queue = f"bench-{uuid.uuid4().hex[:6]}"
-    _fill(broker.endpoints.amqp_url, queue, matches)
+def _worker_env(broker: RabbitMQNode, url: str, metrics_port: int = 0) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if k not in {"SUPABASE_URL"}}
     environ.update({"CELERY_BROKER_URL": broker.endpoints.amqp_url, "DATABASE_URL": url,
-                    "MATCHENV_DEAD_LETTER_EXCHANGE": "", "MATCHENV_METRICS_PORT": "0"})
+                    "MATCHENV_DEAD_LETTER_EXCHANGE": "", "MATCHENV_METRICS_PORT": str(metrics_port)})
+    return environ
+
+
+def worker_rate(broker: RabbitMQNode, url: str, matches: list[dict[str, object]], log: Path,
+                concurrency: int = 1, profile: Path | None = None) -> float:
+    """Queue ``matches``, start one worker, time from its first stored row to its last (the database's clock).
+    ``profile``: run it under py-spy, writing its samples there."""
+    queue = f"bench-{uuid.uuid4().hex[:6]}"
+    _fill(broker.endpoints.amqp_url, queue, matches)
+    argv = [sys.executable, "-m", "matchenv.cli", "worker", "--queue", queue, "--concurrency", str(concurrency)]
+    if profile is not None:
+        argv = [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "-r", "200", "-o",
+                str(profile), "--", *argv]
     with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "matchenv.cli", "worker", "--queue", queue,
-                                 "--concurrency", str(concurrency)], env=environ, stdout=out, stderr=out)
+        proc = subprocess.Popen(argv, env=_worker_env(broker, url), stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 300
         with psycopg.connect(url, autocommit=True) as conn:
@@ -76,8 +84,11 @@ def worker_rate(broker: RabbitMQNode, url: str, matches: list[dict[str, object]]
                 time.sleep(0.2)
         raise RuntimeError(f"the worker stored too little in 300 s; see {log}")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if profile is not None:  # py-spy writes its samples when the worker it runs ends
+            subprocess.run(["pkill", "-TERM", "-f", f"--queue {queue}"], check=False)
+        else:
+            proc.terminate()
+        proc.wait(timeout=60)
         with pika.BlockingConnection(pika.URLParameters(broker.endpoints.amqp_url)) as conn:
             conn.channel().queue_delete(queue)
 
@@ -94,10 +105,66 @@ def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: i
         migrate(worker_url)
         best_worker = max(best_worker, worker_rate(broker, worker_url, matches, work / "worker.log"))
     ratio = best_worker / best_raw
+    profile = ""
+    if ratio < 0.5:
+        samples = work / "worker.pyspy"
+        worker_url = postgres.create_database(f"bench_profile_{uuid.uuid4().hex[:6]}")
+        migrate(worker_url)
+        worker_rate(broker, worker_url, _matches(count, seed=99), work / "worker.log", profile=samples)
+        profile = top_functions(samples)
     return Measure(
         name=f"one worker process storing {count:,} queued matches",
         ours=f"{best_worker:,.0f} rows/s",
         baseline=f"raw psycopg upsert loop, one transaction per row: {best_raw:,.0f} rows/s",
         ratio=f"{ratio:.2f}",
         targets=[Goal("worker >= 0.5 x the raw psycopg loop", ratio, 0.5)],
+        profile=profile,
     )
+
+
+def top_functions(samples: Path, count: int = 20) -> str:
+    """The functions a py-spy raw profile spent most samples in (self time), as text."""
+    from collections import Counter
+
+    own: Counter[str] = Counter()
+    total = 0
+    for line in samples.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        own[stack.split(";")[-1]] += int(n)
+    return "\n".join(f"{n / max(1, total):6.1%}  {frame}" for frame, n in own.most_common(count))
+
+
+def stop_seconds(broker: RabbitMQNode, postgres: PostgresServer, work: Path, trials: int = 5) -> Measure:
+    """An idle worker told to stop (SIGTERM): seconds until it has exited."""
+    import requests
+
+    from matchenv_devkit.services.process import free_port
+
+    url = postgres.create_database(f"bench_stop_{uuid.uuid4().hex[:6]}")
+    migrate(url)
+    samples = []
+    for _ in range(trials):
+        port = free_port()
+        with (work / "worker-stop.log").open("ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "matchenv.cli", "worker", "--queue", "bench-stop"],
+                                    env=_worker_env(broker, url, port), stdout=out, stderr=out)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        time.sleep(1.0)
+        started = time.monotonic()
+        proc.terminate()
+        proc.wait(timeout=60)
+        samples.append(time.monotonic() - started)
+    worst = max(samples)
+    return Measure(name=f"an idle worker told to stop (SIGTERM), {trials} times",
+                   ours=f"exits in {min(samples):.2f}-{worst:.2f} s", baseline="-",
+                   targets=[Goal("idle worker exits within 2 s of SIGTERM", worst, 2.0, at_least=False)])

@@ -34,7 +34,8 @@ class OperatorProcess(ChildProcess):
     """``matchenv operator run`` as a child process; its output goes to a log file the tests can read."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, resync_seconds: float = 2.0, lease_seconds: float = 6.0,
-                 identity: str = "operator-a", health_port: bool = False, namespaces: tuple[str, ...] = ()) -> None:
+                 identity: str = "operator-a", health_port: bool = False, namespaces: tuple[str, ...] = (),
+                 verbose: bool = True, extra_env: dict[str, str] | None = None) -> None:
         super().__init__(log_path)
         self.kubeconfig = kubeconfig
         self.resync_seconds = resync_seconds
@@ -43,6 +44,8 @@ class OperatorProcess(ChildProcess):
         self.metrics_port = free_port()
         self.health_port = free_port() if health_port else 0
         self.namespaces = namespaces
+        self.verbose = verbose
+        self.extra_env = extra_env or {}
 
     @property
     def health_url(self) -> str:
@@ -58,7 +61,8 @@ class OperatorProcess(ChildProcess):
         }
         if self.namespaces:
             env["MATCHENV_NAMESPACES"] = ",".join(self.namespaces)
-        self.spawn([sys.executable, "-m", "matchenv.cli", "operator", "run", "--verbose",
+        env.update(self.extra_env)
+        self.spawn([sys.executable, "-m", "matchenv.cli", "operator", "run", *(["--verbose"] if self.verbose else []),
                     "--resync-seconds", str(self.resync_seconds), "--operator-namespace", "matchenv-system",
                     "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)], env)
         return self

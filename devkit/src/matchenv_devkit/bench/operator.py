@@ -1,0 +1,216 @@
+"""The operator on the local control plane and broker: drift repair (broker events beside the resync alone),
+apply → TopologyReady latency, and many environments at once (time, memory, CPU, calls per resync)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from matchenv.crd import wait_until_served
+from matchenv_devkit.bench.result import Measure, Series
+from matchenv_devkit.bench.result import Target as Goal
+from matchenv_devkit.cluster.operatorproc import OperatorProcess, service_account_kubeconfig
+from matchenv_devkit.cluster.stack import LocalStack
+
+GROUP, VERSION, PLURAL = "matchenv.io", "v1alpha1", "matchenvironments"
+SHIPPED_RESYNC = 10.0  # the manifests' and chart's resync interval
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+class OperatorBench:
+    def __init__(self, stack: LocalStack, log: Callable[[str], None]) -> None:
+        self.stack = stack
+        self.log = log
+        api = config.new_client_from_config(str(stack.kubectl.cluster.kubeconfig))
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.stack.install()
+        self.stack.clean_broker()
+        wait_until_served(self.custom)
+        stack.kubectl.apply({"apiVersion": "v1", "kind": "Secret",
+                             "metadata": {"name": "matchenv-db-bench", "namespace": "default"},
+                             "stringData": {"DATABASE_URL": "postgresql://bench@127.0.0.1:1/none"}})
+        self.operator: OperatorProcess | None = None
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def start_operator(self, resync: float, events: bool = True) -> OperatorProcess:
+        self.stop_operator()
+        sa = service_account_kubeconfig(self.stack.kubectl, "matchenv-system", "matchenv-operator",
+                                        self.stack.tmp / "operator.kubeconfig")
+        n = len(list(self.stack.tmp.glob("bench-operator-*.log")))
+        self.operator = OperatorProcess(sa, self.stack.tmp / f"bench-operator-{n}.log", resync_seconds=resync,
+                                        identity=f"bench-{n}", verbose=False,
+                                        extra_env={"MATCHENV_BROKER_EVENTS": "true" if events else "false",
+                                                   "MATCHENV_PUBLISHER_SECRET": ""}).start()
+        deadline = time.monotonic() + 60
+        while self.operator.metric("matchenv_environments") is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.operator
+
+    def stop_operator(self) -> None:
+        if self.operator is not None:
+            self.operator.stop()
+            self.operator = None
+
+    def body(self, name: str, replicas: int = 0) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "MatchEnvironment", "metadata": {"name": name},
+                "spec": {"queue": {"name": f"matches.{name}"},
+                         "workers": {"image": "matchenv:0.1.0", "replicas": replicas,
+                                     "databaseSecretRef": {"name": "matchenv-db-bench"}}}}
+
+    def create(self, name: str) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, self.body(name))
+
+    def topology_ready(self, obj: dict[str, Any]) -> bool:
+        conditions = (obj.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == "TopologyReady" and c.get("status") == "True" for c in conditions)
+
+    def wait_topology_ready(self, name: str, timeout: float = 60) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            obj: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, name)
+            if self.topology_ready(obj):
+                return time.monotonic()
+            time.sleep(0.005)
+        raise RuntimeError(f"{name} not TopologyReady in {timeout:.0f}s")
+
+    def count_topology_ready(self) -> int:
+        listed: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)
+        items: list[dict[str, Any]] = listed["items"]
+        return sum(1 for obj in items if self.topology_ready(obj))
+
+    # -- measures --------------------------------------------------------------------------------------------
+    def latency(self, trials: int = 15) -> Measure:
+        self.start_operator(SHIPPED_RESYNC)
+        samples = []
+        for i in range(trials):
+            started = time.monotonic()
+            self.create(f"lat{i}")
+            samples.append(self.wait_topology_ready(f"lat{i}") - started)
+        p50 = statistics.median(samples)
+        return Measure(name=f"apply -> TopologyReady ({trials} environments, one at a time)",
+                       ours=f"p50 {p50:.2f} s, p95 {percentile(samples, 0.95):.2f} s",
+                       targets=[Goal("apply -> TopologyReady p50 <= 0.1 s", p50, 0.1, at_least=False)])
+
+    def drift(self, trials: int = 10) -> tuple[Measure, Series]:
+        """A binding deleted by hand, time until it is back: with the broker's events, and with the shipped resync
+        alone (the events turned off), on the same broker."""
+        broker = self.stack.broker
+        name = "drift"
+        self.create(name)
+        runs: dict[str, list[float]] = {}
+        for label, events in (("broker events", True), (f"resync only ({SHIPPED_RESYNC:.0f} s)", False)):
+            self.start_operator(SHIPPED_RESYNC, events=events)
+            self.wait_topology_ready(name)
+            if events:
+                deadline = time.monotonic() + 30
+                while (self.operator and not self._subscribed()) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            samples = []
+            for _ in range(trials):
+                binding = next(b for b in broker.snapshot().bindings_to("/", f"matches.{name}")
+                               if b.source == "matches-fanout")
+                started = time.monotonic()
+                broker.unbind_queue("/", "matches-fanout", f"matches.{name}", binding.properties_key)
+                while not any(b.source == "matches-fanout" for b in broker.snapshot().bindings_to(
+                        "/", f"matches.{name}")):
+                    if time.monotonic() - started > 4 * SHIPPED_RESYNC:
+                        raise RuntimeError("a deleted binding was not put back")
+                    time.sleep(0.01)
+                samples.append(time.monotonic() - started)
+                time.sleep(0.3)
+            runs[label] = samples
+        ours, base = runs["broker events"], runs[f"resync only ({SHIPPED_RESYNC:.0f} s)"]
+        p95 = percentile(ours, 0.95)
+        measure = Measure(
+            name=f"drift: a binding deleted by hand -> back ({trials} times each)",
+            ours=f"p50 {statistics.median(ours):.2f} s, p95 {p95:.2f} s (broker events)",
+            baseline=f"resync alone every {SHIPPED_RESYNC:.0f} s: p50 {statistics.median(base):.2f} s, p95 "
+                     f"{percentile(base, 0.95):.2f} s",
+            ratio=f"{statistics.median(base) / statistics.median(ours):.0f}x faster (p50)",
+            targets=[Goal("deleted binding back in < 1 s (p95)", p95, 1.0, at_least=False)])
+        series = Series("Drift repair: a deleted binding back", "seconds", "fraction of repairs",
+                        {k: [(0.0, v) for v in vs] for k, vs in runs.items()}, cdf=True)
+        return measure, series
+
+    def _subscribed(self) -> bool:
+        # the operator logs when it follows the events; the metric appears with the first event
+        assert self.operator is not None
+        return "following the broker's events" in self.operator.log()
+
+    def scale(self, steps: tuple[int, ...] = (100, 250, 500)) -> tuple[Measure, Series]:
+        """Environments applied in steps (0 replicas); each step timed to all TopologyReady; then a quiet
+        steady state: RSS, CPU per resync interval, management calls and duration of a pass."""
+        self.start_operator(SHIPPED_RESYNC)
+        assert self.operator is not None
+        listed: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)
+        existing = {o["metadata"]["name"] for o in listed["items"]}
+        points: list[tuple[float, float]] = []
+        created = 0
+        for total in steps:
+            started = time.monotonic()
+            while created < total:
+                self.create(f"env{created:04d}")
+                created += 1
+            want = total + len(existing)
+            while self.count_topology_ready() < want:
+                if time.monotonic() - started > 600:
+                    raise RuntimeError(f"{want} environments not TopologyReady in 600 s")
+                time.sleep(0.5)
+            seconds = time.monotonic() - started
+            points.append((float(total), seconds))
+            self.log(f"  {total} environments: all TopologyReady {seconds:.1f} s after the step's apply began")
+        # steady state: two quiet resync intervals
+        time.sleep(SHIPPED_RESYNC * 1.5)
+        pid = self.operator.pid
+        op = self.operator
+        sum0, count0 = (op.metric("matchenv_resync_duration_seconds_sum") or 0.0,
+                        op.metric("matchenv_resync_duration_seconds_count") or 0.0)
+        cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+        time.sleep(SHIPPED_RESYNC * 3)
+        cpu = (_cpu_seconds(pid) - cpu0) / ((time.monotonic() - t0) / SHIPPED_RESYNC)
+        rss = _rss_mib(pid)
+        calls = op.metric("matchenv_resync_management_calls") or 0.0
+        passes_done = (op.metric("matchenv_resync_duration_seconds_count") or 0.0) - count0
+        passes = ((op.metric("matchenv_resync_duration_seconds_sum") or 0.0) - sum0) / max(1.0, passes_done)
+        total = steps[-1]
+        # a burst: time for the largest step's new environments, all at once
+        burst = points[-1][1]
+        measure = Measure(
+            name=f"{total} environments on one operator (0 replicas, resync {SHIPPED_RESYNC:.0f} s)",
+            ours=f"{steps[-1] - steps[-2]} applied at once -> all TopologyReady in {burst:.1f} s; steady state: RSS "
+                 f"{rss:.0f} MiB, CPU {cpu:.2f} s per resync interval, {calls:.0f} management calls per pass, "
+                 f"a quiet pass {passes:.2f} s",
+            baseline="steps: " + ", ".join(f"{n:.0f} envs {s:.1f} s" for n, s in points),
+            targets=[Goal(f"the last {steps[-1] - steps[-2]} applied -> TopologyReady <= 60 s", burst, 60.0,
+                          at_least=False),
+                     Goal("operator RSS <= 150 MiB", rss, 150.0, at_least=False),
+                     Goal("management calls per resync <= 3", calls, 3.0, at_least=False),
+                     Goal(f"a quiet pass well under the interval (<= {SHIPPED_RESYNC / 4:.1f} s)", passes,
+                          SHIPPED_RESYNC / 4, at_least=False)])
+        series = Series("Environments applied -> all TopologyReady", "environments applied in the step",
+                        "seconds", {"matchenv operator": [(float(steps[0]), points[0][1])] +
+                                    [(float(steps[i] - steps[i - 1]), points[i][1]) for i in range(1, len(steps))]})
+        return measure, series
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

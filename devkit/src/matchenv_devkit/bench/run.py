@@ -1,0 +1,57 @@
+"""``matchenv-dev bench``: every measure in one run, then docs/benchmarks.md and its plot."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from matchenv_devkit.bench import operator, publisher, worker
+from matchenv_devkit.bench.report import plot, render
+from matchenv_devkit.bench.result import Measure, Series
+from matchenv_devkit.cluster.stack import LocalStack
+
+
+def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environments: int = 500) -> list[Measure]:
+    started = time.monotonic()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    stack, shutdown = LocalStack.create(state_dir, log, node="process", resync_seconds=operator.SHIPPED_RESYNC)
+    measures: list[Measure] = []
+    series: list[Series] = []
+
+    def done(measure: Measure) -> None:
+        measures.append(measure)
+        log(f"{measure.name}: {measure.ours} | {measure.baseline} | {measure.ratio}")
+        for target in measure.targets:
+            log(f"  {'met' if target.met else 'MISSED'}: {target.text} (measured {target.value:.3g})")
+
+    try:
+        log("publisher ...")
+        done(publisher.measure(stack.rabbitmq))
+        log("worker ...")
+        done(worker.measure(stack.rabbitmq, stack.postgres, state_dir))
+        done(worker.stop_seconds(stack.rabbitmq, stack.postgres, state_dir))
+        bench = operator.OperatorBench(stack, log)
+        try:
+            log("operator: apply -> TopologyReady ...")
+            done(bench.latency())
+            log("operator: drift ...")
+            measure, drift = bench.drift()
+            done(measure)
+            series.append(drift)
+            log(f"operator: {environments} environments ...")
+            steps = tuple(n for n in (100, 250, environments) if n <= environments)
+            measure, scale = bench.scale(steps)
+            done(measure)
+            series.append(scale)
+        finally:
+            bench.stop_operator()
+    finally:
+        shutdown()
+    docs.mkdir(parents=True, exist_ok=True)
+    figure = plot(series, docs / "benchmarks.png")
+    (docs / "benchmarks.md").write_text(render(measures, [str(figure)] if figure else [],
+                                               time.monotonic() - started))
+    log(f"wrote {docs / 'benchmarks.md'}" + (f" and {figure}" if figure else ""))
+    return measures
