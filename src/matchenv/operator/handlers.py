@@ -93,6 +93,7 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     # after kopf has wound down its watches (seconds). The fence closes before the Lease is released.
     step_down = getattr(memo, "step_down", None)
     if step_down is not None:
+        await asyncio.to_thread(memo.reconciler.kube.wait_for_events, 1.0)  # while it may still write them
         await asyncio.to_thread(step_down)
     # kopf waits for its stop flag in an executor thread; setting it lets that thread (and the process) end
     # when kopf stops for another reason, such as SIGTERM.

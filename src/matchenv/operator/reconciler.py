@@ -307,7 +307,7 @@ class Reconciler:
             outcome.problems = plan.problems
             if plan.actions:
                 self._apply(ctx, client, plan.actions)
-                snapshot = client.snapshot(ctx.desired.scope())
+                snapshot = client.snapshot(ctx.desired.verification_scope())
                 # verify: another environment may have declared the same queue at the same moment; the marker
                 # the broker kept decides, and a loser gives its permissions back at once
                 outcome.refusal = check_ownership(ctx.desired, snapshot)
@@ -325,8 +325,14 @@ class Reconciler:
         self.kube.may_write(action.describe(), "broker")
 
     def _apply(self, ctx: Context, client: Any, actions: tuple[Action, ...]) -> list[str]:
-        """Apply ``actions`` (each asking the leader fence first); an event for each as it is done."""
-        return apply_plan(client, Plan(actions), self._guard, lambda what: self._event(ctx.env, "BrokerChanged", what))
+        """Apply ``actions`` (each asking the leader fence first); one event lists what was done, also when a
+        later action failed (one per action made eight writes to the API server for each new environment)."""
+        done: list[str] = []
+        try:
+            return apply_plan(client, Plan(actions), self._guard, done.append)
+        finally:
+            if done:
+                self._event(ctx.env, "BrokerChanged", "; ".join(done))
 
     def _ensure_credentials(self, ctx: Context, conn: BrokerConnection, secret: Obj | None,
                             outcome: TopologyOutcome) -> None:

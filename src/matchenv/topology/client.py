@@ -23,6 +23,7 @@ from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permis
 DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds the whole call
 MAX_BODY = 64 * 1024 * 1024  # a management answer larger than this is refused, not read into memory
 MAX_ERROR_TEXT = 300
+PARALLEL_CALLS = 8  # management calls in flight at once per broker (kopf runs up to 8 handlers at once)
 QUEUE_COLUMNS = (
     "name,vhost,type,durable,arguments,messages,messages_ready,messages_unacknowledged,consumers,policy"
 )
@@ -53,6 +54,15 @@ class BrokerNotFound(BrokerError):
     """404: the vhost, queue, exchange, user or binding does not exist."""
 
 
+def _session() -> requests.Session:
+    """A session whose connection pool keeps one connection per parallel call."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=PARALLEL_CALLS)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def _q(part: str) -> str:
     return quote(part, safe="")
 
@@ -70,13 +80,14 @@ class ManagementClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self.session = session or _session()
         self.session.auth = (username, password)
         self.session.headers["content-type"] = "application/json"
         self.calls = 0  # management calls made; the reconciler reports it per interval
-        # each call runs on this one thread so that the caller can stop waiting at the deadline, even for a server
-        # that trickles its headers (requests' timeouts are per socket read)
-        self._runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="management")
+        # each call runs on one of these threads so that the caller can stop waiting at the deadline, even for a
+        # server that trickles its headers (requests' timeouts are per socket read); several, because the handlers
+        # converge environments in parallel (one thread made every converge wait for the others' calls)
+        self._runner = ThreadPoolExecutor(max_workers=PARALLEL_CALLS, thread_name_prefix="management")
 
     def close(self) -> None:
         self._runner.shutdown(wait=False)
@@ -85,9 +96,10 @@ class ManagementClient:
     def _abandon(self) -> None:
         """After a deadline: leave the stalled call to its thread (it ends at its next read timeout) and carry on
         with a fresh session and thread."""
-        stalled, self._runner = self._runner, ThreadPoolExecutor(max_workers=1, thread_name_prefix="management")
+        stalled, self._runner = self._runner, ThreadPoolExecutor(max_workers=PARALLEL_CALLS,
+                                                                 thread_name_prefix="management")
         stalled.shutdown(wait=False)
-        fresh = requests.Session()
+        fresh = _session()
         fresh.auth, fresh.headers = self.session.auth, self.session.headers
         self.session.close()
         self.session = fresh
@@ -181,7 +193,8 @@ class ManagementClient:
     def snapshot(self, scope: Scope | None = None) -> BrokerSnapshot:
         """Everything the planner compares against: the whole broker in two calls (its definitions, and the queues
         with their message counts), or, with ``scope``, only the objects it names (a constant number of small
-        calls; the permissions of its vhost are all read: a queue's claimant is found among them)."""
+        calls; all the vhost's permissions only when a queue lacks its ownership marker: its claimant is found
+        among them)."""
         if scope is not None:
             return self._scoped(scope)
         definitions = self._request("GET", "/api/definitions") or {}
@@ -206,7 +219,13 @@ class ManagementClient:
                     if (r := self._get_or_none(f"/api/policies/{v}/{_q(name)}")) is not None]
         users = [User.from_api(r) for name in scope.users
                  if (r := self._get_or_none(f"/api/users/{_q(name)}")) is not None]
-        permissions = [Permission.from_api(r) for r in self._get_or_none(f"/api/vhosts/{v}/permissions") or []]
+        if any(q.owner is None for q in queues):
+            # a queue without the ownership marker (adopted, or older than markers): its claimant is whoever's
+            # permissions read exactly it, so every permission of the vhost is needed (rare: the marker is usual)
+            rows = self._get_or_none(f"/api/vhosts/{v}/permissions") or []
+        else:
+            rows = [r for u in users if (r := self._get_or_none(f"/api/permissions/{v}/{_q(u.name)}")) is not None]
+        permissions = [Permission.from_api(r) for r in rows]
         return BrokerSnapshot.build(queues, exchanges, bindings, policies, users, permissions)
 
     def _get_or_none(self, path: str) -> Any:

@@ -57,6 +57,12 @@ class DesiredTopology:
         return Scope(self.vhost, queues, (self.exchange, self.names.dead_letter_exchange), (self.names.policy,),
                      (self.names.broker_user,))
 
+    def verification_scope(self) -> Scope:
+        """What is read again after applying a plan: the queues (whose ownership marker the broker kept decides a
+        race with another environment), their bindings and the dead-letter exchange."""
+        return Scope(self.vhost, (self.queue.name, self.names.dead_letter_queue), (self.names.dead_letter_exchange,),
+                     (), ())
+
     @property
     def policy_pattern(self) -> str:
         return broker_regex(self.queue.name)

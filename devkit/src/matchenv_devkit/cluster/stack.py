@@ -237,9 +237,11 @@ class LocalStack:
 
     @classmethod
     def create(cls, state_dir: Path, log: Callable[[str], None], node: str = "process",
-               resync_seconds: float = 3.0) -> tuple[LocalStack, Callable[[], None]]:
+               resync_seconds: float = 3.0, stats_interval_ms: int = 500, delete_on_stop: bool = True
+               ) -> tuple[LocalStack, Callable[[], None]]:
         """Start a private control plane (with a ``real`` or ``process`` node), RabbitMQ and PostgreSQL under
-        ``state_dir``; return the stack (not yet :meth:`start`-ed) and a function that stops all of it."""
+        ``state_dir``; return the stack (not yet :meth:`start`-ed) and a function that stops all of it (first
+        deleting the environments through the operator, unless ``delete_on_stop`` is False)."""
         state_dir.mkdir(parents=True, exist_ok=True)
         real = node == "real"
         stoppers: list[Callable[[], None]] = []
@@ -253,7 +255,8 @@ class LocalStack:
             stoppers.append(cluster.stop)
             if real:
                 stoppers.append(RealNode(cluster, log=log).start().stop)
-            rabbitmq = RabbitMQNode(state_dir / "rabbitmq", name="demo", pod_address=NODE_IP if real else None)
+            rabbitmq = RabbitMQNode(state_dir / "rabbitmq", name="demo", pod_address=NODE_IP if real else None,
+                                    stats_interval_ms=stats_interval_ms)
             stoppers.append(rabbitmq.stop)
             rabbitmq.start()
             log(f"RabbitMQ on 127.0.0.1:{rabbitmq.endpoints.amqp_port} "
@@ -267,5 +270,6 @@ class LocalStack:
             raise
         stack = cls(Kubectl(cluster), rabbitmq, postgres, state_dir, log=log, node=node,
                     resync_seconds=resync_seconds)
-        stoppers.append(stack.stop)
+        if delete_on_stop:
+            stoppers.append(stack.stop)
         return stack, shutdown
