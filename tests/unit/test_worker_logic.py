@@ -184,3 +184,18 @@ def test_the_publishers_stamp_reaches_the_store() -> None:
     process(rt, (MATCH,), {}, Request())
     assert store.stamps == [dt.datetime(2026, 11, 23, 10, tzinfo=dt.UTC), None]
     assert scraped_at(type("R", (), {"headers": {"x-matchenv-scraped-at": "garbage"}})()) is None
+
+
+def test_a_batch_reads_protocol_2_and_1_and_names_what_is_not_our_task() -> None:
+    from types import SimpleNamespace
+
+    from matchenv.contracts import TASK_NAME
+    from matchenv.workers.batches import _task
+
+    v2 = SimpleNamespace(headers={"task": TASK_NAME, "id": "t1"})
+    assert _task(v2, [[{"home_team": "A"}], {}, {}]) == ([{"home_team": "A"}], {})
+    assert _task(v2, {"not": "a list"}).startswith("malformed: ")
+    v1 = SimpleNamespace(headers={})
+    assert _task(v1, {"task": TASK_NAME, "args": [{"a": 1}], "kwargs": {}}) == ([{"a": 1}], {})
+    assert _task(v1, {"task": "some.other.task", "args": []}) == "unknown-task: no such task here: 'some.other.task'"
+    assert _task(SimpleNamespace(headers=None), ["just", "a", "list"]) == "malformed: not a Celery task message"

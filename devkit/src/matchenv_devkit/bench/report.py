@@ -26,7 +26,7 @@ def _versions() -> str:
     except (StopIteration, OSError):
         rabbit = "-"
     try:
-        postgres = subprocess.run(["psql", "--version"], capture_output=True, text=True, timeout=10).stdout.split()[-1]
+        postgres = subprocess.run(["psql", "--version"], capture_output=True, text=True, timeout=10).stdout.split()[2]
     except (OSError, subprocess.SubprocessError, IndexError):
         postgres = "-"
     return (f"Python {platform.python_version()}, RabbitMQ {rabbit}, PostgreSQL {postgres}, pika {version('pika')}, "
