@@ -136,3 +136,51 @@ def test_a_host_service_is_a_selectorless_service_with_one_endpoint_on_the_bridg
     assert endpoints["metadata"]["labels"]["kubernetes.io/service-name"] == "rabbitmq"
     assert endpoints["endpoints"] == [{"addresses": [NODE_IP], "conditions": {"ready": True}}]
     assert endpoints["ports"][0]["port"] == 41234
+
+
+def test_the_process_node_stops_deleted_pods_in_parallel() -> None:
+    import threading
+    import time
+    from typing import Any
+
+    from kubernetes import client
+
+    from matchenv_devkit.cluster.nodeagent import NodeAgent
+
+    running = {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    class SlowRunner:
+        """Each pod takes a while to stop, like a worker finishing its batch within its grace period."""
+
+        def start(self, pod: dict[str, Any]) -> None:
+            pass
+
+        def stop(self, pod: dict[str, Any]) -> None:
+            with lock:
+                running["now"] += 1
+                running["most"] = max(running["most"], running["now"])
+            time.sleep(0.5)
+            with lock:
+                running["now"] -= 1
+
+        def status(self, pod: dict[str, Any]) -> dict[str, Any]:
+            return {"phase": "Running"}
+
+    class NoApi:
+        def delete_namespaced_pod(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def patch_namespaced_pod_status(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    agent = NodeAgent(client.ApiClient(), runner=SlowRunner())
+    agent.core = NoApi()  # type: ignore[assignment]
+    pods = [{"metadata": {"uid": f"u{i}", "name": f"p{i}", "namespace": "default"}} for i in range(3)]
+    for pod in pods:
+        agent._on_pod("ADDED", pod)
+    for pod in pods:  # the watch hands over each deletion at once: none waits for the one before
+        agent._on_pod("MODIFIED", {**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "now"}})
+    agent.stop()
+    assert running["most"] == 3
+    assert running["now"] == 0

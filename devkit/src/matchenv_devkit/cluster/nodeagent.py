@@ -88,6 +88,7 @@ class NodeAgent:
         self._threads: list[threading.Thread] = []
         self._pods: dict[str, Obj] = {}
         self._pushed: dict[str, Obj] = {}
+        self._stopping: dict[str, threading.Thread] = {}  # uid → the thread stopping that pod's containers
         self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -106,9 +107,12 @@ class NodeAgent:
             thread.join(timeout=15)
         with self._lock:
             pods = list(self._pods.values())
-            self._pods.clear()
-        for pod in pods:
-            self.runner.stop(pod)
+        for pod in pods:  # all at once, as a kubelet does: each pod's grace period runs alongside the others'
+            self._stop_pod(pod, delete=False)
+        with self._lock:
+            stopping = list(self._stopping.values())
+        for thread in stopping:
+            thread.join(timeout=60)
 
     def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -188,7 +192,7 @@ class NodeAgent:
         with self._lock:
             gone = [p for uid, p in self._pods.items() if uid not in seen]
         for pod in gone:
-            self._forget(pod)
+            self._stop_pod(pod, delete=False)
         stream = watch.Watch()
         for event in stream.stream(self.core.list_pod_for_all_namespaces, field_selector=selector,
                                    resource_version=data["metadata"]["resourceVersion"], timeout_seconds=30,
@@ -201,17 +205,8 @@ class NodeAgent:
 
     def _on_pod(self, kind: str, pod: Obj) -> None:
         uid = pod["metadata"]["uid"]
-        if kind == "DELETED":
-            self._forget(pod)
-            return
-        if pod["metadata"].get("deletionTimestamp"):
-            self._forget(pod)
-            try:  # what the kubelet does once the containers are gone: remove the pod for good
-                self.core.delete_namespaced_pod(pod["metadata"]["name"], pod["metadata"]["namespace"],
-                                                grace_period_seconds=0, _request_timeout=10)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+        if kind == "DELETED" or pod["metadata"].get("deletionTimestamp"):
+            self._stop_pod(pod, delete=kind != "DELETED")
             return
         with self._lock:
             known = uid in self._pods
@@ -220,12 +215,35 @@ class NodeAgent:
             self.runner.start(pod)
             self._push_status(pod)
 
-    def _forget(self, pod: Obj) -> None:
+    def _stop_pod(self, pod: Obj, delete: bool) -> None:
+        """Stop the pod's containers on a thread of its own (its grace period must not hold up the watch, nor the
+        other pods' stops), then (``delete``) remove the pod for good, as the kubelet does once they are gone."""
+        uid = pod["metadata"]["uid"]
         with self._lock:
-            known = self._pods.pop(pod["metadata"]["uid"], None)
-            self._pushed.pop(pod["metadata"]["uid"], None)
-        if known is not None:
-            self.runner.stop(known)
+            known = self._pods.pop(uid, None)
+            self._pushed.pop(uid, None)
+            if uid in self._stopping:
+                return
+
+            def run() -> None:
+                try:
+                    if known is not None:
+                        self.runner.stop(known)
+                    if delete:
+                        self.core.delete_namespaced_pod(pod["metadata"]["name"], pod["metadata"]["namespace"],
+                                                        grace_period_seconds=0, _request_timeout=10)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        log.warning("node agent: removing pod %s: %s", pod["metadata"]["name"], exc)
+                except Exception as exc:  # the next watch event or the status loop tries again
+                    log.warning("node agent: stopping pod %s: %s", pod["metadata"]["name"], exc)
+                finally:
+                    with self._lock:
+                        self._stopping.pop(uid, None)
+
+            thread = threading.Thread(target=run, name=f"stop-{pod['metadata']['name']}", daemon=True)
+            self._stopping[uid] = thread
+        thread.start()
 
     def _push_status(self, pod: Obj) -> None:
         uid = pod["metadata"]["uid"]
