@@ -177,6 +177,8 @@ def scrape(
     broker_url: str | None = typer.Option(None, "--broker-url", help="AMQP URL (env RABBITMQ_URL)."),
     retry_seconds: float = typer.Option(120.0, min=0, envvar="MATCHENV_SCRAPE_RETRY_SECONDS",
                                         help="How long to keep reconnecting to a lost broker."),
+    max_rate: float = typer.Option(0.0, "--max-rate", min=0, envvar="MATCHENV_SCRAPE_MAX_RATE",
+                                   help="Matches per second at most (0: as fast as the broker confirms)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Publish matches once to the fanout exchange, with confirms; exit 1 if any reached no queue or failed,
@@ -186,7 +188,7 @@ def scrape(
     from itertools import chain
 
     from matchenv.scraper.publisher import Publisher, resolve_target
-    from matchenv.scraper.sources import RawMatch
+    from matchenv.scraper.sources import RawMatch, paced
     from matchenv.scraper.sources import from_file as read_file
     from matchenv.scraper.sources import synthetic as make_synthetic
 
@@ -211,7 +213,7 @@ def scrape(
     _echo_err(f"publishing {len(matches)} matches to {where}")
     show = not quiet and sys.stderr.isatty()
     with typer.progressbar(length=len(matches), label="publishing", file=sys.stderr, hidden=not show) as bar:
-        report = publisher.run(matches, submit=not no_submit_queue, progress=bar.update)
+        report = publisher.run(paced(matches, max_rate), submit=not no_submit_queue, progress=bar.update)
     for problem in report.invalid:
         _echo_err(f"invalid {problem.describe()}")
     for error in report.errors:

@@ -8,6 +8,7 @@ Every match is stored exactly once in every environment's database, whatever hap
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -92,10 +93,11 @@ def _operator_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
         print(request.getfixturevalue("installed").operator_logs()[-6000:])
 
 
-def _feed(installed: Installation, count: int, seed: int) -> None:
+def _feed(installed: Installation, count: int, seed: int, max_rate: int = 0) -> None:
     """What the next Job from the CronJob publishes (the ConfigMap the CronJob reads)."""
-    installed.kubectl.run("patch", "configmap", "-n", SYSTEM, "matchenv-scrape", "--type=merge", "-p",
-                          f'{{"data": {{"MATCHENV_SCRAPE_SYNTHETIC": "{count}", "MATCHENV_SCRAPE_SEED": "{seed}"}}}}')
+    installed.kubectl.run("patch", "configmap", "-n", SYSTEM, "matchenv-scrape", "--type=merge", "-p", json.dumps(
+        {"data": {"MATCHENV_SCRAPE_SYNTHETIC": str(count), "MATCHENV_SCRAPE_SEED": str(seed),
+                  "MATCHENV_SCRAPE_MAX_RATE": str(max_rate)}}))
 
 
 def _stored_exactly_once(installed: Installation, total: int) -> None:
@@ -172,7 +174,7 @@ def test_the_rabbitmq_pod_deleted_mid_run_comes_back_with_its_volume_and_the_scr
         installed: Installation) -> None:
     kubectl = installed.kubectl
     claim = kubectl.get_json("pvc", "-n", SYSTEM, "data-rabbitmq-0")["metadata"]["uid"]
-    _feed(installed, 3000, seed=78)
+    _feed(installed, 3000, seed=78, max_rate=100)  # ~30 s of publishing: the broker goes away mid-run
     installed.scrape_job("s3", wait=False)
     wait_for(lambda: installed.rows("staging") >= 4300, timeout=300, what="the run under way", every=0.5)
     kubectl.run("delete", "pod", "-n", SYSTEM, "rabbitmq-0", "--wait=false")

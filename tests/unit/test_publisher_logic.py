@@ -63,3 +63,18 @@ def test_gives_up_after_the_retry_budget() -> None:
     assert "cannot connect to the broker: ConnectionRefusedError" in report.errors[0]
     assert 30 <= now[0] < 45
     assert publisher.reconnects >= 4
+
+
+def test_a_paced_scrape_keeps_to_its_rate() -> None:
+    from matchenv.scraper.sources import paced
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    matches = list(synthetic(50))
+    out = list(paced(matches, 10.0, clock=lambda: now[0], sleep=sleep))
+    assert out == matches
+    assert 4.8 <= now[0] <= 5.0  # 50 matches at 10/s: the last leaves at 4.9 s
+    assert list(paced(matches, 0, clock=lambda: 0.0, sleep=sleep)) == matches

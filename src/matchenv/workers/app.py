@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import Celery, signals
 from celery.exceptions import Reject
@@ -215,6 +215,13 @@ def process(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any], req
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, except that messages it cannot hand to a task go to the dead-letter queue with the
     reason instead of being dropped (undecodable) or rejected without one (unknown task, not a task message)."""
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        # Celery sets up "native delayed delivery" (exchanges celery_delayed_*) when a queue is quorum; the
+        # environment's user may not declare them (access_refused, retried at every start) and no task here is
+        # delayed (no eta/countdown)
+        default_steps: ClassVar[list[str]] = [
+            step for step in Consumer.Blueprint.default_steps if not step.endswith(":DelayedDelivery")]
 
     def _runtime(self) -> Runtime:
         runtime: Runtime = self.app.matchenv_runtime
