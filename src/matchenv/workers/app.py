@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from celery import Celery, signals
 from celery.exceptions import Reject
@@ -42,6 +42,7 @@ from matchenv.workers.stores import (
 )
 
 log = logging.getLogger("matchenv.worker")
+_T = TypeVar("_T")
 STOPPING = threading.Event()  # set when the worker starts its warm shutdown
 REQUEUE_DELAY = 5.0  # a valid match that cannot be stored and has no DLQ goes back after this pause
 STOP_WAIT = 20.0  # how long a stopping worker waits for the batch it is storing
@@ -93,37 +94,23 @@ class Runtime:
     def store_match(self, match: Match, scraped_at: dt.datetime | None = None) -> str:
         """Upsert with retries: transient errors 3 times with backoff and jitter (then PermanentStoreError), an
         unreachable database for as long as it takes (the message stays unacknowledged meanwhile)."""
-        attempt = 0
-        waited = 0
-        while True:
-            try:
-                return self.store.upsert(match, scraped_at)
-            except TransientStoreError as exc:
-                attempt += 1
-                if attempt >= self.config.store_retries:
-                    raise PermanentStoreError(f"still failing after {attempt} tries: {exc}") from exc
-                metrics.STORE_RETRIES.inc()
-                delay = min(10.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
-                log.warning("store error (try %d of %d), retrying in %.1fs: %s", attempt,
-                            self.config.store_retries, delay, exc)
-                self.sleep(delay)
-            except StoreUnavailable as exc:
-                metrics.STORE_WAITS.inc()
-                delay = min(30.0, 1.0 * 2 ** min(waited, 5)) * random.uniform(0.8, 1.2)
-                waited += 1
-                log.warning("database unavailable, holding the message and retrying in %.1fs: %s", delay, exc)
-                self.sleep(delay)
-
+        return self._retrying(lambda: self.store.upsert(match, scraped_at), "the message", give_back=False)
 
     def store_batch(self, matches: list[Stamped]) -> list[Outcome]:
         """All in one transaction. Transient errors are retried like one match's; an unreachable database is
         waited for until the worker stops (:class:`Stopping`: the messages go back). PermanentStoreError: store
         them one by one to find which."""
+        return self._retrying(lambda: self.store.upsert_many(matches), f"{len(matches)} messages", give_back=True)
+
+    def _retrying(self, call: Callable[[], _T], holding: str, give_back: bool) -> _T:
+        """``call`` until it answers: a transient error ``store_retries`` times with backoff and jitter (then
+        PermanentStoreError), an unreachable database with a capped backoff, holding what is in hand; with
+        ``give_back``, only until the worker stops (then :class:`Stopping`)."""
         attempt = 0
         waited = 0
         while True:
             try:
-                return self.store.upsert_many(matches)
+                return call()
             except TransientStoreError as exc:
                 attempt += 1
                 if attempt >= self.config.store_retries:
@@ -137,9 +124,10 @@ class Runtime:
                 metrics.STORE_WAITS.inc()
                 delay = min(30.0, 1.0 * 2 ** min(waited, 5)) * random.uniform(0.8, 1.2)
                 waited += 1
-                log.warning("database unavailable, holding %d messages and retrying in %.1fs: %s", len(matches),
-                            delay, exc)
-                if self.stopping.wait(delay):
+                log.warning("database unavailable, holding %s and retrying in %.1fs: %s", holding, delay, exc)
+                if not give_back:
+                    self.sleep(delay)
+                elif self.stopping.wait(delay):
                     raise Stopping(f"stopping while the database is unavailable ({exc})") from exc
 
 
