@@ -339,6 +339,11 @@ class AutoscalingSpec(_Model):
     messages_per_replica: int = Field(
         100, alias="messagesPerReplica", ge=1, description="Backlog one worker pod is expected to work through."
     )
+    scale_down_stabilization_seconds: int = Field(
+        60, alias="scaleDownStabilizationSeconds", ge=0, le=3600,
+        description="How long a lower backlog must last before workers are removed (scaling up is immediate); "
+                    "0 scales down at the next check.",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSpec:

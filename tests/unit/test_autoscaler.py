@@ -22,8 +22,8 @@ def test_scale_to_zero_only_when_allowed() -> None:
     assert target_replicas(zero, 1) == 1
 
 
-def test_up_at_once_down_after_the_delay() -> None:
-    scaler = Autoscaler(scale_down_delay=60)
+def test_up_at_once_down_after_the_stabilization_window() -> None:
+    scaler = Autoscaler()  # SPEC: scaleDownStabilizationSeconds defaults to 60
     assert scaler.decide("a", SPEC, backlog=450, current=1, now=0) == 5
     assert scaler.decide("a", SPEC, backlog=0, current=5, now=10) == 5
     assert scaler.decide("a", SPEC, backlog=0, current=5, now=69) == 5
@@ -31,7 +31,7 @@ def test_up_at_once_down_after_the_delay() -> None:
 
 
 def test_a_burst_resets_the_scale_down_clock() -> None:
-    scaler = Autoscaler(scale_down_delay=60)
+    scaler = Autoscaler()
     assert scaler.decide("a", SPEC, backlog=0, current=3, now=0) == 3
     assert scaler.decide("a", SPEC, backlog=300, current=3, now=30) == 3
     assert scaler.decide("a", SPEC, backlog=0, current=3, now=80) == 3
@@ -41,3 +41,13 @@ def test_a_burst_resets_the_scale_down_clock() -> None:
 def test_disabled_keeps_the_replicas_the_user_set() -> None:
     off = SPEC.model_copy(update={"enabled": False})
     assert Autoscaler().decide("a", off, backlog=10_000, current=2, now=0) == 2
+
+
+def test_each_environment_has_its_own_stabilization_window() -> None:
+    quick = SPEC.model_copy(update={"scale_down_stabilization_seconds": 0})
+    slow = SPEC.model_copy(update={"scale_down_stabilization_seconds": 300})
+    scaler = Autoscaler()
+    assert scaler.decide("quick", quick, backlog=0, current=4, now=0) == 1  # at the next check
+    assert scaler.decide("slow", slow, backlog=0, current=4, now=0) == 4
+    assert scaler.decide("slow", slow, backlog=0, current=4, now=299) == 4
+    assert scaler.decide("slow", slow, backlog=0, current=4, now=300) == 1

@@ -243,13 +243,13 @@ def test_deletion_unbinds_then_waits_for_the_workers_then_drops_the_user(world: 
 def test_unknown_queue_counts_hold_the_autoscaler(world: World) -> None:
     from dataclasses import replace
 
-    world.add("prod", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 10},
+    world.add("prod", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 10,
+                                   "scaleDownStabilizationSeconds": 0},
               workers={"image": "matchenv:0.1.0", "replicas": 6, "databaseSecretRef": {"name": "matchenv-db-prod"}})
     world.converge("prod")
     key = ("/", "matches.prod")
     world.broker.queues[key] = replace(world.broker.queues[key], messages=None, messages_ready=None,
                                        messages_unacknowledged=None, consumers=None)
-    world.reconciler.autoscaler.scale_down_delay = 0
     world.reconciler.resync_all()
     assert world.kube.environments[("default", "prod")]["spec"]["workers"]["replicas"] == 6  # held, not 1
     assert "unknown" in next(c["message"] for c in world.status("prod")["conditions"]

@@ -1,5 +1,6 @@
 """Backlog-based worker scaling (pure): ready + unacknowledged messages, not ready alone, so workers busy with a
-message are not scaled away mid-message. Up at once; down only after the backlog stayed low for a while."""
+message are not scaled away mid-message. Up at once; down only after the backlog stayed low for the environment's
+``scaleDownStabilizationSeconds`` (default 60)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import math
 from dataclasses import dataclass, field
 
 from matchenv.models import AutoscalingSpec
-
-SCALE_DOWN_DELAY = 60.0
 
 
 def target_replicas(spec: AutoscalingSpec, backlog: int) -> int:
@@ -21,7 +20,6 @@ def target_replicas(spec: AutoscalingSpec, backlog: int) -> int:
 class Autoscaler:
     """Remembers, per environment, since when a lower target has held."""
 
-    scale_down_delay: float = SCALE_DOWN_DELAY
     _low_since: dict[str, float] = field(default_factory=dict)
 
     def decide(self, key: str, spec: AutoscalingSpec, backlog: int, current: int, now: float) -> int:
@@ -33,7 +31,7 @@ class Autoscaler:
             self._low_since.pop(key, None)
             return target
         since = self._low_since.setdefault(key, now)
-        if now - since >= self.scale_down_delay:
+        if now - since >= spec.scale_down_stabilization_seconds:
             self._low_since.pop(key, None)
             return target
         return current
