@@ -31,7 +31,8 @@ def test_apply_fills_in_defaults(staging: Kubectl) -> None:
     assert spec["broker"] == {"vhost": "/"}
     assert spec["workers"]["replicas"] == 2
     assert spec["workers"]["concurrency"] == 1
-    assert spec["autoscaling"] == {"enabled": False, "minReplicas": 1, "maxReplicas": 10, "messagesPerReplica": 100}
+    assert spec["autoscaling"] == {"enabled": False, "minReplicas": 1, "maxReplicas": 10, "messagesPerReplica": 100,
+                                   "scaleDownStabilizationSeconds": 60}
 
 
 def test_yaml_output_shows_the_defaulted_queue(staging: Kubectl) -> None:
