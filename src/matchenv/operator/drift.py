@@ -68,17 +68,12 @@ class BrokerEvents:
         self.timeout = timeout
         self.on_change = on_change
         self.stop = stop
-        self.subscribed = threading.Event()  # set while events are being received
         self._thread: threading.Thread | None = None
 
     def start(self) -> BrokerEvents:
         self._thread = threading.Thread(target=self.run, name="matchenv-broker-events", daemon=True)
         self._thread.start()
         return self
-
-    def join(self, timeout: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def run(self) -> None:
         attempt = 0
@@ -87,7 +82,6 @@ class BrokerEvents:
                 self._consume()
                 attempt = 0
             except pika.exceptions.ChannelClosedByBroker as exc:
-                self.subscribed.clear()
                 if exc.reply_code == 404:  # no amq.rabbitmq.event: the plugin is not enabled
                     log.warning("the broker has no %s exchange (enable the rabbitmq_event_exchange plugin): drift "
                                 "is repaired at each resync only; looking again in %.0fs", EVENT_EXCHANGE,
@@ -98,12 +92,10 @@ class BrokerEvents:
                 log.warning("broker events: channel closed (%s); again in %.0fs", exc, _backoff(attempt))
                 self.stop.wait(_backoff(attempt))
             except Exception as exc:  # AMQP, socket, or the broker Secret unreadable: try again later
-                self.subscribed.clear()
                 attempt += 1
                 log.warning("broker events: %s: %s; again in %.0fs (the resync repairs drift meanwhile)",
                             exc.__class__.__name__, exc, _backoff(attempt))
                 self.stop.wait(_backoff(attempt))
-        self.subscribed.clear()
 
     def _consume(self) -> None:
         params = pika.URLParameters(self.url())
@@ -120,7 +112,6 @@ class BrokerEvents:
             for key in ROUTING_KEYS:
                 channel.queue_bind(queue, EVENT_EXCHANGE, key)
             log.info("following the broker's events (%s)", ", ".join(ROUTING_KEYS))
-            self.subscribed.set()
             for method, properties, _ in channel.consume(queue, auto_ack=True, inactivity_timeout=0.5):
                 if self.stop.is_set():
                     break
@@ -130,7 +121,6 @@ class BrokerEvents:
                 if what is not None:
                     self.on_change(what)
         finally:
-            self.subscribed.clear()
             if conn.is_open:
                 with contextlib.suppress(pika.exceptions.AMQPError):
                     conn.close()

@@ -425,8 +425,7 @@ class Reconciler:
     # -- drift the broker told of -----------------------------------------------------------------------------
     def _remember(self, ctx: Context) -> None:
         """Index what this environment owns on the operator's broker, for :meth:`owner_of`."""
-        for key in self._owns.pop(ctx.uid, ()):
-            self._owned.pop(key, None)
+        self._forget(ctx.uid)
         if not ctx.own_broker:
             return
         scope = ctx.desired.scope()
@@ -449,10 +448,11 @@ class Reconciler:
         return bool(self.settings.publisher_secret) and what.kind == "user" and \
             what.name == publisher_user_name(self.settings.operator_namespace)
 
-    def repair(self, namespace: str, name: str) -> Obj | None:
-        """Converge one environment now (a broker event said something of it went)."""
+    def repair(self, namespace: str, name: str, uid: str | None = None) -> Obj | None:
+        """Converge one environment now (a broker event said something of it went, or its Deployment moved);
+        nothing when it is gone, being deleted, or (``uid``) no longer the object that asked."""
         env = self.kube.get_environment(namespace, name)
-        if env is None or env["metadata"].get("deletionTimestamp"):
+        if env is None or env["metadata"].get("deletionTimestamp") or uid not in (None, env["metadata"].get("uid")):
             return None
         return self.converge(env)
 
@@ -488,10 +488,7 @@ class Reconciler:
             return None
         else:
             self._workers_seen[uid] = seen
-        env = self.kube.get_environment(meta.get("namespace", ""), owner.get("name", ""))
-        if env is None or env["metadata"].get("uid") != owner.get("uid") or env["metadata"].get("deletionTimestamp"):
-            return None
-        return self.converge(env)
+        return self.repair(meta.get("namespace", ""), owner.get("name", ""), uid=owner.get("uid", ""))
 
     # -- teardown --------------------------------------------------------------------------------------------
     def teardown(self, env: Obj) -> list[str]:
