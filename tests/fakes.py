@@ -27,6 +27,17 @@ def password_hash(password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
+def merge_patch(target: Obj, patch: Obj) -> None:
+    """RFC 7386: None removes a key, a dict merges into a dict, anything else replaces."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge_patch(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
 class SimulatedBroker:
     """Applies actions to an in-memory snapshot the way RabbitMQ does (a queue re-declared keeps its arguments),
     so a unit test can plan again after applying. ``put_users`` counts password writes per user."""
@@ -177,8 +188,10 @@ class FakeKube:
         merged = {**(env.get("status") or {}), **status}
         env["status"] = {k: v for k, v in merged.items() if v is not None}
 
-    def scale_environment(self, namespace: str, name: str, replicas: int) -> None:
-        self.environments[(namespace, name)]["spec"]["workers"]["replicas"] = replicas
+    def patch_environment(self, namespace: str, name: str, patch: Obj) -> None:
+        env = self.environments[(namespace, name)]
+        merge_patch(env, patch)
+        self._bump(env)
 
     # Secrets
     def add_secret(self, namespace: str, name: str, data: dict[str, str], owner_uid: str | None = None,

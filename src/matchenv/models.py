@@ -301,8 +301,9 @@ class WorkersSpec(_Model):
         2,
         ge=0,
         le=1000,
-        description="Number of worker pods. The scale subresource points here; the autoscaler sets it when "
-        "autoscaling is enabled.",
+        description="Number of worker pods. The scale subresource points here. With autoscaling enabled the "
+        "autoscaler owns it: a value set by hand (kubectl scale) is put back, with an Event and status.autoscaling "
+        "saying so.",
     )
     concurrency: int = Field(1, ge=1, le=64, description="Celery worker processes per pod.")
     database_secret_ref: SecretRef = Field(
@@ -431,6 +432,19 @@ class Condition(_Model):
     )
 
 
+class AutoscalingStatus(_Model):
+    """What the autoscaler last saw and decided (present while autoscaling is on)."""
+
+    backlog: int | None = Field(None, description="Messages in the queue (ready plus unacknowledged) it scaled on.")
+    replicas: int | None = Field(None, description="Worker pods it wants for that backlog.")
+    last_scale_time: dt.datetime | None = Field(
+        None, alias="lastScaleTime", description="When it last changed spec.workers.replicas."
+    )
+    message: str | None = Field(
+        None, description="Its last decision, e.g. a spec.workers.replicas set by hand that it put back."
+    )
+
+
 class MatchEnvironmentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -449,6 +463,7 @@ class MatchEnvironmentStatus(_Model):
     ready_replicas: int | None = Field(None, alias="readyReplicas", description="Worker pods that are ready.")
     ready: str | None = Field(None, description="'<readyReplicas>/<replicas>', as shown in the READY column.")
     selector: str | None = Field(None, description="Label selector of the worker pods (scale subresource).")
+    autoscaling: AutoscalingStatus | None = Field(None, description="The autoscaler's view, while it is enabled.")
     last_error: str | None = Field(None, alias="lastError", description="The last reconcile error, if any.")
     conditions: list[Condition] | None = Field(
         None,

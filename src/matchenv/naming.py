@@ -14,6 +14,9 @@ ENV_LABEL = f"{API_GROUP}/environment"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 WORKER_COMPONENT = "worker"
 SECRETS_HASH_ANNOTATION = f"{API_GROUP}/secrets-hash"
+# on the MatchEnvironment: the worker count the autoscaler last wrote; a spec.workers.replicas that differs was set by
+# someone else (kubectl scale, an apply of a file that names replicas)
+AUTOSCALED_ANNOTATION = f"{API_GROUP}/autoscaled-replicas"
 POLICY_PRIORITY = 100
 
 

@@ -51,3 +51,29 @@ def test_each_environment_has_its_own_stabilization_window() -> None:
     assert scaler.decide("slow", slow, backlog=0, current=4, now=0) == 4
     assert scaler.decide("slow", slow, backlog=0, current=4, now=299) == 4
     assert scaler.decide("slow", slow, backlog=0, current=4, now=300) == 1
+
+
+def test_a_lowered_max_replicas_applies_at_once() -> None:
+    lowered = SPEC.model_copy(update={"max_replicas": 2})
+    assert Autoscaler().decide("a", lowered, backlog=10_000, current=5, now=0) == 2
+
+
+def test_a_count_set_by_hand_is_put_back_and_explained() -> None:
+    scaler = Autoscaler()
+    decision = scaler.review("a", SPEC, backlog=1000, asked=2, recorded=5, now=0)
+    assert (decision.replicas, decision.overridden, decision.scaled_from) == (5, 2, None)
+    assert "set to 2 by hand" in decision.message
+    assert "autoscaling.enabled to false" in decision.message
+    # the explanation stays while the count holds, and gives way once the autoscaler moves it
+    again = scaler.review("a", SPEC, backlog=1000, asked=5, recorded=5, now=1, last_message=decision.message)
+    assert (again.replicas, again.overridden, again.message) == (5, None, decision.message)
+    moved = scaler.review("a", SPEC.model_copy(update={"scale_down_stabilization_seconds": 0}), backlog=0, asked=5,
+                          recorded=5, now=2, last_message=decision.message)
+    assert (moved.replicas, moved.scaled_from) == (1, 5)
+    assert moved.message.startswith("scaled 5 -> 1")
+
+
+def test_the_first_look_takes_the_spec_as_the_current_count() -> None:
+    decision = Autoscaler().review("a", SPEC, backlog=0, asked=3, recorded=None, now=0)
+    assert (decision.replicas, decision.overridden) == (3, None)
+    assert "keeping 3" in decision.message  # the backlog asks for 1: held for the stabilization window

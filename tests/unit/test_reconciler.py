@@ -248,6 +248,9 @@ def test_unknown_queue_counts_hold_the_autoscaler(world: World) -> None:
               workers={"image": "matchenv:0.1.0", "replicas": 6, "databaseSecretRef": {"name": "matchenv-db-prod"}})
     world.converge("prod")
     key = ("/", "matches.prod")
+    world.broker.queues[key] = replace(world.broker.queues[key], messages=600, messages_ready=600)
+    world.reconciler.resync_all()
+    assert world.kube.environments[("default", "prod")]["spec"]["workers"]["replicas"] == 6
     world.broker.queues[key] = replace(world.broker.queues[key], messages=None, messages_ready=None,
                                        messages_unacknowledged=None, consumers=None)
     world.reconciler.resync_all()
@@ -377,3 +380,44 @@ def test_a_deployment_of_someone_else_is_not_followed(world: World) -> None:
     writes = dict(world.kube.writes)
     assert world.reconciler.workers_changed(foreign, deleted=True) is None
     assert dict(world.kube.writes) == writes
+
+
+def test_kubectl_scale_on_an_autoscaled_environment_is_put_back_with_a_warning(world: World) -> None:
+    from dataclasses import replace
+
+    world.add("prod", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 5})
+    world.converge("prod")
+    key = ("/", "matches.prod")
+    world.broker.queues[key] = replace(world.broker.queues[key], messages=1000, messages_ready=1000)
+    world.reconciler.resync_all()
+    env = world.kube.environments[("default", "prod")]
+    assert env["spec"]["workers"]["replicas"] == 5
+    assert env["metadata"]["annotations"]["matchenv.io/autoscaled-replicas"] == "5"
+    assert world.status("prod")["autoscaling"]["replicas"] == 5
+    env["spec"]["workers"]["replicas"] = 2  # kubectl scale menv/prod --replicas=2
+    world.converge("prod")  # the update handler
+    assert env["spec"]["workers"]["replicas"] == 5
+    deployment = world.kube.deployments[("default", "prod-workers")]
+    assert deployment["spec"]["replicas"] == 5  # never went to 2
+    warning = [message for _, reason, message in world.kube.events if reason == "ManualScaleReverted"]
+    assert len(warning) == 1
+    assert "set to 2 by hand" in warning[0]
+    assert world.status("prod")["autoscaling"]["message"] == warning[0]
+    # turned off: the count is the user's again, and the bookkeeping goes
+    env["spec"]["autoscaling"]["enabled"] = False
+    env["spec"]["workers"]["replicas"] = 2
+    world.converge("prod")
+    assert env["spec"]["workers"]["replicas"] == 2
+    assert "matchenv.io/autoscaled-replicas" not in env["metadata"].get("annotations", {})
+    assert "autoscaling" not in world.status("prod")
+
+
+def test_kubectl_scale_on_the_deployment_is_put_back_and_says_where_the_size_comes_from(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    world.kube.deployments[("default", "prod-workers")]["spec"]["replicas"] = 7
+    world.converge("prod")
+    assert world.kube.deployments[("default", "prod-workers")]["spec"]["replicas"] == 2
+    rescaled = [message for _, reason, message in world.kube.events if reason == "DeploymentRescaled"]
+    assert rescaled == ["set Deployment prod-workers back to 2 replicas: its size is the MatchEnvironment's "
+                        "spec.workers.replicas, which kubectl scale menv/prod changes"]

@@ -27,7 +27,7 @@ app.kubernetes.io/component: operator
   resources: [matchenvironments]
   verbs: [get, list, watch, patch, update]
 - apiGroups: [matchenv.io]
-  resources: [matchenvironments/status, matchenvironments/scale]
+  resources: [matchenvironments/status]
   verbs: [get, patch, update]
 - apiGroups: [matchenv.io]
   resources: [matchenvironments/finalizers]

@@ -130,11 +130,12 @@ class Kube:
             API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE, **self._opts()
         ))
 
-    def scale_environment(self, namespace: str, name: str, replicas: int) -> None:
-        self.may_write(f"scale of {namespace}/{name}")
-        _drain(self.custom.patch_namespaced_custom_object_scale(
-            API_GROUP, API_VERSION, namespace, PLURAL, name, {"spec": {"replicas": replicas}}, _content_type=MERGE,
-            **self._opts()
+    def patch_environment(self, namespace: str, name: str, patch: Obj) -> None:
+        """A merge patch of the MatchEnvironment itself (the autoscaler: replicas and the annotation recording them,
+        in one write)."""
+        self.may_write(f"{namespace}/{name}")
+        _drain(self.custom.patch_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, patch, _content_type=MERGE, **self._opts()
         ))
 
     # -- Secrets ---------------------------------------------------------------------------------------------

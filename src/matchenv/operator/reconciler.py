@@ -23,7 +23,14 @@ from pydantic import ValidationError
 
 from matchenv.contracts import DATABASE_KEY_SETS, WORKER_SECRET_PASSWORD
 from matchenv.models import API_GROUP, KIND, DeletionPolicy, MatchEnvironmentSpec, Phase
-from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL, EnvironmentNames, broker_secret_name, publisher_user_name
+from matchenv.naming import (
+    AUTOSCALED_ANNOTATION,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    EnvironmentNames,
+    broker_secret_name,
+    publisher_user_name,
+)
 from matchenv.operator import builders
 from matchenv.operator.autoscaler import Autoscaler
 from matchenv.operator.brokers import BrokerClients, BrokerConfigError, BrokerConnection, read_connection
@@ -31,7 +38,7 @@ from matchenv.operator.drift import Changed
 from matchenv.operator.kube import Kube, Obj
 from matchenv.operator.publisher import ensure_publisher
 from matchenv.operator.settings import OperatorSettings
-from matchenv.operator.status import Observation, WorkersObservation, build_status, status_changed
+from matchenv.operator.status import Observation, WorkersObservation, build_status, now_rfc3339, status_changed
 from matchenv.operator.tenancy import bounds_refusal, not_owned, owned_by
 from matchenv.topology.applier import apply_plan
 from matchenv.topology.client import BrokerAuthError, BrokerConflict, BrokerError, BrokerUnreachable
@@ -273,10 +280,9 @@ class Reconciler:
             return status
         self._remember(ctx)
         topology = self._converge_topology(ctx)
-        if prefetched is not None and topology.observation is not None:
-            self._autoscale(ctx, topology.observation)
+        autoscaling = None if topology.refused else self._autoscale(ctx, topology.observation)
         workers, worker_problem = self._converge_workers(ctx, topology)
-        return self._write_status(ctx, topology, workers, worker_problem)
+        return self._write_status(ctx, topology, workers, worker_problem, autoscaling)
 
     def _converge_topology(self, ctx: Context) -> TopologyOutcome:
         """Bounds, ownership, the worker's credentials and the broker objects, in that order."""
@@ -387,18 +393,24 @@ class Reconciler:
                 return _workers(live), Refusal("DeploymentRefused", message)
             if live is None:
                 self._event(ctx.env, "DeploymentCreated", f"created Deployment {names.deployment}")
+            elif differs == ".spec.replicas":  # kubectl scale on the Deployment: say where its size comes from
+                owner = "the autoscaler sets (autoscaling.enabled)" if ctx.spec.autoscaling.enabled else \
+                    f"kubectl scale menv/{ctx.name} changes"
+                self._event(ctx.env, "DeploymentRescaled", f"set Deployment {names.deployment} back to {replicas} "
+                            f"replicas: its size is the MatchEnvironment's spec.workers.replicas, which {owner}",
+                            "Warning")
             elif applied["metadata"].get("resourceVersion") != live["metadata"].get("resourceVersion"):
                 self._event(ctx.env, "DeploymentUpdated", f"updated Deployment {names.deployment} ({differs} differed)")
             live = applied
         return _workers(live), db_problem
 
     def _write_status(self, ctx: Context, topology: TopologyOutcome, workers: WorkersObservation,
-                      worker_problem: Refusal | None) -> Obj:
+                      worker_problem: Refusal | None, autoscaling: dict[str, Any] | None = None) -> Obj:
         seen = Observation(
             generation=ctx.meta.get("generation"), exchange=ctx.spec.exchange.name, queue=ctx.names.queue,
             selector=ctx.names.selector, topology=topology.observation, workers=workers, problems=topology.problems,
             broker_error=topology.error, error_reason=topology.error_reason, refusal=topology.refusal,
-            worker_problem=worker_problem,
+            worker_problem=worker_problem, autoscaling=autoscaling,
         )
         old = ctx.old_status
         status = build_status(seen, old)
@@ -411,16 +423,40 @@ class Reconciler:
                 log.info("%s/%s phase %s -> %s", ctx.namespace, ctx.name, old.get("phase"), status["phase"])
         return status
 
-    def _autoscale(self, ctx: Context, seen: QueueObservation) -> None:
+    def _autoscale(self, ctx: Context, seen: QueueObservation | None) -> dict[str, Any] | None:
+        """Set ``spec.workers.replicas`` from the backlog (with the annotation that records it was the autoscaler);
+        return ``status.autoscaling``. Unknown counts hold the current size: never scale on a guess."""
         spec = ctx.spec
-        if not spec.autoscaling.enabled or seen.messages is None:
-            return  # never scale on a guess: unknown counts hold the current size
-        current = spec.workers.replicas
-        wanted = self.autoscaler.decide(ctx.uid, spec.autoscaling, seen.messages, current, self.clock())
-        if wanted != current:
-            self.kube.scale_environment(ctx.namespace, ctx.name, wanted)
+        annotations = ctx.meta.get("annotations") or {}
+        if not spec.autoscaling.enabled:
+            self.autoscaler.forget(ctx.uid)
+            if AUTOSCALED_ANNOTATION in annotations:  # re-enabled later, a hand-set count is not an override
+                self.kube.patch_environment(ctx.namespace, ctx.name,
+                                            {"metadata": {"annotations": {AUTOSCALED_ANNOTATION: None}}})
+            return None
+        old: dict[str, Any] = ctx.old_status.get("autoscaling") or {}
+        if seen is None or seen.messages is None:
+            return old or None
+        asked = spec.workers.replicas
+        recorded = _count(annotations.get(AUTOSCALED_ANNOTATION))
+        decision = self.autoscaler.review(ctx.uid, spec.autoscaling, seen.messages, asked, recorded, self.clock(),
+                                          old.get("message"))
+        wanted = decision.replicas
+        if wanted != asked or recorded != wanted:
+            self.kube.patch_environment(ctx.namespace, ctx.name, {
+                "metadata": {"annotations": {AUTOSCALED_ANNOTATION: str(wanted)}},
+                "spec": {"workers": {"replicas": wanted}},
+            })
             spec.workers.replicas = wanted
-            self._event(ctx.env, "Scaled", f"workers {current} -> {wanted} for a backlog of {seen.messages} messages")
+        status = {"backlog": seen.messages, "replicas": wanted, "lastScaleTime": old.get("lastScaleTime"),
+                  "message": decision.message}
+        if decision.overridden is not None:
+            self._event(ctx.env, "ManualScaleReverted", decision.message, "Warning")
+        elif decision.scaled_from is not None:
+            self._event(ctx.env, "Scaled", decision.message)
+        if wanted != asked:
+            status["lastScaleTime"] = now_rfc3339()
+        return status
 
     # -- drift the broker told of -----------------------------------------------------------------------------
     def _remember(self, ctx: Context) -> None:
@@ -620,6 +656,13 @@ def _workers(deployment: Obj | None) -> WorkersObservation:
         ready_replicas=int(status.get("readyReplicas", 0)),
         updated_replicas=int(status.get("updatedReplicas", 0)) if generation_seen else 0,
     )
+
+
+def _count(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _holds_password(secret: Obj | None, uid: str) -> bool:

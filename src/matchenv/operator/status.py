@@ -37,9 +37,10 @@ class Observation:
     error_reason: str | None = None  # e.g. "BrokerUnreachable"
     refusal: Refusal | None = None  # e.g. QueueClaimed: this environment may not have what it names
     worker_problem: Refusal | None = None  # e.g. DatabaseSecretInvalid, DeploymentRefused
+    autoscaling: dict[str, Any] | None = None  # status.autoscaling, None while autoscaling is off
 
 
-def _now() -> str:
+def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -87,7 +88,7 @@ def workers_condition(seen: Observation) -> tuple[bool, str, str]:
 def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str | None = None) -> dict[str, Any]:
     """The full ``status`` for ``seen``; counts the broker could not report are carried over from ``old_status``."""
     old_status = old_status or {}
-    now = now or _now()
+    now = now or now_rfc3339()
     old = {str(c.get("type")): c for c in old_status.get("conditions") or [] if isinstance(c, dict)}
     topo_ok, topo_reason, topo_msg = topology_condition(seen)
     work_ok, work_reason, work_msg = workers_condition(seen)
@@ -125,6 +126,7 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         "ready": f"{seen.workers.ready_replicas}/{seen.workers.replicas}",
         "lastError": "; ".join(filter(None, errors)) or None,
         "conditions": conditions,
+        "autoscaling": seen.autoscaling,
     }
     if seen.generation is not None:
         status["observedGeneration"] = seen.generation

@@ -95,8 +95,9 @@ def count_duplicates(database_url: str) -> int:
 def _minimal_environment(name: str, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"apiVersion": "matchenv.io/v1alpha1", "kind": "MatchEnvironment",
                             "metadata": {"name": name}, "spec": {"workers": {"image": "matchenv:0.1.0"}}}
+    workers = {**body["spec"]["workers"], **spec.pop("workers", {})}
     body["spec"].update(spec)
-    body["spec"]["workers"] = {**body["spec"]["workers"], "databaseSecretRef": {"name": f"matchenv-db-{name}"}}
+    body["spec"]["workers"] = {**workers, "databaseSecretRef": {"name": f"matchenv-db-{name}"}}
     return body
 
 
