@@ -188,7 +188,7 @@ def scrape(
     from itertools import chain
 
     from matchenv.scraper.publisher import Publisher, resolve_target
-    from matchenv.scraper.sources import RawMatch, paced
+    from matchenv.scraper.sources import RawMatch
     from matchenv.scraper.sources import from_file as read_file
     from matchenv.scraper.sources import synthetic as make_synthetic
 
@@ -208,12 +208,12 @@ def scrape(
         sources.append(list(make_synthetic(synthetic, seed=seed, start=start)))
     matches = list(chain.from_iterable(sources))
     target = resolve_target(queue, exchange)
-    publisher = Publisher(url or "amqp://localhost", target, retry_seconds=retry_seconds)
+    publisher = Publisher(url or "amqp://localhost", target, retry_seconds=retry_seconds, max_rate=max_rate)
     where = "nowhere (--no-submit-queue)" if no_submit_queue else target.describe()
     _echo_err(f"publishing {len(matches)} matches to {where}")
     show = not quiet and sys.stderr.isatty()
     with typer.progressbar(length=len(matches), label="publishing", file=sys.stderr, hidden=not show) as bar:
-        report = publisher.run(paced(matches, max_rate), submit=not no_submit_queue, progress=bar.update)
+        report = publisher.run(matches, submit=not no_submit_queue, progress=bar.update)
     for problem in report.invalid:
         _echo_err(f"invalid {problem.describe()}")
     for error in report.errors:

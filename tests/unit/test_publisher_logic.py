@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from matchenv.scraper.messages import TASK_NAME, task_message
 from matchenv.scraper.publisher import DEFAULT_EXCHANGE, Publisher, PublishReport, Target, resolve_target, validate
 from matchenv.scraper.sources import RawMatch, synthetic
@@ -66,15 +68,13 @@ def test_gives_up_after_the_retry_budget() -> None:
 
 
 def test_a_paced_scrape_keeps_to_its_rate() -> None:
-    from matchenv.scraper.sources import paced
+    from matchenv.scraper.publisher import Pace
 
-    now = [0.0]
-
-    def sleep(seconds: float) -> None:
-        now[0] += seconds
-
-    matches = list(synthetic(50))
-    out = list(paced(matches, 10.0, clock=lambda: now[0], sleep=sleep))
-    assert out == matches
-    assert 4.8 <= now[0] <= 5.0  # 50 matches at 10/s: the last leaves at 4.9 s
-    assert list(paced(matches, 0, clock=lambda: 0.0, sleep=sleep)) == matches
+    now = [100.0]
+    pace = Pace(10.0, clock=lambda: now[0])
+    assert pace.wait(0) == 0.0  # the first goes at once; the pace counts from it
+    assert pace.wait(1) == pytest.approx(0.1)
+    now[0] = 104.9
+    assert pace.wait(49) == 0.0  # 50 matches at 10/s: the last is due at 4.9 s
+    assert pace.wait(50) > 0
+    assert Pace(0.0, clock=lambda: 0.0).wait(10_000) == 0.0  # unpaced

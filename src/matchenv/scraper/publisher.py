@@ -118,13 +118,31 @@ class _Pending:
         return str(self.properties.correlation_id)
 
 
+@dataclass
+class Pace:
+    """When the ``n``-th message may be sent at ``rate`` per second (0: at once), counted from the first asked."""
+
+    rate: float
+    clock: Callable[[], float] = time.monotonic
+    started: float | None = None
+
+    def wait(self, n: int) -> float:
+        """Seconds until message ``n`` (0-based) is due."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        if self.started is None:
+            self.started = now
+        return max(0.0, self.started + n / self.rate - now)
+
+
 class Publisher:
     """Streams matches over one confirmed, mandatory channel (pika's asynchronous connection); reconnects with
     backoff while an outage lasts less than ``retry_seconds``."""
 
     def __init__(self, url: str, target: Target, retry_seconds: float = 120.0, connect_timeout: float = 10.0,
                  window: int = DEFAULT_WINDOW, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_rate: float = 0.0) -> None:
         self.params = pika.URLParameters(url)
         self.params.socket_timeout = connect_timeout
         self.params.stack_timeout = connect_timeout * 2
@@ -136,6 +154,7 @@ class Publisher:
         self.window = max(1, window)
         self.sleep = sleep
         self.clock = clock
+        self.max_rate = max_rate  # new matches per second at most (0: as fast as confirms allow)
         self.reconnects = 0
 
     def run(self, matches: Iterable[RawMatch], submit: bool = True,
@@ -179,6 +198,9 @@ class _Stream:
         self.next_tag = 0
         self.problem = ""  # why the last connection ended
         self.fatal = ""  # a permanent refusal: end the run
+        self.pace = Pace(publisher.max_rate, publisher.clock)
+        self.taken = 0  # messages taken from the source so far (what the pace counts)
+        self.waking = False  # a timer will call _fill when the next message is due
 
     # -- the outer loop: connect, stream until done or the connection ends, back off, again ----------------
     def run(self) -> None:
@@ -187,6 +209,7 @@ class _Stream:
         while not self._done():
             confirmed_before = self.report.confirmed + self.report.unroutable
             self.problem = ""
+            self.waking = False  # a timer of the last connection's loop never fires
             self.conn = pika.SelectConnection(self.p.params, on_open_callback=self._on_open,
                                               on_open_error_callback=self._on_open_error,
                                               on_close_callback=self._on_closed)
@@ -319,7 +342,21 @@ class _Stream:
         if channel is None or not channel.is_open:
             return
         while len(self.unconfirmed) < self.p.window:
-            pending = self.resend.popleft() if self.resend else self._next()
+            if self.resend:
+                pending: _Pending | None = self.resend.popleft()
+            elif self.source is None:
+                pending = None
+            else:
+                # paced: never sleep here (this is the connection's event loop: nothing would reach the socket
+                # meanwhile); come back when the next message is due
+                wait = self.pace.wait(self.taken)
+                if wait > 0:
+                    if not self.waking and self.conn is not None:
+                        self.waking = True
+                        self.conn.ioloop.call_later(wait, self._wake)
+                    break
+                pending = self._next()
+                self.taken += 1
             if pending is None:
                 break
             channel.basic_publish(self.p.target.exchange, self.p.target.routing_key, pending.body,
@@ -328,6 +365,10 @@ class _Stream:
             self.unconfirmed[self.next_tag] = pending
         if self._done() and self.conn is not None and self.conn.is_open:
             self.conn.close()
+
+    def _wake(self) -> None:
+        self.waking = False
+        self._fill()
 
     def _next(self) -> _Pending | None:
         """The next valid match from the source as a message (invalid ones are counted and skipped)."""

@@ -5,8 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,17 +82,3 @@ def synthetic(count: int, seed: int = 2025, start: int = 0) -> Iterator[RawMatch
             match["home_score"] = rng.randrange(0, 6)
             match["away_score"] = rng.randrange(0, 5)
         yield RawMatch(i + 1, match)
-
-
-def paced(matches: Iterable[RawMatch], rate: float, clock: Callable[[], float] = time.monotonic,
-          sleep: Callable[[float], None] = time.sleep) -> Iterator[RawMatch]:
-    """``matches`` at ``rate`` per second at most (0: unpaced), e.g. not to flood a broker shared with others."""
-    if rate <= 0:
-        yield from matches
-        return
-    started = clock()
-    for n, raw in enumerate(matches):
-        ahead = started + n / rate - clock()
-        if ahead > 0:
-            sleep(ahead)
-        yield raw

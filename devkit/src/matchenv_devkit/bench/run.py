@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from matchenv_devkit.bench import operator, publisher, worker
+from matchenv_devkit.bench import operator, publisher, worker, workloads
 from matchenv_devkit.bench.report import plot, render
 from matchenv_devkit.bench.result import Measure, Series
 from matchenv_devkit.cluster.stack import LocalStack
@@ -42,6 +42,18 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
             measure, drift = bench.drift()
             done(measure)
             series.append(drift)
+            loads = workloads.WorkloadBench(bench, log)
+            try:
+                log("workers: apply -> Ready beside a bare Deployment ...")
+                done(loads.ready())
+                log("workers: publish -> row ...")
+                measure, latency = loads.latency()
+                done(measure)
+                series.append(latency)
+                log("workers: autoscaler ...")
+                done(loads.autoscaler())
+            finally:
+                loads.stop()
             log(f"operator: {environments} environments ...")
             measure, scale = bench.scale(environments)
             done(measure)
