@@ -113,11 +113,11 @@ def test_the_broker_s_own_events_start_the_repairs(platform: Platform) -> None:
     mgmt, operator = platform.mgmt, platform.operator
     wait_for(lambda: platform.is_ready("staging"), what="staging Ready")
     before = operator.metric("matchenv_drift_repairs_total")
-    mgmt.delete("/api/policies/%2F/matchenv.matches.staging")
+    mgmt.delete("/api/exchanges/%2F/matches.staging.dlx")
     mgmt.delete("/api/users/matchenv.default.staging")
-    wait_for(lambda: mgmt.get("/api/policies/%2F/matchenv.matches.staging") is not None and
+    wait_for(lambda: mgmt.get("/api/exchanges/%2F/matches.staging.dlx") is not None and
              mgmt.user("matchenv.default.staging") is not None, timeout=4 * RESYNC + 10,
-             what="policy and user repaired")
+             what="dead-letter exchange and user repaired")
     assert operator.metric("matchenv_broker_events_total") >= 2
     assert operator.metric("matchenv_drift_repairs_total") > before
     wait_for(lambda: platform.is_ready("staging"), what="staging Ready again")

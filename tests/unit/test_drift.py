@@ -15,6 +15,8 @@ def test_each_followed_event_names_the_object_it_removed() -> None:
                                                                                               "matches.dev")
     assert changed("binding.deleted", {"destination_name": "x", "destination_kind": "exchange", "vhost": "/"}) \
         is None
+    assert changed("exchange.deleted", {"name": "matches.dev.dlx", "vhost": "/"}) == \
+        Changed("exchange", "/", "matches.dev.dlx")
     assert changed("policy.cleared", {"name": "matchenv.matches.dev", "vhost": "/"}) == \
         Changed("policy", "/", "matchenv.matches.dev")
     assert changed("user.deleted", {"name": "matchenv.default.dev"}) == Changed("user", "", "matchenv.default.dev")
@@ -31,6 +33,8 @@ def test_the_reconciler_knows_whose_object_went_and_forgets_a_deleted_environmen
     assert rec.owner_of(Changed("queue", "/", "matches.dev")) == ("default", "dev")
     assert rec.owner_of(Changed("queue", "/", "matches.dev.dlq")) == ("default", "dev")
     assert rec.owner_of(Changed("user", "", "matchenv.default.dev")) == ("default", "dev")
+    assert rec.owner_of(Changed("exchange", "/", "matches.dev.dlx")) == ("default", "dev")
+    assert rec.owner_of(Changed("exchange", "/", "matches-fanout")) is None  # shared: its bindings' events tell
     assert rec.owner_of(Changed("queue", "/", "someone.else")) is None
     world.delete("dev")
     assert rec.owner_of(Changed("queue", "/", "matches.dev")) is None

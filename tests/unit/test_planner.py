@@ -64,14 +64,13 @@ def test_fresh_broker_gets_the_whole_topology() -> None:
         DeclareQueue("/", "matches.staging.dlq", "classic", OWNER),
         DeclareExchange("/", "matches.staging.dlx", "fanout", OWNER),
         Bind("/", "matches.staging.dlx", "matches.staging.dlq"),
-        PutPolicy("/", "matchenv.matches.staging", r"^matches\.staging$",
-                  {"dead-letter-exchange": "matches.staging.dlx"}, 100),
         Bind("/", "matches-fanout", "matches.staging", ""),
         PutUser("/", "matchenv.default.staging", "secret-pw"),
         SetPermissions("/", "matchenv.default.staging", r"^matches\.staging$", r"^matches\.staging\.dlx$",
                        r"^matches\.staging$"),
     )
     assert_converged(broker, desired())
+    assert broker.policies == {}  # nothing for the broker to enforce: no policy (each costs O(queues x policies))
 
 
 def test_existing_shared_exchange_is_reused_not_redeclared() -> None:
@@ -105,13 +104,22 @@ def test_without_dead_letter_there_is_no_dlx_and_no_write_permission() -> None:
     assert_converged(broker, want)
 
 
-def test_turning_dead_letter_off_drops_the_policy_but_keeps_the_dlq() -> None:
+def test_turning_dead_letter_off_drops_it_from_the_policy_but_keeps_the_dlq() -> None:
     broker = SimulatedBroker()
-    converge(broker, desired())
-    plan = converge(broker, desired(queue={"deadLetter": False}))
-    assert DeletePolicy("/", "matchenv.matches.staging") in plan.actions
+    converge(broker, desired(queue={"maxLength": 10}))
+    plan = converge(broker, desired(queue={"deadLetter": False, "maxLength": 10}))
+    assert PutPolicy("/", "matchenv.matches.staging", r"^matches\.staging$", {"max-length": 10}, 100) in plan.actions
     assert not any(isinstance(a, DeleteQueue) for a in plan.actions)
     assert ("/", "matches.staging.dlq") in broker.queues
+
+
+def test_a_policy_an_earlier_version_left_on_an_environment_without_limits_is_removed() -> None:
+    broker = SimulatedBroker()
+    converge(broker, desired())
+    broker.put_policy("/", "matchenv.matches.staging", r"^matches\.staging$",
+                      {"dead-letter-exchange": "matches.staging.dlx"}, 100)
+    plan = converge(broker, desired())
+    assert plan.actions == (DeletePolicy("/", "matchenv.matches.staging"),)
 
 
 def test_quorum_queue_and_its_dlq_are_quorum() -> None:
@@ -190,7 +198,7 @@ def test_deleted_binding_queue_and_policy_are_put_back() -> None:
 
 def test_hand_edited_policy_and_permissions_are_repaired() -> None:
     broker = SimulatedBroker()
-    want = desired()
+    want = desired(queue={"maxLength": 10})
     converge(broker, want)
     broker.put_policy("/", "matchenv.matches.staging", ".*", {"max-length": 1}, 0)
     broker.set_permissions("/", "matchenv.default.staging", ".*", ".*", ".*")

@@ -76,7 +76,7 @@ def test_converge_then_converge_again_writes_nothing(world: World) -> None:
 
 
 def test_the_second_team_gets_a_clear_refusal_and_nothing_of_the_first(world: World) -> None:
-    world.add("prod")
+    world.add("prod", queue={"maxLength": 1000})  # with a policy, which the other team must not touch
     world.converge("prod")
     world.add("prod", "other", deletionPolicy="Delete")
     world.converge("prod", "other")
@@ -421,3 +421,4 @@ def test_kubectl_scale_on_the_deployment_is_put_back_and_says_where_the_size_com
     rescaled = [message for _, reason, message in world.kube.events if reason == "DeploymentRescaled"]
     assert rescaled == ["set Deployment prod-workers back to 2 replicas: its size is the MatchEnvironment's "
                         "spec.workers.replicas, which kubectl scale menv/prod changes"]
+

@@ -2,7 +2,8 @@
 
 RabbitMQ's ``rabbitmq_event_exchange`` plugin (shipped with the broker, off by default) publishes what happens on
 the broker to the topic exchange ``amq.rabbitmq.event``. The leader consumes the deletions that undo its work
-(``queue.deleted``, ``binding.deleted``, ``policy.cleared``, ``user.deleted``, ``permission.deleted``) from an
+(``queue.deleted``, ``binding.deleted``, ``exchange.deleted``, ``policy.cleared``, ``user.deleted``,
+``permission.deleted``) from an
 exclusive queue of its own, finds the environment each names, and converges that environment at once; events that
 arrive together for one environment make one converge. Without the plugin, or while the broker is away, the
 periodic resync repairs drift as before (the log says which).
@@ -24,15 +25,16 @@ import pika.exceptions
 log = logging.getLogger("matchenv.operator")
 
 EVENT_EXCHANGE = "amq.rabbitmq.event"
-ROUTING_KEYS = ("queue.deleted", "binding.deleted", "policy.cleared", "user.deleted", "permission.deleted")
+ROUTING_KEYS = ("queue.deleted", "binding.deleted", "exchange.deleted", "policy.cleared", "user.deleted",
+                "permission.deleted")
 COALESCE_SECONDS = 0.05  # events within this of the first make one converge
 PLUGIN_RETRY_SECONDS = 60.0  # how often to look again for a plugin that was not enabled
 
 
 @dataclass(frozen=True)
 class Changed:
-    """A broker object an event says was removed: ``kind`` is queue, policy or user (a binding and a permission
-    name the queue and the user they belonged to)."""
+    """A broker object an event says was removed: ``kind`` is queue, exchange, policy or user (a binding and a
+    permission name the queue and the user they belonged to)."""
 
     kind: str
     vhost: str
@@ -50,6 +52,8 @@ def changed(routing_key: str, headers: Mapping[str, Any]) -> Changed | None:
         return Changed("queue", vhost, text("name"))
     if routing_key == "binding.deleted" and text("destination_kind") in ("queue", ""):
         return Changed("queue", vhost, text("destination_name"))
+    if routing_key == "exchange.deleted":
+        return Changed("exchange", vhost, text("name"))
     if routing_key == "policy.cleared":
         return Changed("policy", vhost, text("name"))
     if routing_key == "user.deleted":

@@ -466,6 +466,9 @@ class Reconciler:
             return
         scope = ctx.desired.scope()
         keys = (*(Changed("queue", scope.vhost, q) for q in scope.queues),
+                # its dead-letter exchange only: the shared exchange's deletion also deletes each queue's binding
+                *((Changed("exchange", scope.vhost, ctx.names.dead_letter_exchange),) if ctx.spec.queue.dead_letter
+                  else ()),
                 *(Changed("policy", scope.vhost, p) for p in scope.policies),
                 *(Changed("user", "", u) for u in scope.users))
         self._owns[ctx.uid] = keys

@@ -76,16 +76,21 @@ def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec) -> D
     """What the broker should hold for the MatchEnvironment ``namespace/name``."""
     queue_name = spec.queue.resolved_name(name)
     names = EnvironmentNames(namespace, name, queue_name)
+    # A policy only when the broker has something to enforce: a length limit, a TTL, a quorum queue's delivery
+    # limit, and then dead-lettering with it. RabbitMQ matches every queue of the vhost against every policy on each
+    # policy change (O(queues x policies)): a policy per environment made 500 environments take 146 s to converge.
+    # The workers dead-letter what they refuse themselves, to the same exchange, with or without a policy.
     definition: dict[str, Any] = {}
     if spec.queue.max_length is not None:
         definition["max-length"] = spec.queue.max_length
     if spec.queue.message_ttl_seconds is not None:
         definition["message-ttl"] = spec.queue.message_ttl_seconds * 1000
     if spec.queue.dead_letter:
-        definition["dead-letter-exchange"] = names.dead_letter_exchange
         if spec.queue.type is QueueType.QUORUM:
             # a message that keeps failing (one that kills the worker process) ends in the DLQ, not in a loop
             definition["delivery-limit"] = spec.queue.delivery_limit
+        if definition:
+            definition["dead-letter-exchange"] = names.dead_letter_exchange
     own_queue = broker_regex(queue_name)
     # The worker may declare (with identical arguments) and consume its own queue, and publish a malformed
     # message with its reason to its own dead-letter exchange. Nothing else: no default exchange, no other queue.
