@@ -38,7 +38,14 @@ from matchenv.operator.drift import Changed
 from matchenv.operator.kube import Kube, Obj
 from matchenv.operator.publisher import ensure_publisher
 from matchenv.operator.settings import OperatorSettings
-from matchenv.operator.status import Observation, WorkersObservation, build_status, now_rfc3339, status_changed
+from matchenv.operator.status import (
+    Observation,
+    WorkersObservation,
+    build_status,
+    now_rfc3339,
+    refresh_workers,
+    status_changed,
+)
 from matchenv.operator.tenancy import bounds_refusal, not_owned, owned_by
 from matchenv.topology.applier import apply_plan
 from matchenv.topology.client import BrokerAuthError, BrokerConflict, BrokerError, BrokerUnreachable
@@ -519,15 +526,38 @@ class Reconciler:
         seen = (meta.get("generation"), (deployment.get("spec") or {}).get("replicas"), status.get("replicas"),
                 status.get("readyReplicas"), status.get("updatedReplicas"), status.get("availableReplicas"),
                 status.get("observedGeneration"))
-        first = uid not in self._workers_seen
+        before = self._workers_seen.get(uid)
         if deleted:
             self._workers_seen.pop(uid, None)
-        elif first or self._workers_seen[uid] == seen:
+        elif before is None or before == seen:
             self._workers_seen[uid] = seen
             return None
         else:
             self._workers_seen[uid] = seen
-        return self.repair(meta.get("namespace", ""), owner.get("name", ""), uid=owner.get("uid", ""))
+        namespace, name, owner_uid = meta.get("namespace", ""), owner.get("name", ""), owner.get("uid", "")
+        if deleted or before is None or before[0] != seen[0]:  # gone, or its spec changed (maybe by hand): converge
+            return self.repair(namespace, name, uid=owner_uid)
+        return self._follow_workers(namespace, name, owner_uid, deployment)
+
+    def _follow_workers(self, namespace: str, name: str, uid: str, deployment: Obj) -> Obj | None:
+        """Status follows the Deployment's pods without a converge (no broker call, no Secret read): one read of
+        the environment and, when it changed, one status write. A status this cannot follow (another generation's,
+        a problem) gets the full converge, as does a Deployment that no longer matches what was built (drift)."""
+        env = self.kube.get_environment(namespace, name)
+        if env is None or env["metadata"].get("deletionTimestamp") or env["metadata"].get("uid") != uid:
+            return None
+        with self._lock(uid):
+            if uid in self._torn_down:
+                return None
+            old = env.get("status") or {}
+            spec = env.get("spec") or {}
+            wanted = (spec.get("workers") or {}).get("replicas")
+            status = refresh_workers(old, _workers(deployment), env["metadata"].get("generation"))
+            if status is not None and wanted == (deployment.get("spec") or {}).get("replicas"):
+                if status_changed(status, old):
+                    self.kube.patch_environment_status(namespace, name, status)
+                return status
+        return self.repair(namespace, name, uid=uid)
 
     # -- teardown --------------------------------------------------------------------------------------------
     def teardown(self, env: Obj) -> list[str]:

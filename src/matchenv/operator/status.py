@@ -73,9 +73,12 @@ def topology_condition(seen: Observation) -> tuple[bool, str, str]:
 
 
 def workers_condition(seen: Observation) -> tuple[bool, str, str]:
-    w = seen.workers
     if seen.worker_problem:
         return False, seen.worker_problem.reason, seen.worker_problem.message
+    return _workers_state(seen.workers)
+
+
+def _workers_state(w: WorkersObservation) -> tuple[bool, str, str]:
     if not w.exists:
         return False, "DeploymentMissing", "the worker Deployment does not exist yet"
     if w.replicas == 0:
@@ -139,6 +142,37 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
             if key in old_status:
                 status[key] = old_status[key]
     return status
+
+
+# WorkersReady reasons that come from the Deployment alone (the others name a problem a converge found)
+DEPLOYMENT_REASONS = frozenset({"DeploymentMissing", "ScaledToZero", "WorkersAvailable", "WorkersUnavailable"})
+
+
+def refresh_workers(old_status: dict[str, Any], workers: WorkersObservation, generation: int | None,
+                    now: str | None = None) -> dict[str, Any] | None:
+    """``old_status`` with WorkersReady, Ready, the phase and the replica counts as ``workers`` (the Deployment as
+    it is now) makes them, the rest as the last converge left it; None when that status is not one this can
+    follow (another generation's, or a problem a converge must look at again)."""
+    now = now or now_rfc3339()
+    old = {str(c.get("type")): c for c in old_status.get("conditions") or [] if isinstance(c, dict)}
+    topology, current = old.get("TopologyReady"), old.get("WorkersReady")
+    if topology is None or current is None or current.get("reason") not in DEPLOYMENT_REASONS \
+            or old_status.get("observedGeneration") != generation or old_status.get("lastError"):
+        return None
+    topo_ok = topology.get("status") == "True"
+    work_ok, work_reason, work_msg = _workers_state(workers)
+    ready = topo_ok and work_ok
+    if ready:
+        ready_reason, ready_msg = "Ready", "topology converged and workers available"
+    elif not topo_ok:
+        ready_reason, ready_msg = str(topology.get("reason")), str(topology.get("message", ""))
+    else:
+        ready_reason, ready_msg = work_reason, work_msg
+    conditions = [topology, _condition(old, "WorkersReady", work_ok, work_reason, work_msg, generation, now),
+                  _condition(old, "Ready", ready, ready_reason, ready_msg, generation, now)]
+    phase = Phase.READY.value if ready else old_status.get("phase") if not topo_ok else Phase.PENDING.value
+    return {**old_status, "phase": phase, "conditions": conditions, "replicas": workers.replicas,
+            "readyReplicas": workers.ready_replicas, "ready": f"{workers.ready_replicas}/{workers.replicas}"}
 
 
 def status_changed(new: dict[str, Any], old: dict[str, Any] | None) -> bool:

@@ -42,6 +42,8 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
             measure, drift = bench.drift()
             done(measure)
             series.append(drift)
+            # their queues would take a copy of every match the workload measures publish, unconsumed
+            stack.kubectl.run("delete", "menv", "--all", "--timeout=120s", timeout=150)
             loads = workloads.WorkloadBench(bench, log)
             try:
                 log("workers: apply -> Ready beside a bare Deployment ...")
