@@ -31,7 +31,7 @@ MERGE = "application/merge-patch+json"
 EVENT_BACKLOG = 1000  # events waiting to be sent at most
 
 
-LIST_PAGE = 100  # objects per list request
+LIST_PAGE = 500  # objects per list request: one call per list up to 500 objects, pages beyond
 
 
 def _json(response: Any) -> Obj:
@@ -111,9 +111,9 @@ class Kube:
         return self._paged(everywhere, label_selector=label_selector)
 
     def _paged(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Obj]:
-        """Every item of a list call, ``LIST_PAGE`` at a time, each without ``managedFields`` (nothing here reads
-        them): a resync pass never holds a whole list's JSON, nor the larger half of each object (a profile of 500
-        environments: the pass's lists made most of the operator's memory peak)."""
+        """Every item of a list call, ``LIST_PAGE`` at a time, each kept without ``managedFields`` (nothing here
+        reads them, and they are often the larger half of an object): a pass over thousands of environments never
+        holds a whole list's JSON at once."""
         items: list[Obj] = []
         token = ""
         while True:

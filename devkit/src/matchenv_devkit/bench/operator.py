@@ -228,7 +228,9 @@ class OperatorBench:
         sum0 = op.metric("matchenv_resync_duration_seconds_sum") or 0.0
         count0 = op.metric("matchenv_resync_duration_seconds_count") or 0.0
         cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+        writes0 = op.metric("matchenv_status_changes_total") or 0.0
         time.sleep(SHIPPED_RESYNC * 3)
+        status_writes = (op.metric("matchenv_status_changes_total") or 0.0) - writes0
         cpu = (_cpu_seconds(pid) - cpu0) / ((time.monotonic() - t0) / SHIPPED_RESYNC)
         rss = _rss_mib(pid)
         calls = op.metric("matchenv_resync_management_calls") or 0.0
@@ -239,7 +241,7 @@ class OperatorBench:
             ours=f"all TopologyReady in {seconds:.1f} s (applied in {applied:.1f} s); a pass during the burst "
                  f"made at most {burst_calls:.0f} management calls; steady state: RSS {rss:.0f} MiB, CPU "
                  f"{cpu:.2f} s per resync interval, {calls:.0f} management calls per pass, a quiet pass "
-                 f"{passes:.2f} s",
+                 f"{passes:.2f} s with {status_writes:.0f} status writes in {passes_done:.0f} passes",
             targets=[Goal(f"{total} applied -> all TopologyReady <= 60 s", seconds, 60.0, at_least=False),
                      Goal("operator RSS <= 150 MiB", rss, 150.0, at_least=False),
                      Goal("management calls per resync <= 3", calls, 3.0, at_least=False),
@@ -254,10 +256,9 @@ class OperatorBench:
             measure.notes.append(
                 "RSS: see the memory profile (an operator restarted with tracemalloc over the same environments): "
                 "once settled the Python heap is a third of the RSS (and a third of that heap is the imported code); "
-                "the rest is what the burst allocated at its peak (every object's full body, managedFields "
-                "included, held while it is handled; the resync's lists, now read 100 at a time without "
-                "managedFields) and the allocator kept: malloc_trim gives back only a little, so the pages are "
-                "fragmented, not free. Next: a smaller peak in the burst (bodies trimmed as they arrive)")
+                "the rest is what the burst allocated at its peak (each object's full body, managedFields "
+                "included, held while kopf handles it; the resync's lists) and the allocator kept: malloc_trim gives "
+                "back only a little, so those pages are fragmented, not free. Next: a smaller peak in the burst")
         series = Series(f"{total} environments applied at once", "seconds since the first apply",
                         "environments TopologyReady", {"matchenv operator": progress})
         return measure, series
