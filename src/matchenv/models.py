@@ -62,6 +62,12 @@ class QueueType(StrEnum):
     QUORUM = "quorum"
 
 
+class Overflow(StrEnum):
+    DROP_HEAD = "drop-head"
+    REJECT_PUBLISH = "reject-publish"
+    REJECT_PUBLISH_DLX = "reject-publish-dlx"
+
+
 class DeletionPolicy(StrEnum):
     RETAIN = "Retain"
     DELETE = "Delete"
@@ -72,6 +78,7 @@ class Phase(StrEnum):
     READY = "Ready"
     DEGRADED = "Degraded"
     DELETING = "Deleting"
+    PAUSED = "Paused"
 
 
 class ExchangeSpec(_Model):
@@ -112,6 +119,8 @@ class QueueSpec(_Model):
                     "queue.name is immutable: create a new MatchEnvironment for a new queue", ".name"),
                 cel("self.type == oldSelf.type",
                     "queue.type is immutable: RabbitMQ cannot change the type of a live queue", ".type"),
+                cel("!has(self.overflow) || has(self.maxLength)",
+                    "queue.overflow needs queue.maxLength: it says what happens beyond that length", ".overflow"),
             ]
         }
     )
@@ -137,6 +146,12 @@ class QueueSpec(_Model):
         ge=1,
         description="Most messages the queue holds; the oldest are dropped (dead-lettered if deadLetter is "
         "on) beyond it. Applied through a policy, so changes take effect on the live queue.",
+    )
+    overflow: Overflow | None = Field(
+        None,
+        description="What happens beyond maxLength: 'drop-head' (the broker's default: the oldest go, "
+        "dead-lettered if deadLetter is on), 'reject-publish' (new messages are refused: the publisher sees them "
+        "fail and reports them) or 'reject-publish-dlx' (refused, and dead-lettered). Applied through the policy.",
     )
     message_ttl_seconds: int | None = Field(
         None,
@@ -168,6 +183,12 @@ class QueueSpec(_Model):
         description="Take over a queue of this name that exists but was not made by matchenv (a hand-wired one), "
         "keeping its messages. Without it such a queue is refused with reason QueueExists.",
     )
+
+    @model_validator(mode="after")
+    def _overflow(self) -> QueueSpec:
+        if self.overflow is not None and self.max_length is None:
+            raise ValueError("queue.overflow needs queue.maxLength: it says what happens beyond that length")
+        return self
 
     def resolved_name(self, environment: str) -> str:
         """The queue's name: the one given, else ``matches.<environment>``."""
@@ -400,6 +421,12 @@ class MatchEnvironmentSpec(_Model):
         ..., description="The Celery worker Deployment that consumes this environment's queue."
     )
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Backlog-based autoscaling.")
+    paused: bool = Field(
+        False,
+        description="Stop the workers (0 pods, whatever replicas or the autoscaler say) and keep the queue bound: "
+        "messages wait in it, bounded by queue.maxLength and queue.overflow when set; phase Paused. false resumes "
+        "and the workers drain what waited. E.g. for a migration of this environment's database.",
+    )
 
     @model_validator(mode="after")
     def _routing_keys(self) -> MatchEnvironmentSpec:

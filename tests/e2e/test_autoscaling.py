@@ -1,6 +1,7 @@
 """The autoscaler on worker pods of the real node: a backlog scales the Deployment up at the next resync pass; workers
 holding unacknowledged messages are not scaled away; a drained queue goes back to minReplicas; minReplicas 0 runs no
-pod until a message comes, and that message is stored; a count set by hand is put back and explained.
+pod until a message comes, and that message is stored; a count set by hand is put back and explained; a paused
+environment runs no pod and holds what arrives until it resumes.
 
 A slow worker is made the way one is in production: its database is slow. The test holds a lock on the ``matches``
 table, so every worker's upsert waits (for less than the workers' retry budget) with its messages unacknowledged."""
@@ -121,3 +122,29 @@ def test_min_replicas_zero_runs_no_pod_until_a_message_comes_and_stores_it(pipel
     assert pipeline.duplicates("dev") == 0
     wait_for(lambda: _spec_replicas(pipeline, "dev") == 0 and _pods(pipeline, "dev") == [], timeout=120,
              what="back to zero pods")
+
+
+def _phase(pipeline: Pipeline, name: str) -> str:
+    return str((pipeline.kubectl.get_json("menv", name).get("status") or {}).get("phase"))
+
+
+def test_a_paused_environment_holds_a_scrape_and_drains_it_on_resume(pipeline: Pipeline) -> None:
+    pipeline.apply("staging", workers={"replicas": 2})
+    pipeline.wait_ready("staging")
+    pipeline.kubectl.run("patch", "menv", "staging", "--type=merge", "-p", '{"spec":{"paused":true}}')
+    wait_for(lambda: _phase(pipeline, "staging") == "Paused" and _pods(pipeline, "staging") == [], timeout=120,
+             what="paused, no worker pods")
+    result = pipeline.scrape("--synthetic", "1000", "--start", "20000", "--queue", "matches.staging")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: pipeline.queue_depth("matches.staging") == 1000, timeout=30, what="1,000 held in the queue")
+    time.sleep(2 * pipeline.resync_seconds)  # passes go by: nothing starts a worker, nothing is lost
+    assert _pods(pipeline, "staging") == []
+    assert pipeline.queue_depth("matches.staging") == 1000
+    assert pipeline.rows("staging") == 0
+    assert _phase(pipeline, "staging") == "Paused"
+    assert _events(pipeline, "staging", "Paused")
+    pipeline.kubectl.run("patch", "menv", "staging", "--type=merge", "-p", '{"spec":{"paused":false}}')
+    pipeline.wait_rows({"staging": 1000}, timeout=180)
+    assert pipeline.duplicates("staging") == 0
+    pipeline.wait_ready("staging")
+    assert _phase(pipeline, "staging") == "Ready"

@@ -444,3 +444,28 @@ def test_kubectl_scale_on_the_deployment_is_put_back_and_says_where_the_size_com
     assert rescaled == ["set Deployment prod-workers back to 2 replicas: its size is the MatchEnvironment's "
                         "spec.workers.replicas, which kubectl scale menv/prod changes"]
 
+
+
+def test_a_paused_environment_runs_no_workers_and_keeps_its_queue_bound(world: World) -> None:
+    from dataclasses import replace
+
+    world.add("prod", paused=True, queue={"maxLength": 5000, "overflow": "reject-publish"},
+              autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 5})
+    world.converge("prod")
+    assert world.kube.deployments[("default", "prod-workers")]["spec"]["replicas"] == 0
+    assert any(b.destination == "matches.prod" for b in world.broker.bindings)
+    assert world.broker.policies[("/", "matchenv.matches.prod")].definition["overflow"] == "reject-publish"
+    status = world.status("prod")
+    assert status["phase"] == "Paused"
+    assert world.reason("prod", "Ready") == "Paused"
+    # a backlog does not wake it: the pause decides, not the autoscaler
+    key = ("/", "matches.prod")
+    world.broker.queues[key] = replace(world.broker.queues[key], messages=1000, messages_ready=1000)
+    world.reconciler.resync_all()
+    assert world.kube.deployments[("default", "prod-workers")]["spec"]["replicas"] == 0
+    assert [r for _, r, _ in world.kube.events if r in ("Paused", "Resumed", "Scaled")] == ["Paused"]
+    world.kube.environments[("default", "prod")]["spec"]["paused"] = False
+    world.converge("prod")
+    assert world.kube.deployments[("default", "prod-workers")]["spec"]["replicas"] == 5  # the backlog's
+    assert world.status("prod")["phase"] != "Paused"
+    assert [r for _, r, _ in world.kube.events if r in ("Paused", "Resumed")] == ["Paused", "Resumed"]

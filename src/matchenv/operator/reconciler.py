@@ -382,7 +382,7 @@ class Reconciler:
         if live is not None and not owned_by(live, ctx.uid):
             return WorkersObservation(exists=False), Refusal("DeploymentNotOwned",
                                                               not_owned("Deployment", ctx.namespace, names.deployment))
-        replicas = 0 if topology.refused else ctx.spec.workers.replicas
+        replicas = 0 if topology.refused or ctx.spec.paused else ctx.spec.workers.replicas
         secrets_hash = builders.secret_data_hash(topology.secret_data, (db_secret or {}).get("data"))
         deployment = builders.build_deployment(names, ctx.spec, ctx.owner_reference, replicas, secrets_hash)
         # list responses carry no apiVersion/kind on their items: compare what we own, metadata and spec
@@ -417,7 +417,7 @@ class Reconciler:
             generation=ctx.meta.get("generation"), exchange=ctx.spec.exchange.name, queue=ctx.names.queue,
             selector=ctx.names.selector, topology=topology.observation, workers=workers, problems=topology.problems,
             broker_error=topology.error, error_reason=topology.error_reason, refusal=topology.refusal,
-            worker_problem=worker_problem, autoscaling=autoscaling,
+            worker_problem=worker_problem, autoscaling=autoscaling, paused=ctx.spec.paused,
         )
         old = ctx.old_status
         status = build_status(seen, old)
@@ -428,6 +428,11 @@ class Reconciler:
             self.kube.patch_environment_status(ctx.namespace, ctx.name, status)
             if status["phase"] != old.get("phase"):
                 log.info("%s/%s phase %s -> %s", ctx.namespace, ctx.name, old.get("phase"), status["phase"])
+                if status["phase"] == Phase.PAUSED.value:
+                    self._event(ctx.env, "Paused", f"workers stopped; messages wait in queue {ctx.names.queue}"
+                                + _bound(ctx.spec))
+                elif old.get("phase") == Phase.PAUSED.value:
+                    self._event(ctx.env, "Resumed", f"workers started again on queue {ctx.names.queue}")
         return status
 
     def _autoscale(self, ctx: Context, seen: QueueObservation | None) -> dict[str, Any] | None:
@@ -442,6 +447,9 @@ class Reconciler:
                                             {"metadata": {"annotations": {AUTOSCALED_ANNOTATION: None}}})
             return None
         old: dict[str, Any] = ctx.old_status.get("autoscaling") or {}
+        if spec.paused:  # the pause decides (0 workers); the autoscaler starts afresh on resume
+            self.autoscaler.forget(ctx.uid)
+            return {**old, "message": "paused (spec.paused): no workers run whatever the backlog"}
         if seen is None or seen.messages is None:
             return old or None
         asked = spec.workers.replicas
@@ -689,6 +697,13 @@ def _workers(deployment: Obj | None) -> WorkersObservation:
         ready_replicas=int(status.get("readyReplicas", 0)),
         updated_replicas=int(status.get("updatedReplicas", 0)) if generation_seen else 0,
     )
+
+
+def _bound(spec: MatchEnvironmentSpec) -> str:
+    if spec.queue.max_length is None:
+        return " (unbounded: set queue.maxLength to bound it)"
+    overflow = spec.queue.overflow.value if spec.queue.overflow else "drop-head"
+    return f" (at most {spec.queue.max_length}, then {overflow})"
 
 
 def _count(value: Any) -> int | None:

@@ -38,6 +38,7 @@ class Observation:
     refusal: Refusal | None = None  # e.g. QueueClaimed: this environment may not have what it names
     worker_problem: Refusal | None = None  # e.g. DatabaseSecretInvalid, DeploymentRefused
     autoscaling: dict[str, Any] | None = None  # status.autoscaling, None while autoscaling is off
+    paused: bool = False  # spec.paused: no workers run, messages wait
 
 
 def now_rfc3339() -> str:
@@ -75,6 +76,10 @@ def topology_condition(seen: Observation) -> tuple[bool, str, str]:
 def workers_condition(seen: Observation) -> tuple[bool, str, str]:
     if seen.worker_problem:
         return False, seen.worker_problem.reason, seen.worker_problem.message
+    if seen.paused:
+        w = seen.workers
+        left = f"; {w.replicas} still stopping" if w.replicas else ""
+        return True, "Paused", f"paused (spec.paused): no workers run, messages wait in queue {seen.queue}{left}"
     return _workers_state(seen.workers)
 
 
@@ -95,7 +100,7 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
     old = {str(c.get("type")): c for c in old_status.get("conditions") or [] if isinstance(c, dict)}
     topo_ok, topo_reason, topo_msg = topology_condition(seen)
     work_ok, work_reason, work_msg = workers_condition(seen)
-    ready = topo_ok and work_ok
+    ready = topo_ok and work_ok and not seen.paused
     if ready:
         ready_reason, ready_msg = "Ready", "topology converged and workers available"
     elif not topo_ok:
@@ -111,6 +116,8 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         phase = Phase.READY
     elif seen.broker_error or seen.problems or seen.refusal or seen.worker_problem:
         phase = Phase.DEGRADED
+    elif seen.paused and topo_ok:
+        phase = Phase.PAUSED
     elif old_status.get("phase") in (Phase.READY.value, Phase.DEGRADED.value) and not topo_ok:
         phase = Phase.DEGRADED  # something that existed went missing and is being repaired
     else:

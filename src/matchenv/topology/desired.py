@@ -83,6 +83,8 @@ def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec) -> D
     definition: dict[str, Any] = {}
     if spec.queue.max_length is not None:
         definition["max-length"] = spec.queue.max_length
+        if spec.queue.overflow is not None:
+            definition["overflow"] = spec.queue.overflow.value
     if spec.queue.message_ttl_seconds is not None:
         definition["message-ttl"] = spec.queue.message_ttl_seconds * 1000
     if spec.queue.dead_letter:
