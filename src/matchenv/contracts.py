@@ -4,6 +4,8 @@ their names from here, so the two sides of a contract cannot drift apart.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 # -- the message (DESIGN §5) -----------------------------------------------------------------------------------
@@ -30,6 +32,18 @@ OWNER_ARGUMENT = "x-matchenv-owner"
 def owner_id(namespace: str, name: str) -> str:
     """How an owner is written in markers and conditions: ``namespace/name``."""
     return f"{namespace}/{name}"
+
+
+def routing_key(match: Mapping[str, Any]) -> str:
+    """The topic routing key a match is published with (on the fanout, which ignores it; a topic exchange bound to
+    it routes by it): ``<age_group>.<league>.<division>``, each word made routing-key safe (letters, digits, '-'
+    and '_' kept, every other run of characters one '-'), a missing one ``none``. E.g. ``U14.Homegrown.Northeast``;
+    bind ``U14.#`` for every U14 match."""
+    def word(value: Any) -> str:
+        text = re.sub(r"[^A-Za-z0-9_-]+", "-", str(value or "")).strip("-")
+        return text or "none"
+
+    return ".".join(word(match.get(key)) for key in ("age_group", "league", "division"))
 
 
 def queue_arguments(queue_type: str, owner: str) -> dict[str, Any]:

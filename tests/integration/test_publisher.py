@@ -123,3 +123,21 @@ def test_publisher_survives_a_broker_restart_without_losing_confirmed_matches(
     assert report.reconnects >= 1  # type: ignore[attr-defined]
     # every confirmed match is in the queue; at most the one in flight at the restart is there twice
     assert total <= prod.depth() <= total + 1
+
+
+def test_each_match_carries_its_topic_key_so_a_topic_binding_picks_a_subset(rabbitmq: RabbitMQNode) -> None:
+    import pika
+
+    exchange, queue = f"topic-{uuid.uuid4().hex[:6]}", f"u14-{uuid.uuid4().hex[:6]}"
+    with pika.BlockingConnection(pika.URLParameters(rabbitmq.endpoints.amqp_url)) as conn:
+        channel = conn.channel()
+        channel.exchange_declare(exchange, "topic", auto_delete=True)
+        channel.queue_declare(queue, exclusive=True)
+        channel.queue_bind(queue, exchange, "U14.#")
+        matches = list(synthetic(300, seed=14))
+        report = Publisher(rabbitmq.endpoints.amqp_url, Target(exchange)).run(matches)
+        wanted = sum(1 for m in matches if isinstance(m.data, dict) and m.data["age_group"] == "U14")
+        assert 0 < wanted < 300
+        assert report.confirmed == wanted  # the others had no queue: unroutable, and reported so
+        assert report.unroutable == 300 - wanted
+        assert channel.queue_declare(queue, passive=True).method.message_count == wanted

@@ -78,3 +78,13 @@ def test_a_paced_scrape_keeps_to_its_rate() -> None:
     assert pace.wait(49) == 0.0  # 50 matches at 10/s: the last is due at 4.9 s
     assert pace.wait(50) > 0
     assert Pace(0.0, clock=lambda: 0.0).wait(10_000) == 0.0  # unpaced
+
+
+def test_each_match_has_a_topic_routing_key_made_of_safe_words() -> None:
+    from matchenv.contracts import routing_key
+
+    assert routing_key({"age_group": "U14", "league": "Homegrown", "division": "Northeast"}) == \
+        "U14.Homegrown.Northeast"
+    assert routing_key({"age_group": "U14 / U15", "league": None, "division": "Div. #1 (A)"}) == \
+        "U14-U15.none.Div-1-A"  # no '.', '#' or '*' of its own: a binding like 'U14.#' means what it says
+    assert routing_key({}) == "none.none.none"

@@ -25,7 +25,7 @@ import pika.frame
 import pika.spec
 from pydantic import ValidationError
 
-from matchenv.contracts import DEFAULT_EXCHANGE
+from matchenv.contracts import DEFAULT_EXCHANGE, routing_key
 from matchenv.models import Match
 from matchenv.scraper.messages import task_message
 from matchenv.scraper.sources import RawMatch
@@ -111,6 +111,7 @@ class _Pending:
     position: int
     body: bytes
     properties: pika.BasicProperties
+    routing_key: str = ""
     nacks: int = 0
 
     @property
@@ -359,8 +360,8 @@ class _Stream:
                 self.taken += 1
             if pending is None:
                 break
-            channel.basic_publish(self.p.target.exchange, self.p.target.routing_key, pending.body,
-                                  pending.properties, mandatory=True)
+            channel.basic_publish(self.p.target.exchange, pending.routing_key, pending.body, pending.properties,
+                                  mandatory=True)
             self.next_tag += 1
             self.unconfirmed[self.next_tag] = pending
         if self._done() and self.conn is not None and self.conn.is_open:
@@ -387,7 +388,9 @@ class _Stream:
             props = pika.BasicProperties(content_type="application/json", content_encoding="utf-8",
                                          delivery_mode=2, correlation_id=message.task_id,
                                          headers=message.headers, priority=0)
-            return _Pending(raw.position, message.body, props)
+            # to a queue: its name; to an exchange: the match's topic key (a fanout ignores it)
+            key = routing_key(data) if self.p.target.exchange else self.p.target.routing_key
+            return _Pending(raw.position, message.body, props, key)
         return None
 
 
