@@ -136,11 +136,11 @@ def _printer_columns() -> list[JsonSchema]:
         col("Queue", ".status.queue", desc="The environment's queue, as the operator declared it."),
         col("Ready", ".status.ready", desc="Ready/desired worker pods."),
         col("Messages", ".status.messages", "integer", desc="Messages waiting or in flight."),
+        col("Dead", ".status.deadLetterMessages", "integer", desc="Messages in the dead-letter queue."),
         col("Consumers", ".status.consumers", "integer", desc="Consumers on the queue."),
-        col("Phase", ".status.phase", desc="Pending, Ready, Degraded or Deleting."),
+        col("Phase", ".status.phase", desc="Pending, Ready, Paused, Degraded or Deleting."),
         col("Age", ".metadata.creationTimestamp", "date"),
         col("Exchange", ".spec.exchange.name", priority=1, desc="The exchange the queue is bound to."),
-        col("Dead-Letters", ".status.deadLetterMessages", "integer", priority=1, desc="Messages in the DLQ."),
         col("Error", ".status.lastError", priority=1, desc="The last reconcile error."),
     ]
 

@@ -55,14 +55,14 @@ def test_get_prints_the_columns(staging: Kubectl, resource: str) -> None:
     staging.run("patch", "menv", "staging", "--subresource=status", "--type=merge", "-p",
                 '{"status": {"queue": "matches.staging", "phase": "Pending"}}')
     lines = staging.run("get", resource).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "QUEUE", "READY", "MESSAGES", "CONSUMERS", "PHASE", "AGE"]
+    assert lines[0].split() == ["NAME", "QUEUE", "READY", "MESSAGES", "DEAD", "CONSUMERS", "PHASE", "AGE"]
     row = next(line.split() for line in lines[1:] if line.startswith("staging "))
     assert row[1] == "matches.staging"
 
 
 def test_wide_output_adds_exchange(staging: Kubectl) -> None:
     header = staging.run("get", "menv", "-o", "wide").stdout.splitlines()[0].split()
-    assert header[-3:] == ["EXCHANGE", "DEAD-LETTERS", "ERROR"]
+    assert header[-2:] == ["EXCHANGE", "ERROR"]
 
 
 def test_explain_documents_the_fields(crd_installed: Kubectl) -> None:
