@@ -177,7 +177,13 @@ def scraped_at(request: Any) -> dt.datetime | None:
 
 def process(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any], request: Any) -> str:
     """The task body, separate from Celery so that it can be called directly."""
-    metrics.PROCESSED.inc()
+    try:
+        return _process(runtime, args, kwargs, request)
+    finally:
+        metrics.PROCESSED.inc()  # once dealt with, whatever the outcome
+
+
+def _process(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any], request: Any) -> str:
     headers = {TASK_ID_HEADER: str(getattr(request, "id", "") or "")}
     parsed = parse(args, kwargs)
     if isinstance(parsed, Invalid):
@@ -256,20 +262,20 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         message.ack()
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        metrics.PROCESSED.inc()
         self._dead_letter(message, "malformed", f"cannot decode the body: {exc}")
+        metrics.PROCESSED.inc()
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        metrics.PROCESSED.inc()
         self._dead_letter(message, "malformed", "not a Celery task message")
+        metrics.PROCESSED.inc()
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        metrics.PROCESSED.inc()
         self._dead_letter(message, "unknown-task", f"no such task here: {exc}")
+        metrics.PROCESSED.inc()
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        metrics.PROCESSED.inc()
         self._dead_letter(message, "malformed", f"invalid task message: {exc}")
+        metrics.PROCESSED.inc()
 
 
 def _nothing() -> None:

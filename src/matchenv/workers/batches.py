@@ -101,6 +101,8 @@ class Batcher:
                 metrics.FAILED.inc(len(batch))
                 log.exception("unexpected error storing a batch of %d; returning it to the queue", len(batch))
                 verdicts = [(message, "requeue") for message in batch]
+            # counted once dealt with (stored, dead-lettered or given back): a reader of the counter may rely on it
+            metrics.PROCESSED.inc(len(batch))
             self._settled.extend(verdicts)
             self.schedule(self.flush)
 
@@ -108,7 +110,6 @@ class Batcher:
         """What to do with each message of ``batch``, once its match is stored or its dead letter routed."""
         from matchenv.workers.app import Invalid, Stopping, parse, scraped_at
 
-        metrics.PROCESSED.inc(len(batch))
         verdicts: list[tuple[Any, Verdict]] = []
         valid: list[_Valid] = []
         for message in batch:

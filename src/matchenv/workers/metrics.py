@@ -9,7 +9,8 @@ from prometheus_client import Counter
 
 from matchenv import health
 
-PROCESSED = Counter("matchenv_worker_processed_total", "Messages handled, whatever the outcome.")
+PROCESSED = Counter("matchenv_worker_processed_total",
+                    "Messages dealt with (stored, dead-lettered or given back), counted once done.")
 STORED = Counter("matchenv_worker_matches_total", "Matches written or found unchanged.", ["outcome"])
 DEAD_LETTERED = Counter("matchenv_worker_dead_lettered_total", "Messages sent to the dead-letter queue.", ["reason"])
 FAILED = Counter("matchenv_worker_failed_total", "Messages whose processing raised an unexpected error.")
