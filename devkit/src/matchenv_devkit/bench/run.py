@@ -28,6 +28,10 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
         for target in measure.targets:
             log(f"  {'met' if target.met else 'MISSED'}: {target.text} (measured {target.value:.3g})")
 
+    def plotted(result: tuple[Measure, Series]) -> None:
+        done(result[0])
+        series.append(result[1])
+
     try:
         log("publisher ...")
         done(publisher.measure(stack.rabbitmq))
@@ -39,9 +43,7 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
             log("operator: apply -> TopologyReady ...")
             done(bench.latency())
             log("operator: drift ...")
-            measure, drift = bench.drift()
-            done(measure)
-            series.append(drift)
+            plotted(bench.drift())
             # their queues would take a copy of every match the workload measures publish, unconsumed
             stack.kubectl.run("delete", "menv", "--all", "--timeout=120s", timeout=150)
             loads = workloads.WorkloadBench(bench, log)
@@ -49,17 +51,13 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
                 log("workers: apply -> Ready beside a bare Deployment ...")
                 done(loads.ready())
                 log("workers: publish -> row ...")
-                measure, latency = loads.latency()
-                done(measure)
-                series.append(latency)
+                plotted(loads.latency())
                 log("workers: autoscaler ...")
                 done(loads.autoscaler())
             finally:
                 loads.stop()
             log(f"operator: {environments} environments ...")
-            measure, scale = bench.scale(environments)
-            done(measure)
-            series.append(scale)
+            plotted(bench.scale(environments))
         finally:
             bench.stop_operator()
     finally:
