@@ -5,9 +5,8 @@ autoscaler's reaction to a backlog and to its end."""
 from __future__ import annotations
 
 import json
+import random
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -75,11 +74,7 @@ class WorkloadBench:
         self.stack.kubectl.run("delete", "menv", *names, "--timeout=120s", timeout=150)
 
     def scrape(self, *args: str) -> None:
-        import os
-
-        env = {**os.environ, "RABBITMQ_URL": self.stack.rabbitmq.endpoints.amqp_url}
-        result = subprocess.run([sys.executable, "-m", "matchenv.cli", "scrape", "--quiet", *args], env=env,
-                                capture_output=True, text=True, timeout=600)
+        result = self.stack.scrape(*args)
         if result.returncode != 0:
             raise RuntimeError(f"scrape {' '.join(args)} failed: {result.stderr[-2000:]}")
 
@@ -87,8 +82,6 @@ class WorkloadBench:
     def ready(self, trials: int = 8) -> Measure:
         """apply → Ready with 2 workers, beside the same Deployment (copied from the operator's, without an owner
         and with its own labels) applied without the operator; interleaved, each started at a random phase."""
-        import random
-
         self.ops.start_operator(SHIPPED_RESYNC)
         self.database("ready")
         self.create(TEMPLATE, "ready", 2)
@@ -161,8 +154,6 @@ class WorkloadBench:
         its ``matches`` table): seconds until the scale-up is written; then the database is fast again: seconds from
         the last row stored until minReplicas is written. The broker's statistics interval is its default (5 s):
         the autoscaler sees what the management API reports."""
-        import random
-
         self.ops.start_operator(SHIPPED_RESYNC)
         url = self.database("autoscaled")
         scaling = {"enabled": True, "minReplicas": 1, "maxReplicas": 5, "messagesPerReplica": 100}
