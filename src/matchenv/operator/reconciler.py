@@ -505,10 +505,15 @@ class Reconciler:
     def repair(self, namespace: str, name: str, uid: str | None = None) -> Obj | None:
         """Converge one environment now (a broker event said something of it went, or its Deployment moved);
         nothing when it is gone, being deleted, or (``uid``) no longer the object that asked."""
+        env = self._current(namespace, name, uid)
+        return None if env is None else self.converge(env)
+
+    def _current(self, namespace: str, name: str, uid: str | None) -> Obj | None:
+        """The environment as it is now; None when gone, being deleted, or (``uid``) no longer that object."""
         env = self.kube.get_environment(namespace, name)
         if env is None or env["metadata"].get("deletionTimestamp") or uid not in (None, env["metadata"].get("uid")):
             return None
-        return self.converge(env)
+        return env
 
     def events_url(self) -> str:
         """The AMQP URL (vhost /, where ``amq.rabbitmq.event`` is) of the operator's broker, as its admin."""
@@ -551,8 +556,8 @@ class Reconciler:
         """Status follows the Deployment's pods without a converge (no broker call, no Secret read): one read of
         the environment and, when it changed, one status write. A status this cannot follow (another generation's,
         a problem) gets the full converge, as does a Deployment that no longer matches what was built (drift)."""
-        env = self.kube.get_environment(namespace, name)
-        if env is None or env["metadata"].get("deletionTimestamp") or env["metadata"].get("uid") != uid:
+        env = self._current(namespace, name, uid)
+        if env is None:
             return None
         with self._lock(uid):
             if uid in self._torn_down:
@@ -565,7 +570,7 @@ class Reconciler:
                 if status_changed(status, old):
                     self.kube.patch_environment_status(namespace, name, status)
                 return status
-        return self.repair(namespace, name, uid=uid)
+        return self.converge(env)  # the read above is fresh: no second one
 
     # -- teardown --------------------------------------------------------------------------------------------
     def teardown(self, env: Obj) -> list[str]:

@@ -93,20 +93,27 @@ def _workers_state(w: WorkersObservation) -> tuple[bool, str, str]:
     return False, "WorkersUnavailable", f"{w.ready_replicas}/{w.replicas} workers ready"
 
 
+def _by_type(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {str(c.get("type")): c for c in status.get("conditions") or [] if isinstance(c, dict)}
+
+
+def _ready(topology: tuple[bool, str, str], workers: tuple[bool, str, str], paused: bool = False
+           ) -> tuple[bool, str, str]:
+    """The Ready condition from TopologyReady and WorkersReady: the first that is not True gives its reason."""
+    if topology[0] and workers[0] and not paused:
+        return True, "Ready", "topology converged and workers available"
+    return (False, *topology[1:]) if not topology[0] else (False, *workers[1:])
+
+
 def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str | None = None) -> dict[str, Any]:
     """The full ``status`` for ``seen``; counts the broker could not report are carried over from ``old_status``."""
     old_status = old_status or {}
     now = now or now_rfc3339()
-    old = {str(c.get("type")): c for c in old_status.get("conditions") or [] if isinstance(c, dict)}
+    old = _by_type(old_status)
     topo_ok, topo_reason, topo_msg = topology_condition(seen)
     work_ok, work_reason, work_msg = workers_condition(seen)
-    ready = topo_ok and work_ok and not seen.paused
-    if ready:
-        ready_reason, ready_msg = "Ready", "topology converged and workers available"
-    elif not topo_ok:
-        ready_reason, ready_msg = topo_reason, topo_msg
-    else:
-        ready_reason, ready_msg = work_reason, work_msg
+    ready, ready_reason, ready_msg = _ready((topo_ok, topo_reason, topo_msg), (work_ok, work_reason, work_msg),
+                                            seen.paused)
     conditions = [
         _condition(old, "TopologyReady", topo_ok, topo_reason, topo_msg, seen.generation, now),
         _condition(old, "WorkersReady", work_ok, work_reason, work_msg, seen.generation, now),
@@ -161,20 +168,15 @@ def refresh_workers(old_status: dict[str, Any], workers: WorkersObservation, gen
     it is now) makes them, the rest as the last converge left it; None when that status is not one this can
     follow (another generation's, or a problem a converge must look at again)."""
     now = now or now_rfc3339()
-    old = {str(c.get("type")): c for c in old_status.get("conditions") or [] if isinstance(c, dict)}
+    old = _by_type(old_status)
     topology, current = old.get("TopologyReady"), old.get("WorkersReady")
     if topology is None or current is None or current.get("reason") not in DEPLOYMENT_REASONS \
             or old_status.get("observedGeneration") != generation or old_status.get("lastError"):
         return None
     topo_ok = topology.get("status") == "True"
     work_ok, work_reason, work_msg = _workers_state(workers)
-    ready = topo_ok and work_ok
-    if ready:
-        ready_reason, ready_msg = "Ready", "topology converged and workers available"
-    elif not topo_ok:
-        ready_reason, ready_msg = str(topology.get("reason")), str(topology.get("message", ""))
-    else:
-        ready_reason, ready_msg = work_reason, work_msg
+    ready, ready_reason, ready_msg = _ready(
+        (topo_ok, str(topology.get("reason")), str(topology.get("message", ""))), (work_ok, work_reason, work_msg))
     conditions = [topology, _condition(old, "WorkersReady", work_ok, work_reason, work_msg, generation, now),
                   _condition(old, "Ready", ready, ready_reason, ready_msg, generation, now)]
     phase = Phase.READY.value if ready else old_status.get("phase") if not topo_ok else Phase.PENDING.value

@@ -22,6 +22,7 @@ from matchenv_devkit.bench.result import Measure, Series
 from matchenv_devkit.bench.result import Target as Goal
 from matchenv_devkit.cluster.nodeagent import NodeAgent, wait_for_node_ready
 from matchenv_devkit.cluster.processrunner import ProcessRunner
+from matchenv_devkit.cluster.stack import count_rows
 from matchenv_devkit.services.process import wait_for
 
 NAMESPACE = "default"
@@ -127,7 +128,7 @@ class WorkloadBench:
         published = time.monotonic() - started
 
         def stored() -> bool:
-            return all(_count(url) >= total for url in urls.values())
+            return all(count_rows(url) >= total for url in urls.values())
 
         wait_for(stored, timeout=300, what="every published match stored", every=0.5)
         samples: dict[str, list[float]] = {}
@@ -172,7 +173,7 @@ class WorkloadBench:
                 wait_for(partial(self._replicas_are, name, 5), timeout=60, what=f"{name} scaled up", every=0.05)
                 up.append(time.monotonic() - published)
             lock.rollback()
-        wait_for(lambda: _count(url) >= environments * backlog, timeout=120, what="the backlogs stored", every=0.1)
+        wait_for(lambda: count_rows(url) >= environments * backlog, timeout=120, what="the backlogs stored", every=0.1)
         drained = time.monotonic()
         for name in names:
             wait_for(partial(self._replicas_are, name, 1), timeout=180, what=f"{name} back to 1", every=0.1)
@@ -210,12 +211,6 @@ class WorkloadBench:
     def _deployment_ready(self, name: str, replicas: int) -> bool:
         status = self.apps.read_namespaced_deployment_status(name, NAMESPACE).status
         return status is not None and (status.ready_replicas or 0) >= replicas
-
-
-def _count(url: str) -> int:
-    with psycopg.connect(url, connect_timeout=5) as conn:
-        row = conn.execute("select count(*) from matches").fetchone()
-    return int(row[0]) if row else 0
 
 
 def _bare_copy(deployment: dict[str, Any], name: str, environment: str) -> dict[str, Any]:
