@@ -42,8 +42,6 @@ INVALID_CASES: list[InvalidCase] = [
                 "spec.workers.image", "workers.image"),
     InvalidCase("unknown-exchange-type", environment(exchange={"type": "direct"}),
                 "spec.exchange.type", "exchange.type"),
-    InvalidCase("routing-keys-on-fanout", environment(queue={"routingKeys": ["U14.#"]}),
-                "spec.queue.routingKeys", "queue.routingKeys is only allowed"),
     InvalidCase("negative-replicas", environment(workers=_workers(replicas=-1)),
                 "spec.workers.replicas", "workers.replicas"),
     InvalidCase("min-above-max-replicas",

@@ -68,9 +68,12 @@ class SimulatedBroker:
             return full
         v = scope.vhost
         queues = {k: q for k, q in full.queues.items() if k in {(v, n) for n in scope.queues}}
+        exchanges = {k: e for k, e in full.exchanges.items() if k in {(v, n) for n in scope.exchanges}}
         return BrokerSnapshot(
-            queues, {k: e for k, e in full.exchanges.items() if k in {(v, n) for n in scope.exchanges}},
-            tuple(b for b in full.bindings if (b.vhost, b.destination) in queues),
+            queues, exchanges,
+            tuple(b for b in full.bindings if ((b.vhost, b.destination) in queues and b.destination_type == "queue")
+                  or (b.destination_type == "exchange" and b.destination in scope.exchange_bindings
+                  and (b.vhost, b.destination) in exchanges)),
             {k: p for k, p in full.policies.items() if k in {(v, n) for n in scope.policies}},
             {k: u for k, u in full.users.items() if k in scope.users},
             {k: p for k, p in full.permissions.items() if p.vhost == v})
@@ -83,6 +86,8 @@ class SimulatedBroker:
     def delete_exchange(self, vhost: str, name: str) -> None:
         self._call()
         del self.exchanges[(vhost, name)]
+        self.bindings = [b for b in self.bindings if b.vhost != vhost or name not in (b.source, b.destination)
+                         or (b.destination_type == "queue" and b.destination == name)]
 
     def declare_queue(self, vhost: str, name: str, arguments: dict[str, Any], durable: bool = True) -> None:
         self._call()
@@ -96,6 +101,12 @@ class SimulatedBroker:
     def bind_queue(self, vhost: str, exchange: str, queue: str, routing_key: str = "") -> None:
         self._call()
         binding = Binding(vhost, exchange, queue, "queue", routing_key, routing_key or "~")
+        if binding not in self.bindings:
+            self.bindings.append(binding)
+
+    def bind_exchange(self, vhost: str, source: str, destination: str, routing_key: str = "") -> None:
+        self._call()
+        binding = Binding(vhost, source, destination, "exchange", routing_key, routing_key or "~")
         if binding not in self.bindings:
             self.bindings.append(binding)
 

@@ -137,8 +137,11 @@ class QueueSpec(_Model):
         None,
         alias="routingKeys",
         max_length=32,
-        description="Binding keys for a topic exchange, one binding each (e.g. 'U14.#'). Not allowed with a "
-        "fanout exchange.",
+        description="Topic binding keys, one binding each (e.g. 'U14.#' against the published key "
+        "'<age_group>.<league>.<division>'). With a fanout exchange the queue receives only the matching part of "
+        "the feed, through the topic exchange '<exchange.name>.topic' that the operator binds to the fanout "
+        "(messages published with an empty routing key do not reach it). With a topic exchange they are the "
+        "queue's bindings to it, and at least one is required.",
     )
     max_length: int | None = Field(
         None,
@@ -388,7 +391,6 @@ class BrokerSpec(_Model):
     )
 
 
-_ROUTING_KEYS_FANOUT = "queue.routingKeys is only allowed with exchange.type 'topic'"
 _ROUTING_KEYS_TOPIC = "exchange.type 'topic' needs at least one queue.routingKeys entry"
 
 
@@ -398,9 +400,6 @@ class MatchEnvironmentSpec(_Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.exchange.type == 'topic' || !has(self.queue.routingKeys) "
-                    "|| size(self.queue.routingKeys) == 0",
-                    _ROUTING_KEYS_FANOUT, ".queue.routingKeys"),
                 cel("self.exchange.type != 'topic' "
                     "|| (has(self.queue.routingKeys) && size(self.queue.routingKeys) > 0)",
                     _ROUTING_KEYS_TOPIC, ".queue.routingKeys"),
@@ -431,8 +430,6 @@ class MatchEnvironmentSpec(_Model):
     @model_validator(mode="after")
     def _routing_keys(self) -> MatchEnvironmentSpec:
         keys = self.queue.routing_keys or []
-        if self.exchange.type is ExchangeType.FANOUT and keys:
-            raise ValueError(_ROUTING_KEYS_FANOUT)
         if self.exchange.type is ExchangeType.TOPIC and not keys:
             raise ValueError(_ROUTING_KEYS_TOPIC)
         return self

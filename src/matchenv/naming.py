@@ -49,6 +49,12 @@ def publisher_user_name(operator_namespace: str) -> str:
     return f"{PUBLISHER_USER_PREFIX}{operator_namespace}"
 
 
+def subset_exchange_name(exchange: str) -> str:
+    """The topic exchange bound to the fanout ``exchange`` that environments with ``queue.routingKeys`` bind to:
+    one per fanout exchange, shared by them all, never deleted by one of them."""
+    return f"{exchange}.topic"
+
+
 def broker_secret_name(environment: str) -> str:
     """Secret ``<env>-broker``: the worker's AMQP URL (it does not depend on the queue name)."""
     return f"{environment}-broker"

@@ -205,6 +205,37 @@ def test_snapshot_costs_two_calls_whatever_the_number_of_queues(broker: Manageme
     assert broker.calls - before == 2
 
 
+def test_routing_keys_on_the_fanout_take_a_subset_through_its_topic_exchange(
+        rabbitmq: RabbitMQNode, broker: ManagementClient, unique: str, cleanup: list[DesiredTopology]) -> None:
+    exchange = f"fan-{unique}"
+    everything = make(f"all-{unique}", exchange={"name": exchange})
+    u14 = make(f"u14-{unique}", exchange={"name": exchange}, queue={"routingKeys": ["U14.#"]})
+    cleanup.extend([everything, u14])
+    for want in (everything, u14):
+        apply_plan(broker, plan_converge(want, broker.snapshot(want.scope()), "pw"))
+        assert plan_converge(want, broker.snapshot(want.scope()), "pw") == Plan()  # the scoped read sees it all
+    keys = ["U13.homegrown.northeast", "U14.homegrown.northeast", "U14.academy.west", "U15.homegrown.northeast",
+            ""]  # the last: a producer that sends no key
+    with pika.BlockingConnection(pika.URLParameters(rabbitmq.endpoints.amqp_url)) as conn:
+        channel = conn.channel()
+        channel.confirm_delivery()
+        for key in keys:
+            channel.basic_publish(exchange, key, b"{}", pika.BasicProperties(delivery_mode=2))
+    wait_for(lambda: broker.get_queue("/", everything.queue.name).messages == 5, what="all five to the fanout queue")
+    wait_for(lambda: broker.get_queue("/", u14.queue.name).messages == 2, what="the two U14 ones to the subset")
+    time.sleep(0.5)
+    assert broker.get_queue("/", u14.queue.name).messages == 2
+    # the exchange-to-exchange binding deleted by hand is seen and put back
+    path = f"/api/bindings/%2F/e/{exchange}/e/{exchange}.topic"
+    for row in broker._request("GET", path):
+        broker._request("DELETE", f"{path}/{row['properties_key']}")
+    plan = plan_converge(u14, broker.snapshot(u14.scope()), "pw")
+    assert [a.describe() for a in plan.actions] == [f"bound exchange {exchange}.topic to exchange {exchange}"]
+    apply_plan(broker, plan)
+    broker.delete_exchange("/", f"{exchange}.topic")
+    broker.delete_exchange("/", exchange)
+
+
 def test_a_scoped_snapshot_sees_what_the_full_one_sees_of_an_environment(broker: ManagementClient, unique: str,
                                                                         cleanup: list[DesiredTopology]) -> None:
     want = make(f"s-{unique}")

@@ -13,8 +13,8 @@ def test_each_followed_event_names_the_object_it_removed() -> None:
     assert changed("binding.deleted", {"source_name": "matches-fanout", "destination_name": "matches.dev",
                                        "destination_kind": "queue", "vhost": "/"}) == Changed("queue", "/",
                                                                                               "matches.dev")
-    assert changed("binding.deleted", {"destination_name": "x", "destination_kind": "exchange", "vhost": "/"}) \
-        is None
+    assert changed("binding.deleted", {"destination_name": "matches-fanout.topic", "destination_kind": "exchange",
+                                       "vhost": "/"}) == Changed("exchange", "/", "matches-fanout.topic")
     assert changed("exchange.deleted", {"name": "matches.dev.dlx", "vhost": "/"}) == \
         Changed("exchange", "/", "matches.dev.dlx")
     assert changed("policy.cleared", {"name": "matchenv.matches.dev", "vhost": "/"}) == \

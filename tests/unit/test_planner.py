@@ -13,6 +13,7 @@ from matchenv.topology.applier import apply_plan
 from matchenv.topology.desired import DesiredTopology, desired_topology
 from matchenv.topology.planner import (
     Bind,
+    BindExchange,
     ClearPermissions,
     DeclareExchange,
     DeclareQueue,
@@ -41,13 +42,13 @@ def desired(name: str = "staging", namespace: str = "default", **spec: Any) -> D
 
 
 def converge(broker: SimulatedBroker, want: DesiredTopology, password: str = "secret-pw") -> Plan:
-    plan = plan_converge(want, broker.snapshot(), password)
+    plan = plan_converge(want, broker.snapshot(want.scope()), password)
     apply_plan(broker, plan)
     return plan
 
 
 def assert_converged(broker: SimulatedBroker, want: DesiredTopology) -> None:
-    again = plan_converge(want, broker.snapshot(), "secret-pw")
+    again = plan_converge(want, broker.snapshot(want.scope()), "secret-pw")
     assert again == Plan(), f"second plan not empty: {again}"
 
 
@@ -162,6 +163,42 @@ def test_topic_exchange_binds_once_per_routing_key_and_follows_key_changes() -> 
     assert set(plan.actions) == {Bind("/", "matches-topic", "matches.staging", "U16.#"),
                                  Unbind("/", "matches-topic", "matches.staging", "U14.#")}
     assert_converged(broker, changed)
+
+
+def test_routing_keys_on_the_fanout_bind_through_one_shared_topic_exchange() -> None:
+    broker = SimulatedBroker()
+    converge(broker, desired())  # a fanout environment first: it keeps its direct binding
+    subset = desired(name="u14", queue={"routingKeys": ["U14.#"]})
+    plan = converge(broker, subset)
+    assert DeclareExchange("/", "matches-fanout.topic", "topic") in plan.actions
+    assert BindExchange("/", "matches-fanout", "matches-fanout.topic") in plan.actions
+    assert Bind("/", "matches-fanout.topic", "matches.u14", "U14.#") in plan.actions
+    assert not any(isinstance(a, Bind) and a.exchange == "matches-fanout" and a.queue == "matches.u14"
+                   for a in plan.actions)
+    assert_converged(broker, subset)
+    assert observe(subset, broker.snapshot(subset.scope())).bound
+    # a second subset shares the exchange and its binding to the fanout
+    other = desired(name="u15", queue={"routingKeys": ["U15.#"]})
+    plan = converge(broker, other)
+    assert not any(isinstance(a, BindExchange) or (isinstance(a, DeclareExchange) and a.name.endswith(".topic"))
+                   for a in plan.actions)
+    assert Bind("/", "matches-fanout.topic", "matches.u15", "U15.#") in plan.actions
+    # the exchange-to-exchange binding deleted by hand is put back (and status says unbound until then)
+    broker.bindings = [b for b in broker.bindings if b.destination_type != "exchange"]
+    assert not observe(subset, broker.snapshot(subset.scope())).bound
+    assert converge(broker, subset).actions == (BindExchange("/", "matches-fanout", "matches-fanout.topic"),)
+    # dropping the keys moves the queue back to the fanout, bind first
+    plan = converge(broker, desired(name="u14"))
+    assert plan.actions == (Bind("/", "matches-fanout", "matches.u14", ""),
+                            Unbind("/", "matches-fanout.topic", "matches.u14", "U14.#"))
+    assert (("/", "matches-fanout.topic")) in broker.exchanges  # shared: never deleted by one environment
+
+
+def test_a_subset_exchange_of_another_type_is_a_problem() -> None:
+    broker = SimulatedBroker()
+    broker.declare_exchange("/", "matches-fanout.topic", "direct")
+    plan = plan_converge(desired(queue={"routingKeys": ["U14.#"]}), broker.snapshot(), "pw")
+    assert any("matches-fanout.topic is a direct exchange" in p for p in plan.problems)
 
 
 def test_exchange_rename_moves_the_binding_whatever_status_said() -> None:

@@ -52,6 +52,8 @@ def changed(routing_key: str, headers: Mapping[str, Any]) -> Changed | None:
         return Changed("queue", vhost, text("name"))
     if routing_key == "binding.deleted" and text("destination_kind") in ("queue", ""):
         return Changed("queue", vhost, text("destination_name"))
+    if routing_key == "binding.deleted" and text("destination_kind") == "exchange":
+        return Changed("exchange", vhost, text("destination_name"))  # e.g. the topic exchange off the fanout
     if routing_key == "exchange.deleted":
         return Changed("exchange", vhost, text("name"))
     if routing_key == "policy.cleared":

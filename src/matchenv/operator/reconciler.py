@@ -414,10 +414,12 @@ class Reconciler:
     def _write_status(self, ctx: Context, topology: TopologyOutcome, workers: WorkersObservation,
                       worker_problem: Refusal | None, autoscaling: dict[str, Any] | None = None) -> Obj:
         seen = Observation(
-            generation=ctx.meta.get("generation"), exchange=ctx.spec.exchange.name, queue=ctx.names.queue,
+            generation=ctx.meta.get("generation"), exchange=ctx.desired.binding_source, queue=ctx.names.queue,
             selector=ctx.names.selector, topology=topology.observation, workers=workers, problems=topology.problems,
             broker_error=topology.error, error_reason=topology.error_reason, refusal=topology.refusal,
             worker_problem=worker_problem, autoscaling=autoscaling, paused=ctx.spec.paused,
+            subset_of=ctx.desired.exchange if ctx.desired.subset_exchange else None,
+            routing_keys=tuple(ctx.spec.queue.routing_keys or ()),
         )
         old = ctx.old_status
         status = build_status(seen, old)
@@ -484,6 +486,8 @@ class Reconciler:
                 # its dead-letter exchange only: the shared exchange's deletion also deletes each queue's binding
                 *((Changed("exchange", scope.vhost, ctx.names.dead_letter_exchange),) if ctx.spec.queue.dead_letter
                   else ()),
+                # the shared topic exchange of a subset: any one of its environments' converges puts it back
+                *(Changed("exchange", scope.vhost, e) for e in scope.exchange_bindings),
                 *(Changed("policy", scope.vhost, p) for p in scope.policies),
                 *(Changed("user", "", u) for u in scope.users))
         self._owns[ctx.uid] = keys

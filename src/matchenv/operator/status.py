@@ -39,6 +39,8 @@ class Observation:
     worker_problem: Refusal | None = None  # e.g. DatabaseSecretInvalid, DeploymentRefused
     autoscaling: dict[str, Any] | None = None  # status.autoscaling, None while autoscaling is off
     paused: bool = False  # spec.paused: no workers run, messages wait
+    subset_of: str | None = None  # the fanout exchange whose topic exchange (``exchange``) the queue is bound to
+    routing_keys: tuple[str, ...] = ()
 
 
 def now_rfc3339() -> str:
@@ -67,10 +69,16 @@ def topology_condition(seen: Observation) -> tuple[bool, str, str]:
         return False, "QueueMissing", f"queue {seen.queue} does not exist yet"
     if not seen.topology.bound:
         return False, "BindingMissing", f"queue {seen.queue} is not bound to {seen.exchange} yet"
+    bound = f"queue {seen.queue} is bound to {seen.exchange}"
+    if seen.subset_of:
+        bound += (f" with keys {', '.join(seen.routing_keys)} (a topic exchange bound to {seen.subset_of}; messages "
+                  "published with an empty routing key, as protocol-1 producers send them, do not reach it)")
+    elif seen.routing_keys:
+        bound += f" with keys {', '.join(seen.routing_keys)}"
     if seen.topology.messages is None:
-        return True, "Converged", (f"queue {seen.queue} is bound to {seen.exchange}; the broker reports no message "
-                                   "counts for it, so they are unknown and autoscaling holds")
-    return True, "Converged", f"queue {seen.queue} is bound to {seen.exchange}"
+        return True, "Converged", (f"{bound}; the broker reports no message counts for it, so they are unknown and "
+                                   "autoscaling holds")
+    return True, "Converged", bound
 
 
 def workers_condition(seen: Observation) -> tuple[bool, str, str]:

@@ -215,6 +215,9 @@ class ManagementClient:
                     for r in self._request("GET", f"/api/queues/{v}/{_q(q.name)}/bindings") or []]
         exchanges = [Exchange.from_api(r) for name in scope.exchanges
                      if (r := self._get_or_none(f"/api/exchanges/{v}/{_q(name)}")) is not None]
+        present = {e.name for e in exchanges}
+        bindings += [Binding.from_api(r) for name in scope.exchange_bindings if name in present
+                     for r in self._request("GET", f"/api/exchanges/{v}/{_q(name)}/bindings/destination") or []]
         policies = [Policy.from_api(r) for name in scope.policies
                     if (r := self._get_or_none(f"/api/policies/{v}/{_q(name)}")) is not None]
         users = [User.from_api(r) for name in scope.users
@@ -259,6 +262,10 @@ class ManagementClient:
 
     def bind_queue(self, vhost: str, exchange: str, queue: str, routing_key: str = "") -> None:
         self._request("POST", f"/api/bindings/{_q(vhost)}/e/{_q(exchange)}/q/{_q(queue)}",
+                      {"routing_key": routing_key, "arguments": {}})
+
+    def bind_exchange(self, vhost: str, source: str, destination: str, routing_key: str = "") -> None:
+        self._request("POST", f"/api/bindings/{_q(vhost)}/e/{_q(source)}/e/{_q(destination)}",
                       {"routing_key": routing_key, "arguments": {}})
 
     def unbind_queue(self, vhost: str, exchange: str, queue: str, properties_key: str) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from matchenv.contracts import queue_arguments
 from matchenv.models import MatchEnvironmentSpec, QueueType
-from matchenv.naming import POLICY_PRIORITY, EnvironmentNames, broker_regex
+from matchenv.naming import POLICY_PRIORITY, EnvironmentNames, broker_regex, subset_exchange_name
 from matchenv.topology.snapshot import Scope
 
 
@@ -42,6 +42,17 @@ class DesiredTopology:
     policy_definition: dict[str, Any] = field(hash=False)
     permissions: DesiredPermissions
     adopt: bool = False
+    # a fanout environment with routing keys: the shared topic exchange bound to the fanout that its queue binds to
+    subset_exchange: str | None = None
+
+    @property
+    def binding_source(self) -> str:
+        """The exchange the queue is bound to."""
+        return self.subset_exchange or self.exchange
+
+    @property
+    def binding_source_type(self) -> str:
+        return "topic" if self.subset_exchange else self.exchange_type
 
     @property
     def owner(self) -> str:
@@ -54,8 +65,9 @@ class DesiredTopology:
     def scope(self) -> Scope:
         """What its plans look at on the broker."""
         queues = (self.queue.name, self.names.dead_letter_queue)
-        return Scope(self.vhost, queues, (self.exchange, self.names.dead_letter_exchange), (self.names.policy,),
-                     (self.names.broker_user,))
+        subset = (self.subset_exchange,) if self.subset_exchange else ()
+        return Scope(self.vhost, queues, (self.exchange, *subset, self.names.dead_letter_exchange),
+                     (self.names.policy,), (self.names.broker_user,), exchange_bindings=subset)
 
     def verification_scope(self) -> Scope:
         """What is read again after applying a plan: the queues (whose ownership marker the broker kept decides a
@@ -97,7 +109,9 @@ def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec) -> D
     # The worker may declare (with identical arguments) and consume its own queue, and publish a malformed
     # message with its reason to its own dead-letter exchange. Nothing else: no default exchange, no other queue.
     write = broker_regex(names.dead_letter_exchange) if spec.queue.dead_letter else ""
-    keys = tuple(spec.queue.routing_keys or ()) if spec.exchange.type.value == "topic" else ("",)
+    keys = tuple(spec.queue.routing_keys or ()) or ("",)
+    subset = subset_exchange_name(spec.exchange.name) if (
+        spec.exchange.type.value == "fanout" and spec.queue.routing_keys) else None
     return DesiredTopology(
         vhost=spec.broker.vhost,
         exchange=spec.exchange.name,
@@ -109,6 +123,7 @@ def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec) -> D
         policy_definition=definition,
         permissions=DesiredPermissions(configure=own_queue, write=write, read=own_queue),
         adopt=spec.queue.adopt,
+        subset_exchange=subset,
     )
 
 

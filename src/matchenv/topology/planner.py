@@ -30,6 +30,7 @@ class Broker(Protocol):
     def declare_queue(self, vhost: str, name: str, arguments: dict[str, Any], durable: bool = True) -> None: ...
     def delete_queue(self, vhost: str, name: str) -> None: ...
     def bind_queue(self, vhost: str, exchange: str, queue: str, routing_key: str = "") -> None: ...
+    def bind_exchange(self, vhost: str, source: str, destination: str, routing_key: str = "") -> None: ...
     def unbind_queue(self, vhost: str, exchange: str, queue: str, properties_key: str) -> None: ...
     def put_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any], priority: int,
                    apply_to: str = "queues") -> None: ...
@@ -115,6 +116,18 @@ class Bind(Action):
     def describe(self) -> str:
         key = f" with key {self.routing_key!r}" if self.routing_key else ""
         return f"bound queue {self.queue} to exchange {self.exchange}{key}"
+
+
+@dataclass(frozen=True)
+class BindExchange(Action):
+    source: str
+    destination: str
+
+    def apply(self, broker: Broker) -> None:
+        broker.bind_exchange(self.vhost, self.source, self.destination)
+
+    def describe(self) -> str:
+        return f"bound exchange {self.destination} to exchange {self.source}"
 
 
 @dataclass(frozen=True)
@@ -283,8 +296,21 @@ def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: 
     if exchange is None:
         actions.append(DeclareExchange(vhost, desired.exchange, desired.exchange_type))
     elif exchange.type != desired.exchange_type:
+        hint = "; to receive a subset of a fanout feed keep exchange.type fanout and set queue.routingKeys" if (
+            exchange.type == "fanout") else ""
         problems.append(f"exchange {desired.exchange} is a {exchange.type} exchange, spec.exchange.type is "
-                        f"{desired.exchange_type}")
+                        f"{desired.exchange_type}{hint}")
+
+    if desired.subset_exchange:
+        # shared by every environment that takes a subset of this fanout; bound to it once, never deleted by one
+        subset = snapshot.exchanges.get((vhost, desired.subset_exchange))
+        if subset is None:
+            actions.append(DeclareExchange(vhost, desired.subset_exchange, "topic"))
+        elif subset.type != "topic":
+            problems.append(f"exchange {desired.subset_exchange} is a {subset.type} exchange; queue.routingKeys on "
+                            f"the fanout {desired.exchange} need it to be the topic exchange matchenv binds to it")
+        if subset is None or not snapshot.exchange_bound(vhost, desired.exchange, desired.subset_exchange):
+            actions.append(BindExchange(vhost, desired.exchange, desired.subset_exchange))
 
     for wanted in [q, desired.dead_letter_queue] if desired.dead_letter else [q]:
         live = snapshot.queues.get((vhost, wanted.name))
@@ -341,14 +367,14 @@ def plan_publisher(desired: DesiredPublisher, snapshot: BrokerSnapshot, password
 def _binding_actions(desired: DesiredTopology, snapshot: BrokerSnapshot) -> list[Action]:
     """Bindings follow the spec: every binding to the owned queue that it does not ask for is removed, whichever
     exchange it comes from (a hand-made or a previous exchange's binding alike)."""
-    vhost, queue = desired.vhost, desired.queue.name
+    vhost, queue, source = desired.vhost, desired.queue.name, desired.binding_source
     live = snapshot.bindings_to(vhost, queue)
-    wanted = {(desired.exchange, key) for key in desired.routing_keys}
+    wanted = {(source, key) for key in desired.routing_keys}
     # A fanout exchange ignores keys: any one binding from it counts as the one we want.
-    from_ours = [b for b in live if b.source == desired.exchange]
-    if desired.exchange_type == "fanout" and from_ours:
-        have = {(desired.exchange, "")}
-        extra = [b for b in live if b.source != desired.exchange] + from_ours[1:]
+    from_ours = [b for b in live if b.source == source]
+    if desired.binding_source_type == "fanout" and from_ours:
+        have = {(source, "")}
+        extra = [b for b in live if b.source != source] + from_ours[1:]
     else:
         have = {(b.source, b.routing_key) for b in live}
         extra = [b for b in live if (b.source, b.routing_key) not in wanted]
@@ -406,7 +432,9 @@ def observe(desired: DesiredTopology, snapshot: BrokerSnapshot) -> QueueObservat
     if live is None:
         return QueueObservation(exists=False)
     dlq = snapshot.queues.get((vhost, desired.names.dead_letter_queue))
-    bound = any(b.source == desired.exchange for b in snapshot.bindings_to(vhost, desired.queue.name))
+    bound = any(b.source == desired.binding_source for b in snapshot.bindings_to(vhost, desired.queue.name))
+    if desired.subset_exchange:
+        bound = bound and snapshot.exchange_bound(vhost, desired.exchange, desired.subset_exchange)
     return QueueObservation(
         exists=True,
         messages=live.backlog,

@@ -169,6 +169,7 @@ class Scope:
     exchanges: tuple[str, ...]
     policies: tuple[str, ...]
     users: tuple[str, ...]
+    exchange_bindings: tuple[str, ...] = ()  # exchanges whose bindings from other exchanges are read too
 
 
 @dataclass(frozen=True)
@@ -202,3 +203,8 @@ class BrokerSnapshot:
         """Bindings from named exchanges to ``queue`` (the default exchange's implicit binding is left out)."""
         return [b for b in self.bindings
                 if b.vhost == vhost and b.destination == queue and b.destination_type == "queue" and b.source]
+
+    def exchange_bound(self, vhost: str, source: str, destination: str) -> bool:
+        """Whether exchange ``destination`` is bound to exchange ``source``."""
+        return any(b.vhost == vhost and b.source == source and b.destination == destination
+                   and b.destination_type == "exchange" for b in self.bindings)
