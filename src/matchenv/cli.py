@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from matchenv import __version__
+from matchenv.dlq.cli import app as dlq_app
 
 app = typer.Typer(
     help="matchenv: fan one RabbitMQ match feed out to per-environment queues, workers and databases.",
@@ -20,6 +21,7 @@ db_app = typer.Typer(help="The environment database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 operator_app = typer.Typer(help="The Kubernetes operator.", no_args_is_help=True)
 app.add_typer(operator_app, name="operator")
+app.add_typer(dlq_app, name="dlq")
 
 
 def _echo_err(message: str) -> None:

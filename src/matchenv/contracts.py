@@ -22,6 +22,15 @@ ERROR_HEADER = "x-matchenv-error"
 QUEUE_HEADER = "x-matchenv-queue"
 DEAD_LETTERED_AT_HEADER = "x-matchenv-dead-lettered-at"
 TASK_ID_HEADER = "x-matchenv-task-id"
+REDRIVEN_HEADER = "x-matchenv-redriven"  # how many times ``matchenv dlq redrive`` sent the message back
+# Why a message is in a dead-letter queue: the worker's reasons (``REASON_HEADER``) ...
+REASON_INVALID = "invalid"  # a task message whose match fails validation (body: the match as received)
+REASON_STORE_ERROR = "store-error"  # a valid match the database refused for good (body: the match)
+REASON_MALFORMED = "malformed"  # not a task message at all (body: the bytes as received)
+REASON_UNKNOWN_TASK = "unknown-task"  # a task of another name (body: the bytes as received)
+WORKER_REASONS = (REASON_INVALID, REASON_STORE_ERROR, REASON_MALFORMED, REASON_UNKNOWN_TASK)
+# ... and the broker's own (its ``x-death`` header), for what it dead-letters through the environment's policy
+BROKER_REASONS = ("rejected", "expired", "maxlen", "delivery_limit")
 
 # -- queues ----------------------------------------------------------------------------------------------------
 # The ownership marker: the MatchEnvironment (``namespace/name``) that declared a queue or exchange. Queue

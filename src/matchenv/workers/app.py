@@ -25,7 +25,16 @@ from celery.worker.consumer import Consumer
 from kombu.entity import Exchange, Queue
 from pydantic import ValidationError
 
-from matchenv.contracts import SCRAPED_AT_HEADER, TASK_ID_HEADER, TASK_NAME, queue_arguments
+from matchenv.contracts import (
+    REASON_INVALID,
+    REASON_MALFORMED,
+    REASON_STORE_ERROR,
+    REASON_UNKNOWN_TASK,
+    SCRAPED_AT_HEADER,
+    TASK_ID_HEADER,
+    TASK_NAME,
+    queue_arguments,
+)
 from matchenv.models import Match
 from matchenv.workers import metrics
 from matchenv.workers.batches import Batcher
@@ -88,8 +97,9 @@ class Runtime:
     def dead_letter_message(self, message: Any, reason: str, error: str) -> bool:
         """A message that is no task message at all: its bytes as received, with its content type."""
         body = message.body if isinstance(message.body, bytes | str) else str(message.body)
+        original = message.headers if isinstance(message.headers, dict) else {}
         return self.dead_letter(body, reason, error, content_type="application/octet-stream",
-                                headers={"x-original-content-type": message.content_type or ""})
+                                headers={**original, "x-original-content-type": message.content_type or ""})
 
     def store_match(self, match: Match, scraped_at: dt.datetime | None = None) -> str:
         """Upsert with retries: transient errors 3 times with backoff and jitter (then PermanentStoreError), an
@@ -184,16 +194,19 @@ def process(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any], req
 
 
 def _process(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any], request: Any) -> str:
-    headers = {TASK_ID_HEADER: str(getattr(request, "id", "") or "")}
+    headers: dict[str, Any] = {TASK_ID_HEADER: str(getattr(request, "id", "") or "")}
+    stamp = scraped_at(request)
+    if stamp is not None:  # kept with the dead letter: a redriven copy must not overwrite newer data
+        headers[SCRAPED_AT_HEADER] = stamp.isoformat()
     parsed = parse(args, kwargs)
     if isinstance(parsed, Invalid):
-        kept = runtime.dead_letter(parsed.body, "invalid", parsed.problems, headers=headers)
+        kept = runtime.dead_letter(parsed.body, REASON_INVALID, parsed.problems, headers=headers)
         return "dead-lettered" if kept else "dropped"
     match, raw = parsed
     try:
-        outcome = runtime.store_match(match, scraped_at(request))
+        outcome = runtime.store_match(match, stamp)
     except PermanentStoreError as exc:
-        if runtime.dead_letter(raw, "store-error", str(exc), headers=headers):
+        if runtime.dead_letter(raw, REASON_STORE_ERROR, str(exc), headers=headers):
             return "dead-lettered"
         # a valid match is never dropped: without a DLQ it goes back to its queue, after a pause
         log.warning("cannot store match %s and there is no dead-letter queue: returning it to %s in %.0fs: %s",
@@ -262,19 +275,19 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         message.ack()
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, "malformed", f"cannot decode the body: {exc}")
+        self._dead_letter(message, REASON_MALFORMED, f"cannot decode the body: {exc}")
         metrics.PROCESSED.inc()
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
-        self._dead_letter(message, "malformed", "not a Celery task message")
+        self._dead_letter(message, REASON_MALFORMED, "not a Celery task message")
         metrics.PROCESSED.inc()
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, "unknown-task", f"no such task here: {exc}")
+        self._dead_letter(message, REASON_UNKNOWN_TASK, f"no such task here: {exc}")
         metrics.PROCESSED.inc()
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, "malformed", f"invalid task message: {exc}")
+        self._dead_letter(message, REASON_MALFORMED, f"invalid task message: {exc}")
         metrics.PROCESSED.inc()
 
 

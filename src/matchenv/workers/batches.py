@@ -20,7 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from matchenv.contracts import TASK_ID_HEADER, TASK_NAME
+from matchenv.contracts import (
+    REASON_INVALID,
+    REASON_MALFORMED,
+    REASON_STORE_ERROR,
+    REASON_UNKNOWN_TASK,
+    SCRAPED_AT_HEADER,
+    TASK_ID_HEADER,
+    TASK_NAME,
+)
 from matchenv.models import Match
 from matchenv.workers import metrics
 from matchenv.workers.deadletter import DeadLetterUnavailable
@@ -116,7 +124,7 @@ class Batcher:
             try:
                 body = message.decode()
             except Exception as exc:
-                verdicts.append((message, self._dead_letter_raw(message, "malformed",
+                verdicts.append((message, self._dead_letter_raw(message, REASON_MALFORMED,
                                                                 f"cannot decode the body: {exc}")))
                 continue
             task = _task(message, body)
@@ -126,7 +134,7 @@ class Batcher:
                 continue
             parsed = parse(*task)
             if isinstance(parsed, Invalid):
-                verdicts.append((message, self._dead_letter(message, parsed.body, "invalid", parsed.problems)))
+                verdicts.append((message, self._dead_letter(message, parsed.body, REASON_INVALID, parsed.problems)))
             else:
                 valid.append(_Valid(message, parsed[0], parsed[1], scraped_at(message)))
         if not valid:
@@ -149,7 +157,7 @@ class Batcher:
             outcome = self.runtime.store_match(item.match, item.stamp)
         except PermanentStoreError as exc:
             try:
-                if self.runtime.dead_letter(item.raw, "store-error", str(exc), headers=_task_id(item.message)):
+                if self.runtime.dead_letter(item.raw, REASON_STORE_ERROR, str(exc), headers=_carried(item.message)):
                     return item.message, "ack"
             except DeadLetterUnavailable as unavailable:
                 log.warning("%s; returning it to the queue", unavailable)
@@ -175,7 +183,7 @@ class Batcher:
 
     def _dead_letter(self, message: Any, body: Any, reason: str, error: str) -> Verdict:
         try:
-            self.runtime.dead_letter(body, reason, error, headers=_task_id(message))
+            self.runtime.dead_letter(body, reason, error, headers=_carried(message))
         except DeadLetterUnavailable as exc:
             log.warning("%s; returning it to the queue", exc)
             return "requeue"
@@ -196,16 +204,18 @@ def _task(message: Any, body: Any) -> tuple[Any, Any] | str:
     headers = message.headers if isinstance(message.headers, dict) else {}
     if "task" in headers:
         if not isinstance(body, list | tuple) or len(body) < 2:
-            return "malformed: invalid task message: the body is not [args, kwargs, embed]"
+            return f"{REASON_MALFORMED}: invalid task message: the body is not [args, kwargs, embed]"
         return body[0], body[1]
     if not isinstance(body, dict) or "task" not in body:
-        return "malformed: not a Celery task message"
+        return f"{REASON_MALFORMED}: not a Celery task message"
     if body["task"] != TASK_NAME:
-        return f"unknown-task: no such task here: {body['task']!r}"
+        return f"{REASON_UNKNOWN_TASK}: no such task here: {body['task']!r}"
     return body.get("args") or [], body.get("kwargs") or {}
 
 
-def _task_id(message: Any) -> dict[str, Any]:
+def _carried(message: Any) -> dict[str, Any]:
+    """What a dead letter keeps of the task message: its id, and the publisher's stamp (a redriven copy must not
+    overwrite newer data)."""
     headers = message.headers if isinstance(message.headers, dict) else {}
     task_id = headers.get("id")
     if task_id is None:
@@ -214,4 +224,7 @@ def _task_id(message: Any) -> dict[str, Any]:
         except Exception:
             body = None
         task_id = body.get("id") if isinstance(body, dict) else None
-    return {TASK_ID_HEADER: str(task_id or "")}
+    carried = {TASK_ID_HEADER: str(task_id or "")}
+    if isinstance(headers.get(SCRAPED_AT_HEADER), str):
+        carried[SCRAPED_AT_HEADER] = headers[SCRAPED_AT_HEADER]
+    return carried

@@ -1,0 +1,109 @@
+"""Which dead-letter queue ``matchenv dlq ENV`` means: the MatchEnvironment read from the Kubernetes API, its
+queue names from the same naming the operator uses, and the broker's admin connection from the same Secret."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
+from matchenv.models import MatchEnvironmentSpec
+from matchenv.operator.brokers import BrokerConfigError, read_connection
+from matchenv.operator.builders import worker_amqp_url
+from matchenv.operator.kube import Kube
+from matchenv.topology.desired import desired_topology
+
+DEFAULT_BROKER_SECRET = "matchenv-system/matchenv-broker"
+
+
+class TargetError(Exception):
+    """The environment cannot be acted on; ``usage`` is True when the input is at fault (exit code 2)."""
+
+    def __init__(self, message: str, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+@dataclass(frozen=True)
+class Target:
+    namespace: str
+    name: str
+    queue: str
+    dead_letter_queue: str
+    url: str = field(repr=False)  # AMQP, as the broker's admin, in the environment's vhost
+
+    @property
+    def where(self) -> str:
+        return f"MatchEnvironment {self.namespace}/{self.name}"
+
+
+def _api(kubeconfig: str | None, context: str | None) -> tuple[client.ApiClient, str]:
+    """An API client and the namespace the kubeconfig's context names (``default`` if none)."""
+    configuration = client.Configuration()
+    if not kubeconfig and not context and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get(
+            "KUBECONFIG"):
+        config.load_incluster_config(client_configuration=configuration)
+        try:
+            with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+                namespace = f.read().strip() or "default"
+        except OSError:
+            namespace = "default"
+    else:
+        try:
+            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+            _contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        except (config.ConfigException, OSError) as exc:
+            raise TargetError(f"no usable kubeconfig: {exc}", usage=True) from exc
+        chosen = next((c for c in _contexts if c["name"] == context), active) if context else active
+        namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
+    configuration.retries = 1
+    return client.ApiClient(configuration), namespace
+
+
+def resolve(name: str, namespace: str | None, kubeconfig: str | None = None, context: str | None = None,
+            broker_secret: str | None = None, broker_url: str | None = None, timeout: float = 10.0) -> Target:
+    """The environment ``name`` and its dead-letter queue; ``broker_url`` (e.g. a port-forward) replaces the host
+    of the Secret's AMQP URL, which names the broker as pods reach it."""
+    api, default_namespace = _api(kubeconfig, context)
+    namespace = namespace or default_namespace
+    kube = Kube(api, timeout=timeout)
+    try:
+        env = kube.get_environment(namespace, name)
+    except ApiException as exc:
+        raise TargetError(f"cannot read MatchEnvironment {namespace}/{name}: {exc.status} {exc.reason}") from exc
+    except Exception as exc:  # connection refused, DNS, timeout
+        raise TargetError(f"cannot reach the Kubernetes API: {exc.__class__.__name__} {exc}") from exc
+    if env is None:
+        raise TargetError(f"MatchEnvironment {name!r} not found in namespace {namespace!r} "
+                          "(kubectl get matchenvironments -A lists them)", usage=True)
+    try:
+        spec = MatchEnvironmentSpec.model_validate(env.get("spec") or {})
+    except ValidationError as exc:
+        raise TargetError(f"MatchEnvironment {namespace}/{name} has an invalid spec: {exc.errors()[0]['msg']}") \
+            from exc
+    if not spec.queue.dead_letter:
+        raise TargetError(f"MatchEnvironment {namespace}/{name} keeps no dead-letter queue "
+                          "(spec.queue.deadLetter: false)", usage=True)
+    desired = desired_topology(namespace, name, spec)
+    ref = spec.broker.connection_secret_ref
+    secret_ns, secret_name = (namespace, ref.name) if ref is not None else (
+        broker_secret or os.environ.get("MATCHENV_BROKER_SECRET") or DEFAULT_BROKER_SECRET).split("/", 1)
+    try:
+        connection = read_connection(kube.get_secret(secret_ns, secret_name), secret_ns, secret_name)
+    except ApiException as exc:
+        raise TargetError(f"cannot read the broker Secret {secret_ns}/{secret_name}: {exc.status} {exc.reason} "
+                          "(its admin credentials are needed to read a dead-letter queue)") from exc
+    except BrokerConfigError as exc:
+        raise TargetError(str(exc)) from exc
+    base = connection.url
+    if broker_url:
+        given = urlsplit(broker_url)
+        if not given.hostname:
+            raise TargetError(f"--broker-url {broker_url!r} names no host (e.g. amqp://127.0.0.1:5672)", usage=True)
+        base = broker_url
+    url = worker_amqp_url(base, connection.username, connection.password, desired.vhost)
+    return Target(namespace, name, desired.queue.name, desired.names.dead_letter_queue, url)
