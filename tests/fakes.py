@@ -162,6 +162,8 @@ class FakeKube:
         self.secrets: dict[tuple[str, str], Obj] = {}
         self.deployments: dict[tuple[str, str], Obj] = {}
         self.environments: dict[tuple[str, str], Obj] = {}
+        self.jobs: dict[tuple[str, str], Obj] = {}
+        self.pods: dict[tuple[str, str], Obj] = {}  # (namespace, job name) → its one pod
         self.events: list[tuple[str, str, str]] = []  # (environment, reason, message)
         self.writes: Counter[str] = Counter()
         self.refuse_deployments: str | None = None  # a message: apply_deployment answers 422 with it
@@ -278,6 +280,41 @@ class FakeKube:
     def finish_deletions(self) -> None:
         """What the garbage collector does once the pods are gone."""
         self.deployments = {k: d for k, d in self.deployments.items() if not d["metadata"].get("deletionTimestamp")}
+
+    def list_jobs(self, namespace: str, label_selector: str) -> list[Obj]:
+        wanted = dict(part.split("=", 1) for part in label_selector.split(","))
+        return [copy.deepcopy(j) for (ns, _), j in self.jobs.items() if ns == namespace
+                and all(j["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())]
+
+    def create_job(self, body: Obj) -> Obj:
+        meta = body["metadata"]
+        if (meta["namespace"], meta["name"]) in self.jobs:
+            raise _api_error(409, f"jobs.batch {meta['name']!r} already exists")
+        job = copy.deepcopy(body)
+        job["metadata"]["uid"] = str(uuid.uuid4())
+        job["status"] = {}
+        self.jobs[(meta["namespace"], meta["name"])] = job
+        return copy.deepcopy(job)
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+        job = self.jobs.get((namespace, name))
+        if job is None or job["metadata"]["uid"] != uid:
+            return False
+        del self.jobs[(namespace, name)]
+        self.pods.pop((namespace, name), None)
+        return True
+
+    def finish_job(self, namespace: str, name: str, state: str, message: str) -> None:
+        """The Job ends (Complete or Failed) and its pod with the termination message ``message``."""
+        self.jobs[(namespace, name)]["status"] = {"conditions": [{"type": state, "status": "True"}]}
+        self.pods[(namespace, name)] = {"status": {"containerStatuses": [{"state": {"terminated": {
+            "exitCode": 0 if state == "Complete" else 1, "message": message,
+            "finishedAt": "2026-01-01T00:00:00Z"}}}]}}
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[Obj]:
+        job = label_selector.removeprefix("job-name=")
+        pod = self.pods.get((namespace, job))
+        return [copy.deepcopy(pod)] if pod else []
 
     def post_event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:
         self.events.append((env["metadata"]["name"], reason, message))

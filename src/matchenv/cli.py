@@ -227,6 +227,49 @@ def scrape(
     raise typer.Exit(report.exit_code)
 
 
+@app.command()
+def backfill(
+    archive: str = typer.Option(..., envvar="MATCHENV_ARCHIVE_QUEUE", help="The archive stream to read."),
+    exchange: str = typer.Option(..., envvar="MATCHENV_BACKFILL_EXCHANGE",
+                                 help="The exchange bound to the environment's queue only."),
+    from_: str = typer.Option(..., "--from", envvar="MATCHENV_BACKFILL_FROM",
+                              help="First instant to replay (RFC 3339)."),
+    mandatory: bool = typer.Option(True, "--mandatory/--no-mandatory", envvar="MATCHENV_BACKFILL_MANDATORY",
+                                   help="Fail on a message the exchange routes nowhere (off for a topic exchange "
+                                   "with keys: the others are meant to go nowhere)."),
+    broker_url: str | None = typer.Option(None, "--broker-url", help="AMQP URL (env RABBITMQ_URL)."),
+    timeout: float = typer.Option(10.0, min=1, help="Seconds each broker call may take."),
+) -> None:
+    """Replay the archive into one environment's queue (what the operator's backfill Job runs)."""
+    import datetime as dt
+    import logging
+
+    from matchenv.replay import ReplayError, replay, summary, write_termination_message
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    url = broker_url or os.environ.get("RABBITMQ_URL")
+    if not url:
+        _echo_err("error: no broker: pass --broker-url or set RABBITMQ_URL")
+        raise typer.Exit(2)
+    try:
+        start = dt.datetime.fromisoformat(from_.replace("Z", "+00:00"))
+    except ValueError:
+        _echo_err(f"error: --from {from_!r} is not an RFC 3339 time")
+        raise typer.Exit(2) from None
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=dt.UTC)
+    try:
+        report = replay(url, archive, exchange, start, mandatory,
+                        timeout=timeout, progress=lambda r: typer.echo(f"delivered {r.delivered} so far"))
+    except ReplayError as exc:
+        write_termination_message(summary(None, str(exc)))
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1) from exc
+    write_termination_message(summary(report))
+    typer.echo(report.describe())
+
+
 @app.command("broker-secret")
 def broker_secret(
     url: str = typer.Option(..., help="AMQP URL as the workers reach the broker, e.g. amqp://rabbitmq:5672."),

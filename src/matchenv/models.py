@@ -8,6 +8,7 @@ descriptions have one source. Cross-field rules are written twice, as Python val
 from __future__ import annotations
 
 import datetime as dt
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -392,6 +393,41 @@ class BrokerSpec(_Model):
 
 
 _ROUTING_KEYS_TOPIC = "exchange.type 'topic' needs at least one queue.routingKeys entry"
+_BACKFILL_ONE = "backfill needs exactly one of since (e.g. '168h') and from (an RFC 3339 time)"
+GO_DURATION = r"^([0-9]+(h|m|s))+$"
+
+
+class BackfillSpec(_Model):
+    """Matches published before this environment existed, from the operator's archive of the feed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [cel("has(self.since) != has(self.from)", _BACKFILL_ONE, "")]
+        }
+    )
+
+    since: Annotated[str, StringConstraints(pattern=GO_DURATION, max_length=32)] | None = Field(
+        None,
+        description="How far back, from when the backfill starts, e.g. '168h' (a week) or '90m'. The archive keeps "
+        "what the operator's MATCHENV_ARCHIVE_MAX_AGE allows (30 days by default).",
+    )
+    from_: dt.datetime | None = Field(
+        None, alias="from", description="From this time on (RFC 3339), instead of since.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> BackfillSpec:
+        if (self.since is None) == (self.from_ is None):
+            raise ValueError(_BACKFILL_ONE)
+        return self
+
+    def start(self, now: dt.datetime) -> dt.datetime:
+        """The first instant to replay, ``now`` minus ``since`` or ``from``."""
+        if self.from_ is not None:
+            return self.from_ if self.from_.tzinfo else self.from_.replace(tzinfo=dt.UTC)
+        seconds = sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in re.findall(r"([0-9]+)(h|m|s)",
+                                                                                       self.since or ""))
+        return now - dt.timedelta(seconds=seconds)
 
 
 class MatchEnvironmentSpec(_Model):
@@ -420,6 +456,13 @@ class MatchEnvironmentSpec(_Model):
         ..., description="The Celery worker Deployment that consumes this environment's queue."
     )
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Backlog-based autoscaling.")
+    backfill: BackfillSpec | None = Field(
+        None,
+        description="Replay archived matches into this environment's queue once it is bound, so that it starts "
+        "with the data the others hold: a one-shot Job the operator owns delivers them to this queue only. "
+        "Changing it runs a new backfill; re-deliveries are harmless (the store upserts). Progress in "
+        "status.backfill and the BackfillComplete condition.",
+    )
     paused: bool = Field(
         False,
         description="Stop the workers (0 pods, whatever replicas or the autoscaler say) and keep the queue bound: "
@@ -444,7 +487,9 @@ class ConditionStatus(StrEnum):
 class Condition(_Model):
     """One observed aspect of the environment, in the usual Kubernetes condition shape."""
 
-    type: Literal["TopologyReady", "WorkersReady", "Ready"] = Field(..., description="Condition type.")
+    type: Literal["TopologyReady", "WorkersReady", "Ready", "BackfillComplete"] = Field(
+        ..., description="Condition type."
+    )
     status: ConditionStatus = Field(..., description="'True', 'False' or 'Unknown'.")
     reason: str = Field(..., description="CamelCase reason for the last transition.")
     message: str = Field("", description="Human-readable detail.")
@@ -469,10 +514,32 @@ class AutoscalingStatus(_Model):
     )
 
 
+class BackfillPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+
+
+class BackfillStatus(_Model):
+    """The backfill the operator runs for spec.backfill."""
+
+    request: str | None = Field(None, description="Which spec.backfill this is about (a digest of it).")
+    phase: BackfillPhase | None = Field(None, description="Pending, Running, Complete or Failed (and retrying).")
+    from_: dt.datetime | None = Field(None, alias="from", description="First instant replayed.")
+    job: str | None = Field(None, description="The Job delivering the archived matches.")
+    attempts: int | None = Field(None, description="Jobs started for this request.")
+    delivered: int | None = Field(None, description="Archived matches delivered to the queue so far.")
+    start_time: dt.datetime | None = Field(None, alias="startTime", description="When the current Job started.")
+    completion_time: dt.datetime | None = Field(None, alias="completionTime", description="When it completed.")
+    retry_time: dt.datetime | None = Field(None, alias="retryTime", description="When a failed one is retried.")
+    message: str | None = Field(None, description="What happened, or why it failed.")
+
+
 class MatchEnvironmentStatus(_Model):
     """Observed state, written by the operator."""
 
-    phase: Phase | None = Field(None, description="Pending, Ready, Degraded or Deleting.")
+    phase: Phase | None = Field(None, description="Pending, Ready, Degraded, Paused or Deleting.")
     observed_generation: int | None = Field(
         None, alias="observedGeneration", description="The spec generation last reconciled."
     )
@@ -488,10 +555,11 @@ class MatchEnvironmentStatus(_Model):
     ready: str | None = Field(None, description="'<readyReplicas>/<replicas>', as shown in the READY column.")
     selector: str | None = Field(None, description="Label selector of the worker pods (scale subresource).")
     autoscaling: AutoscalingStatus | None = Field(None, description="The autoscaler's view, while it is enabled.")
+    backfill: BackfillStatus | None = Field(None, description="The backfill's progress, while spec.backfill is set.")
     last_error: str | None = Field(None, alias="lastError", description="The last reconcile error, if any.")
     conditions: list[Condition] | None = Field(
         None,
-        description="TopologyReady, WorkersReady and Ready.",
+        description="TopologyReady, WorkersReady and Ready (and BackfillComplete with spec.backfill).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 

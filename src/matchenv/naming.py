@@ -13,6 +13,7 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 ENV_LABEL = f"{API_GROUP}/environment"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 WORKER_COMPONENT = "worker"
+BACKFILL_COMPONENT = "backfill"
 SECRETS_HASH_ANNOTATION = f"{API_GROUP}/secrets-hash"
 # on the MatchEnvironment: the worker count the autoscaler last wrote; a spec.workers.replicas that differs was set by
 # someone else (kubectl scale, an apply of a file that names replicas)
@@ -55,6 +56,19 @@ def subset_exchange_name(exchange: str) -> str:
     return f"{exchange}.topic"
 
 
+def archive_name(exchange: str) -> str:
+    """The stream bound to ``exchange`` that keeps every match published to it, for backfills (one per exchange,
+    shared, never deleted by an environment)."""
+    return f"{exchange}.archive"
+
+
+def archive_policy_name(exchange: str) -> str:
+    return f"matchenv.{archive_name(exchange)}"
+
+
+BACKFILL_USER_PREFIX = "matchenv-backfill."
+
+
 def broker_secret_name(environment: str) -> str:
     """Secret ``<env>-broker``: the worker's AMQP URL (it does not depend on the queue name)."""
     return f"{environment}-broker"
@@ -92,6 +106,23 @@ class EnvironmentNames:
     @property
     def broker_secret(self) -> str:
         return broker_secret_name(self.name)
+
+    @property
+    def backfill_exchange(self) -> str:
+        """Where the backfill Job publishes archived matches: bound to this environment's queue only."""
+        return f"{self.queue}.backfill"
+
+    @property
+    def backfill_user(self) -> str:
+        """The backfill Job's broker user: reads the archive, writes the backfill exchange, nothing else."""
+        return f"{BACKFILL_USER_PREFIX}{self.namespace}.{self.name}"
+
+    @property
+    def backfill_secret(self) -> str:
+        return f"{self.name}-backfill"
+
+    def backfill_job(self, request: str, attempt: int) -> str:
+        return f"{self.name[:40]}-backfill-{request[:8]}-{attempt}"  # a Job's name is a label value: 63 at most
 
     @property
     def deployment(self) -> str:

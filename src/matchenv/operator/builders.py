@@ -11,7 +11,15 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from matchenv import contracts as c
 from matchenv.models import API_GROUP, API_VERSION, KIND, MatchEnvironmentSpec
-from matchenv.naming import SECRETS_HASH_ANNOTATION, EnvironmentNames
+from matchenv.naming import (
+    BACKFILL_COMPONENT,
+    COMPONENT_LABEL,
+    ENV_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    SECRETS_HASH_ANNOTATION,
+    EnvironmentNames,
+)
 
 Obj = dict[str, Any]
 METRICS_PORT = c.WORKER_METRICS_PORT
@@ -87,6 +95,77 @@ def decode_secret_data(data: Mapping[str, str] | None) -> dict[str, str]:
     return decoded
 
 
+CONTAINER_SECURITY: Obj = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+POD_SECURITY: Obj = {"seccompProfile": {"type": "RuntimeDefault"}}
+BACKFILL_ACTIVE_SECONDS = 3600  # a backfill Job that runs longer is stopped (and retried as a failure)
+BACKFILL_POD_RETRIES = 2  # pods a Job retries before it fails; the operator then starts a new Job, later
+
+
+def _place(pod_spec: Obj, spec: MatchEnvironmentSpec) -> None:
+    """The workers' node selector and tolerations (the backfill runs where the workers may)."""
+    if spec.workers.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.workers.node_selector)
+    if spec.workers.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.workers.tolerations]
+
+
+def backfill_labels(names: EnvironmentNames) -> dict[str, str]:
+    """Not the workers' selector: a backfill pod is never counted as a worker."""
+    return {ENV_LABEL: names.name, COMPONENT_LABEL: BACKFILL_COMPONENT, "app.kubernetes.io/name": "matchenv",
+            "app.kubernetes.io/instance": names.name, MANAGED_BY_LABEL: MANAGED_BY}
+
+
+def build_backfill_secret(names: EnvironmentNames, owner: Obj, broker_url: str, password: str, vhost: str) -> Obj:
+    """Secret ``<env>-backfill``: the backfill Job's AMQP URL with its own user (reads the archive, writes the
+    environment's backfill exchange)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": names.backfill_secret, "namespace": names.namespace, "labels": backfill_labels(names),
+                     "ownerReferences": [owner]},
+        "type": "Opaque",
+        "stringData": {c.WORKER_SECRET_URL: worker_amqp_url(broker_url, names.backfill_user, password, vhost),
+                       c.WORKER_SECRET_USERNAME: names.backfill_user, c.WORKER_SECRET_PASSWORD: password},
+    }
+
+
+def build_backfill_job(names: EnvironmentNames, spec: MatchEnvironmentSpec, owner: Obj, job: str, archive: str,
+                       start: str, mandatory: bool) -> Obj:
+    """A one-shot Job running ``matchenv backfill``: the archive from ``start`` into this environment's queue."""
+    container: Obj = {
+        "name": "backfill",
+        "image": spec.workers.image,
+        "command": ["matchenv", "backfill"],
+        "args": ["--archive", archive, "--exchange", names.backfill_exchange, "--from", start,
+                 "--mandatory" if mandatory else "--no-mandatory"],
+        "env": [{"name": c.ENV_BROKER_URL_FALLBACK,
+                 "valueFrom": {"secretKeyRef": {"name": names.backfill_secret, "key": c.WORKER_SECRET_URL}}}],
+        "securityContext": CONTAINER_SECURITY,
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "terminationMessagePolicy": "File",
+    }
+    pod_spec: Obj = {"containers": [container], "restartPolicy": "Never", "automountServiceAccountToken": False,
+                     "securityContext": POD_SECURITY, "terminationGracePeriodSeconds": 10}
+    _place(pod_spec, spec)
+    labels = backfill_labels(names)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job, "namespace": names.namespace, "labels": labels, "ownerReferences": [owner]},
+        "spec": {
+            "backoffLimit": BACKFILL_POD_RETRIES,
+            "activeDeadlineSeconds": BACKFILL_ACTIVE_SECONDS,
+            "ttlSecondsAfterFinished": 86_400,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
 def build_deployment(
     names: EnvironmentNames,
     spec: MatchEnvironmentSpec,
@@ -121,12 +200,7 @@ def build_deployment(
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": CONTAINER_SECURITY,
     }
     if workers.resources is not None:
         container["resources"] = workers.resources.model_dump(by_alias=True, exclude_none=True)
@@ -135,12 +209,9 @@ def build_deployment(
         # Celery finishes the message in hand on SIGTERM; unacknowledged ones go back to the queue anyway.
         "terminationGracePeriodSeconds": 60,
         "automountServiceAccountToken": False,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": POD_SECURITY,
     }
-    if workers.node_selector:
-        pod_spec["nodeSelector"] = dict(workers.node_selector)
-    if workers.tolerations:
-        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in workers.tolerations]
+    _place(pod_spec, spec)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

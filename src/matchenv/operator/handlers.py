@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 
 from matchenv.models import API_GROUP, API_VERSION, PLURAL
-from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL
+from matchenv.naming import BACKFILL_COMPONENT, COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from matchenv.operator import metrics
 from matchenv.operator.drift import BrokerEvents, Changed, Repairs
 from matchenv.operator.reconciler import Reconciler, TeardownIncomplete
@@ -145,6 +145,16 @@ def workers_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_:
         memo.reconciler.workers_changed(plain(body), deleted=event.get("type") == "DELETED")
     except Exception as exc:  # the resync loop repairs whatever this missed
         log.warning("workers of %s/%s: %s", body.get("metadata", {}).get("namespace"),
+                    body.get("metadata", {}).get("name"), exc)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY_LABEL: MANAGED_BY, COMPONENT_LABEL: BACKFILL_COMPONENT})
+def backfill_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Our backfill Jobs, watched (no state stored on them): their end shows in status at once."""
+    try:
+        memo.reconciler.backfill_changed(plain(body), deleted=event.get("type") == "DELETED")
+    except Exception as exc:  # the resync loop catches up
+        log.warning("backfill Job %s/%s: %s", body.get("metadata", {}).get("namespace"),
                     body.get("metadata", {}).get("name"), exc)
 
 

@@ -85,6 +85,7 @@ class Kube:
         self.fence = fence  # True while this process may write (leader election); None: always
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
         self._events: queue.Queue[Obj] = queue.Queue(maxsize=EVENT_BACKLOG)
@@ -193,6 +194,26 @@ class Kube:
         return _unless_missing(lambda: self.apps.delete_namespaced_deployment(
             name, namespace, body=cast(Any, {"preconditions": {"uid": uid}, "propagationPolicy": "Foreground"}),
             **self._opts())) is not None
+
+    # -- Jobs (backfills) and their pods ---------------------------------------------------------------------
+    def list_jobs(self, namespace: str, label_selector: str) -> list[Obj]:
+        return self._paged(self.batch.list_namespaced_job, namespace, label_selector=label_selector)
+
+    def create_job(self, body: Obj) -> Obj:
+        meta = body["metadata"]
+        self.may_write(f"Job {meta['namespace']}/{meta['name']}")
+        return _json(self.batch.create_namespaced_job(meta["namespace"], cast(Any, body), field_manager=FIELD_MANAGER,
+                                                      **self._opts()))
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the Job ``uid`` and its pods (background: its pod is stopped by the garbage collector)."""
+        self.may_write(f"delete of Job {namespace}/{name}")
+        return _unless_missing(lambda: self.batch.delete_namespaced_job(
+            name, namespace, body=cast(Any, {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}),
+            **self._opts())) is not None
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[Obj]:
+        return self._paged(self.core.list_namespaced_pod, namespace, label_selector=label_selector)
 
     # -- Events ----------------------------------------------------------------------------------------------
     def post_event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:

@@ -28,11 +28,13 @@ from matchenv.naming import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     EnvironmentNames,
+    archive_name,
     broker_secret_name,
     publisher_user_name,
 )
 from matchenv.operator import builders
 from matchenv.operator.autoscaler import Autoscaler
+from matchenv.operator.backfills import BackfillOutcome, Backfills, job_state
 from matchenv.operator.brokers import BrokerClients, BrokerConfigError, BrokerConnection, read_connection
 from matchenv.operator.drift import Changed
 from matchenv.operator.kube import Kube, Obj
@@ -49,7 +51,7 @@ from matchenv.operator.status import (
 from matchenv.operator.tenancy import bounds_refusal, not_owned, owned_by
 from matchenv.topology.applier import apply_plan
 from matchenv.topology.client import BrokerAuthError, BrokerConflict, BrokerError, BrokerUnreachable
-from matchenv.topology.desired import DesiredTopology, desired_topology
+from matchenv.topology.desired import DesiredTopology, desired_archive, desired_topology
 from matchenv.topology.planner import (
     Action,
     Plan,
@@ -57,6 +59,7 @@ from matchenv.topology.planner import (
     Refusal,
     check_ownership,
     observe,
+    plan_archive,
     plan_converge,
     plan_detach,
     plan_remove,
@@ -168,6 +171,8 @@ class TopologyOutcome:
     error: str | None = None
     error_reason: str | None = None
     secret_data: dict[str, str] = field(default_factory=dict)  # the broker Secret as it stands after the step
+    archive_problem: str | None = None  # why a backfill cannot read the archive
+    backfill_published: int | None = None  # messages the backfill exchange took so far (its statistics)
 
     @property
     def refused(self) -> bool:
@@ -195,6 +200,9 @@ class Reconciler:
         # what each environment on the operator's broker owns there → (namespace, name): a broker event names one
         self._owned: dict[Changed, tuple[str, str]] = {}
         self._owns: dict[str, tuple[Changed, ...]] = {}  # uid → its keys in _owned
+        self._jobs_seen: dict[str, str] = {}  # backfill Job uid → Running, Complete or Failed
+        self._archives: set[tuple[str, ...]] = set()  # (broker key..., vhost, exchange) whose archive is in place
+        self.backfills = Backfills(kube, self._event)
 
     def _lock(self, uid: str) -> threading.Lock:
         with self._locks_guard:
@@ -257,7 +265,9 @@ class Reconciler:
     def _context(self, env: Obj, prefetched: Prefetched | None) -> Context:
         spec = MatchEnvironmentSpec.model_validate(env.get("spec") or {})
         meta = env["metadata"]
-        return Context(env, spec, desired_topology(meta["namespace"], meta["name"], spec), prefetched)
+        ran = bool((env.get("status") or {}).get("backfill"))
+        return Context(env, spec, desired_topology(meta["namespace"], meta["name"], spec, backfill_ran=ran),
+                       prefetched)
 
     # -- converge --------------------------------------------------------------------------------------------
     def converge(self, env: Obj, prefetched: Prefetched | None = None) -> Obj | None:
@@ -289,7 +299,21 @@ class Reconciler:
         topology = self._converge_topology(ctx)
         autoscaling = None if topology.refused else self._autoscale(ctx, topology.observation)
         workers, worker_problem = self._converge_workers(ctx, topology)
-        return self._write_status(ctx, topology, workers, worker_problem, autoscaling)
+        backfill = None if topology.refused else self._backfill(ctx, topology)
+        return self._write_status(ctx, topology, workers, worker_problem, autoscaling, backfill)
+
+    def _backfill(self, ctx: Context, topology: TopologyOutcome) -> BackfillOutcome | None:
+        if ctx.spec.backfill is None and not ctx.old_status.get("backfill"):
+            return None
+        bound = topology.observation is not None and topology.observation.bound and not topology.problems
+        try:
+            return self.backfills.converge(ctx.env, ctx.spec, ctx.names, ctx.owner_reference,
+                                           archive_name(ctx.spec.exchange.name), bound, topology.backfill_published,
+                                           topology.archive_problem)
+        except ApiException as exc:
+            message = f"cannot run the backfill Job: {exc.status} {exc.reason}"
+            self._event(ctx.env, "BackfillFailed", message, "Warning")
+            return BackfillOutcome(ctx.old_status.get("backfill"), False, "BackfillFailed", message)
 
     def _converge_topology(self, ctx: Context) -> TopologyOutcome:
         """Bounds, ownership, the worker's credentials and the broker objects, in that order."""
@@ -316,7 +340,16 @@ class Reconciler:
                 return outcome
             self._ensure_credentials(ctx, conn, secret, outcome)
             password = outcome.secret_data[WORKER_SECRET_PASSWORD]
-            plan = plan_converge(ctx.desired, snapshot, password)
+            backfill_password = ""
+            if ctx.desired.backfill is not None:
+                backfill_password = self.backfills.password(ctx.env, ctx.names, ctx.owner_reference, conn.url,
+                                                            ctx.spec.broker.vhost, ctx.uid)
+                outcome.archive_problem = self._ensure_archive(ctx, conn, client)
+                replays = snapshot.exchanges.get((ctx.desired.vhost, ctx.names.backfill_exchange))
+                outcome.backfill_published = replays.published if replays else None
+            elif self.settings.archive == "always":
+                self._ensure_archive(ctx, conn, client)
+            plan = plan_converge(ctx.desired, snapshot, password, backfill_password)
             outcome.problems = plan.problems
             if plan.actions:
                 self._apply(ctx, client, plan.actions)
@@ -333,6 +366,26 @@ class Reconciler:
             if ctx.old_status.get("lastError") != outcome.error:
                 self._event(ctx.env, outcome.error_reason, outcome.error, "Warning")
         return outcome
+
+    def _ensure_archive(self, ctx: Context, conn: BrokerConnection, client: Any) -> str | None:
+        """The archive of the environment's exchange (once per broker, vhost and exchange, and at each resync
+        pass); why a backfill cannot use it, if so."""
+        if self.settings.archive == "off":
+            return "the operator keeps no archive (MATCHENV_ARCHIVE=off): there is nothing to backfill from"
+        s = self.settings
+        archive = desired_archive(ctx.spec.broker.vhost, ctx.spec.exchange.name, ctx.spec.exchange.type.value,
+                                  s.archive_max_age, s.archive_max_bytes, s.archive_segment_bytes)
+        key = (*conn.key, archive.vhost, archive.exchange)
+        if ctx.prefetched is None and key in self._archives:
+            return None
+        snapshot = self._snapshot(conn, client, ctx.prefetched, archive.scope())
+        plan = plan_archive(archive, snapshot)
+        if plan.actions:
+            self._apply(ctx, client, plan.actions)
+        if plan.problems:
+            return "; ".join(plan.problems)
+        self._archives.add(key)
+        return None
 
     def _guard(self, action: Action) -> None:
         self.kube.may_write(action.describe(), "broker")
@@ -412,7 +465,8 @@ class Reconciler:
         return _workers(live), db_problem
 
     def _write_status(self, ctx: Context, topology: TopologyOutcome, workers: WorkersObservation,
-                      worker_problem: Refusal | None, autoscaling: dict[str, Any] | None = None) -> Obj:
+                      worker_problem: Refusal | None, autoscaling: dict[str, Any] | None = None,
+                      backfill: BackfillOutcome | None = None) -> Obj:
         seen = Observation(
             generation=ctx.meta.get("generation"), exchange=ctx.desired.binding_source, queue=ctx.names.queue,
             selector=ctx.names.selector, topology=topology.observation, workers=workers, problems=topology.problems,
@@ -420,6 +474,9 @@ class Reconciler:
             worker_problem=worker_problem, autoscaling=autoscaling, paused=ctx.spec.paused,
             subset_of=ctx.desired.exchange if ctx.desired.subset_exchange else None,
             routing_keys=tuple(ctx.spec.queue.routing_keys or ()),
+            backfill=backfill.status if backfill else None,
+            backfill_condition=(backfill.ok, backfill.reason, backfill.message) if backfill and backfill.status
+            else None,
         )
         old = ctx.old_status
         status = build_status(seen, old)
@@ -556,6 +613,25 @@ class Reconciler:
             return self.repair(namespace, name, uid=owner_uid)
         return self._follow_workers(namespace, name, owner_uid, deployment)
 
+    def backfill_changed(self, job: Obj, deleted: bool = False) -> Obj | None:
+        """A backfill Job of ours ended (or went): converge its environment now, so status and the next attempt
+        do not wait for the resync."""
+        meta = job.get("metadata") or {}
+        owner = next((r for r in meta.get("ownerReferences") or [] if r.get("kind") == KIND), None)
+        uid = meta.get("uid", "")
+        if owner is None or not uid:
+            return None
+        state = "Deleted" if deleted else job_state(job)
+        before = self._jobs_seen.get(uid)
+        if deleted:
+            self._jobs_seen.pop(uid, None)
+        else:
+            self._jobs_seen[uid] = state
+        # the first sight (the watch starting) only records it: the resume handlers converge everything then
+        if before is None or state in ("Running", before):
+            return None
+        return self.repair(meta.get("namespace", ""), owner.get("name", ""), uid=owner.get("uid", ""))
+
     def _follow_workers(self, namespace: str, name: str, uid: str, deployment: Obj) -> Obj | None:
         """Status follows the Deployment's pods without a converge (no broker call, no Secret read): one read of
         the environment and, when it changed, one status write. A status this cannot follow (another generation's,
@@ -596,6 +672,8 @@ class Reconciler:
                 if out_of_bounds is None:
                     done += self._apply(ctx, client, plan_detach(ctx.desired,
                                                                  client.snapshot(ctx.desired.scope())).actions)
+                if ctx.spec.backfill is not None or ctx.old_status.get("backfill"):
+                    done += self.backfills.stop(ctx.env, names)
                 self._stop_workers(ctx)
                 # out of bounds: its own user at most (delete_queue=False leaves every queue alone)
                 delete_queue = out_of_bounds is None and ctx.spec.deletion_policy is DeletionPolicy.DELETE

@@ -51,6 +51,19 @@ class OperatorSettings(BaseModel):
                                   "Lease and the publisher Secret it creates are owned by it, so deleting the "
                                   "installation deletes them too.")
 
+    archive: str = Field("always", pattern="^(always|on-demand|off)$", description="Keep a stream archive of each "
+                         "fanout exchange environments use, for backfills (MATCHENV_ARCHIVE): 'always', 'on-demand' "
+                         "(from the first environment that asks for a backfill: it gets only what came after) or "
+                         "'off'.")
+    archive_max_age: str = Field("30D", pattern=r"^[0-9]+[YMDhms]$", description="How long the archive keeps a "
+                                 "match, in RabbitMQ's max-age form, e.g. 30D, 12h (MATCHENV_ARCHIVE_MAX_AGE).")
+    archive_max_bytes: int = Field(10_000_000_000, ge=1_000_000, description="Most bytes the archive keeps; the "
+                                   "oldest go first (MATCHENV_ARCHIVE_MAX_BYTES).")
+    archive_segment_bytes: int = Field(10_000_000, ge=1_000, description="Size of the archive's segment files: "
+                                       "retention removes whole segments, so a match outlives max-age by at most "
+                                       "one segment (MATCHENV_ARCHIVE_SEGMENT_BYTES; set when the archive is "
+                                       "created).")
+
     @field_validator("queue_pattern")
     @classmethod
     def _regex(cls, value: str) -> str:
@@ -93,6 +106,10 @@ class OperatorSettings(BaseModel):
             "MATCHENV_LOG_JSON": "log_json",
             "MATCHENV_OWNER_DEPLOYMENT": "owner_deployment",
             "MATCHENV_BROKER_EVENTS": "broker_events",
+            "MATCHENV_ARCHIVE": "archive",
+            "MATCHENV_ARCHIVE_MAX_AGE": "archive_max_age",
+            "MATCHENV_ARCHIVE_MAX_BYTES": "archive_max_bytes",
+            "MATCHENV_ARCHIVE_SEGMENT_BYTES": "archive_segment_bytes",
         }
         for var, field in mapping.items():
             if env.get(var):

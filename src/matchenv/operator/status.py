@@ -41,6 +41,8 @@ class Observation:
     paused: bool = False  # spec.paused: no workers run, messages wait
     subset_of: str | None = None  # the fanout exchange whose topic exchange (``exchange``) the queue is bound to
     routing_keys: tuple[str, ...] = ()
+    backfill: dict[str, Any] | None = None  # status.backfill, None without spec.backfill
+    backfill_condition: tuple[bool, str, str] | None = None  # BackfillComplete (ok, reason, message)
 
 
 def now_rfc3339() -> str:
@@ -127,6 +129,8 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         _condition(old, "WorkersReady", work_ok, work_reason, work_msg, seen.generation, now),
         _condition(old, "Ready", ready, ready_reason, ready_msg, seen.generation, now),
     ]
+    if seen.backfill_condition is not None:
+        conditions.append(_condition(old, "BackfillComplete", *seen.backfill_condition, seen.generation, now))
     if ready:
         phase = Phase.READY
     elif seen.broker_error or seen.problems or seen.refusal or seen.worker_problem:
@@ -152,6 +156,7 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         "lastError": "; ".join(filter(None, errors)) or None,
         "conditions": conditions,
         "autoscaling": seen.autoscaling,
+        "backfill": seen.backfill,
     }
     if seen.generation is not None:
         status["observedGeneration"] = seen.generation
@@ -186,7 +191,8 @@ def refresh_workers(old_status: dict[str, Any], workers: WorkersObservation, gen
     ready, ready_reason, ready_msg = _ready(
         (topo_ok, str(topology.get("reason")), str(topology.get("message", ""))), (work_ok, work_reason, work_msg))
     conditions = [topology, _condition(old, "WorkersReady", work_ok, work_reason, work_msg, generation, now),
-                  _condition(old, "Ready", ready, ready_reason, ready_msg, generation, now)]
+                  _condition(old, "Ready", ready, ready_reason, ready_msg, generation, now),
+                  *(c for t, c in old.items() if t not in ("TopologyReady", "WorkersReady", "Ready"))]
     phase = Phase.READY.value if ready else old_status.get("phase") if not topo_ok else Phase.PENDING.value
     return {**old_status, "phase": phase, "conditions": conditions, "replicas": workers.replicas,
             "readyReplicas": workers.ready_replicas, "ready": f"{workers.ready_replicas}/{workers.replicas}"}

@@ -7,7 +7,14 @@ from typing import Any
 
 from matchenv.contracts import queue_arguments
 from matchenv.models import MatchEnvironmentSpec, QueueType
-from matchenv.naming import POLICY_PRIORITY, EnvironmentNames, broker_regex, subset_exchange_name
+from matchenv.naming import (
+    POLICY_PRIORITY,
+    EnvironmentNames,
+    archive_name,
+    archive_policy_name,
+    broker_regex,
+    subset_exchange_name,
+)
 from matchenv.topology.snapshot import Scope
 
 
@@ -31,6 +38,19 @@ class DesiredPermissions:
 
 
 @dataclass(frozen=True)
+class DesiredBackfill:
+    """What the backfill Job needs on the broker: an exchange bound to the environment's queue only (a topic one
+    with the queue's keys, so a subset gets only its part of the archive) and a user that reads the archive and
+    writes that exchange, nothing else (not the default exchange, which reaches every queue)."""
+
+    exchange: str
+    exchange_type: str
+    routing_keys: tuple[str, ...]
+    archive: str
+    permissions: DesiredPermissions
+
+
+@dataclass(frozen=True)
 class DesiredTopology:
     vhost: str
     exchange: str
@@ -44,6 +64,8 @@ class DesiredTopology:
     adopt: bool = False
     # a fanout environment with routing keys: the shared topic exchange bound to the fanout that its queue binds to
     subset_exchange: str | None = None
+    backfill: DesiredBackfill | None = None  # spec.backfill is set
+    backfill_leftover: bool = False  # no backfill wanted, but one ran: its user and exchange are to be removed
 
     @property
     def binding_source(self) -> str:
@@ -66,14 +88,19 @@ class DesiredTopology:
         """What its plans look at on the broker."""
         queues = (self.queue.name, self.names.dead_letter_queue)
         subset = (self.subset_exchange,) if self.subset_exchange else ()
-        return Scope(self.vhost, queues, (self.exchange, *subset, self.names.dead_letter_exchange),
-                     (self.names.policy,), (self.names.broker_user,), exchange_bindings=subset)
+        backfill = self.backfill is not None or self.backfill_leftover
+        return Scope(self.vhost, queues, (self.exchange, *subset, self.names.dead_letter_exchange,
+                                          *((self.names.backfill_exchange,) if backfill else ())),
+                     (self.names.policy,),
+                     (self.names.broker_user, *((self.names.backfill_user,) if backfill else ())),
+                     exchange_bindings=subset)
 
     def verification_scope(self) -> Scope:
         """What is read again after applying a plan: the queues (whose ownership marker the broker kept decides a
         race with another environment), their bindings and the dead-letter exchange."""
-        return Scope(self.vhost, (self.queue.name, self.names.dead_letter_queue), (self.names.dead_letter_exchange,),
-                     (), ())
+        subset = (self.subset_exchange,) if self.subset_exchange else ()
+        return Scope(self.vhost, (self.queue.name, self.names.dead_letter_queue),
+                     (*subset, self.names.dead_letter_exchange), (), (), exchange_bindings=subset)
 
     @property
     def policy_pattern(self) -> str:
@@ -84,8 +111,10 @@ class DesiredTopology:
         return POLICY_PRIORITY
 
 
-def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec) -> DesiredTopology:
-    """What the broker should hold for the MatchEnvironment ``namespace/name``."""
+def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec,
+                     backfill_ran: bool = False) -> DesiredTopology:
+    """What the broker should hold for the MatchEnvironment ``namespace/name`` (``backfill_ran``: its status says
+    a backfill ran, whose broker objects go once spec.backfill is gone)."""
     queue_name = spec.queue.resolved_name(name)
     names = EnvironmentNames(namespace, name, queue_name)
     # A policy only when the broker has something to enforce: a length limit, a TTL, a quorum queue's delivery
@@ -112,6 +141,17 @@ def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec) -> D
     keys = tuple(spec.queue.routing_keys or ()) or ("",)
     subset = subset_exchange_name(spec.exchange.name) if (
         spec.exchange.type.value == "fanout" and spec.queue.routing_keys) else None
+    backfill = None
+    if spec.backfill is not None:
+        archive = archive_name(spec.exchange.name)
+        backfill = DesiredBackfill(
+            exchange=names.backfill_exchange,
+            exchange_type="topic" if spec.queue.routing_keys else "fanout",
+            routing_keys=tuple(spec.queue.routing_keys or ()) or ("",),
+            archive=archive,
+            permissions=DesiredPermissions(configure="", write=broker_regex(names.backfill_exchange),
+                                           read=broker_regex(archive)),
+        )
     return DesiredTopology(
         vhost=spec.broker.vhost,
         exchange=spec.exchange.name,
@@ -124,6 +164,8 @@ def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec) -> D
         permissions=DesiredPermissions(configure=own_queue, write=write, read=own_queue),
         adopt=spec.queue.adopt,
         subset_exchange=subset,
+        backfill=backfill,
+        backfill_leftover=backfill is None and backfill_ran,
     )
 
 
@@ -140,3 +182,34 @@ class DesiredPublisher:
 def desired_publisher(user: str, exchanges: list[str], vhosts: list[str]) -> DesiredPublisher:
     write = "|".join(broker_regex(e) for e in exchanges) if exchanges else ""
     return DesiredPublisher(user, tuple(vhosts), DesiredPermissions(configure="", write=write, read=""))
+
+
+@dataclass(frozen=True)
+class DesiredArchive:
+    """The stream that keeps every match published to ``exchange``, bound to it (every key), with its retention
+    in a policy (so a changed setting applies to the live stream); shared by every environment of the exchange."""
+
+    vhost: str
+    exchange: str
+    exchange_type: str
+    name: str
+    segment_bytes: int
+    policy: str
+    policy_definition: dict[str, Any] = field(hash=False)
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return {"x-queue-type": "stream", "x-stream-max-segment-size-bytes": self.segment_bytes}
+
+    @property
+    def binding_key(self) -> str:
+        return "#" if self.exchange_type == "topic" else ""
+
+    def scope(self) -> Scope:
+        return Scope(self.vhost, (self.name,), (), (self.policy,), ())
+
+
+def desired_archive(vhost: str, exchange: str, exchange_type: str, max_age: str, max_bytes: int,
+                    segment_bytes: int) -> DesiredArchive:
+    return DesiredArchive(vhost, exchange, exchange_type, archive_name(exchange), segment_bytes,
+                          archive_policy_name(exchange), {"max-age": max_age, "max-length-bytes": max_bytes})

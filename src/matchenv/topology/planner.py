@@ -16,8 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from matchenv.contracts import OWNER_ARGUMENT
-from matchenv.naming import broker_regex, owner_of_broker_user
-from matchenv.topology.desired import DesiredPublisher, DesiredQueue, DesiredTopology
+from matchenv.naming import POLICY_PRIORITY, broker_regex, owner_of_broker_user
+from matchenv.topology.desired import (
+    DesiredArchive,
+    DesiredPermissions,
+    DesiredPublisher,
+    DesiredQueue,
+    DesiredTopology,
+)
 from matchenv.topology.snapshot import BrokerSnapshot
 
 
@@ -90,6 +96,19 @@ class DeclareQueue(Action):
 
     def describe(self) -> str:
         return f"declared {self.type} queue {self.name}"
+
+
+@dataclass(frozen=True)
+class DeclareStream(Action):
+    name: str
+    segment_bytes: int
+
+    def apply(self, broker: Broker) -> None:
+        broker.declare_queue(self.vhost, self.name, {"x-queue-type": "stream",
+                                                     "x-stream-max-segment-size-bytes": self.segment_bytes})
+
+    def describe(self) -> str:
+        return f"declared stream {self.name}"
 
 
 @dataclass(frozen=True)
@@ -266,11 +285,13 @@ def check_ownership(desired: DesiredTopology, snapshot: BrokerSnapshot) -> Refus
                            "set spec.queue.adopt: true to take it over with its messages")
         if owner != me:
             return Refusal("QueueClaimed", f"queue {name} (vhost {vhost}) belongs to MatchEnvironment {owner}")
-    if desired.dead_letter:
-        dlx = snapshot.exchanges.get((vhost, desired.names.dead_letter_exchange))
-        if dlx is not None and dlx.owner and dlx.owner != me:
-            return Refusal("QueueClaimed", f"exchange {dlx.name} (vhost {vhost}) belongs to MatchEnvironment "
-                           f"{dlx.owner}")
+    owned = ([desired.names.dead_letter_exchange] if desired.dead_letter else []) + (
+        [desired.names.backfill_exchange] if desired.backfill is not None else [])
+    for name in owned:
+        exchange = snapshot.exchanges.get((vhost, name))
+        if exchange is not None and exchange.owner and exchange.owner != me:
+            return Refusal("QueueClaimed", f"exchange {exchange.name} (vhost {vhost}) belongs to MatchEnvironment "
+                           f"{exchange.owner}")
     return None
 
 
@@ -280,8 +301,10 @@ def plan_revoke(desired: DesiredTopology, snapshot: BrokerSnapshot) -> tuple[Act
     return (ClearPermissions(desired.vhost, user),) if (user, desired.vhost) in snapshot.permissions else ()
 
 
-def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: str) -> Plan:
-    """Actions that bring the broker to ``desired``; ``password`` is the environment user's (from its Secret).
+def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: str,
+                  backfill_password: str = "") -> Plan:
+    """Actions that bring the broker to ``desired``; ``password`` is the environment user's (from its Secret),
+    ``backfill_password`` the backfill Job's (with spec.backfill).
 
     A refused environment gets no actions but the removal of any permissions its user holds on the vhost."""
     vhost, q = desired.vhost, desired.queue
@@ -337,15 +360,70 @@ def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: 
         actions.append(PutPolicy(vhost, desired.names.policy, desired.policy_pattern, desired.policy_definition,
                                  desired.policy_priority))
 
+    backfill = desired.backfill
+    if backfill is not None:
+        replays = snapshot.exchanges.get((vhost, backfill.exchange))
+        if replays is None:
+            actions.append(DeclareExchange(vhost, backfill.exchange, backfill.exchange_type, desired.owner))
+        elif replays.type != backfill.exchange_type:  # the queue's keys came or went: a new exchange, same name
+            actions += [DeleteExchange(vhost, backfill.exchange),
+                        DeclareExchange(vhost, backfill.exchange, backfill.exchange_type, desired.owner)]
+
     actions += _binding_actions(desired, snapshot)
 
+    if backfill is not None:
+        actions += _user_actions(vhost, desired.names.backfill_user, backfill.permissions, backfill_password,
+                                 snapshot)
+    elif desired.backfill_leftover:
+        actions += _backfill_removal(desired, snapshot)
+
+    actions += _user_actions(vhost, user, desired.permissions, password, snapshot)
+    return Plan(tuple(actions), tuple(problems))
+
+
+def _user_actions(vhost: str, user: str, want: DesiredPermissions, password: str,
+                  snapshot: BrokerSnapshot) -> list[Action]:
+    actions: list[Action] = []
     live_user = snapshot.users.get(user)
     if live_user is None or live_user.has_password(password) is False:
         actions.append(PutUser(vhost, user, password, exists=live_user is not None))
     perms = snapshot.permissions.get((user, vhost))
-    want = desired.permissions
     if perms is None or (perms.configure, perms.write, perms.read) != (want.configure, want.write, want.read):
         actions.append(SetPermissions(vhost, user, want.configure, want.write, want.read))
+    return actions
+
+
+def _backfill_removal(desired: DesiredTopology, snapshot: BrokerSnapshot) -> list[Action]:
+    """The backfill's user and exchange, when they exist and the exchange is this environment's."""
+    vhost, names = desired.vhost, desired.names
+    actions: list[Action] = []
+    if names.backfill_user in snapshot.users:
+        actions.append(DeleteUser(vhost, names.backfill_user))
+    exchange = snapshot.exchanges.get((vhost, names.backfill_exchange))
+    if exchange is not None and exchange.owner in (None, desired.owner):
+        actions.append(DeleteExchange(vhost, names.backfill_exchange))
+    return actions
+
+
+def plan_archive(archive: DesiredArchive, snapshot: BrokerSnapshot) -> Plan:
+    """The archive stream, bound to its exchange, with its retention policy."""
+    vhost = archive.vhost
+    actions: list[Action] = []
+    problems: list[str] = []
+    live = snapshot.queues.get((vhost, archive.name))
+    if live is None:
+        actions.append(DeclareStream(vhost, archive.name, archive.segment_bytes))
+    elif live.type != "stream":
+        problems.append(f"the archive {archive.name} exists as a {live.type} queue, not a stream: backfills cannot "
+                        "read it (delete it and the operator declares the stream)")
+        return Plan(problems=tuple(problems))
+    if not any(b.source == archive.exchange for b in snapshot.bindings_to(vhost, archive.name)):
+        actions.append(Bind(vhost, archive.exchange, archive.name, archive.binding_key))
+    policy = snapshot.policies.get((vhost, archive.policy))
+    pattern = broker_regex(archive.name)
+    if policy is None or (policy.pattern, policy.definition, policy.priority, policy.apply_to) != (
+            pattern, archive.policy_definition, POLICY_PRIORITY, "queues"):
+        actions.append(PutPolicy(vhost, archive.policy, pattern, archive.policy_definition, POLICY_PRIORITY))
     return Plan(tuple(actions), tuple(problems))
 
 
@@ -370,11 +448,13 @@ def _binding_actions(desired: DesiredTopology, snapshot: BrokerSnapshot) -> list
     vhost, queue, source = desired.vhost, desired.queue.name, desired.binding_source
     live = snapshot.bindings_to(vhost, queue)
     wanted = {(source, key) for key in desired.routing_keys}
+    if desired.backfill is not None:
+        wanted |= {(desired.backfill.exchange, key) for key in desired.backfill.routing_keys}
     # A fanout exchange ignores keys: any one binding from it counts as the one we want.
     from_ours = [b for b in live if b.source == source]
     if desired.binding_source_type == "fanout" and from_ours:
-        have = {(source, "")}
-        extra = [b for b in live if b.source != source] + from_ours[1:]
+        have = {(source, "")} | {(b.source, b.routing_key) for b in live if b.source != source}
+        extra = [b for b in live if b.source != source and (b.source, b.routing_key) not in wanted] + from_ours[1:]
     else:
         have = {(b.source, b.routing_key) for b in live}
         extra = [b for b in live if (b.source, b.routing_key) not in wanted]
@@ -399,6 +479,8 @@ def plan_remove(desired: DesiredTopology, snapshot: BrokerSnapshot, delete_queue
     actions: list[Action] = []
     if desired.names.broker_user in snapshot.users:
         actions.append(DeleteUser(vhost, desired.names.broker_user))
+    if desired.names.backfill_user in snapshot.users:
+        actions.append(DeleteUser(vhost, desired.names.backfill_user))
     refusal = check_ownership(desired, snapshot)
     if refusal is not None:
         return Plan(tuple(actions), refusal=refusal)
@@ -412,6 +494,9 @@ def plan_remove(desired: DesiredTopology, snapshot: BrokerSnapshot, delete_queue
             actions.append(DeleteExchange(vhost, desired.names.dead_letter_exchange))
         if (vhost, desired.names.policy) in snapshot.policies:
             actions.append(DeletePolicy(vhost, desired.names.policy))
+    backfill = snapshot.exchanges.get((vhost, desired.names.backfill_exchange))
+    if backfill is not None and backfill.owner == desired.owner:  # whatever the deletion policy: it holds nothing
+        actions.append(DeleteExchange(vhost, desired.names.backfill_exchange))
     return Plan(tuple(actions))
 
 

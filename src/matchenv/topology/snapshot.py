@@ -65,6 +65,8 @@ class Exchange:
     type: str
     durable: bool = True
     arguments: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # messages published to it (its statistics, when the broker reports them: an exchange read alone)
+    published: int | None = field(default=None, compare=False)
 
     @property
     def owner(self) -> str | None:
@@ -73,7 +75,8 @@ class Exchange:
 
     @classmethod
     def from_api(cls, row: dict[str, Any]) -> Exchange:
-        return cls(row["vhost"], row["name"], row["type"], bool(row.get("durable", True)), row.get("arguments") or {})
+        return cls(row["vhost"], row["name"], row["type"], bool(row.get("durable", True)), row.get("arguments") or {},
+                   _count(row.get("message_stats") or {}, "publish_in"))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,213 @@
+"""One environment's backfill: its Secret, its one-shot Job, and what ``status.backfill`` and the
+``BackfillComplete`` condition say of it.
+
+A backfill is a request (a digest of ``spec.backfill``): its start instant is fixed when the operator first sees it
+(``since`` counts back from then), and its Job starts only once the environment's queue is bound, so the archive's
+end at the Job's start covers everything the queue did not get directly. A Job that fails (its pods retried) is
+reported with the reason its pod gave, and a new one starts after a back-off; a changed ``spec.backfill`` replaces
+it; a removed one deletes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from matchenv.contracts import WORKER_SECRET_PASSWORD
+from matchenv.models import BackfillPhase, BackfillSpec, MatchEnvironmentSpec
+from matchenv.naming import BACKFILL_COMPONENT, COMPONENT_LABEL, ENV_LABEL, EnvironmentNames
+from matchenv.operator import builders
+from matchenv.operator.kube import Kube
+from matchenv.operator.tenancy import owned_by
+
+log = logging.getLogger("matchenv.operator")
+Obj = dict[str, Any]
+RETRY_FIRST_SECONDS = 30.0
+RETRY_MAX_SECONDS = 1800.0
+
+
+def request_digest(spec: BackfillSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+                          ).hexdigest()[:16]
+
+
+def _rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def retry_delay(attempts: int) -> float:
+    return float(min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** max(0, attempts - 1)))
+
+
+def job_state(job: Obj) -> str:
+    """Complete, Failed or Running, from the Job's conditions."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") == "True" and condition.get("type") in ("Complete", "Failed"):
+            return str(condition["type"])
+    return "Running"
+
+
+def termination(pods: list[Obj]) -> tuple[dict[str, Any], str]:
+    """What the Job's last finished pod said (``matchenv backfill`` writes one JSON object), and the kubelet's
+    reason when it said nothing (e.g. OOMKilled, DeadlineExceeded)."""
+    finished = []
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            ended = (status.get("state") or {}).get("terminated")
+            if ended:
+                finished.append((str(ended.get("finishedAt") or ""), ended))
+    if not finished:
+        return {}, ""
+    _, ended = max(finished, key=lambda f: f[0])
+    try:
+        said = json.loads(ended.get("message") or "")
+    except ValueError:
+        said = {}
+    reason = f"exit code {ended.get('exitCode')} ({ended.get('reason') or 'Error'})"
+    return (said if isinstance(said, dict) else {}), reason
+
+
+@dataclass(frozen=True)
+class BackfillOutcome:
+    status: Obj | None  # status.backfill; None: no backfill asked for
+    ok: bool = False
+    reason: str = ""
+    message: str = ""
+
+
+class Backfills:
+    def __init__(self, kube: Kube, event: Callable[[Obj, str, str, str], None],
+                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+        self.kube = kube
+        self.event = event
+        self.now = now
+
+    @staticmethod
+    def selector(names: EnvironmentNames) -> str:
+        return f"{ENV_LABEL}={names.name},{COMPONENT_LABEL}={BACKFILL_COMPONENT}"
+
+    def password(self, env: Obj, names: EnvironmentNames, owner: Obj, broker_url: str, vhost: str, uid: str) -> str:
+        """The backfill user's password, from Secret ``<env>-backfill`` (minted once, written before the user)."""
+        secret = self.kube.get_secret(names.namespace, names.backfill_secret)
+        data = builders.decode_secret_data((secret or {}).get("data")) if owned_by(secret, uid) else {}
+        password = data.get(WORKER_SECRET_PASSWORD) or secrets.token_urlsafe(24)
+        body = builders.build_backfill_secret(names, owner, broker_url, password, vhost)
+        if data != body["stringData"]:
+            if secret is not None and not owned_by(secret, uid):
+                raise builders.SecretDecodeError(f"Secret {names.backfill_secret} exists and is not this "
+                                                 "environment's: the backfill cannot have its credentials")
+            self.kube.apply_secret(body)
+        return password
+
+    def converge(self, env: Obj, spec: MatchEnvironmentSpec, names: EnvironmentNames, owner: Obj, archive: str,
+                 bound: bool, delivered_so_far: int | None, archive_problem: str | None) -> BackfillOutcome:
+        """Move the backfill one step on; what status says of it."""
+        old: Obj = (env.get("status") or {}).get("backfill") or {}
+        uid = env["metadata"]["uid"]
+        jobs = [j for j in self.kube.list_jobs(names.namespace, self.selector(names)) if owned_by(j, uid)]
+        if spec.backfill is None:
+            self._delete(env, jobs, keep=None)
+            return BackfillOutcome(None)
+        request = request_digest(spec.backfill)
+        now = self.now()
+        state: Obj = dict(old) if old.get("request") == request else {
+            "request": request, "phase": BackfillPhase.PENDING.value, "attempts": 0,
+            "from": _rfc3339(spec.backfill.start(now))}
+        start = state["from"]
+        current = next((j for j in jobs if j["metadata"]["name"] == state.get("job")), None)
+        self._delete(env, jobs, keep=current)  # a previous request's Job
+        phase = state["phase"]
+        if archive_problem:
+            state.update(phase=BackfillPhase.PENDING.value, message=archive_problem)
+            return BackfillOutcome(state, False, "ArchiveUnavailable", archive_problem)
+        if phase == BackfillPhase.COMPLETE.value:
+            return BackfillOutcome(state, True, "Completed", state.get("message") or "")
+        if current is not None and phase == BackfillPhase.RUNNING.value:
+            finished = job_state(current)
+            if finished == "Running":
+                if delivered_so_far is not None:
+                    state["delivered"] = delivered_so_far
+                message = f"Job {current['metadata']['name']} replaying the archive from {start}" + (
+                    f"; {state['delivered']} delivered so far" if state.get("delivered") is not None else "")
+                state["message"] = message
+                return BackfillOutcome(state, False, "Running", message)
+            said, kubelet = termination(self.kube.list_pods(names.namespace, f"job-name={current['metadata']['name']}"))
+            if finished == "Complete":
+                delivered = said.get("delivered")
+                message = f"delivered {delivered if delivered is not None else 'the'} archived matches from " \
+                          f"{start} (Job {current['metadata']['name']})"
+                state.update(phase=BackfillPhase.COMPLETE.value, completionTime=_rfc3339(now), message=message,
+                             delivered=delivered)
+                state.pop("retryTime", None)
+                self.event(env, "BackfillComplete", message, "Normal")
+                return BackfillOutcome(state, True, "Completed", message)
+            why = said.get("message") or _job_failure(current) or kubelet or "the Job failed"
+            retry = now + dt.timedelta(seconds=retry_delay(int(state.get("attempts") or 1)))
+            message = f"Job {current['metadata']['name']} failed: {why}; a new one starts at {_rfc3339(retry)}"
+            state.update(phase=BackfillPhase.FAILED.value, retryTime=_rfc3339(retry), message=message)
+            self.event(env, "BackfillFailed", message, "Warning")
+            return BackfillOutcome(state, False, "BackfillFailed", message)
+        if not bound:
+            message = f"waiting for queue {names.queue} to be bound before replaying the archive"
+            state.update(phase=BackfillPhase.PENDING.value, message=message)
+            return BackfillOutcome(state, False, "WaitingForQueue", message)
+        if phase == BackfillPhase.FAILED.value:
+            retry_at = _parse(state.get("retryTime"))
+            if retry_at is not None and now < retry_at:
+                return BackfillOutcome(state, False, "BackfillFailed", state.get("message") or "")
+            if current is not None:
+                self._delete(env, [current], keep=None)
+        attempts = int(state.get("attempts") or 0) + 1
+        job = names.backfill_job(request, attempts)
+        body = builders.build_backfill_job(names, spec, owner, job, archive, start,
+                                           mandatory=not spec.queue.routing_keys)
+        existing = next((j for j in jobs if j["metadata"]["name"] == job), None)
+        if existing is None:
+            self.kube.create_job(body)
+            self.event(env, "BackfillStarted", f"started Job {job}: the archive {archive} from {start} into queue "
+                       f"{names.queue} (attempt {attempts})", "Normal")
+        message = f"Job {job} replaying the archive from {start}"
+        state.update(phase=BackfillPhase.RUNNING.value, job=job, attempts=attempts, startTime=_rfc3339(now),
+                     message=message, delivered=None)
+        state.pop("retryTime", None)
+        return BackfillOutcome(state, False, "Running", message)
+
+    def stop(self, env: Obj, names: EnvironmentNames) -> list[str]:
+        """Delete every backfill Job of the environment (its deletion)."""
+        uid = env["metadata"]["uid"]
+        jobs = [j for j in self.kube.list_jobs(names.namespace, self.selector(names)) if owned_by(j, uid)]
+        return self._delete(env, jobs, keep=None)
+
+    def _delete(self, env: Obj, jobs: list[Obj], keep: Obj | None) -> list[str]:
+        done = []
+        for job in jobs:
+            meta = job["metadata"]
+            if (keep is not None and meta["uid"] == keep["metadata"]["uid"]) or meta.get("deletionTimestamp"):
+                continue
+            if self.kube.delete_job(meta["namespace"], meta["name"], meta["uid"]):
+                done.append(f"deleted Job {meta['name']}")
+        if done:
+            self.event(env, "BackfillStopped", "; ".join(done), "Normal")
+        return done
+
+
+def _job_failure(job: Obj) -> str:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return f"{condition.get('reason') or ''} {condition.get('message') or ''}".strip()
+    return ""
