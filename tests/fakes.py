@@ -15,7 +15,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from matchenv.topology.client import BrokerUnreachable
+from matchenv.topology.client import BrokerNotFound, BrokerUnreachable
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
 
 Obj = dict[str, Any]
@@ -100,12 +100,16 @@ class SimulatedBroker:
 
     def bind_queue(self, vhost: str, exchange: str, queue: str, routing_key: str = "") -> None:
         self._call()
+        if (vhost, exchange) not in self.exchanges or (vhost, queue) not in self.queues:  # as RabbitMQ answers
+            raise BrokerNotFound(f"POST /api/bindings: 404 no exchange {exchange!r} or queue {queue!r}")
         binding = Binding(vhost, exchange, queue, "queue", routing_key, routing_key or "~")
         if binding not in self.bindings:
             self.bindings.append(binding)
 
     def bind_exchange(self, vhost: str, source: str, destination: str, routing_key: str = "") -> None:
         self._call()
+        if (vhost, source) not in self.exchanges or (vhost, destination) not in self.exchanges:
+            raise BrokerNotFound(f"POST /api/bindings: 404 no exchange {source!r} or {destination!r}")
         binding = Binding(vhost, source, destination, "exchange", routing_key, routing_key or "~")
         if binding not in self.bindings:
             self.bindings.append(binding)

@@ -1,6 +1,6 @@
-"""What the feed gives beyond one copy per environment, on worker pods of the real node: a subset by topic through the
-topic exchange bound to the fanout, and dead letters a team lists, reads, redrives and purges from the command line
-and as a kubectl plugin."""
+"""What the feed gives beyond one copy per environment, on worker pods of the real node: a new environment backfilled
+from the archive so that it holds what the others hold, a subset by topic through the topic exchange bound to the
+fanout, and dead letters a team lists, reads, redrives and purges from the command line and as a kubectl plugin."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,9 +49,53 @@ def _rows(database: str, where: str) -> int:
         return int(conn.execute(f"select count(*) from matches where {where}").fetchone()[0])  # type: ignore[index]
 
 
+def _published_to(pipeline: Pipeline, queue: str) -> int:
+    """Messages the broker routed into ``queue`` since it was made (its statistics)."""
+    stats = pipeline.broker._request("GET", f"/api/queues/%2F/{queue}").get("message_stats") or {}
+    return int(stats.get("publish") or 0)
+
+
+def test_a_new_environment_is_backfilled_from_the_archive_and_holds_what_the_others_hold(pipeline: Pipeline) -> None:
+    pipeline.apply("prod")
+    pipeline.apply("dev")
+    pipeline.wait_ready("prod", "dev")
+    result = pipeline.scrape("--synthetic", "500")
+    assert result.returncode == 0, result.stderr
+    pipeline.wait_rows({"prod": 500, "dev": 500})
+    # staging joins late and asks for the last hour; 200 more are scraped while its backfill runs
+    pipeline.apply("staging", backfill={"since": "1h"})
+    more: list[subprocess.CompletedProcess[str]] = []
+    scraper = threading.Thread(target=lambda: more.append(pipeline.scrape("--synthetic", "200", "--start", "500",
+                                                                          "--max-rate", "100")))
+    scraper.start()
+    pipeline.wait_ready("staging")
+    scraper.join(timeout=120)
+    assert more, "the scrape did not end"
+    assert more[0].returncode == 0, more[0].stderr
+    pipeline.kubectl.run("wait", "--for=condition=BackfillComplete", "menv/staging", "--timeout=180s", timeout=200)
+    pipeline.wait_rows({"prod": 700, "dev": 700, "staging": 700})
+    for env in ("prod", "dev", "staging"):
+        assert pipeline.duplicates(env) == 0, env
+    # prod and dev got each match once: the backfill went to staging's queue only
+    wait_for(lambda: _published_to(pipeline, "matches.prod") == 700, timeout=30, what="prod's queue took 700")
+    assert _published_to(pipeline, "matches.dev") == 700
+    status = pipeline.kubectl.get_json("menv", "staging")["status"]
+    print(json.dumps(status["backfill"], indent=2))
+    assert status["backfill"]["phase"] == "Complete"
+    assert status["backfill"]["delivered"] >= 500
+    condition = next(c for c in status["conditions"] if c["type"] == "BackfillComplete")
+    assert condition["reason"] == "Completed"
+    assert f"delivered {status['backfill']['delivered']} archived matches" in condition["message"]
+    # the Job ran as a pod of the real node, with its own least-privilege broker user
+    [job] = pipeline.kubectl.get_json("jobs", "-l", "matchenv.io/environment=staging")["items"]
+    assert job["status"].get("succeeded") == 1
+    users = {u.name for u in pipeline.broker.list_users()}
+    assert "matchenv-backfill.default.staging" in users
+
+
 def test_routing_keys_take_a_subset_through_the_topic_exchange_on_the_fanout(pipeline: Pipeline,
                                                                               tmp_path: Path) -> None:
-    pipeline.apply("prod")
+    prod = pipeline.rows("prod")
     pipeline.apply("u14", queue={"routingKeys": ["U14.#"]})
     pipeline.wait_ready("prod", "u14")
     status = pipeline.kubectl.get_json("menv", "u14")["status"]
@@ -65,11 +110,11 @@ def test_routing_keys_take_a_subset_through_the_topic_exchange_on_the_fanout(pip
     result = pipeline.scrape("--from-file", str(source))
     assert result.returncode == 0, result.stderr
     assert "confirmed 300" in result.stdout
-    pipeline.wait_rows({"prod": 300, "u14": 75})
+    pipeline.wait_rows({"prod": prod + 300, "u14": 75})
     assert _rows(pipeline.databases["u14"], "age_group <> 'U14'") == 0
     # an existing protocol-1 producer publishes with an empty key: the fanout's environments only
     _protocol1(pipeline, "matches-fanout", "", [{**matches[1], "external_match_id": "protocol1-u14"}])
-    pipeline.wait_rows({"prod": 301})
+    pipeline.wait_rows({"prod": prod + 301})
     pipeline.wait_rows({"u14": 75}, timeout=5)
     assert pipeline.queue_depth("matches.u14") == 0
     assert pipeline.duplicates("prod") == 0
@@ -88,8 +133,7 @@ def _dlq(pipeline: Pipeline, *args: str, kubectl_plugin: bool = False) -> subpro
 
 
 def test_dead_letters_are_listed_shown_redriven_and_purged(pipeline: Pipeline, tmp_path: Path) -> None:
-    pipeline.apply("staging")
-    pipeline.wait_ready("staging")
+    pipeline.wait_ready("staging")  # made by the backfill test
     database = pipeline.database("staging")
     wait_for(lambda: _rows(database, "true") >= 0, timeout=60, what="the staging schema")
     # a database that refuses some matches for good: a check constraint the workers cannot satisfy

@@ -104,6 +104,7 @@ class Prefetched:
     deployments: dict[tuple[str, str], Obj] = field(default_factory=dict)
     secrets: dict[tuple[str, str], Obj | None] = field(default_factory=dict)
     started: float = 0.0  # when the pass began reading (clock): data older than any converge finished since
+    archives: set[tuple[str, ...]] = field(default_factory=set)  # archives this pass has looked at
 
 
 @dataclass
@@ -344,11 +345,8 @@ class Reconciler:
             if ctx.desired.backfill is not None:
                 backfill_password = self.backfills.password(ctx.env, ctx.names, ctx.owner_reference, conn.url,
                                                             ctx.spec.broker.vhost, ctx.uid)
-                outcome.archive_problem = self._ensure_archive(ctx, conn, client)
                 replays = snapshot.exchanges.get((ctx.desired.vhost, ctx.names.backfill_exchange))
                 outcome.backfill_published = replays.published if replays else None
-            elif self.settings.archive == "always":
-                self._ensure_archive(ctx, conn, client)
             plan = plan_converge(ctx.desired, snapshot, password, backfill_password)
             outcome.problems = plan.problems
             if plan.actions:
@@ -361,6 +359,8 @@ class Reconciler:
                     self._apply(ctx, client, plan_revoke(ctx.desired, snapshot))
                     return outcome
             outcome.observation = observe(ctx.desired, snapshot)
+            if ctx.desired.backfill is not None or self.settings.archive == "always":
+                outcome.archive_problem = self._ensure_archive(ctx, conn, client)  # after: its exchange exists
         except (BrokerError, BrokerConfigError, builders.SecretDecodeError) as exc:
             outcome.error, outcome.error_reason = str(exc), _error_reason(exc)
             if ctx.old_status.get("lastError") != outcome.error:
@@ -376,15 +376,23 @@ class Reconciler:
         archive = desired_archive(ctx.spec.broker.vhost, ctx.spec.exchange.name, ctx.spec.exchange.type.value,
                                   s.archive_max_age, s.archive_max_bytes, s.archive_segment_bytes)
         key = (*conn.key, archive.vhost, archive.exchange)
-        if ctx.prefetched is None and key in self._archives:
+        # once per process, and once per resync pass (its snapshot shows drift), never once per environment
+        done = self._archives if ctx.prefetched is None else ctx.prefetched.archives
+        if key in done:
             return None
-        snapshot = self._snapshot(conn, client, ctx.prefetched, archive.scope())
-        plan = plan_archive(archive, snapshot)
-        if plan.actions:
-            self._apply(ctx, client, plan.actions)
+        try:
+            snapshot = self._snapshot(conn, client, ctx.prefetched, archive.scope())
+            plan = plan_archive(archive, snapshot)
+            if plan.actions:
+                self._apply(ctx, client, plan.actions)
+        except BrokerError as exc:
+            log.warning("the archive %s: %s", archive.name, exc)
+            return f"cannot keep the archive {archive.name}: {exc}"
         if plan.problems:
             return "; ".join(plan.problems)
         self._archives.add(key)
+        if ctx.prefetched is not None:
+            ctx.prefetched.archives.add(key)
         return None
 
     def _guard(self, action: Action) -> None:

@@ -56,6 +56,7 @@ class Container:
     waiting_reason: str | None = "ContainerCreating"
     waiting_message: str = ""
     last_exit: int | None = None
+    finished_at: str = ""
 
 
 @dataclass
@@ -127,8 +128,13 @@ class ProcessRunner:
         all_ready = all(s["ready"] for s in statuses)
         running = any("running" in s["state"] for s in statuses)
         ready = "True" if all_ready else "False"
+        ended = [s["state"]["terminated"] for s in statuses if "terminated" in s["state"]]
+        phase = "Running" if running else "Pending"
+        if entry.restart_policy != "Always" and len(ended) == len(statuses):
+            # a Job's pod: done when every container ended for good (OnFailure restarts the failed ones)
+            phase = "Succeeded" if all(e["exitCode"] == 0 for e in ended) else "Failed"
         return {
-            "phase": "Running" if running else "Pending",
+            "phase": phase,
             "hostIP": "127.0.0.1",
             "podIP": "127.0.0.1",
             "podIPs": [{"ip": "127.0.0.1"}],
@@ -147,6 +153,7 @@ class ProcessRunner:
         proc = c.proc
         if proc is not None and proc.poll() is not None:
             c.last_exit = proc.returncode
+            c.finished_at = _now()
             c.proc = None
             restart = entry.restart_policy == "Always" or (entry.restart_policy == "OnFailure" and proc.returncode)
             log.info("%s/%s container %s exited with %s%s", entry.namespace, entry.name, c.name, proc.returncode,
@@ -165,7 +172,9 @@ class ProcessRunner:
                     "state": {"running": {"startedAt": c.started_at}}}
         if c.waiting_reason is None:
             return {**base, "ready": False, "started": False,
-                    "state": {"terminated": {"exitCode": c.last_exit or 0, "reason": "Completed"}}}
+                    "state": {"terminated": {"exitCode": c.last_exit or 0,
+                                             "reason": "Error" if c.last_exit else "Completed",
+                                             "finishedAt": c.finished_at}}}
         return {**base, "ready": False, "started": False,
                 "state": {"waiting": {"reason": c.waiting_reason, "message": c.waiting_message}}}
 
