@@ -3,6 +3,7 @@ typed errors."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,8 +22,8 @@ from matchenv.topology.client import (
     BrokerUnreachable,
     ManagementClient,
 )
-from matchenv.topology.desired import DesiredTopology, desired_topology
-from matchenv.topology.planner import Plan, plan_converge, plan_detach, plan_remove
+from matchenv.topology.desired import DesiredTopology, desired_archive, desired_topology
+from matchenv.topology.planner import Plan, plan_archive, plan_converge, plan_detach, plan_remove
 from matchenv_devkit.services.process import wait_for
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.cases import environment
@@ -404,3 +405,54 @@ def test_queue_and_dead_letter_exchange_carry_the_owner_marker(broker: Managemen
     refused = plan_converge(other, broker.snapshot(), "pw")
     assert refused.refusal is not None
     assert refused.refusal.reason == "QueueClaimed"
+
+
+def test_the_archive_keeps_every_match_once_and_lets_go_of_those_older_than_its_age(
+        rabbitmq: RabbitMQNode, broker: ManagementClient, unique: str) -> None:
+    exchange = f"fan-{unique}"
+    broker.declare_exchange("/", exchange, "fanout")
+    # a short age and small segments: retention drops whole segments, when a new one begins
+    archive = desired_archive("/", exchange, "fanout", "3s", 10_000_000, 4_000)
+    plan = plan_archive(archive, broker.snapshot(archive.scope()))
+    apply_plan(broker, plan)
+    assert plan_archive(archive, broker.snapshot(archive.scope())) == Plan()
+    assert broker.get_queue("/", archive.name).type == "stream"
+    wait_for(lambda: broker._request("GET", f"/api/queues/%2F/{archive.name}").get("effective_policy_definition")
+             == {"max-age": "3s", "max-length-bytes": 10_000_000}, what="the retention policy on the stream")
+
+    def publish(first: int, count: int) -> None:
+        with pika.BlockingConnection(pika.URLParameters(rabbitmq.endpoints.amqp_url)) as conn:
+            channel = conn.channel()
+            channel.confirm_delivery()
+            for i in range(first, first + count):
+                channel.basic_publish(exchange, "", json.dumps({"i": i, "pad": "x" * 300}).encode(),
+                                      pika.BasicProperties(delivery_mode=2))
+
+    def archived() -> list[int]:
+        with pika.BlockingConnection(pika.URLParameters(rabbitmq.endpoints.amqp_url)) as conn:
+            channel = conn.channel()
+            channel.basic_qos(prefetch_count=100)
+            seen = []
+            for method, _props, body in channel.consume(archive.name, arguments={"x-stream-offset": "first"},
+                                                        inactivity_timeout=1.0):
+                if method is None:
+                    break
+                seen.append(json.loads(body)["i"])
+                channel.basic_ack(method.delivery_tag)
+            return seen
+
+    try:
+        publish(0, 40)
+        assert archived() == list(range(40))  # each once, in order, whoever consumed before
+        # retention runs when a segment is full and drops whole segments older than max-age: the segment that
+        # was being written when the age passed goes at the next round
+        for first in (40, 80):
+            time.sleep(4)  # what is archived is older than max-age now
+            publish(first, 40)
+        kept = wait_for(lambda: (seen := archived()) and seen[0] >= 40 and seen, timeout=20,
+                        what="the matches older than max-age gone from the archive")
+        assert kept == list(range(kept[0], 120))
+    finally:
+        broker.delete_queue("/", archive.name)
+        broker.delete_policy("/", archive.policy)
+        broker.delete_exchange("/", exchange)
