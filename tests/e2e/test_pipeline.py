@@ -40,12 +40,14 @@ def test_prod_and_dev_receive_every_scraped_match(pipeline: Pipeline) -> None:
     pipeline.wait_rows({"prod": 500, "dev": 500})
 
 
-def test_applying_staging_adds_an_environment_that_gets_the_next_scrape(pipeline: Pipeline) -> None:
-    pipeline.apply("staging")
+def test_applying_staging_adds_an_environment_that_starts_with_the_data_and_gets_the_next_scrape(
+        pipeline: Pipeline) -> None:
+    pipeline.apply("staging")  # the example: backfill.since 168h
     pipeline.wait_ready("staging")
     result = pipeline.scrape("--synthetic", "200", "--start", "500")
     assert result.returncode == 0, result.stderr
-    pipeline.wait_rows({"prod": 700, "dev": 700, "staging": 200})
+    pipeline.wait_rows({"prod": 700, "dev": 700, "staging": 700})
+    assert pipeline.duplicates("staging") == 0
     lines = pipeline.kubectl.run("get", "matchenvironments").stdout.splitlines()
     print("\n" + "\n".join(lines))
     assert all(line.split()[-2] == "Ready" for line in lines[1:])
@@ -54,11 +56,11 @@ def test_applying_staging_adds_an_environment_that_gets_the_next_scrape(pipeline
 def test_queue_flag_reaches_one_environment_and_no_submit_none(pipeline: Pipeline) -> None:
     result = pipeline.scrape("--synthetic", "10", "--seed", "99", "--queue", "matches.prod")
     assert result.returncode == 0, result.stderr
-    pipeline.wait_rows({"prod": 710, "dev": 700, "staging": 200})
+    pipeline.wait_rows({"prod": 710, "dev": 700, "staging": 700})
     result = pipeline.scrape("--synthetic", "10", "--seed", "98", "--no-submit-queue")
     assert result.returncode == 0
     assert "published 0" in result.stdout
-    pipeline.wait_rows({"prod": 710, "dev": 700, "staging": 200}, timeout=10)
+    pipeline.wait_rows({"prod": 710, "dev": 700, "staging": 700}, timeout=10)
 
 
 def test_deleted_environment_gets_nothing_more(pipeline: Pipeline) -> None:
@@ -66,7 +68,7 @@ def test_deleted_environment_gets_nothing_more(pipeline: Pipeline) -> None:
     assert pipeline.queue_depth("matches.dev") is None  # deletionPolicy: Delete
     result = pipeline.scrape("--synthetic", "100", "--start", "700")
     assert result.returncode == 0, result.stderr
-    pipeline.wait_rows({"prod": 810, "dev": 700, "staging": 300})
+    pipeline.wait_rows({"prod": 810, "dev": 700, "staging": 800})
 
 
 def test_with_no_environment_bound_the_scrape_fails_as_unroutable(pipeline: Pipeline) -> None:

@@ -68,7 +68,8 @@ def _installed_demo(state_dir: Path, keep: bool, say: Say, stoppers: list[Callab
     install.scrape_job("scrape-1")
     say("   " + install.job_log("scrape-1").strip().splitlines()[-1])
     install.wait_rows({"prod": 1000, "dev": 1000})
-    say("== kubectl apply -f manifests/environments/staging/matchenvironment.yaml   (one YAML adds an environment)")
+    say("== kubectl apply -f manifests/environments/staging/matchenvironment.yaml   (one YAML adds an environment;"
+        " backfill.since: 168h replays the feed's archive into it)")
     kubectl.run("apply", "-f", str(install.manifests / "environments/staging/matchenvironment.yaml"))
     install.wait_ready("staging")
     say("== the next scrape (200 new matches): kubectl create job --from=cronjob/matchenv-scrape scrape-2")
@@ -76,7 +77,9 @@ def _installed_demo(state_dir: Path, keep: bool, say: Say, stoppers: list[Callab
                 '{"data": {"MATCHENV_SCRAPE_SYNTHETIC": "200", "MATCHENV_SCRAPE_START": "1000"}}')
     install.scrape_job("scrape-2")
     say("   " + install.job_log("scrape-2").strip().splitlines()[-1])
-    install.wait_rows({"prod": 1200, "dev": 1200, "staging": 200})
+    install.wait_rows({"prod": 1200, "dev": 1200, "staging": 1200})
+    kubectl.run("wait", "--for=condition=BackfillComplete", "menv/staging", "--timeout=180s", timeout=200)
+    say("   staging: " + _backfill_message(kubectl))
     _report(say, kubectl, install.rows, install.duplicates)
     if keep:
         say("\nEverything is still running. In another shell:")
@@ -99,12 +102,15 @@ def _process_demo(state_dir: Path, keep: bool, say: Say, stoppers: list[Callable
     say("== matchenv scrape --synthetic 500")
     say("   " + stack.scrape("--synthetic", "500").stdout.strip())
     stack.wait_rows({"prod": 500, "dev": 500})
-    say("== kubectl apply -f manifests/environments/staging/matchenvironment.yaml   (one YAML adds an environment)")
+    say("== kubectl apply -f manifests/environments/staging/matchenvironment.yaml   (one YAML adds an environment;"
+        " backfill.since: 168h replays the feed's archive into it)")
     stack.apply("staging")
     stack.wait_ready("staging")
     say("== matchenv scrape --synthetic 200 --start 500")
     say("   " + stack.scrape("--synthetic", "200", "--start", "500").stdout.strip())
-    stack.wait_rows({"prod": 700, "dev": 700, "staging": 200})
+    stack.wait_rows({"prod": 700, "dev": 700, "staging": 700})
+    stack.kubectl.run("wait", "--for=condition=BackfillComplete", "menv/staging", "--timeout=180s", timeout=200)
+    say("   staging: " + _backfill_message(stack.kubectl))
     _report(say, stack.kubectl, stack.rows, stack.duplicates)
     if keep:
         say("\nEverything is still running. In another shell:")
@@ -112,6 +118,11 @@ def _process_demo(state_dir: Path, keep: bool, say: Say, stoppers: list[Callable
         say(f"   export RABBITMQ_URL='{stack.rabbitmq.endpoints.amqp_url}'")
         say("   kubectl get menv; matchenv scrape --synthetic 100")
         _wait_for_ctrl_c(say)
+
+
+def _backfill_message(kubectl: Kubectl) -> str:
+    status = kubectl.get_json("menv", "staging").get("status") or {}
+    return str((status.get("backfill") or {}).get("message") or "")
 
 
 def _report(say: Say, kubectl: Kubectl, rows: Callable[[str], int], duplicates: Callable[[str], int]) -> None:
