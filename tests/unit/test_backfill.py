@@ -148,3 +148,24 @@ def test_the_termination_message_of_the_last_pod_is_read() -> None:
     assert said == {}
     assert kubelet == "exit code 137 (Error)"
     assert termination([]) == ({}, "")
+
+
+def test_the_archive_stops_following_the_exchange_when_its_last_environment_goes() -> None:
+    world = World()
+    world.add("prod")
+    world.add("dev")
+    world.converge("prod")
+    world.converge("dev")
+
+    def archived() -> bool:
+        return any(b.source == "matches-fanout" for b in world.broker.snapshot().bindings_to(*ARCHIVE))
+
+    world.delete("dev")
+    del world.kube.environments[("default", "dev")]
+    assert archived()  # prod still takes the feed
+    world.delete("prod")
+    assert not archived()  # a publish that reaches no environment is unroutable again, not archived silently
+    assert ARCHIVE in world.broker.queues  # what it holds is kept
+    world.add("staging")
+    world.converge("staging")
+    assert archived()

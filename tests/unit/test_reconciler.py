@@ -320,6 +320,7 @@ def test_a_pass_that_listed_an_environment_before_its_deletion_puts_nothing_back
 
     def listing(namespace: str | None = None) -> list[dict[str, Any]]:
         stale = real_list(namespace)  # read before the delete handler ran
+        world.kube.list_environments = real_list  # type: ignore[method-assign]  # the teardown lists too
         world.delete("dev")
         del world.kube.environments[("default", "dev")]
         return stale

@@ -60,6 +60,7 @@ from matchenv.topology.planner import (
     check_ownership,
     observe,
     plan_archive,
+    plan_archive_detach,
     plan_converge,
     plan_detach,
     plan_remove,
@@ -395,6 +396,33 @@ class Reconciler:
             ctx.prefetched.archives.add(key)
         return None
 
+    def _release_archive(self, ctx: Context, conn: BrokerConnection, client: Any) -> list[str]:
+        """When the last environment of an exchange goes, the archive stops following it (and keeps what it
+        holds): with no environment bound, a publish is reported unroutable, as it should be."""
+        if self.settings.archive == "off":
+            return []
+        mine = (ctx.spec.exchange.name, ctx.spec.broker.vhost, self._broker_ref(ctx.env, ctx.spec))
+        namespaces: list[str | None] = list(self.settings.namespaces) or [None]
+        for ns in namespaces:
+            for other in self.kube.list_environments(ns):
+                if other["metadata"]["uid"] == ctx.uid or other["metadata"].get("deletionTimestamp"):
+                    continue
+                try:
+                    spec = MatchEnvironmentSpec.model_validate(other.get("spec") or {})
+                except ValidationError:
+                    continue
+                if (spec.exchange.name, spec.broker.vhost, self._broker_ref(other, spec)) == mine:
+                    return []
+        s = self.settings
+        archive = desired_archive(ctx.spec.broker.vhost, ctx.spec.exchange.name, ctx.spec.exchange.type.value,
+                                  s.archive_max_age, s.archive_max_bytes, s.archive_segment_bytes)
+        self._archives.discard((*conn.key, archive.vhost, archive.exchange))
+        return self._apply(ctx, client, plan_archive_detach(archive, client.snapshot(archive.scope())).actions)
+
+    def _broker_ref(self, env: Obj, spec: MatchEnvironmentSpec) -> tuple[str, str]:
+        ref = spec.broker.connection_secret_ref
+        return (env["metadata"]["namespace"], ref.name) if ref else self.settings.broker_secret_ref
+
     def _guard(self, action: Action) -> None:
         self.kube.may_write(action.describe(), "broker")
 
@@ -687,6 +715,7 @@ class Reconciler:
                 delete_queue = out_of_bounds is None and ctx.spec.deletion_policy is DeletionPolicy.DELETE
                 remove = plan_remove(ctx.desired, client.snapshot(ctx.desired.scope()), delete_queue=delete_queue)
                 done += self._apply(ctx, client, remove.actions)
+                done += self._release_archive(ctx, conn, client)
             except (BrokerError, BrokerConfigError, builders.SecretDecodeError) as exc:
                 message = f"cannot remove the broker topology yet: {exc}"
                 self._event(ctx.env, _error_reason(exc), message, "Warning")

@@ -427,6 +427,14 @@ def plan_archive(archive: DesiredArchive, snapshot: BrokerSnapshot) -> Plan:
     return Plan(tuple(actions), tuple(problems))
 
 
+def plan_archive_detach(archive: DesiredArchive, snapshot: BrokerSnapshot) -> Plan:
+    """The archive stops following its exchange (it keeps what it holds): the last environment of the exchange
+    went, and a publish that reaches no environment must be reported unroutable again, not archived silently."""
+    vhost = archive.vhost
+    return Plan(tuple(Unbind(vhost, b.source, archive.name, b.properties_key)
+                      for b in snapshot.bindings_to(vhost, archive.name) if b.source == archive.exchange))
+
+
 def plan_publisher(desired: DesiredPublisher, snapshot: BrokerSnapshot, password: str) -> tuple[Action, ...]:
     """The publisher user with ``password`` (from its Secret) and exactly its permissions in each vhost."""
     actions: list[Action] = []
