@@ -169,3 +169,22 @@ def test_the_archive_stops_following_the_exchange_when_its_last_environment_goes
     world.add("staging")
     world.converge("staging")
     assert archived()
+
+
+def test_on_demand_the_archive_begins_with_the_first_environment_that_asks() -> None:
+    world = World()
+    world.settings.archive = "on-demand"
+    world.add("prod")
+    world.converge("prod")
+    assert ARCHIVE not in world.broker.queues
+    world.add("staging", backfill={"since": "1h"})
+    world.converge("staging")
+    assert ARCHIVE in world.broker.queues
+    off = World()
+    off.settings.archive = "off"
+    off.add("staging", backfill={"since": "1h"})
+    off.converge("staging")
+    condition = _condition(off, "staging")
+    assert (condition["status"], condition["reason"]) == ("False", "ArchiveUnavailable")
+    assert "MATCHENV_ARCHIVE=off" in condition["message"]
+    assert _jobs(off) == []

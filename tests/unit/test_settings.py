@@ -20,7 +20,19 @@ def test_environment_and_overrides() -> None:
 
 @pytest.mark.parametrize(("var", "value"), [("MATCHENV_BROKER_SECRET", "no-namespace"),
                                             ("MATCHENV_RESYNC_SECONDS", "0"),
-                                            ("MATCHENV_METRICS_PORT", "70000")])
+                                            ("MATCHENV_METRICS_PORT", "70000"),
+                                            ("MATCHENV_ARCHIVE", "sometimes"),
+                                            ("MATCHENV_ARCHIVE_MAX_AGE", "30 days"),
+                                            ("MATCHENV_ARCHIVE_SEGMENT_BYTES", "10")])
 def test_bad_settings_are_refused(var: str, value: str) -> None:
     with pytest.raises(ValidationError):
         OperatorSettings.from_env({var: value})
+
+
+def test_the_archive_settings() -> None:
+    s = OperatorSettings.from_env({})
+    assert (s.archive, s.archive_max_age) == ("always", "30D")
+    s = OperatorSettings.from_env({"MATCHENV_ARCHIVE": "on-demand", "MATCHENV_ARCHIVE_MAX_AGE": "12h",
+                                   "MATCHENV_ARCHIVE_MAX_BYTES": "2000000", "MATCHENV_ARCHIVE_SEGMENT_BYTES": "5000"})
+    assert (s.archive, s.archive_max_age, s.archive_max_bytes, s.archive_segment_bytes) == (
+        "on-demand", "12h", 2_000_000, 5_000)
