@@ -49,7 +49,7 @@ class OperatorBench:
         self.operator: OperatorProcess | None = None
 
     # -- helpers ---------------------------------------------------------------------------------------------
-    def start_operator(self, resync: float, events: bool = True) -> OperatorProcess:
+    def start_operator(self, resync: float, events: bool = True, archive: str = "always") -> OperatorProcess:
         self.stop_operator()
         sa = service_account_kubeconfig(self.stack.kubectl, "matchenv-system", "matchenv-operator",
                                         self.stack.tmp / "operator.kubeconfig")
@@ -57,7 +57,8 @@ class OperatorBench:
         self.operator = OperatorProcess(sa, self.stack.tmp / f"bench-operator-{n}.log", resync_seconds=resync,
                                         identity=f"bench-{n}", verbose=False,
                                         extra_env={"MATCHENV_BROKER_EVENTS": "true" if events else "false",
-                                                   "MATCHENV_PUBLISHER_SECRET": ""}).start()
+                                                   "MATCHENV_PUBLISHER_SECRET": "",
+                                                   "MATCHENV_ARCHIVE": archive}).start()
         deadline = time.monotonic() + 60
         while self.operator.metric("matchenv_environments") is None and time.monotonic() < deadline:
             time.sleep(0.2)
