@@ -188,3 +188,17 @@ def test_on_demand_the_archive_begins_with_the_first_environment_that_asks() -> 
     assert (condition["status"], condition["reason"]) == ("False", "ArchiveUnavailable")
     assert "MATCHENV_ARCHIVE=off" in condition["message"]
     assert _jobs(off) == []
+
+
+def test_a_backfill_secret_someone_else_made_holds_the_backfill_not_the_environment() -> None:
+    world = World()
+    world.kube.add_secret("default", "staging-backfill", {"url": "amqp://theirs"})
+    world.add("staging", backfill={"since": "1h"})
+    world.converge("staging")
+    assert world.reason("staging") == "Converged"  # the queue, its binding and its workers go on
+    condition = _condition(world, "staging")
+    assert (condition["status"], condition["reason"]) == ("False", "SecretNotOwned")
+    assert _jobs(world) == []
+    assert "matchenv-backfill.default.staging" not in world.broker.users
+    secret = world.kube.secrets[("default", "staging-backfill")]
+    assert "ownerReferences" not in secret["metadata"]  # left as it was

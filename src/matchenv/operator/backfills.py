@@ -82,6 +82,10 @@ def termination(pods: list[Obj]) -> tuple[dict[str, Any], str]:
     return (said if isinstance(said, dict) else {}), reason
 
 
+class BackfillSecretNotOwned(Exception):
+    """Secret ``<env>-backfill`` exists and is someone else's: the backfill waits, the environment goes on."""
+
+
 @dataclass(frozen=True)
 class BackfillOutcome:
     status: Obj | None  # status.backfill; None: no backfill asked for
@@ -109,13 +113,15 @@ class Backfills:
         body = builders.build_backfill_secret(names, owner, broker_url, password, vhost)
         if data != body["stringData"]:
             if secret is not None and not owned_by(secret, uid):
-                raise builders.SecretDecodeError(f"Secret {names.backfill_secret} exists and is not this "
-                                                 "environment's: the backfill cannot have its credentials")
+                raise BackfillSecretNotOwned(f"Secret {names.backfill_secret} exists and is not this "
+                                             "environment's: the backfill cannot have its credentials (rename or "
+                                             "delete that Secret)")
             self.kube.apply_secret(body)
         return password
 
     def converge(self, env: Obj, spec: MatchEnvironmentSpec, names: EnvironmentNames, owner: Obj, archive: str,
-                 bound: bool, delivered_so_far: int | None, archive_problem: str | None) -> BackfillOutcome:
+                 bound: bool, delivered_so_far: int | None, archive_problem: str | None,
+                 secret_problem: str | None = None) -> BackfillOutcome:
         """Move the backfill one step on; what status says of it."""
         old: Obj = (env.get("status") or {}).get("backfill") or {}
         uid = env["metadata"]["uid"]
@@ -132,6 +138,9 @@ class Backfills:
         current = next((j for j in jobs if j["metadata"]["name"] == state.get("job")), None)
         self._delete(env, jobs, keep=current)  # a previous request's Job
         phase = state["phase"]
+        if secret_problem:
+            state.update(phase=BackfillPhase.PENDING.value, message=secret_problem)
+            return BackfillOutcome(state, False, "SecretNotOwned", secret_problem)
         if archive_problem:
             state.update(phase=BackfillPhase.PENDING.value, message=archive_problem)
             return BackfillOutcome(state, False, "ArchiveUnavailable", archive_problem)

@@ -9,6 +9,7 @@ the workers (their in-flight messages finish), then drop the user, the Secret an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -34,7 +35,7 @@ from matchenv.naming import (
 )
 from matchenv.operator import builders
 from matchenv.operator.autoscaler import Autoscaler
-from matchenv.operator.backfills import BackfillOutcome, Backfills, job_state
+from matchenv.operator.backfills import BackfillOutcome, Backfills, BackfillSecretNotOwned, job_state
 from matchenv.operator.brokers import BrokerClients, BrokerConfigError, BrokerConnection, read_connection
 from matchenv.operator.drift import Changed
 from matchenv.operator.kube import Kube, Obj
@@ -175,6 +176,7 @@ class TopologyOutcome:
     secret_data: dict[str, str] = field(default_factory=dict)  # the broker Secret as it stands after the step
     archive_problem: str | None = None  # why a backfill cannot read the archive
     backfill_published: int | None = None  # messages the backfill exchange took so far (its statistics)
+    backfill_problem: str | None = None  # why the backfill cannot have its credentials
 
     @property
     def refused(self) -> bool:
@@ -311,7 +313,7 @@ class Reconciler:
         try:
             return self.backfills.converge(ctx.env, ctx.spec, ctx.names, ctx.owner_reference,
                                            archive_name(ctx.spec.exchange.name), bound, topology.backfill_published,
-                                           topology.archive_problem)
+                                           topology.archive_problem, topology.backfill_problem)
         except ApiException as exc:
             message = f"cannot run the backfill Job: {exc.status} {exc.reason}"
             self._event(ctx.env, "BackfillFailed", message, "Warning")
@@ -343,12 +345,17 @@ class Reconciler:
             self._ensure_credentials(ctx, conn, secret, outcome)
             password = outcome.secret_data[WORKER_SECRET_PASSWORD]
             backfill_password = ""
-            if ctx.desired.backfill is not None:
-                backfill_password = self.backfills.password(ctx.env, ctx.names, ctx.owner_reference, conn.url,
-                                                            ctx.spec.broker.vhost, ctx.uid)
+            desired = ctx.desired
+            if desired.backfill is not None:
+                try:
+                    backfill_password = self.backfills.password(ctx.env, ctx.names, ctx.owner_reference, conn.url,
+                                                                ctx.spec.broker.vhost, ctx.uid)
+                except BackfillSecretNotOwned as exc:  # the backfill waits; the environment goes on without it
+                    outcome.backfill_problem = str(exc)
+                    desired = dataclasses.replace(desired, backfill=None)
                 replays = snapshot.exchanges.get((ctx.desired.vhost, ctx.names.backfill_exchange))
                 outcome.backfill_published = replays.published if replays else None
-            plan = plan_converge(ctx.desired, snapshot, password, backfill_password)
+            plan = plan_converge(desired, snapshot, password, backfill_password)
             outcome.problems = plan.problems
             if plan.actions:
                 self._apply(ctx, client, plan.actions)
