@@ -64,13 +64,7 @@ class DeadLetter:
     @property
     def reason(self) -> str:
         """The worker's reason, else the broker's (``x-death``), else ``unknown``."""
-        reason = _text(self.headers.get(REASON_HEADER))
-        if reason:
-            return reason
-        deaths = self.headers.get("x-death")
-        if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-            return _text(deaths[0].get("reason")) or UNKNOWN_REASON
-        return UNKNOWN_REASON
+        return _text(self.headers.get(REASON_HEADER)) or _text(self._last_death.get("reason")) or UNKNOWN_REASON
 
     @property
     def error(self) -> str:
@@ -78,13 +72,13 @@ class DeadLetter:
 
     @property
     def dead_lettered_at(self) -> str:
-        at = _text(self.headers.get(DEAD_LETTERED_AT_HEADER))
-        if at:
-            return at
+        return _text(self.headers.get(DEAD_LETTERED_AT_HEADER)) or _text(self._last_death.get("time"))
+
+    @property
+    def _last_death(self) -> dict[str, Any]:
+        """The broker's latest dead-lettering of it (``x-death`` lists the latest first), or {}."""
         deaths = self.headers.get("x-death")
-        if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-            return _text(deaths[0].get("time"))
-        return ""
+        return deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
 
     @property
     def task_id(self) -> str:

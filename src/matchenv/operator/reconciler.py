@@ -52,7 +52,7 @@ from matchenv.operator.status import (
 from matchenv.operator.tenancy import bounds_refusal, not_owned, owned_by
 from matchenv.topology.applier import apply_plan
 from matchenv.topology.client import BrokerAuthError, BrokerConflict, BrokerError, BrokerUnreachable
-from matchenv.topology.desired import DesiredTopology, desired_archive, desired_topology
+from matchenv.topology.desired import DesiredArchive, DesiredTopology, desired_archive, desired_topology
 from matchenv.topology.planner import (
     Action,
     Plan,
@@ -380,9 +380,7 @@ class Reconciler:
         pass); why a backfill cannot use it, if so."""
         if self.settings.archive == "off":
             return "the operator keeps no archive (MATCHENV_ARCHIVE=off): there is nothing to backfill from"
-        s = self.settings
-        archive = desired_archive(ctx.spec.broker.vhost, ctx.spec.exchange.name, ctx.spec.exchange.type.value,
-                                  s.archive_max_age, s.archive_max_bytes, s.archive_segment_bytes)
+        archive = self._archive_of(ctx)
         key = (*conn.key, archive.vhost, archive.exchange)
         # once per process, and once per resync pass (its snapshot shows drift), never once per environment
         done = self._archives if ctx.prefetched is None else ctx.prefetched.archives
@@ -420,11 +418,14 @@ class Reconciler:
                     continue
                 if (spec.exchange.name, spec.broker.vhost, self._broker_ref(other, spec)) == mine:
                     return []
-        s = self.settings
-        archive = desired_archive(ctx.spec.broker.vhost, ctx.spec.exchange.name, ctx.spec.exchange.type.value,
-                                  s.archive_max_age, s.archive_max_bytes, s.archive_segment_bytes)
+        archive = self._archive_of(ctx)
         self._archives.discard((*conn.key, archive.vhost, archive.exchange))
         return self._apply(ctx, client, plan_archive_detach(archive, client.snapshot(archive.scope())).actions)
+
+    def _archive_of(self, ctx: Context) -> DesiredArchive:
+        s = self.settings
+        return desired_archive(ctx.spec.broker.vhost, ctx.spec.exchange.name, ctx.spec.exchange.type.value,
+                               s.archive_max_age, s.archive_max_bytes, s.archive_segment_bytes)
 
     def _broker_ref(self, env: Obj, spec: MatchEnvironmentSpec) -> tuple[str, str]:
         ref = spec.broker.connection_secret_ref
