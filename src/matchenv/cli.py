@@ -253,7 +253,7 @@ def backfill(
         _echo_err("error: no broker: pass --broker-url or set RABBITMQ_URL")
         raise typer.Exit(2)
     try:
-        start = dt.datetime.fromisoformat(from_.replace("Z", "+00:00"))
+        start = dt.datetime.fromisoformat(from_)
     except ValueError:
         _echo_err(f"error: --from {from_!r} is not an RFC 3339 time")
         raise typer.Exit(2) from None

@@ -24,6 +24,7 @@ from matchenv.models import BackfillPhase, BackfillSpec, MatchEnvironmentSpec
 from matchenv.naming import BACKFILL_COMPONENT, COMPONENT_LABEL, ENV_LABEL, EnvironmentNames
 from matchenv.operator import builders
 from matchenv.operator.kube import Kube
+from matchenv.operator.status import rfc3339
 from matchenv.operator.tenancy import owned_by
 
 log = logging.getLogger("matchenv.operator")
@@ -37,15 +38,11 @@ def request_digest(spec: BackfillSpec) -> str:
                           ).hexdigest()[:16]
 
 
-def _rfc3339(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _parse(value: Any) -> dt.datetime | None:
     if not isinstance(value, str) or not value:
         return None
     try:
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return dt.datetime.fromisoformat(value)
     except ValueError:
         return None
 
@@ -124,8 +121,7 @@ class Backfills:
                  secret_problem: str | None = None) -> BackfillOutcome:
         """Move the backfill one step on; what status says of it."""
         old: Obj = (env.get("status") or {}).get("backfill") or {}
-        uid = env["metadata"]["uid"]
-        jobs = [j for j in self.kube.list_jobs(names.namespace, self.selector(names)) if owned_by(j, uid)]
+        jobs = self._jobs(env, names)
         if spec.backfill is None:
             self._delete(env, jobs, keep=None)
             return BackfillOutcome(None)
@@ -133,7 +129,7 @@ class Backfills:
         now = self.now()
         state: Obj = dict(old) if old.get("request") == request else {
             "request": request, "phase": BackfillPhase.PENDING.value, "attempts": 0,
-            "from": _rfc3339(spec.backfill.start(now))}
+            "from": rfc3339(spec.backfill.start(now))}
         start = state["from"]
         current = next((j for j in jobs if j["metadata"]["name"] == state.get("job")), None)
         self._delete(env, jobs, keep=current)  # a previous request's Job
@@ -160,15 +156,15 @@ class Backfills:
                 delivered = said.get("delivered")
                 message = f"delivered {delivered if delivered is not None else 'the'} archived matches from " \
                           f"{start} (Job {current['metadata']['name']})"
-                state.update(phase=BackfillPhase.COMPLETE.value, completionTime=_rfc3339(now), message=message,
+                state.update(phase=BackfillPhase.COMPLETE.value, completionTime=rfc3339(now), message=message,
                              delivered=delivered)
                 state.pop("retryTime", None)
                 self.event(env, "BackfillComplete", message, "Normal")
                 return BackfillOutcome(state, True, "Completed", message)
             why = said.get("message") or _job_failure(current) or kubelet or "the Job failed"
             retry = now + dt.timedelta(seconds=retry_delay(int(state.get("attempts") or 1)))
-            message = f"Job {current['metadata']['name']} failed: {why}; a new one starts at {_rfc3339(retry)}"
-            state.update(phase=BackfillPhase.FAILED.value, retryTime=_rfc3339(retry), message=message)
+            message = f"Job {current['metadata']['name']} failed: {why}; a new one starts at {rfc3339(retry)}"
+            state.update(phase=BackfillPhase.FAILED.value, retryTime=rfc3339(retry), message=message)
             self.event(env, "BackfillFailed", message, "Warning")
             return BackfillOutcome(state, False, "BackfillFailed", message)
         if not bound:
@@ -191,16 +187,19 @@ class Backfills:
             self.event(env, "BackfillStarted", f"started Job {job}: the archive {archive} from {start} into queue "
                        f"{names.queue} (attempt {attempts})", "Normal")
         message = f"Job {job} replaying the archive from {start}"
-        state.update(phase=BackfillPhase.RUNNING.value, job=job, attempts=attempts, startTime=_rfc3339(now),
+        state.update(phase=BackfillPhase.RUNNING.value, job=job, attempts=attempts, startTime=rfc3339(now),
                      message=message, delivered=None)
         state.pop("retryTime", None)
         return BackfillOutcome(state, False, "Running", message)
 
     def stop(self, env: Obj, names: EnvironmentNames) -> list[str]:
         """Delete every backfill Job of the environment (its deletion)."""
-        uid = env["metadata"]["uid"]
-        jobs = [j for j in self.kube.list_jobs(names.namespace, self.selector(names)) if owned_by(j, uid)]
-        return self._delete(env, jobs, keep=None)
+        return self._delete(env, self._jobs(env, names), keep=None)
+
+    def _jobs(self, env: Obj, names: EnvironmentNames) -> list[Obj]:
+        """The environment's backfill Jobs (a Job of that name someone else made is not one)."""
+        return [j for j in self.kube.list_jobs(names.namespace, self.selector(names))
+                if owned_by(j, env["metadata"]["uid"])]
 
     def _delete(self, env: Obj, jobs: list[Obj], keep: Obj | None) -> list[str]:
         done = []

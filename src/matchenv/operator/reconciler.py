@@ -636,8 +636,7 @@ class Reconciler:
         without waiting for the resync. The first sight of each (the watch starting) only records it: the resume
         handlers converge everything then."""
         meta = deployment.get("metadata") or {}
-        owner = next((r for r in meta.get("ownerReferences") or [] if r.get("kind") == KIND), None)
-        uid = meta.get("uid", "")
+        owner, uid = _environment_owner(meta), meta.get("uid", "")
         if owner is None or not uid:
             return None
         status = deployment.get("status") or {}
@@ -661,8 +660,7 @@ class Reconciler:
         """A backfill Job of ours ended (or went): converge its environment now, so status and the next attempt
         do not wait for the resync."""
         meta = job.get("metadata") or {}
-        owner = next((r for r in meta.get("ownerReferences") or [] if r.get("kind") == KIND), None)
-        uid = meta.get("uid", "")
+        owner, uid = _environment_owner(meta), meta.get("uid", "")
         if owner is None or not uid:
             return None
         state = "Deleted" if deleted else job_state(job)
@@ -843,6 +841,11 @@ def _count(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _environment_owner(meta: Obj) -> Obj | None:
+    """The ownerReference to the MatchEnvironment an object of ours belongs to, if any."""
+    return next((r for r in meta.get("ownerReferences") or [] if r.get("kind") == KIND), None)
 
 
 def _holds_password(secret: Obj | None, uid: str) -> bool:

@@ -45,8 +45,12 @@ class Observation:
     backfill_condition: tuple[bool, str, str] | None = None  # BackfillComplete (ok, reason, message)
 
 
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(dt.datetime.now(dt.UTC))
 
 
 def _condition(old: dict[str, dict[str, Any]], type_: str, ok: bool, reason: str, message: str,

@@ -138,7 +138,7 @@ def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec,
     # The worker may declare (with identical arguments) and consume its own queue, and publish a malformed
     # message with its reason to its own dead-letter exchange. Nothing else: no default exchange, no other queue.
     write = broker_regex(names.dead_letter_exchange) if spec.queue.dead_letter else ""
-    keys = tuple(spec.queue.routing_keys or ()) or ("",)
+    keys = tuple(spec.queue.routing_keys or ()) or ("",)  # no keys: the one binding a fanout needs
     subset = subset_exchange_name(spec.exchange.name) if (
         spec.exchange.type.value == "fanout" and spec.queue.routing_keys) else None
     backfill = None
@@ -147,7 +147,7 @@ def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec,
         backfill = DesiredBackfill(
             exchange=names.backfill_exchange,
             exchange_type="topic" if spec.queue.routing_keys else "fanout",
-            routing_keys=tuple(spec.queue.routing_keys or ()) or ("",),
+            routing_keys=keys,
             archive=archive,
             permissions=DesiredPermissions(configure="", write=broker_regex(names.backfill_exchange),
                                            read=broker_regex(archive)),
@@ -184,6 +184,11 @@ def desired_publisher(user: str, exchanges: list[str], vhosts: list[str]) -> Des
     return DesiredPublisher(user, tuple(vhosts), DesiredPermissions(configure="", write=write, read=""))
 
 
+def stream_arguments(segment_bytes: int) -> dict[str, Any]:
+    """Declare-time arguments of the archive: a stream, and its segment size (the rest is in its policy)."""
+    return {"x-queue-type": "stream", "x-stream-max-segment-size-bytes": segment_bytes}
+
+
 @dataclass(frozen=True)
 class DesiredArchive:
     """The stream that keeps every match published to ``exchange``, bound to it (every key), with its retention
@@ -196,10 +201,6 @@ class DesiredArchive:
     segment_bytes: int
     policy: str
     policy_definition: dict[str, Any] = field(hash=False)
-
-    @property
-    def arguments(self) -> dict[str, Any]:
-        return {"x-queue-type": "stream", "x-stream-max-segment-size-bytes": self.segment_bytes}
 
     @property
     def binding_key(self) -> str:

@@ -23,6 +23,7 @@ from matchenv.topology.desired import (
     DesiredPublisher,
     DesiredQueue,
     DesiredTopology,
+    stream_arguments,
 )
 from matchenv.topology.snapshot import BrokerSnapshot
 
@@ -104,8 +105,7 @@ class DeclareStream(Action):
     segment_bytes: int
 
     def apply(self, broker: Broker) -> None:
-        broker.declare_queue(self.vhost, self.name, {"x-queue-type": "stream",
-                                                     "x-stream-max-segment-size-bytes": self.segment_bytes})
+        broker.declare_queue(self.vhost, self.name, stream_arguments(self.segment_bytes))
 
     def describe(self) -> str:
         return f"declared stream {self.name}"
