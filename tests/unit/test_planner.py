@@ -390,3 +390,12 @@ def test_counts_the_broker_does_not_report_are_unknown_not_zero() -> None:
 def test_broker_regex_escapes_dots_and_anchors() -> None:
     assert broker_regex("matches.prod") == r"^matches\.prod$"
     assert broker_regex("a:b-c") == "^a:b-c$"
+
+
+def test_a_removed_backfill_deletes_only_its_own_exchange() -> None:
+    broker = SimulatedBroker()
+    converge(broker, desired())
+    broker.declare_exchange("/", "matches.staging.backfill", "fanout")  # someone's, without the marker
+    leftover = replace(desired(), backfill_leftover=True)
+    plan = plan_converge(leftover, broker.snapshot(leftover.scope()), "secret-pw")
+    assert not any(isinstance(a, DeleteExchange) for a in plan.actions)

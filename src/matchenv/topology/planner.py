@@ -400,7 +400,7 @@ def _backfill_removal(desired: DesiredTopology, snapshot: BrokerSnapshot) -> lis
     if names.backfill_user in snapshot.users:
         actions.append(DeleteUser(vhost, names.backfill_user))
     exchange = snapshot.exchanges.get((vhost, names.backfill_exchange))
-    if exchange is not None and exchange.owner in (None, desired.owner):
+    if exchange is not None and exchange.owner == desired.owner:  # made by this environment (its marker) only
         actions.append(DeleteExchange(vhost, names.backfill_exchange))
     return actions
 
