@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 CLUSTER_DIR ?= /tmp/matchenv-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help system-deps venv lock crds lint e2e-kind test test-unit cluster-build node-build images cluster-up cluster-down demo bench chaos clean
+.PHONY: help system-deps venv lock crds monitoring lint e2e-kind test test-unit cluster-build node-build images cluster-up cluster-down demo bench chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,8 +34,11 @@ lock:  ## pin every runtime dependency (transitive too) in requirements.lock, fr
 crds: $(STAMP)  ## regenerate the CRD and its defaulting policy (crds/, manifests/, the chart) from the models
 	$(BIN)/matchenv crd
 
+monitoring:  ## copy the monitoring component's rules and dashboard into the chart (charts/matchenv/files/)
+	cp manifests/components/monitoring/prometheusrule.yaml manifests/components/monitoring/dashboard.json charts/matchenv/files/
+
 lint: $(STAMP)  ## ruff, mypy, and a check that crds/ is up to date
-	$(BIN)/ruff check src devkit tests
+	$(BIN)/ruff check src devkit tests conftest.py
 	$(BIN)/mypy
 	$(BIN)/matchenv crd --check
 
@@ -53,7 +56,7 @@ test: system-deps cluster-build node-build images  ## run the whole test suite (
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the suite" >&2; exit 1; fi; exit $$rc
 
 test-unit: $(STAMP)  ## only the fast, pure tests
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/pytest tests/unit devkit/tests/unit $(PYTEST_ARGS)
 
 cluster-up: cluster-build node-build images  ## start the local control plane and a real node in the background
 	$(BIN)/matchenv-dev cluster up --node real --state-dir $(CLUSTER_DIR)

@@ -10,6 +10,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+CLUSTER = "c1"  # the cluster identity where no API server gives one (unit and broker-only tests)
+
 
 def environment(name: str = "staging", **spec: Any) -> dict[str, Any]:
     """A minimal valid MatchEnvironment manifest; keyword arguments replace top-level spec keys."""
@@ -59,6 +61,12 @@ INVALID_CASES: list[InvalidCase] = [
                 "spec.queue.routingKeys", "needs at least one queue.routingKeys"),
     InvalidCase("reserved-exchange-name", environment(exchange={"name": "amq.fanout"}),
                 "spec.exchange.name", "must not start with 'amq.'"),
+    InvalidCase("backfill-since-overflow", environment(backfill={"since": "18000000h"}), "spec.backfill.since",
+                "at most 87600h"),
+    *(InvalidCase(f"derived-queue-name-{name}", environment(queue={"name": name}), "spec.queue.name",
+                  "matchenv derives those names")
+      for name in ("matches.dev.dlx", "matches.dev.dlq", "matches.dev.backfill", "matches-fanout.topic",
+                   "matches-fanout.archive")),
     InvalidCase("zero-concurrency", environment(workers=_workers(concurrency=0)),
                 "spec.workers.concurrency", "workers.concurrency"),
     InvalidCase("zero-ttl", environment(queue={"messageTTLSeconds": 0}),

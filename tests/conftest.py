@@ -1,23 +1,13 @@
-"""Marks every test by its tier (the folder it lives in)."""
+"""The real RabbitMQ and PostgreSQL of the session, and failed tests' reports kept for fixtures."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        tier = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
-        if tier in {"unit", "integration", "e2e"}:
-            item.add_marker(getattr(pytest.mark, tier))
 
 
 def _started(what: str, start: Callable[[], object]) -> None:

@@ -50,6 +50,7 @@ class SimulatedBroker:
         self.policies = dict(s.policies)
         self.users = dict(s.users)
         self.permissions = dict(s.permissions)
+        self.operator_policies: dict[tuple[str, str], Policy] = {}
         self.put_users: Counter[str] = Counter()
         self.down = False
         self.calls = 0
@@ -73,9 +74,11 @@ class SimulatedBroker:
             queues, exchanges,
             tuple(b for b in full.bindings if ((b.vhost, b.destination) in queues and b.destination_type == "queue")
                   or (b.destination_type == "exchange" and b.destination in scope.exchange_bindings
-                  and (b.vhost, b.destination) in exchanges)),
+                  and (b.vhost, b.destination) in exchanges)
+                  or (b.vhost == v and b.source in scope.source_bindings)),
             {k: p for k, p in full.policies.items() if k in {(v, n) for n in scope.policies}},
-            {k: u for k, u in full.users.items() if k in scope.users},
+            {k: u for k, u in full.users.items() if k in scope.users or (k in scope.legacy_users and any(
+                not q.claimed_by_cluster for q in queues.values()))},
             {k: p for k, p in full.permissions.items() if p.vhost == v})
 
     def declare_exchange(self, vhost: str, name: str, type_: str, durable: bool = True,
@@ -129,6 +132,19 @@ class SimulatedBroker:
         self._call()
         del self.policies[(vhost, name)]
 
+    def get_operator_policy(self, vhost: str, name: str) -> Policy | None:
+        self._call()
+        return self.operator_policies.get((vhost, name))
+
+    def put_operator_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any],
+                            priority: int) -> None:
+        self._call()
+        self.operator_policies[(vhost, name)] = Policy(vhost, name, pattern, "queues", definition, priority)
+
+    def delete_operator_policy(self, vhost: str, name: str) -> None:
+        self._call()
+        del self.operator_policies[(vhost, name)]
+
     def put_user(self, name: str, password: str, tags: Any = ()) -> None:
         self._call()
         self.put_users[name] += 1
@@ -169,6 +185,8 @@ class FakeKube:
         self.jobs: dict[tuple[str, str], Obj] = {}
         self.pods: dict[tuple[str, str], Obj] = {}  # (namespace, job name) → its one pod
         self.events: list[tuple[str, str, str]] = []  # (environment, reason, message)
+        self.worker_pods: dict[tuple[str, str], list[Obj]] = {}  # (namespace, label selector) → pods
+        self.pod_events: list[Obj] = []  # the kubelet's events about pods
         self.writes: Counter[str] = Counter()
         self.refuse_deployments: str | None = None  # a message: apply_deployment answers 422 with it
         self._rv = 0
@@ -316,9 +334,16 @@ class FakeKube:
             "finishedAt": "2026-01-01T00:00:00Z"}}}]}}
 
     def list_pods(self, namespace: str, label_selector: str) -> list[Obj]:
-        job = label_selector.removeprefix("job-name=")
-        pod = self.pods.get((namespace, job))
-        return [copy.deepcopy(pod)] if pod else []
+        if label_selector.startswith("job-name="):
+            pod = self.pods.get((namespace, label_selector.removeprefix("job-name=")))
+            return [copy.deepcopy(pod)] if pod else []
+        return copy.deepcopy(self.worker_pods.get((namespace, label_selector), []))
+
+    def list_events(self, namespace: str, field_selector: str) -> list[Obj]:
+        wanted = dict(part.split("=", 1) for part in field_selector.split(","))
+        return [copy.deepcopy(e) for e in self.pod_events
+                if e["metadata"]["namespace"] == namespace and wanted.get("reason", e["reason"]) == e["reason"]
+                and wanted.get("involvedObject.name", e["involvedObject"]["name"]) == e["involvedObject"]["name"]]
 
     def post_event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:
         self.events.append((env["metadata"]["name"], reason, message))
@@ -331,14 +356,18 @@ class FakeClients:
     def __init__(self, broker: SimulatedBroker, passwords: set[str]) -> None:
         self.broker = broker
         self.passwords = passwords
+        self.others: dict[str, SimulatedBroker] = {}  # management URL → another broker (``broker`` is the rest)
 
     def get(self, conn: Any) -> Any:
         if conn.password not in self.passwords:
             return _Refusing()
-        return self.broker
+        return self.others.get(conn.management_url, self.broker)
 
     def total_calls(self) -> int:
-        return self.broker.calls
+        return self.broker.calls + sum(b.calls for b in self.others.values())
+
+    def evict_idle(self, idle: float) -> int:
+        return 0
 
 
 class _Refusing:

@@ -1,16 +1,47 @@
-"""One AMQP connection with a publisher-confirmed channel (pika), opened on first use and again after a loss.
-The publisher and the workers' dead-lettering both publish through it."""
+"""The one place AMQP connections are set up (pika): their parameters with a deadline on every wait, opening one
+with errors that say what failed, a publisher-confirmed channel opened on first use and again after a loss, and the
+headers every re-publish writes. The scraper, the workers' dead-lettering, ``matchenv dlq``, the backfill's replay
+and the operator's broker-event consumer all connect through it."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 import pika
+import pika.data
 import pika.exceptions
 
 
+def parameters(url: str, timeout: float, blocked: float, heartbeat: int | None = None) -> pika.URLParameters:
+    """``url``'s connection parameters, every wait bounded: ``timeout`` for a socket read or write, twice that for
+    the connection's set-up, ``blocked`` while the broker blocks publishers (a memory or disk alarm), one attempt
+    (the caller retries); ``heartbeat`` seconds, else the broker's."""
+    params = pika.URLParameters(url)
+    params.socket_timeout = timeout
+    params.stack_timeout = timeout * 2
+    params.blocked_connection_timeout = blocked
+    params.connection_attempts = 1
+    if heartbeat is not None:
+        params.heartbeat = heartbeat
+    return params
+
+
+def connect(params: pika.URLParameters, error: type[Exception], whose: str) -> pika.BlockingConnection:
+    """A connection, or ``error`` saying the broker refused ``whose`` credentials or could not be reached."""
+    where = f"{params.host}:{params.port}"
+    try:
+        return pika.BlockingConnection(params)
+    except pika.exceptions.ProbableAuthenticationError as exc:
+        raise error(f"the broker at {where} refused {whose} credentials") from exc
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise error(f"cannot reach the broker at {where}: {exc.__class__.__name__} {exc}") from exc
+
+
 class ConfirmedChannel:
+    """One connection's publisher-confirmed channel, opened on first use and again after a loss."""
+
     def __init__(self, params: pika.URLParameters) -> None:
         self.params = params
         self._conn: pika.BlockingConnection | None = None
@@ -35,3 +66,32 @@ class ConfirmedChannel:
         if conn is not None and conn.is_open:
             with contextlib.suppress(pika.exceptions.AMQPError):
                 conn.close()
+
+
+def encodable_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """``headers`` in a form pika can write back to the broker, whatever client sent them.
+
+    AMQP field tables carry types pika cannot encode (floats, as py-amqp and most other clients send ``d``/``f``
+    values) or values out of its range (a decimal or an integer wider than the wire format, a time before 1970,
+    a key over 255 bytes). Each such value becomes its text (``1.5`` → ``"1.5"``), tables and arrays are walked,
+    a key is cut to 255 bytes; everything else is kept as it is. A message re-published with these headers (a
+    dead letter, a redrive, a backfill) can therefore never fail to encode.
+    """
+    return {_key(key): _encodable(value) for key, value in headers.items()}
+
+
+def _key(key: Any) -> str:
+    text = str(key)
+    return text if len(text.encode()) <= 255 else text.encode()[:255].decode(errors="ignore")
+
+
+def _encodable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return encodable_headers(value)
+    if isinstance(value, list | tuple):
+        return [_encodable(item) for item in value]
+    try:
+        pika.data.encode_value([], value)
+    except Exception:  # unsupported type or out of range: struct.error, OverflowError, UnsupportedAMQPField...
+        return repr(value) if isinstance(value, float) else str(value)
+    return value

@@ -54,7 +54,7 @@ def crd(
         path.write_text(content)
         typer.echo(f"wrote {path}")
     if stale:
-        _echo_err(f"out of date with src/matchenv/models.py: {', '.join(stale)} (run `make crds`)")
+        _echo_err(f"out of date with src/matchenv/api.py: {', '.join(stale)} (run `make crds`)")
         raise typer.Exit(1)
 
 
@@ -100,12 +100,15 @@ def worker(
     concurrency: int | None = typer.Option(None, "--concurrency", "-c", min=1, max=64,
                                            help="Tasks at once (env MATCHENV_CONCURRENCY, default 1)."),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l", help="DEBUG, INFO, WARNING, ERROR."),
+    log_json: bool = typer.Option(False, "--log-json", help="One JSON object per log line (env MATCHENV_LOG_JSON)."),
 ) -> None:
     """Consume one environment's queue and upsert each match into its database."""
     import logging
 
     from pydantic import ValidationError
 
+    from matchenv import logs
+    from matchenv.contracts import ENV_ENVIRONMENT, owner_namespace
     from matchenv.workers.app import create_app, worker_argv
     from matchenv.workers.config import WorkerConfig, WorkerConfigError
     from matchenv.workers.metrics import serve
@@ -115,7 +118,10 @@ def worker(
     except (WorkerConfigError, ValidationError) as exc:
         _echo_err(f"error: {exc}")
         raise typer.Exit(2) from exc
-    logging.basicConfig(level=loglevel.upper(), format="[%(asctime)s] %(name)s %(levelname)s %(message)s")
+    as_json = logs.json_wanted(log_json, os.environ)
+    logs.configure(loglevel, as_json,
+                   {"namespace": owner_namespace(config.owner),
+                    "environment": os.environ.get(ENV_ENVIRONMENT), "queue": config.queue})
     log = logging.getLogger("matchenv.worker")
     log.info("worker for queue %s writing to %s", config.queue, config.database.describe())
     if config.database.kind == "postgres" and config.database.migrate:
@@ -130,7 +136,7 @@ def worker(
                         "answers", exc)
     if config.metrics_port:
         serve(config.metrics_port)
-    create_app(config).worker_main(worker_argv(config, loglevel.upper()))
+    create_app(config).worker_main(worker_argv(config, loglevel.upper(), quiet=as_json))
 
 
 @db_app.command("migrate")
@@ -182,6 +188,7 @@ def scrape(
     max_rate: float = typer.Option(0.0, "--max-rate", min=0, envvar="MATCHENV_SCRAPE_MAX_RATE",
                                    help="Matches per second at most (0: as fast as the broker confirms)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    log_json: bool = typer.Option(False, "--log-json", help="One JSON object per log line (env MATCHENV_LOG_JSON)."),
 ) -> None:
     """Publish matches once to the fanout exchange, with confirms; exit 1 if any reached no queue or failed,
     3 if only invalid matches were left out. The options that name an env var may come from the environment (as
@@ -189,12 +196,14 @@ def scrape(
     import logging
     from itertools import chain
 
+    from matchenv import logs
     from matchenv.scraper.publisher import Publisher, resolve_target
     from matchenv.scraper.sources import RawMatch
     from matchenv.scraper.sources import from_file as read_file
     from matchenv.scraper.sources import synthetic as make_synthetic
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logs.configure(logging.WARNING, logs.json_wanted(log_json, os.environ),
+                   {"exchange": exchange, "queue": queue}, text_format="%(levelname)s %(message)s")
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # our own warnings say what happened, once
     if from_file is None and synthetic is None:
         _echo_err("error: give --from-file PATH or --synthetic N")
@@ -239,14 +248,24 @@ def backfill(
                                    "with keys: the others are meant to go nowhere)."),
     broker_url: str | None = typer.Option(None, "--broker-url", help="AMQP URL (env RABBITMQ_URL)."),
     timeout: float = typer.Option(10.0, min=1, help="Seconds each broker call may take."),
+    empty_wait: float = typer.Option(30.0, min=0.1, envvar="MATCHENV_BACKFILL_EMPTY_WAIT",
+                                     help="Seconds without any message before the archive (from --from on) counts "
+                                     "as empty; a slow broker's first delivery may take a while."),
+    log_json: bool = typer.Option(False, "--log-json", help="One JSON object per log line (env MATCHENV_LOG_JSON)."),
 ) -> None:
-    """Replay the archive into one environment's queue (what the operator's backfill Job runs)."""
+    """Replay the archive into one environment's queue (what the operator's backfill Job runs). It ends only at
+    the archive's end as it was when it began (exit 0), or fails (exit 1) so that the Job tries again."""
     import datetime as dt
     import logging
 
+    from matchenv import logs
+    from matchenv.contracts import ENV_ENVIRONMENT, ENV_OWNER, owner_namespace
     from matchenv.replay import ReplayError, replay, summary, write_termination_message
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(logging.INFO, logs.json_wanted(log_json, os.environ),
+                   {"namespace": owner_namespace(os.environ.get(ENV_OWNER)),
+                    "environment": os.environ.get(ENV_ENVIRONMENT)},
+                   text_format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("pika").setLevel(logging.WARNING)
     url = broker_url or os.environ.get("RABBITMQ_URL")
     if not url:
@@ -260,8 +279,8 @@ def backfill(
     if start.tzinfo is None:
         start = start.replace(tzinfo=dt.UTC)
     try:
-        report = replay(url, archive, exchange, start, mandatory,
-                        timeout=timeout, progress=lambda r: typer.echo(f"delivered {r.delivered} so far"))
+        report = replay(url, archive, exchange, start, mandatory, timeout=timeout, empty_wait=empty_wait,
+                        progress=lambda r: typer.echo(f"delivered {r.delivered} so far"))
     except ReplayError as exc:
         write_termination_message(summary(None, str(exc)))
         _echo_err(f"error: {exc}")

@@ -33,14 +33,52 @@ WORKER_REASONS = (REASON_INVALID, REASON_STORE_ERROR, REASON_MALFORMED, REASON_U
 BROKER_REASONS = ("rejected", "expired", "maxlen", "delivery_limit")
 
 # -- queues ----------------------------------------------------------------------------------------------------
-# The ownership marker: the MatchEnvironment (``namespace/name``) that declared a queue or exchange. Queue
-# arguments are fixed at declaration, so the marker survives restarts of the operator and of the broker.
+# The ownership marker: the MatchEnvironment (``cluster/namespace/name``) that declared a queue or exchange. Queue
+# arguments are fixed at declaration, so the marker survives restarts of the operator and of the broker. Versions
+# before the cluster identity wrote ``namespace/name`` (a legacy marker): their cluster adopts it on upgrade.
 OWNER_ARGUMENT = "x-matchenv-owner"
 
 
-def owner_id(namespace: str, name: str) -> str:
-    """How an owner is written in markers and conditions: ``namespace/name``."""
+# Names matchenv derives from a queue (``<queue>.dlq`` ...) or an exchange (``<exchange>.topic`` ...). No
+# environment's queue may carry one: its user's permissions (regexes over queues *and* exchanges) would reach an
+# object another environment owns, or the shared feed's.
+DLQ_SUFFIX, DLX_SUFFIX, BACKFILL_SUFFIX = ".dlq", ".dlx", ".backfill"
+TOPIC_SUFFIX, ARCHIVE_SUFFIX = ".topic", ".archive"
+DERIVED_SUFFIXES = (DLQ_SUFFIX, DLX_SUFFIX, BACKFILL_SUFFIX, TOPIC_SUFFIX, ARCHIVE_SUFFIX)
+
+
+def derived_suffix(name: str) -> str | None:
+    """The suffix of a name matchenv derives that ``name`` ends with, or None."""
+    return next((suffix for suffix in DERIVED_SUFFIXES if name.endswith(suffix)), None)
+
+
+def owner_id(cluster: str, namespace: str, name: str) -> str:
+    """How an owner is written in markers: ``cluster/namespace/name``."""
+    return f"{cluster}/{namespace}/{name}"
+
+
+def legacy_owner_id(namespace: str, name: str) -> str:
+    """The marker versions before the cluster identity wrote: ``namespace/name`` (no cluster in it)."""
     return f"{namespace}/{name}"
+
+
+def names_cluster(marker: str | None) -> bool:
+    """Whether a marker is ``cluster/namespace/name`` (else: none, or a legacy ``namespace/name``)."""
+    return marker is not None and marker.count("/") == 2
+
+
+def owner_namespace(marker: str | None) -> str | None:
+    """The namespace a marker names (``cluster/namespace/name`` or a legacy ``namespace/name``), if any."""
+    parts = (marker or "").split("/")
+    return parts[-2] if len(parts) in (2, 3) and parts[-2] else None
+
+
+def describe_owner(marker: str) -> str:
+    """A marker in words, for conditions and events: whose environment, of which cluster."""
+    parts = marker.split("/")
+    if names_cluster(marker):
+        return f"MatchEnvironment {parts[1]}/{parts[2]} of cluster {parts[0]}"
+    return f"MatchEnvironment {marker} (of a cluster that has not run this version yet)"
 
 
 def routing_key(match: Mapping[str, Any]) -> str:

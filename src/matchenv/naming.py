@@ -5,8 +5,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from matchenv.contracts import owner_id
-from matchenv.models import API_GROUP
+from matchenv.api import API_GROUP
+from matchenv.contracts import (
+    ARCHIVE_SUFFIX,
+    BACKFILL_SUFFIX,
+    DLQ_SUFFIX,
+    DLX_SUFFIX,
+    TOPIC_SUFFIX,
+    legacy_owner_id,
+    owner_id,
+)
 
 MANAGED_BY = "matchenv"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -19,6 +27,12 @@ SECRETS_HASH_ANNOTATION = f"{API_GROUP}/secrets-hash"
 # someone else (kubectl scale, an apply of a file that names replicas)
 AUTOSCALED_ANNOTATION = f"{API_GROUP}/autoscaled-replicas"
 POLICY_PRIORITY = 100
+LEGACY_LENGTH_CAP_POLICY = "matchenv.max-length"  # before the cluster identity
+
+
+def length_cap_policy_name(cluster: str) -> str:
+    """The operator policy with one cluster's administrator's maximum queue length (one per cluster and vhost)."""
+    return f"matchenv.max-length.{cluster}"
 
 
 def broker_regex(name: str) -> str:
@@ -26,40 +40,67 @@ def broker_regex(name: str) -> str:
     return "^" + re.sub(r"([.^$|()\[\]{}*+?\\])", r"\\\1", name) + "$"
 
 
-BROKER_USER_PREFIX = "matchenv."
+# The cluster identity: MATCHENV_CLUSTER_ID, else the start of the kube-system namespace's UID. It is part of every
+# marker and user name the operator makes, so two clusters' ``default/prod`` never meet on one broker.
+CLUSTER_ID_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"
 
 
-def broker_user_name(namespace: str, name: str) -> str:
-    """The environment's own broker user. Namespaces hold no dots, so the owner can be read back from it."""
-    return f"{BROKER_USER_PREFIX}{namespace}.{name}"
+def cluster_id_from_uid(uid: str) -> str:
+    """A cluster's identity from its ``kube-system`` namespace's UID: the UID's first group (8 hex digits)."""
+    return uid.split("-")[0].lower()
+
+
+ENV_USER_PREFIX = "matchenv-env."
+LEGACY_USER_PREFIX = "matchenv."  # before the cluster identity: ``matchenv.<namespace>.<name>``
+
+
+def broker_user_name(cluster: str, namespace: str, name: str) -> str:
+    """The environment's own broker user. Cluster identities and namespaces hold no dots, so the owner can be read
+    back from it."""
+    return f"{ENV_USER_PREFIX}{cluster}.{namespace}.{name}"
+
+
+def legacy_broker_user_name(namespace: str, name: str) -> str:
+    """The environment's broker user as versions before the cluster identity named it."""
+    return f"{LEGACY_USER_PREFIX}{namespace}.{name}"
 
 
 def owner_of_broker_user(user: str) -> str | None:
-    """``namespace/name`` of the MatchEnvironment whose broker user ``user`` is, or None for other users."""
-    if not user.startswith(BROKER_USER_PREFIX):
-        return None
-    namespace, _, name = user.removeprefix(BROKER_USER_PREFIX).partition(".")
-    return owner_id(namespace, name) if namespace and name else None
+    """The marker (``cluster/namespace/name``, or a legacy ``namespace/name``) of the MatchEnvironment whose broker
+    user ``user`` is, or None for other users."""
+    if user.startswith(ENV_USER_PREFIX):
+        cluster, _, rest = user.removeprefix(ENV_USER_PREFIX).partition(".")
+        namespace, _, name = rest.partition(".")
+        return owner_id(cluster, namespace, name) if cluster and namespace and name else None
+    if user.startswith(LEGACY_USER_PREFIX):
+        namespace, _, name = user.removeprefix(LEGACY_USER_PREFIX).partition(".")
+        return legacy_owner_id(namespace, name) if namespace and name else None
+    return None
 
 
 PUBLISHER_USER_PREFIX = "matchenv-publisher."
 
 
-def publisher_user_name(operator_namespace: str) -> str:
+def publisher_user_name(cluster: str, operator_namespace: str) -> str:
     """The publish-only broker user one operator keeps for the scraper (never an environment's: other prefix)."""
+    return f"{PUBLISHER_USER_PREFIX}{cluster}.{operator_namespace}"
+
+
+def legacy_publisher_user_name(operator_namespace: str) -> str:
+    """The publisher user as versions before the cluster identity named it."""
     return f"{PUBLISHER_USER_PREFIX}{operator_namespace}"
 
 
 def subset_exchange_name(exchange: str) -> str:
     """The topic exchange bound to the fanout ``exchange`` that environments with ``queue.routingKeys`` bind to:
     one per fanout exchange, shared by them all, never deleted by one of them."""
-    return f"{exchange}.topic"
+    return f"{exchange}{TOPIC_SUFFIX}"
 
 
 def archive_name(exchange: str) -> str:
     """The stream bound to ``exchange`` that keeps every match published to it, for backfills (one per exchange,
     shared, never deleted by an environment)."""
-    return f"{exchange}.archive"
+    return f"{exchange}{ARCHIVE_SUFFIX}"
 
 
 def archive_policy_name(exchange: str) -> str:
@@ -76,19 +117,21 @@ def broker_secret_name(environment: str) -> str:
 
 @dataclass(frozen=True)
 class EnvironmentNames:
-    """Names of what the operator owns for the MatchEnvironment ``namespace/name`` whose queue is ``queue``."""
+    """Names of what the operator of ``cluster`` owns for its MatchEnvironment ``namespace/name`` whose queue is
+    ``queue``."""
 
+    cluster: str
     namespace: str
     name: str
     queue: str
 
     @property
     def dead_letter_queue(self) -> str:
-        return f"{self.queue}.dlq"
+        return f"{self.queue}{DLQ_SUFFIX}"
 
     @property
     def dead_letter_exchange(self) -> str:
-        return f"{self.queue}.dlx"
+        return f"{self.queue}{DLX_SUFFIX}"
 
     @property
     def policy(self) -> str:
@@ -96,12 +139,23 @@ class EnvironmentNames:
 
     @property
     def owner(self) -> str:
-        """The ownership marker of everything this environment declares: ``namespace/name``."""
-        return owner_id(self.namespace, self.name)
+        """The ownership marker of everything this environment declares: ``cluster/namespace/name``."""
+        return owner_id(self.cluster, self.namespace, self.name)
+
+    @property
+    def legacy_owner(self) -> str:
+        """The marker versions before the cluster identity declared its objects with: ``namespace/name``."""
+        return legacy_owner_id(self.namespace, self.name)
 
     @property
     def broker_user(self) -> str:
-        return broker_user_name(self.namespace, self.name)
+        return broker_user_name(self.cluster, self.namespace, self.name)
+
+    @property
+    def legacy_users(self) -> tuple[str, str]:
+        """Its worker's and backfill's broker users as versions before the cluster identity named them."""
+        return (legacy_broker_user_name(self.namespace, self.name),
+                f"{BACKFILL_USER_PREFIX}{self.namespace}.{self.name}")
 
     @property
     def broker_secret(self) -> str:
@@ -110,12 +164,12 @@ class EnvironmentNames:
     @property
     def backfill_exchange(self) -> str:
         """Where the backfill Job publishes archived matches: bound to this environment's queue only."""
-        return f"{self.queue}.backfill"
+        return f"{self.queue}{BACKFILL_SUFFIX}"
 
     @property
     def backfill_user(self) -> str:
         """The backfill Job's broker user: reads the archive, writes the backfill exchange, nothing else."""
-        return f"{BACKFILL_USER_PREFIX}{self.namespace}.{self.name}"
+        return f"{BACKFILL_USER_PREFIX}{self.cluster}.{self.namespace}.{self.name}"
 
     @property
     def backfill_secret(self) -> str:

@@ -21,6 +21,8 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from matchenv.amqp import connect, encodable_headers, parameters
+
 log = logging.getLogger("matchenv.backfill")
 
 OFFSET_HEADER = "x-stream-offset"
@@ -49,17 +51,25 @@ def _offset(properties: Any) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def end_offset(connection: pika.BlockingConnection, archive: str, settle: float = 1.0) -> int | None:
+EMPTY_WAIT = 30.0  # how long nothing at all must come before the archive (or its part after the start) is empty
+
+
+def end_offset(connection: pika.BlockingConnection, archive: str, settle: float = 1.0,
+               empty_wait: float = EMPTY_WAIT) -> int | None:
     """The archive's last offset now: read from its last chunk until nothing more comes for ``settle`` seconds
-    (a bound from above is enough: later ones only arrive twice)."""
+    (a bound from above is enough: later ones only arrive twice). A stream that holds anything delivers its last
+    chunk at once; a busy broker may take a while, so "empty" is concluded only after ``empty_wait``."""
     channel = connection.channel()
     try:
         channel.basic_qos(prefetch_count=1000)
         last: int | None = None
-        deadline = time.monotonic() + 10 * settle
+        began = time.monotonic()
+        deadline = began + empty_wait + 10 * settle
         for method, properties, _body in channel.consume(archive, arguments={OFFSET_HEADER: "last"},
                                                          inactivity_timeout=settle):
             if method is None:
+                if last is None and time.monotonic() - began < empty_wait:
+                    continue  # nothing yet: empty, or a broker slow to deliver the first chunk
                 break
             offset = _offset(properties)
             if offset is not None:
@@ -74,24 +84,19 @@ def end_offset(connection: pika.BlockingConnection, archive: str, settle: float 
 
 
 def replay(url: str, archive: str, exchange: str, start: dt.datetime, mandatory: bool, timeout: float = 10.0,
-           idle: float = 5.0, progress: Callable[[ReplayReport], None] = lambda _r: None) -> ReplayReport:
-    """Publish every archived message from ``start`` to the archive's current end to ``exchange``."""
+           idle: float = 5.0, progress: Callable[[ReplayReport], None] = lambda _r: None,
+           stall: float = 120.0, empty_wait: float = EMPTY_WAIT) -> ReplayReport:
+    """Publish every archived message from ``start`` to the archive's end as it was when the replay began (its
+    last offset then) to ``exchange``. It ends only there: a pause of the stream (a busy broker) is waited out,
+    and a stream that stops short of the end for ``stall`` seconds is a :class:`ReplayError` (the Job retries),
+    never a Complete after part of the archive. Nothing at all from ``start`` for ``empty_wait`` seconds means
+    nothing was archived after it."""
     began = time.monotonic()
-    params = pika.URLParameters(url)
-    params.socket_timeout = timeout
-    params.stack_timeout = timeout * 2
-    params.blocked_connection_timeout = timeout * 6
-    params.connection_attempts = 1
-    params.heartbeat = 30
     report = ReplayReport()
+    connection = connect(parameters(url, timeout, blocked=timeout * 6, heartbeat=30), ReplayError,
+                         "the backfill user's")
     try:
-        connection = pika.BlockingConnection(params)
-    except pika.exceptions.ProbableAuthenticationError as exc:
-        raise ReplayError("the broker refused the backfill user's credentials") from exc
-    except (pika.exceptions.AMQPError, OSError) as exc:
-        raise ReplayError(f"cannot reach the broker: {exc.__class__.__name__} {exc}") from exc
-    try:
-        report.end_offset = end_offset(connection, archive)
+        report.end_offset = end_offset(connection, archive, empty_wait=empty_wait)
         if report.end_offset is None:
             return report
         out = connection.channel()
@@ -100,16 +105,28 @@ def replay(url: str, archive: str, exchange: str, start: dt.datetime, mandatory:
         source.basic_qos(prefetch_count=500)
         log.info("replaying %s from %s up to offset %d into %s", archive, start.isoformat(), report.end_offset,
                  exchange)
+        last: int | None = None  # the last offset read
+        quiet_since = time.monotonic()
         for method, properties, body in source.consume(archive, arguments={OFFSET_HEADER: start},
                                                        inactivity_timeout=idle):
-            if method is None:  # nothing more for a while: the rest of the archive came after the start
-                break
+            if method is None:
+                quiet = time.monotonic() - quiet_since
+                if last is None and quiet >= empty_wait:
+                    break  # nothing from the start on: everything archived came before it
+                if last is not None and quiet >= stall:
+                    raise ReplayError(f"the archive stopped delivering at offset {last}, before its end "
+                                      f"{report.end_offset} when the backfill began ({quiet:.0f} s without a "
+                                      f"message; {report.delivered} delivered): retrying")
+                continue
+            quiet_since = time.monotonic()
             offset = _offset(properties)
             if offset is not None and offset > report.end_offset:
-                break
+                break  # published after the replay began: it reached the queue through its binding
+            if offset is not None:
+                last = offset
             report.read += 1
-            headers = {k: v for k, v in (properties.headers or {}).items() if k != OFFSET_HEADER}
-            properties.headers = headers
+            properties.headers = encodable_headers(
+                {k: v for k, v in (properties.headers or {}).items() if k != OFFSET_HEADER})
             try:
                 out.basic_publish(exchange, method.routing_key, body, properties, mandatory=mandatory)
             except pika.exceptions.UnroutableError as exc:

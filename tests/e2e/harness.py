@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import requests
 
+from matchenv.naming import broker_user_name, cluster_id_from_uid
 from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.cluster.operatorproc import OperatorProcess, service_account_kubeconfig
 from matchenv_devkit.services.process import wait_for
@@ -49,10 +50,20 @@ class ManagementReader:
         requests.delete(self.base + path, auth=self.auth, timeout=5).raise_for_status()
 
 
+def cluster_id(kubectl: Kubectl) -> str:
+    """The identity the operator finds for this cluster (no MATCHENV_CLUSTER_ID): from kube-system's UID."""
+    return cluster_id_from_uid(kubectl.get_json("namespace", "kube-system")["metadata"]["uid"])
+
+
+def worker_user(kubectl: Kubectl, name: str, namespace: str = "default") -> str:
+    """The broker user the operator of this cluster keeps for environment ``namespace/name``."""
+    return broker_user_name(cluster_id(kubectl), namespace, name)
+
+
 def secret_value(kubectl: Kubectl, namespace: str, name: str, key: str) -> str:
     data = kubectl.get_json("secret", name, "-n", namespace)["data"]
     return base64.b64decode(data[key]).decode()
 
 
-__all__ = ["Kubectl", "ManagementReader", "OperatorProcess", "secret_value", "service_account_kubeconfig",
-           "wait_for"]
+__all__ = ["Kubectl", "ManagementReader", "OperatorProcess", "cluster_id", "secret_value",
+           "service_account_kubeconfig", "wait_for", "worker_user"]

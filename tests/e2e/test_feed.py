@@ -21,6 +21,7 @@ import pytest
 from matchenv.scraper.sources import synthetic
 from matchenv_devkit.cluster.versions import ControlPlaneBinaries
 from matchenv_devkit.services.process import wait_for
+from tests.e2e.harness import cluster_id, secret_value
 from tests.e2e.pipeline import Pipeline, real_node_pipeline_fixture
 
 AGES = ("U13", "U14", "U15", "U16")
@@ -86,11 +87,13 @@ def test_a_new_environment_is_backfilled_from_the_archive_and_holds_what_the_oth
     condition = next(c for c in status["conditions"] if c["type"] == "BackfillComplete")
     assert condition["reason"] == "Completed"
     assert f"delivered {status['backfill']['delivered']} archived matches" in condition["message"]
-    # the Job ran as a pod of the real node, with its own least-privilege broker user
+    # the Job ran as a pod of the real node, with its own least-privilege broker user, gone once it completed
     [job] = pipeline.kubectl.get_json("jobs", "-l", "matchenv.io/environment=staging")["items"]
     assert job["status"].get("succeeded") == 1
-    users = {u.name for u in pipeline.broker.list_users()}
-    assert "matchenv-backfill.default.staging" in users
+    backfill_user = f"matchenv-backfill.{cluster_id(pipeline.kubectl)}.default.staging"
+    assert secret_value(pipeline.kubectl, "default", "staging-backfill", "username") == backfill_user
+    wait_for(lambda: backfill_user not in {u.name for u in pipeline.broker.list_users()},
+             timeout=30, what="the backfill user removed once complete")
 
 
 def test_routing_keys_take_a_subset_through_the_topic_exchange_on_the_fanout(pipeline: Pipeline,

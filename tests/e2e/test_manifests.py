@@ -69,7 +69,8 @@ def test_the_local_overlay_holds_what_users_run(manifests: Path, crd_installed: 
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                             "capabilities": {"drop": ["ALL"]}}
-    assert {"livenessProbe", "readinessProbe"} <= set(container)
+    assert {"startupProbe", "livenessProbe", "readinessProbe"} <= set(container)
+    assert "initialDelaySeconds" not in container["livenessProbe"]  # the startup probe gates it, however slow the start
 
 
 # -- the oldest supported release ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from matchenv.naming import SECRETS_HASH_ANNOTATION
+from matchenv.topology.client import ManagementClient
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.cases import environment
 from tests.e2e.conftest import Kubectl
@@ -47,7 +49,7 @@ def test_three_environments_become_ready(platform: Platform) -> None:
         assert mgmt.queue(f"{queue}.dlq") is not None
         assert len(mgmt.bindings("matches-fanout", queue)) == 1
         assert len(mgmt.bindings(f"{queue}.dlx", f"{queue}.dlq")) == 1
-        assert mgmt.user(f"matchenv.default.{env}") is not None
+        assert mgmt.user(platform.user(env)) is not None
         deployment = kubectl.get_json("deployment", f"{env}-workers")
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["command"] == ["matchenv", "worker"]
@@ -81,7 +83,7 @@ def test_one_publish_lands_once_in_every_queue(platform: Platform) -> None:
 
 def test_environment_user_cannot_read_another_environments_queue(platform: Platform) -> None:
     url = secret_value(platform.kubectl, "default", "dev-broker", "url")
-    assert url.startswith("amqp://matchenv.default.dev:")
+    assert url.startswith(f"amqp://{platform.user('dev')}:")
     with pika.BlockingConnection(pika.URLParameters(url)) as conn:
         conn.channel().basic_consume("matches.dev", lambda *a: None)  # its own queue: allowed
     with pika.BlockingConnection(pika.URLParameters(url)) as conn, \
@@ -114,9 +116,9 @@ def test_the_broker_s_own_events_start_the_repairs(platform: Platform) -> None:
     wait_for(lambda: platform.is_ready("staging"), what="staging Ready")
     before = operator.metric("matchenv_drift_repairs_total")
     mgmt.delete("/api/exchanges/%2F/matches.staging.dlx")
-    mgmt.delete("/api/users/matchenv.default.staging")
+    mgmt.delete(f"/api/users/{platform.user('staging')}")
     wait_for(lambda: mgmt.get("/api/exchanges/%2F/matches.staging.dlx") is not None and
-             mgmt.user("matchenv.default.staging") is not None, timeout=4 * RESYNC + 10,
+             mgmt.user(platform.user("staging")) is not None, timeout=4 * RESYNC + 10,
              what="dead-letter exchange and user repaired")
     assert operator.metric("matchenv_broker_events_total") >= 2
     assert operator.metric("matchenv_drift_repairs_total") > before
@@ -193,18 +195,25 @@ def test_killed_operator_restarts_and_converges_without_duplicates(platform: Pla
     assert len(deployments) == 1
     secrets = kubectl.get_json("secrets", "-l", "matchenv.io/environment=preview")["items"]
     assert [s["metadata"]["name"] for s in secrets] == ["preview-broker"]
-    users = [u["name"] for u in platform.mgmt.get("/api/users") if u["name"].startswith("matchenv.default.")]
-    assert sorted(users) == sorted(f"matchenv.default.{e}" for e in (*ENVS, "preview"))
+    ours = platform.user("").removesuffix(".")  # matchenv-env.<cluster>.default
+    users = [u["name"] for u in platform.mgmt.get("/api/users") if u["name"].startswith(f"{ours}.")]
+    assert sorted(users) == sorted(platform.user(e) for e in (*ENVS, "preview"))
+
+
+def _with_own_broker_secret(platform: Platform, env: str, secret_name: str) -> dict[str, Any]:
+    """Environment ``env`` on the broker through a connection Secret of its own (``secret_name``), Ready."""
+    secret = broker_secret(platform.rabbitmq)
+    secret["metadata"] = {"name": secret_name, "namespace": "default"}
+    platform.kubectl.apply(secret)
+    platform.kubectl.apply(db_secret(env))
+    platform.kubectl.apply(environment(env, broker={"connectionSecretRef": {"name": secret_name}}))
+    wait_for(lambda: platform.is_ready(env), timeout=60, what=f"{env} Ready")
+    return secret
 
 
 def test_environment_with_its_ownbroker_secret(platform: Platform) -> None:
     kubectl = platform.kubectl
-    secret = broker_secret(platform.rabbitmq)
-    secret["metadata"] = {"name": "team-broker", "namespace": "default"}
-    kubectl.apply(secret)
-    kubectl.apply(db_secret("ownbroker"))
-    kubectl.apply(environment("ownbroker", broker={"connectionSecretRef": {"name": "team-broker"}}))
-    wait_for(lambda: platform.is_ready("ownbroker"), timeout=60, what="ownbroker Ready")
+    secret = _with_own_broker_secret(platform, "ownbroker", "team-broker")
     assert len(platform.mgmt.bindings("matches-fanout", "matches.ownbroker")) == 1
     kubectl.run("delete", "secret", "team-broker")
     kubectl.run("delete", "menv", "ownbroker", "--wait=false")
@@ -218,6 +227,40 @@ def test_environment_with_its_ownbroker_secret(platform: Platform) -> None:
     assert platform.mgmt.bindings("matches-fanout", "matches.ownbroker") == []
 
 
+def test_a_moved_environment_lets_go_of_its_old_vhost_and_a_lost_secret_is_let_go_by_annotation(
+        platform: Platform) -> None:
+    kubectl, mgmt, ep = platform.kubectl, platform.mgmt, platform.rabbitmq.endpoints
+    admin = ManagementClient(ep.management_url, ep.username, ep.password)
+    admin.put_vhost("team-v")
+    admin.set_permissions("team-v", ep.username, ".*", ".*", ".*")
+    _with_own_broker_secret(platform, "mover", "team-v-connection")
+    assert mgmt.get(f"/api/permissions/%2F/{platform.user('mover')}") is not None
+    kubectl.run("patch", "menv", "mover", "--type", "merge", "-p", '{"spec": {"broker": {"vhost": "team-v"}}}')
+    wait_for(lambda: (platform.status("mover").get("placement") or {}).get("vhost") == "team-v"
+             and platform.is_ready("mover"), timeout=60, what="mover Ready in vhost team-v")
+    assert len(mgmt.bindings("matches-fanout", "matches.mover", vhost="team-v")) == 1
+    assert mgmt.bindings("matches-fanout", "matches.mover") == []  # the old queue: unbound, kept (Retain)
+    assert mgmt.queue("matches.mover") is not None
+    assert mgmt.get(f"/api/permissions/%2F/{platform.user('mover')}") is None  # the old vhost's permissions gone
+    # the connection Secret goes first (as in a namespace deletion): the deletion waits, and says how to let go
+    kubectl.run("delete", "secret", "team-v-connection")
+    kubectl.run("delete", "menv", "mover", "--wait=false")
+    wait_for(lambda: "matchenv.io/abandon-broker=true" in (platform.status("mover").get("lastError") or ""),
+             timeout=30, what="the way out named")
+    kubectl.run("annotate", "menv", "mover", "matchenv.io/abandon-broker=true")
+    wait_for(lambda: kubectl.run("get", "menv", "mover", check=False).returncode != 0, timeout=60,
+             what="the deletion ends")
+    events = kubectl.run("get", "events", "--field-selector", "involvedObject.name=mover", "-o", "yaml").stdout
+    abandoned = [e["message"] for e in yaml.safe_load(events)["items"] if e["reason"] == "BrokerAbandoned"]
+    assert len(abandoned) == 1
+    assert "queue matches.mover with its messages" in abandoned[0]
+    assert kubectl.run("get", "deployment", "mover-workers", check=False).returncode != 0
+    mgmt.delete("/api/queues/%2F/matches.mover")
+    admin.delete_user(platform.user("mover"))
+    mgmt.delete("/api/vhosts/team-v")
+    admin.close()
+
+
 def test_management_calls_per_resync_do_not_grow_with_environments(platform: Platform) -> None:
     wait_for(lambda: all(platform.is_ready(e) for e in (*ENVS, "preview")), what="all Ready")
     # four environments, one broker: a quiet pass reads one snapshot = 2 calls (the definitions, and the queues
@@ -225,6 +268,23 @@ def test_management_calls_per_resync_do_not_grow_with_environments(platform: Pla
     # that environment's objects, so the test waits for a quiet one: a pass that kept repairing would never come.)
     wait_for(lambda: platform.operator.metric("matchenv_resync_management_calls") == 2,
              timeout=10 * RESYNC, every=RESYNC / 4, what="a quiet resync pass of 2 management calls")
+
+
+def test_the_leader_exports_each_environment_as_its_status_says(platform: Platform) -> None:
+    wait_for(lambda: all(platform.is_ready(e) for e in ENVS), what="all Ready")
+    operator = platform.operator
+    assert operator.metric("matchenv_leader") == 1
+    for env in ENVS:
+        labels = {"namespace": "default", "name": env}
+        wait_for(lambda labels=labels: operator.metric("matchenv_environment_phase", {**labels, "phase": "Ready"}) == 1,
+                 timeout=3 * RESYNC, what=f"{env} Ready in its metrics")
+        status = platform.status(env)
+        assert operator.metric("matchenv_environment_info", {**labels, "exchange": status["exchange"],
+                                                             "queue": status["queue"]}) == 1
+        assert operator.metric("matchenv_environment_replicas_desired", labels) == status["replicas"]
+        assert operator.metric("matchenv_environment_condition",
+                               {**labels, "condition": "Ready", "status": "true"}) == 1
+        assert (operator.metric("matchenv_environment_last_converge_timestamp_seconds", labels) or 0) > 1.7e9
 
 
 def test_standby_takes_over_when_the_leader_dies(platform: Platform) -> None:
@@ -253,12 +313,12 @@ def test_delete_unbinds_and_keeps_or_deletes_the_queue(platform: Platform) -> No
     kubectl.run("delete", "menv", "staging", "dev", "--timeout=60s", timeout=90)
     # Retain (staging): unbound, user gone, the queue and its message kept
     assert mgmt.bindings("matches-fanout", "matches.staging") == []
-    assert mgmt.user("matchenv.default.staging") is None
+    assert mgmt.user(platform.user("staging")) is None
     assert platform.messages("matches.staging") == 1
     # Delete (dev): the queue and its dead-letter queue are gone too
     assert mgmt.queue("matches.dev") is None
     assert mgmt.queue("matches.dev.dlq") is None
-    assert mgmt.user("matchenv.default.dev") is None
+    assert mgmt.user(platform.user("dev")) is None
     for env in ("staging", "dev"):
         assert kubectl.run("get", "deployment", f"{env}-workers", check=False).returncode != 0
         assert kubectl.run("get", "secret", f"{env}-broker", check=False).returncode != 0

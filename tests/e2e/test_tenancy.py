@@ -156,7 +156,7 @@ def test_a_hand_made_broker_secret_is_not_overwritten(platform: Platform) -> Non
              what="SecretNotOwned")
     assert "not owned by this MatchEnvironment" in status(platform, "handmade")["lastError"]
     assert secret_value(platform.kubectl, "default", "handmade-broker", "url") == "amqp://someone:else@elsewhere/"
-    assert platform.mgmt.user("matchenv.default.handmade") is None
+    assert platform.mgmt.user(platform.user("handmade")) is None
     delete(platform, "handmade")
     assert secret_value(platform.kubectl, "default", "handmade-broker", "url") == "amqp://someone:else@elsewhere/"
     platform.kubectl.run("delete", "secret", "handmade-broker")
@@ -198,8 +198,8 @@ def test_100_environments_at_once_set_each_password_once_and_roll_nothing(platfo
     events = platform.kubectl.get_json("events", "--field-selector", "reason=BrokerChanged")["items"]
     password_sets: dict[str, int] = {}
     for event in events:
-        match = re.search(r"(created broker user|set the password of broker user) (matchenv\.default\.burst\d+)",
-                          event["message"])
+        match = re.search(r"(created broker user|set the password of broker user) "
+                          rf"({re.escape(platform.user('burst'))}\d+)", event["message"])
         if match:
             password_sets[match.group(2)] = password_sets.get(match.group(2), 0) + event.get("count", 1)
     assert len(password_sets) == 100
@@ -266,3 +266,106 @@ def test_the_worker_secret_is_readable_only_by_its_own_user(platform: Platform) 
     delete(platform, "mine")
     with pytest.raises(pika.exceptions.ProbableAuthenticationError):
         pika.BlockingConnection(pika.URLParameters(url))
+
+
+class _SlowManagementApi:
+    """A tenant's "management API" on loopback that answers every call after ``delay`` seconds (503)."""
+
+    def __init__(self, delay: float) -> None:
+        import http.server
+        import threading
+
+        self.calls = 0
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # every call of a converge begins with reads
+                api.calls += 1
+                time.sleep(delay)
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _restart_operator(platform: Platform, name: str, extra_env: dict[str, str]) -> None:
+    platform.operator.stop()
+    platform.operator = OperatorProcess(platform.sa_kubeconfig, platform.tmp / f"{name}.log", resync_seconds=RESYNC,
+                                        identity=name, extra_env=extra_env).start()
+
+
+def test_a_tenant_broker_answering_after_9s_delays_no_other_environment(platform: Platform) -> None:
+    """A tenant's broker Secret names a management API that answers after 9 s: the other environments are still
+    checked every interval (a binding deleted by hand is back within one, by the resync alone: broker events off),
+    and the administrator can turn connectionSecretRef off."""
+    slow = _SlowManagementApi(9.0)
+    try:
+        _restart_operator(platform, "operator-no-events", {"MATCHENV_BROKER_EVENTS": "false"})
+        apply(platform, "calm")
+        wait_for(lambda: ready(platform, "calm"), timeout=60, what="calm Ready")
+        secret = broker_secret(platform.rabbitmq)
+        secret["metadata"].update(name="slow-broker", namespace="default")
+        secret["stringData"]["management-url"] = slow.url
+        platform.kubectl.apply(secret)
+        apply(platform, "slowpoke", broker={"connectionSecretRef": {"name": "slow-broker"}})
+        wait_for(lambda: slow.calls > 0, timeout=30, what="the tenant's broker called")
+        time.sleep(2 * RESYNC)  # passes run with the tenant's first call under way
+        mgmt = platform.mgmt
+        binding = mgmt.bindings("matches-fanout", "matches.calm")[0]
+        mgmt.delete(f"/api/bindings/%2F/e/matches-fanout/q/matches.calm/{binding['properties_key']}")
+        deleted = time.monotonic()
+        wait_for(lambda: len(mgmt.bindings("matches-fanout", "matches.calm")) == 1, timeout=30,
+                 what="calm's binding back")
+        took = time.monotonic() - deleted
+        print(f"\ncalm's binding back {took:.1f}s after its deletion (interval {RESYNC:.0f}s, tenant answers in 9s)")
+        assert took < 2 * RESYNC + 2  # the next pass, not after the tenant's 9 s calls
+        wait_for(lambda: condition(platform, "slowpoke", "TopologyReady").get("reason") == "BrokerUnreachable",
+                 timeout=60, what="slowpoke says its broker does not answer")
+        # the administrator turns tenants' brokers off: refused before any call, naming the setting
+        _restart_operator(platform, "operator-no-tenant-brokers", {"MATCHENV_TENANT_BROKER_HOSTS": "none"})
+        wait_for(lambda: condition(platform, "slowpoke", "TopologyReady").get("reason") == "NotAllowed",
+                 timeout=60, what="slowpoke NotAllowed")
+        assert "MATCHENV_TENANT_BROKER_HOSTS" in status(platform, "slowpoke")["lastError"]
+        platform.kubectl.run("annotate", "menv", "slowpoke", "matchenv.io/abandon-broker=true")
+        delete(platform, "slowpoke")
+        delete(platform, "calm")
+    finally:
+        slow.close()
+        _restart_operator(platform, "operator-again", {})
+
+
+def test_a_namespace_deleted_with_its_broker_secret_goes_by_the_documented_path(platform: Platform) -> None:
+    """The namespace's deletion may remove the environment's connection Secret before the environment: its
+    teardown then waits, saying to annotate it with matchenv.io/abandon-broker=true (docs/operating.md); annotated,
+    it goes, and the namespace with it, within a minute."""
+    kubectl = platform.kubectl
+    kubectl.run("create", "namespace", "doomed")
+    secret = broker_secret(platform.rabbitmq)
+    secret["metadata"].update(name="team-broker", namespace="doomed")
+    kubectl.apply(secret)
+    apply(platform, "prod", namespace="doomed", queue={"name": "matches.doomed"},
+          broker={"connectionSecretRef": {"name": "team-broker"}})
+    wait_for(lambda: ready(platform, "prod", "doomed"), timeout=60, what="doomed/prod Ready")
+    kubectl.run("delete", "secret", "team-broker", "-n", "doomed")  # the order a namespace's deletion may take
+    kubectl.run("delete", "namespace", "doomed", "--wait=false")
+    wait_for(lambda: "abandon-broker" in (status(platform, "prod", "doomed").get("lastError") or ""), timeout=30,
+             what="the teardown says how to let it go")
+    kubectl.run("annotate", "menv", "prod", "-n", "doomed", "matchenv.io/abandon-broker=true")
+    annotated = time.monotonic()
+    wait_for(lambda: kubectl.run("get", "namespace", "doomed", check=False).returncode != 0, timeout=60,
+             what="namespace doomed gone")
+    print(f"\nnamespace gone {time.monotonic() - annotated:.1f}s after the annotation")
+    # what the abandon left on the broker (its event lists it)
+    for path in ("queues/%2F/matches.doomed", "queues/%2F/matches.doomed.dlq", "exchanges/%2F/matches.doomed.dlx",
+                 f"users/{platform.user('prod', 'doomed')}"):
+        platform.mgmt.delete(f"/api/{path}")

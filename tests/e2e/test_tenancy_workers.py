@@ -17,7 +17,7 @@ import requests
 from matchenv.scraper.messages import task_message
 from matchenv.scraper.sources import synthetic
 from matchenv_devkit.services.process import wait_for
-from tests.e2e.harness import secret_value
+from tests.e2e.harness import secret_value, worker_user
 from tests.e2e.pipeline import Pipeline, real_node_pipeline_fixture
 
 
@@ -60,6 +60,14 @@ def test_a_hand_wired_queue_is_refused_then_adopted_with_its_messages(pipeline: 
     pipeline.apply("legacy2")
     wait_for(lambda: reason(pipeline, "legacy2") == "QueueExists", timeout=30, what="QueueExists")
     pipeline.apply("legacy", queue={"adopt": True})
+    # adoption takes a queue and its messages: only with the administrator's consent
+    wait_for(lambda: reason(pipeline, "legacy") == "NotAllowed", timeout=30, what="NotAllowed")
+    assert "MATCHENV_ADOPT_NAMESPACES" in pipeline.kubectl.run("describe", "menv", "legacy").stdout
+    with pika.BlockingConnection(pika.URLParameters(pipeline.rabbitmq.endpoints.amqp_url)) as conn:
+        assert conn.channel().queue_declare("matches.legacy", passive=True).method.message_count == 10
+    assert pipeline.operator is not None
+    pipeline.operator.stop()
+    pipeline.start_operator({"MATCHENV_ADOPT_NAMESPACES": "default"})
     pipeline.wait_ready("legacy")
     pipeline.wait_rows({"legacy": 10})
     assert sorted(stored_ids(pipeline, "legacy")) == sorted(f"synthetic-77-{i}" for i in range(10))
@@ -73,7 +81,7 @@ def test_a_hand_wired_queue_is_refused_then_adopted_with_its_messages(pipeline: 
 def test_credentials_repair_and_rotate_with_no_message_lost(pipeline: Pipeline) -> None:
     pipeline.apply("rot")
     pipeline.wait_ready("rot")
-    user = "matchenv.default.rot"
+    user = worker_user(pipeline.kubectl, "rot")
     ep = pipeline.rabbitmq.endpoints
     admin = (ep.username, ep.password)
 

@@ -16,15 +16,15 @@ import pika
 import psycopg
 import requests
 
-from matchenv.models import MatchEnvironmentSpec
-from matchenv.operator.builders import worker_amqp_url
+from matchenv.api import MatchEnvironmentSpec
+from matchenv.connection import worker_amqp_url
 from matchenv.topology.applier import apply_plan
 from matchenv.topology.client import ManagementClient
 from matchenv.topology.desired import DesiredTopology, desired_topology
 from matchenv.topology.planner import plan_converge
 from matchenv_devkit.services.process import ChildProcess, free_port
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
-from tests.cases import environment
+from tests.cases import CLUSTER, environment
 
 TASK = "celery_tasks.match_tasks.process_match_data"
 
@@ -66,7 +66,7 @@ class Environment:
         ep = rabbitmq.endpoints
         self.admin = ManagementClient(ep.management_url, ep.username, ep.password)
         self.topology: DesiredTopology = desired_topology(
-            "itest", name, MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
+            CLUSTER, "itest", name, MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
         self.password = uuid.uuid4().hex
         apply_plan(self.admin, plan_converge(self.topology, self.admin.snapshot(), self.password))
         self.url = worker_amqp_url(f"amqp://127.0.0.1:{ep.amqp_port}", self.topology.names.broker_user,

@@ -17,21 +17,21 @@ import pika
 import pika.exceptions
 import pytest
 
-from matchenv.models import MatchEnvironmentSpec
-from matchenv.operator.builders import worker_amqp_url
+from matchenv.api import MatchEnvironmentSpec
+from matchenv.connection import worker_amqp_url
 from matchenv.topology.applier import apply_plan
 from matchenv.topology.client import ManagementClient
 from matchenv.topology.desired import DesiredTopology, desired_archive, desired_topology
 from matchenv.topology.planner import plan_archive, plan_converge, plan_remove
 from matchenv_devkit.services.process import wait_for
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
-from tests.cases import environment
+from tests.cases import CLUSTER, environment
 
 PASSWORD = "backfill-pw"
 
 
 def _make(name: str, exchange: str, **spec: object) -> DesiredTopology:
-    return desired_topology("itest", name, MatchEnvironmentSpec.model_validate(
+    return desired_topology(CLUSTER, "itest", name, MatchEnvironmentSpec.model_validate(
         environment(name, exchange={"name": exchange}, **spec)["spec"]))
 
 
@@ -122,7 +122,7 @@ def test_an_empty_or_unreachable_archive_is_a_clear_outcome(rabbitmq: RabbitMQNo
     late = _make(f"late-{feed}", feed, backfill={"since": "1h"})
     try:
         apply_plan(broker, plan_converge(late, broker.snapshot(late.scope()), "pw", PASSWORD))
-        result = _run_backfill(rabbitmq, late, dt.datetime.now(dt.UTC))
+        result = _run_backfill(rabbitmq, late, dt.datetime.now(dt.UTC), "--empty-wait", "3")
         assert result.returncode == 0, result.stderr
         assert "the archive was empty" in result.stdout
         result = subprocess.run([sys.executable, "-m", "matchenv.cli", "backfill", "--archive", "a", "--exchange",
@@ -133,5 +133,32 @@ def test_an_empty_or_unreachable_archive_is_a_clear_outcome(rabbitmq: RabbitMQNo
         result = _run_backfill(rabbitmq, late, dt.datetime.now(dt.UTC), "--from", "yesterday")
         assert result.returncode == 2
         assert "is not an RFC 3339 time" in result.stderr
+    finally:
+        apply_plan(broker, plan_remove(late, broker.snapshot(late.scope()), delete_queue=True))
+
+
+def test_a_backfill_is_complete_only_at_the_archives_end(rabbitmq: RabbitMQNode, broker: ManagementClient,
+                                                         feed: str) -> None:
+    """20,000 archived, and a replay that sees every pause of the stream (a busy broker's) as long as the old
+    5 s rule: it still delivers all 20,000, because only the archive's last offset ends it."""
+    from matchenv.replay import replay
+
+    late = _make(f"late-{feed}", feed, backfill={"since": "1h"})
+    try:
+        with pika.BlockingConnection(pika.URLParameters(rabbitmq.endpoints.amqp_url)) as conn:
+            channel = conn.channel()
+            channel.tx_select()
+            for i in range(20_000):
+                channel.basic_publish(feed, "", json.dumps({"i": i}).encode(), pika.BasicProperties(delivery_mode=2))
+                if i % 1000 == 999:
+                    channel.tx_commit()
+        apply_plan(broker, plan_converge(late, broker.snapshot(late.scope()), "pw", PASSWORD))
+        assert late.backfill is not None
+        report = replay(rabbitmq.endpoints.amqp_url, late.backfill.archive, late.names.backfill_exchange,
+                        dt.datetime.now(dt.UTC) - dt.timedelta(hours=1), mandatory=True, idle=0.001)
+        assert report.delivered == 20_000
+        assert report.end_offset is not None
+        wait_for(lambda: broker.get_queue("/", late.queue.name).messages == 20_000, timeout=60,
+                 what="all 20,000 in the queue")
     finally:
         apply_plan(broker, plan_remove(late, broker.snapshot(late.scope()), delete_queue=True))

@@ -13,7 +13,8 @@ import pika
 import pika.exceptions
 import pytest
 
-from matchenv.models import MatchEnvironmentSpec
+from matchenv.api import MatchEnvironmentSpec
+from matchenv.naming import length_cap_policy_name
 from matchenv.topology.applier import ApplyError, apply_plan
 from matchenv.topology.client import (
     BrokerAuthError,
@@ -23,10 +24,10 @@ from matchenv.topology.client import (
     ManagementClient,
 )
 from matchenv.topology.desired import DesiredTopology, desired_archive, desired_topology
-from matchenv.topology.planner import Plan, plan_archive, plan_converge, plan_detach, plan_remove
+from matchenv.topology.planner import Plan, plan_archive, plan_converge, plan_detach, plan_length_cap, plan_remove
 from matchenv_devkit.services.process import wait_for
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
-from tests.cases import environment
+from tests.cases import CLUSTER, environment
 
 
 @pytest.fixture
@@ -35,7 +36,8 @@ def unique() -> str:
 
 
 def make(name: str, namespace: str = "itest", **spec: Any) -> DesiredTopology:
-    return desired_topology(namespace, name, MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
+    spec_ = MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"])
+    return desired_topology(CLUSTER, namespace, name, spec_)
 
 
 def teardown(broker: ManagementClient, want: DesiredTopology, delete_queue: bool) -> None:
@@ -324,6 +326,9 @@ class _Misbehaving:
                     self.end_headers()
                     self.wfile.write(body)
 
+            def do_PUT(self) -> None:
+                self.do_GET()
+
             def log_message(self, *args: Any) -> None:
                 return None
 
@@ -352,6 +357,24 @@ def test_a_trickling_answer_is_cut_at_the_total_deadline() -> None:
         with pytest.raises(BrokerUnreachable, match="no complete answer within 2s"):
             ManagementClient(server.url, "u", "p", timeout=(1, 2)).list_queues()
         assert time.monotonic() - started < 5
+    finally:
+        server.close()
+
+
+def test_a_write_never_outlasts_what_is_left_of_the_leaders_lease() -> None:
+    """The leader's Lease has 1 s left: a write's deadline is cut to it (none still under way once a standby may
+    lead), a read keeps its own timeout."""
+    server = _Misbehaving("trickle")
+    try:
+        client = ManagementClient(server.url, "u", "p", timeout=(1, 4), write_budget=lambda: 1.0)
+        started = time.monotonic()
+        with pytest.raises(BrokerUnreachable, match=r"PUT .* no complete answer within 1s"):
+            client.put_user("someone", "pw")
+        assert time.monotonic() - started < 2.5
+        started = time.monotonic()
+        with pytest.raises(BrokerUnreachable, match="no complete answer within 4s"):
+            client.list_queues()
+        assert time.monotonic() - started >= 3.5
     finally:
         server.close()
 
@@ -396,11 +419,15 @@ def test_queue_and_dead_letter_exchange_carry_the_owner_marker(broker: Managemen
     cleanup.append(want)
     apply_plan(broker, plan_converge(want, broker.snapshot(), "pw"))
     snapshot = broker.snapshot()
-    assert snapshot.queues[("/", want.queue.name)].owner == f"team-a/own-{unique}"
-    assert snapshot.queues[("/", want.names.dead_letter_queue)].owner == f"team-a/own-{unique}"
-    assert snapshot.exchanges[("/", want.names.dead_letter_exchange)].owner == f"team-a/own-{unique}"
-    # the worker re-declares its queue with the same arguments (the contract): accepted, marker kept
+    marker = f"{CLUSTER}/team-a/own-{unique}"
+    assert snapshot.queues[("/", want.queue.name)].owner == marker
+    assert snapshot.queues[("/", want.names.dead_letter_queue)].owner == marker
+    assert snapshot.exchanges[("/", want.names.dead_letter_exchange)].owner == marker
+    # the worker re-declares its queue with the same arguments (the contract): accepted, marker kept; RabbitMQ
+    # compares only its own arguments, so a queue of an older marker (or none) takes the declaration too
     broker.declare_queue("/", want.queue.name, want.queue.arguments)
+    broker.declare_queue("/", want.queue.name, {**want.queue.arguments, "x-matchenv-owner": "team-a/legacy"})
+    assert broker.get_queue("/", want.queue.name).owner == marker
     other = make(f"own-{unique}", namespace="team-b", queue={"type": "quorum", "name": want.queue.name})
     refused = plan_converge(other, broker.snapshot(), "pw")
     assert refused.refusal is not None
@@ -456,3 +483,32 @@ def test_the_archive_keeps_every_match_once_and_lets_go_of_those_older_than_its_
         broker.delete_queue("/", archive.name)
         broker.delete_policy("/", archive.policy)
         broker.delete_exchange("/", exchange)
+
+
+def test_the_administrators_maximum_length_bounds_queues_without_a_policy_and_lowers_larger_ones(
+        rabbitmq: RabbitMQNode, broker: ManagementClient, unique: str, cleanup: list[DesiredTopology]) -> None:
+    """One operator policy: a paused environment's queue without maxLength is bounded, and the lower of the two
+    limits wins where the environment has its own."""
+    plain, own = make(f"cap-{unique}"), make(f"capown-{unique}", queue={"maxLength": 50})
+    cleanup.extend([plain, own])
+    for want in (plain, own):
+        apply_plan(broker, plan_converge(want, broker.snapshot(), "pw"))
+    pattern, cap = rf"^matches\.cap(own)?-{unique}$", length_cap_policy_name(CLUSTER)
+    apply_plan(broker, Plan(plan_length_cap("/", cap, pattern, 6, broker.get_operator_policy("/", cap))))
+    assert plan_length_cap("/", cap, pattern, 6, broker.get_operator_policy("/", cap)) == ()
+    try:
+        with pika.BlockingConnection(pika.URLParameters(rabbitmq.endpoints.amqp_url)) as conn:
+            channel = conn.channel()
+            for want in (plain, own):
+                for i in range(10):
+                    channel.basic_publish("", want.queue.name, str(i).encode())
+        for want in (plain, own):
+            wait_for(lambda w=want: broker.get_queue("/", w.queue.name).messages == 6, what=f"{want.queue.name} 6")
+        # the newest kept (drop-head): the first message left is the fifth published
+        with pika.BlockingConnection(pika.URLParameters(rabbitmq.endpoints.amqp_url)) as conn:
+            method, _, body = conn.channel().basic_get(plain.queue.name, auto_ack=True)
+            assert method is not None
+            assert body == b"4"
+    finally:
+        apply_plan(broker, Plan(plan_length_cap("/", cap, pattern, 0, broker.get_operator_policy("/", cap))))
+    assert broker.get_operator_policy("/", cap) is None

@@ -3,6 +3,7 @@ bad messages dead-lettered once with their reason."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from matchenv.models import Match
+from matchenv.match import Match
 from matchenv.workers.migrate import migrate
 from matchenv.workers.stores import PostgresStore, StoreUnavailable
 from matchenv_devkit.services.postgres import PostgresServer
@@ -26,7 +27,8 @@ from tests.integration.harness import TASK, Environment, WorkerProcess, duplicat
 
 def test_migrate_is_repeatable(postgres: PostgresServer) -> None:
     url = postgres.create_database(f"m_{uuid.uuid4().hex[:8]}")
-    assert migrate(url) == ["001_matches", "002_ordering", "003_supabase_access", "004_batch_upsert"]
+    assert migrate(url) == ["001_matches", "002_ordering", "003_supabase_access", "004_batch_upsert",
+                            "005_migrations_table_access"]
     assert migrate(url) == []
 
 
@@ -83,7 +85,7 @@ def test_send_task_from_another_celery_client_is_stored(rabbitmq: RabbitMQNode, 
                                                          database: str) -> None:
     workers()
     client = Celery("producer", broker=rabbitmq.endpoints.amqp_url, set_as_current=False)
-    # how a Celery producer points the task at the fanout exchange (README: "Publishing with Celery")
+    # how a Celery producer points the task at the fanout exchange (docs/workers-and-publishing.md)
     client.conf.update(task_serializer="json", broker_connection_retry_on_startup=True, task_routes={
         TASK: {"exchange": env.topology.exchange, "exchange_type": "fanout", "routing_key": ""}})
     with client.connection_for_write() as conn:
@@ -256,3 +258,26 @@ def test_protocol2_from_our_publisher_is_stored(env: Environment, workers: Calla
     report = Publisher(rabbitmq.endpoints.amqp_url, Target(env.topology.exchange)).run(synthetic(30, seed=3))
     assert report.confirmed == 30
     wait_for(lambda: rows(database, "external_match_id like 'synthetic-3-%'") == 30, what="30 protocol-2 rows")
+
+
+def test_json_logs_say_whose_line_each_is_and_hold_no_password(env: Environment,
+                                                               workers: Callable[..., WorkerProcess],
+                                                               database: str) -> None:
+    worker = workers(extra={"MATCHENV_LOG_JSON": "true"})
+    env.publish([protocol1_body(make_match(40)), b"not json at all"])
+    wait_for(lambda: worker.metric("matchenv_worker_processed_total") >= 2, what="2 processed")
+    wait_for(lambda: "dead-lettered" in worker.log(), what="the dead letter logged")
+    lines = [line for line in worker.log().splitlines() if line.strip()]
+    assert [line for line in lines if not _json_object(line)] == []  # every line is one JSON object
+    records = [json.loads(line) for line in lines]
+    assert {(r["namespace"], r["queue"]) for r in records} == {("itest", env.queue)}
+    assert any(r.get("reason") == "malformed" and "dead-lettered" in r["message"] for r in records)
+    assert any(r["message"].startswith("stored 1 matches") for r in records)
+    assert env.password not in worker.log()
+
+
+def _json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False

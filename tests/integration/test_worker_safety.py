@@ -13,6 +13,7 @@ from pathlib import Path
 import pika
 import psycopg
 import pytest
+import requests
 
 from matchenv.scraper.messages import task_message
 from matchenv.workers.migrate import migrate
@@ -110,17 +111,42 @@ def test_an_older_message_never_overwrites_a_newer_row(env: Environment, workers
     wait_for(lambda: score(database, "mlsnext_5") == (4, 4), what="unstamped last writer wins")
 
 
+def test_a_stamp_a_year_ahead_is_dead_lettered_and_later_updates_apply(
+        env: Environment, workers: Callable[..., WorkerProcess], database: str) -> None:
+    """A producer with a clock a year ahead would make its row newer than every real update for a year: it goes to
+    the DLQ as invalid, naming the header, and the updates that follow are applied."""
+    now = dt.datetime.now(dt.UTC)
+    ahead = task_message(make_match(6, home_score=9, away_score=9), scraped_at=now + dt.timedelta(days=365))
+    real = [task_message(make_match(6, home_score=1, away_score=0), scraped_at=now),
+            task_message(make_match(6, home_score=2, away_score=0), scraped_at=now + dt.timedelta(seconds=1))]
+    with pika.BlockingConnection(pika.URLParameters(env.rabbitmq.endpoints.amqp_url)) as conn:
+        channel = conn.channel()
+        channel.confirm_delivery()
+        for message in (ahead, *real):
+            channel.basic_publish(env.topology.exchange, "", message.body, pika.BasicProperties(
+                content_type="application/json", content_encoding="utf-8", delivery_mode=2,
+                headers=message.headers))
+    workers()
+    wait_for(lambda: env.depth(env.dlq) == 1, what="the stamp from the future dead-lettered")
+    [(headers, _body)] = env.dead_letters()
+    assert headers["x-matchenv-reason"] == "invalid"
+    assert "x-matchenv-scraped-at" in headers["x-matchenv-error"]
+    wait_for(lambda: score(database, "mlsnext_6") == (2, 0), what="the real updates applied")
+
+
 def test_supabase_public_roles_can_neither_read_nor_write(postgres: PostgresServer) -> None:
     plain = postgres.create_database(f"plain_{uuid.uuid4().hex[:8]}")
     with psycopg.connect(plain, autocommit=True) as conn:
         exists = conn.execute("select count(*) from pg_roles where rolname in ('anon', 'service_role')").fetchone()
     if exists and exists[0] == 0:
-        assert migrate(plain)[-1] == "004_batch_upsert"  # a plain PostgreSQL: the migration still applies
+        assert migrate(plain)[-1] == "005_migrations_table_access"  # a plain PostgreSQL: they still apply
     with psycopg.connect(plain, autocommit=True) as conn:
         for role, extra in (("anon", ""), ("authenticated", ""), ("service_role", " bypassrls")):
             if not conn.execute("select 1 from pg_roles where rolname = %s", (role,)).fetchone():
                 conn.execute(f"create role {role} nologin{extra}")
     url = postgres.create_database(f"supa_{uuid.uuid4().hex[:8]}")
+    with psycopg.connect(url, autocommit=True) as conn:  # as Supabase does: every new public table granted to all
+        conn.execute("alter default privileges in schema public grant all on tables to anon, authenticated")
     migrate(url)
     payload = '{"home_team": "A", "away_team": "B", "match_date": "2025-10-13", "season": "2024-25", ' \
               '"age_group": "U14", "match_type": "League", "external_match_id": "rls-1"}'
@@ -132,8 +158,102 @@ def test_supabase_public_roles_can_neither_read_nor_write(postgres: PostgresServ
                 conn.execute("select count(*) from matches")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("select matchenv_upsert_match(%s::jsonb)", (payload,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("select count(*) from matchenv_schema_migrations")
             conn.execute("reset role")
         conn.execute("set role service_role")
         assert conn.execute("select matchenv_upsert_match(%s::jsonb)", (payload,)).fetchone() == ("created",)
         assert conn.execute("select count(*) from matches").fetchone() == (1,)
         conn.execute("reset role")
+
+
+def _as_role(url: str, role: str) -> str:
+    """``url`` with another user (the test server trusts loopback)."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{role}@{rest.split('@', 1)[1]}"
+
+
+def _not_ready_because(worker: WorkerProcess) -> str:
+    """What the worker's readiness endpoint says once it reports not ready (503)."""
+    def not_ready() -> str | None:
+        answer = requests.get(f"http://127.0.0.1:{worker.port}/healthz", timeout=2)
+        return answer.text if answer.status_code == 503 else None
+
+    why: str = wait_for(not_ready, timeout=30, what="the worker reports not ready")
+    return why
+
+
+def test_a_database_that_refuses_every_write_holds_the_feed_instead_of_draining_it(
+        env: Environment, workers: Callable[..., WorkerProcess], database: str) -> None:
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f"create role {role} login bypassrls")  # row-level security is on (migration 003)
+        conn.execute(f"grant usage on schema public to {role}")
+        conn.execute(f"grant select, insert, update on matches to {role}")
+        conn.execute(f"grant execute on function matchenv_upsert_match(jsonb), matchenv_upsert_matches(jsonb) "
+                     f"to {role}")
+        conn.execute(f"revoke insert on matches from {role}")  # what a mistaken grant script does
+    worker = workers(extra={"DATABASE_URL": _as_role(database, role)})
+    env.publish([protocol1_body(make_match(i)) for i in range(20)])
+
+    why = _not_ready_because(worker)
+    assert "holding messages: the database refuses every write (permission denied)" in why
+    assert "InsufficientPrivilege" in why
+    assert worker.metric("matchenv_worker_store_holding") == 1
+    time.sleep(3)
+    assert env.depth(env.dlq) == 0  # nothing dead-lettered
+    assert worker.metric("matchenv_worker_dead_lettered_total", 'reason="store-error"') == 0
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute(f"grant insert on matches to {role}")
+    wait_for(lambda: rows(database) == 20, timeout=60, what="all 20 stored once the grant is back")
+    wait_for(lambda: requests.get(f"http://127.0.0.1:{worker.port}/healthz", timeout=2).status_code == 200,
+             timeout=10, what="ready again")
+    assert worker.metric("matchenv_worker_store_holding") == 0
+    assert env.depth(env.dlq) == 0
+
+
+def test_a_supabase_key_refused_for_every_call_holds_the_feed_until_it_is_accepted(
+        env: Environment, workers: Callable[..., WorkerProcess], database: str) -> None:
+    """The Supabase path answers 401 to every call (a rotated or mistyped service key): no match is its own fault,
+    so none is dead-lettered; the worker is not ready, saying why, and stores everything once the key is good."""
+    from tests.integration.postgrest_endpoint import PostgrestEndpoint
+
+    with PostgrestEndpoint(database, "the-key-supabase-has-now") as endpoint:
+        worker = workers(extra={"DATABASE_URL": "", "SUPABASE_URL": endpoint.url,
+                                "SUPABASE_SERVICE_KEY": "the-key-the-worker-was-given"})
+        env.publish([protocol1_body(make_match(i)) for i in range(300, 320)])
+
+        why = _not_ready_because(worker)
+        assert "holding messages" in why
+        assert "PGRST301" in why
+        assert worker.metric("matchenv_worker_store_holding") == 1
+        time.sleep(3)
+        assert env.depth(env.dlq) == 0
+        assert worker.metric("matchenv_worker_dead_lettered_total", 'reason="store-error"') == 0
+        assert rows(database) == 0
+        endpoint.key = "the-key-the-worker-was-given"  # the key is good again (rotated back on Supabase's side)
+        wait_for(lambda: rows(database) == 20, timeout=60, what="all 20 stored once the key is accepted")
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{worker.port}/healthz", timeout=2).status_code == 200,
+                 timeout=10, what="ready again")
+    assert env.depth(env.dlq) == 0
+    assert "the-key-the-worker-was-given" not in worker.log()
+
+
+def test_a_frozen_database_fails_the_liveness_check_and_nothing_is_lost(
+        env: Environment, workers: Callable[..., WorkerProcess], database: str, postgres: PostgresServer) -> None:
+    """A database that stops answering mid-call (here: its server process stopped) leaves the storing thread
+    waiting on its socket: ``/livez`` fails, which the kubelet turns into a restart."""
+    worker = workers(extra={"MATCHENV_STUCK_SECONDS": "4"})
+    env.publish([protocol1_body(make_match(1))])
+    wait_for(lambda: rows(database) == 1, what="the first match stored")
+    livez = f"http://127.0.0.1:{worker.port}/livez"
+    assert requests.get(livez, timeout=2).status_code == 200
+    with postgres.frozen():
+        env.publish([protocol1_body(make_match(2))])
+        answer = wait_for(lambda: (r := requests.get(livez, timeout=2)).status_code == 503 and r.text,
+                          timeout=30, what="/livez fails while the store call hangs")
+        assert "no progress" in answer
+        worker.stop()  # what the kubelet does then: the message goes back to the queue
+    worker = workers(extra={"MATCHENV_STUCK_SECONDS": "4"})
+    wait_for(lambda: rows(database) == 2, timeout=60, what="the held match stored after the restart")
+    assert requests.get(f"http://127.0.0.1:{worker.port}/livez", timeout=2).status_code == 200

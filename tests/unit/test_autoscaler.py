@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from matchenv.models import AutoscalingSpec
+from matchenv.api import AutoscalingSpec
 from matchenv.operator.autoscaler import Autoscaler, target_replicas
 
 SPEC = AutoscalingSpec.model_validate({"enabled": True, "minReplicas": 1, "maxReplicas": 5,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from matchenv.models import MatchEnvironmentSpec
+from matchenv.api import MatchEnvironmentSpec
+from matchenv.connection import worker_amqp_url
 from matchenv.naming import SECRETS_HASH_ANNOTATION, EnvironmentNames
 from matchenv.operator.builders import (
     build_broker_secret,
@@ -12,11 +13,10 @@ from matchenv.operator.builders import (
     drift,
     owner_reference,
     secret_data_hash,
-    worker_amqp_url,
 )
-from tests.cases import environment
+from tests.cases import CLUSTER, environment
 
-NAMES = EnvironmentNames("default", "staging", "matches.staging")
+NAMES = EnvironmentNames(CLUSTER, "default", "staging", "matches.staging")
 OWNER = owner_reference("staging", "uid-1")
 
 
@@ -93,8 +93,8 @@ def test_broker_secret_holds_the_workers_url() -> None:
     assert secret["metadata"]["name"] == "staging-broker"
     assert secret["metadata"]["ownerReferences"] == [OWNER]
     data = secret["stringData"]
-    assert data["url"] == "amqp://matchenv.default.staging:p%40ss%2Fword@rabbitmq.matchenv-system:5672/%2F"
-    assert data["username"] == "matchenv.default.staging"
+    assert data["url"] == "amqp://matchenv-env.c1.default.staging:p%40ss%2Fword@rabbitmq.matchenv-system:5672/%2F"
+    assert data["username"] == "matchenv-env.c1.default.staging"
     assert data["password"] == "p@ss/word"
 
 

@@ -14,8 +14,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from matchenv.api import MatchEnvironmentSpec, MatchEnvironmentStatus
 from matchenv.crd import build_crd, build_defaulting_policy, rendered_files
-from matchenv.models import MatchEnvironmentSpec, MatchEnvironmentStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from matchenv.operator.drift import Changed, Repairs, changed
-from tests.unit.test_reconciler import World
+from tests.unit.world import World
 
 
 def test_each_followed_event_names_the_object_it_removed() -> None:
@@ -19,9 +19,10 @@ def test_each_followed_event_names_the_object_it_removed() -> None:
         Changed("exchange", "/", "matches.dev.dlx")
     assert changed("policy.cleared", {"name": "matchenv.matches.dev", "vhost": "/"}) == \
         Changed("policy", "/", "matchenv.matches.dev")
-    assert changed("user.deleted", {"name": "matchenv.default.dev"}) == Changed("user", "", "matchenv.default.dev")
-    assert changed("permission.deleted", {"user": "matchenv.default.dev", "vhost": "/"}) == \
-        Changed("user", "", "matchenv.default.dev")
+    assert changed("user.deleted", {"name": "matchenv-env.c1.default.dev"}) == \
+        Changed("user", "", "matchenv-env.c1.default.dev")
+    assert changed("permission.deleted", {"user": "matchenv-env.c1.default.dev", "vhost": "/"}) == \
+        Changed("user", "", "matchenv-env.c1.default.dev")
     assert changed("queue.created", {"name": "matches.dev", "vhost": "/"}) is None
 
 
@@ -32,7 +33,7 @@ def test_the_reconciler_knows_whose_object_went_and_forgets_a_deleted_environmen
     rec = world.reconciler
     assert rec.owner_of(Changed("queue", "/", "matches.dev")) == ("default", "dev")
     assert rec.owner_of(Changed("queue", "/", "matches.dev.dlq")) == ("default", "dev")
-    assert rec.owner_of(Changed("user", "", "matchenv.default.dev")) == ("default", "dev")
+    assert rec.owner_of(Changed("user", "", "matchenv-env.c1.default.dev")) == ("default", "dev")
     assert rec.owner_of(Changed("exchange", "/", "matches.dev.dlx")) == ("default", "dev")
     assert rec.owner_of(Changed("exchange", "/", "matches-fanout")) is None  # shared: its bindings' events tell
     assert rec.owner_of(Changed("queue", "/", "someone.else")) is None

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
+
 from matchenv.operator.leader import LeaseElector
 
 
@@ -61,6 +63,39 @@ def test_a_stalled_leader_stops_writing_before_the_standby_can_take_over() -> No
     assert not leader.leading()
     assert store.lease is not None
     assert store.lease["spec"]["holderIdentity"] == "b"
+
+
+def test_a_write_s_deadline_never_reaches_past_the_lease() -> None:
+    """Each write gets what is left of nine tenths of the Lease since the last renewal as its deadline: a write
+    that starts just inside the renew deadline is given up before a standby may take over."""
+    store, clock = LeaseStore(), Clock()
+    leader = LeaseElector(store, "ns", "lease", "a", lease_seconds=15, clock=clock)  # type: ignore[arg-type]
+    assert leader.write_budget() == 0  # not before the first acquisition
+    assert leader.try_acquire_or_renew()
+    assert leader.write_budget() == 13.5
+    clock.now += 9.9  # a stall: the last moment a write may start
+    assert leader.write_budget() == pytest.approx(3.6)  # it ends 13.5 s after the renewal, the standby waits 15 s
+    clock.now += 0.2
+    assert leader.write_budget() == 0
+    assert leader.try_acquire_or_renew() is False  # never renews after the deadline
+    leader.step_down()
+    assert leader.write_budget() == 0
+
+
+def test_writes_take_their_deadline_from_the_lease_and_stop_when_it_is_spent() -> None:
+    from kubernetes import client
+
+    from matchenv.operator.kube import Kube, NotLeading
+
+    left = [13.5]
+    kube = Kube(client.ApiClient(), timeout=10.0, fence=lambda: left[0])
+    assert kube.may_write("Secret default/x") == 10.0  # the request timeout when the Lease has more left
+    left[0] = 2.0
+    assert kube.may_write("Secret default/x") == 2.0
+    left[0] = 0.3
+    with pytest.raises(NotLeading):
+        kube.may_write("Secret default/x")
+    assert Kube(client.ApiClient(), timeout=10.0).may_write("Secret default/x") == 10.0  # no election
 
 
 def test_margins_follow_the_lease_duration() -> None:

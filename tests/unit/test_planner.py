@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from matchenv.models import MatchEnvironmentSpec
+from matchenv.api import MatchEnvironmentSpec
 from matchenv.naming import broker_regex
 from matchenv.topology.applier import apply_plan
 from matchenv.topology.desired import DesiredTopology, desired_topology
@@ -33,12 +33,14 @@ from matchenv.topology.planner import (
     plan_remove,
 )
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Queue
-from tests.cases import environment
+from tests.cases import CLUSTER, environment
 from tests.fakes import SimulatedBroker
 
 
-def desired(name: str = "staging", namespace: str = "default", **spec: Any) -> DesiredTopology:
-    return desired_topology(namespace, name, MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
+def desired(name: str = "staging", namespace: str = "default", cluster: str = CLUSTER, **spec: Any
+            ) -> DesiredTopology:
+    return desired_topology(cluster, namespace, name,
+                            MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
 
 
 def converge(broker: SimulatedBroker, want: DesiredTopology, password: str = "secret-pw") -> Plan:
@@ -52,7 +54,7 @@ def assert_converged(broker: SimulatedBroker, want: DesiredTopology) -> None:
     assert again == Plan(), f"second plan not empty: {again}"
 
 
-OWNER = "default/staging"
+OWNER = f"{CLUSTER}/default/staging"
 
 
 def test_fresh_broker_gets_the_whole_topology() -> None:
@@ -66,8 +68,8 @@ def test_fresh_broker_gets_the_whole_topology() -> None:
         DeclareExchange("/", "matches.staging.dlx", "fanout", OWNER),
         Bind("/", "matches.staging.dlx", "matches.staging.dlq"),
         Bind("/", "matches-fanout", "matches.staging", ""),
-        PutUser("/", "matchenv.default.staging", "secret-pw"),
-        SetPermissions("/", "matchenv.default.staging", r"^matches\.staging$", r"^matches\.staging\.dlx$",
+        PutUser("/", "matchenv-env.c1.default.staging", "secret-pw"),
+        SetPermissions("/", "matchenv-env.c1.default.staging", r"^matches\.staging$", r"^matches\.staging\.dlx$",
                        r"^matches\.staging$"),
     )
     assert_converged(broker, desired())
@@ -238,7 +240,7 @@ def test_hand_edited_policy_and_permissions_are_repaired() -> None:
     want = desired(queue={"maxLength": 10})
     converge(broker, want)
     broker.put_policy("/", "matchenv.matches.staging", ".*", {"max-length": 1}, 0)
-    broker.set_permissions("/", "matchenv.default.staging", ".*", ".*", ".*")
+    broker.set_permissions("/", "matchenv-env.c1.default.staging", ".*", ".*", ".*")
     plan = converge(broker, want)
     assert {type(a) for a in plan.actions} == {PutPolicy, SetPermissions}
 
@@ -248,10 +250,10 @@ def test_user_password_follows_the_secret() -> None:
     converge(broker, desired())
     assert not any(isinstance(a, PutUser) for a in plan_converge(desired(), broker.snapshot(), "secret-pw").actions)
     other = plan_converge(desired(), broker.snapshot(), "new")  # the broker's hash does not match: set it
-    assert PutUser("/", "matchenv.default.staging", "new", exists=True) in other.actions
+    assert PutUser("/", "matchenv-env.c1.default.staging", "new", exists=True) in other.actions
     apply_plan(broker, other)
-    assert broker.users["matchenv.default.staging"].has_password("new") is True
-    assert broker.users["matchenv.default.staging"].has_password("secret-pw") is False
+    assert broker.users["matchenv-env.c1.default.staging"].has_password("new") is True
+    assert broker.users["matchenv-env.c1.default.staging"].has_password("secret-pw") is False
 
 
 def test_vhost_and_queue_name_come_from_the_spec() -> None:
@@ -263,7 +265,7 @@ def test_vhost_and_queue_name_come_from_the_spec() -> None:
 
 
 def test_user_name_includes_the_namespace() -> None:
-    assert desired(namespace="team-a").names.broker_user == "matchenv.team-a.staging"
+    assert desired(namespace="team-a").names.broker_user == "matchenv-env.c1.team-a.staging"
 
 
 @pytest.mark.parametrize("delete_queue", [False, True])
@@ -275,7 +277,7 @@ def test_teardown_unbinds_first_then_drops_the_user_and_per_policy_the_queue(del
     assert detach.actions == (Unbind("/", "matches-fanout", "matches.staging", "~"),)
     apply_plan(broker, detach)
     plan = plan_remove(want, broker.snapshot(), delete_queue=delete_queue)
-    assert plan.actions[0] == DeleteUser("/", "matchenv.default.staging")
+    assert plan.actions[0] == DeleteUser("/", "matchenv-env.c1.default.staging")
     deleted = {a.name for a in plan.actions if isinstance(a, DeleteQueue)}
     assert deleted == ({"matches.staging", "matches.staging.dlq"} if delete_queue else set())
     assert (DeleteExchange("/", "matches.staging.dlx") in plan.actions) is delete_queue
@@ -303,6 +305,73 @@ def test_a_queue_of_another_namespace_is_claimed_not_shared() -> None:
     assert_converged_as(broker, prod)
 
 
+def test_two_clusters_environments_of_one_name_never_meet_on_one_broker() -> None:
+    """Cluster c2's default/prod is not cluster c1's: refused on c1's queue (naming the cluster), never touching c1's
+    user; on a queue of its own it converges beside it, with a user of its own."""
+    broker = SimulatedBroker()
+    prod = desired("prod")
+    converge(broker, prod)
+    other = desired("prod", cluster="c2")
+    plan = converge(broker, other, password="c2-pw")
+    assert plan.refusal is not None
+    assert plan.refusal.reason == "QueueClaimed"
+    assert plan.refusal.message == \
+        "queue matches.prod (vhost /) belongs to MatchEnvironment default/prod of cluster c1"
+    assert plan.actions == ()
+    assert set(broker.users) == {"matchenv-env.c1.default.prod"}
+    beside = desired("prod", cluster="c2", queue={"name": "matches.prod-c2"})
+    converge(broker, beside)
+    assert_converged(broker, beside)
+    assert_converged_as(broker, prod)  # c1's user keeps its password and rights
+    assert broker.queues[("/", "matches.prod-c2")].owner == "c2/default/prod"
+    assert set(broker.users) == {"matchenv-env.c1.default.prod", "matchenv-env.c2.default.prod"}
+
+
+def _made_before_cluster_identity(broker: SimulatedBroker, name: str = "prod", queue: str = "matches.prod") -> None:
+    """What versions before the cluster identity made for default/<name>: legacy markers and user names."""
+    legacy = f"default/{name}"
+    broker.declare_queue("/", queue, {"x-queue-type": "classic", "x-matchenv-owner": legacy})
+    broker.declare_queue("/", f"{queue}.dlq", {"x-queue-type": "classic", "x-matchenv-owner": legacy})
+    broker.declare_exchange("/", "matches-fanout", "fanout")
+    broker.declare_exchange("/", f"{queue}.dlx", "fanout", arguments={"x-matchenv-owner": legacy})
+    broker.bind_queue("/", "matches-fanout", queue)
+    broker.bind_queue("/", f"{queue}.dlx", f"{queue}.dlq")
+    broker.put_user(f"matchenv.default.{name}", "old-pw")
+    broker.set_permissions("/", f"matchenv.default.{name}", broker_regex(queue), broker_regex(f"{queue}.dlx"),
+                           broker_regex(queue))
+
+
+def test_what_the_previous_version_made_is_adopted_by_the_first_cluster_to_upgrade() -> None:
+    broker = SimulatedBroker()
+    _made_before_cluster_identity(broker)
+    prod = desired("prod")
+    plan = converge(broker, prod)
+    assert plan.refusal is None
+    assert not [a for a in plan.actions if isinstance(a, DeclareQueue)]  # the queue and its messages stay
+    assert DeleteUser("/", "matchenv.default.prod") in plan.actions  # after the new user has its rights
+    assert set(broker.users) == {"matchenv-env.c1.default.prod"}
+    assert_converged(broker, prod)
+    # the claim is the new user's read right: another cluster's default/prod is refused, naming c1
+    refusal = check_ownership(desired("prod", cluster="c2"), broker.snapshot())
+    assert refusal is not None
+    assert refusal.reason == "QueueClaimed"
+    assert "default/prod of cluster c1" in refusal.message
+    # and the environment's teardown removes the legacy dead-letter exchange it now owns
+    removal = plan_remove(prod, broker.snapshot(prod.scope()), delete_queue=True)
+    assert DeleteExchange("/", "matches.prod.dlx") in removal.actions
+
+
+def test_a_legacy_user_of_the_same_name_on_another_queue_is_left_alone() -> None:
+    """Another cluster's environment of the same name, still on the previous version, uses the same legacy user
+    name on its own queue: it is not this environment's to delete."""
+    broker = SimulatedBroker()
+    _made_before_cluster_identity(broker, queue="matches.prod-elsewhere")
+    broker.declare_queue("/", "matches.prod", {"x-queue-type": "classic", "x-matchenv-owner": "default/prod"})
+    plan = converge(broker, desired("prod"))
+    assert plan.refusal is None
+    assert "matchenv.default.prod" in broker.users
+
+
 def assert_converged_as(broker: SimulatedBroker, want: DesiredTopology) -> None:
     assert plan_converge(want, broker.snapshot(), "secret-pw") == Plan()
 
@@ -310,9 +379,9 @@ def assert_converged_as(broker: SimulatedBroker, want: DesiredTopology) -> None:
 def test_a_refused_environment_loses_any_permission_it_holds() -> None:
     broker = SimulatedBroker()
     converge(broker, desired("prod"))
-    broker.set_permissions("/", "matchenv.other.prod", r"^matches\.prod$", "", r"^matches\.prod$")
+    broker.set_permissions("/", "matchenv-env.c1.other.prod", r"^matches\.prod$", "", r"^matches\.prod$")
     plan = plan_converge(desired("prod", "other"), broker.snapshot(), "pw")
-    assert plan.actions == (ClearPermissions("/", "matchenv.other.prod"),)
+    assert plan.actions == (ClearPermissions("/", "matchenv-env.c1.other.prod"),)
 
 
 def test_an_environment_named_like_a_dead_letter_queue_cannot_take_it() -> None:
@@ -320,7 +389,25 @@ def test_an_environment_named_like_a_dead_letter_queue_cannot_take_it() -> None:
     converge(broker, desired("prod"))
     refusal = check_ownership(desired("prod.dlq"), broker.snapshot())
     assert refusal is not None
-    assert refusal.reason == "QueueClaimed"
+    assert refusal.reason == "NameReserved"
+    assert "matches.prod.dlq ends with .dlq" in refusal.message
+    for name in ("prod.dlx", "prod.backfill", "x.topic", "x.archive"):  # a metadata.name with dots: the default
+        plan = converge(broker, desired(name))
+        assert plan.refusal is not None
+        assert plan.refusal.reason == "NameReserved"
+        assert not [a for a in plan.actions if not isinstance(a, ClearPermissions)]
+
+
+def test_a_queue_named_like_an_exchange_is_refused() -> None:
+    """Permissions are regexes over queues and exchanges alike: configure on ^matches-feed$ could delete the
+    exchange of that name."""
+    broker = SimulatedBroker()
+    converge(broker, desired("prod", exchange={"name": "matches.feed"}))
+    plan = converge(broker, desired("thief", queue={"name": "matches.feed"}))
+    assert plan.refusal is not None
+    assert plan.refusal.reason == "NameReserved"
+    assert "exchange matches.feed exists in vhost /" in plan.refusal.message
+    assert "matchenv-env.c1.default.thief" not in broker.users
 
 
 def test_a_hand_made_queue_is_refused_unless_adopted() -> None:
@@ -399,3 +486,47 @@ def test_a_removed_backfill_deletes_only_its_own_exchange() -> None:
     leftover = replace(desired(), backfill_leftover=True)
     plan = plan_converge(leftover, broker.snapshot(leftover.scope()), "secret-pw")
     assert not any(isinstance(a, DeleteExchange) for a in plan.actions)
+
+
+def test_the_archive_follows_its_exchange_while_anything_else_is_bound_to_it() -> None:
+    """The broker's bindings decide, whoever made them: another cluster's queue, or ours through another Secret."""
+    from matchenv.topology.desired import desired_archive
+    from matchenv.topology.planner import plan_archive, plan_archive_detach
+
+    broker = SimulatedBroker()
+    archive = desired_archive("/", "matches-fanout", "fanout", "30D", 10_000_000, 1_000_000)
+    converge(broker, desired("prod"))
+    subset = desired("u14", queue={"routingKeys": ["U14.#"]})
+    converge(broker, subset)
+    apply_plan(broker, plan_archive(archive, broker.snapshot(archive.scope())))
+
+    def release() -> Plan:
+        return plan_archive_detach(archive, broker.snapshot(archive.release_scope()))
+
+    assert release() == Plan()  # prod is bound
+    apply_plan(broker, plan_detach(desired("prod"), broker.snapshot()))
+    assert release() == Plan()  # u14 still takes a subset through matches-fanout.topic
+    apply_plan(broker, plan_detach(subset, broker.snapshot()))
+    assert [a.describe() for a in release().actions] == [
+        "unbound queue matches-fanout.archive from exchange matches-fanout"]
+
+
+def test_a_removal_of_what_is_gone_already_is_done_and_other_actions_still_fail() -> None:
+    """Two teardowns (or a person) may remove the same thing: the second removal is done, not an error that holds a
+    deletion; a declaration that cannot be made still stops the plan."""
+    from matchenv.topology.applier import ApplyError
+    from matchenv.topology.client import BrokerNotFound
+
+    class Gone(SimulatedBroker):
+        def delete_user(self, name: str) -> None:
+            raise BrokerNotFound(f"DELETE /api/users/{name}: 404", "DELETE /api/users", 404)
+
+        def unbind_queue(self, vhost: str, exchange: str, queue: str, properties_key: str) -> None:
+            raise BrokerNotFound("DELETE /api/bindings: 404", "DELETE /api/bindings", 404)
+
+    broker = Gone()
+    done = apply_plan(broker, Plan((Unbind("/", "matches-fanout", "matches.x", "~"), DeleteUser("/", "u"))))
+    assert done == ["unbound queue matches.x from exchange matches-fanout (gone already)",
+                    "deleted broker user u (gone already)"]
+    with pytest.raises(ApplyError):
+        apply_plan(broker, Plan((Bind("/", "no-such-exchange", "matches.x", ""),)))

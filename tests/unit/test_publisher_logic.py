@@ -44,6 +44,15 @@ def test_validation_names_each_bad_field() -> None:
     assert {(p.field, p.key, p.position) for p in problems} == {("away_score", "e7", 7), ("league", "e7", 7)}
 
 
+def test_only_what_the_model_reads_is_published() -> None:
+    data, problems = validate(RawMatch(1, {"home_team": " A ", "away_team": "B", "match_date": "2025-01-01",
+                                           "season": "x", "age_group": "U14", "match_type": "League",
+                                           "notes": None, "internal_scraper_cookie": "s3cr3t", "html": "<div>"}))
+    assert problems == []
+    assert data == {"home_team": "A", "away_team": "B", "match_date": "2025-01-01", "season": "x",
+                    "age_group": "U14", "match_type": "League", "notes": None}
+
+
 def test_exit_codes() -> None:
     assert PublishReport(confirmed=3).exit_code == 0
     assert PublishReport(confirmed=2, unroutable=1).exit_code == 1

@@ -23,7 +23,9 @@ def test_environment_and_overrides() -> None:
                                             ("MATCHENV_METRICS_PORT", "70000"),
                                             ("MATCHENV_ARCHIVE", "sometimes"),
                                             ("MATCHENV_ARCHIVE_MAX_AGE", "30 days"),
-                                            ("MATCHENV_ARCHIVE_SEGMENT_BYTES", "10")])
+                                            ("MATCHENV_ARCHIVE_SEGMENT_BYTES", "10"),
+                                            ("MATCHENV_CLUSTER_ID", "prod.eu"),  # dots would make user names
+                                            ("MATCHENV_CLUSTER_ID", "Prod")])    # ambiguous
 def test_bad_settings_are_refused(var: str, value: str) -> None:
     with pytest.raises(ValidationError):
         OperatorSettings.from_env({var: value})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from matchenv.api import MatchEnvironmentStatus
 from matchenv.operator.status import Observation, WorkersObservation, build_status, status_changed
 from matchenv.topology.planner import QueueObservation, Refusal
 
@@ -106,3 +109,21 @@ def test_transition_time_kept_while_status_unchanged() -> None:
     third = build_status(seen(workers=WorkersObservation(True, 2, 1, 2)), second, now="2026-01-01T00:06:00Z")
     assert conditions(third)["Ready"]["lastTransitionTime"] == "2026-01-01T00:06:00Z"
     assert status_changed(third, second)
+
+
+@pytest.mark.parametrize("observed", [
+    seen(),
+    seen(workers=WorkersObservation(True, 2, 0, 2)),
+    seen(topology=None, broker_error="GET /api/queues: broker unreachable"),
+    seen(problems=("queue x exists as a classic queue",)),
+    seen(worker_problem=Refusal("DatabaseSecretInvalid", "database Secret db not found")),
+    seen(refusal=Refusal("QueueClaimed", "queue matches.prod belongs to MatchEnvironment default/prod"),
+         topology=None),
+    seen(topology=QueueObservation(exists=True, messages=None, consumers=None, bound=True)),
+    seen(workers=WorkersObservation(True, 0, 0, 0)),
+], ids=["ready", "starting", "broker-away", "conflict", "database", "refused", "unknown-counts", "zero"])
+def test_every_status_is_one_the_resource_s_schema_takes(observed: Observation) -> None:
+    """What the operator writes is what the CRD's status schema (the typed model it is generated from) holds."""
+    status = build_status(observed, build_status(seen(), None))
+    typed = MatchEnvironmentStatus.model_validate(status)
+    assert typed.phase is not None

@@ -1,18 +1,24 @@
-"""The worker's decisions without a broker: configuration, validation, retries, dead-lettering."""
+"""The worker's decisions without a broker: configuration, validation, retries, dead-lettering. Every message goes the
+one way production sends it: the consumer's task message through :class:`Batcher` to the store."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from celery import Celery
-from celery.exceptions import Reject
+from prometheus_client import REGISTRY
 
-from matchenv.models import Match
-from matchenv.workers.app import Runtime, process, scraped_at, worker_argv
+from matchenv.contracts import TASK_NAME
+from matchenv.match import Match
+from matchenv.workers import metrics
+from matchenv.workers.app import Runtime, worker_argv
+from matchenv.workers.batches import Batcher, Verdict
 from matchenv.workers.config import WorkerConfig, WorkerConfigError
+from matchenv.workers.parsing import scraped_at
 from matchenv.workers.stores import Outcome, StoreUnavailable, TransientStoreError
 
 ENV = {"CELERY_BROKER_URL": "amqp://u:p@broker:5672/%2F", "MATCHENV_QUEUE": "matches.dev",
@@ -37,6 +43,14 @@ class ScriptedStore:
             raise self.errors.pop(0)
         return self.outcome
 
+    def upsert_many(self, matches: list[tuple[Match, dt.datetime | None]]) -> list[Outcome]:
+        """A batch: one call, one transaction (the scripted error fails all of it)."""
+        self.calls += 1
+        self.stamps.extend(stamp for _, stamp in matches)
+        if self.errors:
+            raise self.errors.pop(0)
+        return [self.outcome] * len(matches)
+
     def close(self) -> None:
         return None
 
@@ -49,18 +63,49 @@ class RecordingRuntime(Runtime):
         return bool(self.config.dead_letter_exchange)
 
 
+class Instant(threading.Event):
+    """The worker's stop event, with no real pauses: a wait returns at once (calling ``during``)."""
+
+    def __init__(self, during: Any = lambda: None) -> None:
+        super().__init__()
+        self.during = during
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.during()
+        return self.is_set()
+
+
 def runtime(store: ScriptedStore, **env: str) -> RecordingRuntime:
     config = WorkerConfig.from_env({**ENV, **env})
-    stopping = threading.Event()
-    stopping.set()  # no real pauses in unit tests
     rt = RecordingRuntime(config=config, app=Celery(set_as_current=False), store_factory=lambda: store,
-                          sleep=lambda _s: None, stopping=stopping)
+                          sleep=lambda _s: None, stopping=Instant())
     rt.letters = []
     return rt
 
 
-class Request:
-    id = "task-1"
+class TaskMessage:
+    """A protocol-2 task message of ours as Celery's consumer hands it to the batches."""
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], headers: dict[str, str] | None = None,
+                 task_id: str = "task-1") -> None:
+        self.headers = {"task": TASK_NAME, "id": task_id, **(headers or {})}
+        self.body = json.dumps([list(args), kwargs, {}])
+        self.content_type = "application/json"
+
+    def decode(self) -> Any:
+        return json.loads(self.body)
+
+
+def handle(rt: Runtime, *args: Any, headers: dict[str, str] | None = None, batcher: Batcher | None = None,
+           **kwargs: Any) -> Verdict:
+    """What the worker does with one message: ``ack`` (stored, or dead-lettered) or ``requeue``."""
+    [(_, verdict)] = (batcher or Batcher(rt)).process([TaskMessage(args, kwargs, headers)])
+    return verdict
+
+
+def stored(outcome: str) -> float:
+    """The worker's count of matches stored with ``outcome`` (its metric)."""
+    return REGISTRY.get_sample_value("matchenv_worker_matches_total", {"outcome": outcome}) or 0.0
 
 
 def test_config_from_the_deployment_environment() -> None:
@@ -96,7 +141,9 @@ def test_missing_configuration_names_the_variable(drop: str, message: str) -> No
 
 def test_valid_match_is_stored() -> None:
     rt = runtime(ScriptedStore(outcome="updated"))
-    assert process(rt, (MATCH,), {}, Request()) == "updated"
+    before = stored("updated")
+    assert handle(rt, MATCH) == "ack"
+    assert stored("updated") == before + 1
     assert rt.letters == []
 
 
@@ -111,7 +158,7 @@ def test_bad_input_is_dead_lettered_with_its_reason(args: tuple[Any, ...], kwarg
                                                     error: str) -> None:
     store = ScriptedStore()
     rt = runtime(store)
-    assert process(rt, args, kwargs, Request()) == "dead-lettered"
+    assert handle(rt, *args, **kwargs) == "ack"
     assert len(rt.letters) == 1
     assert rt.letters[0][1] == "invalid"
     assert error in rt.letters[0][2]
@@ -119,31 +166,45 @@ def test_bad_input_is_dead_lettered_with_its_reason(args: tuple[Any, ...], kwarg
 
 
 def test_match_data_keyword_is_accepted() -> None:
-    assert process(runtime(ScriptedStore()), (), {"match_data": MATCH}, Request()) == "created"
+    store = ScriptedStore()
+    rt = runtime(store)
+    assert handle(rt, match_data=MATCH) == "ack"
+    assert (store.calls, rt.letters) == (1, [])
 
 
 def test_transient_errors_are_retried_then_succeed() -> None:
     store = ScriptedStore(TransientStoreError("deadlock"), TransientStoreError("deadlock"))
     rt = runtime(store)
-    assert process(rt, (MATCH,), {}, Request()) == "created"
+    before = stored("created")
+    assert handle(rt, MATCH) == "ack"
     assert store.calls == 3
+    assert stored("created") == before + 1
     assert rt.letters == []
 
 
 def test_transient_errors_three_times_dead_letter_once() -> None:
-    store = ScriptedStore(*(TransientStoreError("serialization failure") for _ in range(3)))
+    # the batch three times, then (to find the culprit) the match alone three times
+    store = ScriptedStore(*(TransientStoreError("serialization failure") for _ in range(6)))
     rt = runtime(store)
-    assert process(rt, (MATCH,), {}, Request()) == "dead-lettered"
-    assert store.calls == 3
-    assert [(r, "after 3 tries" in e) for _, r, e in rt.letters] == [("store-error", True)]
+    assert handle(rt, MATCH) == "ack"
+    assert store.calls == 6
+    assert [(body, r, "after 3 tries" in e) for body, r, e in rt.letters] == [(MATCH, "store-error", True)]
 
 
 def test_unreachable_database_is_waited_for_never_dead_lettered() -> None:
     store = ScriptedStore(*(StoreUnavailable("down") for _ in range(8)))
     rt = runtime(store)
-    assert process(rt, (MATCH,), {}, Request()) == "created"
+    assert handle(rt, MATCH) == "ack"
     assert store.calls == 9
     assert rt.letters == []
+
+
+def test_a_worker_stopping_while_the_database_is_down_gives_the_messages_back() -> None:
+    store = ScriptedStore(*(StoreUnavailable("down") for _ in range(8)))
+    rt = runtime(store)
+    rt.stopping.set()  # SIGTERM during the wait
+    assert handle(rt, MATCH) == "requeue"
+    assert (store.calls, rt.letters) == (1, [])
 
 
 def test_worker_uses_threads_and_only_its_queue() -> None:
@@ -157,31 +218,26 @@ def test_worker_uses_threads_and_only_its_queue() -> None:
 def test_without_a_dlq_invalid_input_is_dropped_but_a_valid_match_is_never() -> None:
     from matchenv.workers.stores import PermanentStoreError
 
-    rt = runtime(ScriptedStore(PermanentStoreError("constraint")), MATCHENV_DEAD_LETTER_EXCHANGE="")
-    assert process(rt, ({"home_team": ""},), {}, Request()) == "dropped"
-    with pytest.raises(Reject) as info:
-        process(rt, (MATCH,), {}, Request())
-    assert info.value.requeue is True  # back to its queue, not acknowledged
+    store = ScriptedStore(PermanentStoreError("constraint"), PermanentStoreError("constraint"))
+    rt = runtime(store, MATCHENV_DEAD_LETTER_EXCHANGE="")
+    assert handle(rt, {"home_team": ""}) == "ack"  # dropped: there is nowhere to keep it (logged)
+    assert handle(rt, MATCH) == "requeue"  # back to its queue, not acknowledged
+    assert store.calls == 2
 
 
 def test_an_overlong_text_field_is_invalid_and_named() -> None:
     rt = runtime(ScriptedStore())
-    assert process(rt, ({**MATCH, "notes": "x" * (2 * 1024 * 1024)},), {}, Request()) == "dead-lettered"
+    assert handle(rt, {**MATCH, "notes": "x" * (2 * 1024 * 1024)}) == "ack"
     (_, reason, error), = rt.letters
     assert reason == "invalid"
     assert error.startswith("notes: String should have at most 2000 characters")
 
 
-class StampedRequest:
-    id = "task-2"
-    headers: ClassVar[dict[str, str]] = {"x-matchenv-scraped-at": "2026-11-23T10:00:00+00:00"}
-
-
 def test_the_publishers_stamp_reaches_the_store() -> None:
     store = ScriptedStore()
     rt = runtime(store)
-    process(rt, (MATCH,), {}, StampedRequest())
-    process(rt, (MATCH,), {}, Request())
+    handle(rt, MATCH, headers={"x-matchenv-scraped-at": "2026-11-23T10:00:00+00:00"})
+    handle(rt, MATCH)
     assert store.stamps == [dt.datetime(2026, 11, 23, 10, tzinfo=dt.UTC), None]
     assert scraped_at(type("R", (), {"headers": {"x-matchenv-scraped-at": "garbage"}})()) is None
 
@@ -199,3 +255,135 @@ def test_a_batch_reads_protocol_2_and_1_and_names_what_is_not_our_task() -> None
     assert _task(v1, {"task": TASK_NAME, "args": [{"a": 1}], "kwargs": {}}) == ([{"a": 1}], {})
     assert _task(v1, {"task": "some.other.task", "args": []}) == "unknown-task: no such task here: 'some.other.task'"
     assert _task(SimpleNamespace(headers=None), ["just", "a", "list"]) == "malformed: not a Celery task message"
+
+
+def test_a_stamp_from_the_future_is_dead_lettered_naming_the_header() -> None:
+    from matchenv.workers.parsing import stamp_problem
+
+    now = dt.datetime(2026, 12, 2, 12, tzinfo=dt.UTC)
+    assert stamp_problem(None, now) is None
+    assert stamp_problem(now + dt.timedelta(minutes=4), now) is None  # clock skew is allowed
+    assert stamp_problem(now - dt.timedelta(days=400), now) is None
+    problem = stamp_problem(now + dt.timedelta(days=365), now)
+    assert problem is not None
+    assert problem.startswith("header x-matchenv-scraped-at is 2027-12-02T12:00:00+00:00")
+
+    next_year = {"x-matchenv-scraped-at": (dt.datetime.now(dt.UTC) + dt.timedelta(days=365)).isoformat()}
+    store = ScriptedStore()
+    rt = runtime(store, MATCHENV_DEAD_LETTER_EXCHANGE="matches.dev.dlx")
+    assert handle(rt, MATCH, headers=next_year) == "ack"
+    assert store.calls == 0
+    (body, reason, error), = rt.letters
+    assert (body, reason) == (MATCH, "invalid")
+    assert "x-matchenv-scraped-at" in error
+
+
+def test_headers_of_every_amqp_type_can_be_written_back() -> None:
+    import decimal
+
+    import pika.data
+
+    from matchenv.amqp import encodable_headers
+
+    headers = {"x-float": 1.5, "x-double": -2.25e300, "x-big": 2**40, "x-huge": 2**70, "x-dec": decimal.Decimal("1.5"),
+               "x-wide-dec": decimal.Decimal("12345678901234567890.5"), "x-old": dt.datetime(1960, 1, 1),
+               "x-bytes": b"\x00\xff", "x-none": None, "x-bool": True, "x-list": [1.5, (2, 3.0), {"n": 0.5}],
+               "x-table": {"inner": {"f": 0.1}}, "k" * 300: "long key", "x-str": "héllo"}
+    out = encodable_headers(headers)
+    pika.data.encode_table([], out)  # raises if anything is left that pika cannot write
+    assert out["x-float"] == "1.5"
+    assert out["x-double"] == "-2.25e+300"
+    assert out["x-big"] == 2**40
+    assert out["x-huge"] == str(2**70)
+    assert out["x-dec"] == decimal.Decimal("1.5")
+    assert out["x-wide-dec"] == "12345678901234567890.5"
+    assert out["x-bytes"] == b"\x00\xff"
+    assert out["x-none"] is None
+    assert out["x-bool"] is True
+    assert out["x-list"] == ["1.5", [2, "3.0"], {"n": "0.5"}]
+    assert out["x-table"] == {"inner": {"f": "0.1"}}
+    assert out["k" * 255] == "long key"
+    assert out["x-str"] == "héllo"
+
+
+def test_errors_of_one_match_are_told_from_errors_of_the_whole_store() -> None:
+    from matchenv.workers.stores import StoreRefused, _refusal
+
+    for sqlstate in ("23514", "22003", "23505", "P0001"):  # a CHECK, a number out of range, a unique key, RAISE
+        assert _refusal(sqlstate, "x") is None
+    from matchenv.workers.stores import _sqlstate
+
+    # through Supabase: PostgREST's code is a SQLSTATE, one of its own, a bare HTTP status, or none
+    assert [_sqlstate(c) for c in ("22023", "42501", "PGRST301", "401", "")] == ["22023", "42501", "", "", ""]
+    assert _refusal(_sqlstate("22023"), "x") is None  # one match's data: dead-letter that one
+    for sqlstate, hint in (("42501", "permission denied"), ("25006", "read-only"), ("42P01", "table is missing"),
+                           ("", "")):
+        refused = _refusal(sqlstate, "detail")
+        assert isinstance(refused, StoreRefused)
+        assert hint in str(refused)
+        assert str(refused).endswith("detail")
+
+
+def test_a_refusing_store_holds_the_message_and_the_worker_reports_why() -> None:
+    from matchenv.workers.stores import StoreRefused
+
+    store = ScriptedStore(StoreRefused("the database refuses every write (permission denied): 42501"),
+                          StoreRefused("the database refuses every write (permission denied): 42501"))
+    rt = runtime(store, MATCHENV_DEAD_LETTER_EXCHANGE="matches.dev.dlx")
+    seen: list[tuple[bool, str]] = []
+    rt.stopping = Instant(during=lambda: seen.append(metrics.HEALTH.readiness()))  # what a probe reads meanwhile
+    metrics.HEALTH.consuming.set()
+    try:
+        assert handle(rt, MATCH) == "ack"
+    finally:
+        metrics.HEALTH.consuming.clear()
+    assert rt.letters == []  # never dead-lettered
+    assert store.calls == 3
+    assert seen[0] == (False, "holding messages: the database refuses every write (permission denied): 42501")
+    metrics.HEALTH.consuming.set()
+    assert metrics.HEALTH.readiness() == (True, "ok")  # released once the store took it
+    metrics.HEALTH.consuming.clear()
+
+
+def test_liveness_fails_only_for_a_batch_without_progress() -> None:
+    from matchenv.workers.metrics import Health
+
+    now = [100.0]
+    health = Health(stuck_after=60, clock=lambda: now[0])
+    now[0] += 1000
+    assert health.liveness() == (True, "ok")  # idle for long: fine
+    health.busy()
+    now[0] += 59
+    assert health.liveness()[0]
+    health.progress()  # a retry, a wait that ended
+    now[0] += 59
+    assert health.liveness()[0]
+    now[0] += 2
+    alive, why = health.liveness()
+    assert not alive
+    assert "no progress for 61 s" in why
+    health.idle()
+    assert health.liveness()[0]
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_stored_match_says_how_fresh_it_was_and_the_newest_stamp_stored() -> None:
+    rt = runtime(ScriptedStore(outcome="created"))
+    scraped = dt.datetime(2026, 12, 2, 12, tzinfo=dt.UTC)
+    batcher = Batcher(rt, clock=lambda: scraped.timestamp() + 2.5)  # committed 2.5 s after the scrape
+    count = _sample("matchenv_worker_end_to_end_seconds_count", outcome="created")
+    total = _sample("matchenv_worker_end_to_end_seconds_sum", outcome="created")
+    batches = _sample("matchenv_worker_batch_size_matches_count")
+    assert handle(rt, MATCH, headers={"x-matchenv-scraped-at": scraped.isoformat()}, batcher=batcher) == "ack"
+    assert _sample("matchenv_worker_end_to_end_seconds_count", outcome="created") == count + 1
+    assert _sample("matchenv_worker_end_to_end_seconds_sum", outcome="created") == pytest.approx(total + 2.5)
+    assert _sample("matchenv_worker_newest_stored_scrape_timestamp_seconds") == scraped.timestamp()
+    assert _sample("matchenv_worker_batch_size_matches_count") == batches + 1
+    older = (scraped - dt.timedelta(hours=1)).isoformat()
+    handle(rt, MATCH, headers={"x-matchenv-scraped-at": older}, batcher=batcher)  # a late one: not the newest
+    assert _sample("matchenv_worker_newest_stored_scrape_timestamp_seconds") == scraped.timestamp()
+    handle(rt, MATCH, batcher=batcher)  # no stamp (an older publisher): stored, not timed
+    assert _sample("matchenv_worker_end_to_end_seconds_count", outcome="created") == count + 2

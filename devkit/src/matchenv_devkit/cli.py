@@ -68,27 +68,34 @@ def bench(
     typer.echo(f"targets missed: {len(missed)}" + "".join(f"\n  {t}" for t in missed))
 
 
-def _build(ensure: Callable[..., CachedBinaries], force: bool) -> None:
-    """Run one of the cached builds; print the binaries' directory, or the error and exit 1."""
+def _build(ensure: Callable[..., CachedBinaries | Path], force: bool) -> None:
+    """Run one of the cached builds; print the directory it filled, or the error and exit 1."""
     from matchenv_devkit.cluster.build import BuildError
 
     try:
-        binaries = ensure(force=force)
+        built = ensure(force=force)
     except BuildError as exc:
         _echo_err(f"error: {exc}")
         raise typer.Exit(1) from exc
-    typer.echo(str(binaries.bin_dir))
+    typer.echo(str(built.bin_dir if isinstance(built, CachedBinaries) else built))
 
 
 @cluster_app.command("build")
 def cluster_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")) -> None:
     """Build (or find cached) kube-apiserver, controller-manager, scheduler, kubectl and etcd; the oldest supported
-    release's kube-apiserver and kubectl (the install is checked against them too); helm (the chart's tests)."""
-    from matchenv_devkit.cluster.build import ensure_apiserver_binaries, ensure_binaries, ensure_helm
+    release's kube-apiserver and kubectl (the install is checked against them too); helm (the chart's tests); the
+    Prometheus Operator's CRDs (the monitoring component's tests)."""
+    from matchenv_devkit.cluster.build import (
+        ensure_apiserver_binaries,
+        ensure_binaries,
+        ensure_helm,
+        ensure_monitoring_crds,
+    )
 
     _build(ensure_binaries, force)
     _build(lambda force: ensure_apiserver_binaries(), force)
     _build(ensure_helm, force)
+    _build(lambda force: ensure_monitoring_crds(), force)
 
 
 @node_app.command("build")

@@ -15,6 +15,7 @@ from typing import Any
 
 import pika
 
+from matchenv.amqp import encodable_headers
 from matchenv.contracts import (
     BROKER_REASONS,
     DEAD_LETTERED_AT_HEADER,
@@ -125,7 +126,7 @@ class DeadLetter:
             return message.body, pika.BasicProperties(content_type="application/json", content_encoding="utf-8",
                                                       delivery_mode=2, headers=headers,
                                                       message_id=self.message_id or message.task_id)
-        headers = {k: v for k, v in self.headers.items() if k not in _DEAD_LETTER_HEADERS}
+        headers = encodable_headers({k: v for k, v in self.headers.items() if k not in _DEAD_LETTER_HEADERS})
         headers[REDRIVEN_HEADER] = redriven
         content_type = _text(self.headers.get("x-original-content-type")) or self.content_type
         return self.body, pika.BasicProperties(content_type=content_type or None, delivery_mode=2, headers=headers,

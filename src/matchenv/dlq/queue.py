@@ -19,6 +19,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from matchenv.amqp import connect, parameters
 from matchenv.dlq.letters import DeadLetter
 
 
@@ -43,22 +44,11 @@ class DeadLetterQueue:
     def __init__(self, url: str, queue: str, dlq: str, timeout: float = 10.0) -> None:
         self.queue = queue
         self.dlq = dlq
-        params = pika.URLParameters(url)
-        params.socket_timeout = timeout
-        params.stack_timeout = timeout * 2
-        params.blocked_connection_timeout = timeout * 3
-        params.connection_attempts = 1
-        self.params = params
+        self.params = parameters(url, timeout, blocked=timeout * 3)
         self._conn: pika.BlockingConnection | None = None
 
     def __enter__(self) -> DeadLetterQueue:
-        host = f"{self.params.host}:{self.params.port}"
-        try:
-            self._conn = pika.BlockingConnection(self.params)
-        except pika.exceptions.ProbableAuthenticationError as exc:
-            raise DeadLetterError(f"the broker at {host} refused the credentials of the broker Secret") from exc
-        except (pika.exceptions.AMQPError, OSError) as exc:
-            raise DeadLetterError(f"cannot reach the broker at {host}: {exc.__class__.__name__} {exc}") from exc
+        self._conn = connect(self.params, DeadLetterError, "the broker Secret's")
         return self
 
     def __exit__(self, *_exc: object) -> None:

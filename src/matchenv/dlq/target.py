@@ -4,18 +4,21 @@ queue names from the same naming the operator uses, and the broker's admin conne
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from matchenv.models import MatchEnvironmentSpec
-from matchenv.operator.brokers import BrokerConfigError, read_connection
-from matchenv.operator.builders import worker_amqp_url
-from matchenv.operator.kube import Kube
-from matchenv.topology.desired import desired_topology
+from matchenv.api import API_GROUP, API_VERSION, PLURAL, MatchEnvironmentSpec
+from matchenv.connection import BrokerConfigError, BrokerConnection, read_connection, worker_amqp_url
+from matchenv.identity import ClusterIdentityError, cluster_identity
+from matchenv.topology.client import BrokerError, ManagementClient
+from matchenv.topology.desired import DesiredTopology, desired_topology
+from matchenv.topology.planner import check_ownership
 
 DEFAULT_BROKER_SECRET = "matchenv-system/matchenv-broker"
 
@@ -70,9 +73,10 @@ def resolve(name: str, namespace: str | None, kubeconfig: str | None = None, con
     of the Secret's AMQP URL, which names the broker as pods reach it."""
     api, default_namespace = _api(kubeconfig, context)
     namespace = namespace or default_namespace
-    kube = Kube(api, timeout=timeout)
+    core = client.CoreV1Api(api)
     try:
-        env = kube.get_environment(namespace, name)
+        env = _unless_missing(lambda: client.CustomObjectsApi(api).get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, _request_timeout=timeout))
     except ApiException as exc:
         raise TargetError(f"cannot read MatchEnvironment {namespace}/{name}: {exc.status} {exc.reason}") from exc
     except Exception as exc:  # connection refused, DNS, timeout
@@ -88,17 +92,24 @@ def resolve(name: str, namespace: str | None, kubeconfig: str | None = None, con
     if not spec.queue.dead_letter:
         raise TargetError(f"MatchEnvironment {namespace}/{name} keeps no dead-letter queue "
                           "(spec.queue.deadLetter: false)", usage=True)
-    desired = desired_topology(namespace, name, spec)
+    try:
+        cluster = cluster_identity(core, os.environ.get("MATCHENV_CLUSTER_ID", ""), timeout)
+    except ClusterIdentityError as exc:
+        raise TargetError(f"{exc} (as the operator's is: the ownership markers name it)") from exc
+    desired = desired_topology(cluster, namespace, name, spec)
     ref = spec.broker.connection_secret_ref
     secret_ns, secret_name = (namespace, ref.name) if ref is not None else (
         broker_secret or os.environ.get("MATCHENV_BROKER_SECRET") or DEFAULT_BROKER_SECRET).split("/", 1)
     try:
-        connection = read_connection(kube.get_secret(secret_ns, secret_name), secret_ns, secret_name)
+        secret = _unless_missing(lambda: core.read_namespaced_secret(secret_name, secret_ns, _request_timeout=timeout))
+        connection = read_connection(None if secret is None else api.sanitize_for_serialization(secret), secret_ns,
+                                     secret_name)
     except ApiException as exc:
         raise TargetError(f"cannot read the broker Secret {secret_ns}/{secret_name}: {exc.status} {exc.reason} "
                           "(its admin credentials are needed to read a dead-letter queue)") from exc
     except BrokerConfigError as exc:
         raise TargetError(str(exc)) from exc
+    check_owner(env, desired, connection)
     base = connection.url
     if broker_url:
         given = urlsplit(broker_url)
@@ -107,3 +118,38 @@ def resolve(name: str, namespace: str | None, kubeconfig: str | None = None, con
         base = broker_url
     url = worker_amqp_url(base, connection.username, connection.password, desired.vhost)
     return Target(namespace, name, desired.queue.name, desired.names.dead_letter_queue, url)
+
+
+def _unless_missing(read: Callable[[], Any]) -> Any:
+    """What ``read`` returns, None for a 404."""
+    try:
+        return read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def check_owner(env: dict[str, Any], desired: DesiredTopology, connection: BrokerConnection) -> None:
+    """Refuse an environment whose queue or dead-letter queue is not its own (another environment's, or a
+    hand-wired one it may not adopt): the broker's ownership markers decide, as they do for the operator. Where the
+    management API cannot be reached (a port-forward to AMQP only), the operator's verdict stands in: TopologyReady
+    True at the environment's current generation."""
+    where = f"MatchEnvironment {desired.names.namespace}/{desired.names.name}"
+    client = ManagementClient(connection.management_url, connection.username, connection.password)
+    try:
+        refusal = check_ownership(desired, client.snapshot(desired.scope()))
+    except BrokerError as exc:
+        conditions = {c.get("type"): c for c in (env.get("status") or {}).get("conditions") or []}
+        topology = conditions.get("TopologyReady") or {}
+        if topology.get("status") == "True" and \
+                topology.get("observedGeneration") == (env.get("metadata") or {}).get("generation"):
+            return
+        raise TargetError(f"cannot tell whether {where} owns queue {desired.queue.name}: the management API "
+                          f"does not answer ({exc}) and the operator has not reported its topology ready "
+                          f"({topology.get('reason', 'no status yet')})") from exc
+    finally:
+        client.close()
+    if refusal is not None:
+        raise TargetError(f"{where} does not own its queue, so its dead letters are not its to act on: "
+                          f"{refusal.message} ({refusal.reason})", usage=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from matchenv.models import AutoscalingSpec
+from matchenv.api import AutoscalingSpec
 
 OVERRIDE_PREFIX = "spec.workers.replicas was set to"
 

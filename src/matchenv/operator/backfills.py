@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from matchenv.api import BackfillPhase, BackfillSpec, MatchEnvironmentSpec
+from matchenv.connection import decode_secret_data
 from matchenv.contracts import WORKER_SECRET_PASSWORD
-from matchenv.models import BackfillPhase, BackfillSpec, MatchEnvironmentSpec
 from matchenv.naming import BACKFILL_COMPONENT, COMPONENT_LABEL, ENV_LABEL, EnvironmentNames
 from matchenv.operator import builders
 from matchenv.operator.kube import Kube
@@ -36,6 +37,22 @@ RETRY_MAX_SECONDS = 1800.0
 def request_digest(spec: BackfillSpec) -> str:
     return hashlib.sha256(json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
                           ).hexdigest()[:16]
+
+
+def _attempt(job: Obj, names: EnvironmentNames, request: str) -> int | None:
+    """The attempt number of a Job of ``request`` (its name ends ``-<n>``), None for another request's."""
+    prefix = names.backfill_job(request, 0)[:-1]
+    name = str(job["metadata"]["name"])
+    return int(name[len(prefix):]) if name.startswith(prefix) and name[len(prefix):].isdigit() else None
+
+
+def _job_start(job: Obj) -> str | None:
+    """The instant a backfill Job replays from (its ``--from`` argument)."""
+    for container in ((job.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []:
+        args = list(container.get("args") or [])
+        if "--from" in args[:-1]:
+            return str(args[args.index("--from") + 1])
+    return None
 
 
 def _parse(value: Any) -> dt.datetime | None:
@@ -105,7 +122,7 @@ class Backfills:
     def password(self, env: Obj, names: EnvironmentNames, owner: Obj, broker_url: str, vhost: str, uid: str) -> str:
         """The backfill user's password, from Secret ``<env>-backfill`` (minted once, written before the user)."""
         secret = self.kube.get_secret(names.namespace, names.backfill_secret)
-        data = builders.decode_secret_data((secret or {}).get("data")) if owned_by(secret, uid) else {}
+        data = decode_secret_data((secret or {}).get("data")) if owned_by(secret, uid) else {}
         password = data.get(WORKER_SECRET_PASSWORD) or secrets.token_urlsafe(24)
         body = builders.build_backfill_secret(names, owner, broker_url, password, vhost)
         if data != body["stringData"]:
@@ -130,8 +147,17 @@ class Backfills:
         state: Obj = dict(old) if old.get("request") == request else {
             "request": request, "phase": BackfillPhase.PENDING.value, "attempts": 0,
             "from": rfc3339(spec.backfill.start(now))}
-        start = state["from"]
         current = next((j for j in jobs if j["metadata"]["name"] == state.get("job")), None)
+        if current is None:
+            # status older than the Jobs (a converge that read the environment before another wrote it): the
+            # newest Job of this request is the one in progress, never a reason to start another
+            ours = {attempt: j for j in jobs if (attempt := _attempt(j, names, request)) is not None}
+            if ours:
+                attempt = max(ours)
+                current = ours[attempt]
+                state.update(job=current["metadata"]["name"], attempts=attempt, phase=BackfillPhase.RUNNING.value,
+                             **{"from": _job_start(current) or state["from"]})
+        start = state["from"]
         self._delete(env, jobs, keep=current)  # a previous request's Job
         phase = state["phase"]
         if secret_problem:

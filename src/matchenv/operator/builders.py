@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from matchenv import contracts as c
-from matchenv.models import API_GROUP, API_VERSION, KIND, MatchEnvironmentSpec
+from matchenv.api import API_GROUP, API_VERSION, KIND, MatchEnvironmentSpec
+from matchenv.connection import worker_amqp_url
 from matchenv.naming import (
     BACKFILL_COMPONENT,
     COMPONENT_LABEL,
@@ -36,18 +35,6 @@ def owner_reference(name: str, uid: str) -> Obj:
         "controller": True,
         "blockOwnerDeletion": True,
     }
-
-
-def worker_amqp_url(broker_url: str, username: str, password: str, vhost: str) -> str:
-    """The broker URL the workers reach, with the environment user's credentials and the vhost in the path."""
-    parts = urlsplit(broker_url)
-    host = parts.hostname or "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme or "amqp", netloc, "/" + quote(vhost, safe=""), parts.query, ""))
 
 
 def build_broker_secret(names: EnvironmentNames, owner: Obj, broker_url: str, password: str, vhost: str,
@@ -79,20 +66,6 @@ def secret_data_hash(*datas: Mapping[str, str] | None) -> str:
         digest.update(json.dumps(dict(sorted((data or {}).items())), sort_keys=True).encode())
         digest.update(b"\0")
     return digest.hexdigest()[:32]
-
-
-class SecretDecodeError(ValueError):
-    """A Secret value that is not base64 of UTF-8 text; the message names the key, never the value."""
-
-
-def decode_secret_data(data: Mapping[str, str] | None) -> dict[str, str]:
-    decoded: dict[str, str] = {}
-    for key, value in (data or {}).items():
-        try:
-            decoded[key] = base64.b64decode(value, validate=True).decode()
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SecretDecodeError(f"key {key} is not UTF-8 text") from exc
-    return decoded
 
 
 CONTAINER_SECURITY: Obj = {
@@ -144,7 +117,9 @@ def build_backfill_job(names: EnvironmentNames, spec: MatchEnvironmentSpec, owne
         "args": ["--archive", archive, "--exchange", names.backfill_exchange, "--from", start,
                  "--mandatory" if mandatory else "--no-mandatory"],
         "env": [{"name": c.ENV_BROKER_URL_FALLBACK,
-                 "valueFrom": {"secretKeyRef": {"name": names.backfill_secret, "key": c.WORKER_SECRET_URL}}}],
+                 "valueFrom": {"secretKeyRef": {"name": names.backfill_secret, "key": c.WORKER_SECRET_URL}}},
+                {"name": c.ENV_ENVIRONMENT, "value": names.name},  # whose lines its logs are
+                {"name": c.ENV_OWNER, "value": names.owner}],
         "securityContext": CONTAINER_SECURITY,
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "terminationMessagePolicy": "File",
@@ -164,6 +139,9 @@ def build_backfill_job(names: EnvironmentNames, spec: MatchEnvironmentSpec, owne
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
+
+
+READINESS_COMMAND = ("python3", "-m", "matchenv.probe", "/healthz")
 
 
 def build_deployment(
@@ -195,9 +173,26 @@ def build_deployment(
         "env": env,
         "envFrom": [{"secretRef": {"name": workers.database_secret_ref.name}}],
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        # exec, not httpGet: the kubelet keeps an exec probe's output in its Unhealthy event, and that output says
+        # why (e.g. "holding messages: the database refuses every write ..."), which status then shows
         "readinessProbe": {
-            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "exec": {"command": list(READINESS_COMMAND)},
             "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        # liveness waits for this: loading Celery on a busy node may take longer than any fixed delay
+        "startupProbe": {
+            "httpGet": {"path": "/livez", "port": "metrics"},
+            "periodSeconds": 2,
+            "timeoutSeconds": 5,
+            "failureThreshold": 60,
+        },
+        # a storing thread stuck in a call that never returns (a frozen database) is restarted; its messages go back
+        "livenessProbe": {
+            "httpGet": {"path": "/livez", "port": "metrics"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "securityContext": CONTAINER_SECURITY,

@@ -22,6 +22,8 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from matchenv.amqp import parameters
+
 log = logging.getLogger("matchenv.operator")
 
 EVENT_EXCHANGE = "amq.rabbitmq.event"
@@ -104,13 +106,7 @@ class BrokerEvents:
                 self.stop.wait(_backoff(attempt))
 
     def _consume(self) -> None:
-        params = pika.URLParameters(self.url())
-        params.socket_timeout = self.timeout
-        params.stack_timeout = self.timeout * 2
-        params.blocked_connection_timeout = 60
-        params.heartbeat = 30
-        params.connection_attempts = 1
-        conn = pika.BlockingConnection(params)
+        conn = pika.BlockingConnection(parameters(self.url(), self.timeout, blocked=60, heartbeat=30))
         try:
             channel = conn.channel()
             queue = channel.queue_declare("", exclusive=True, auto_delete=True,

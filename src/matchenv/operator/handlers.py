@@ -11,11 +11,12 @@ from typing import Any
 
 import kopf
 
-from matchenv.models import API_GROUP, API_VERSION, PLURAL
+from matchenv.api import API_GROUP, API_VERSION, PLURAL
 from matchenv.naming import BACKFILL_COMPONENT, COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from matchenv.operator import metrics
 from matchenv.operator.drift import BrokerEvents, Changed, Repairs
-from matchenv.operator.reconciler import Reconciler, TeardownIncomplete
+from matchenv.operator.errors import TeardownIncomplete
+from matchenv.operator.reconciler import Reconciler
 from matchenv.operator.settings import OperatorSettings
 
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)

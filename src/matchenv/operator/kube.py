@@ -19,7 +19,7 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from matchenv.models import API_GROUP, API_VERSION, KIND, PLURAL
+from matchenv.api import API_GROUP, API_VERSION, KIND, PLURAL
 from matchenv.operator import metrics
 from matchenv.operator.builders import FIELD_MANAGER
 
@@ -29,6 +29,7 @@ Obj = dict[str, Any]
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 EVENT_BACKLOG = 1000  # events waiting to be sent at most
+MIN_WRITE_SECONDS = 0.5  # less than this left of the Lease: no write starts
 
 
 LIST_PAGE = 500  # objects per list request: one call per list up to 500 objects, pages beyond
@@ -79,10 +80,12 @@ class Kube:
     """Typed-enough access to what the operator reads and writes."""
 
     def __init__(self, api_client: client.ApiClient, timeout: float = 10.0,
-                 fence: Callable[[], bool] | None = None) -> None:
+                 fence: Callable[[], float] | None = None) -> None:
         self.api_client = api_client
         self.timeout = timeout
-        self.fence = fence  # True while this process may write (leader election); None: always
+        # the seconds a write may take from now and still land while this process leads (leader election); None:
+        # no election, every write may take ``timeout``
+        self.fence = fence
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
@@ -95,14 +98,26 @@ class Kube:
     def _opts(self) -> dict[str, Any]:
         return {"_request_timeout": self.timeout, "_preload_content": False}
 
-    def may_write(self, what: str, target: str = "kubernetes") -> None:
-        """Every write asks first: raises :class:`NotLeading` past the Lease's renew deadline."""
-        if self.fence is not None and not self.fence():
+    def write_budget(self) -> float | None:
+        """How long a write may take from now and still land while this process leads; None without election."""
+        return None if self.fence is None else self.fence()
+
+    def may_write(self, what: str, target: str = "kubernetes") -> float:
+        """Every write asks first; the answer is its deadline: the request timeout, cut to what is left of the
+        Lease, so that no write lands after another replica may have taken over. Raises :class:`NotLeading` when
+        less than ``MIN_WRITE_SECONDS`` is left (past the renew deadline, stepped down)."""
+        budget = self.write_budget()
+        if budget is not None and budget < MIN_WRITE_SECONDS:
             metrics.FENCED_WRITES.inc()
             log.warning("not leading: refused %s", what)
             raise NotLeading(f"not leading: refused {what}")
         metrics.WRITES.labels(target=target).inc()
         log.debug("write: %s", what)
+        return self.timeout if budget is None else min(self.timeout, budget)
+
+    def _write(self, what: str) -> dict[str, Any]:
+        """The options of one write (see :meth:`may_write`)."""
+        return {"_request_timeout": self.may_write(what), "_preload_content": False}
 
     def _list(self, namespaced: Callable[..., Any], everywhere: Callable[..., Any], label_selector: str,
               namespace: str | None) -> list[Obj]:
@@ -138,17 +153,17 @@ class Kube:
             API_GROUP, API_VERSION, namespace, PLURAL, name, **self._opts()))
 
     def patch_environment_status(self, namespace: str, name: str, status: Obj) -> None:
-        self.may_write(f"status of {namespace}/{name}")
+        opts = self._write(f"status of {namespace}/{name}")
         _drain(self.custom.patch_namespaced_custom_object_status(
-            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE, **self._opts()
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE, **opts
         ))
 
     def patch_environment(self, namespace: str, name: str, patch: Obj) -> None:
         """A merge patch of the MatchEnvironment itself (the autoscaler: replicas and the annotation recording them,
         in one write)."""
-        self.may_write(f"{namespace}/{name}")
+        opts = self._write(f"{namespace}/{name}")
         _drain(self.custom.patch_namespaced_custom_object(
-            API_GROUP, API_VERSION, namespace, PLURAL, name, patch, _content_type=MERGE, **self._opts()
+            API_GROUP, API_VERSION, namespace, PLURAL, name, patch, _content_type=MERGE, **opts
         ))
 
     # -- Secrets ---------------------------------------------------------------------------------------------
@@ -160,17 +175,17 @@ class Kube:
                           label_selector, namespace)
 
     def apply_secret(self, body: Obj) -> Obj:
-        self.may_write(f"Secret {body['metadata']['namespace']}/{body['metadata']['name']}")
+        opts = self._write(f"Secret {body['metadata']['namespace']}/{body['metadata']['name']}")
         meta = body["metadata"]
         return _json(self.core.patch_namespaced_secret(meta["name"], meta["namespace"], body,
                                                        field_manager=FIELD_MANAGER, force=True, _content_type=APPLY,
-                                                       **self._opts()))
+                                                       **opts))
 
     def delete_secret(self, namespace: str, name: str, uid: str) -> bool:
         """Delete the Secret only if it is still the object ``uid`` (never one made in its place meanwhile)."""
-        self.may_write(f"delete of Secret {namespace}/{name}")
+        opts = self._write(f"delete of Secret {namespace}/{name}")
         return _unless_missing(lambda: self.core.delete_namespaced_secret(
-            name, namespace, body=cast(Any, {"preconditions": {"uid": uid}}), **self._opts())) is not None
+            name, namespace, body=cast(Any, {"preconditions": {"uid": uid}}), **opts)) is not None
 
     # -- Deployments -----------------------------------------------------------------------------------------
     def list_deployments(self, label_selector: str, namespace: str | None = None) -> list[Obj]:
@@ -181,19 +196,19 @@ class Kube:
         return _unless_missing(lambda: self.apps.read_namespaced_deployment(name, namespace, **self._opts()))
 
     def apply_deployment(self, body: Obj) -> Obj:
-        self.may_write(f"Deployment {body['metadata']['namespace']}/{body['metadata']['name']}")
+        opts = self._write(f"Deployment {body['metadata']['namespace']}/{body['metadata']['name']}")
         meta = body["metadata"]
         return _json(self.apps.patch_namespaced_deployment(meta["name"], meta["namespace"], body,
                                                            field_manager=FIELD_MANAGER, force=True,
-                                                           _content_type=APPLY, **self._opts()))
+                                                           _content_type=APPLY, **opts))
 
     def delete_deployment(self, namespace: str, name: str, uid: str) -> bool:
         """Foreground deletion of the Deployment ``uid``: it stays until its pods have terminated (their grace
         period included), so the caller can wait for the workers to finish before taking their credentials."""
-        self.may_write(f"delete of Deployment {namespace}/{name}")
+        opts = self._write(f"delete of Deployment {namespace}/{name}")
         return _unless_missing(lambda: self.apps.delete_namespaced_deployment(
             name, namespace, body=cast(Any, {"preconditions": {"uid": uid}, "propagationPolicy": "Foreground"}),
-            **self._opts())) is not None
+            **opts)) is not None
 
     # -- Jobs (backfills) and their pods ---------------------------------------------------------------------
     def list_jobs(self, namespace: str, label_selector: str) -> list[Obj]:
@@ -201,19 +216,23 @@ class Kube:
 
     def create_job(self, body: Obj) -> Obj:
         meta = body["metadata"]
-        self.may_write(f"Job {meta['namespace']}/{meta['name']}")
+        opts = self._write(f"Job {meta['namespace']}/{meta['name']}")
         return _json(self.batch.create_namespaced_job(meta["namespace"], cast(Any, body), field_manager=FIELD_MANAGER,
-                                                      **self._opts()))
+                                                      **opts))
 
     def delete_job(self, namespace: str, name: str, uid: str) -> bool:
         """Delete the Job ``uid`` and its pods (background: its pod is stopped by the garbage collector)."""
-        self.may_write(f"delete of Job {namespace}/{name}")
+        opts = self._write(f"delete of Job {namespace}/{name}")
         return _unless_missing(lambda: self.batch.delete_namespaced_job(
             name, namespace, body=cast(Any, {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}),
-            **self._opts())) is not None
+            **opts)) is not None
 
     def list_pods(self, namespace: str, label_selector: str) -> list[Obj]:
         return self._paged(self.core.list_namespaced_pod, namespace, label_selector=label_selector)
+
+    def list_events(self, namespace: str, field_selector: str) -> list[Obj]:
+        """Events of ``namespace`` that ``field_selector`` picks (e.g. one pod's ``reason=Unhealthy``)."""
+        return self._paged(self.core.list_namespaced_event, namespace, field_selector=field_selector)
 
     # -- Events ----------------------------------------------------------------------------------------------
     def post_event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:
@@ -253,9 +272,11 @@ class Kube:
         while True:
             body = self._events.get()
             try:
-                if self.fence is None or self.fence():
+                budget = self.write_budget()
+                if budget is None or budget >= MIN_WRITE_SECONDS:
+                    timeout = self.timeout if budget is None else min(self.timeout, budget)
                     _drain(self.core.create_namespaced_event(body["metadata"]["namespace"], cast(Any, body),
-                                                             **self._opts()))
+                                                             _request_timeout=timeout, _preload_content=False))
             except Exception as exc:  # an event is informational: never retried, never fatal
                 log.info("event %s not sent: %s", body["reason"], exc)
             finally:

@@ -4,8 +4,9 @@ The holder renews the Lease every ``lease_seconds / 5``, each renewal bounded by
 over when the record has not changed for ``lease_seconds`` by its own clock (it never trusts the other process's
 timestamps), with an optimistic update so that two standbys cannot both win. The holder counts as leading only
 until ``renew_deadline`` (two thirds of the Lease) after its last successful renewal: every write of the operator
-asks :meth:`LeaseElector.leading` first, so a holder that stalled (a long GC pause, SIGSTOP, a partition) stops
-writing a third of a Lease before anyone else can take over, and steps down when it notices.
+asks :meth:`LeaseElector.write_budget` first and gets its deadline from it (never past nine tenths of the Lease
+after that renewal), so a holder that stalled (a long GC pause, SIGSTOP, a partition) starts no write a third of a
+Lease before anyone else can take over, has none under way when that happens, and steps down when it notices.
 
 A standby names itself in the Lease's ``matchenv.io/standby`` annotation; a leader that shuts down cleanly hands
 the Lease to that standby (holder set to it, renewed now) instead of leaving it free, so the warm standby leads at
@@ -64,6 +65,15 @@ class LeaseElector:
     def leading(self) -> bool:
         """True while the last successful renewal is younger than the renew deadline (the write fence)."""
         return self.last_renewed is not None and self.clock() - self.last_renewed < self.renew_deadline
+
+    def write_budget(self) -> float:
+        """How long a write starting now may take and still land while this process holds the Lease: until
+        nine tenths of a Lease (a tenth for the other replica's clock) after the last successful renewal, as
+        timed before that renewal was sent; 0 when not leading (past the renew deadline, or stepped down). Every
+        write's deadline is cut to it, so that none is still under way when a standby may take over."""
+        if self._stepped_down or not self.leading() or self.last_renewed is None:
+            return 0.0
+        return max(0.0, self.last_renewed + self.lease_seconds * 0.9 - self.clock())
 
     def _body(self, current: Obj | None, transitions: int) -> Obj:
         now = _micro_now()

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from types import FrameType
+from typing import NoReturn
 
 import kopf
-from prometheus_client import start_http_server
+from kubernetes import client
+from prometheus_client import REGISTRY, start_http_server
 
 from matchenv import health
+from matchenv.identity import ClusterIdentityError, cluster_identity
+from matchenv.operator import metrics
+from matchenv.operator.environment_metrics import EnvironmentMetrics
 from matchenv.operator.kube import Kube, new_api_client
 from matchenv.operator.leader import LeaseElector
 from matchenv.operator.reconciler import Reconciler
@@ -45,13 +53,24 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if settings.log_json else kopf.LogFormat.FULL)
     logging.getLogger("matchenv").setLevel(logging.DEBUG if verbose else logging.INFO)
     api = new_api_client(settings.kubeconfig)
+    try:
+        identity = cluster_identity(client.CoreV1Api(api), settings.cluster_id, settings.api_timeout)
+        settings = settings.model_copy(update={"cluster_id": identity})
+    except ClusterIdentityError as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("cluster identity %s (in every ownership marker and broker user name this operator makes)",
+             settings.cluster_id)
     owner = installation_owner(Kube(api, timeout=settings.api_timeout), settings)
     # the election's own calls are bounded by its retry period, so a renewal cannot outlast the renew deadline
     elector = LeaseElector(Kube(api, timeout=max(0.5, min(settings.api_timeout, settings.lease_seconds / 5))),
                            settings.operator_namespace, settings.lease_name, settings.identity,
                            settings.lease_seconds, owner=owner)
-    kube = Kube(api, timeout=settings.api_timeout, fence=elector.leading if settings.leader_election else None)
-    reconciler = Reconciler(kube, settings, owner=owner)
+    kube = Kube(api, timeout=settings.api_timeout, fence=elector.write_budget if settings.leader_election else None)
+    metrics.LEADING.set_function(lambda: float(elector.leading() if settings.leader_election else 1))
+    environments = EnvironmentMetrics()
+    REGISTRY.register(environments)
+    reconciler = Reconciler(kube, settings, owner=owner, environments=environments)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr="0.0.0.0")
     if settings.health_port:
@@ -98,4 +117,15 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
         stop.set()
         if settings.leader_election and not lost.is_set():
             elector.step_down()
-    return 1 if lost.is_set() else 0
+    _leave(1 if lost.is_set() else 0)
+
+
+def _leave(code: int) -> NoReturn:
+    """End the process with ``code`` now. The daemon threads (broker events and their repairs, the resync's tenant
+    pool) may be in the middle of an HTTPS call: letting the interpreter finalize around them once aborted the old
+    leader (exit -6 instead of 1, caught by CI). Its writes are fenced already; its logs are flushed first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

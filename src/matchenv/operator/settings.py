@@ -10,6 +10,9 @@ import uuid
 from pydantic import BaseModel, Field, field_validator
 
 from matchenv.contracts import DEFAULT_EXCHANGE
+from matchenv.naming import CLUSTER_ID_PATTERN
+
+NAMESPACE_PLACEHOLDER = "{namespace}"  # in MATCHENV_QUEUE_PATTERN: the environment's own namespace
 
 
 class OperatorSettings(BaseModel):
@@ -33,11 +36,39 @@ class OperatorSettings(BaseModel):
     # Bounds for environments that use the operator's own broker Secret (an environment that brings its own
     # broker.connectionSecretRef is bound by what its credentials allow instead).
     queue_pattern: str = Field(r"^matches\.", description="Queue names must match this regex "
-                               "(MATCHENV_QUEUE_PATTERN).")
+                               "(MATCHENV_QUEUE_PATTERN). '{namespace}' in it stands for the environment's own "
+                               "namespace, which ties queue names to namespaces: ^matches\\.{namespace}\\. lets "
+                               "namespace team-a have matches.team-a.* only.")
     allowed_exchanges: list[str] = Field(default_factory=lambda: [DEFAULT_EXCHANGE],
                                          description="Exchanges environments may bind to (MATCHENV_ALLOWED_EXCHANGES).")
     allowed_vhosts: list[str] = Field(default_factory=lambda: ["/"],
                                       description="Virtual hosts environments may use (MATCHENV_ALLOWED_VHOSTS).")
+
+    adopt_namespaces: list[str] = Field(default_factory=list, description="Namespaces whose environments may set "
+                                        "spec.queue.adopt: take over a queue not made by matchenv, with its "
+                                        "messages (MATCHENV_ADOPT_NAMESPACES; '*' for all; default none).")
+    allow_reject_publish: bool = Field(False, description="Let environments set queue.overflow reject-publish or "
+                                       "reject-publish-dlx (MATCHENV_ALLOW_REJECT_PUBLISH). Off by default: a full "
+                                       "queue in that mode makes the broker refuse every publish to the shared "
+                                       "exchange, for every environment.")
+
+    max_queue_length: int = Field(0, ge=0, description="Most messages any environment's queue may hold, paused "
+                                  "ones and dead-letter queues included (MATCHENV_MAX_QUEUE_LENGTH; 0: no maximum). "
+                                  "Beyond it the oldest are dropped; an environment's queue.maxLength may only be "
+                                  "lower. One operator policy per vhost (matchenv.max-length).")
+
+    tenant_broker_hosts: list[str] | None = Field(None, description="Hosts an environment's own "
+                                                  "broker.connectionSecretRef may point at, as shell patterns "
+                                                  "(e.g. rabbitmq.team-a.svc, *.brokers.example.com), for its "
+                                                  "management and AMQP URLs (MATCHENV_TENANT_BROKER_HOSTS; unset: "
+                                                  "any; 'none': connectionSecretRef refused). The operator makes "
+                                                  "HTTP calls to whatever a tenant's Secret names.")
+
+    cluster_id: str = Field("", description="This cluster's identity on shared brokers (MATCHENV_CLUSTER_ID): part "
+                            "of every ownership marker and broker user name the operator makes, so two clusters' "
+                            "environments of the same name never meet. Unset: the first 8 hex digits of the "
+                            "kube-system namespace's UID. Set it before the first environment: a changed identity "
+                            "makes the operator a stranger to what it made.")
 
     publisher_secret: str = Field("matchenv-publisher", description="Secret (in the operator's namespace) with the "
                                   "scraper's publish-only broker user, kept by the leader; empty turns it off "
@@ -68,9 +99,26 @@ class OperatorSettings(BaseModel):
     @classmethod
     def _regex(cls, value: str) -> str:
         try:
-            re.compile(value)
+            re.compile(value.replace(NAMESPACE_PLACEHOLDER, "namespace"))
         except re.error as exc:
             raise ValueError(f"queue_pattern is not a regular expression: {exc}") from exc
+        return value
+
+    def queue_pattern_for(self, namespace: str) -> str:
+        """The queue pattern an environment of ``namespace`` must match."""
+        return self.queue_pattern.replace(NAMESPACE_PLACEHOLDER, re.escape(namespace))
+
+    @property
+    def queue_pattern_any(self) -> str:
+        """The queue pattern whatever the namespace (for the broker's operator policy)."""
+        return self.queue_pattern.replace(NAMESPACE_PLACEHOLDER, "[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+    @field_validator("cluster_id")
+    @classmethod
+    def _cluster_id(cls, value: str) -> str:
+        if value and not re.match(CLUSTER_ID_PATTERN, value):
+            raise ValueError("cluster_id must be 1-32 lower-case letters, digits and '-', starting and ending with a "
+                             "letter or digit (it goes into broker user names and markers)")
         return value
 
     @field_validator("broker_secret")
@@ -110,15 +158,22 @@ class OperatorSettings(BaseModel):
             "MATCHENV_ARCHIVE_MAX_AGE": "archive_max_age",
             "MATCHENV_ARCHIVE_MAX_BYTES": "archive_max_bytes",
             "MATCHENV_ARCHIVE_SEGMENT_BYTES": "archive_segment_bytes",
+            "MATCHENV_ALLOW_REJECT_PUBLISH": "allow_reject_publish",
+            "MATCHENV_MAX_QUEUE_LENGTH": "max_queue_length",
+            "MATCHENV_CLUSTER_ID": "cluster_id",
         }
         for var, field in mapping.items():
             if env.get(var):
                 values[field] = env[var]
         lists = {"MATCHENV_NAMESPACES": "namespaces", "MATCHENV_ALLOWED_EXCHANGES": "allowed_exchanges",
-                 "MATCHENV_ALLOWED_VHOSTS": "allowed_vhosts"}
+                 "MATCHENV_ALLOWED_VHOSTS": "allowed_vhosts", "MATCHENV_ADOPT_NAMESPACES": "adopt_namespaces"}
         for var, field in lists.items():
             if env.get(var):
                 values[field] = [n.strip() for n in env[var].split(",") if n.strip()]
+        if env.get("MATCHENV_TENANT_BROKER_HOSTS", "").strip() not in ("", "*"):
+            hosts = env["MATCHENV_TENANT_BROKER_HOSTS"].strip()
+            values["tenant_broker_hosts"] = [] if hosts == "none" else [h.strip() for h in hosts.split(",")
+                                                                         if h.strip()]
         if "MATCHENV_PUBLISHER_SECRET" in env:  # an empty value means: no publisher user
             values["publisher_secret"] = env["MATCHENV_PUBLISHER_SECRET"].strip()
         if env.get("MATCHENV_QUEUE_PATTERN"):

@@ -10,7 +10,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from matchenv.models import Phase
+from matchenv.api import Phase
 from matchenv.topology.planner import QueueObservation, Refusal
 
 
@@ -20,6 +20,7 @@ class WorkersObservation:
     replicas: int = 0  # desired, from the Deployment spec
     ready_replicas: int = 0
     updated_replicas: int = 0
+    why: str = ""  # why a pod is not ready, in its own words (see unready_reason)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Observation:
     routing_keys: tuple[str, ...] = ()
     backfill: dict[str, Any] | None = None  # status.backfill, None without spec.backfill
     backfill_condition: tuple[bool, str, str] | None = None  # BackfillComplete (ok, reason, message)
+    length_cap: int = 0  # the administrator's maximum queue length (MATCHENV_MAX_QUEUE_LENGTH), 0: none
+    placement: dict[str, str] | None = None  # status.placement; None: as it was
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -84,6 +87,9 @@ def topology_condition(seen: Observation) -> tuple[bool, str, str]:
     if seen.topology.messages is None:
         return True, "Converged", (f"{bound}; the broker reports no message counts for it, so they are unknown and "
                                    "autoscaling holds")
+    if seen.length_cap and seen.topology.messages >= seen.length_cap:
+        bound += (f"; it holds {seen.topology.messages} messages, the operator's maximum queue length "
+                  f"(MATCHENV_MAX_QUEUE_LENGTH={seen.length_cap}): the oldest are dropped as new ones arrive")
     return True, "Converged", bound
 
 
@@ -104,7 +110,44 @@ def _workers_state(w: WorkersObservation) -> tuple[bool, str, str]:
         return True, "ScaledToZero", "no workers wanted"
     if w.ready_replicas >= w.replicas and w.updated_replicas >= w.replicas:
         return True, "WorkersAvailable", f"{w.ready_replicas}/{w.replicas} workers ready"
-    return False, "WorkersUnavailable", f"{w.ready_replicas}/{w.replicas} workers ready"
+    return False, "WorkersUnavailable", f"{w.ready_replicas}/{w.replicas} workers ready" + (
+        f"; {w.why}" if w.why else "")
+
+
+READINESS_FAILED = "Readiness probe failed: "  # how the kubelet's Unhealthy event begins, before the probe's output
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def unready_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The running (not terminating) pods that are not ready, by name."""
+    return sorted((p for p in pods if not _pod_ready(p) and not (p.get("metadata") or {}).get("deletionTimestamp")),
+                  key=lambda p: str(p["metadata"]["name"]))
+
+
+def unready_reason(pod: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    """Why ``pod`` is not ready, in its own words: a container waiting (CrashLoopBackOff, a missing Secret...) or
+    terminated with a message, else the newest readiness probe failure among ``events`` (the worker's probe prints
+    why, e.g. "holding messages: the database refuses every write ..."); "" when nothing says."""
+    name = pod["metadata"]["name"]
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        state = status.get("state") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") and waiting.get("reason") != "ContainerCreating":
+            return f"pod {name}: {waiting['reason']}" + (f": {waiting['message']}" if waiting.get("message") else "")
+        last = (status.get("lastState") or {}).get("terminated") or {}
+        if waiting and last.get("message"):
+            return f"pod {name}: last exit {last.get('exitCode')}: {str(last['message']).strip()[:300]}"
+    failures = [e for e in events if (e.get("involvedObject") or {}).get("name") == name
+                and str(e.get("message", "")).startswith(READINESS_FAILED)]
+    if not failures:
+        return ""
+    newest = max(failures, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime")
+                                              or (e.get("metadata") or {}).get("creationTimestamp") or ""))
+    return f"pod {name}: {str(newest['message'])[len(READINESS_FAILED):].strip()[:500]}"
 
 
 def _by_type(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -164,6 +207,9 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
     }
     if seen.generation is not None:
         status["observedGeneration"] = seen.generation
+    placement = seen.placement if seen.placement is not None else old_status.get("placement")
+    if placement is not None:
+        status["placement"] = placement
     if seen.topology is not None:
         status["messages"] = seen.topology.messages
         status["consumers"] = seen.topology.consumers

@@ -25,8 +25,9 @@ import pika.frame
 import pika.spec
 from pydantic import ValidationError
 
+from matchenv.amqp import parameters
 from matchenv.contracts import DEFAULT_EXCHANGE, routing_key
-from matchenv.models import Match
+from matchenv.match import Match
 from matchenv.scraper.messages import task_message
 from matchenv.scraper.sources import RawMatch
 
@@ -99,11 +100,12 @@ def validate(raw: RawMatch) -> tuple[dict[str, object] | None, list[InvalidMatch
     if not isinstance(raw.data, dict):
         return None, [InvalidMatch(raw.position, key, "record", "a match must be a JSON object")]
     try:
-        Match.model_validate(raw.data)
+        match = Match.model_validate(raw.data)
     except ValidationError as exc:
         return None, [InvalidMatch(raw.position, key, ".".join(str(p) for p in e["loc"]) or "record", e["msg"])
                       for e in exc.errors()]
-    return raw.data, []
+    # what the model read, as it read it: fields the record gave (trimmed), none it does not know
+    return match.model_dump(mode="json", exclude_unset=True), []
 
 
 @dataclass
@@ -144,12 +146,7 @@ class Publisher:
     def __init__(self, url: str, target: Target, retry_seconds: float = 120.0, connect_timeout: float = 10.0,
                  window: int = DEFAULT_WINDOW, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic, max_rate: float = 0.0) -> None:
-        self.params = pika.URLParameters(url)
-        self.params.socket_timeout = connect_timeout
-        self.params.stack_timeout = connect_timeout * 2
-        self.params.blocked_connection_timeout = 60
-        self.params.heartbeat = 30
-        self.params.connection_attempts = 1
+        self.params = parameters(url, connect_timeout, blocked=60, heartbeat=30)
         self.target = target
         self.retry_seconds = retry_seconds
         self.window = max(1, window)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from matchenv.topology.client import BrokerError
+from matchenv.topology.client import BrokerError, BrokerNotFound
 from matchenv.topology.planner import Action, Broker, Plan
 
 
@@ -18,7 +18,7 @@ class ApplyError(BrokerError):
         self.done = done
 
 
-def apply_plan(broker: Broker, plan: Plan, guard: Callable[[Action], None] | None = None,
+def apply_plan(broker: Broker, plan: Plan, guard: Callable[[Action], object] | None = None,
                on_done: Callable[[str], None] | None = None) -> list[str]:
     """Apply every action of ``plan``; return their descriptions. Raises :class:`ApplyError` at the first failure.
     ``guard`` is asked before each action (the leader's write fence) and may raise to stop; ``on_done`` is told
@@ -29,9 +29,11 @@ def apply_plan(broker: Broker, plan: Plan, guard: Callable[[Action], None] | Non
             guard(action)
         try:
             action.apply(broker)
+            done.append(action.describe())
         except BrokerError as exc:
-            raise ApplyError(exc, action.describe(), done) from exc
-        done.append(action.describe())
+            if not (action.removal and isinstance(exc, BrokerNotFound)):
+                raise ApplyError(exc, action.describe(), done) from exc
+            done.append(f"{action.describe()} (gone already)")  # what it removes went meanwhile: done
         if on_done is not None:
             on_done(done[-1])
     return done

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -21,7 +21,9 @@ import requests
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
 
 DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds the whole call
-MAX_BODY = 64 * 1024 * 1024  # a management answer larger than this is refused, not read into memory
+# a management answer larger than this is refused, not read into memory: parsed, JSON takes several times its size,
+# and the operator's memory limit is 384 MiB (a broker of 20,000 queues answers /api/queues in about 6 MiB)
+MAX_BODY = 16 * 1024 * 1024
 MAX_ERROR_TEXT = 300
 PARALLEL_CALLS = 8  # management calls in flight at once per broker (kopf runs up to 8 handlers at once)
 QUEUE_COLUMNS = (
@@ -77,9 +79,13 @@ class ManagementClient:
         password: str,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         session: requests.Session | None = None,
+        write_budget: Callable[[], float | None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        # how long a write may take from now (the leader's Lease: no write still under way once another replica
+        # may lead); None: the timeout alone
+        self.write_budget = write_budget
         self.session = session or _session()
         self.session.auth = (username, password)
         self.session.headers["content-type"] = "application/json"
@@ -109,6 +115,9 @@ class ManagementClient:
         operation = f"{method} {path}"
         self.calls += 1
         connect, total = self.timeout
+        budget = self.write_budget() if self.write_budget is not None and method != "GET" else None
+        if budget is not None:
+            total = max(0.1, min(total, budget))
         deadline = time.monotonic() + total
         session = self.session
 
@@ -218,13 +227,17 @@ class ManagementClient:
         present = {e.name for e in exchanges}
         bindings += [Binding.from_api(r) for name in scope.exchange_bindings if name in present
                      for r in self._request("GET", f"/api/exchanges/{v}/{_q(name)}/bindings/destination") or []]
+        bindings += [Binding.from_api(r) for name in scope.source_bindings
+                     for r in (self._get_or_none(f"/api/exchanges/{v}/{_q(name)}/bindings/source") or [])]
         policies = [Policy.from_api(r) for name in scope.policies
                     if (r := self._get_or_none(f"/api/policies/{v}/{_q(name)}")) is not None]
-        users = [User.from_api(r) for name in scope.users
+        unclaimed = any(not q.claimed_by_cluster for q in queues)
+        users = [User.from_api(r) for name in scope.users + (scope.legacy_users if unclaimed else ())
                  if (r := self._get_or_none(f"/api/users/{_q(name)}")) is not None]
-        if any(q.owner is None for q in queues):
-            # a queue without the ownership marker (adopted, or older than markers): its claimant is whoever's
-            # permissions read exactly it, so every permission of the vhost is needed (rare: the marker is usual)
+        if unclaimed:
+            # a queue without a cluster's marker (adopted, or declared by an older version): its claimant is
+            # whoever's permissions read exactly it, so every permission of the vhost is needed (rare: the marker
+            # is usual)
             rows = self._get_or_none(f"/api/vhosts/{v}/permissions") or []
         else:
             rows = [r for u in users if (r := self._get_or_none(f"/api/permissions/{v}/{_q(u.name)}")) is not None]
@@ -284,6 +297,19 @@ class ManagementClient:
 
     def delete_policy(self, vhost: str, name: str) -> None:
         self._request("DELETE", f"/api/policies/{_q(vhost)}/{_q(name)}")
+
+    def get_operator_policy(self, vhost: str, name: str) -> Policy | None:
+        row = self._get_or_none(f"/api/operator-policies/{_q(vhost)}/{_q(name)}")
+        return Policy.from_api(row) if row is not None else None
+
+    def put_operator_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any],
+                            priority: int) -> None:
+        """An operator policy: combined with every queue's own policy, the lower limit winning."""
+        self._request("PUT", f"/api/operator-policies/{_q(vhost)}/{_q(name)}",
+                      {"pattern": pattern, "definition": definition, "priority": priority, "apply-to": "queues"})
+
+    def delete_operator_policy(self, vhost: str, name: str) -> None:
+        self._request("DELETE", f"/api/operator-policies/{_q(vhost)}/{_q(name)}")
 
     def put_user(self, name: str, password: str, tags: Iterable[str] = ()) -> None:
         self._request("PUT", f"/api/users/{_q(name)}", {"password": password, "tags": ",".join(tags)})

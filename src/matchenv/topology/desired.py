@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from matchenv.api import MatchEnvironmentSpec, QueueType
 from matchenv.contracts import queue_arguments
-from matchenv.models import MatchEnvironmentSpec, QueueType
 from matchenv.naming import (
     POLICY_PRIORITY,
     EnvironmentNames,
@@ -80,6 +80,12 @@ class DesiredTopology:
     def owner(self) -> str:
         return self.names.owner
 
+    def owns(self, marker: str | None) -> bool:
+        """Whether a marker is this environment's: its own, or the one its cluster wrote before the cluster
+        identity (adopted on upgrade; :func:`~matchenv.topology.planner.queue_claimant` tells whether another
+        cluster adopted it first)."""
+        return marker in (self.names.owner, self.names.legacy_owner)
+
     @property
     def dead_letter_queue(self) -> DesiredQueue:
         return DesiredQueue(self.names.dead_letter_queue, self.queue.type, self.owner)
@@ -90,10 +96,11 @@ class DesiredTopology:
         subset = (self.subset_exchange,) if self.subset_exchange else ()
         backfill = self.backfill is not None or self.backfill_leftover
         return Scope(self.vhost, queues, (self.exchange, *subset, self.names.dead_letter_exchange,
-                                          *((self.names.backfill_exchange,) if backfill else ())),
+                                          *((self.names.backfill_exchange,) if backfill else ()),
+                                          self.queue.name),  # an exchange of the queue's name: NameReserved
                      (self.names.policy,),
                      (self.names.broker_user, *((self.names.backfill_user,) if backfill else ())),
-                     exchange_bindings=subset)
+                     exchange_bindings=subset, legacy_users=self.names.legacy_users)
 
     def verification_scope(self) -> Scope:
         """What is read again after applying a plan: the queues (whose ownership marker the broker kept decides a
@@ -111,12 +118,12 @@ class DesiredTopology:
         return POLICY_PRIORITY
 
 
-def desired_topology(namespace: str, name: str, spec: MatchEnvironmentSpec,
+def desired_topology(cluster: str, namespace: str, name: str, spec: MatchEnvironmentSpec,
                      backfill_ran: bool = False) -> DesiredTopology:
-    """What the broker should hold for the MatchEnvironment ``namespace/name`` (``backfill_ran``: its status says
-    a backfill ran, whose broker objects go once spec.backfill is gone)."""
+    """What the broker should hold for the MatchEnvironment ``namespace/name`` of ``cluster`` (``backfill_ran``:
+    its status says a backfill ran, whose broker objects go once spec.backfill is gone)."""
     queue_name = spec.queue.resolved_name(name)
-    names = EnvironmentNames(namespace, name, queue_name)
+    names = EnvironmentNames(cluster, namespace, name, queue_name)
     # A policy only when the broker has something to enforce: a length limit, a TTL, a quorum queue's delivery
     # limit, and then dead-lettering with it. RabbitMQ matches every queue of the vhost against every policy on each
     # policy change (O(queues x policies)): a policy per environment made 500 environments take 146 s to converge.
@@ -208,6 +215,11 @@ class DesiredArchive:
 
     def scope(self) -> Scope:
         return Scope(self.vhost, (self.name,), (), (self.policy,), ())
+
+    def release_scope(self) -> Scope:
+        """What the release looks at: the archive, and who else the exchange (and its subset exchange) feeds."""
+        return Scope(self.vhost, (self.name,), (), (), (),
+                     source_bindings=(self.exchange, subset_exchange_name(self.exchange)))
 
 
 def desired_archive(vhost: str, exchange: str, exchange_type: str, max_age: str, max_bytes: int,

@@ -12,11 +12,17 @@ idempotent, and the unit tests check it for every spec field.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from matchenv.contracts import OWNER_ARGUMENT
-from matchenv.naming import POLICY_PRIORITY, broker_regex, owner_of_broker_user
+from matchenv.contracts import OWNER_ARGUMENT, derived_suffix, describe_owner, names_cluster
+from matchenv.naming import (
+    POLICY_PRIORITY,
+    broker_regex,
+    owner_of_broker_user,
+    subset_exchange_name,
+)
 from matchenv.topology.desired import (
     DesiredArchive,
     DesiredPermissions,
@@ -25,7 +31,7 @@ from matchenv.topology.desired import (
     DesiredTopology,
     stream_arguments,
 )
-from matchenv.topology.snapshot import BrokerSnapshot
+from matchenv.topology.snapshot import BrokerSnapshot, Permission, Policy
 
 
 class Broker(Protocol):
@@ -42,6 +48,9 @@ class Broker(Protocol):
     def put_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any], priority: int,
                    apply_to: str = "queues") -> None: ...
     def delete_policy(self, vhost: str, name: str) -> None: ...
+    def put_operator_policy(self, vhost: str, name: str, pattern: str, definition: dict[str, Any],
+                            priority: int) -> None: ...
+    def delete_operator_policy(self, vhost: str, name: str) -> None: ...
     def put_user(self, name: str, password: str, tags: Any = ()) -> None: ...
     def delete_user(self, name: str) -> None: ...
     def set_permissions(self, vhost: str, user: str, configure: str, write: str, read: str) -> None: ...
@@ -53,6 +62,8 @@ class Action:
     """One change to the broker. ``describe()`` is what logs and Kubernetes events say."""
 
     vhost: str
+    # a removal: done when what it removes is gone already (another converge, a teardown beside it, a person)
+    removal: ClassVar[bool] = False
 
     def apply(self, broker: Broker) -> None:
         raise NotImplementedError
@@ -77,6 +88,7 @@ class DeclareExchange(Action):
 
 @dataclass(frozen=True)
 class DeleteExchange(Action):
+    removal: ClassVar[bool] = True
     name: str
 
     def apply(self, broker: Broker) -> None:
@@ -113,6 +125,7 @@ class DeclareStream(Action):
 
 @dataclass(frozen=True)
 class DeleteQueue(Action):
+    removal: ClassVar[bool] = True
     name: str
     messages: int = 0
 
@@ -151,6 +164,7 @@ class BindExchange(Action):
 
 @dataclass(frozen=True)
 class Unbind(Action):
+    removal: ClassVar[bool] = True
     exchange: str
     queue: str
     properties_key: str
@@ -177,7 +191,33 @@ class PutPolicy(Action):
 
 
 @dataclass(frozen=True)
+class PutOperatorPolicy(Action):
+    name: str
+    pattern: str
+    definition: dict[str, Any] = field(hash=False)
+
+    def apply(self, broker: Broker) -> None:
+        broker.put_operator_policy(self.vhost, self.name, self.pattern, self.definition, 0)
+
+    def describe(self) -> str:
+        return f"set operator policy {self.name} {self.definition} on queues matching {self.pattern}"
+
+
+@dataclass(frozen=True)
+class DeleteOperatorPolicy(Action):
+    removal: ClassVar[bool] = True
+    name: str
+
+    def apply(self, broker: Broker) -> None:
+        broker.delete_operator_policy(self.vhost, self.name)
+
+    def describe(self) -> str:
+        return f"deleted operator policy {self.name}"
+
+
+@dataclass(frozen=True)
 class DeletePolicy(Action):
+    removal: ClassVar[bool] = True
     name: str
 
     def apply(self, broker: Broker) -> None:
@@ -204,6 +244,7 @@ class PutUser(Action):
 
 @dataclass(frozen=True)
 class DeleteUser(Action):
+    removal: ClassVar[bool] = True
     name: str
 
     def apply(self, broker: Broker) -> None:
@@ -229,6 +270,7 @@ class SetPermissions(Action):
 
 @dataclass(frozen=True)
 class ClearPermissions(Action):
+    removal: ClassVar[bool] = True
     user: str
 
     def apply(self, broker: Broker) -> None:
@@ -242,7 +284,7 @@ class ClearPermissions(Action):
 class Refusal:
     """Why this environment may not have the broker objects it names; ``reason`` is its condition reason."""
 
-    reason: str  # QueueClaimed | QueueExists
+    reason: str  # QueueClaimed | QueueExists | NameReserved
     message: str
 
 
@@ -254,44 +296,70 @@ class Plan:
 
 
 def queue_claimant(snapshot: BrokerSnapshot, vhost: str, queue: str) -> str | None:
-    """The MatchEnvironment (``namespace/name``) a live queue belongs to: its marker, else (a queue adopted, or
-    declared before markers) the matchenv user whose permissions read exactly it; None if nobody's."""
+    """The marker of the MatchEnvironment a live queue belongs to (``cluster/namespace/name``); None if nobody's.
+
+    A cluster's marker decides. A queue without one (adopted, or declared before the cluster identity with a
+    legacy ``namespace/name`` marker) belongs to the environment whose user of a cluster reads exactly it (the
+    cluster that adopted it first), else to its legacy marker, else to the legacy matchenv user that reads it."""
     live = snapshot.queues.get((vhost, queue))
     if live is None:
         return None
-    if live.owner:
+    if live.claimed_by_cluster:
         return live.owner
     pattern = broker_regex(queue)
     readers = sorted(owner for p in snapshot.permissions.values()
                      if p.vhost == vhost and p.read == pattern and (owner := owner_of_broker_user(p.user)))
-    return readers[0] if readers else None
+    of_a_cluster = [r for r in readers if names_cluster(r)]
+    if of_a_cluster:
+        return of_a_cluster[0]
+    return live.owner or (readers[0] if readers else None)
+
+
+def reserved_name(desired: DesiredTopology, snapshot: BrokerSnapshot) -> Refusal | None:
+    """A queue name that is (or ends like) a name matchenv derives, or that an exchange of the vhost carries: its
+    user's configure and read rights would reach that exchange (delete it, bind it elsewhere)."""
+    queue, vhost = desired.queue.name, desired.vhost
+    suffix = derived_suffix(queue)
+    if suffix is not None:
+        return Refusal("NameReserved", f"queue {queue} ends with {suffix}, a name matchenv derives for its own "
+                       "objects (dead-letter, backfill, subset and archive exchanges and queues); choose another "
+                       "queue.name")
+    if (vhost, queue) in snapshot.exchanges:
+        return Refusal("NameReserved", f"exchange {queue} exists in vhost {vhost}: a queue of the same name would "
+                       "give this environment's broker user rights on that exchange (RabbitMQ's permissions cover "
+                       "queues and exchanges alike); choose another queue.name")
+    return None
 
 
 def check_ownership(desired: DesiredTopology, snapshot: BrokerSnapshot) -> Refusal | None:
-    """None when every queue and exchange this environment would own is free or already its own."""
-    vhost, me = desired.vhost, desired.owner
+    """None when every queue and exchange this environment would own is free or already its own, and its queue's
+    name reaches nothing else (its user's permissions are regexes over queues and exchanges alike)."""
+    vhost = desired.vhost
+    reserved = reserved_name(desired, snapshot)
+    if reserved is not None:
+        return reserved
     queue_owner = queue_claimant(snapshot, vhost, desired.queue.name)
     names = [desired.queue.name] + ([desired.names.dead_letter_queue] if desired.dead_letter else [])
     for name in names:
         if (vhost, name) not in snapshot.queues:
             continue
         owner = queue_claimant(snapshot, vhost, name)
-        if owner is None and name != desired.queue.name and queue_owner == me:
-            owner = me  # the dead-letter queue of an adopted (or pre-marker) queue of ours
+        if owner is None and name != desired.queue.name and desired.owns(queue_owner):
+            owner = desired.owner  # the dead-letter queue of an adopted (or pre-marker) queue of ours
         if owner is None:
             if desired.adopt:
                 continue
             return Refusal("QueueExists", f"queue {name} (vhost {vhost}) exists and was not made by matchenv; "
                            "set spec.queue.adopt: true to take it over with its messages")
-        if owner != me:
-            return Refusal("QueueClaimed", f"queue {name} (vhost {vhost}) belongs to MatchEnvironment {owner}")
+        if not desired.owns(owner):
+            return Refusal("QueueClaimed", f"queue {name} (vhost {vhost}) belongs to {describe_owner(owner)}")
     owned = ([desired.names.dead_letter_exchange] if desired.dead_letter else []) + (
         [desired.names.backfill_exchange] if desired.backfill is not None else [])
     for name in owned:
         exchange = snapshot.exchanges.get((vhost, name))
-        if exchange is not None and exchange.owner and exchange.owner != me:
-            return Refusal("QueueClaimed", f"exchange {exchange.name} (vhost {vhost}) belongs to MatchEnvironment "
-                           f"{exchange.owner}")
+        if exchange is not None and exchange.owner and not desired.owns(exchange.owner):
+            return Refusal("QueueClaimed", f"exchange {exchange.name} (vhost {vhost}) belongs to "
+                           f"{describe_owner(exchange.owner)}")
     return None
 
 
@@ -378,7 +446,21 @@ def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: 
         actions += _backfill_removal(desired, snapshot)
 
     actions += _user_actions(vhost, user, desired.permissions, password, snapshot)
+    actions += _legacy_user_removal(desired, snapshot)  # after: the queue is claimed by the new user's rights
     return Plan(tuple(actions), tuple(problems))
+
+
+def _legacy_user_removal(desired: DesiredTopology, snapshot: BrokerSnapshot) -> list[Action]:
+    """The users versions before the cluster identity made for this environment (``matchenv.<ns>.<name>`` and its
+    backfill's), when their rights on the vhost reach exactly this environment's queue or backfill exchange: the
+    same name on another queue is another cluster's environment, left alone."""
+    vhost, names = desired.vhost, desired.names
+    worker, backfill = names.legacy_users
+    queue, replays = broker_regex(desired.queue.name), broker_regex(names.backfill_exchange)
+    ours: tuple[tuple[str, Callable[[Permission], bool]], ...] = (
+        (worker, lambda p: p.read == queue), (backfill, lambda p: p.write == replays))
+    return [DeleteUser(vhost, user) for user, reaches in ours
+            if user in snapshot.users and (perms := snapshot.permissions.get((user, vhost))) and reaches(perms)]
 
 
 def _user_actions(vhost: str, user: str, want: DesiredPermissions, password: str,
@@ -400,8 +482,25 @@ def _backfill_removal(desired: DesiredTopology, snapshot: BrokerSnapshot) -> lis
     if names.backfill_user in snapshot.users:
         actions.append(DeleteUser(vhost, names.backfill_user))
     exchange = snapshot.exchanges.get((vhost, names.backfill_exchange))
-    if exchange is not None and exchange.owner == desired.owner:  # made by this environment (its marker) only
+    if exchange is not None and desired.owns(exchange.owner):  # made by this environment (its marker) only
         actions.append(DeleteExchange(vhost, names.backfill_exchange))
+    return actions
+
+
+def plan_length_cap(vhost: str, policy: str, pattern: str, max_length: int, live: Policy | None,
+                    legacy: Policy | None = None) -> tuple[Action, ...]:
+    """The administrator's maximum queue length (0: none) as one operator policy (``policy``, one per cluster) per
+    vhost over the queues the operator's pattern admits, paused environments' and dead-letter queues included:
+    RabbitMQ combines it with each queue's own policy, the lower limit winning, and drops the oldest messages beyond
+    it (dead-lettered as maxlen where the queue's policy names a dead-letter exchange). One policy, not one per
+    environment: every policy change makes the broker match every queue against every policy. ``legacy``: the one
+    versions before the cluster identity kept, removed."""
+    actions: tuple[Action, ...] = (DeleteOperatorPolicy(vhost, legacy.name),) if legacy is not None else ()
+    if not max_length:
+        return actions + ((DeleteOperatorPolicy(vhost, policy),) if live is not None else ())
+    definition = {"max-length": max_length}
+    if live is None or (live.pattern, live.definition, live.apply_to) != (pattern, definition, "queues"):
+        return (*actions, PutOperatorPolicy(vhost, policy, pattern, definition))
     return actions
 
 
@@ -428,9 +527,16 @@ def plan_archive(archive: DesiredArchive, snapshot: BrokerSnapshot) -> Plan:
 
 
 def plan_archive_detach(archive: DesiredArchive, snapshot: BrokerSnapshot) -> Plan:
-    """The archive stops following its exchange (it keeps what it holds): the last environment of the exchange
-    went, and a publish that reaches no environment must be reported unroutable again, not archived silently."""
+    """The archive stops following its exchange (it keeps what it holds) once nothing else is bound to it (read
+    with :meth:`DesiredArchive.release_scope`): a publish that reaches no environment must be reported unroutable
+    again, not archived silently. The broker's bindings decide, not one operator's list of environments: another
+    cluster's environments, or ours through another Secret for the same broker, keep it."""
     vhost = archive.vhost
+    topic = subset_exchange_name(archive.exchange)
+    fed = [b for b in snapshot.bindings if b.vhost == vhost and b.source in (archive.exchange, topic)
+           and b.destination != archive.name and not (b.source == archive.exchange and b.destination == topic)]
+    if fed:
+        return Plan()
     return Plan(tuple(Unbind(vhost, b.source, archive.name, b.properties_key)
                       for b in snapshot.bindings_to(vhost, archive.name) if b.source == archive.exchange))
 
@@ -492,20 +598,43 @@ def plan_remove(desired: DesiredTopology, snapshot: BrokerSnapshot, delete_queue
     refusal = check_ownership(desired, snapshot)
     if refusal is not None:
         return Plan(tuple(actions), refusal=refusal)
+    actions += _legacy_user_removal(desired, snapshot)
     if delete_queue:
         for name in (queue, desired.names.dead_letter_queue):
             live = snapshot.queues.get((vhost, name))
             if live is not None:
                 actions.append(DeleteQueue(vhost, name, live.messages or 0))
         dlx = snapshot.exchanges.get((vhost, desired.names.dead_letter_exchange))
-        if dlx is not None and dlx.owner in (None, desired.owner):
+        if dlx is not None and (dlx.owner is None or desired.owns(dlx.owner)):
             actions.append(DeleteExchange(vhost, desired.names.dead_letter_exchange))
         if (vhost, desired.names.policy) in snapshot.policies:
             actions.append(DeletePolicy(vhost, desired.names.policy))
     backfill = snapshot.exchanges.get((vhost, desired.names.backfill_exchange))
-    if backfill is not None and backfill.owner == desired.owner:  # whatever the deletion policy: it holds nothing
+    if backfill is not None and desired.owns(backfill.owner):  # whatever the deletion policy: it holds nothing
         actions.append(DeleteExchange(vhost, desired.names.backfill_exchange))
     return Plan(tuple(actions))
+
+
+def plan_release(old: DesiredTopology, snapshot: BrokerSnapshot, delete_queue: bool, drop_user: bool,
+                 clear_permissions: bool) -> Plan:
+    """Let go of where the environment was before a change of queue name, vhost or broker (``old``): unbind the
+    old queue, delete it with its dead-letter queue, exchange and policy under ``delete_queue``, and take the
+    user's permissions on the old vhost back (``clear_permissions``, after a change of vhost) or the whole user
+    (``drop_user``, on a broker it no longer uses). Nothing of a queue that is not this environment's is
+    touched."""
+    vhost = old.vhost
+    refusal = check_ownership(old, snapshot)
+    actions: list[Action] = []
+    if refusal is None:
+        actions += plan_detach(old, snapshot).actions
+        removal = plan_remove(old, snapshot, delete_queue=delete_queue).actions
+        actions += [a for a in removal if not isinstance(a, DeleteUser)]
+    if drop_user:
+        actions += [DeleteUser(vhost, user) for user in (old.names.broker_user, old.names.backfill_user)
+                    if user in snapshot.users]
+    elif clear_permissions and (old.names.broker_user, vhost) in snapshot.permissions:
+        actions.append(ClearPermissions(vhost, old.names.broker_user))
+    return Plan(tuple(actions), refusal=refusal)
 
 
 @dataclass(frozen=True)
@@ -513,10 +642,12 @@ class QueueObservation:
     """What status reports about the environment's queues; None counts are unknown (not reported)."""
 
     exists: bool
-    messages: int | None = 0
+    messages: int | None = 0  # ready + unacknowledged: the backlog
     consumers: int | None = 0
     dead_letter_messages: int | None = 0
     bound: bool = False
+    ready: int | None = 0
+    unacknowledged: int | None = 0
 
 
 def observe(desired: DesiredTopology, snapshot: BrokerSnapshot) -> QueueObservation:
@@ -534,4 +665,6 @@ def observe(desired: DesiredTopology, snapshot: BrokerSnapshot) -> QueueObservat
         consumers=live.consumers,
         dead_letter_messages=dlq.backlog if dlq else 0,
         bound=bound,
+        ready=live.messages_ready,
+        unacknowledged=live.messages_unacknowledged,
     )

@@ -7,7 +7,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from matchenv.contracts import OWNER_ARGUMENT
+from matchenv.contracts import OWNER_ARGUMENT, names_cluster
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,14 @@ class Queue:
 
     @property
     def owner(self) -> str | None:
-        """The ownership marker matchenv declared the queue with (``namespace/name``), if any."""
+        """The ownership marker matchenv declared the queue with (``cluster/namespace/name``), if any."""
         marker = self.arguments.get(OWNER_ARGUMENT)
         return marker if isinstance(marker, str) and marker else None
+
+    @property
+    def claimed_by_cluster(self) -> bool:
+        """Whether its marker names a cluster (else: none, or a legacy one from before the cluster identity)."""
+        return names_cluster(self.owner)
 
     @property
     def backlog(self) -> int | None:
@@ -173,6 +178,9 @@ class Scope:
     policies: tuple[str, ...]
     users: tuple[str, ...]
     exchange_bindings: tuple[str, ...] = ()  # exchanges whose bindings from other exchanges are read too
+    source_bindings: tuple[str, ...] = ()  # exchanges whose own bindings (to queues and exchanges) are read too
+    # users named as before the cluster identity: read only where a queue carries no marker or a legacy one
+    legacy_users: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

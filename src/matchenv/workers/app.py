@@ -1,4 +1,5 @@
-"""The Celery app of one environment's worker and its one task, ``celery_tasks.match_tasks.process_match_data``.
+"""The Celery app of one environment's worker: its consumer hands every ``celery_tasks.match_tasks.process_match_data``
+message to the batches (:mod:`matchenv.workers.batches`, the one path from the queue to the store).
 
 Delivery (DESIGN §6): late acks, a bounded prefetch (``MATCHENV_PREFETCH``, 256) stored in batches (see
 :mod:`matchenv.workers.batches`), reject on worker loss; JSON only; no result backend; remote control,
@@ -20,31 +21,27 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from celery import Celery, signals
-from celery.exceptions import Reject
 from celery.worker.consumer import Consumer
 from kombu.entity import Exchange, Queue
-from pydantic import ValidationError
 
 from matchenv.contracts import (
-    REASON_INVALID,
     REASON_MALFORMED,
-    REASON_STORE_ERROR,
     REASON_UNKNOWN_TASK,
-    SCRAPED_AT_HEADER,
-    TASK_ID_HEADER,
     TASK_NAME,
     queue_arguments,
 )
-from matchenv.models import Match
+from matchenv.match import Match
 from matchenv.workers import metrics
 from matchenv.workers.batches import Batcher
 from matchenv.workers.config import WorkerConfig
 from matchenv.workers.deadletter import Body, DeadLetterPublisher, DeadLetterUnavailable
+from matchenv.workers.parsing import Stopping
 from matchenv.workers.stores import (
     Outcome,
     PermanentStoreError,
     Stamped,
     Store,
+    StoreRefused,
     StoreUnavailable,
     TransientStoreError,
     make_store,
@@ -53,7 +50,6 @@ from matchenv.workers.stores import (
 log = logging.getLogger("matchenv.worker")
 _T = TypeVar("_T")
 STOPPING = threading.Event()  # set when the worker starts its warm shutdown
-REQUEUE_DELAY = 5.0  # a valid match that cannot be stored and has no DLQ goes back after this pause
 STOP_WAIT = 20.0  # how long a stopping worker waits for the batch it is storing
 WAKE_SECONDS = 0.25  # the event loop's longest sleep: how soon an idle worker notices it should stop
 
@@ -101,7 +97,7 @@ class Runtime:
         return self.dead_letter(body, reason, error, content_type="application/octet-stream",
                                 headers={**original, "x-original-content-type": message.content_type or ""})
 
-    def store_match(self, match: Match, scraped_at: dt.datetime | None = None) -> str:
+    def store_match(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome:
         """Upsert with retries: transient errors 3 times with backoff and jitter (then PermanentStoreError), an
         unreachable database for as long as it takes (the message stays unacknowledged meanwhile)."""
         return self._retrying(lambda: self.store.upsert(match, scraped_at), "the message", give_back=False)
@@ -119,8 +115,9 @@ class Runtime:
         attempt = 0
         waited = 0
         while True:
+            metrics.HEALTH.progress()
             try:
-                return call()
+                answer = call()
             except TransientStoreError as exc:
                 attempt += 1
                 if attempt >= self.config.store_retries:
@@ -130,93 +127,20 @@ class Runtime:
                 log.warning("store error (try %d of %d), retrying in %.1fs: %s", attempt,
                             self.config.store_retries, delay, exc)
                 self.sleep(delay)
-            except StoreUnavailable as exc:
+            except StoreUnavailable as exc:  # unreachable, or refusing every write (StoreRefused): hold, never DLQ
                 metrics.STORE_WAITS.inc()
+                metrics.HEALTH.hold(str(exc))
                 delay = min(30.0, 1.0 * 2 ** min(waited, 5)) * random.uniform(0.8, 1.2)
                 waited += 1
-                log.warning("database unavailable, holding %s and retrying in %.1fs: %s", holding, delay, exc)
+                log.warning("database %s, holding %s and retrying in %.1fs: %s",
+                            "refusing" if isinstance(exc, StoreRefused) else "unavailable", holding, delay, exc)
                 if not give_back:
                     self.sleep(delay)
                 elif self.stopping.wait(delay):
                     raise Stopping(f"stopping while the database is unavailable ({exc})") from exc
-
-
-class Stopping(Exception):
-    """The worker stops while messages still wait for the database: they go back to the queue."""
-
-
-@dataclass(frozen=True)
-class Invalid:
-    """A task message whose arguments are not one valid match: what to dead-letter, and why."""
-
-    body: Body
-    problems: str
-
-
-def parse(args: Any, kwargs: Any) -> tuple[Match, dict[str, Any]] | Invalid:
-    """The match a task message carries (and its raw form, for the dead-letter queue), or why there is none."""
-    if isinstance(args, list | tuple) and len(args) == 1 and not kwargs:
-        raw = args[0]
-    elif not args and isinstance(kwargs, dict) and set(kwargs) == {"match_data"}:
-        raw = kwargs["match_data"]
-    else:
-        raw = None
-    if not isinstance(raw, dict):
-        return Invalid({"args": list(args) if isinstance(args, list | tuple) else args, "kwargs": kwargs},
-                       "expected one match object as the only argument")
-    try:
-        return Match.model_validate(raw), raw
-    except ValidationError as exc:
-        return Invalid(raw, "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'match'}: {e['msg']}"
-                                      for e in exc.errors()))
-
-
-def scraped_at(request: Any) -> dt.datetime | None:
-    """The publisher's stamp (message header ``x-matchenv-scraped-at``), None when absent or unreadable."""
-    value = getattr(request, SCRAPED_AT_HEADER, None)
-    if value is None:
-        value = (getattr(request, "headers", None) or {}).get(SCRAPED_AT_HEADER)
-    if not isinstance(value, str):
-        return None
-    try:
-        stamp = dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
-
-
-def process(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any], request: Any) -> str:
-    """The task body, separate from Celery so that it can be called directly."""
-    try:
-        return _process(runtime, args, kwargs, request)
-    finally:
-        metrics.PROCESSED.inc()  # once dealt with, whatever the outcome
-
-
-def _process(runtime: Runtime, args: tuple[Any, ...], kwargs: dict[str, Any], request: Any) -> str:
-    headers: dict[str, Any] = {TASK_ID_HEADER: str(getattr(request, "id", "") or "")}
-    stamp = scraped_at(request)
-    if stamp is not None:  # kept with the dead letter: a redriven copy must not overwrite newer data
-        headers[SCRAPED_AT_HEADER] = stamp.isoformat()
-    parsed = parse(args, kwargs)
-    if isinstance(parsed, Invalid):
-        kept = runtime.dead_letter(parsed.body, REASON_INVALID, parsed.problems, headers=headers)
-        return "dead-lettered" if kept else "dropped"
-    match, raw = parsed
-    try:
-        outcome = runtime.store_match(match, stamp)
-    except PermanentStoreError as exc:
-        if runtime.dead_letter(raw, REASON_STORE_ERROR, str(exc), headers=headers):
-            return "dead-lettered"
-        # a valid match is never dropped: without a DLQ it goes back to its queue, after a pause
-        log.warning("cannot store match %s and there is no dead-letter queue: returning it to %s in %.0fs: %s",
-                    match.external_match_id or "-", runtime.config.queue, REQUEUE_DELAY, exc)
-        runtime.stopping.wait(REQUEUE_DELAY)
-        raise Reject(str(exc), requeue=True) from exc
-    metrics.STORED.labels(outcome=outcome).inc()
-    log.info("%s match %s (%s vs %s, %s)", outcome, match.external_match_id or "-", match.home_team,
-             match.away_team, match.match_date)
-    return outcome
+            else:
+                metrics.HEALTH.released()
+                return answer
 
 
 class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
@@ -333,48 +257,29 @@ def create_app(config: WorkerConfig, store_factory: Callable[[], Store] | None =
     runtime = Runtime(config=config, app=app, store_factory=store_factory)
     app.matchenv_runtime = runtime
 
-    @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
-    def process_match_data(self: Any, *args: Any, **kwargs: Any) -> str:
-        try:
-            return process(runtime, args, kwargs, self.request)
-        except Reject:
-            raise
-        except DeadLetterUnavailable as exc:  # stopping while the DLQ could not take it: back to the queue
-            log.warning("%s; returning it to the queue", exc)
-            raise Reject(str(exc), requeue=True) from exc
-        except Exception as exc:  # never let Celery ack a message we did not deal with
-            metrics.FAILED.inc()
-            log.exception("unexpected error; dead-lettering the message")
-            try:
-                kept = runtime.dead_letter({"args": list(args), "kwargs": kwargs}, "error", repr(exc))
-            except DeadLetterUnavailable as unavailable:
-                raise Reject(str(unavailable), requeue=True) from exc
-            if not kept:  # no DLQ: back to the queue after a pause, never dropped
-                runtime.stopping.wait(REQUEUE_DELAY)
-                raise Reject(repr(exc), requeue=True) from exc
-            return "dead-lettered"
-
     return app
 
 
 @signals.worker_ready.connect  # type: ignore[untyped-decorator]
 def _mark_ready(**_: Any) -> None:
-    metrics.ready.set()
+    metrics.HEALTH.consuming.set()
 
 
 @signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
 def _mark_stopping(**_: Any) -> None:
-    metrics.ready.clear()
+    metrics.HEALTH.consuming.clear()
     STOPPING.set()
 
 
-def worker_argv(config: WorkerConfig, loglevel: str = "INFO") -> list[str]:
-    """Arguments for ``app.worker_main``: the threads pool, our queue only, nothing chatty.
+def worker_argv(config: WorkerConfig, loglevel: str = "INFO", quiet: bool = False) -> list[str]:
+    """Arguments for ``app.worker_main``: the threads pool, our queue only, nothing chatty (``quiet``: not even
+    Celery's start-up banner, which is no log line: with JSON logs every line is one object).
 
     Threads, also for concurrency 1: with the solo pool and late acks, the next delivery waited up to 10 s after
     each burst here (measured: 61 of 600 messages in 60 s with solo, 600 in 1.7 s with threads).
     """
     pool = "threads"
-    return ["worker", f"--pool={pool}", f"--concurrency={config.concurrency}", "--queues", config.queue,
+    return [*(["--quiet"] if quiet else []),  # celery's own option, before the command
+            "worker", f"--pool={pool}", f"--concurrency={config.concurrency}", "--queues", config.queue,
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "--without-heartbeat",
             f"--hostname=matchenv-{config.environment or config.queue}@%h"]

@@ -15,10 +15,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from matchenv.contracts import (
     REASON_INVALID,
@@ -29,14 +30,32 @@ from matchenv.contracts import (
     TASK_ID_HEADER,
     TASK_NAME,
 )
-from matchenv.models import Match
+from matchenv.match import Match
 from matchenv.workers import metrics
+from matchenv.workers.config import WorkerConfig
 from matchenv.workers.deadletter import DeadLetterUnavailable
-from matchenv.workers.stores import Outcome, PermanentStoreError
+from matchenv.workers.parsing import REQUEUE_DELAY, Invalid, Stopping, parse, scraped_at
+from matchenv.workers.stores import Outcome, PermanentStoreError, Stamped
 
 log = logging.getLogger("matchenv.worker")
 MAX_BATCH = 100  # matches stored in one transaction at most
 Verdict = Literal["ack", "requeue"]
+
+
+class BatchRuntime(Protocol):
+    """What the batches need of the worker's process (:class:`matchenv.workers.app.Runtime`)."""
+
+    config: WorkerConfig
+    stopping: threading.Event
+
+    def store_batch(self, matches: list[Stamped]) -> list[Outcome]: ...
+
+    def store_match(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome: ...
+
+    def dead_letter(self, body: Any, reason: str, error: str, headers: dict[str, Any] | None = None,
+                    content_type: str = "application/json") -> bool: ...
+
+    def dead_letter_message(self, message: Any, reason: str, error: str) -> bool: ...
 
 
 @dataclass
@@ -50,8 +69,11 @@ class _Valid:
 class Batcher:
     """One storing thread fed by the consumer; see the module's docstring."""
 
-    def __init__(self, runtime: Any, max_batch: int = MAX_BATCH) -> None:
-        self.runtime = runtime  # matchenv.workers.app.Runtime (a cycle if typed here)
+    def __init__(self, runtime: BatchRuntime, max_batch: int = MAX_BATCH,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.runtime = runtime
+        self.clock = clock  # wall clock: a commit's instant, set against the publisher's stamp
+        self._newest = 0.0  # the newest scrape stamp stored
         self.max_batch = max_batch
         self.schedule: Callable[[Callable[[], None]], Any] = lambda fn: fn()
         self._arrived: deque[Any] = deque()
@@ -103,12 +125,15 @@ class Batcher:
                 if self._stopping:
                     return
                 batch = [self._arrived.popleft() for _ in range(min(len(self._arrived), self.max_batch))]
+            metrics.HEALTH.busy()
             try:
                 verdicts = self.process(batch)
             except Exception:  # never ack what was not dealt with
                 metrics.FAILED.inc(len(batch))
                 log.exception("unexpected error storing a batch of %d; returning it to the queue", len(batch))
                 verdicts = [(message, "requeue") for message in batch]
+            finally:
+                metrics.HEALTH.idle()
             # counted once dealt with (stored, dead-lettered or given back): a reader of the counter may rely on it
             metrics.PROCESSED.inc(len(batch))
             self._settled.extend(verdicts)
@@ -116,7 +141,6 @@ class Batcher:
 
     def process(self, batch: list[Any]) -> list[tuple[Any, Verdict]]:
         """What to do with each message of ``batch``, once its match is stored or its dead letter routed."""
-        from matchenv.workers.app import Invalid, Stopping, parse, scraped_at
 
         verdicts: list[tuple[Any, Verdict]] = []
         valid: list[_Valid] = []
@@ -132,15 +156,17 @@ class Batcher:
                 reason, _, error = task.partition(": ")
                 verdicts.append((message, self._dead_letter_raw(message, reason, error)))
                 continue
-            parsed = parse(*task)
+            stamp = scraped_at(message)
+            parsed = parse(*task, stamp)
             if isinstance(parsed, Invalid):
                 verdicts.append((message, self._dead_letter(message, parsed.body, REASON_INVALID, parsed.problems)))
             else:
-                valid.append(_Valid(message, parsed[0], parsed[1], scraped_at(message)))
+                valid.append(_Valid(message, parsed[0], parsed[1], stamp))
         if not valid:
             return verdicts
         try:
-            outcomes = self.runtime.store_batch([(v.match, v.stamp) for v in valid])
+            with metrics.STORE_SECONDS.time():
+                outcomes = self.runtime.store_batch([(v.match, v.stamp) for v in valid])
         except Stopping as exc:
             log.warning("%s: %d messages go back to the queue", exc, len(valid))
             return verdicts + [(v.message, "requeue") for v in valid]
@@ -151,10 +177,10 @@ class Batcher:
         return verdicts + [(v.message, "ack") for v in valid]
 
     def _one_by_one(self, item: _Valid) -> tuple[Any, Verdict]:
-        from matchenv.workers.app import REQUEUE_DELAY
 
         try:
-            outcome = self.runtime.store_match(item.match, item.stamp)
+            with metrics.STORE_SECONDS.time():
+                outcome = self.runtime.store_match(item.match, item.stamp)
         except PermanentStoreError as exc:
             try:
                 if self.runtime.dead_letter(item.raw, REASON_STORE_ERROR, str(exc), headers=_carried(item.message)):
@@ -164,22 +190,35 @@ class Batcher:
                 return item.message, "requeue"
             # a valid match is never dropped: without a DLQ it goes back to its queue, after a pause
             log.warning("cannot store match %s and there is no dead-letter queue: returning it to %s in %.0fs: %s",
-                        item.match.external_match_id or "-", self.runtime.config.queue, REQUEUE_DELAY, exc)
+                        item.match.external_match_id or "-", self.runtime.config.queue, REQUEUE_DELAY, exc,
+                        extra={"match_id": item.match.external_match_id, "reason": REASON_STORE_ERROR})
             self.runtime.stopping.wait(REQUEUE_DELAY)
             return item.message, "requeue"
         self._report([item], [outcome])
         return item.message, "ack"
 
     def _report(self, items: list[_Valid], outcomes: list[Outcome]) -> None:
+        """Count what was stored, and how fresh it was: from each match's scrape stamp to now (its commit)."""
         counts = Counter(outcomes)
         for outcome, count in counts.items():
             metrics.STORED.labels(outcome=outcome).inc(count)
+        metrics.BATCH_SIZE.observe(len(items))
+        committed, newest = self.clock(), self._newest
+        for item, outcome in zip(items, outcomes, strict=True):
+            if item.stamp is not None:
+                stamp = item.stamp.timestamp()
+                metrics.END_TO_END.labels(outcome=outcome).observe(max(0.0, committed - stamp))
+                newest = max(newest, stamp)
+        if newest > self._newest:
+            self._newest = newest
+            metrics.NEWEST_STORED.set(newest)
         if log.isEnabledFor(logging.DEBUG):
             for item, outcome in zip(items, outcomes, strict=True):
                 m = item.match
                 log.debug("%s match %s (%s vs %s, %s)", outcome, m.external_match_id or "-", m.home_team,
-                          m.away_team, m.match_date)
-        log.info("stored %d matches: %s", len(items), ", ".join(f"{n} {o}" for o, n in sorted(counts.items())))
+                          m.away_team, m.match_date, extra={"match_id": m.external_match_id, "outcome": outcome})
+        log.info("stored %d matches: %s", len(items), ", ".join(f"{n} {o}" for o, n in sorted(counts.items())),
+                 extra={f"matches_{o}": n for o, n in counts.items()})
 
     def _dead_letter(self, message: Any, body: Any, reason: str, error: str) -> Verdict:
         try:

@@ -63,7 +63,7 @@ class WorkerConfig(BaseModel):
             broker_url=SecretStr(broker),
             queue=queue,
             queue_type=env.get(c.ENV_QUEUE_TYPE, "classic"),
-            dead_letter_exchange=env.get(c.ENV_DEAD_LETTER_EXCHANGE, f"{queue}.dlx"),
+            dead_letter_exchange=env.get(c.ENV_DEAD_LETTER_EXCHANGE, f"{queue}{c.DLX_SUFFIX}"),
             concurrency=concurrency or int(env.get(c.ENV_CONCURRENCY, "1")),
             prefetch=int(env.get(c.ENV_PREFETCH, "256")),
             database=database_from_env(env),

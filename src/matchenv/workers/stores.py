@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 
-from matchenv.models import Match
+from matchenv.match import Match
 from matchenv.workers.config import DatabaseConfig
 
 log = logging.getLogger("matchenv.worker")
@@ -32,6 +32,12 @@ class StoreError(Exception):
 
 class StoreUnavailable(StoreError):
     """The database cannot be reached: wait for it (the message stays unacknowledged), never dead-letter."""
+
+
+class StoreRefused(StoreUnavailable):
+    """The database answers but refuses every write, whatever the match: credentials, permissions, a read-only
+    database (after a fail-over), a missing table or schema, resources exhausted. Hold the messages (never
+    dead-letter the whole feed), report not ready with this reason, try again with a back-off."""
 
 
 class TransientStoreError(StoreError):
@@ -74,6 +80,10 @@ def _outcomes(value: Any, count: int) -> list[Outcome]:
 
 
 _T = TypeVar("_T")
+# SQLSTATE classes an error of one match's data raises: data exception, integrity, cardinality, a function's own
+# RAISE. Any other refusal is taken as the store's own (privilege, read-only, undefined table, resources...):
+# holding a feed is recoverable, dead-lettering all of it is not.
+_MESSAGE_CLASSES = ("21", "22", "23", "2F", "39", "P0")
 _TRANSIENT_PG = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.QueryCanceled,
                  pg_errors.LockNotAvailable, pg_errors.TooManyConnections, pg_errors.AdminShutdown,
                  pg_errors.CannotConnectNow)
@@ -85,6 +95,12 @@ class _SchemaMissing(Exception):
 
 class _FunctionMissing(StoreUnavailable):
     """Supabase: the database lacks a function of the schema (migrations are its owner's job there)."""
+
+
+# A half-open connection (a peer gone without a word, a dropped route) fails within about a minute instead of
+# hanging the storing thread: TCP keepalives after 30 s idle, and unacknowledged writes given up after 60 s.
+KEEPALIVES: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                              "keepalives_count": 3, "tcp_user_timeout": 60_000}
 
 
 class PostgresStore:
@@ -105,7 +121,7 @@ class PostgresStore:
         if conn is None or conn.closed:
             try:
                 conn = psycopg.connect(self.url, autocommit=True, connect_timeout=self.connect_timeout,
-                                       options=f"-c statement_timeout={self.statement_timeout_ms}")
+                                       options=f"-c statement_timeout={self.statement_timeout_ms}", **KEEPALIVES)
             except psycopg.OperationalError as exc:
                 raise StoreUnavailable(f"database unreachable: {_first_line(exc)}") from exc
             self._local.conn = conn
@@ -153,6 +169,9 @@ class PostgresStore:
         except pg_errors.UndefinedFunction as exc:
             raise _SchemaMissing from exc
         except psycopg.Error as exc:
+            refused = _refusal(exc.sqlstate or "", f"{type(exc).__name__}: {_first_line(exc)}")
+            if refused is not None:
+                raise refused from exc
             raise PermanentStoreError(f"{type(exc).__name__}: {_first_line(exc)}") from exc
         return row[0] if row else None
 
@@ -207,11 +226,32 @@ class SupabaseStore:
                 raise TransientStoreError(f"{code}: {exc.message}") from exc
             if code.startswith("PGRST0") or code in {"503", "502", "504"}:  # PostgREST cannot reach the database
                 raise StoreUnavailable(f"{code}: {exc.message}") from exc
+            # PGRST1xx/2xx/3xx: the request, the schema cache, the JWT; a bare HTTP status or no code at all: a
+            # gateway (an invalid API key, a rate limit). None of them is one match's fault.
+            refused = _refusal(_sqlstate(code), f"{code or 'HTTP error'}: {exc.message}")
+            if refused is not None:
+                raise refused from exc
             raise PermanentStoreError(f"{code}: {exc.message}") from exc
         return response.data
 
     def close(self) -> None:
         self.http.close()
+
+
+def _sqlstate(code: str) -> str:
+    """PostgREST's error code as a PostgreSQL SQLSTATE (five letters and digits), "" for its own PGRST codes, a bare
+    HTTP status ("401") or none."""
+    return code if len(code) == 5 and code.isalnum() and not code.startswith("PGRST") else ""
+
+
+def _refusal(sqlstate: str, text: str) -> StoreRefused | None:
+    """A StoreRefused unless ``sqlstate`` names an error of one match's data (then None: dead-letter that one)."""
+    if sqlstate[:2] in _MESSAGE_CLASSES:
+        return None
+    hint = {"42501": "permission denied", "25006": "the database is read-only", "42P01": "a table is missing",
+            "28000": "the credentials are refused", "28P01": "the password is refused"}.get(sqlstate)
+    return StoreRefused(f"the database refuses every write ({hint}): {text}" if hint else
+                        f"the database refuses every write: {text}")
 
 
 def make_store(config: DatabaseConfig) -> Store:

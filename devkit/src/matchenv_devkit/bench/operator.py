@@ -14,8 +14,8 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
+from matchenv.api import MatchEnvironmentSpec
 from matchenv.crd import wait_until_served
-from matchenv.models import MatchEnvironmentSpec
 from matchenv.topology.client import ManagementClient
 from matchenv.topology.desired import desired_topology
 from matchenv.topology.planner import plan_converge, plan_remove
@@ -282,7 +282,7 @@ def action_times(broker: ManagementClient, probes: int = 5) -> str:
     times: dict[str, list[float]] = defaultdict(list)
     spec = MatchEnvironmentSpec.model_validate({"workers": {"image": "x", "databaseSecretRef": {"name": "d"}}})
     for i in range(probes):
-        desired = desired_topology("bench-probe", f"p{i}", spec)
+        desired = desired_topology("bench", "bench-probe", f"p{i}", spec)
         started = time.perf_counter()
         snapshot = broker.snapshot(desired.scope())
         times["snapshot of one environment"].append(time.perf_counter() - started)

@@ -84,8 +84,9 @@ def worker_rate(broker: RabbitMQNode, url: str, matches: list[dict[str, object]]
                 time.sleep(0.2)
         raise RuntimeError(f"the worker stored too little in 300 s; see {log}")
     finally:
-        if profile is not None:  # py-spy writes its samples when the worker it runs ends
-            subprocess.run(["pkill", "-TERM", "-f", f"--queue {queue}"], check=False)
+        if profile is not None:  # py-spy writes its samples when the worker it runs (its child) ends
+            # the worker only: a SIGTERM to py-spy as well once left it alive with the worker stopped under trace
+            subprocess.run(["pkill", "-TERM", "-P", str(proc.pid)], check=False)
         else:
             proc.terminate()
         proc.wait(timeout=60)

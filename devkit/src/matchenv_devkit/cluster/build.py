@@ -29,6 +29,7 @@ from matchenv_devkit.cluster.versions import (
     HELM_VERSION,
     KUBERNETES_VERSION,
     NODE_COMPONENTS,
+    PROMETHEUS_OPERATOR_VERSION,
     RUNC_VERSION,
     ApiServerBinaries,
     CachedBinaries,
@@ -280,6 +281,33 @@ def ensure_helm(binaries: HelmBinaries | None = None, progress: Progress = _stde
     _into_cache(binaries, build)
     progress(f"helm built in {time.monotonic() - started:.0f}s")
     return binaries
+
+
+MONITORING_CRDS = ("podmonitors", "servicemonitors", "prometheusrules")
+
+
+def ensure_monitoring_crds(progress: Progress = _stderr_progress) -> Path:
+    """The Prometheus Operator's PodMonitor, ServiceMonitor and PrometheusRule CRDs, as its Go module ships them
+    (example/prometheus-operator-crd), cached; the directory holding them."""
+    out = cache_root() / f"prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}" / "crds"
+    files = [out / f"monitoring.coreos.com_{kind}.yaml" for kind in MONITORING_CRDS]
+    if all(f.exists() for f in files):
+        return out
+    module = "github.com/prometheus-operator/prometheus-operator"
+    progress(f"downloading {module} {PROMETHEUS_OPERATOR_VERSION} for its CRDs")
+    go = _Go(progress)
+    answer = json.loads(go.output(["mod", "download", "-json", f"{module}@{PROMETHEUS_OPERATOR_VERSION}"],
+                                  cwd=cache_root()))
+    if answer.get("Error") or not answer.get("Dir"):
+        raise BuildError(f"could not download {module}@{PROMETHEUS_OPERATOR_VERSION}: {answer.get('Error')}")
+    staging = out.with_name("crds.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for f in files:
+        shutil.copyfile(Path(answer["Dir"]) / "example" / "prometheus-operator-crd" / f.name, staging / f.name)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+    return out
 
 
 def ensure_node_binaries(

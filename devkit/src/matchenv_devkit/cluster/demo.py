@@ -128,9 +128,11 @@ def _backfill_message(kubectl: Kubectl) -> str:
 def _report(say: Say, kubectl: Kubectl, rows: Callable[[str], int], duplicates: Callable[[str], int]) -> None:
     say("== kubectl get matchenvironments")
     say(kubectl.run("get", "matchenvironments").stdout.rstrip())
-    say("== rows per environment database")
+    say("== rows per environment database (and each worker Deployment's revision: 1 unless its spec changed)")
     for env in ("prod", "dev", "staging"):
-        say(f"   {env:8} {rows(env):5} rows, {duplicates(env)} duplicates")
+        deployment = kubectl.get_json("deployment", f"{env}-workers")
+        revision = (deployment["metadata"].get("annotations") or {}).get("deployment.kubernetes.io/revision", "?")
+        say(f"   {env:8} {rows(env):5} rows, {duplicates(env)} duplicates, workers at revision {revision}")
 
 
 def _wait_for_ctrl_c(say: Say) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.services.process import ChildProcess, free_port
@@ -67,12 +68,15 @@ class OperatorProcess(ChildProcess):
                     "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port)], env)
         return self
 
-    def metric(self, name: str) -> float | None:
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """The value of the series ``name`` whose labels include ``labels``; None when there is none (or no answer)."""
         try:
             text = requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
         except requests.RequestException:
             return None
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
+        wanted = (labels or {}).items()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and wanted <= sample.labels.items():
+                    return float(sample.value)
         return None

@@ -2,7 +2,7 @@
 
 What it honours: ``command``/``args``; ``env`` from ``value``, ``secretKeyRef``, ``configMapKeyRef`` and the
 pod's own name/namespace (``fieldRef``); ``envFrom`` Secrets and ConfigMaps; ``restartPolicy`` (with back-off);
-HTTP readiness probes; ``terminationGracePeriodSeconds``. What it ignores: the image (the project's code is
+HTTP and exec readiness probes; ``terminationGracePeriodSeconds``. What it ignores: the image (the project's code is
 installed here already), volumes, resources, security contexts. Every pod shares the host's loopback, so each
 container port gets a free host port, and an env value equal to a container port number is rewritten to it
 (that is how ``MATCHENV_METRICS_PORT`` follows the worker's ``metrics`` port).
@@ -57,6 +57,7 @@ class Container:
     waiting_message: str = ""
     last_exit: int | None = None
     finished_at: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # as launched, for exec probes
 
 
 @dataclass
@@ -179,7 +180,15 @@ class ProcessRunner:
                 "state": {"waiting": {"reason": c.waiting_reason, "message": c.waiting_message}}}
 
     def _probe(self, c: Container) -> bool:
-        probe = (c.spec.get("readinessProbe") or {}).get("httpGet")
+        readiness = c.spec.get("readinessProbe") or {}
+        command = (readiness.get("exec") or {}).get("command")
+        if command:  # run beside the container, with its environment, as the kubelet runs it inside
+            try:
+                return subprocess.run(command, env=c.env, stdin=subprocess.DEVNULL, capture_output=True,
+                                      timeout=float(readiness.get("timeoutSeconds", 1)) + 2).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                return False
+        probe = readiness.get("httpGet")
         if not probe:
             return True
         port = c.ports.get(probe.get("port"), probe.get("port"))
@@ -190,7 +199,7 @@ class ProcessRunner:
 
     def _launch(self, entry: PodProcesses, c: Container) -> None:
         try:
-            env = self._environment(entry, c)
+            env = c.env = self._environment(entry, c)
         except (ConfigMissing, ApiException) as exc:
             c.waiting_reason, c.waiting_message = "CreateContainerConfigError", str(exc)
             c.next_start = time.monotonic() + 2

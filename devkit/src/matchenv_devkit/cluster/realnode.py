@@ -71,6 +71,7 @@ VOLUMES = 8  # host-path PersistentVolumes made ahead of time
 
 
 MIN_FREE_BYTES = 6 * 2**30  # the images unpacked (~2.5 GiB) and pods' writable layers, with room to spare
+MAX_SOCKET_PATH = 107  # bytes of a unix socket's path (sun_path holds 108 with its NUL)
 
 
 class NodeError(RuntimeError):
@@ -131,6 +132,12 @@ class RealNode:
             raise NodeError(f"only {free / 2**30:.1f} GiB free under {state_root}: a node needs at least "
                             f"{MIN_FREE_BYTES / 2**30:.0f} GiB there (its images are unpacked there; near a full disk "
                             "the kubelet taints the node, evicts its pods and deletes their images)")
+        # the kubelet binds unix sockets under its root dir (pod-resources/<10 digits>): a socket path is at most
+        # 107 bytes, and a longer one fails deep in the kubelet's start as "bind: invalid argument"
+        longest = self.paths.kubelet_root / "pod-resources" / ("0" * 10)
+        if len(str(longest)) > MAX_SOCKET_PATH:
+            raise NodeError(f"the state directory {state_root} is too deep for the kubelet's sockets ({longest} is "
+                            f"{len(str(longest))} bytes, at most {MAX_SOCKET_PATH}): choose a shorter --state-dir")
         started = time.monotonic()
         self.state.started_at = time.time()
         self.state.created_dirs = [str(d) for d in FIXED_DIRS if not d.exists()]
@@ -210,6 +217,9 @@ class RealNode:
         remove_newer(SHIM_SOCKETS.glob("*"), self.state.started_at)
         for directory in self.state.created_dirs:
             shutil.rmtree(directory, ignore_errors=True)
+        # the unpacked images and containers' layers (~2.5 GiB): every start imports the images afresh, so a stopped
+        # node keeps only its logs, configs and volumes
+        shutil.rmtree(self.paths.root / "containerd", ignore_errors=True)
         shutil.rmtree(self.paths.socket_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             SOCKET_ROOT.rmdir()  # when no other node's sockets are there

@@ -62,13 +62,17 @@ def host_service(service: tuple[str, str, int], host_port: int) -> list[dict[str
 
 
 def clean_broker(broker: ManagementClient) -> None:
-    """Remove what earlier environments left on a shared broker (retained queues with their messages, users,
-    policies): a new environment of the same name would reuse them."""
+    """Remove what earlier environments left on a shared broker (retained queues with their messages, their
+    dead-letter and backfill exchanges, users, policies): a new environment of the same name would reuse them, or
+    (made by another cluster: their markers name it) be refused them."""
     for queue in broker.list_queues():
         if queue.name.startswith("matches."):
             broker.delete_queue(queue.vhost, queue.name)
+    for exchange in broker.list_exchanges():
+        if exchange.name.startswith("matches."):
+            broker.delete_exchange(exchange.vhost, exchange.name)
     for user in broker.list_users():
-        if user.name.startswith(("matchenv.", "matchenv-publisher.")):
+        if user.name.startswith(("matchenv.", "matchenv-env.", "matchenv-publisher.", "matchenv-backfill.")):
             broker.delete_user(user.name)
     for policy in broker.list_policies():
         if policy.name.startswith("matchenv."):
@@ -117,6 +121,7 @@ class LocalStack:
     operator: OperatorProcess | None = None
     agent: NodeAgent | None = None
     databases: dict[str, str] = field(default_factory=dict)
+    label: str = ""  # in database names: several stacks (clusters) on one PostgreSQL
 
     @functools.cached_property
     def broker(self) -> ManagementClient:
@@ -144,9 +149,12 @@ class LocalStack:
                        "stringData": {"url": url, "management-url": ep.management_url,
                                       "username": ep.username, "password": ep.password}})
 
-    def start(self) -> LocalStack:
+    def start(self, clean_broker: bool = True) -> LocalStack:
+        """Install, start the node and the operator; ``clean_broker``: first remove what earlier runs left on the
+        broker (not when another stack, a second cluster, shares it)."""
         self.install()
-        self.clean_broker()
+        if clean_broker:
+            self.clean_broker()
         if self.node == "process":
             api = config.new_client_from_config(str(self.kubectl.cluster.kubeconfig))
             self.agent = NodeAgent(api, runner=ProcessRunner(api, self.tmp / "pods")).start()
@@ -159,13 +167,14 @@ class LocalStack:
         """Queues and users left by an earlier run would be adopted; start from a clean broker."""
         clean_broker(self.broker)
 
-    def start_operator(self) -> OperatorProcess:
-        """The operator as a process with the token of its ServiceAccount (so exactly its RBAC)."""
+    def start_operator(self, extra_env: dict[str, str] | None = None) -> OperatorProcess:
+        """The operator as a process with the token of its ServiceAccount (so exactly its RBAC); ``extra_env``:
+        settings of its administrator (e.g. ``MATCHENV_ADOPT_NAMESPACES``)."""
         sa = service_account_kubeconfig(self.kubectl, "matchenv-system", "matchenv-operator",
                                         self.tmp / "operator.kubeconfig")
         n = len(list(self.tmp.glob("operator-*.log")))
         self.operator = OperatorProcess(sa, self.tmp / f"operator-{n}.log", resync_seconds=self.resync_seconds,
-                                        identity=f"local-{n}").start()
+                                        identity=f"local-{n}", extra_env=extra_env).start()
         self.log(f"operator started (log {self.operator.log_path})")
         return self.operator
 
@@ -190,7 +199,7 @@ class LocalStack:
     def database(self, env: str) -> str:
         """The environment's own database (created and put in Secret matchenv-db-<env> on first use)."""
         if env not in self.databases:
-            database = f"matchenv_{env}_{os.getpid()}"
+            database = f"matchenv_{env}_{self.label}{os.getpid()}"
             self.databases[env] = self.postgres.create_database(database)
             url = self.postgres.pod_url(database, _service_host(DATABASE_SERVICE)) if self.node == "real" \
                 else self.databases[env]

@@ -12,7 +12,7 @@ ETCD_VERSION = "v3.6.8"
 
 COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
-# matchenv supports the pinned minor and the three before it (README: Supported Kubernetes versions). The whole
+# matchenv supports the pinned minor and the three before it (docs/installing.md). The whole
 # suite runs on the pinned one; the install (kustomize base, chart) and the operator are also checked against the
 # oldest one's API server and kubectl, with the pinned etcd (etcd's API is the same for both).
 SUPPORTED_MINORS = ("1.33", "1.34", "1.35", "1.36")
@@ -28,6 +28,8 @@ RUNC_VERSION = "v1.5.2"
 COREDNS_VERSION = "v1.15.0"
 # Helm, for the chart's tests (lint, template, install/upgrade/uninstall on the real node).
 HELM_VERSION = "v4.3.1"
+# the Prometheus Operator whose CRDs (PodMonitor, PrometheusRule) the monitoring component is checked against
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
 
 
 def cache_root() -> Path:

@@ -1,4 +1,4 @@
-"""Pydantic models at the project's edges: the MatchEnvironment resource and the Match message.
+"""The MatchEnvironment custom resource's types (its API): spec, status and their parts, as pydantic models.
 
 The CRD in ``crds/`` is generated from these models (``matchenv crd``), so field names, defaults, enums, bounds and
 descriptions have one source. Cross-field rules are written twice, as Python validators here and as CEL rules in
@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from matchenv.contracts import DEFAULT_EXCHANGE as DEFAULT_EXCHANGE
+from matchenv.contracts import DERIVED_SUFFIXES, derived_suffix
 from matchenv.contracts import QUEUE_PREFIX as QUEUE_PREFIX
 
 API_GROUP = "matchenv.io"
@@ -108,6 +109,11 @@ class ExchangeSpec(_Model):
         return self
 
 
+DERIVED_NAME_MESSAGE = (f"queue.name must not end with {', '.join(DERIVED_SUFFIXES)}: matchenv derives those names "
+                        "for its own objects (dead-letter queues and exchanges, backfill, subset and archive "
+                        "exchanges), and a queue of such a name would give its user rights on them")
+
+
 class QueueSpec(_Model):
     """This environment's durable queue, bound to the exchange."""
 
@@ -116,6 +122,8 @@ class QueueSpec(_Model):
             "x-kubernetes-validations": [
                 cel("!has(self.name) || !self.name.startsWith('amq.')",
                     "queue.name must not start with 'amq.' (reserved by RabbitMQ)", ".name"),
+                cel("!has(self.name) || !(" + " || ".join(f"self.name.endsWith('{s}')" for s in DERIVED_SUFFIXES)
+                    + ")", DERIVED_NAME_MESSAGE, ".name"),
                 cel("!has(self.name) || !has(oldSelf.name) || self.name == oldSelf.name",
                     "queue.name is immutable: create a new MatchEnvironment for a new queue", ".name"),
                 cel("self.type == oldSelf.type",
@@ -190,6 +198,8 @@ class QueueSpec(_Model):
 
     @model_validator(mode="after")
     def _overflow(self) -> QueueSpec:
+        if self.name is not None and derived_suffix(self.name):
+            raise ValueError(DERIVED_NAME_MESSAGE)
         if self.overflow is not None and self.max_length is None:
             raise ValueError("queue.overflow needs queue.maxLength: it says what happens beyond that length")
         return self
@@ -397,12 +407,22 @@ _BACKFILL_ONE = "backfill needs exactly one of since (e.g. '168h') and from (an 
 GO_DURATION = r"^([0-9]+(h|m|s))+$"
 
 
+BACKFILL_SINCE_MAX_HOURS = 87_600  # ten years: far beyond any archive's retention
+_BACKFILL_SINCE_MAX = f"backfill.since must be at most {BACKFILL_SINCE_MAX_HOURS}h (ten years)"
+
+
 class BackfillSpec(_Model):
     """Matches published before this environment existed, from the operator's archive of the feed."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "x-kubernetes-validations": [cel("has(self.since) != has(self.from)", _BACKFILL_ONE, "")]
+            "x-kubernetes-validations": [
+                cel("has(self.since) != has(self.from)", _BACKFILL_ONE, ""),
+                # the pattern first bounds the digits: Go's duration() overflows beyond 2,562,047 hours
+                cel(f"!has(self.since) || (self.since.matches('^([0-9]{{1,6}}(h|m|s)){{1,3}}$') && "
+                    f"duration(self.since) <= duration('{BACKFILL_SINCE_MAX_HOURS}h'))", _BACKFILL_SINCE_MAX,
+                    ".since"),
+            ]
         }
     )
 
@@ -419,15 +439,19 @@ class BackfillSpec(_Model):
     def _one(self) -> BackfillSpec:
         if (self.since is None) == (self.from_ is None):
             raise ValueError(_BACKFILL_ONE)
+        if self.since is not None and self.since_seconds() > BACKFILL_SINCE_MAX_HOURS * 3600:
+            raise ValueError(_BACKFILL_SINCE_MAX)
         return self
+
+    def since_seconds(self) -> int:
+        return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in re.findall(r"([0-9]+)(h|m|s)",
+                                                                                  self.since or ""))
 
     def start(self, now: dt.datetime) -> dt.datetime:
         """The first instant to replay, ``now`` minus ``since`` or ``from``."""
         if self.from_ is not None:
             return self.from_ if self.from_.tzinfo else self.from_.replace(tzinfo=dt.UTC)
-        seconds = sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in re.findall(r"([0-9]+)(h|m|s)",
-                                                                                       self.since or ""))
-        return now - dt.timedelta(seconds=seconds)
+        return now - dt.timedelta(seconds=self.since_seconds())
 
 
 class MatchEnvironmentSpec(_Model):
@@ -536,6 +560,15 @@ class BackfillStatus(_Model):
     message: str | None = Field(None, description="What happened, or why it failed.")
 
 
+class PlacementStatus(_Model):
+    """Where the environment's broker objects live: what a change of queue name, vhost or broker lets go of."""
+
+    queue: str = Field(..., description="The queue's name.")
+    vhost: str = Field(..., description="The queue's virtual host.")
+    broker_secret: str = Field(..., alias="brokerSecret",
+                               description="The broker connection Secret, '<namespace>/<name>'.")
+
+
 class MatchEnvironmentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -556,59 +589,13 @@ class MatchEnvironmentStatus(_Model):
     selector: str | None = Field(None, description="Label selector of the worker pods (scale subresource).")
     autoscaling: AutoscalingStatus | None = Field(None, description="The autoscaler's view, while it is enabled.")
     backfill: BackfillStatus | None = Field(None, description="The backfill's progress, while spec.backfill is set.")
+    placement: PlacementStatus | None = Field(
+        None, description="Where its broker objects live; after a change of queue name, vhost or broker the old "
+        "place keeps this until the old queue is unbound (and deleted under deletionPolicy Delete) and the old "
+        "permissions are gone.")
     last_error: str | None = Field(None, alias="lastError", description="The last reconcile error, if any.")
     conditions: list[Condition] | None = Field(
         None,
         description="TopologyReady, WorkersReady and Ready (and BackfillComplete with spec.backfill).",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-
-
-class League(StrEnum):
-    HOMEGROWN = "Homegrown"
-    ACADEMY = "Academy"
-
-
-class MatchStatus(StrEnum):
-    SCHEDULED = "scheduled"
-    TBD = "tbd"
-    COMPLETED = "completed"
-    POSTPONED = "postponed"
-    CANCELLED = "cancelled"
-
-
-NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
-
-# Longest text matchenv stores per Match field (characters); a longer value is refused by the publisher and
-# dead-lettered by the worker with reason 'invalid' naming the field.
-TEXT_LIMITS = {"home_team": 200, "away_team": 200, "season": 20, "age_group": 20, "match_type": 50,
-               "division": 200, "external_match_id": 200, "location": 500, "notes": 2000, "source": 200}
-
-
-class Match(BaseModel):
-    """One match result as the scraper publishes it (the message payload, DESIGN §5). Text fields are bounded by
-    ``TEXT_LIMITS``."""
-
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
-
-    home_team: NonEmpty = Field(max_length=TEXT_LIMITS["home_team"])
-    away_team: NonEmpty = Field(max_length=TEXT_LIMITS["away_team"])
-    match_date: dt.date
-    season: NonEmpty = Field(max_length=TEXT_LIMITS["season"])
-    age_group: NonEmpty = Field(max_length=TEXT_LIMITS["age_group"])
-    match_type: NonEmpty = Field(max_length=TEXT_LIMITS["match_type"])
-    match_time: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] | None = None
-    division: str | None = Field(None, max_length=TEXT_LIMITS["division"])
-    division_id: int | None = Field(None, ge=1)
-    league: League | None = None
-    home_score: int | None = Field(None, ge=0)
-    away_score: int | None = Field(None, ge=0)
-    match_status: MatchStatus | None = None
-    external_match_id: str | None = Field(None, max_length=TEXT_LIMITS["external_match_id"])
-    location: str | None = Field(None, max_length=TEXT_LIMITS["location"])
-    notes: str | None = Field(None, max_length=TEXT_LIMITS["notes"])
-    source: str | None = Field(None, max_length=TEXT_LIMITS["source"])
-
-    def natural_key(self) -> tuple[str, str, dt.date, str]:
-        """The fallback identity when there is no ``external_match_id``."""
-        return (self.home_team, self.away_team, self.match_date, self.age_group)

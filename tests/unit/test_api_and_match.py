@@ -9,13 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from matchenv.models import (
-    DeletionPolicy,
-    ExchangeType,
-    Match,
-    MatchEnvironmentSpec,
-    QueueType,
-)
+from matchenv.api import DeletionPolicy, ExchangeType, MatchEnvironmentSpec, QueueType
+from matchenv.match import Match
 from tests.cases import INVALID_CASES, InvalidCase, environment
 
 ENVIRONMENTS = Path(__file__).resolve().parents[2] / "manifests/environments"

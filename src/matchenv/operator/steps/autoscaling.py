@@ -1,0 +1,56 @@
+"""Step: the worker count from the queue's backlog, written to ``spec.workers.replicas`` (so ``kubectl get``
+shows it) with the annotation that records the autoscaler set it; returns ``status.autoscaling``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matchenv.naming import AUTOSCALED_ANNOTATION
+from matchenv.operator.context import Context, Services
+from matchenv.operator.status import now_rfc3339
+from matchenv.topology.planner import QueueObservation
+
+
+def autoscale(s: Services, ctx: Context, seen: QueueObservation | None) -> dict[str, Any] | None:
+    """Set ``spec.workers.replicas`` from the backlog; return ``status.autoscaling``. Unknown counts hold the
+    current size: never scale on a guess. Paused, or turned off, it forgets what it learnt."""
+    spec = ctx.spec
+    if not spec.autoscaling.enabled:
+        s.autoscaler.forget(ctx.uid)
+        if AUTOSCALED_ANNOTATION in ctx.annotations:  # re-enabled later, a hand-set count is not an override
+            s.kube.patch_environment(ctx.namespace, ctx.name,
+                                     {"metadata": {"annotations": {AUTOSCALED_ANNOTATION: None}}})
+        return None
+    old: dict[str, Any] = ctx.old_status.get("autoscaling") or {}
+    if spec.paused:  # the pause decides (0 workers); the autoscaler starts afresh on resume
+        s.autoscaler.forget(ctx.uid)
+        return {**old, "message": "paused (spec.paused): no workers run whatever the backlog"}
+    if seen is None or seen.messages is None:
+        return old or None
+    asked = spec.workers.replicas
+    recorded = _count(ctx.annotations.get(AUTOSCALED_ANNOTATION))
+    decision = s.autoscaler.review(ctx.uid, spec.autoscaling, seen.messages, asked, recorded, s.clock(),
+                                   old.get("message"))
+    wanted = decision.replicas
+    if wanted != asked or recorded != wanted:
+        s.kube.patch_environment(ctx.namespace, ctx.name, {
+            "metadata": {"annotations": {AUTOSCALED_ANNOTATION: str(wanted)}},
+            "spec": {"workers": {"replicas": wanted}},
+        })
+        spec.workers.replicas = wanted  # the workers step builds the Deployment from it
+    status = {"backlog": seen.messages, "replicas": wanted, "lastScaleTime": old.get("lastScaleTime"),
+              "message": decision.message}
+    if decision.overridden is not None:
+        s.event(ctx.env, "ManualScaleReverted", decision.message, "Warning")
+    elif decision.scaled_from is not None:
+        s.event(ctx.env, "Scaled", decision.message)
+    if wanted != asked:
+        status["lastScaleTime"] = now_rfc3339()
+    return status
+
+
+def _count(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,91 @@
+"""The resync pass: a stale listing puts nothing back, a slow tenant broker delays only its own environments, idle
+broker clients are closed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.fakes import SimulatedBroker
+from tests.unit.world import ADMIN, World
+
+
+def test_a_pass_that_listed_an_environment_before_its_deletion_puts_nothing_back(world: World) -> None:
+    world.add("dev", deletionPolicy="Delete")
+    world.converge("dev")
+    real_list = world.kube.list_environments
+
+    def listing(namespace: str | None = None) -> list[dict[str, Any]]:
+        stale = real_list(namespace)  # read before the delete handler ran
+        world.kube.list_environments = real_list  # type: ignore[method-assign]  # the teardown lists too
+        world.delete("dev")
+        del world.kube.environments[("default", "dev")]
+        return stale
+
+    world.kube.list_environments = listing  # type: ignore[method-assign]
+    report = world.reconciler.resync_all()
+    world.kube.list_environments = real_list  # type: ignore[method-assign]
+    assert report.skipped == 1
+    assert ("/", "matches.dev") not in world.broker.queues
+    assert "matchenv-env.c1.default.dev" not in world.broker.users
+    assert not any(b.destination == "matches.dev" for b in world.broker.bindings)
+    assert ("default", "dev-workers") not in world.kube.deployments
+    assert ("default", "dev-broker") not in world.kube.secrets
+
+
+def test_a_slow_tenant_broker_delays_only_its_own_environments(world: World) -> None:
+    """A tenant's broker that does not answer: each pass still ends within one interval with the operator's own
+    broker checked (a binding deleted by hand is back at the next pass), the stalled broker is not asked again
+    while its first call is under way, and its environment converges once it answers."""
+    import threading
+    import time
+
+    class Stalled(SimulatedBroker):
+        gate = threading.Event()
+        entered = 0
+
+        def snapshot(self, scope: Any = None) -> Any:
+            Stalled.entered += 1
+            self.gate.wait(30)
+            return super().snapshot(scope)
+
+    slow = Stalled()
+    world.clients.others["http://slow:15672"] = slow
+    world.kube.add_secret("default", "slow-broker", {**ADMIN, "management-url": "http://slow:15672"})
+    world.add("tenant", broker={"connectionSecretRef": {"name": "slow-broker"}})
+    world.add("prod")
+    try:
+        started = time.monotonic()
+        world.reconciler.resync_all()
+        assert time.monotonic() - started < 5  # one interval (1 s), not the tenant's 30
+        assert world.status("prod").get("phase") in ("Pending", "Ready")
+        [binding] = world.broker.snapshot().bindings_to("/", "matches.prod")
+        world.broker.unbind_queue("/", binding.source, "matches.prod", binding.properties_key)
+        report = world.reconciler.resync_all()
+        assert [b.source for b in world.broker.snapshot().bindings_to("/", "matches.prod")] == ["matches-fanout"]
+        assert report.skipped == 1  # the tenant: its broker's first call is still under way
+        assert Stalled.entered == 1
+    finally:
+        Stalled.gate.set()
+    for _ in range(100):
+        if world.status("tenant").get("conditions"):
+            break
+        time.sleep(0.05)
+    assert world.reason("tenant") == "Converged"
+
+
+def test_unused_broker_clients_are_closed() -> None:
+    from matchenv.connection import BrokerConnection
+    from matchenv.operator.brokers import BrokerClients
+
+    now = [0.0]
+    clients = BrokerClients(5.0, clock=lambda: now[0])
+    old = BrokerConnection("amqp://b", "http://b:15672", "admin", "old-password")
+    new = BrokerConnection("amqp://b", "http://b:15672", "admin", "new-password")
+    first = clients.get(old)
+    now[0] = 100.0
+    clients.get(new)
+    now[0] = 700.0
+    clients.get(new)
+    assert clients.evict_idle(600) == 1  # the old password's client: its threads and session closed
+    assert clients.get(new) is not first
+    assert clients.evict_idle(600) == 0

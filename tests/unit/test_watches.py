@@ -1,0 +1,64 @@
+"""The Deployment watch: WorkersReady follows the pods without a resync, a hand-edited or deleted Deployment is put back
+at once, someone else's is not followed."""
+
+from __future__ import annotations
+
+from tests.unit.world import World
+
+
+def test_workers_ready_follows_the_deployment_without_a_resync(world: World) -> None:
+    world.add("prod", workers={"image": "matchenv:0.1.0", "databaseSecretRef": {"name": "matchenv-db-prod"},
+                               "replicas": 2})
+    world.converge("prod")
+    assert world.status("prod")["phase"] != "Ready"
+    key = ("default", "prod-workers")
+    assert world.reconciler.workers_changed(world.kube.get_deployment(*key) or {}) is None  # first sight: noted
+    writes = dict(world.kube.writes)
+    assert world.reconciler.workers_changed(world.kube.get_deployment(*key) or {}) is None  # nothing moved
+    assert dict(world.kube.writes) == writes
+    live = world.kube.deployments[key]
+    live["status"] = {"observedGeneration": live["metadata"].get("generation", 1), "replicas": 2,
+                      "readyReplicas": 2, "updatedReplicas": 2, "availableReplicas": 2}
+    calls, writes = world.broker.calls, dict(world.kube.writes)
+    assert world.reconciler.workers_changed(world.kube.get_deployment(*key) or {}) is not None
+    assert world.status("prod")["phase"] == "Ready"
+    assert world.status("prod")["ready"] == "2/2"
+    # followed, not converged: no broker call, one status write
+    assert world.broker.calls == calls
+    assert world.kube.writes["status"] == writes.get("status", 0) + 1
+    live["status"] = {**live["status"], "readyReplicas": 1, "availableReplicas": 1}  # a pod went unready
+    world.reconciler.workers_changed(world.kube.get_deployment(*key) or {})
+    assert world.status("prod")["phase"] == "Pending"
+    assert world.status("prod")["ready"] == "1/2"
+    assert world.reason("prod", "Ready") == "WorkersUnavailable"
+
+
+def test_a_hand_edited_deployment_seen_by_the_watch_is_put_back_at_once(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    key = ("default", "prod-workers")
+    world.reconciler.workers_changed(world.kube.get_deployment(*key) or {})  # first sight
+    live = world.kube.deployments[key]
+    live["spec"]["template"]["spec"]["containers"][0]["args"][1] = "other"
+    live["metadata"]["generation"] = live["metadata"].get("generation", 1) + 1
+    world.reconciler.workers_changed(world.kube.get_deployment(*key) or {})
+    assert world.kube.deployments[key]["spec"]["template"]["spec"]["containers"][0]["args"][1] == "matches.prod"
+
+
+def test_a_deleted_worker_deployment_is_put_back_at_once(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    key = ("default", "prod-workers")
+    gone = world.kube.deployments.pop(key)
+    world.reconciler.workers_changed(gone, deleted=True)
+    assert key in world.kube.deployments
+
+
+def test_a_deployment_of_someone_else_is_not_followed(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    foreign = {"metadata": {"namespace": "default", "name": "x", "uid": "u1",
+                            "ownerReferences": [{"kind": "ReplicaSet", "name": "prod", "uid": "z"}]}}
+    writes = dict(world.kube.writes)
+    assert world.reconciler.workers_changed(foreign, deleted=True) is None
+    assert dict(world.kube.writes) == writes
