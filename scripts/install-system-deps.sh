@@ -19,6 +19,8 @@ command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || ls /usr/lib/*/libc.a >/dev/null 2>&1 || need+=(libc6-dev)
+# the monitoring tests: promtool checks the alert rules, a real Prometheus scrapes a running stack
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -31,6 +33,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # The packages' own services are not used: tests and the demo start private nodes on loopback.
   $sudo service rabbitmq-server stop >/dev/null 2>&1 || true
+  $sudo service prometheus stop >/dev/null 2>&1 || true
 fi
 
 go_bin=$(command -v go || echo /usr/local/go/bin/go)

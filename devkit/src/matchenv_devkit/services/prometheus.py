@@ -1,0 +1,138 @@
+"""A real Prometheus (Debian's package) on loopback scraping given targets with the project's rules loaded, and the
+rules file read out of the monitoring component's PrometheusRule (its ``spec`` is a plain Prometheus rules file)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from matchenv_devkit.cluster.images import REPO_ROOT
+from matchenv_devkit.services.process import ChildProcess, free_port, wait_for
+
+MONITORING = REPO_ROOT / "manifests" / "components" / "monitoring"
+PROMETHEUS_RULE = MONITORING / "prometheusrule.yaml"
+DASHBOARD = MONITORING / "dashboard.json"
+
+
+def rules(source: Path = PROMETHEUS_RULE, *, annotations: bool = True,
+          replace: dict[str, str] | None = None) -> dict[str, Any]:
+    """The rule groups of the PrometheusRule at ``source``; without ``annotations`` for promtool's unit tests (which
+    compare annotations exactly), with each ``replace`` old → new applied to every ``expr`` and ``for`` (a test may
+    shorten a threshold or a duration it cannot wait for)."""
+    spec: dict[str, Any] = yaml.safe_load(source.read_text())["spec"]
+    for group in spec["groups"]:
+        for rule in group["rules"]:
+            if not annotations:
+                rule.pop("annotations", None)
+            for key in ("expr", "for"):
+                if key in rule:
+                    for old, new in (replace or {}).items():
+                        rule[key] = str(rule[key]).replace(old, new)
+    return spec
+
+
+def dashboard_queries(source: Path = DASHBOARD, namespace: str = ".*") -> dict[str, str]:
+    """Every PromQL query of the Grafana dashboard at ``source`` by ``<panel title>/<refId>``, with its
+    ``$namespace`` variable set to ``namespace`` (a regular expression: all of them by default)."""
+    panels = json.loads(source.read_text())["panels"]
+    return {f"{p['title']}/{t['refId']}": t["expr"].replace("$namespace", namespace)
+            for p in panels for t in p.get("targets", [])}
+
+
+def write_rules(path: Path, spec: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+class PrometheusServer:
+    """``prometheus`` with its own config and TSDB under ``state_dir``; ``targets`` by job name, each a list of
+    ``host:port`` with the labels to put on their series (as a Prometheus Operator's PodMonitor would)."""
+
+    def __init__(self, state_dir: Path, targets: dict[str, list[tuple[str, dict[str, str]]]],
+                 rules_spec: dict[str, Any] | None = None, interval: str = "2s",
+                 honor_labels: frozenset[str] = frozenset()) -> None:
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.targets = targets
+        self.rules_spec = rules_spec
+        self.interval = interval
+        self.honor_labels = honor_labels
+        self.process = ChildProcess(state_dir / "prometheus.log")
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("prometheus")
+        if not found:
+            raise RuntimeError("prometheus not found: `make system-deps` installs Debian's prometheus package")
+        return found
+
+    def _config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
+            "scrape_configs": [
+                {"job_name": job, "honor_labels": job in self.honor_labels,
+                 "static_configs": [{"targets": [target], "labels": labels} for target, labels in targets]}
+                for job, targets in self.targets.items()],
+        }
+        if self.rules_spec is not None:
+            config["rule_files"] = [str(write_rules(self.state_dir / "rules.yaml", self.rules_spec))]
+        return config
+
+    def start(self, timeout: float = 60) -> PrometheusServer:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        config = self.state_dir / "prometheus.yml"
+        config.write_text(yaml.safe_dump(self._config(), sort_keys=False))
+        self.process.spawn([self.binary(), f"--config.file={config}", f"--storage.tsdb.path={self.state_dir / 'data'}",
+                            f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"], env={})
+        wait_for(lambda: requests.get(f"{self.url}/-/ready", timeout=2).ok, timeout=timeout,
+                 what=f"prometheus ready on {self.url}")
+        return self
+
+    def stop(self) -> None:
+        self.process.stop(timeout=15)
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The instant vector ``expr`` evaluates to (ValueError with Prometheus's message when it does not parse)."""
+        params = {"query": expr, **({"time": str(at)} if at is not None else {})}
+        answer = requests.get(f"{self.url}/api/v1/query", params=params, timeout=10).json()
+        if answer.get("status") != "success":
+            raise ValueError(f"{expr!r}: {answer.get('errorType')}: {answer.get('error')}")
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        params = {"query": expr, "start": str(start), "end": str(end), "step": str(step)}
+        answer = requests.get(f"{self.url}/api/v1/query_range", params=params, timeout=30).json()
+        if answer.get("status") != "success":
+            raise ValueError(f"{expr!r}: {answer.get('errorType')}: {answer.get('error')}")
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts pending or firing now."""
+        answer = requests.get(f"{self.url}/api/v1/alerts", timeout=10).json()
+        found: list[dict[str, Any]] = answer["data"]["alerts"]
+        return found
+
+    def firing(self, alertname: str) -> list[dict[str, str]]:
+        return [a["labels"] for a in self.alerts() if a["labels"].get("alertname") == alertname
+                and a["state"] == "firing"]
+
+    def targets_up(self) -> dict[str, bool]:
+        answer = requests.get(f"{self.url}/api/v1/targets", timeout=10).json()
+        return {t["scrapeUrl"]: t["health"] == "up" for t in answer["data"]["activeTargets"]}
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.process.log().splitlines()[-lines:])
+
+    def __enter__(self) -> PrometheusServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
