@@ -31,8 +31,11 @@ _when = st.datetimes(min_value=dt.datetime(1970, 1, 2), max_value=dt.datetime(21
     lambda d: d.replace(microsecond=0))
 _decimals = st.decimals(min_value=-99999, max_value=99999, places=3, allow_nan=False, allow_infinity=False)
 _common = [st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), _decimals, _when, st.text(max_size=40)]
-# py-amqp also writes floats ('d'); pika writes bytes as a byte array ('x')
-PYAMQP_VALUES = st.recursive(st.one_of(*_common, st.floats(), st.binary(max_size=20)),
+# py-amqp also writes floats ('d'), finite ones only: RabbitMQ refuses a frame carrying inf or NaN with 541
+# INTERNAL_ERROR and closes the publisher's connection (checked on 3.10), so no producer can send one;
+# pika writes bytes as a byte array ('x')
+PYAMQP_VALUES = st.recursive(st.one_of(*_common, st.floats(allow_nan=False, allow_infinity=False),
+                                       st.binary(max_size=20)),
                              lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3),
                              max_leaves=8)
 PIKA_VALUES = st.recursive(st.one_of(*_common, st.binary(max_size=20)),

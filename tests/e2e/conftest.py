@@ -38,7 +38,7 @@ def kubectl(cluster: LocalCluster) -> Kubectl:
 @pytest.fixture(scope="session")
 def crd_installed(kubectl: Kubectl) -> Kubectl:
     kubectl.run("apply", "-f", str(ROOT / "crds"))
-    kubectl.run("wait", "--for=condition=Established", "crd/matchenvironments.matchenv.io", "--timeout=60s")
+    kubectl.wait_established("crd/matchenvironments.matchenv.io")
     wait_until_served(client.CustomObjectsApi(config.new_client_from_config(str(kubectl.cluster.kubeconfig))))
     return kubectl
 

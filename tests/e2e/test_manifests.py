@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from matchenv.topology.client import ManagementClient
+from matchenv_devkit.cluster.build import ensure_monitoring_crds
 from matchenv_devkit.cluster.cluster import LocalCluster
 from matchenv_devkit.cluster.install import fill_env_files
 from matchenv_devkit.cluster.kubectl import Kubectl
@@ -106,7 +107,7 @@ def test_the_oldest_release_takes_the_base_and_serves_environments_without_the_p
     assert "MutatingAdmissionPolicy" in refused.stderr
 
     kubectl.run("apply", "-k", str(manifests / "base"))
-    kubectl.run("wait", "--for=condition=Established", "crd/matchenvironments.matchenv.io", "--timeout=60s")
+    kubectl.wait_established("crd/matchenvironments.matchenv.io")
     kubectl.apply(broker_secret(rabbitmq))
     kubectl.apply(db_secret("staging"))
     sa = service_account_kubeconfig(kubectl, "matchenv-system", "matchenv-operator", tmp_path / "sa.kubeconfig")
@@ -139,6 +140,9 @@ VALUE_SETS = {
     "bundled-broker-namespaced": ["--set", "rabbitmq.enabled=true", "--set", "watchNamespaces={team-a,team-b}"],
     "no-scraper-no-metrics": ["--set", "scraper.enabled=false", "--set", "metrics.enabled=false",
                               "--set", "operator.replicas=1"],
+    "monitoring": ["--set", "rabbitmq.enabled=true", "--set", "monitoring.podMonitors=true",
+                   "--set", "monitoring.prometheusRule=true", "--set", "monitoring.dashboard=true",
+                   "--set", "monitoring.labels.release=kube-prometheus-stack"],
 }
 
 
@@ -152,15 +156,62 @@ def test_helm_lint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.fixture(scope="module")
+def monitoring_crds(crd_installed: Kubectl, oldest: Kubectl) -> None:
+    """The Prometheus Operator's PodMonitor, ServiceMonitor and PrometheusRule CRDs on both API servers."""
+    crds = ensure_monitoring_crds()
+    for kubectl in (crd_installed, oldest):
+        kubectl.run("apply", "--server-side", "-f", str(crds))
+        kubectl.wait_established("crd/podmonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com")
+
+
+def test_the_monitoring_component_is_what_the_prometheus_operator_accepts(
+        crd_installed: Kubectl, monitoring_crds: None, manifests: Path) -> None:
+    kubectl = crd_installed
+    with_monitoring = manifests / "with-monitoring"
+    with_monitoring.mkdir()
+    (with_monitoring / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../base"], "components": ["../components/rabbitmq", "../components/monitoring"]}))
+    built = [d for d in yaml.safe_load_all(kubectl.run("kustomize", str(with_monitoring)).stdout) if d]
+    monitors = {d["metadata"]["name"]: d for d in built if d["kind"] == "PodMonitor"}
+    assert set(monitors) == {"matchenv-operator", "matchenv-workers", "matchenv-rabbitmq"}
+    rule = next(d for d in built if d["kind"] == "PrometheusRule")
+    assert {r.get("alert") for g in rule["spec"]["groups"] for r in g["rules"]} >= {
+        "MatchEnvironmentNotReady", "MatchEnvironmentBehindFeed", "MatchenvNoOperatorLeader"}
+    dashboard = next(d for d in built if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "matchenv-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["matchenv.json"])["uid"] == "matchenv"
+    # each PodMonitor's port is a named port of the pods it selects
+    rabbitmq = next(d for d in built if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "rabbitmq")
+    assert "prometheus" in {p["name"] for p in rabbitmq["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    operator = next(d for d in built if d["kind"] == "Deployment" and d["metadata"]["name"] == "matchenv-operator")
+    assert "metrics" in {p["name"] for p in operator["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    kubectl.run("apply", "-f", str(manifests / "base/namespace.yaml"))  # objects in it need it to exist
+    result = kubectl.run("apply", "-k", str(with_monitoring), "--dry-run=server", check=False)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize("values", sorted(VALUE_SETS))
-def test_the_chart_renders_what_the_api_servers_accept(values: str, crd_installed: Kubectl, oldest: Kubectl) -> None:
+def test_the_chart_renders_what_the_api_servers_accept(values: str, crd_installed: Kubectl, oldest: Kubectl,
+                                                       monitoring_crds: None) -> None:
     rendered = _helm("template", "rel", str(CHART), "--namespace", "matchenv-system", *VALUE_SETS[values])
     assert rendered.returncode == 0, rendered.stderr
     docs = [d for d in yaml.safe_load_all(rendered.stdout) if d]
     kinds = {d["kind"] for d in docs}
     assert "Deployment" in kinds
     assert ("CronJob" in kinds) == (values != "no-scraper-no-metrics")
-    assert ("StatefulSet" in kinds) == (values == "bundled-broker-namespaced")
+    assert ("StatefulSet" in kinds) == (values in ("bundled-broker-namespaced", "monitoring"))
+    assert ("PrometheusRule" in kinds) == (values == "monitoring")
+    if values == "monitoring":
+        rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+        component = yaml.safe_load((ROOT / "manifests/components/monitoring/prometheusrule.yaml").read_text())
+        assert rule["spec"] == component["spec"]
+        assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert sum(d["kind"] == "PodMonitor" for d in docs) == 3
+        dashboard = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rel-dashboard")
+        assert dashboard["data"]["matchenv.json"] == (ROOT / "manifests/components/monitoring/dashboard.json"
+                                                      ).read_text()
     for kubectl in (crd_installed, oldest):
         for ns in ("matchenv-system", "team-a", "team-b"):
             kubectl.run("create", "namespace", ns, check=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,6 +53,21 @@ class Kubectl:
               ) -> subprocess.CompletedProcess[str]:
         text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
         return self.run("apply", "-f", "-", *extra, stdin=text, check=check)
+
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Until each CRD (``crd/<name>``) is Established. ``kubectl wait`` fails at once, instead of waiting, on a
+        CRD the API server has not given a status yet (".status.conditions accessor error"): that counts as not yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = max(1, int(deadline - time.monotonic()))
+            result = self.run("wait", "--for=condition=Established", *crds, f"--timeout={left}s", check=False,
+                              timeout=left + 30)
+            if result.returncode == 0:
+                return
+            if time.monotonic() >= deadline or "accessor error" not in result.stderr:
+                raise KubectlError(f"kubectl wait --for=condition=Established {' '.join(crds)} failed "
+                                   f"({result.returncode}):\n{result.stderr}")
+            time.sleep(0.5)
 
     def get_json(self, *args: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.run("get", *args, "-o", "json").stdout)

@@ -69,6 +69,7 @@ class PodProcesses:
     grace: float
     containers: list[Container]
     started_at: str = field(default_factory=_now)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 class ProcessRunner:
@@ -96,7 +97,8 @@ class ProcessRunner:
             containers.append(Container(c["name"], c, ports))
         entry = PodProcesses(pod["metadata"]["uid"], pod["metadata"]["namespace"], pod["metadata"]["name"],
                              spec.get("restartPolicy", "Always"),
-                             min(self.max_grace, float(spec.get("terminationGracePeriodSeconds", 30))), containers)
+                             min(self.max_grace, float(spec.get("terminationGracePeriodSeconds", 30))), containers,
+                             labels=dict(pod["metadata"].get("labels") or {}))
         with self._lock:
             self._pods[entry.uid] = entry
         for container in containers:
@@ -119,6 +121,14 @@ class ProcessRunner:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+
+    def ports(self, port_name: str) -> list[tuple[int, PodProcesses]]:
+        """The host port each running pod's container port ``port_name`` got, with the pod (what a Prometheus
+        PodMonitor would discover as ``<pod IP>:<port>``)."""
+        with self._lock:
+            pods = list(self._pods.values())
+        return [(c.ports[port_name], pod) for pod in pods for c in pod.containers
+                if port_name in c.ports and c.proc is not None and c.proc.poll() is None]
 
     def status(self, pod: Obj) -> Obj:
         with self._lock:

@@ -132,7 +132,7 @@ class LocalStack:
         """The CRD, its defaulting policy, the operator's namespace and RBAC, and the broker Secret."""
         kubectl = self.kubectl
         kubectl.run("apply", "-f", str(self.root / "crds"))
-        kubectl.run("wait", "--for=condition=Established", "crd/matchenvironments.matchenv.io", "--timeout=60s")
+        kubectl.wait_established("crd/matchenvironments.matchenv.io")
         wait_until_served(client.CustomObjectsApi(config.new_client_from_config(str(kubectl.cluster.kubeconfig))))
         base = self.root / "manifests/base"
         kubectl.run("apply", "-f", str(base / "namespace.yaml"), "-f", str(base / "rbac.yaml"))
@@ -235,8 +235,30 @@ class LocalStack:
                               capture_output=True, text=True, timeout=timeout)
 
     def wait_rows(self, expected: dict[str, int], timeout: float = 180) -> None:
-        wait_for(lambda: {e: self.rows(e) for e in expected} == expected, timeout=timeout,
-                 what=f"rows {expected}")
+        """Until each environment's database holds the expected rows; on a timeout, the error says what each
+        holds, what its queue holds and who consumes it, and ends with its workers' last log lines."""
+        try:
+            wait_for(lambda: {e: self.rows(e) for e in expected} == expected, timeout=timeout,
+                     what=f"rows {expected}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.describe_environments(list(expected))}") from None
+
+    def describe_environments(self, names: list[str], log_lines: int = 15) -> str:
+        """Rows, queue and consumers of each environment, and the tails of its worker pods' logs (process node)."""
+        lines = []
+        for name in names:
+            try:
+                status = self.kubectl.get_json("menv", name).get("status") or {}
+                queue = self.broker.get_queue("/", str(status.get("queue") or f"matches.{name}"))
+                lines.append(f"{name}: rows {self.rows(name)}, queue {queue.name} ready {queue.messages_ready} "
+                             f"unacked {queue.messages_unacknowledged} consumers {queue.consumers}, "
+                             f"phase {status.get('phase')}")
+            except Exception as exc:  # a diagnosis never hides the failure it explains
+                lines.append(f"{name}: could not be described: {exc}")
+            for log in sorted((self.tmp / "pods").glob(f"default_{name}-workers-*.log")):
+                tail = log.read_text(errors="replace").splitlines()[-log_lines:]
+                lines.append(f"--- {log.name}\n" + "\n".join(tail))
+        return "\n".join(lines)
 
     def queue_depth(self, queue: str, vhost: str = "/") -> int | None:
         try:

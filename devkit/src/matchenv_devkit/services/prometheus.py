@@ -19,20 +19,20 @@ PROMETHEUS_RULE = MONITORING / "prometheusrule.yaml"
 DASHBOARD = MONITORING / "dashboard.json"
 
 
-def rules(source: Path = PROMETHEUS_RULE, *, annotations: bool = True,
-          replace: dict[str, str] | None = None) -> dict[str, Any]:
+def rules(source: Path = PROMETHEUS_RULE, *, annotations: bool = True, replace: dict[str, str] | None = None,
+          for_: str | None = None) -> dict[str, Any]:
     """The rule groups of the PrometheusRule at ``source``; without ``annotations`` for promtool's unit tests (which
-    compare annotations exactly), with each ``replace`` old → new applied to every ``expr`` and ``for`` (a test may
-    shorten a threshold or a duration it cannot wait for)."""
+    compare annotations exactly); each ``replace`` old → new applied to every ``expr``, and every alert's ``for``
+    set to ``for_`` (a test may shorten a threshold or a duration it cannot wait for)."""
     spec: dict[str, Any] = yaml.safe_load(source.read_text())["spec"]
     for group in spec["groups"]:
         for rule in group["rules"]:
             if not annotations:
                 rule.pop("annotations", None)
-            for key in ("expr", "for"):
-                if key in rule:
-                    for old, new in (replace or {}).items():
-                        rule[key] = str(rule[key]).replace(old, new)
+            for old, new in (replace or {}).items():
+                rule["expr"] = str(rule["expr"]).replace(old, new)
+            if for_ is not None and "alert" in rule:
+                rule["for"] = for_
     return spec
 
 
@@ -49,20 +49,22 @@ def write_rules(path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
-class PrometheusServer:
-    """``prometheus`` with its own config and TSDB under ``state_dir``; ``targets`` by job name, each a list of
-    ``host:port`` with the labels to put on their series (as a Prometheus Operator's PodMonitor would)."""
+Target = tuple[str, dict[str, str]]  # host:port, and the labels to put on its series
 
-    def __init__(self, state_dir: Path, targets: dict[str, list[tuple[str, dict[str, str]]]],
-                 rules_spec: dict[str, Any] | None = None, interval: str = "2s",
-                 honor_labels: frozenset[str] = frozenset()) -> None:
+
+class PrometheusServer:
+    """``prometheus`` with its own config and TSDB under ``state_dir``, scraping each job's targets from a file it
+    watches (:meth:`set_targets`, as service discovery would hand them over), with ``rules_spec`` loaded."""
+
+    def __init__(self, state_dir: Path, jobs: dict[str, bool], rules_spec: dict[str, Any] | None = None,
+                 interval: str = "2s") -> None:
+        """``jobs``: job name → honor_labels (true for the operator: its series carry the environment's labels)."""
         self.state_dir = state_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.targets = targets
+        self.jobs = jobs
         self.rules_spec = rules_spec
         self.interval = interval
-        self.honor_labels = honor_labels
         self.process = ChildProcess(state_dir / "prometheus.log")
 
     @staticmethod
@@ -72,20 +74,33 @@ class PrometheusServer:
             raise RuntimeError("prometheus not found: `make system-deps` installs Debian's prometheus package")
         return found
 
+    def _targets_file(self, job: str) -> Path:
+        return self.state_dir / "targets" / f"{job}.json"
+
+    def set_targets(self, job: str, targets: list[Target]) -> None:
+        """Replace ``job``'s targets (written atomically; Prometheus reads the file when it changes)."""
+        path = self._targets_file(job)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps([{"targets": [t], "labels": labels} for t, labels in targets]))
+        partial.replace(path)
+
     def _config(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             "global": {"scrape_interval": self.interval, "evaluation_interval": self.interval},
             "scrape_configs": [
-                {"job_name": job, "honor_labels": job in self.honor_labels,
-                 "static_configs": [{"targets": [target], "labels": labels} for target, labels in targets]}
-                for job, targets in self.targets.items()],
+                {"job_name": job, "honor_labels": honor,
+                 "file_sd_configs": [{"files": [str(self._targets_file(job))], "refresh_interval": "5s"}]}
+                for job, honor in self.jobs.items()],
         }
         if self.rules_spec is not None:
             config["rule_files"] = [str(write_rules(self.state_dir / "rules.yaml", self.rules_spec))]
         return config
 
     def start(self, timeout: float = 60) -> PrometheusServer:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "targets").mkdir(parents=True, exist_ok=True)
+        for job in self.jobs:
+            if not self._targets_file(job).exists():
+                self.set_targets(job, [])
         config = self.state_dir / "prometheus.yml"
         config.write_text(yaml.safe_dump(self._config(), sort_keys=False))
         self.process.spawn([self.binary(), f"--config.file={config}", f"--storage.tsdb.path={self.state_dir / 'data'}",
@@ -125,6 +140,7 @@ class PrometheusServer:
                 and a["state"] == "firing"]
 
     def targets_up(self) -> dict[str, bool]:
+        """Each active target's scrape URL: whether its last scrape succeeded."""
         answer = requests.get(f"{self.url}/api/v1/targets", timeout=10).json()
         return {t["scrapeUrl"]: t["health"] == "up" for t in answer["data"]["activeTargets"]}
 

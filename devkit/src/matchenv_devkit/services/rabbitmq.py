@@ -68,6 +68,7 @@ class RabbitMQNode:
         self.detached = detached
         self.endpoints = BrokerEndpoints(free_port(), free_port(), "matchenv-admin", secrets.token_urlsafe(18))
         self.dist_port = free_port()
+        self.prometheus_port = free_port()  # the rabbitmq_prometheus plugin's /metrics, as a pod's port 15692
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,6 +96,8 @@ class RabbitMQNode:
                 *([f"listeners.tcp.pods = {self.pod_address}:{ep.amqp_port}"] if self.pod_address else []),
                 f"management.tcp.port = {ep.http_port}",
                 "management.tcp.ip = 127.0.0.1",
+                f"prometheus.tcp.port = {self.prometheus_port}",
+                "prometheus.tcp.ip = 127.0.0.1",
                 f"collect_statistics_interval = {self.stats_interval_ms}",
                 f"default_user = {ep.username}",
                 f"default_pass = {ep.password}",
@@ -108,7 +111,8 @@ class RabbitMQNode:
                 "",
             ])
         )
-        (self.state_dir / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_event_exchange].\n")
+        (self.state_dir / "enabled_plugins").write_text(
+            "[rabbitmq_management,rabbitmq_prometheus,rabbitmq_event_exchange].\n")
 
     def start(self, timeout: float = 90.0) -> RabbitMQNode:
         """Start (or restart, keeping data) the node; return when the management API answers."""
