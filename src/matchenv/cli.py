@@ -11,6 +11,7 @@ import typer
 
 from matchenv import __version__
 from matchenv.dlq.cli import app as dlq_app
+from matchenv.overview.cli import status
 
 app = typer.Typer(
     help="matchenv: fan one RabbitMQ match feed out to per-environment queues, workers and databases.",
@@ -22,6 +23,7 @@ app.add_typer(db_app, name="db")
 operator_app = typer.Typer(help="The Kubernetes operator.", no_args_is_help=True)
 app.add_typer(operator_app, name="operator")
 app.add_typer(dlq_app, name="dlq")
+app.command("status")(status)
 
 
 def _echo_err(message: str) -> None:

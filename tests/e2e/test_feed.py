@@ -79,6 +79,11 @@ def test_a_new_environment_is_backfilled_from_the_archive_and_holds_what_the_oth
         assert pipeline.duplicates(env) == 0, env
     # prod and dev got each match once: the backfill went to staging's queue only
     wait_for(lambda: _published_to(pipeline, "matches.prod") == 700, timeout=30, what="prod's queue took 700")
+    # `kubectl matchenv status`: the three level with their feed, read with nothing but the kubeconfig
+    levels = json.loads(_matchenv(pipeline, "status", "-o", "json", kubectl_plugin=True).stdout)
+    assert {e["name"]: (e["behind_messages"], e["dead_letters"]) for e in levels} == {
+        "prod": (0, 0), "dev": (0, 0), "staging": (0, 0)}
+    assert all(e["newest_stored"] and e["behind_seconds"] < 5 for e in levels), levels
     assert _published_to(pipeline, "matches.dev") == 700
     status = pipeline.kubectl.get_json("menv", "staging")["status"]
     print(json.dumps(status["backfill"], indent=2))
@@ -125,14 +130,18 @@ def test_routing_keys_take_a_subset_through_the_topic_exchange_on_the_fanout(pip
 
 
 def _dlq(pipeline: Pipeline, *args: str, kubectl_plugin: bool = False) -> subprocess.CompletedProcess[str]:
-    """``matchenv dlq ...`` as a user runs it from this host (the broker reached at its loopback port), or the same
-    as ``kubectl matchenv dlq ...`` through kubectl's plugin lookup on PATH."""
+    return _matchenv(pipeline, "dlq", *args, kubectl_plugin=kubectl_plugin)
+
+
+def _matchenv(pipeline: Pipeline, *args: str, kubectl_plugin: bool = False) -> subprocess.CompletedProcess[str]:
+    """``matchenv ...`` as a user runs it from this host (the broker reached at its loopback port), or the same
+    as ``kubectl matchenv ...`` through kubectl's plugin lookup on PATH."""
     env = {**os.environ, "KUBECONFIG": str(pipeline.kubectl.cluster.kubeconfig),
            "MATCHENV_BROKER_URL": f"amqp://127.0.0.1:{pipeline.rabbitmq.endpoints.amqp_port}",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     command = [str(ControlPlaneBinaries.default().path("kubectl")), "matchenv"] if kubectl_plugin \
         else [sys.executable, "-m", "matchenv.cli"]
-    return subprocess.run([*command, "dlq", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_dead_letters_are_listed_shown_redriven_and_purged(pipeline: Pipeline, tmp_path: Path) -> None:

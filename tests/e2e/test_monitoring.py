@@ -3,21 +3,28 @@ the operator (honor_labels), every worker pod's ``metrics`` port (labelled names
 PodMonitor relabels), and RabbitMQ's Prometheus plugin; it loads the component's rules, with the alerts' ``for``
 and the behind-feed threshold shortened to what a test can wait for. prod, dev and staging take the same feed;
 dev is paused while more is scraped: the divergence series, the alerts and the gauges say so; resumed, they clear.
+No log line of the whole run holds a password or token the run made.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
 import pika
 import pytest
+import yaml
 
 from matchenv.naming import ENV_LABEL
 from matchenv_devkit.cluster.kubectl import Kubectl
@@ -44,6 +51,12 @@ class Watched:
     pipeline: Pipeline
     prometheus: PrometheusServer
     started: float
+    outputs: list[str] = field(default_factory=list)  # what each scrape printed
+
+    def scrape(self, *args: str) -> None:
+        result = self.pipeline.scrape(*args)
+        self.outputs.append(result.stdout + result.stderr)
+        assert result.returncode == 0, result.stderr
 
     def value(self, expr: str, **labels: str) -> float | None:
         """The value of the one series of ``expr`` carrying ``labels``, None when there is none."""
@@ -124,8 +137,7 @@ def test_three_environments_of_one_feed_are_level_and_every_query_has_series(wat
     for name in ENVIRONMENTS:
         pipeline.apply(name)
     pipeline.wait_ready(*ENVIRONMENTS)
-    result = pipeline.scrape("--synthetic", str(MATCHES))
-    assert result.returncode == 0, result.stderr
+    watched.scrape("--synthetic", str(MATCHES))
     _publish_garbage(pipeline.rabbitmq)
     pipeline.wait_rows({name: MATCHES for name in ENVIRONMENTS}, timeout=300)
 
@@ -157,13 +169,15 @@ def test_paused_dev_falls_behind_by_what_was_scraped_pages_and_catches_up(watche
     wait_for(lambda: watched.value("max by (name) (matchenv_environment_consumers)", name="dev") == 0, timeout=60,
              what="dev without consumers")
     time.sleep(2)  # dev's newest stored stamp is older than anything scraped from now on
-    result = pipeline.scrape("--synthetic", str(MORE), "--start", str(MATCHES))
-    assert result.returncode == 0, result.stderr
+    watched.scrape("--synthetic", str(MORE), "--start", str(MATCHES))
     pipeline.wait_rows({"prod": MATCHES + MORE, "staging": MATCHES + MORE}, timeout=300)
     assert pipeline.rows("dev") == MATCHES
 
     _until(lambda: watched.value("matchenv:environment_behind_feed_messages", name="dev"), float(MORE),
            f"dev behind by {MORE} messages")
+    # `matchenv status` says the same from the environments' status alone (no worker runs for dev to ask its newest)
+    _until(lambda: {e["name"]: (e["behind_messages"], e["phase"]) for e in _status(pipeline)},
+           {"prod": (0, "Ready"), "dev": (MORE, "Paused"), "staging": (0, "Ready")}, "matchenv status: dev behind")
     behind = watched.value("matchenv:environment_behind_feed_seconds", name="dev")
     assert behind is not None
     assert behind >= 2
@@ -187,6 +201,16 @@ def test_paused_dev_falls_behind_by_what_was_scraped_pages_and_catches_up(watche
         assert pipeline.duplicates(name) == 0
     _draw(watched, Path(os.environ.get("MATCHENV_DOCS_PICTURE", "")) if os.environ.get("MATCHENV_DOCS_PICTURE")
           else None)
+
+
+def _status(pipeline: Pipeline) -> list[dict[str, Any]]:
+    """``matchenv status -o json`` as a user runs it with the cluster's kubeconfig."""
+    env = {**os.environ, "KUBECONFIG": str(pipeline.kubectl.cluster.kubeconfig)}
+    result = subprocess.run([sys.executable, "-m", "matchenv.cli", "status", "-o", "json"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found: list[dict[str, Any]] = json.loads(result.stdout)
+    return found
 
 
 def _recording_rules() -> dict[str, str]:
@@ -224,3 +248,38 @@ def _draw(watched: Watched, copy_to: Path | None) -> None:
     plt.close(figure)
     if copy_to is not None:
         shutil.copyfile(out, copy_to)
+
+
+SECRET_KEY_WORDS = ("password", "token", "key", "secret")
+
+
+def _secret_values(kubectl: Kubectl, operator_kubeconfig: Path) -> dict[str, str]:
+    """Every password, token and key the run made, by where it lives: the Secrets' values under such keys, the
+    passwords inside their URLs, and the operator's ServiceAccount token."""
+    found: dict[str, str] = {}
+    for secret in kubectl.get_json("secrets", "-A")["items"]:
+        where = f"{secret['metadata']['namespace']}/{secret['metadata']['name']}"
+        for key, encoded in (secret.get("data") or {}).items():
+            value = base64.b64decode(encoded).decode(errors="replace")
+            if any(word in key.lower() for word in SECRET_KEY_WORDS) and len(value) >= 8:
+                found[f"{where}[{key}]"] = value
+            password = urlsplit(value).password if "://" in value else None
+            if password:
+                found[f"{where}[{key}] password"] = unquote(password)
+    for user in yaml.safe_load(operator_kubeconfig.read_text())["users"]:
+        found[f"token of {user['name']}"] = user["user"]["token"]
+    return found
+
+
+def test_no_log_line_of_the_run_holds_a_secret(watched: Watched) -> None:
+    pipeline = watched.pipeline
+    secrets = _secret_values(pipeline.kubectl, pipeline.tmp / "operator.kubeconfig")
+    assert any("-broker[password]" in where for where in secrets), sorted(secrets)  # the workers' users
+    assert any("matchenv-publisher[password]" in where for where in secrets), sorted(secrets)
+    logs = [*pipeline.tmp.glob("*.log"), *(pipeline.tmp / "pods").glob("*.log")]
+    assert any(log.name.startswith("default_prod-workers-") for log in logs), logs
+    texts = {log.name: log.read_text(errors="replace") for log in logs}
+    texts.update({f"scrape {i}": output for i, output in enumerate(watched.outputs)})
+    assert len(watched.outputs) == 2
+    leaks = [(name, where) for name, text in texts.items() for where, value in secrets.items() if value in text]
+    assert leaks == []

@@ -38,3 +38,7 @@ def test_the_archive_settings() -> None:
                                    "MATCHENV_ARCHIVE_MAX_BYTES": "2000000", "MATCHENV_ARCHIVE_SEGMENT_BYTES": "5000"})
     assert (s.archive, s.archive_max_age, s.archive_max_bytes, s.archive_segment_bytes) == (
         "on-demand", "12h", 2_000_000, 5_000)
+    assert s.archive_max_age_seconds == 12 * 3600  # what matchenv_archive_max_age_seconds exports
+    assert OperatorSettings.from_env({}).archive_max_age_seconds == 30 * 86400
+    assert OperatorSettings.from_env({"MATCHENV_ARCHIVE_MAX_AGE": "1Y"}).archive_max_age_seconds == 365 * 86400
+    assert OperatorSettings.from_env({"MATCHENV_ARCHIVE": "off"}).archive_max_age_seconds is None

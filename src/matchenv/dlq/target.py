@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from matchenv.api import API_GROUP, API_VERSION, PLURAL, MatchEnvironmentSpec
 from matchenv.connection import BrokerConfigError, BrokerConnection, read_connection, worker_amqp_url
 from matchenv.identity import ClusterIdentityError, cluster_identity
+from matchenv.kubeconfig import KubeconfigError, api_client
 from matchenv.topology.client import BrokerError, ManagementClient
 from matchenv.topology.desired import DesiredTopology, desired_topology
 from matchenv.topology.planner import check_ownership
@@ -44,34 +45,14 @@ class Target:
         return f"MatchEnvironment {self.namespace}/{self.name}"
 
 
-def _api(kubeconfig: str | None, context: str | None) -> tuple[client.ApiClient, str]:
-    """An API client and the namespace the kubeconfig's context names (``default`` if none)."""
-    configuration = client.Configuration()
-    if not kubeconfig and not context and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get(
-            "KUBECONFIG"):
-        config.load_incluster_config(client_configuration=configuration)
-        try:
-            with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
-                namespace = f.read().strip() or "default"
-        except OSError:
-            namespace = "default"
-    else:
-        try:
-            config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
-            _contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
-        except (config.ConfigException, OSError) as exc:
-            raise TargetError(f"no usable kubeconfig: {exc}", usage=True) from exc
-        chosen = next((c for c in _contexts if c["name"] == context), active) if context else active
-        namespace = (chosen or {}).get("context", {}).get("namespace") or "default"
-    configuration.retries = 1
-    return client.ApiClient(configuration), namespace
-
-
 def resolve(name: str, namespace: str | None, kubeconfig: str | None = None, context: str | None = None,
             broker_secret: str | None = None, broker_url: str | None = None, timeout: float = 10.0) -> Target:
     """The environment ``name`` and its dead-letter queue; ``broker_url`` (e.g. a port-forward) replaces the host
     of the Secret's AMQP URL, which names the broker as pods reach it."""
-    api, default_namespace = _api(kubeconfig, context)
+    try:
+        api, default_namespace = api_client(kubeconfig, context)
+    except KubeconfigError as exc:
+        raise TargetError(str(exc), usage=True) from exc
     namespace = namespace or default_namespace
     core = client.CoreV1Api(api)
     try:

@@ -68,6 +68,8 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
                            settings.lease_seconds, owner=owner)
     kube = Kube(api, timeout=settings.api_timeout, fence=elector.write_budget if settings.leader_election else None)
     metrics.LEADING.set_function(lambda: float(elector.leading() if settings.leader_election else 1))
+    if settings.archive_max_age_seconds is not None:
+        metrics.ARCHIVE_MAX_AGE.set(settings.archive_max_age_seconds)
     environments = EnvironmentMetrics()
     REGISTRY.register(environments)
     reconciler = Reconciler(kube, settings, owner=owner, environments=environments)

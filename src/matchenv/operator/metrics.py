@@ -20,3 +20,6 @@ DRIFT_REPAIRS = Counter("matchenv_drift_repairs_total", "Converges started by a 
 CONVERGE_SECONDS = Histogram("matchenv_converge_duration_seconds", "Time one environment's converge took.",
                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 LEADING = Gauge("matchenv_leader", "1 while this operator replica leads (holds the Lease and converges), else 0.")
+ARCHIVE_MAX_AGE = Gauge("matchenv_archive_max_age_seconds",
+                        "How long the archive keeps a match (MATCHENV_ARCHIVE_MAX_AGE): a backfill reaches no further "
+                        "back; 0 without an archive.")

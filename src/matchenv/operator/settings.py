@@ -15,6 +15,9 @@ from matchenv.naming import CLUSTER_ID_PATTERN
 NAMESPACE_PLACEHOLDER = "{namespace}"  # in MATCHENV_QUEUE_PATTERN: the environment's own namespace
 
 
+_AGE_UNITS = {"Y": 365 * 86400.0, "M": 30 * 86400.0, "D": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
 class OperatorSettings(BaseModel):
     """How one operator process runs."""
 
@@ -94,6 +97,14 @@ class OperatorSettings(BaseModel):
                                        "retention removes whole segments, so a match outlives max-age by at most "
                                        "one segment (MATCHENV_ARCHIVE_SEGMENT_BYTES; set when the archive is "
                                        "created).")
+
+    @property
+    def archive_max_age_seconds(self) -> float | None:
+        """``archive_max_age`` in seconds (RabbitMQ's units: Y 365 days, M 30 days); None when there is no
+        archive."""
+        if self.archive == "off":
+            return None
+        return int(self.archive_max_age[:-1]) * _AGE_UNITS[self.archive_max_age[-1]]
 
     @field_validator("queue_pattern")
     @classmethod
