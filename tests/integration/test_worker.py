@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from celery import Celery
@@ -78,6 +79,24 @@ def test_origin_protocol1_body_is_stored(env: Environment, workers: Callable[...
     workers()
     env.publish([protocol1_body(make_match(10))])
     wait_for(lambda: rows(database, "external_match_id = 'mlsnext_10'") == 1, what="protocol-1 match stored")
+
+
+def test_a_connection_the_broker_closes_is_counted_and_consuming_resumes(
+        rabbitmq: RabbitMQNode, env: Environment, workers: Callable[..., WorkerProcess], database: str) -> None:
+    """As when a broker node restarts or an operator closes connections: the worker comes back on its own."""
+    worker = workers()
+    assert worker.metric("matchenv_worker_broker_connects_total") == 1
+    env.publish([protocol1_body(make_match(20))])
+    wait_for(lambda: rows(database, "external_match_id = 'mlsnext_20'") == 1, what="stored before")
+    user = env.topology.names.broker_user
+    mine = wait_for(lambda: [c["name"] for c in env.admin._request("GET", "/api/connections")
+                             if c.get("user") == user], timeout=30, what=f"{user}'s connections listed")
+    for name in mine:
+        env.admin._request("DELETE", f"/api/connections/{quote(name, safe='')}")
+    wait_for(lambda: worker.metric("matchenv_worker_broker_connects_total") >= 2, timeout=60,
+             what="the worker reconnected")
+    env.publish([protocol1_body(make_match(21))])
+    wait_for(lambda: rows(database, "external_match_id = 'mlsnext_21'") == 1, timeout=60, what="stored after")
 
 
 def test_send_task_from_another_celery_client_is_stored(rabbitmq: RabbitMQNode, env: Environment,

@@ -162,6 +162,7 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         """Celery's handler, except that our task's messages, and those that name no task in their headers (protocol
         1, or no task message at all), go to the batches; other tasks' as Celery does."""
         default: Callable[[Any], None] = super().create_task_handler(*args, **kwargs)
+        metrics.BROKER_CONNECTS.inc()  # Celery asks for the handler each time its consumer (re)starts on a connection
         batcher = self._runtime().batcher
         batcher.schedule = self.call_soon_ack  # acks are written by this consumer's event loop
         # Celery notices a SIGTERM only when its event loop wakes, which an idle worker did every ~10 s: a timer

@@ -33,6 +33,9 @@ END_TO_END = Histogram("matchenv_worker_end_to_end_seconds",
                        "From the scrape's stamp (x-matchenv-scraped-at, the publisher's clock) to the match's commit, "
                        "by outcome.", ["outcome"],
                        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0))
+BROKER_CONNECTS = Counter("matchenv_worker_broker_connects_total",
+                          "Times the worker connected to the broker and began consuming: 1 at start, one more each "
+                          "time it lost its connection and came back.")
 NEWEST_STORED = Gauge("matchenv_worker_newest_stored_scrape_timestamp_seconds",
                       "The newest scrape stamp among the matches this worker stored since it started (Unix time); "
                       "0 before the first.")
