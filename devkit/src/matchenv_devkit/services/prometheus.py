@@ -112,43 +112,24 @@ class PrometheusServer:
     def stop(self) -> None:
         self.process.stop(timeout=15)
 
-    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
-        """The instant vector ``expr`` evaluates to (ValueError with Prometheus's message when it does not parse)."""
-        params = {"query": expr, **({"time": str(at)} if at is not None else {})}
-        answer = requests.get(f"{self.url}/api/v1/query", params=params, timeout=10).json()
+    def _api(self, path: str, params: dict[str, str] | None = None, timeout: float = 10) -> Any:
+        """The ``data`` of one HTTP API answer (ValueError with Prometheus's message when it refused the call)."""
+        answer = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=timeout).json()
         if answer.get("status") != "success":
-            raise ValueError(f"{expr!r}: {answer.get('errorType')}: {answer.get('error')}")
-        result: list[dict[str, Any]] = answer["data"]["result"]
+            raise ValueError(f"{path} {params}: {answer.get('errorType')}: {answer.get('error')}")
+        return answer["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """The instant vector ``expr`` evaluates to now."""
+        result: list[dict[str, Any]] = self._api("query", {"query": expr})["result"]
         return result
 
     def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
         params = {"query": expr, "start": str(start), "end": str(end), "step": str(step)}
-        answer = requests.get(f"{self.url}/api/v1/query_range", params=params, timeout=30).json()
-        if answer.get("status") != "success":
-            raise ValueError(f"{expr!r}: {answer.get('errorType')}: {answer.get('error')}")
-        result: list[dict[str, Any]] = answer["data"]["result"]
+        result: list[dict[str, Any]] = self._api("query_range", params, timeout=30)["result"]
         return result
 
-    def alerts(self) -> list[dict[str, Any]]:
-        """The alerts pending or firing now."""
-        answer = requests.get(f"{self.url}/api/v1/alerts", timeout=10).json()
-        found: list[dict[str, Any]] = answer["data"]["alerts"]
-        return found
-
     def firing(self, alertname: str) -> list[dict[str, str]]:
-        return [a["labels"] for a in self.alerts() if a["labels"].get("alertname") == alertname
-                and a["state"] == "firing"]
-
-    def targets_up(self) -> dict[str, bool]:
-        """Each active target's scrape URL: whether its last scrape succeeded."""
-        answer = requests.get(f"{self.url}/api/v1/targets", timeout=10).json()
-        return {t["scrapeUrl"]: t["health"] == "up" for t in answer["data"]["activeTargets"]}
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.process.log().splitlines()[-lines:])
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        """The labels of each ``alertname`` alert firing now (not those still pending)."""
+        alerts: list[dict[str, Any]] = self._api("alerts")["alerts"]
+        return [a["labels"] for a in alerts if a["labels"].get("alertname") == alertname and a["state"] == "firing"]
