@@ -21,6 +21,8 @@ command -v buildah >/dev/null 2>&1 || need+=(buildah)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || ls /usr/lib/*/libc.a >/dev/null 2>&1 || need+=(libc6-dev)
 # the monitoring tests: promtool checks the alert rules, a real Prometheus scrapes a running stack
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# the Flower test opens Flower's pages in a headless browser
+command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-liberation)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

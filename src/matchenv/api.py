@@ -110,8 +110,8 @@ class ExchangeSpec(_Model):
 
 
 DERIVED_NAME_MESSAGE = (f"queue.name must not end with {', '.join(DERIVED_SUFFIXES)}: matchenv derives those names "
-                        "for its own objects (dead-letter queues and exchanges, backfill, subset and archive "
-                        "exchanges), and a queue of such a name would give its user rights on them")
+                        "for its own objects (dead-letter queues and exchanges, backfill, subset, archive and "
+                        "task-event exchanges), and a queue of such a name would give its user rights on them")
 
 
 class QueueSpec(_Model):
@@ -341,6 +341,14 @@ class WorkersSpec(_Model):
         "saying so.",
     )
     concurrency: int = Field(1, ge=1, le=64, description="Celery worker processes per pod.")
+    task_events: bool = Field(
+        False,
+        alias="taskEvents",
+        description="Send Celery task and heartbeat events, for Flower, to this environment's own exchange "
+        "<queue>.events: the workers' broker user gets exactly that right more, and the operator keeps a second "
+        "user that can only read those events, in Secret <name>-events (keys url, username, password, "
+        "events-exchange) for a Flower Deployment ('matchenv flower'). Off: no events, no such user.",
+    )
     database_secret_ref: SecretRef = Field(
         ...,
         alias="databaseSecretRef",
@@ -593,6 +601,9 @@ class MatchEnvironmentStatus(_Model):
         None, description="Where its broker objects live; after a change of queue name, vhost or broker the old "
         "place keeps this until the old queue is unbound (and deleted under deletionPolicy Delete) and the old "
         "permissions are gone.")
+    events_secret: str | None = Field(
+        None, alias="eventsSecret", description="With spec.workers.taskEvents: the Secret with the broker user "
+        "that reads this environment's task events (for 'matchenv flower'); gone when taskEvents is turned off.")
     last_error: str | None = Field(None, alias="lastError", description="The last reconcile error, if any.")
     conditions: list[Condition] | None = Field(
         None,

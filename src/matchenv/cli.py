@@ -141,6 +141,27 @@ def worker(
     create_app(config).worker_main(worker_argv(config, loglevel.upper(), quiet=as_json))
 
 
+@app.command()
+def flower(
+    port: int = typer.Option(5555, "--port", min=1, max=65535, envvar="FLOWER_PORT",
+                             help="Port Flower serves its pages on."),
+    address: str = typer.Option("0.0.0.0", "--address", help="Address to listen on."),
+    url_prefix: str = typer.Option("", "--url-prefix", help="Serve under this path (behind a proxy)."),
+) -> None:
+    """Serve Flower on one environment's task events (spec.workers.taskEvents), with its Secret <env>-events: the
+    broker URL in CELERY_BROKER_URL (key url), the exchange in MATCHENV_EVENTS_EXCHANGE (key events-exchange)."""
+    from matchenv.contracts import ENV_BROKER_URL, ENV_EVENTS_EXCHANGE
+    from matchenv.flower import flower_app, flower_argv
+
+    missing = [name for name in (ENV_BROKER_URL, ENV_EVENTS_EXCHANGE) if not os.environ.get(name)]
+    if missing:
+        _echo_err(f"error: {' and '.join(missing)} not set: take them from the environment's Secret <env>-events "
+                  "(keys url and events-exchange), which the operator writes when spec.workers.taskEvents is true")
+        raise typer.Exit(2)
+    app = flower_app(os.environ[ENV_BROKER_URL], os.environ[ENV_EVENTS_EXCHANGE])
+    app.start(flower_argv(port, address, url_prefix))
+
+
 @db_app.command("migrate")
 def db_migrate(
     database_url: str | None = typer.Option(None, help="PostgreSQL URL (env DATABASE_URL)."),

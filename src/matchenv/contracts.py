@@ -43,8 +43,8 @@ OWNER_ARGUMENT = "x-matchenv-owner"
 # environment's queue may carry one: its user's permissions (regexes over queues *and* exchanges) would reach an
 # object another environment owns, or the shared feed's.
 DLQ_SUFFIX, DLX_SUFFIX, BACKFILL_SUFFIX = ".dlq", ".dlx", ".backfill"
-TOPIC_SUFFIX, ARCHIVE_SUFFIX = ".topic", ".archive"
-DERIVED_SUFFIXES = (DLQ_SUFFIX, DLX_SUFFIX, BACKFILL_SUFFIX, TOPIC_SUFFIX, ARCHIVE_SUFFIX)
+TOPIC_SUFFIX, ARCHIVE_SUFFIX, EVENTS_SUFFIX = ".topic", ".archive", ".events"
+DERIVED_SUFFIXES = (DLQ_SUFFIX, DLX_SUFFIX, BACKFILL_SUFFIX, TOPIC_SUFFIX, ARCHIVE_SUFFIX, EVENTS_SUFFIX)
 
 
 def derived_suffix(name: str) -> str | None:
@@ -93,6 +93,13 @@ def routing_key(match: Mapping[str, Any]) -> str:
     return ".".join(word(match.get(key)) for key in ("age_group", "league", "division"))
 
 
+def events_exchange(queue: str) -> str:
+    """The topic exchange an environment's workers send their Celery task events to (``spec.workers.taskEvents``),
+    and the prefix of everything its Flower declares: Celery's ``event_exchange``, ``event_queue_prefix`` and
+    ``control_exchange`` alike (its broadcasts go to ``<queue>.events.pidbox``, which no worker reads)."""
+    return f"{queue}{EVENTS_SUFFIX}"
+
+
 def queue_arguments(queue_type: str, owner: str) -> dict[str, Any]:
     """Declare-time arguments of an environment's queue, the same from the operator and the worker: the type and
     the owner (none for a worker run by hand). Everything that may change (length, TTL, dead-lettering, delivery
@@ -111,6 +118,8 @@ ENV_DEAD_LETTER_EXCHANGE = "MATCHENV_DEAD_LETTER_EXCHANGE"
 ENV_METRICS_PORT = "MATCHENV_METRICS_PORT"
 ENV_CONCURRENCY = "MATCHENV_CONCURRENCY"
 ENV_PREFETCH = "MATCHENV_PREFETCH"
+ENV_TASK_EVENTS = "MATCHENV_TASK_EVENTS"  # "true": send Celery task events to events_exchange(queue)
+ENV_EVENTS_EXCHANGE = "MATCHENV_EVENTS_EXCHANGE"  # ``matchenv flower``: the exchange to read them from
 ENV_DATABASE_URL = "DATABASE_URL"
 ENV_MIGRATE = "MATCHENV_MIGRATE"
 ENV_SUPABASE_URL = "SUPABASE_URL"
@@ -124,6 +133,8 @@ BROKER_ADMIN_KEYS = ("url", "management-url", "username", "password")
 WORKER_SECRET_URL = "url"
 WORKER_SECRET_USERNAME = "username"
 WORKER_SECRET_PASSWORD = "password"
+# ... and the events Secret ``<env>-events`` (Flower's, when the workers send task events) has those three and this
+EVENTS_SECRET_EXCHANGE = "events-exchange"
 # a database Secret needs one of these key sets
 DATABASE_KEY_SETS = ((ENV_DATABASE_URL,), (ENV_SUPABASE_URL, "SUPABASE_KEY"),
                      (ENV_SUPABASE_URL, "SUPABASE_SERVICE_KEY"))

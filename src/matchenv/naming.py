@@ -12,6 +12,7 @@ from matchenv.contracts import (
     DLQ_SUFFIX,
     DLX_SUFFIX,
     TOPIC_SUFFIX,
+    events_exchange,
     legacy_owner_id,
     owner_id,
 )
@@ -22,6 +23,7 @@ ENV_LABEL = f"{API_GROUP}/environment"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 WORKER_COMPONENT = "worker"
 BACKFILL_COMPONENT = "backfill"
+EVENTS_COMPONENT = "events"  # the Secret Flower reads an environment's task events with
 SECRETS_HASH_ANNOTATION = f"{API_GROUP}/secrets-hash"
 # on the MatchEnvironment: the worker count the autoscaler last wrote; a spec.workers.replicas that differs was set by
 # someone else (kubectl scale, an apply of a file that names replicas)
@@ -108,6 +110,7 @@ def archive_policy_name(exchange: str) -> str:
 
 
 BACKFILL_USER_PREFIX = "matchenv-backfill."
+EVENTS_USER_PREFIX = "matchenv-events."
 
 
 def broker_secret_name(environment: str) -> str:
@@ -174,6 +177,20 @@ class EnvironmentNames:
     @property
     def backfill_secret(self) -> str:
         return f"{self.name}-backfill"
+
+    @property
+    def events_exchange(self) -> str:
+        """Where the workers send Celery task events (``spec.workers.taskEvents``); Flower's names start with it."""
+        return events_exchange(self.queue)
+
+    @property
+    def events_user(self) -> str:
+        """Flower's broker user: reads the task events, nothing else."""
+        return f"{EVENTS_USER_PREFIX}{self.cluster}.{self.namespace}.{self.name}"
+
+    @property
+    def events_secret(self) -> str:
+        return f"{self.name}-events"
 
     def backfill_job(self, request: str, attempt: int) -> str:
         return f"{self.name[:40]}-backfill-{request[:8]}-{attempt}"  # a Job's name is a label value: 63 at most

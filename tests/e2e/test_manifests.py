@@ -52,6 +52,25 @@ def test_every_kustomization_builds_and_the_api_server_accepts_it(crd_installed:
     assert result.returncode == 0, result.stderr
 
 
+def test_the_flower_component_turns_prods_task_events_on_and_runs_flower_with_its_events_secret(
+        crd_installed: Kubectl, manifests: Path) -> None:
+    kubectl = crd_installed
+    with_flower = manifests / "with-flower"
+    with_flower.mkdir()
+    (with_flower / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["../environments/prod"], "components": ["../components/flower"]}))
+    built = [d for d in yaml.safe_load_all(kubectl.run("kustomize", str(with_flower)).stdout) if d]
+    by_kind = {d["kind"]: d for d in built}
+    assert by_kind["MatchEnvironment"]["spec"]["workers"]["taskEvents"] is True
+    container = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["matchenv", "flower"]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]} == {"prod-events"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    result = kubectl.run("apply", "-k", str(with_flower), "--dry-run=server", "-n", "default", check=False)
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_local_overlay_holds_what_users_run(manifests: Path, crd_installed: Kubectl) -> None:
     docs = [d for d in yaml.safe_load_all(crd_installed.run("kustomize", str(manifests / "overlays/local")).stdout)
             if d]
@@ -143,6 +162,8 @@ VALUE_SETS = {
     "monitoring": ["--set", "rabbitmq.enabled=true", "--set", "monitoring.podMonitors=true",
                    "--set", "monitoring.prometheusRule=true", "--set", "monitoring.dashboard=true",
                    "--set", "monitoring.labels.release=kube-prometheus-stack"],
+    "flower": ["--set", "flower.environments[0].name=prod",
+               "--set", "flower.environments[1].name=dev", "--set", "flower.environments[1].namespace=team-a"],
 }
 
 
@@ -212,6 +233,12 @@ def test_the_chart_renders_what_the_api_servers_accept(values: str, crd_installe
         dashboard = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rel-dashboard")
         assert dashboard["data"]["matchenv.json"] == (ROOT / "manifests/components/monitoring/dashboard.json"
                                                       ).read_text()
+    if values == "flower":
+        flowers = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in docs
+                   if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-flower")}
+        assert set(flowers) == {("matchenv-system", "prod-flower"), ("team-a", "dev-flower")}
+        env = flowers[("team-a", "dev-flower")]["spec"]["template"]["spec"]["containers"][0]["env"]
+        assert {e["valueFrom"]["secretKeyRef"]["name"] for e in env} == {"dev-events"}
     for kubectl in (crd_installed, oldest):
         for ns in ("matchenv-system", "team-a", "team-b"):
             kubectl.run("create", "namespace", ns, check=False)

@@ -30,6 +30,7 @@ from matchenv.naming import ENV_LABEL
 from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.cluster.processrunner import ProcessRunner
 from matchenv_devkit.cluster.stack import LocalStack
+from matchenv_devkit.services.browser import count, flower_workers
 from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.process import wait_for
 from matchenv_devkit.services.prometheus import PrometheusServer, dashboard_queries, rules
@@ -136,7 +137,7 @@ def test_three_environments_of_one_feed_are_level_and_every_query_has_series(wat
     pipeline = watched.pipeline
     # prod and dev as manifests/environments ship them; staging without its backfill (the session's archive holds
     # what earlier tests published: replayed, it would count twice here)
-    pipeline.apply("prod")
+    _apply_prod_with_flower(pipeline, watched.prometheus.state_dir.parent / "with-flower")
     pipeline.apply("dev")
     pipeline.apply("staging", workers={"replicas": 1})
     pipeline.wait_ready(*ENVIRONMENTS)
@@ -157,6 +158,8 @@ def test_three_environments_of_one_feed_are_level_and_every_query_has_series(wat
                  what=f"{name}'s gauges equal to the broker's counts")
     wait_for(lambda: watched.prometheus.firing("MatchEnvironmentDeadLettersGrowing"), timeout=60,
              what="dead letters growing, firing")
+
+    _flower_shows_prods_workers(watched, processed=MATCHES + 1)
 
     missing: dict[str, str] = {}
     for query, expr in {**dashboard_queries(), **_recording_rules()}.items():
@@ -203,6 +206,34 @@ def test_paused_dev_falls_behind_by_what_was_scraped_pages_and_catches_up(watche
         assert pipeline.duplicates(name) == 0
     _draw(watched, Path(os.environ.get("MATCHENV_DOCS_PICTURE", "")) if os.environ.get("MATCHENV_DOCS_PICTURE")
           else None)
+
+
+def _apply_prod_with_flower(pipeline: Pipeline, into: Path) -> None:
+    """prod as manifests/environments ships it, with manifests/components/flower: its task events on, and Flower's
+    Deployment reading them with the Secret the operator writes."""
+    pipeline.database("prod")
+    into.mkdir()
+    shutil.copy(ROOT / "manifests/environments/prod/matchenvironment.yaml", into)
+    shutil.copytree(ROOT / "manifests/components/flower", into / "flower")
+    (into / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": ["matchenvironment.yaml"], "components": ["flower"]}))
+    pipeline.kubectl.run("apply", "-k", str(into))
+
+
+def _flower_shows_prods_workers(watched: Watched, processed: int) -> None:
+    """Flower's workers page in headless Chromium (Debian's): prod's workers online, with everything they took."""
+    runner = cast(ProcessRunner, watched.pipeline.agent.runner)  # type: ignore[union-attr]
+    [port] = [p for p, pod in runner.ports("http") if pod.labels.get("matchenv.io/flower") == "prod"]
+    url = f"http://127.0.0.1:{port}/workers"
+
+    def page() -> tuple[str, ...] | None:
+        cells = flower_workers(url)
+        prod = [c for c in cells if c[0].startswith("matchenv-prod@")]
+        return prod[0] if prod and prod[0][1] == "Online" and count(prod[0][3]) >= processed else None
+
+    row = wait_for(page, timeout=90, what=f"Flower listing prod's workers online, {processed} processed")
+    assert count(row[4]) == 1, row  # failed: the odd message, dead-lettered
 
 
 def _status(pipeline: Pipeline) -> list[dict[str, Any]]:

@@ -48,8 +48,11 @@ def make_env(rabbitmq: RabbitMQNode) -> Iterator[Callable[..., Environment]]:
         for queue in (environment.queue, environment.dlq):
             admin.delete_queue("/", queue)
         admin.delete_exchange("/", environment.topology.exchange)
-        admin.delete_exchange("/", environment.topology.names.dead_letter_exchange)
-        admin.delete_user(environment.topology.names.broker_user)
+        names, events = environment.topology.names, environment.topology.events is not None
+        for exchange in (names.dead_letter_exchange, *((names.events_exchange,) if events else ())):
+            admin.delete_exchange("/", exchange)
+        for user in (names.broker_user, *((names.events_user,) if events else ())):
+            admin.delete_user(user)
 
 
 @pytest.fixture

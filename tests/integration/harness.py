@@ -68,9 +68,13 @@ class Environment:
         self.topology: DesiredTopology = desired_topology(
             CLUSTER, "itest", name, MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
         self.password = uuid.uuid4().hex
-        apply_plan(self.admin, plan_converge(self.topology, self.admin.snapshot(), self.password))
+        self.events_password = uuid.uuid4().hex if self.topology.events else ""  # Flower's (taskEvents)
+        apply_plan(self.admin, plan_converge(self.topology, self.admin.snapshot(), self.password,
+                                             events_password=self.events_password))
         self.url = worker_amqp_url(f"amqp://127.0.0.1:{ep.amqp_port}", self.topology.names.broker_user,
                                    self.password, "/")
+        self.events_url = worker_amqp_url(f"amqp://127.0.0.1:{ep.amqp_port}", self.topology.names.events_user,
+                                          self.events_password, "/")
 
     @property
     def queue(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -530,3 +531,60 @@ def test_a_removal_of_what_is_gone_already_is_done_and_other_actions_still_fail(
                     "deleted broker user u (gone already)"]
     with pytest.raises(ApplyError):
         apply_plan(broker, Plan((Bind("/", "no-such-exchange", "matches.x", ""),)))
+
+
+WORKERS = {"image": "matchenv:0.1.0", "databaseSecretRef": {"name": "db"}}
+
+
+def test_task_events_add_their_exchange_and_a_user_that_only_reads_them() -> None:
+    broker = SimulatedBroker()
+    want = desired(workers={**WORKERS, "taskEvents": True})
+    plan = plan_converge(want, broker.snapshot(want.scope()), "secret-pw", events_password="flower-pw")
+    apply_plan(broker, plan)
+    events = broker.exchanges[("/", "matches.staging.events")]
+    assert (events.type, events.owner) == ("topic", OWNER)
+    worker = broker.permissions[(want.names.broker_user, "/")]
+    assert worker.configure == r"^matches\.staging$|^matches\.staging\.events$"
+    assert worker.write == r"^matches\.staging\.dlx$|^matches\.staging\.events$"
+    assert worker.read == r"^matches\.staging$"  # the worker reads no event
+    flower = broker.permissions[(want.names.events_user, "/")]
+    uuid = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    for name, rights in {"matches.staging.events": "cr", f"matches.staging.events.{uuid}": "cwr",
+                         "matches.staging.events.pidbox": "cwr", "reply.matches.staging.events.pidbox": "cwr",
+                         f"{uuid}.reply.matches.staging.events.pidbox": "cwr", "matches.staging": "",
+                         "matches.staging.dlq": "", "matches-fanout": "", "celery.pidbox": "", "celeryev": "",
+                         "matches.staging.events.x": "", "matches.other.events": ""}.items():
+        held = "".join(k for k, pattern in (("c", flower.configure), ("w", flower.write), ("r", flower.read))
+                       if re.fullmatch(pattern.replace("^", "").replace("$", ""), name))
+        assert held == rights, f"{name}: {held!r}, want {rights!r}"
+    again = plan_converge(want, broker.snapshot(want.scope()), "secret-pw", events_password="flower-pw")
+    assert again == Plan()
+
+
+def test_task_events_turned_off_take_their_user_and_own_exchange_away() -> None:
+    broker = SimulatedBroker()
+    on = desired(workers={**WORKERS, "taskEvents": True})
+    apply_plan(broker, plan_converge(on, broker.snapshot(on.scope()), "secret-pw", events_password="flower-pw"))
+    off = desired_topology(CLUSTER, "default", "staging", MatchEnvironmentSpec.model_validate(
+        environment("staging")["spec"]), events_were_on=True)
+    apply_plan(broker, plan_converge(off, broker.snapshot(off.scope()), "secret-pw"))
+    assert on.names.events_user not in broker.users
+    assert ("/", "matches.staging.events") not in broker.exchanges
+    assert broker.permissions[(on.names.broker_user, "/")].configure == r"^matches\.staging$"
+    assert_converged(broker, off)
+
+
+def test_an_events_exchange_someone_else_made_is_a_problem_and_never_deleted() -> None:
+    broker = SimulatedBroker()
+    broker.declare_exchange("/", "matches.staging.events", "topic")  # no marker: not this environment's
+    want = desired(workers={**WORKERS, "taskEvents": True})
+    plan = plan_converge(want, broker.snapshot(want.scope()), "secret-pw", events_password="flower-pw")
+    assert any("matches.staging.events exists" in p for p in plan.problems)
+    leftover = replace(desired(), events_leftover=True)
+    removal = plan_remove(leftover, broker.snapshot(leftover.scope()), delete_queue=True)
+    assert not any(isinstance(a, DeleteExchange) and a.name == "matches.staging.events" for a in removal.actions)
+
+
+def test_a_queue_named_like_an_events_exchange_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"\.events"):
+        desired(queue={"name": "matches.prod.events"})

@@ -263,3 +263,49 @@ def test_a_broker_that_cannot_be_reached_is_an_outcome_not_an_exception(world: W
     outcome = converge_topology(world.services, world.context("prod"))
     assert (outcome.error_reason, outcome.observation) == ("BrokerUnreachable", None)
     assert [e[1] for e in world.kube.events] == ["BrokerUnreachable"]
+
+
+WORKERS = {"image": "matchenv:0.1.0", "databaseSecretRef": {"name": "matchenv-db-prod"}}
+
+
+def _secret(world: World, name: str) -> dict[str, str]:
+    secret = world.kube.secrets[("default", name)]
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()} or dict(
+        secret.get("stringData") or {})
+
+
+def test_task_events_give_flower_a_secret_and_a_user_of_its_own_and_turned_off_take_both_away(world: World) -> None:
+    world.add("prod", workers={**WORKERS, "taskEvents": True})
+    world.converge("prod")
+    assert world.reason("prod") == "Converged"
+    assert world.status("prod")["eventsSecret"] == "prod-events"
+    data = _secret(world, "prod-events")
+    assert data["username"] == "matchenv-events.c1.default.prod"
+    assert data["events-exchange"] == "matches.prod.events"
+    assert data["url"].startswith("amqp://matchenv-events.c1.default.prod:")
+    assert world.broker.users["matchenv-events.c1.default.prod"].has_password(data["password"])
+    env = {e["name"]: e.get("value") for e in
+           world.kube.deployments[("default", "prod-workers")]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MATCHENV_TASK_EVENTS"] == "true"
+    writes = dict(world.kube.writes)
+    world.converge("prod")
+    assert dict(world.kube.writes) == writes  # nothing more to write
+    world.kube.environments[("default", "prod")]["spec"]["workers"]["taskEvents"] = False
+    world.converge("prod")
+    assert "eventsSecret" not in world.status("prod")
+    assert ("default", "prod-events") not in world.kube.secrets
+    assert "matchenv-events.c1.default.prod" not in world.broker.users
+    assert ("/", "matches.prod.events") not in world.broker.exchanges
+    env = {e["name"] for e in
+           world.kube.deployments[("default", "prod-workers")]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "MATCHENV_TASK_EVENTS" not in env
+
+
+def test_an_events_secret_someone_else_made_is_left_alone_and_said(world: World) -> None:
+    world.kube.add_secret("default", "prod-events", {"url": "amqp://theirs"})
+    world.add("prod", workers={**WORKERS, "taskEvents": True})
+    world.converge("prod")
+    assert "Secret prod-events exists and is not this environment's" in world.status("prod")["lastError"]
+    assert "matchenv-events.c1.default.prod" not in world.broker.users
+    assert "ownerReferences" not in world.kube.secrets[("default", "prod-events")]["metadata"]
+    assert ("/", "matches.prod") in world.broker.queues  # the rest goes on

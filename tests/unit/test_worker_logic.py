@@ -20,6 +20,7 @@ from matchenv.workers.batches import Batcher, Verdict
 from matchenv.workers.config import WorkerConfig, WorkerConfigError
 from matchenv.workers.parsing import scraped_at
 from matchenv.workers.stores import Outcome, StoreUnavailable, TransientStoreError
+from matchenv_devkit.services.process import wait_for
 
 ENV = {"CELERY_BROKER_URL": "amqp://u:p@broker:5672/%2F", "MATCHENV_QUEUE": "matches.dev",
        "DATABASE_URL": "postgresql://app:pw@db:5432/dev"}
@@ -387,3 +388,46 @@ def test_a_stored_match_says_how_fresh_it_was_and_the_newest_stamp_stored() -> N
     assert _sample("matchenv_worker_newest_stored_scrape_timestamp_seconds") == scraped.timestamp()
     handle(rt, MATCH, batcher=batcher)  # no stamp (an older publisher): stored, not timed
     assert _sample("matchenv_worker_end_to_end_seconds_count", outcome="created") == count + 2
+
+
+class AckableMessage(TaskMessage):
+    acked = 0
+
+    def ack(self) -> None:
+        self.acked += 1
+
+
+def test_task_events_tell_flower_what_became_of_each_message_after_it_is_acked() -> None:
+    rt = runtime(ScriptedStore(outcome="created"), MATCHENV_TASK_EVENTS="true")
+    sent: list[tuple[str, str, str]] = []
+    batcher = Batcher(rt)
+    batcher.send_event = lambda type_, fields: sent.append(
+        (type_, fields["uuid"], str(fields.get("result") or fields.get("exception") or "")))
+    good, bad = AckableMessage((MATCH,), {}, task_id="good"), AckableMessage((), {}, task_id="bad")
+    batcher.schedule = lambda flush: flush()  # as the consumer's loop would, on the storing thread here
+    batcher.submit(good)
+    batcher.submit(bad)
+    wait_for(lambda: len(sent) >= 4, timeout=10, what="four task events")
+    batcher.stop(5)
+    assert (good.acked, bad.acked) == (1, 1)
+    by_task = {u: [(t, told) for t, u2, told in sent if u2 == u] for u in ("good", "bad")}
+    assert by_task["good"] == [("task-received", ""), ("task-succeeded", "'created'")]
+    [(received, _), (failed, why)] = by_task["bad"]
+    assert (received, failed) == ("task-received", "task-failed")
+    assert why.startswith("dead-lettered (invalid): expected one match object")
+
+
+def test_task_events_are_sent_only_when_asked_for_with_heartbeats_and_to_the_environments_exchange() -> None:
+    from matchenv.workers.app import create_app
+
+    quiet = WorkerConfig.from_env(ENV)
+    assert "--without-heartbeat" in worker_argv(quiet)
+    assert "--task-events" not in worker_argv(quiet)
+    assert create_app(quiet).conf.worker_send_task_events is False
+    told = WorkerConfig.from_env({**ENV, "MATCHENV_TASK_EVENTS": "true"})
+    assert "--task-events" in worker_argv(told)
+    assert "--without-heartbeat" not in worker_argv(told)
+    conf = create_app(told).conf
+    assert conf.worker_send_task_events is True
+    assert conf.event_exchange == conf.control_exchange == "matches.dev.events"
+    assert conf.worker_enable_remote_control is False

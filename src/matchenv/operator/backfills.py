@@ -14,16 +14,14 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from matchenv.api import BackfillPhase, BackfillSpec, MatchEnvironmentSpec
-from matchenv.connection import decode_secret_data
-from matchenv.contracts import WORKER_SECRET_PASSWORD
 from matchenv.naming import BACKFILL_COMPONENT, COMPONENT_LABEL, ENV_LABEL, EnvironmentNames
 from matchenv.operator import builders
+from matchenv.operator.extra_users import extra_user_password
 from matchenv.operator.kube import Kube
 from matchenv.operator.status import rfc3339
 from matchenv.operator.tenancy import owned_by
@@ -96,10 +94,6 @@ def termination(pods: list[Obj]) -> tuple[dict[str, Any], str]:
     return (said if isinstance(said, dict) else {}), reason
 
 
-class BackfillSecretNotOwned(Exception):
-    """Secret ``<env>-backfill`` exists and is someone else's: the backfill waits, the environment goes on."""
-
-
 @dataclass(frozen=True)
 class BackfillOutcome:
     status: Obj | None  # status.backfill; None: no backfill asked for
@@ -120,18 +114,11 @@ class Backfills:
         return f"{ENV_LABEL}={names.name},{COMPONENT_LABEL}={BACKFILL_COMPONENT}"
 
     def password(self, env: Obj, names: EnvironmentNames, owner: Obj, broker_url: str, vhost: str, uid: str) -> str:
-        """The backfill user's password, from Secret ``<env>-backfill`` (minted once, written before the user)."""
-        secret = self.kube.get_secret(names.namespace, names.backfill_secret)
-        data = decode_secret_data((secret or {}).get("data")) if owned_by(secret, uid) else {}
-        password = data.get(WORKER_SECRET_PASSWORD) or secrets.token_urlsafe(24)
-        body = builders.build_backfill_secret(names, owner, broker_url, password, vhost)
-        if data != body["stringData"]:
-            if secret is not None and not owned_by(secret, uid):
-                raise BackfillSecretNotOwned(f"Secret {names.backfill_secret} exists and is not this "
-                                             "environment's: the backfill cannot have its credentials (rename or "
-                                             "delete that Secret)")
-            self.kube.apply_secret(body)
-        return password
+        """The backfill user's password, from Secret ``<env>-backfill`` (raises
+        :class:`~matchenv.operator.extra_users.SecretNotOwned`)."""
+        return extra_user_password(
+            self.kube, names.namespace, names.backfill_secret, uid,
+            lambda password: builders.build_backfill_secret(names, owner, broker_url, password, vhost), "the backfill")
 
     def converge(self, env: Obj, spec: MatchEnvironmentSpec, names: EnvironmentNames, owner: Obj, archive: str,
                  bound: bool, delivered_so_far: int | None, archive_problem: str | None,

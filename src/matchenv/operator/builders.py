@@ -14,6 +14,7 @@ from matchenv.naming import (
     BACKFILL_COMPONENT,
     COMPONENT_LABEL,
     ENV_LABEL,
+    EVENTS_COMPONENT,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     SECRETS_HASH_ANNOTATION,
@@ -87,9 +88,9 @@ def _place(pod_spec: Obj, spec: MatchEnvironmentSpec) -> None:
         pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.workers.tolerations]
 
 
-def backfill_labels(names: EnvironmentNames) -> dict[str, str]:
+def backfill_labels(names: EnvironmentNames, component: str = BACKFILL_COMPONENT) -> dict[str, str]:
     """Not the workers' selector: a backfill pod is never counted as a worker."""
-    return {ENV_LABEL: names.name, COMPONENT_LABEL: BACKFILL_COMPONENT, "app.kubernetes.io/name": "matchenv",
+    return {ENV_LABEL: names.name, COMPONENT_LABEL: component, "app.kubernetes.io/name": "matchenv",
             "app.kubernetes.io/instance": names.name, MANAGED_BY_LABEL: MANAGED_BY}
 
 
@@ -104,6 +105,21 @@ def build_backfill_secret(names: EnvironmentNames, owner: Obj, broker_url: str, 
         "type": "Opaque",
         "stringData": {c.WORKER_SECRET_URL: worker_amqp_url(broker_url, names.backfill_user, password, vhost),
                        c.WORKER_SECRET_USERNAME: names.backfill_user, c.WORKER_SECRET_PASSWORD: password},
+    }
+
+
+def build_events_secret(names: EnvironmentNames, owner: Obj, broker_url: str, password: str, vhost: str) -> Obj:
+    """Secret ``<env>-events``: what a Flower Deployment (``matchenv flower``) needs to read this environment's task
+    events, with a user that can read them and nothing else."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": names.events_secret, "namespace": names.namespace,
+                     "labels": backfill_labels(names, EVENTS_COMPONENT), "ownerReferences": [owner]},
+        "type": "Opaque",
+        "stringData": {c.WORKER_SECRET_URL: worker_amqp_url(broker_url, names.events_user, password, vhost),
+                       c.WORKER_SECRET_USERNAME: names.events_user, c.WORKER_SECRET_PASSWORD: password,
+                       c.EVENTS_SECRET_EXCHANGE: names.events_exchange},
     }
 
 
@@ -163,6 +179,8 @@ def build_deployment(
         {"name": c.ENV_DEAD_LETTER_EXCHANGE,
          "value": names.dead_letter_exchange if spec.queue.dead_letter else ""},
         {"name": c.ENV_METRICS_PORT, "value": str(METRICS_PORT)},
+        # only when on: turning it on or off rolls the workers, and an upgrade leaves the others as they are
+        *([{"name": c.ENV_TASK_EVENTS, "value": "true"}] if workers.task_events else []),
     ]
     env += [e.model_dump(by_alias=True, exclude_none=True) for e in workers.env or []]
     container: Obj = {

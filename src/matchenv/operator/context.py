@@ -124,8 +124,10 @@ class Services:
             # done: its user (which may read the whole archive, more than a subset environment's own feed) and
             # its exchange go; a changed request makes them again
             broker_spec = spec.model_copy(update={"backfill": None})
+        events_were_on = bool((env.get("status") or {}).get("eventsSecret"))
         return Context(env, spec, desired_topology(self.cluster, meta["namespace"], meta["name"], broker_spec,
-                                                   backfill_ran=bool(state)), prefetched)
+                                                   backfill_ran=bool(state), events_were_on=events_were_on),
+                       prefetched)
 
     def event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:
         """Log and post an event on ``env``; an API server that refuses it costs the event only."""

@@ -46,6 +46,7 @@ class Observation:
     backfill_condition: tuple[bool, str, str] | None = None  # BackfillComplete (ok, reason, message)
     length_cap: int = 0  # the administrator's maximum queue length (MATCHENV_MAX_QUEUE_LENGTH), 0: none
     placement: dict[str, str] | None = None  # status.placement; None: as it was
+    events_secret: str | None = None  # status.eventsSecret ("": none); None: as it was
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -210,6 +211,8 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
     placement = seen.placement if seen.placement is not None else old_status.get("placement")
     if placement is not None:
         status["placement"] = placement
+    events_secret = seen.events_secret if seen.events_secret is not None else old_status.get("eventsSecret")
+    status["eventsSecret"] = events_secret or None  # None: removed by the merge patch
     if seen.topology is not None:
         status["messages"] = seen.topology.messages
         status["consumers"] = seen.topology.consumers

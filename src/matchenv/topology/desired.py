@@ -51,6 +51,26 @@ class DesiredBackfill:
 
 
 @dataclass(frozen=True)
+class DesiredEvents:
+    """What Celery task events need (``spec.workers.taskEvents``): the topic exchange the workers send them to
+    (declared by the operator with the environment's marker), and Flower's user, which may read them and declare
+    its own queues and broadcast exchange under that exchange's name, nothing else."""
+
+    exchange: str
+    permissions: DesiredPermissions
+
+
+def events_permissions(exchange: str) -> DesiredPermissions:
+    """Flower's rights: its event queues ``<exchange>.<uuid>`` bound to the events exchange, its broadcast exchange
+    ``<exchange>.pidbox`` (Flower's wake-up and inspect; no worker reads it) and the replies' exchange and queues.
+    Not the right to send events itself."""
+    e = broker_regex(exchange)[1:-1]  # escaped, unanchored
+    uuid = "[0-9a-f-]{36}"
+    own = f"{e}\\.({uuid}|pidbox)|reply\\.{e}\\.pidbox|{uuid}\\.reply\\.{e}\\.pidbox"
+    return DesiredPermissions(configure=f"^({e}|{own})$", write=f"^({own})$", read=f"^({e}|{own})$")
+
+
+@dataclass(frozen=True)
 class DesiredTopology:
     vhost: str
     exchange: str
@@ -66,6 +86,8 @@ class DesiredTopology:
     subset_exchange: str | None = None
     backfill: DesiredBackfill | None = None  # spec.backfill is set
     backfill_leftover: bool = False  # no backfill wanted, but one ran: its user and exchange are to be removed
+    events: DesiredEvents | None = None  # spec.workers.taskEvents
+    events_leftover: bool = False  # no task events wanted, but they were: Flower's user and the exchange go
 
     @property
     def binding_source(self) -> str:
@@ -95,11 +117,14 @@ class DesiredTopology:
         queues = (self.queue.name, self.names.dead_letter_queue)
         subset = (self.subset_exchange,) if self.subset_exchange else ()
         backfill = self.backfill is not None or self.backfill_leftover
+        events = self.events is not None or self.events_leftover
         return Scope(self.vhost, queues, (self.exchange, *subset, self.names.dead_letter_exchange,
                                           *((self.names.backfill_exchange,) if backfill else ()),
+                                          *((self.names.events_exchange,) if events else ()),
                                           self.queue.name),  # an exchange of the queue's name: NameReserved
                      (self.names.policy,),
-                     (self.names.broker_user, *((self.names.backfill_user,) if backfill else ())),
+                     (self.names.broker_user, *((self.names.backfill_user,) if backfill else ()),
+                      *((self.names.events_user,) if events else ())),
                      exchange_bindings=subset, legacy_users=self.names.legacy_users)
 
     def verification_scope(self) -> Scope:
@@ -119,9 +144,10 @@ class DesiredTopology:
 
 
 def desired_topology(cluster: str, namespace: str, name: str, spec: MatchEnvironmentSpec,
-                     backfill_ran: bool = False) -> DesiredTopology:
+                     backfill_ran: bool = False, events_were_on: bool = False) -> DesiredTopology:
     """What the broker should hold for the MatchEnvironment ``namespace/name`` of ``cluster`` (``backfill_ran``:
-    its status says a backfill ran, whose broker objects go once spec.backfill is gone)."""
+    its status says a backfill ran, whose broker objects go once spec.backfill is gone; ``events_were_on``: its
+    status names an events Secret, whose user and exchange go once spec.workers.taskEvents is off)."""
     queue_name = spec.queue.resolved_name(name)
     names = EnvironmentNames(cluster, namespace, name, queue_name)
     # A policy only when the broker has something to enforce: a length limit, a TTL, a quorum queue's delivery
@@ -145,6 +171,13 @@ def desired_topology(cluster: str, namespace: str, name: str, spec: MatchEnviron
     # The worker may declare (with identical arguments) and consume its own queue, and publish a malformed
     # message with its reason to its own dead-letter exchange. Nothing else: no default exchange, no other queue.
     write = broker_regex(names.dead_letter_exchange) if spec.queue.dead_letter else ""
+    configure = own_queue
+    events = None
+    if spec.workers.task_events:  # ... and declare and send to its task events' exchange
+        events = DesiredEvents(names.events_exchange, events_permissions(names.events_exchange))
+        own_events = broker_regex(names.events_exchange)
+        configure = f"{own_queue}|{own_events}"
+        write = f"{write}|{own_events}" if write else own_events
     keys = tuple(spec.queue.routing_keys or ()) or ("",)  # no keys: the one binding a fanout needs
     subset = subset_exchange_name(spec.exchange.name) if (
         spec.exchange.type.value == "fanout" and spec.queue.routing_keys) else None
@@ -168,11 +201,13 @@ def desired_topology(cluster: str, namespace: str, name: str, spec: MatchEnviron
         dead_letter=spec.queue.dead_letter,
         names=names,
         policy_definition=definition,
-        permissions=DesiredPermissions(configure=own_queue, write=write, read=own_queue),
+        permissions=DesiredPermissions(configure=configure, write=write, read=own_queue),
         adopt=spec.queue.adopt,
         subset_exchange=subset,
         backfill=backfill,
         backfill_leftover=backfill is None and backfill_ran,
+        events=events,
+        events_leftover=events is None and events_were_on,
     )
 
 

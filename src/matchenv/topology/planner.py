@@ -370,9 +370,9 @@ def plan_revoke(desired: DesiredTopology, snapshot: BrokerSnapshot) -> tuple[Act
 
 
 def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: str,
-                  backfill_password: str = "") -> Plan:
+                  backfill_password: str = "", events_password: str = "") -> Plan:
     """Actions that bring the broker to ``desired``; ``password`` is the environment user's (from its Secret),
-    ``backfill_password`` the backfill Job's (with spec.backfill).
+    ``backfill_password`` the backfill Job's (with spec.backfill), ``events_password`` Flower's (with task events).
 
     A refused environment gets no actions but the removal of any permissions its user holds on the vhost."""
     vhost, q = desired.vhost, desired.queue
@@ -437,6 +437,15 @@ def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: 
             actions += [DeleteExchange(vhost, backfill.exchange),
                         DeclareExchange(vhost, backfill.exchange, backfill.exchange_type, desired.owner)]
 
+    events = desired.events
+    if events is not None:
+        live_events = snapshot.exchanges.get((vhost, events.exchange))
+        if live_events is None:
+            actions.append(DeclareExchange(vhost, events.exchange, "topic", desired.owner))
+        elif live_events.type != "topic" or not desired.owns(live_events.owner):
+            problems.append(f"exchange {events.exchange} exists and is not this environment's topic exchange for "
+                            "task events (spec.workers.taskEvents); delete it or turn taskEvents off")
+
     actions += _binding_actions(desired, snapshot)
 
     if backfill is not None:
@@ -444,6 +453,12 @@ def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: 
                                  snapshot)
     elif desired.backfill_leftover:
         actions += _backfill_removal(desired, snapshot)
+    if events is not None:
+        if events_password:  # none: its Secret is someone else's (reported by the step)
+            actions += _user_actions(vhost, desired.names.events_user, events.permissions, events_password,
+                                     snapshot)
+    elif desired.events_leftover:
+        actions += _events_removal(desired, snapshot)
 
     actions += _user_actions(vhost, user, desired.permissions, password, snapshot)
     actions += _legacy_user_removal(desired, snapshot)  # after: the queue is claimed by the new user's rights
@@ -484,6 +499,18 @@ def _backfill_removal(desired: DesiredTopology, snapshot: BrokerSnapshot) -> lis
     exchange = snapshot.exchanges.get((vhost, names.backfill_exchange))
     if exchange is not None and desired.owns(exchange.owner):  # made by this environment (its marker) only
         actions.append(DeleteExchange(vhost, names.backfill_exchange))
+    return actions
+
+
+def _events_removal(desired: DesiredTopology, snapshot: BrokerSnapshot) -> list[Action]:
+    """Flower's user and the task events' exchange, when they exist and the exchange is this environment's."""
+    vhost, names = desired.vhost, desired.names
+    actions: list[Action] = []
+    if names.events_user in snapshot.users:
+        actions.append(DeleteUser(vhost, names.events_user))
+    exchange = snapshot.exchanges.get((vhost, names.events_exchange))
+    if exchange is not None and desired.owns(exchange.owner):
+        actions.append(DeleteExchange(vhost, names.events_exchange))
     return actions
 
 
@@ -593,8 +620,9 @@ def plan_remove(desired: DesiredTopology, snapshot: BrokerSnapshot, delete_queue
     actions: list[Action] = []
     if desired.names.broker_user in snapshot.users:
         actions.append(DeleteUser(vhost, desired.names.broker_user))
-    if desired.names.backfill_user in snapshot.users:
-        actions.append(DeleteUser(vhost, desired.names.backfill_user))
+    for extra in (desired.names.backfill_user, desired.names.events_user):
+        if extra in snapshot.users:
+            actions.append(DeleteUser(vhost, extra))
     refusal = check_ownership(desired, snapshot)
     if refusal is not None:
         return Plan(tuple(actions), refusal=refusal)
@@ -609,9 +637,10 @@ def plan_remove(desired: DesiredTopology, snapshot: BrokerSnapshot, delete_queue
             actions.append(DeleteExchange(vhost, desired.names.dead_letter_exchange))
         if (vhost, desired.names.policy) in snapshot.policies:
             actions.append(DeletePolicy(vhost, desired.names.policy))
-    backfill = snapshot.exchanges.get((vhost, desired.names.backfill_exchange))
-    if backfill is not None and desired.owns(backfill.owner):  # whatever the deletion policy: it holds nothing
-        actions.append(DeleteExchange(vhost, desired.names.backfill_exchange))
+    for exchange in (desired.names.backfill_exchange, desired.names.events_exchange):
+        made = snapshot.exchanges.get((vhost, exchange))
+        if made is not None and desired.owns(made.owner):  # whatever the deletion policy: they hold nothing
+            actions.append(DeleteExchange(vhost, exchange))
     return Plan(tuple(actions))
 
 
@@ -630,8 +659,8 @@ def plan_release(old: DesiredTopology, snapshot: BrokerSnapshot, delete_queue: b
         removal = plan_remove(old, snapshot, delete_queue=delete_queue).actions
         actions += [a for a in removal if not isinstance(a, DeleteUser)]
     if drop_user:
-        actions += [DeleteUser(vhost, user) for user in (old.names.broker_user, old.names.backfill_user)
-                    if user in snapshot.users]
+        actions += [DeleteUser(vhost, user) for user in (old.names.broker_user, old.names.backfill_user,
+                                                         old.names.events_user) if user in snapshot.users]
     elif clear_permissions and (old.names.broker_user, vhost) in snapshot.permissions:
         actions.append(ClearPermissions(vhost, old.names.broker_user))
     return Plan(tuple(actions), refusal=refusal)

@@ -3,7 +3,8 @@ message to the batches (:mod:`matchenv.workers.batches`, the one path from the q
 
 Delivery (DESIGN §6): late acks, a bounded prefetch (``MATCHENV_PREFETCH``, 256) stored in batches (see
 :mod:`matchenv.workers.batches`), reject on worker loss; JSON only; no result backend; remote control,
-events, gossip, mingle and heartbeat off so the environment's least-privilege user suffices. Nothing is lost and
+gossip, mingle and heartbeat off so the environment's least-privilege user suffices; task events only where the
+environment asks for them (to its own exchange). Nothing is lost and
 nothing loops: a message that cannot be decoded, names another task, fails validation or keeps failing in the store
 goes to the dead-letter exchange once with its reason; a database that is down is waited for with the message
 held (unacknowledged), never dead-lettered.
@@ -28,6 +29,7 @@ from matchenv.contracts import (
     REASON_MALFORMED,
     REASON_UNKNOWN_TASK,
     TASK_NAME,
+    events_exchange,
     queue_arguments,
 )
 from matchenv.match import Match
@@ -165,6 +167,8 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         metrics.BROKER_CONNECTS.inc()  # Celery asks for the handler each time its consumer (re)starts on a connection
         batcher = self._runtime().batcher
         batcher.schedule = self.call_soon_ack  # acks are written by this consumer's event loop
+        if self._runtime().config.task_events:  # ... and so are task events, by its dispatcher of the moment
+            batcher.send_event = self._send_event
         # Celery notices a SIGTERM only when its event loop wakes, which an idle worker did every ~10 s: a timer
         # wakes it often enough to stop within a fraction of a second
         previous = getattr(self, "_wake_timer", None)
@@ -181,6 +185,11 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
                 default(message)
 
         return on_task_received
+
+    def _send_event(self, type_: str, fields: dict[str, Any]) -> None:
+        dispatcher = self.event_dispatcher
+        if dispatcher is not None and dispatcher.enabled:
+            dispatcher.send(type_, **fields)
 
     def stop(self) -> None:
         self._runtime().batcher.stop(STOP_WAIT)  # the batch in hand is stored and acked before the channel closes
@@ -249,7 +258,12 @@ def create_app(config: WorkerConfig, store_factory: Callable[[], Store] | None =
         result_backend=None,
         task_ignore_result=True,
         worker_enable_remote_control=False,
-        worker_send_task_events=False,
+        # task events (opt-in, for Flower) to the environment's own exchange, the only one its user may send them
+        # to; Flower's broadcasts go to an exchange under the same name, which no worker reads
+        worker_send_task_events=config.task_events,
+        event_exchange=events_exchange(config.queue),
+        event_queue_prefix=events_exchange(config.queue),
+        control_exchange=events_exchange(config.queue),
         task_send_sent_event=False,
         worker_hijack_root_logger=False,
         worker_consumer="matchenv.workers.app:DeadLetteringConsumer",
@@ -280,7 +294,9 @@ def worker_argv(config: WorkerConfig, loglevel: str = "INFO", quiet: bool = Fals
     each burst here (measured: 61 of 600 messages in 60 s with solo, 600 in 1.7 s with threads).
     """
     pool = "threads"
+    # with task events, heartbeats too: Flower shows a worker online while they come
+    events = ["--task-events"] if config.task_events else ["--without-heartbeat"]
     return [*(["--quiet"] if quiet else []),  # celery's own option, before the command
             "worker", f"--pool={pool}", f"--concurrency={config.concurrency}", "--queues", config.queue,
-            f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", *events,
             f"--hostname=matchenv-{config.environment or config.queue}@%h"]

@@ -76,6 +76,10 @@ class Batcher:
         self._newest = 0.0  # the newest scrape stamp stored
         self.max_batch = max_batch
         self.schedule: Callable[[Callable[[], None]], Any] = lambda fn: fn()
+        # Celery task events (for Flower), sent by the consumer's thread as flush() runs; None: not sent
+        self.send_event: Callable[[str, dict[str, Any]], None] | None = None
+        self._events: deque[tuple[str, dict[str, Any]]] = deque()
+        self._told: dict[int, str] = {}  # id(message) -> what became of it (outcome, or dead-letter reason)
         self._arrived: deque[Any] = deque()
         self._settled: deque[tuple[Any, Verdict]] = deque()
         self._cond = threading.Condition()
@@ -102,6 +106,13 @@ class Batcher:
                     message.reject(requeue=True)
             except Exception as exc:  # the channel is gone: the broker delivers the message again
                 log.warning("cannot %s a message (%s): the broker will deliver it again", verdict, exc)
+        send = self.send_event
+        while self._events and send is not None:
+            type_, fields = self._events.popleft()
+            try:
+                send(type_, fields)
+            except Exception as exc:  # events are a view, never a reason to hold a message
+                log.warning("cannot send task event %s: %s", type_, exc)
 
     def stop(self, timeout: float) -> None:
         """Finish the batch in hand, acknowledge it, take no more (what has arrived goes back to the queue)."""
@@ -126,6 +137,7 @@ class Batcher:
                     return
                 batch = [self._arrived.popleft() for _ in range(min(len(self._arrived), self.max_batch))]
             metrics.HEALTH.busy()
+            began = time.monotonic()
             try:
                 verdicts = self.process(batch)
             except Exception:  # never ack what was not dealt with
@@ -136,8 +148,30 @@ class Batcher:
                 metrics.HEALTH.idle()
             # counted once dealt with (stored, dead-lettered or given back): a reader of the counter may rely on it
             metrics.PROCESSED.inc(len(batch))
+            if self.send_event is not None:
+                self._events.extend(self._task_events(verdicts, time.monotonic() - began))
+            self._told.clear()
             self._settled.extend(verdicts)
             self.schedule(self.flush)
+
+    def _task_events(self, verdicts: list[tuple[Any, Verdict]], runtime: float) -> list[tuple[str, dict[str, Any]]]:
+        """What Celery's own task handling would have told Flower of each message: received, then succeeded (its
+        outcome), failed (dead-lettered, with the reason) or rejected (back to the queue)."""
+        events: list[tuple[str, dict[str, Any]]] = []
+        for message, verdict in verdicts:
+            uuid = task_id(message) or f"delivery-{id(message):x}"
+            told = self._told.get(id(message), "")
+            events.append(("task-received", {"uuid": uuid, "name": TASK_NAME, "args": "()", "kwargs": "{}",
+                                             "retries": 0, "eta": None, "expires": None, "root_id": uuid,
+                                             "parent_id": None}))
+            if verdict == "requeue":
+                events.append(("task-rejected", {"uuid": uuid, "requeue": True}))
+            elif told.startswith("dead-lettered"):
+                events.append(("task-failed", {"uuid": uuid, "exception": told, "traceback": ""}))
+            else:
+                events.append(("task-succeeded", {"uuid": uuid, "result": repr(told or "stored"),
+                                                  "runtime": runtime}))
+        return events
 
     def process(self, batch: list[Any]) -> list[tuple[Any, Verdict]]:
         """What to do with each message of ``batch``, once its match is stored or its dead letter routed."""
@@ -182,6 +216,7 @@ class Batcher:
             with metrics.STORE_SECONDS.time():
                 outcome = self.runtime.store_match(item.match, item.stamp)
         except PermanentStoreError as exc:
+            self._told[id(item.message)] = f"dead-lettered ({REASON_STORE_ERROR}): {exc}"
             try:
                 if self.runtime.dead_letter(item.raw, REASON_STORE_ERROR, str(exc), headers=_carried(item.message)):
                     return item.message, "ack"
@@ -203,6 +238,8 @@ class Batcher:
         for outcome, count in counts.items():
             metrics.STORED.labels(outcome=outcome).inc(count)
         metrics.BATCH_SIZE.observe(len(items))
+        for item, outcome in zip(items, outcomes, strict=True):
+            self._told[id(item.message)] = outcome
         committed, newest = self.clock(), self._newest
         for item, outcome in zip(items, outcomes, strict=True):
             if item.stamp is not None:
@@ -221,6 +258,7 @@ class Batcher:
                  extra={f"matches_{o}": n for o, n in counts.items()})
 
     def _dead_letter(self, message: Any, body: Any, reason: str, error: str) -> Verdict:
+        self._told[id(message)] = f"dead-lettered ({reason}): {error}"
         try:
             self.runtime.dead_letter(body, reason, error, headers=_carried(message))
         except DeadLetterUnavailable as exc:
@@ -229,6 +267,7 @@ class Batcher:
         return "ack"  # dead-lettered, or dropped for want of a dead-letter queue (logged there)
 
     def _dead_letter_raw(self, message: Any, reason: str, error: str) -> Verdict:
+        self._told[id(message)] = f"dead-lettered ({reason}): {error}"
         try:
             self.runtime.dead_letter_message(message, reason, error)
         except DeadLetterUnavailable as exc:
@@ -252,18 +291,24 @@ def _task(message: Any, body: Any) -> tuple[Any, Any] | str:
     return body.get("args") or [], body.get("kwargs") or {}
 
 
-def _carried(message: Any) -> dict[str, Any]:
-    """What a dead letter keeps of the task message: its id, and the publisher's stamp (a redriven copy must not
-    overwrite newer data)."""
+def task_id(message: Any) -> str:
+    """The task message's id: in its headers (protocol 2) or its body (protocol 1); "" when it has none."""
     headers = message.headers if isinstance(message.headers, dict) else {}
-    task_id = headers.get("id")
-    if task_id is None:
+    found = headers.get("id")
+    if found is None:
         try:
             body = message.decode()
         except Exception:
             body = None
-        task_id = body.get("id") if isinstance(body, dict) else None
-    carried = {TASK_ID_HEADER: str(task_id or "")}
+        found = body.get("id") if isinstance(body, dict) else None
+    return str(found or "")
+
+
+def _carried(message: Any) -> dict[str, Any]:
+    """What a dead letter keeps of the task message: its id, and the publisher's stamp (a redriven copy must not
+    overwrite newer data)."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    carried = {TASK_ID_HEADER: task_id(message)}
     if isinstance(headers.get(SCRAPED_AT_HEADER), str):
         carried[SCRAPED_AT_HEADER] = headers[SCRAPED_AT_HEADER]
     return carried

@@ -48,6 +48,7 @@ class WorkerConfig(BaseModel):
     store_retries: int = Field(3, ge=1, le=10)
     environment: str = ""
     owner: str = ""  # namespace/name of the MatchEnvironment: the ownership marker its queue is declared with
+    task_events: bool = False  # send Celery task and heartbeat events to c.events_exchange(queue), for Flower
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], queue: str | None = None, concurrency: int | None = None
@@ -70,6 +71,7 @@ class WorkerConfig(BaseModel):
             metrics_port=int(env.get(c.ENV_METRICS_PORT, str(c.WORKER_METRICS_PORT))),
             environment=env.get(c.ENV_ENVIRONMENT, ""),
             owner=env.get(c.ENV_OWNER, ""),
+            task_events=env.get(c.ENV_TASK_EVENTS, "").lower() == "true",
         )
 
 

@@ -37,6 +37,7 @@ def write_status(s: Services, ctx: Context, topology: TopologyOutcome, workers: 
         else None,
         length_cap=cap,
         placement=topology.placement,
+        events_secret=topology.events_secret,
     )
     old = ctx.old_status
     status = build_status(seen, old)

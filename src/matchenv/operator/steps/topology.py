@@ -21,9 +21,10 @@ from matchenv.connection import (
 )
 from matchenv.contracts import WORKER_SECRET_PASSWORD
 from matchenv.naming import LEGACY_LENGTH_CAP_POLICY, length_cap_policy_name
-from matchenv.operator.backfills import BackfillSecretNotOwned
+from matchenv.operator import builders
 from matchenv.operator.context import Context, Services
 from matchenv.operator.errors import describe, error_reason
+from matchenv.operator.extra_users import SecretNotOwned, extra_user_password
 from matchenv.operator.steps.archive import ensure_archive
 from matchenv.operator.steps.credentials import ensure_credentials, holds_password
 from matchenv.operator.tenancy import bounds_refusal, not_owned, owned_by, tenant_broker_refusal
@@ -57,6 +58,7 @@ class TopologyOutcome:
     backfill_published: int | None = None  # messages the backfill exchange took so far (its statistics)
     backfill_problem: str | None = None  # why the backfill cannot have its credentials
     placement: dict[str, str] | None = None  # status.placement to write; None: keep the one in status
+    events_secret: str | None = None  # status.eventsSecret to write ("": none); None: keep the one in status
 
     @property
     def refused(self) -> bool:
@@ -109,13 +111,14 @@ def _converge_broker(s: Services, ctx: Context, conn: BrokerConnection, secret: 
         try:
             backfill_password = s.backfills.password(ctx.env, ctx.names, ctx.owner_reference, conn.url,
                                                      ctx.spec.broker.vhost, ctx.uid)
-        except BackfillSecretNotOwned as exc:  # the backfill waits; the environment goes on without it
+        except SecretNotOwned as exc:  # the backfill waits; the environment goes on without it
             outcome.backfill_problem = str(exc)
             desired = dataclasses.replace(desired, backfill=None)
         replays = snapshot.exchanges.get((ctx.desired.vhost, ctx.names.backfill_exchange))
         outcome.backfill_published = replays.published if replays else None
-    plan = plan_converge(desired, snapshot, password, backfill_password)
-    outcome.problems = plan.problems
+    events_password = _events_password(s, ctx, conn, outcome)
+    plan = plan_converge(desired, snapshot, password, backfill_password, events_password)
+    outcome.problems = plan.problems + outcome.problems
     if plan.actions:
         s.apply(ctx, client, plan.actions)
         snapshot = client.snapshot(ctx.desired.verification_scope())
@@ -131,6 +134,28 @@ def _converge_broker(s: Services, ctx: Context, conn: BrokerConnection, secret: 
         ensure_length_cap(s, ctx, conn, client)
     if ctx.desired.backfill is not None or s.settings.archive == "always":
         outcome.archive_problem = ensure_archive(s, ctx, conn, client)  # after: its exchange exists
+
+
+def _events_password(s: Services, ctx: Context, conn: BrokerConnection, outcome: TopologyOutcome) -> str:
+    """Flower's password, from Secret ``<env>-events`` (written first) with task events on ("" when that Secret is
+    someone else's: a problem, the rest goes on); with them off, that Secret goes (the plan removes the user)."""
+    if ctx.desired.events is None:
+        if ctx.desired.events_leftover:
+            secret = s.kube.get_secret(ctx.namespace, ctx.names.events_secret)
+            if secret is not None and owned_by(secret, ctx.uid):  # ours only, and only that very object
+                s.kube.delete_secret(ctx.namespace, ctx.names.events_secret, secret["metadata"]["uid"])
+        outcome.events_secret = ""
+        return ""
+    try:
+        password = extra_user_password(
+            s.kube, ctx.namespace, ctx.names.events_secret, ctx.uid,
+            lambda p: builders.build_events_secret(ctx.names, ctx.owner_reference, conn.url, p, ctx.spec.broker.vhost),
+            "Flower")
+    except SecretNotOwned as exc:
+        outcome.problems = (*outcome.problems, str(exc))
+        return ""
+    outcome.events_secret = ctx.names.events_secret
+    return password
 
 
 def release_previous(s: Services, ctx: Context, conn: BrokerConnection) -> dict[str, str]:
