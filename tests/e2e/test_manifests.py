@@ -65,7 +65,7 @@ def test_the_flower_component_turns_prods_task_events_on_and_runs_flower_with_it
     assert by_kind["MatchEnvironment"]["spec"]["workers"]["taskEvents"] is True
     container = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:2] == ["matchenv", "flower"]
-    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]} == {"prod-events"}
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e} == {"prod-events"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     result = kubectl.run("apply", "-k", str(with_flower), "--dry-run=server", "-n", "default", check=False)
     assert result.returncode == 0, result.stderr
@@ -162,6 +162,8 @@ VALUE_SETS = {
     "monitoring": ["--set", "rabbitmq.enabled=true", "--set", "monitoring.podMonitors=true",
                    "--set", "monitoring.prometheusRule=true", "--set", "monitoring.dashboard=true",
                    "--set", "monitoring.labels.release=kube-prometheus-stack"],
+    "secure-metrics": ["--set", "metrics.secure=true", "--set", "metrics.certSecret=operator-tls",
+                       "--set", "monitoring.podMonitors=true"],
     "flower": ["--set", "flower.environments[0].name=prod",
                "--set", "flower.environments[1].name=dev", "--set", "flower.environments[1].namespace=team-a"],
 }
@@ -238,9 +240,53 @@ def test_the_chart_renders_what_the_api_servers_accept(values: str, crd_installe
                    if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-flower")}
         assert set(flowers) == {("matchenv-system", "prod-flower"), ("team-a", "dev-flower")}
         env = flowers[("team-a", "dev-flower")]["spec"]["template"]["spec"]["containers"][0]["env"]
-        assert {e["valueFrom"]["secretKeyRef"]["name"] for e in env} == {"dev-events"}
+        assert {e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e} == {"dev-events"}
     for kubectl in (crd_installed, oldest):
         for ns in ("matchenv-system", "team-a", "team-b"):
             kubectl.run("create", "namespace", ns, check=False)
         result = kubectl.run("apply", "--dry-run=server", "-f", "-", stdin=rendered.stdout, check=False)
         assert result.returncode == 0, result.stderr
+
+
+def test_secured_metrics_answer_over_tls_only_the_scraper_the_chart_binds(crd_installed: Kubectl,
+                                                                           tmp_path: Path) -> None:
+    """metrics.secure: the operator, with exactly the chart's RBAC, serves /metrics over TLS to the token of the
+    ServiceAccount the chart made for its PodMonitor; no token is 401, another ServiceAccount's is 403."""
+    import base64
+
+    import requests
+    import urllib3
+
+    kubectl, namespace = crd_installed, "sec-metrics"
+    rendered = _helm("template", "sec", str(CHART), "--namespace", namespace, "--set", "metrics.secure=true",
+                     "--show-only", "templates/rbac.yaml", "--show-only", "templates/metrics-access.yaml")
+    assert rendered.returncode == 0, rendered.stderr
+    kubectl.run("create", "namespace", namespace)
+    kubectl.run("apply", "-f", "-", stdin=rendered.stdout)
+    kubectl.run("create", "serviceaccount", "nobody", "-n", namespace)
+    sa = service_account_kubeconfig(kubectl, namespace, "sec-operator", tmp_path / "sa.kubeconfig")
+    # it never leads (no Lease it may take in matchenv-system): it only serves its metrics here
+    operator = OperatorProcess(sa, tmp_path / "operator.log", extra_env={"MATCHENV_METRICS_SECURE": "true"}).start()
+    url = f"https://127.0.0.1:{operator.metrics_port}/metrics"
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+
+    def get(token: str | None = None) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return requests.get(url, headers=headers, verify=False, timeout=10)  # a self-signed certificate
+
+    try:
+        wait_for(lambda: get().status_code == 401, timeout=60, what="the secured metrics answering")
+        with pytest.raises(requests.RequestException):  # no plain HTTP
+            requests.get(url.replace("https://", "http://"), timeout=10)
+        nobody = kubectl.run("create", "token", "nobody", "-n", namespace).stdout.strip()
+        refused = get(nobody)
+        assert refused.status_code == 403
+        assert f"system:serviceaccount:{namespace}:nobody may not get /metrics" in refused.text
+        token = wait_for(lambda: (kubectl.get_json("secret", "sec-metrics-scraper", "-n", namespace).get("data")
+                                  or {}).get("token"), timeout=60, what="the scraper's token Secret filled")
+        answer = get(base64.b64decode(token).decode())
+        assert answer.status_code == 200, answer.text
+        assert "matchenv_leader 0.0" in answer.text  # a standby answers too
+    finally:
+        operator.stop()
+        kubectl.run("delete", "namespace", namespace, "--wait=false", check=False)

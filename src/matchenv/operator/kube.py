@@ -166,6 +166,25 @@ class Kube:
             API_GROUP, API_VERSION, namespace, PLURAL, name, patch, _content_type=MERGE, **opts
         ))
 
+    # -- who is asking (the metrics' token check; reviews change nothing: no write fence) ---------------------
+    def review_token(self, token: str) -> Obj:
+        """The API server's TokenReview of ``token``: its ``status`` (authenticated, user)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        review = _json(client.AuthenticationV1Api(self.api_client).create_token_review(
+            cast(Any, body), **self._opts()))
+        status: Obj = review.get("status") or {}
+        return status
+
+    def may_get_path(self, user: Obj, path: str) -> tuple[bool, str]:
+        """Whether ``user`` (a TokenReview's status.user) may GET the non-resource URL ``path``; the reason."""
+        spec: Obj = {"user": user.get("username"), "groups": user.get("groups") or [], "uid": user.get("uid"),
+                     "extra": user.get("extra") or {}, "nonResourceAttributes": {"path": path, "verb": "get"}}
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+        review = _json(client.AuthorizationV1Api(self.api_client).create_subject_access_review(
+            cast(Any, body), **self._opts()))
+        status = review.get("status") or {}
+        return bool(status.get("allowed")), str(status.get("reason") or "")
+
     # -- Secrets ---------------------------------------------------------------------------------------------
     def get_secret(self, namespace: str, name: str) -> Obj | None:
         return _unless_missing(lambda: self.core.read_namespaced_secret(name, namespace, **self._opts()))

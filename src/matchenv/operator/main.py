@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import kopf
 from kubernetes import client
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 
 from matchenv import health
 from matchenv.identity import ClusterIdentityError, cluster_identity
@@ -23,6 +23,7 @@ from matchenv.operator import metrics
 from matchenv.operator.environment_metrics import EnvironmentMetrics
 from matchenv.operator.kube import Kube, new_api_client
 from matchenv.operator.leader import LeaseElector
+from matchenv.operator.metrics_access import MetricsAccess, tls_context
 from matchenv.operator.reconciler import Reconciler
 from matchenv.operator.settings import OperatorSettings
 
@@ -74,7 +75,12 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
     REGISTRY.register(environments)
     reconciler = Reconciler(kube, settings, owner=owner, environments=environments)
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr="0.0.0.0")
+        if settings.metrics_secure:  # every replica answers scrapers, leading or not: reviews are no writes
+            access = MetricsAccess(Kube(api, timeout=min(settings.api_timeout, 5.0)))
+            health.serve(settings.metrics_port, metrics=True, tls=tls_context(settings.metrics_cert_dir),
+                         access=access.check)
+        else:
+            health.serve(settings.metrics_port, metrics=True)
     if settings.health_port:
         # alive while the election loop (standby) or the renewals (leader) keep beating
         health.serve(settings.health_port, lambda: time.monotonic() - elector.heartbeat < 3 * settings.lease_seconds

@@ -32,6 +32,10 @@ class OperatorSettings(BaseModel):
     identity: str = Field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}")
     metrics_port: int = Field(8080, ge=0, le=65535, description="Prometheus metrics; 0 turns them off.")
     health_port: int = Field(8081, ge=0, le=65535, description="kopf liveness endpoint; 0 turns it off.")
+    metrics_secure: bool = Field(False, description="Serve the metrics over TLS, only to bearer tokens the API "
+                                 "server authenticates and allows GET on /metrics (MATCHENV_METRICS_SECURE).")
+    metrics_cert_dir: str = Field("", description="tls.crt and tls.key for the secure metrics "
+                                  "(MATCHENV_METRICS_CERT_DIR); none there: a self-signed certificate.")
     api_timeout: float = Field(10.0, gt=0, description="Seconds for each Kubernetes API request.")
     broker_timeout: float = Field(10.0, gt=0, description="Seconds for each management-API request.")
     kubeconfig: str | None = None
@@ -159,6 +163,8 @@ class OperatorSettings(BaseModel):
             "POD_NAME": "identity",
             "MATCHENV_METRICS_PORT": "metrics_port",
             "MATCHENV_HEALTH_PORT": "health_port",
+            "MATCHENV_METRICS_SECURE": "metrics_secure",
+            "MATCHENV_METRICS_CERT_DIR": "metrics_cert_dir",
             "MATCHENV_API_TIMEOUT": "api_timeout",
             "MATCHENV_BROKER_TIMEOUT": "broker_timeout",
             "KUBECONFIG": "kubeconfig",
