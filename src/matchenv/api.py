@@ -591,6 +591,10 @@ class MatchEnvironmentStatus(_Model):
         None, alias="deadLetterMessages", description="Messages in the dead-letter queue."
     )
     consumers: int | None = Field(None, description="Consumers attached to the queue.")
+    oldest_message_time: dt.datetime | None = Field(
+        None, alias="oldestMessageTime", description="When the oldest message waiting in the queue was published "
+        "(classic queues, for messages stamped with a timestamp as matchenv scrape does); how long the environment "
+        "has been behind while no worker reads, as `matchenv status` shows.")
     replicas: int | None = Field(None, description="Worker pods (scale subresource status).")
     ready_replicas: int | None = Field(None, alias="readyReplicas", description="Worker pods that are ready.")
     ready: str | None = Field(None, description="'<readyReplicas>/<replicas>', as shown in the READY column.")

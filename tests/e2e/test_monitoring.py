@@ -9,6 +9,7 @@ No log line of the whole run holds a password or token the run made.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import shutil
@@ -174,6 +175,7 @@ def test_paused_dev_falls_behind_by_what_was_scraped_pages_and_catches_up(watche
     wait_for(lambda: watched.value("max by (name) (matchenv_environment_consumers)", name="dev") == 0, timeout=60,
              what="dev without consumers")
     time.sleep(2)  # dev's newest stored stamp is older than anything scraped from now on
+    paused_at = int(time.time())
     watched.scrape("--synthetic", str(MORE), "--start", str(MATCHES))
     pipeline.wait_rows({"prod": MATCHES + MORE, "staging": MATCHES + MORE}, timeout=300)
     assert pipeline.rows("dev") == MATCHES
@@ -183,6 +185,11 @@ def test_paused_dev_falls_behind_by_what_was_scraped_pages_and_catches_up(watche
     # `matchenv status` says the same from the environments' status alone (no worker runs for dev to ask its newest)
     _until(lambda: {e["name"]: (e["behind_messages"], e["phase"]) for e in _status(pipeline)},
            {"prod": (0, "Ready"), "dev": (MORE, "Paused"), "staging": (0, "Ready")}, "matchenv status: dev behind")
+    # ... and since when: its oldest waiting message was published after the pause (what `matchenv status` counts
+    # the time behind from when no worker of dev can say what it stored)
+    oldest = wait_for(lambda: pipeline.kubectl.get_json("menv", "dev")["status"].get("oldestMessageTime"),
+                      timeout=30, what="dev's status dating its oldest waiting message")
+    assert paused_at <= dt.datetime.fromisoformat(oldest).timestamp() <= time.time(), oldest
     behind = watched.value("matchenv:environment_behind_feed_seconds", name="dev")
     assert behind is not None
     assert behind >= 2

@@ -11,6 +11,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -25,6 +26,7 @@ from tests.e2e.harness import OperatorProcess, secret_value, wait_for
 from tests.e2e.platform import Platform, broker_secret, db_secret, platform_fixture
 
 RESYNC = 2.0
+ROOT = Path(__file__).resolve().parents[2]
 WRITE = re.compile(r'"(PATCH|POST|PUT|DELETE) /')
 
 
@@ -369,3 +371,79 @@ def test_a_namespace_deleted_with_its_broker_secret_goes_by_the_documented_path(
     for path in ("queues/%2F/matches.doomed", "queues/%2F/matches.doomed.dlq", "exchanges/%2F/matches.doomed.dlx",
                  f"users/{platform.user('prod', 'doomed')}"):
         platform.mgmt.delete(f"/api/{path}")
+
+
+JARGON = re.compile(r"Traceback|Exception|HTTPConnectionPool|urllib3|object at 0x|Errno|\{'|ApiException|None\b")
+
+
+def test_kubectl_describe_says_in_plain_words_what_is_wrong_for_each_failure(platform: Platform) -> None:
+    """Each failure a user can cause, at once: `kubectl describe menv` names it with a documented reason and a
+    message in words (what is wrong, where), never a stack trace or a client library's exception."""
+    kubectl, rabbitmq = platform.kubectl, platform.rabbitmq
+    documented = (ROOT / "docs/operating.md").read_text()
+
+    def admin_secret(name: str, **changes: str | None) -> None:
+        secret = broker_secret(rabbitmq)
+        secret["metadata"] = {"name": name, "namespace": "default"}
+        secret["stringData"] = {k: v for k, v in {**secret["stringData"], **changes}.items() if v is not None}
+        kubectl.apply(secret)
+
+    apply(platform, "audowner")
+    wait_for(lambda: ready(platform, "audowner"), timeout=60, what="audowner Ready")
+    admin_secret("aud-wrong-password", password="wrong")
+    admin_secret("aud-closed-port", **{"management-url": "http://127.0.0.1:1"})
+    admin_secret("aud-no-password", password=None)
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "audsecret-broker",
+                                                                        "namespace": "default"},
+                   "stringData": {"url": "amqp://someone:else@elsewhere/"}})
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "audevents-events",
+                                                                        "namespace": "default"},
+                   "stringData": {"url": "amqp://someone:else@elsewhere/"}})
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aud-db-nokeys", "namespace": "default"},
+                   "stringData": {"HOST": "db"}})
+    kubectl.run("create", "deployment", "auddeploy-workers", "--image=busybox", "-n", "default")
+    workers = {"image": "matchenv:0.1.0", "databaseSecretRef": {"name": "matchenv-db-audevents"}}
+    cases: dict[str, tuple[str, str, str]] = {  # name: (condition, reason, words the message must hold)
+        "audclaim": ("TopologyReady", "QueueClaimed", "default/audowner"),
+        "audbounds": ("TopologyReady", "NotAllowed", "MATCHENV_ALLOWED_EXCHANGES"),
+        "audpassword": ("TopologyReady", "BrokerAuthFailed", "refuse"),
+        "audclosed": ("TopologyReady", "BrokerUnreachable", "127.0.0.1:1"),
+        "audnokey": ("TopologyReady", "BrokerSecretInvalid", "password"),
+        "audsecret": ("TopologyReady", "SecretNotOwned", "audsecret-broker"),
+        "audevents": ("TopologyReady", "SecretNotOwned", "audevents-events"),
+        "auddb": ("WorkersReady", "DatabaseSecretInvalid", "DATABASE_URL"),
+        "auddeploy": ("WorkersReady", "DeploymentNotOwned", "auddeploy-workers"),
+    }
+    apply(platform, "audclaim", "other", queue={"name": "matches.audowner"})
+    apply(platform, "audbounds", exchange={"name": "orders-events"})
+    apply(platform, "audpassword", broker={"connectionSecretRef": {"name": "aud-wrong-password"}})
+    apply(platform, "audclosed", broker={"connectionSecretRef": {"name": "aud-closed-port"}})
+    apply(platform, "audnokey", broker={"connectionSecretRef": {"name": "aud-no-password"}})
+    apply(platform, "audsecret")
+    apply(platform, "audevents", workers={**workers, "taskEvents": True})
+    apply(platform, "auddb", workers={**workers, "databaseSecretRef": {"name": "aud-db-nokeys"}})
+    apply(platform, "auddeploy")
+    where = {"audclaim": "other"}
+    try:
+        for name, (type_, reason, words) in cases.items():
+            namespace = where.get(name, "default")
+            wait_for(lambda n=name, t=type_, r=reason, ns=namespace:  # type: ignore[misc]
+                     condition(platform, n, t, ns).get("reason") == r, timeout=60, what=f"{name}: {reason}")
+            message = condition(platform, name, type_, namespace)["message"]
+            described = kubectl.run("describe", "menv", name, "-n", namespace).stdout
+            assert reason in described, described
+            assert message in described, described
+            assert words in message, (name, message)
+            assert not JARGON.search(message), (name, message)
+            assert len(re.findall(r"(?<![\w/.-])[a-z]{2,}(?![\w/.-])", message)) >= 4, (name, message)  # words
+            assert f"| {type_} | `{reason}`" in documented, f"{type_} {reason} is not in docs/operating.md's table"
+    finally:
+        for name in ("audpassword", "audclosed", "audnokey"):  # their broker never let them make anything
+            kubectl.run("annotate", "menv", name, "matchenv.io/abandon-broker=true", check=False)
+        for name in cases:
+            kubectl.run("delete", "menv", name, "-n", where.get(name, "default"), "--timeout=90s", check=False,
+                        timeout=120)
+        kubectl.run("delete", "deployment", "auddeploy-workers", check=False)
+        kubectl.run("delete", "secret", "aud-wrong-password", "aud-closed-port", "aud-no-password",
+                    "audsecret-broker", "audevents-events", "aud-db-nokeys", check=False)
+        delete(platform, "audowner")

@@ -32,6 +32,22 @@ def test_a_paused_environment_is_behind_by_its_backlog_and_the_time_since_its_ne
     assert lines["staging"].behind_messages == 2  # two in flight: not yet stored
 
 
+def test_with_no_worker_to_ask_the_time_behind_runs_from_its_oldest_waiting_message() -> None:
+    """Paused dev: no worker says what it stored; the oldest message waiting in its queue was published at
+    1,000,040 (status.oldestMessageTime), so it holds nothing newer: 60 s behind prod's newest."""
+    paused = _env("dev", 500, phase="Paused")
+    paused["status"]["oldestMessageTime"] = "1970-01-12T13:47:20Z"  # 1,000,040
+    level = _env("idle", 0, phase="Paused")
+    level["status"]["oldestMessageTime"] = "1970-01-12T13:47:20Z"  # stale: an empty queue waits for nothing
+    lines = {line.name: line for line in overview([_env("prod", 0), paused, level],
+                                                  {("default", "prod"): 1_000_100.0})}
+    assert (lines["dev"].newest_stored, lines["dev"].behind_messages, lines["dev"].behind_seconds) == \
+        (None, 500, 60.0)
+    assert lines["idle"].behind_seconds is None  # nothing waits and no worker to ask: not known
+    assert lines["dev"].behind_at_least
+    assert "500 messages, at least 1m0s" in render(list(lines.values()), now=1_000_200.0)
+
+
 def test_feeds_are_compared_only_with_themselves() -> None:
     envs = [_env("prod", 0), _env("u14", 9, routing_keys=["U14.#"]), _env("cups", 7, exchange="cups-fanout"),
             _env("prod", 3, namespace="team-b", vhost="team-b")]

@@ -127,3 +127,12 @@ def test_every_status_is_one_the_resource_s_schema_takes(observed: Observation) 
     status = build_status(observed, build_status(seen(), None))
     typed = MatchEnvironmentStatus.model_validate(status)
     assert typed.phase is not None
+
+
+def test_the_oldest_waiting_message_is_dated_while_messages_wait_and_kept_through_an_outage() -> None:
+    from dataclasses import replace
+
+    waiting = build_status(seen(topology=replace(BOUND, oldest_published=1_700_000_000)), None)
+    assert waiting["oldestMessageTime"] == "2023-11-14T22:13:20Z"
+    assert build_status(seen(topology=None), waiting)["oldestMessageTime"] == "2023-11-14T22:13:20Z"
+    assert build_status(seen(), waiting)["oldestMessageTime"] is None  # nothing waits now (or not reported)

@@ -306,6 +306,7 @@ def test_an_events_secret_someone_else_made_is_left_alone_and_said(world: World)
     world.add("prod", workers={**WORKERS, "taskEvents": True})
     world.converge("prod")
     assert "Secret prod-events exists and is not this environment's" in world.status("prod")["lastError"]
+    assert world.reason("prod") == "SecretNotOwned"
     assert "matchenv-events.c1.default.prod" not in world.broker.users
     assert "ownerReferences" not in world.kube.secrets[("default", "prod-events")]["metadata"]
     assert ("/", "matches.prod") in world.broker.queues  # the rest goes on

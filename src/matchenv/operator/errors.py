@@ -31,6 +31,20 @@ def error_reason(exc: Exception) -> str:
     return "BrokerError"
 
 
+def broker_error_message(exc: Exception, secret: str) -> str:
+    """A failure to reach or use the broker of Secret ``secret`` (namespace/name), in words: what is wrong, where
+    to look; the client's own words in brackets."""
+    if isinstance(exc, BrokerUnreachable):
+        return (f"cannot reach the broker's management API ({exc}): check the broker, and the management-url of "
+                f"Secret {secret}")
+    if isinstance(exc, BrokerAuthError):
+        return (f"the broker refuses the admin username and password of Secret {secret} ({exc}): fix them in that "
+                "Secret")
+    if isinstance(exc, BrokerConflict):
+        return f"the broker refused a change ({exc})"
+    return str(exc)
+
+
 def api_message(exc: ApiException) -> str:
     """What the API server said when it refused a write (its Status message), at most 1000 characters."""
     try:

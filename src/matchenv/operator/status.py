@@ -47,6 +47,7 @@ class Observation:
     length_cap: int = 0  # the administrator's maximum queue length (MATCHENV_MAX_QUEUE_LENGTH), 0: none
     placement: dict[str, str] | None = None  # status.placement; None: as it was
     events_secret: str | None = None  # status.eventsSecret ("": none); None: as it was
+    events_problem: str | None = None  # Flower's Secret is someone else's
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -75,6 +76,8 @@ def topology_condition(seen: Observation) -> tuple[bool, str, str]:
         return False, seen.error_reason or "BrokerError", seen.broker_error
     if seen.problems:
         return False, "BrokerConflict", "; ".join(seen.problems)
+    if seen.events_problem:
+        return False, "SecretNotOwned", seen.events_problem
     if seen.topology is None or not seen.topology.exists:
         return False, "QueueMissing", f"queue {seen.queue} does not exist yet"
     if not seen.topology.bound:
@@ -181,7 +184,7 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         conditions.append(_condition(old, "BackfillComplete", *seen.backfill_condition, seen.generation, now))
     if ready:
         phase = Phase.READY
-    elif seen.broker_error or seen.problems or seen.refusal or seen.worker_problem:
+    elif seen.broker_error or seen.problems or seen.events_problem or seen.refusal or seen.worker_problem:
         phase = Phase.DEGRADED
     elif seen.paused and topo_ok:
         phase = Phase.PAUSED
@@ -191,7 +194,7 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         phase = Phase.PENDING
     bound = seen.topology is not None and seen.topology.bound
     errors = [seen.refusal.message if seen.refusal else None, seen.broker_error, *seen.problems,
-              seen.worker_problem.message if seen.worker_problem else None]
+              seen.events_problem, seen.worker_problem.message if seen.worker_problem else None]
     status: dict[str, Any] = {
         "phase": phase.value,
         # what the broker did, not what the spec asks: the exchange the queue is bound to
@@ -217,8 +220,11 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         status["messages"] = seen.topology.messages
         status["consumers"] = seen.topology.consumers
         status["deadLetterMessages"] = seen.topology.dead_letter_messages
+        oldest = seen.topology.oldest_published
+        status["oldestMessageTime"] = None if oldest is None else rfc3339(
+            dt.datetime.fromtimestamp(oldest, dt.UTC))
     else:
-        for key in ("messages", "consumers", "deadLetterMessages"):
+        for key in ("messages", "consumers", "deadLetterMessages", "oldestMessageTime"):
             if key in old_status:
                 status[key] = old_status[key]
     return status

@@ -21,7 +21,10 @@ class EnvironmentLine:
     dead_letters: int | None
     newest_stored: float | None  # the newest scrape stamp its running workers stored (Unix time); None: unknown
     behind_messages: int | None  # its backlog beyond the smallest of its feed
-    behind_seconds: float | None  # the feed's newest stored stamp minus its own
+    # the feed's newest stored stamp minus its own; with no worker to ask, minus when its oldest waiting message
+    # was published (status.oldestMessageTime: it holds nothing newer), which is then the least it is behind
+    behind_seconds: float | None
+    behind_at_least: bool = False
 
     def as_json(self) -> dict[str, Any]:
         fields = asdict(self)
@@ -55,12 +58,14 @@ def overview(environments: list[dict[str, Any]], newest: dict[tuple[str, str], f
         known_stamps = [s for s in stamps if s is not None]
         for member, backlog, stamp in zip(members, backlogs, stamps, strict=True):
             status = member.get("status") or {}
+            held = stamp if stamp is not None else _oldest_waiting(status) if backlog else None
             lines.append(EnvironmentLine(
                 namespace=member["metadata"]["namespace"], name=member["metadata"]["name"],
                 phase=status.get("phase"), exchange=status.get("exchange"), backlog=backlog,
                 dead_letters=_int(status.get("deadLetterMessages")), newest_stored=stamp,
                 behind_messages=None if backlog is None else backlog - min(known_backlogs),
-                behind_seconds=None if stamp is None else max(known_stamps) - stamp))
+                behind_seconds=None if held is None or not known_stamps else max(0.0, max(known_stamps) - held),
+                behind_at_least=stamp is None and held is not None))
     return sorted(lines, key=lambda line: (line.namespace, line.name))
 
 
@@ -81,8 +86,19 @@ def _behind(line: EnvironmentLine) -> str:
     if line.behind_messages is None and line.behind_seconds is None:
         return "-"
     messages = "? messages" if line.behind_messages is None else f"{line.behind_messages} messages"
-    seconds = "?" if line.behind_seconds is None else _age(line.behind_seconds)
+    seconds = "?" if line.behind_seconds is None else ("at least " if line.behind_at_least else "") + _age(
+        line.behind_seconds)
     return f"{messages}, {seconds}"
+
+
+def _oldest_waiting(status: dict[str, Any]) -> float | None:
+    value = status.get("oldestMessageTime")
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
 
 
 def _key(environment: dict[str, Any]) -> tuple[str, str]:

@@ -382,9 +382,10 @@ class _Stream:
                 continue
             self.report.published += 1
             message = task_message(data)
+            # the AMQP timestamp: a classic queue reports its oldest waiting message's (status.oldestMessageTime)
             props = pika.BasicProperties(content_type="application/json", content_encoding="utf-8",
                                          delivery_mode=2, correlation_id=message.task_id,
-                                         headers=message.headers, priority=0)
+                                         headers=message.headers, priority=0, timestamp=int(time.time()))
             # to a queue: its name; to an exchange: the match's topic key (a fanout ignores it)
             key = routing_key(data) if self.p.target.exchange else self.p.target.routing_key
             return _Pending(raw.position, message.body, props, key)

@@ -27,7 +27,8 @@ MAX_BODY = 16 * 1024 * 1024
 MAX_ERROR_TEXT = 300
 PARALLEL_CALLS = 8  # management calls in flight at once per broker (kopf runs up to 8 handlers at once)
 QUEUE_COLUMNS = (
-    "name,vhost,type,durable,arguments,messages,messages_ready,messages_unacknowledged,consumers,policy"
+    "name,vhost,type,durable,arguments,messages,messages_ready,messages_unacknowledged,consumers,policy,"
+    "head_message_timestamp"
 )
 
 

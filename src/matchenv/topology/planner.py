@@ -677,6 +677,7 @@ class QueueObservation:
     bound: bool = False
     ready: int | None = 0
     unacknowledged: int | None = 0
+    oldest_published: int | None = None  # when the oldest message waiting was published (classic queues only)
 
 
 def observe(desired: DesiredTopology, snapshot: BrokerSnapshot) -> QueueObservation:
@@ -696,4 +697,5 @@ def observe(desired: DesiredTopology, snapshot: BrokerSnapshot) -> QueueObservat
         bound=bound,
         ready=live.messages_ready,
         unacknowledged=live.messages_unacknowledged,
+        oldest_published=live.head_timestamp if live.backlog else None,
     )

@@ -23,6 +23,9 @@ class Queue:
     messages_unacknowledged: int | None = 0
     consumers: int | None = 0
     policy: str | None = None
+    # when the message at its head was published (its AMQP timestamp, Unix seconds): classic queues report it, for
+    # messages that carry one (the scraper stamps each); None: empty, not reported, or not stamped
+    head_timestamp: int | None = None
 
     @property
     def owner(self) -> str | None:
@@ -55,6 +58,7 @@ class Queue:
             messages_unacknowledged=_count(row, "messages_unacknowledged"),
             consumers=_count(row, "consumers"),
             policy=row.get("policy") or None,
+            head_timestamp=_count(row, "head_message_timestamp"),
         )
 
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
+# no sandbox (root here); nothing of its own on the network (it would keep trying to reach the internet); scripts
+# get 5 s of the page's time before it is read
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-         "--virtual-time-budget=5000")  # scripts get 5 s of the page's time before it is read
+         "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--virtual-time-budget=5000")
 
 
 def chromium_binary() -> str:
@@ -21,8 +25,9 @@ def chromium_binary() -> str:
 
 def chromium(*args: str, timeout: float = 60) -> str:
     """What Chromium printed for ``args`` (``--dump-dom <url>``: the page after its scripts ran)."""
-    result = subprocess.run([chromium_binary(), *FLAGS, *args], capture_output=True, text=True, timeout=timeout,
-                            check=False)
+    with tempfile.TemporaryDirectory(prefix="matchenv-chromium-") as profile:  # an empty profile each time
+        result = subprocess.run([chromium_binary(), *FLAGS, f"--user-data-dir={profile}", *args],
+                                capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"chromium {' '.join(args)} exited with {result.returncode}: {result.stderr[-2000:]}")
     return result.stdout

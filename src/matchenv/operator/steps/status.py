@@ -38,6 +38,7 @@ def write_status(s: Services, ctx: Context, topology: TopologyOutcome, workers: 
         length_cap=cap,
         placement=topology.placement,
         events_secret=topology.events_secret,
+        events_problem=topology.events_problem,
     )
     old = ctx.old_status
     status = build_status(seen, old)

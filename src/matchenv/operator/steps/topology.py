@@ -23,7 +23,7 @@ from matchenv.contracts import WORKER_SECRET_PASSWORD
 from matchenv.naming import LEGACY_LENGTH_CAP_POLICY, length_cap_policy_name
 from matchenv.operator import builders
 from matchenv.operator.context import Context, Services
-from matchenv.operator.errors import describe, error_reason
+from matchenv.operator.errors import broker_error_message, describe, error_reason
 from matchenv.operator.extra_users import SecretNotOwned, extra_user_password
 from matchenv.operator.steps.archive import ensure_archive
 from matchenv.operator.steps.credentials import ensure_credentials, holds_password
@@ -59,6 +59,7 @@ class TopologyOutcome:
     backfill_problem: str | None = None  # why the backfill cannot have its credentials
     placement: dict[str, str] | None = None  # status.placement to write; None: keep the one in status
     events_secret: str | None = None  # status.eventsSecret to write ("": none); None: keep the one in status
+    events_problem: str | None = None  # why Flower's user cannot have its Secret
 
     @property
     def refused(self) -> bool:
@@ -89,7 +90,8 @@ def converge_topology(s: Services, ctx: Context) -> TopologyOutcome:
                 return outcome
         _converge_broker(s, ctx, conn, secret, outcome)
     except (BrokerError, BrokerConfigError, SecretDecodeError) as exc:
-        outcome.error, outcome.error_reason = str(exc), error_reason(exc)
+        outcome.error = broker_error_message(exc, "/".join(s.broker_ref(ctx.env, ctx.spec)))
+        outcome.error_reason = error_reason(exc)
         if ctx.old_status.get("lastError") != outcome.error:
             s.event(ctx.env, outcome.error_reason, outcome.error, "Warning")
     return outcome
@@ -118,7 +120,7 @@ def _converge_broker(s: Services, ctx: Context, conn: BrokerConnection, secret: 
         outcome.backfill_published = replays.published if replays else None
     events_password = _events_password(s, ctx, conn, outcome)
     plan = plan_converge(desired, snapshot, password, backfill_password, events_password)
-    outcome.problems = plan.problems + outcome.problems
+    outcome.problems = plan.problems
     if plan.actions:
         s.apply(ctx, client, plan.actions)
         snapshot = client.snapshot(ctx.desired.verification_scope())
@@ -152,7 +154,7 @@ def _events_password(s: Services, ctx: Context, conn: BrokerConnection, outcome:
             lambda p: builders.build_events_secret(ctx.names, ctx.owner_reference, conn.url, p, ctx.spec.broker.vhost),
             "Flower")
     except SecretNotOwned as exc:
-        outcome.problems = (*outcome.problems, str(exc))
+        outcome.events_problem = str(exc)
         return ""
     outcome.events_secret = ctx.names.events_secret
     return password
