@@ -8,6 +8,7 @@ import pytest
 
 from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
+from matchenv_devkit.services.rabbitmq_releases import ReleaseUnavailable, default_series, release
 
 
 def _started(what: str, start: Callable[[], object]) -> None:
@@ -20,9 +21,15 @@ def _started(what: str, start: Callable[[], object]) -> None:
 
 @pytest.fixture(scope="session")
 def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:
-    """A private RabbitMQ node (Debian's rabbitmq-server + management) on loopback, for the whole session."""
-    node = RabbitMQNode(tmp_path_factory.mktemp("rabbitmq"), name="tests")
-    _started("RabbitMQ", node.start)
+    """A private RabbitMQ node (Debian's rabbitmq-server + management) on loopback, for the whole session: RabbitMQ
+    4 from Debian 13's packages, or this machine's 3.10 with MATCHENV_RABBITMQ=3."""
+    series = default_series()
+    try:
+        chosen = release(series)
+    except ReleaseUnavailable as exc:
+        pytest.fail(f"RabbitMQ {series}: {exc}", pytrace=False)
+    node = RabbitMQNode(tmp_path_factory.mktemp("rabbitmq"), name="tests", release=chosen)
+    _started(f"RabbitMQ {chosen.series}", node.start)
     yield node
     node.stop()
 

@@ -250,9 +250,11 @@ def test_the_chart_renders_what_the_api_servers_accept(values: str, crd_installe
 
 def test_secured_metrics_answer_over_tls_only_the_scraper_the_chart_binds(crd_installed: Kubectl,
                                                                            tmp_path: Path) -> None:
-    """metrics.secure: the operator, with exactly the chart's RBAC, serves /metrics over TLS to the token of the
-    ServiceAccount the chart made for its PodMonitor; no token is 401, another ServiceAccount's is 403."""
+    """metrics.secure: the operator, with exactly the chart's RBAC and the certificate the chart made, serves /metrics
+    over TLS to the token of the ServiceAccount the chart made for its PodMonitor; no token is 401, another
+    ServiceAccount's is 403."""
     import base64
+    import ssl
 
     import requests
     import urllib3
@@ -265,17 +267,25 @@ def test_secured_metrics_answer_over_tls_only_the_scraper_the_chart_binds(crd_in
     kubectl.run("apply", "-f", "-", stdin=rendered.stdout)
     kubectl.run("create", "serviceaccount", "nobody", "-n", namespace)
     sa = service_account_kubeconfig(kubectl, namespace, "sec-operator", tmp_path / "sa.kubeconfig")
+    certificate = kubectl.get_json("secret", "sec-operator-metrics-tls", "-n", namespace)["data"]
+    certs = tmp_path / "metrics-tls"  # as the chart mounts that Secret
+    certs.mkdir()
+    for key in ("tls.crt", "tls.key"):
+        (certs / key).write_bytes(base64.b64decode(certificate[key]))
     # it never leads (no Lease it may take in matchenv-system): it only serves its metrics here
-    operator = OperatorProcess(sa, tmp_path / "operator.log", extra_env={"MATCHENV_METRICS_SECURE": "true"}).start()
+    operator = OperatorProcess(sa, tmp_path / "operator.log", extra_env={
+        "MATCHENV_METRICS_SECURE": "true", "MATCHENV_METRICS_CERT_DIR": str(certs)}).start()
     url = f"https://127.0.0.1:{operator.metrics_port}/metrics"
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
     def get(token: str | None = None) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return requests.get(url, headers=headers, verify=False, timeout=10)  # a self-signed certificate
+        return requests.get(url, headers=headers, verify=False, timeout=10)  # made for the Service's name
 
     try:
         wait_for(lambda: get().status_code == 401, timeout=60, what="the secured metrics answering")
+        served = ssl.get_server_certificate(("127.0.0.1", operator.metrics_port))
+        assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert((certs / "tls.crt").read_text())
         with pytest.raises(requests.RequestException):  # no plain HTTP
             requests.get(url.replace("https://", "http://"), timeout=10)
         nobody = kubectl.run("create", "token", "nobody", "-n", namespace).stdout.strip()

@@ -7,6 +7,7 @@ import faulthandler
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ from matchenv.operator import metrics
 from matchenv.operator.environment_metrics import EnvironmentMetrics
 from matchenv.operator.kube import Kube, new_api_client
 from matchenv.operator.leader import LeaseElector
-from matchenv.operator.metrics_access import MetricsAccess, tls_context
+from matchenv.operator.metrics_access import CertificateMissing, MetricsAccess, tls_context
 from matchenv.operator.reconciler import Reconciler
 from matchenv.operator.settings import OperatorSettings
 
@@ -76,9 +77,13 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
     reconciler = Reconciler(kube, settings, owner=owner, environments=environments)
     if settings.metrics_port:
         if settings.metrics_secure:  # every replica answers scrapers, leading or not: reviews are no writes
+            try:
+                tls = tls_context(settings.metrics_cert_dir)
+            except (CertificateMissing, ssl.SSLError, OSError) as exc:
+                log.error("cannot serve the secured metrics: %s", exc)
+                return 2
             access = MetricsAccess(Kube(api, timeout=min(settings.api_timeout, 5.0)))
-            health.serve(settings.metrics_port, metrics=True, tls=tls_context(settings.metrics_cert_dir),
-                         access=access.check)
+            health.serve(settings.metrics_port, metrics=True, tls=tls, access=access.check)
         else:
             health.serve(settings.metrics_port, metrics=True)
     if settings.health_port:

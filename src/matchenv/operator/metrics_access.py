@@ -6,12 +6,9 @@ cannot judge now is refused with 503 and not kept."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import logging
-import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -80,37 +77,19 @@ class MetricsAccess:
         return Verdict(200, "ok")
 
 
+class CertificateMissing(Exception):
+    """Secured metrics without their certificate: the message says where it was looked for."""
+
+
 def tls_context(cert_dir: str) -> ssl.SSLContext:
-    """The server's TLS: ``tls.crt`` and ``tls.key`` from ``cert_dir`` (a mounted kubernetes.io/tls Secret, e.g.
-    cert-manager's), else a self-signed certificate made now (scrapers then skip verification, as Prometheus does
-    for the API server's own components by default)."""
-    directory = Path(cert_dir) if cert_dir else None
-    if directory is None or not (directory / "tls.crt").exists():
-        directory = Path(tempfile.mkdtemp(prefix="matchenv-metrics-tls-"))
-        _self_signed(directory)
-        log.info("metrics served over TLS with a self-signed certificate (no tls.crt in %r)", cert_dir)
+    """The server's TLS from ``tls.crt`` and ``tls.key`` in ``cert_dir`` (a mounted kubernetes.io/tls Secret: the
+    chart's self-signed one, or cert-manager's)."""
+    directory = Path(cert_dir or ".")
+    missing = [name for name in ("tls.crt", "tls.key") if not (directory / name).is_file()]
+    if not cert_dir or missing:
+        raise CertificateMissing(f"secured metrics need tls.crt and tls.key in MATCHENV_METRICS_CERT_DIR "
+                                 f"({cert_dir or 'not set'}): mount a kubernetes.io/tls Secret there")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
     return context
-
-
-def _self_signed(directory: Path) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname())])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(socket.gethostname())]), critical=False)
-            .sign(key, hashes.SHA256()))
-    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
-    (directory / "tls.key").chmod(0o600)

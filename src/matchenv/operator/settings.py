@@ -34,8 +34,8 @@ class OperatorSettings(BaseModel):
     health_port: int = Field(8081, ge=0, le=65535, description="kopf liveness endpoint; 0 turns it off.")
     metrics_secure: bool = Field(False, description="Serve the metrics over TLS, only to bearer tokens the API "
                                  "server authenticates and allows GET on /metrics (MATCHENV_METRICS_SECURE).")
-    metrics_cert_dir: str = Field("", description="tls.crt and tls.key for the secure metrics "
-                                  "(MATCHENV_METRICS_CERT_DIR); none there: a self-signed certificate.")
+    metrics_cert_dir: str = Field("", description="Where tls.crt and tls.key of the secure metrics are "
+                                  "(MATCHENV_METRICS_CERT_DIR: a mounted kubernetes.io/tls Secret).")
     api_timeout: float = Field(10.0, gt=0, description="Seconds for each Kubernetes API request.")
     broker_timeout: float = Field(10.0, gt=0, description="Seconds for each management-API request.")
     kubeconfig: str | None = None

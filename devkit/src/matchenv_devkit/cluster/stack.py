@@ -34,6 +34,7 @@ from matchenv_devkit.cluster.realnode import RealNode
 from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.process import wait_for
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
+from matchenv_devkit.services.rabbitmq_releases import default_series, release
 
 ROOT = REPO_ROOT  # crds/, manifests/
 BROKER_SERVICE = ("rabbitmq", "matchenv-system", 5672)
@@ -288,7 +289,7 @@ class LocalStack:
             if real:
                 stoppers.append(RealNode(cluster, log=log).start().stop)
             rabbitmq = RabbitMQNode(state_dir / "rabbitmq", name="demo", pod_address=NODE_IP if real else None,
-                                    stats_interval_ms=stats_interval_ms)
+                                    stats_interval_ms=stats_interval_ms, release=release(default_series()))
             stoppers.append(rabbitmq.stop)
             rabbitmq.start()
             log(f"RabbitMQ on 127.0.0.1:{rabbitmq.endpoints.amqp_port} "

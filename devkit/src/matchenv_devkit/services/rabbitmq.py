@@ -22,8 +22,7 @@ from urllib.parse import quote
 import requests
 
 from matchenv_devkit.services.process import die_with_parent, free_port, stop_process_group
-
-RABBITMQ_LIB = Path("/usr/lib/rabbitmq/bin")
+from matchenv_devkit.services.rabbitmq_releases import HOST, RabbitMQRelease, ReleaseUnavailable
 
 
 class BrokerStartError(RuntimeError):
@@ -48,19 +47,15 @@ class BrokerEndpoints:
         return f"http://127.0.0.1:{self.http_port}"
 
 
-def _server_binary() -> Path:
-    binary = RABBITMQ_LIB / "rabbitmq-server"
-    if not binary.exists():
-        raise BrokerStartError("rabbitmq-server is not installed (run `make system-deps`)")
-    return binary
-
-
 class RabbitMQNode:
     """One private RabbitMQ node whose state lives in ``state_dir``."""
 
     def __init__(self, state_dir: Path, name: str = "matchenv", stats_interval_ms: int = 500,
-                 detached: bool = False, pod_address: str | None = None) -> None:
-        """``pod_address``: a second AMQP listener (same port) that pods on the real node reach, e.g. its bridge."""
+                 detached: bool = False, pod_address: str | None = None,
+                 release: RabbitMQRelease | None = None) -> None:
+        """``pod_address``: a second AMQP listener (same port) that pods on the real node reach, e.g. its bridge;
+        ``release``: which RabbitMQ (default: this machine's package)."""
+        self.release = release or HOST
         self.state_dir = state_dir.resolve()
         self.pod_address = pod_address
         self.node_name = f"{name}-{os.getpid()}@localhost"
@@ -121,10 +116,14 @@ class RabbitMQNode:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not (self.state_dir / "rabbitmq.conf").exists():
             self._write_config()
+        try:
+            argv, extra = self.release.command(self.state_dir)
+        except ReleaseUnavailable as exc:
+            raise BrokerStartError(str(exc)) from exc
         log = self.log_file.open("ab")
         self._proc = subprocess.Popen(
-            [str(_server_binary())],
-            env=self._env(),
+            argv,
+            env={**self._env(), **extra},
             cwd=self.state_dir,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -136,7 +135,8 @@ class RabbitMQNode:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise BrokerStartError(f"rabbitmq-server exited with {self._proc.returncode}:\n{self.log_tail()}")
+                raise BrokerStartError(f"rabbitmq-server {self.release.series} exited with {self._proc.returncode}:"
+                                       f"\n{self.log_tail()}")
             if self.healthy():
                 return self
             time.sleep(0.3)
@@ -144,9 +144,11 @@ class RabbitMQNode:
         raise BrokerStartError(f"rabbitmq-server did not answer within {timeout:.0f}s:\n{self.log_tail()}")
 
     def healthy(self) -> bool:
+        """Its virtual hosts run (not the aliveness test: it declares a transient queue, a feature RabbitMQ 4
+        deprecates)."""
         ep = self.endpoints
         try:
-            response = requests.get(f"{ep.management_url}/api/aliveness-test/{quote('/', safe='')}",
+            response = requests.get(f"{ep.management_url}/api/health/checks/virtual-hosts",
                                     auth=(ep.username, ep.password), timeout=2)
         except requests.RequestException:
             return False
