@@ -51,9 +51,13 @@ node-build: $(STAMP)  ## build (or reuse) the cached node binaries: kubelet, kub
 images: node-build  ## build (or reuse) the node's images: the project's Dockerfile on a Debian base, pause, CoreDNS
 	$(BIN)/matchenv-dev images build
 
-test: system-deps cluster-build node-build images  ## run the whole test suite (unit, integration, e2e); no tests collected is a failure
+test: system-deps cluster-build node-build images  ## the whole suite on RabbitMQ 4, then the integration tier on 3.10 too; no tests collected is a failure
 	@set +e; $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the suite" >&2; exit 1; fi; exit $$rc
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the suite" >&2; exit 1; fi; \
+	if [ -z "$(PYTEST_ARGS)" ]; then \
+	  echo "== the integration tier again on RabbitMQ 3.10, the oldest supported (MATCHENV_RABBITMQ=3)"; \
+	  MATCHENV_RABBITMQ=3 $(BIN)/pytest tests/integration; rc3=$$?; [ $$rc -eq 0 ] && rc=$$rc3; \
+	fi; exit $$rc
 
 test-unit: $(STAMP)  ## only the fast, pure tests
 	$(BIN)/pytest tests/unit devkit/tests/unit $(PYTEST_ARGS)
