@@ -54,6 +54,7 @@ class SimulatedBroker:
         self.put_users: Counter[str] = Counter()
         self.down = False
         self.calls = 0
+        self.version: str | None = None  # as /api/overview reports it
 
     def _call(self) -> None:
         self.calls += 1
@@ -64,7 +65,7 @@ class SimulatedBroker:
         """The whole broker, or (as the management client reads it) only what ``scope`` names."""
         self._call()
         full = BrokerSnapshot(dict(self.queues), dict(self.exchanges), tuple(self.bindings), dict(self.policies),
-                              dict(self.users), dict(self.permissions))
+                              dict(self.users), dict(self.permissions), self.version)
         if scope is None:
             return full
         v = scope.vhost
@@ -79,7 +80,7 @@ class SimulatedBroker:
             {k: p for k, p in full.policies.items() if k in {(v, n) for n in scope.policies}},
             {k: u for k, u in full.users.items() if k in scope.users or (k in scope.legacy_users and any(
                 not q.claimed_by_cluster for q in queues.values()))},
-            {k: p for k, p in full.permissions.items() if p.vhost == v})
+            {k: p for k, p in full.permissions.items() if p.vhost == v}, self.version)
 
     def declare_exchange(self, vhost: str, name: str, type_: str, durable: bool = True,
                          arguments: dict[str, Any] | None = None) -> None:

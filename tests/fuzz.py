@@ -8,6 +8,7 @@ corpus drawn from the same strategies (:func:`corpus`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import amqp
+import amqp.exceptions
 import pika
+import pika.exceptions
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -118,35 +121,63 @@ def corpus(count: int, prefix: str = "fuzz", top_level_decimals: bool = True) ->
     return found[:count]
 
 
-def publish(url: str, exchange: str, items: Iterable[FuzzMessage]) -> int:
-    """Publish each message with the client it names (py-amqp or pika), persistent, confirmed."""
-    items = list(items)
+@dataclass
+class Published:
+    """What the broker took (confirmed), and what it refused, with its words: the publisher is told either way."""
+
+    accepted: list[FuzzMessage] = field(default_factory=list)
+    refused: list[tuple[FuzzMessage, str]] = field(default_factory=list)
+
+
+def publish(url: str, exchange: str, items: Iterable[FuzzMessage]) -> Published:
+    """Publish each message with the client it names (py-amqp or pika), persistent, confirmed one by one. A message
+    the broker refuses (RabbitMQ closes the connection: e.g. INTERNAL_ERROR for headers a bound stream cannot
+    take) is recorded with the broker's reply, and publishing goes on over a new connection."""
     params = pika.URLParameters(url)
-    sent = 0
-    with pika.BlockingConnection(params) as conn:
-        channel = conn.channel()
-        channel.confirm_delivery()
-        for m in (m for m in items if m.client == "pika"):
-            channel.basic_publish(exchange, "", m.body, pika.BasicProperties(
-                content_type=m.content_type, delivery_mode=2, headers=m.headers or None))
-            sent += 1
-    vhost = params.virtual_host
-    credentials = params.credentials
-    connection = amqp.Connection(host=f"{params.host}:{params.port}", userid=credentials.username,
-                                 password=credentials.password, virtual_host=vhost, confirm_publish=True,
-                                 connect_timeout=10)
-    connection.connect()
+    result = Published()
+    pika_conn: pika.BlockingConnection | None = None
+    amqp_conn: amqp.Connection | None = None
     try:
-        channel = connection.channel()
-        for m in (m for m in items if m.client == "py-amqp"):
-            properties: dict[str, Any] = {"delivery_mode": 2, "application_headers": m.headers}
-            if m.content_type:
-                properties["content_type"] = m.content_type
-            channel.basic_publish(amqp.Message(m.body, **properties), exchange=exchange, routing_key="")
-            sent += 1
+        for m in items:
+            try:
+                if m.client == "pika":
+                    if pika_conn is None or not pika_conn.is_open:
+                        pika_conn = pika.BlockingConnection(params)
+                        channel = pika_conn.channel()
+                        channel.confirm_delivery()
+                    channel.basic_publish(exchange, "", m.body, pika.BasicProperties(
+                        content_type=m.content_type, delivery_mode=2, headers=m.headers or None))
+                else:
+                    if amqp_conn is None or not amqp_conn.connected:
+                        amqp_conn = amqp.Connection(
+                            host=f"{params.host}:{params.port}", userid=params.credentials.username,
+                            password=params.credentials.password, virtual_host=params.virtual_host,
+                            confirm_publish=True, connect_timeout=10)
+                        amqp_conn.connect()
+                        amqp_channel = amqp_conn.channel()
+                    properties: dict[str, Any] = {"delivery_mode": 2, "application_headers": m.headers}
+                    if m.content_type:
+                        properties["content_type"] = m.content_type
+                    amqp_channel.basic_publish(amqp.Message(m.body, **properties), exchange=exchange,
+                                               routing_key="")
+            except (pika.exceptions.AMQPError, amqp.exceptions.AMQPError, OSError) as exc:
+                result.refused.append((m, f"{type(exc).__name__}: {exc}"))
+                if m.client == "pika":
+                    pika_conn = None
+                else:
+                    with contextlib.suppress(Exception):
+                        assert amqp_conn is not None
+                        amqp_conn.collect()
+                    amqp_conn = None
+                continue
+            result.accepted.append(m)
     finally:
-        connection.close()
-    return sent
+        for close in (pika_conn.close if pika_conn is not None and pika_conn.is_open else None,
+                      amqp_conn.close if amqp_conn is not None and amqp_conn.connected else None):
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+    return result
 
 
 def expected(items: Iterable[FuzzMessage]) -> tuple[set[str], dict[str, int]]:

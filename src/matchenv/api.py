@@ -187,7 +187,8 @@ class QueueSpec(_Model):
         le=1000,
         description="Quorum queues with deadLetter on: deliveries after which a message that keeps failing (e.g. "
         "one that makes the worker process exit) goes to the dead-letter queue with reason 'delivery_limit'. "
-        "Applied through the policy. Classic queues have no delivery count: there the worker's own retries and "
+        "Applied through the policy. Without deadLetter a message is never dropped (on RabbitMQ 4 the policy lifts "
+        "its default limit of 20). Classic queues have no delivery count: there the worker's own retries and "
         "dead-lettering bound it.",
     )
     adopt: bool = Field(

@@ -66,8 +66,16 @@ def test_odd_messages_from_any_client_stall_no_environment(pipeline: Pipeline) -
         pipeline.apply(env, workers={"replicas": 1})
     pipeline.wait_ready(*ENVS)
     odd = corpus(200, prefix="e2efuzz", top_level_decimals=False)  # see the end of this test
+    published = publish(pipeline.rabbitmq.endpoints.amqp_url, "matches-fanout", odd)
+    # what the broker refuses, the publisher is told (its connection closed with the reason): RabbitMQ 4.0 with a
+    # stream (the archive) bound refuses headers nesting tables and arrays (541 INTERNAL_ERROR), though the
+    # environments' queues took them (measured): every environment deals with all 200; 3.10 takes these
+    major = int((pipeline.broker.server_version() or "0").split(".")[0])
+    assert len(published.accepted) + len(published.refused) == 200
+    assert all("541" in why or "INTERNAL_ERROR" in why for _, why in published.refused), published.refused[:3]
+    if major < 4:
+        assert published.refused == []
     stored, reasons = expected(odd)
-    assert publish(pipeline.rabbitmq.endpoints.amqp_url, "matches-fanout", odd) == 200
     result = pipeline.scrape("--synthetic", "1000")
     assert result.returncode == 0, result.stderr
     pipeline.wait_rows({env: 1000 + len(stored) for env in ENVS}, timeout=300)

@@ -196,6 +196,7 @@ def test_nothing_listening_is_unreachable() -> None:
 
 def test_snapshot_costs_two_calls_whatever_the_number_of_queues(broker: ManagementClient, unique: str,
                                                                 cleanup: list[DesiredTopology]) -> None:
+    broker.server_version()  # read once per client
     before = broker.calls
     broker.snapshot()
     assert broker.calls - before == 2  # the definitions, and the queues with their counts
@@ -512,3 +513,28 @@ def test_the_administrators_maximum_length_bounds_queues_without_a_policy_and_lo
     finally:
         apply_plan(broker, Plan(plan_length_cap("/", cap, pattern, 0, broker.get_operator_policy("/", cap))))
     assert broker.get_operator_policy("/", cap) is None
+
+
+def test_a_quorum_queue_without_a_dlq_has_no_delivery_limit_on_either_rabbitmq(
+        rabbitmq: RabbitMQNode, broker: ManagementClient, unique: str, cleanup: list[DesiredTopology]) -> None:
+    """RabbitMQ 4 drops a quorum queue's message after 20 deliveries unless told otherwise; 3.x never does (and
+    refuses -1). Whichever runs, a message redelivered 25 times is still there."""
+    want = make(f"q-{unique}", queue={"type": "quorum", "deadLetter": False})
+    cleanup.append(want)
+    apply_plan(broker, plan_converge(want, broker.snapshot(), "pw"))
+    assert plan_converge(want, broker.snapshot(), "pw") == Plan()
+    major = int((broker.server_version() or "0").split(".")[0])
+    policy = broker.snapshot().policies.get(("/", want.names.policy))
+    assert (policy.definition if policy else {}) == ({"delivery-limit": -1} if major >= 4 else {})
+    wait_for(lambda: broker.get_queue("/", want.queue.name).policy == (want.names.policy if major >= 4 else None),
+             what="the policy applied")
+    with pika.BlockingConnection(pika.URLParameters(rabbitmq.endpoints.amqp_url)) as conn:
+        conn.channel().basic_publish("", want.queue.name, b"keeps failing", pika.BasicProperties(delivery_mode=2))
+        for _ in range(25):  # as a worker that dies holding it: delivered, its channel gone before any ack
+            channel = conn.channel()
+            wait_for(lambda c=channel: c.basic_get(want.queue.name)[0], timeout=10,  # type: ignore[misc]
+                     what="the message delivered")
+            channel.close()
+        last = conn.channel()
+        assert wait_for(lambda: last.basic_get(want.queue.name, auto_ack=True)[2], timeout=10,
+                        what="the message after 25 failed deliveries") == b"keeps failing"

@@ -588,3 +588,20 @@ def test_an_events_exchange_someone_else_made_is_a_problem_and_never_deleted() -
 def test_a_queue_named_like_an_events_exchange_is_refused() -> None:
     with pytest.raises(ValueError, match=r"\.events"):
         desired(queue={"name": "matches.prod.events"})
+
+
+@pytest.mark.parametrize(("version", "dead_letter", "limit"), [
+    ("4.0.5", False, -1),  # RabbitMQ 4 would drop a message after 20 deliveries: lifted
+    ("4.0.5", True, 5),  # the spec's limit, then the dead-letter queue
+    ("3.10.8", False, None),  # RabbitMQ 3 never drops one (and refuses -1)
+    (None, False, None),
+])
+def test_a_quorum_queue_without_a_dlq_never_drops_a_message_on_any_rabbitmq(version: str | None, dead_letter: bool,
+                                                                             limit: int | None) -> None:
+    broker = SimulatedBroker()
+    broker.version = version
+    want = desired(queue={"type": "quorum", "deadLetter": dead_letter, "deliveryLimit": 5})
+    converge(broker, want)
+    policy = broker.policies.get(("/", "matchenv.matches.staging"))
+    assert (policy.definition.get("delivery-limit") if policy else None) == limit
+    assert_converged(broker, want)

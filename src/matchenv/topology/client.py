@@ -91,6 +91,7 @@ class ManagementClient:
         self.session.auth = (username, password)
         self.session.headers["content-type"] = "application/json"
         self.calls = 0  # management calls made; the reconciler reports it per interval
+        self._version: str | None = None  # the broker's, read once
         # each call runs on one of these threads so that the caller can stop waiting at the deadline, even for a
         # server that trickles its headers (requests' timeouts are per socket read); several, because the handlers
         # converge environments in parallel (one thread made every converge wait for the others' calls)
@@ -200,6 +201,14 @@ class ManagementClient:
     def list_permissions(self) -> list[Permission]:
         return [Permission.from_api(r) for r in self._request("GET", "/api/permissions")]
 
+    def server_version(self) -> str | None:
+        """The broker's RabbitMQ version (read once per client: a broker changes version only by restarting, and
+        a client follows one broker)."""
+        if self._version is None:
+            overview = self._request("GET", "/api/overview", params={"columns": "rabbitmq_version"}) or {}
+            self._version = str(overview.get("rabbitmq_version") or "") or None
+        return self._version
+
     def snapshot(self, scope: Scope | None = None) -> BrokerSnapshot:
         """Everything the planner compares against: the whole broker in two calls (its definitions, and the queues
         with their message counts), or, with ``scope``, only the objects it names (a constant number of small
@@ -215,6 +224,7 @@ class ManagementClient:
             policies=[Policy.from_api(r) for r in definitions.get("policies", [])],
             users=[User.from_api(r) for r in definitions.get("users", [])],
             permissions=[Permission.from_api(r) for r in definitions.get("permissions", [])],
+            version=self.server_version(),
         )
 
     def _scoped(self, scope: Scope) -> BrokerSnapshot:
@@ -243,7 +253,8 @@ class ManagementClient:
         else:
             rows = [r for u in users if (r := self._get_or_none(f"/api/permissions/{v}/{_q(u.name)}")) is not None]
         permissions = [Permission.from_api(r) for r in rows]
-        return BrokerSnapshot.build(queues, exchanges, bindings, policies, users, permissions)
+        return BrokerSnapshot.build(queues, exchanges, bindings, policies, users, permissions,
+                                    version=self.server_version())
 
     def _get_or_none(self, path: str) -> Any:
         try:

@@ -419,13 +419,14 @@ def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: 
             actions.append(Bind(vhost, dlx, desired.names.dead_letter_queue))
 
     policy = snapshot.policies.get((vhost, desired.names.policy))
-    if not desired.policy_definition:
+    definition = policy_for(desired, snapshot)
+    if not definition:
         if policy is not None:
             actions.append(DeletePolicy(vhost, desired.names.policy))
     elif policy is None or (policy.pattern, policy.definition, policy.priority, policy.apply_to) != (
-        desired.policy_pattern, desired.policy_definition, desired.policy_priority, "queues"
+        desired.policy_pattern, definition, desired.policy_priority, "queues"
     ):
-        actions.append(PutPolicy(vhost, desired.names.policy, desired.policy_pattern, desired.policy_definition,
+        actions.append(PutPolicy(vhost, desired.names.policy, desired.policy_pattern, definition,
                                  desired.policy_priority))
 
     backfill = desired.backfill
@@ -463,6 +464,16 @@ def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: 
     actions += _user_actions(vhost, user, desired.permissions, password, snapshot)
     actions += _legacy_user_removal(desired, snapshot)  # after: the queue is claimed by the new user's rights
     return Plan(tuple(actions), tuple(problems))
+
+
+def policy_for(desired: DesiredTopology, snapshot: BrokerSnapshot) -> dict[str, Any]:
+    """The environment's policy on this broker. RabbitMQ 4 gives a quorum queue a delivery limit of 20 of its own,
+    after which a message is dropped where no dead-letter exchange takes it: without one, the limit is lifted
+    (-1, which RabbitMQ 3 refuses and never needs), so a valid match is never dropped."""
+    definition = desired.policy_definition
+    if desired.queue.type == "quorum" and "delivery-limit" not in definition and (snapshot.major or 0) >= 4:
+        return {**definition, "delivery-limit": -1}
+    return definition
 
 
 def _legacy_user_removal(desired: DesiredTopology, snapshot: BrokerSnapshot) -> list[Action]:

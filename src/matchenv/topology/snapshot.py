@@ -197,10 +197,17 @@ class BrokerSnapshot:
     policies: dict[tuple[str, str], Policy]
     users: dict[str, User]
     permissions: dict[tuple[str, str], Permission]  # (user, vhost)
+    version: str | None = None  # the broker's RabbitMQ version; None: not known
+
+    @property
+    def major(self) -> int | None:
+        """The broker's major version (3, 4), or None."""
+        head = (self.version or "").split(".", 1)[0]
+        return int(head) if head.isdigit() else None
 
     @classmethod
     def build(cls, queues: list[Queue], exchanges: list[Exchange], bindings: list[Binding], policies: list[Policy],
-              users: list[User], permissions: list[Permission]) -> BrokerSnapshot:
+              users: list[User], permissions: list[Permission], version: str | None = None) -> BrokerSnapshot:
         return cls(
             queues={(q.vhost, q.name): q for q in queues},
             exchanges={(e.vhost, e.name): e for e in exchanges},
@@ -208,6 +215,7 @@ class BrokerSnapshot:
             policies={(p.vhost, p.name): p for p in policies},
             users={u.name: u for u in users},
             permissions={(p.user, p.vhost): p for p in permissions},
+            version=version,
         )
 
     @classmethod
