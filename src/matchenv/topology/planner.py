@@ -453,13 +453,13 @@ def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: 
         actions += _user_actions(vhost, desired.names.backfill_user, backfill.permissions, backfill_password,
                                  snapshot)
     elif desired.backfill_leftover:
-        actions += _backfill_removal(desired, snapshot)
+        actions += _extra_removal(desired, snapshot, desired.names.backfill_user, desired.names.backfill_exchange)
     if events is not None:
         if events_password:  # none: its Secret is someone else's (reported by the step)
             actions += _user_actions(vhost, desired.names.events_user, events.permissions, events_password,
                                      snapshot)
     elif desired.events_leftover:
-        actions += _events_removal(desired, snapshot)
+        actions += _extra_removal(desired, snapshot, desired.names.events_user, desired.names.events_exchange)
 
     actions += _user_actions(vhost, user, desired.permissions, password, snapshot)
     actions += _legacy_user_removal(desired, snapshot)  # after: the queue is claimed by the new user's rights
@@ -501,27 +501,16 @@ def _user_actions(vhost: str, user: str, want: DesiredPermissions, password: str
     return actions
 
 
-def _backfill_removal(desired: DesiredTopology, snapshot: BrokerSnapshot) -> list[Action]:
-    """The backfill's user and exchange, when they exist and the exchange is this environment's."""
-    vhost, names = desired.vhost, desired.names
+def _extra_removal(desired: DesiredTopology, snapshot: BrokerSnapshot, user: str, exchange: str) -> list[Action]:
+    """An extra user (the backfill's, Flower's) and its exchange, when they exist and the exchange is this
+    environment's (its marker: never one of the same name made by someone else)."""
+    vhost = desired.vhost
     actions: list[Action] = []
-    if names.backfill_user in snapshot.users:
-        actions.append(DeleteUser(vhost, names.backfill_user))
-    exchange = snapshot.exchanges.get((vhost, names.backfill_exchange))
-    if exchange is not None and desired.owns(exchange.owner):  # made by this environment (its marker) only
-        actions.append(DeleteExchange(vhost, names.backfill_exchange))
-    return actions
-
-
-def _events_removal(desired: DesiredTopology, snapshot: BrokerSnapshot) -> list[Action]:
-    """Flower's user and the task events' exchange, when they exist and the exchange is this environment's."""
-    vhost, names = desired.vhost, desired.names
-    actions: list[Action] = []
-    if names.events_user in snapshot.users:
-        actions.append(DeleteUser(vhost, names.events_user))
-    exchange = snapshot.exchanges.get((vhost, names.events_exchange))
-    if exchange is not None and desired.owns(exchange.owner):
-        actions.append(DeleteExchange(vhost, names.events_exchange))
+    if user in snapshot.users:
+        actions.append(DeleteUser(vhost, user))
+    made = snapshot.exchanges.get((vhost, exchange))
+    if made is not None and desired.owns(made.owner):
+        actions.append(DeleteExchange(vhost, exchange))
     return actions
 
 
