@@ -6,43 +6,56 @@ and the operator's broker-event consumer all connect through it."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pika
 import pika.data
 import pika.exceptions
 
-
-def parameters(url: str, timeout: float, blocked: float, heartbeat: int | None = None) -> pika.URLParameters:
-    """``url``'s connection parameters, every wait bounded: ``timeout`` for a socket read or write, twice that for
-    the connection's set-up, ``blocked`` while the broker blocks publishers (a memory or disk alarm), one attempt
-    (the caller retries); ``heartbeat`` seconds, else the broker's."""
-    params = pika.URLParameters(url)
-    params.socket_timeout = timeout
-    params.stack_timeout = timeout * 2
-    params.blocked_connection_timeout = blocked
-    params.connection_attempts = 1
-    if heartbeat is not None:
-        params.heartbeat = heartbeat
-    return params
+from matchenv.contracts import split_urls
 
 
-def connect(params: pika.URLParameters, error: type[Exception], whose: str) -> pika.BlockingConnection:
-    """A connection, or ``error`` saying the broker refused ``whose`` credentials or could not be reached."""
-    where = f"{params.host}:{params.port}"
+def parameters(url: str, timeout: float, blocked: float, heartbeat: int | None = None) -> list[pika.URLParameters]:
+    """The connection parameters of each node ``url`` lists (one URL, or a cluster's, ``;``-separated), in order,
+    every wait bounded: ``timeout`` for a socket read or write, twice that for the connection's set-up, ``blocked``
+    while the broker blocks publishers (a memory or disk alarm), one attempt per node (the caller retries);
+    ``heartbeat`` seconds, else the broker's. A blocking connection given the list tries each node in turn."""
+    nodes = []
+    for one in split_urls(url) or [url]:
+        params = pika.URLParameters(one)
+        params.socket_timeout = timeout
+        params.stack_timeout = timeout * 2
+        params.blocked_connection_timeout = blocked
+        params.connection_attempts = 1
+        if heartbeat is not None:
+            params.heartbeat = heartbeat
+        nodes.append(params)
+    return nodes
+
+
+def where(nodes: Sequence[pika.ConnectionParameters]) -> str:
+    """The nodes' ``host:port``, for messages."""
+    return ", ".join(f"{params.host}:{params.port}" for params in nodes)
+
+
+def connect(params: list[pika.URLParameters], error: type[Exception], whose: str) -> pika.BlockingConnection:
+    """A connection to the first node that answers, or ``error`` saying the broker refused ``whose`` credentials or
+    could not be reached."""
+    where_ = where(params)
     try:
         return pika.BlockingConnection(params)
     except pika.exceptions.ProbableAuthenticationError as exc:
-        raise error(f"the broker at {where} refused {whose} credentials") from exc
+        raise error(f"the broker at {where_} refused {whose} credentials") from exc
     except (pika.exceptions.AMQPError, OSError) as exc:
-        raise error(f"cannot reach the broker at {where}: {exc.__class__.__name__} {exc}") from exc
+        raise error(f"cannot reach the broker at {where_}: {exc.__class__.__name__} {exc}") from exc
 
 
 class ConfirmedChannel:
-    """One connection's publisher-confirmed channel, opened on first use and again after a loss."""
+    """One connection's publisher-confirmed channel, opened on first use and again after a loss (to the first of
+    the nodes that answers)."""
 
-    def __init__(self, params: pika.URLParameters) -> None:
+    def __init__(self, params: list[pika.URLParameters]) -> None:
         self.params = params
         self._conn: pika.BlockingConnection | None = None
         self._channel: Any = None

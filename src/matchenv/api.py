@@ -569,6 +569,16 @@ class BackfillStatus(_Model):
     message: str | None = Field(None, description="What happened, or why it failed.")
 
 
+class QuorumStatus(_Model):
+    """A quorum queue's replicas as the broker reports them."""
+
+    members: list[str] | None = Field(None, description="The broker nodes holding a replica.")
+    online: list[str] | None = Field(None, description="The members running now.")
+    leader: str | None = Field(None, description="The member that takes and delivers the queue's messages.")
+    has_quorum: bool | None = Field(None, alias="hasQuorum", description="Whether more than half the members "
+                                    "run: without it the queue takes and delivers nothing.")
+
+
 class PlacementStatus(_Model):
     """Where the environment's broker objects live: what a change of queue name, vhost or broker lets go of."""
 
@@ -596,6 +606,8 @@ class MatchEnvironmentStatus(_Model):
         None, alias="oldestMessageTime", description="When the oldest message waiting in the queue was published "
         "(classic queues, for messages stamped with a timestamp as matchenv scrape does); how long the environment "
         "has been behind while no worker reads, as `matchenv status` shows.")
+    quorum: QuorumStatus | None = Field(None, description="For a quorum queue: its members, those running and "
+                                        "its leader; TopologyReady names any member down.")
     replicas: int | None = Field(None, description="Worker pods (scale subresource status).")
     ready_replicas: int | None = Field(None, alias="readyReplicas", description="Worker pods that are ready.")
     ready: str | None = Field(None, description="'<readyReplicas>/<replicas>', as shown in the READY column.")

@@ -24,6 +24,7 @@ operator_app = typer.Typer(help="The Kubernetes operator.", no_args_is_help=True
 app.add_typer(operator_app, name="operator")
 app.add_typer(dlq_app, name="dlq")
 app.command("status")(status)
+BROKER_URL_HELP = "AMQP URL, or a cluster's nodes' URLs separated by ';' (env RABBITMQ_URL)."
 
 
 def _echo_err(message: str) -> None:
@@ -205,9 +206,12 @@ def scrape(
     exchange: str | None = typer.Option(None, "--exchange", envvar="MATCHENV_SCRAPE_EXCHANGE",
                                         help="Publish to this exchange (default matches-fanout)."),
     no_submit_queue: bool = typer.Option(False, "--no-submit-queue", help="Validate and count; publish nothing."),
-    broker_url: str | None = typer.Option(None, "--broker-url", help="AMQP URL (env RABBITMQ_URL)."),
+    broker_url: str | None = typer.Option(None, "--broker-url", help=BROKER_URL_HELP),
     retry_seconds: float = typer.Option(120.0, min=0, envvar="MATCHENV_SCRAPE_RETRY_SECONDS",
                                         help="How long to keep reconnecting to a lost broker."),
+    max_blocked: float = typer.Option(900.0, "--max-blocked", min=1, envvar="MATCHENV_SCRAPE_MAX_BLOCKED",
+                                      help="How long to wait while the broker blocks publishing (a memory or disk "
+                                           "alarm) before giving up."),
     max_rate: float = typer.Option(0.0, "--max-rate", min=0, envvar="MATCHENV_SCRAPE_MAX_RATE",
                                    help="Matches per second at most (0: as fast as the broker confirms)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -242,7 +246,8 @@ def scrape(
         sources.append(list(make_synthetic(synthetic, seed=seed, start=start)))
     matches = list(chain.from_iterable(sources))
     target = resolve_target(queue, exchange)
-    publisher = Publisher(url or "amqp://localhost", target, retry_seconds=retry_seconds, max_rate=max_rate)
+    publisher = Publisher(url or "amqp://localhost", target, retry_seconds=retry_seconds, max_rate=max_rate,
+                          max_blocked=max_blocked)
     where = "nowhere (--no-submit-queue)" if no_submit_queue else target.describe()
     _echo_err(f"publishing {len(matches)} matches to {where}")
     show = not quiet and sys.stderr.isatty()
@@ -269,11 +274,14 @@ def backfill(
     mandatory: bool = typer.Option(True, "--mandatory/--no-mandatory", envvar="MATCHENV_BACKFILL_MANDATORY",
                                    help="Fail on a message the exchange routes nowhere (off for a topic exchange "
                                    "with keys: the others are meant to go nowhere)."),
-    broker_url: str | None = typer.Option(None, "--broker-url", help="AMQP URL (env RABBITMQ_URL)."),
+    broker_url: str | None = typer.Option(None, "--broker-url", help=BROKER_URL_HELP),
     timeout: float = typer.Option(10.0, min=1, help="Seconds each broker call may take."),
     empty_wait: float = typer.Option(30.0, min=0.1, envvar="MATCHENV_BACKFILL_EMPTY_WAIT",
                                      help="Seconds without any message before the archive (from --from on) counts "
                                      "as empty; a slow broker's first delivery may take a while."),
+    retry_seconds: float = typer.Option(120.0, min=0, envvar="MATCHENV_BACKFILL_RETRY_SECONDS",
+                                        help="How long to keep connecting again (to the next node) after the "
+                                        "broker is lost; the replay resumes after the last confirmed offset."),
     log_json: bool = typer.Option(False, "--log-json", help="One JSON object per log line (env MATCHENV_LOG_JSON)."),
 ) -> None:
     """Replay the archive into one environment's queue (what the operator's backfill Job runs). It ends only at
@@ -303,7 +311,7 @@ def backfill(
         start = start.replace(tzinfo=dt.UTC)
     try:
         report = replay(url, archive, exchange, start, mandatory, timeout=timeout, empty_wait=empty_wait,
-                        progress=lambda r: typer.echo(f"delivered {r.delivered} so far"))
+                        progress=lambda r: typer.echo(f"delivered {r.delivered} so far"), retry_seconds=retry_seconds)
     except ReplayError as exc:
         write_termination_message(summary(None, str(exc)))
         _echo_err(f"error: {exc}")
@@ -314,8 +322,10 @@ def backfill(
 
 @app.command("broker-secret")
 def broker_secret(
-    url: str = typer.Option(..., help="AMQP URL as the workers reach the broker, e.g. amqp://rabbitmq:5672."),
-    management_url: str = typer.Option(..., help="Management API URL, e.g. http://rabbitmq:15672."),
+    url: str = typer.Option(..., help="AMQP URL as the workers reach the broker, e.g. amqp://rabbitmq:5672; a "
+                            "cluster's nodes separated by ';' (or its Service)."),
+    management_url: str = typer.Option(..., help="Management API URL, e.g. http://rabbitmq:15672; a cluster's "
+                                       "nodes separated by ';' (or its Service)."),
     username: str = typer.Option("matchenv-admin", help="Admin user the operator manages the broker as."),
     namespace: str = typer.Option("matchenv-system", help="Namespace of the Secret."),
     name: str = typer.Option("matchenv-broker", help="Name of the Secret."),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from matchenv.contracts import BROKER_ADMIN_KEYS
+from matchenv.contracts import BROKER_ADMIN_KEYS, URL_SEPARATOR, split_urls
 
 
 class SecretDecodeError(ValueError):
@@ -35,7 +35,8 @@ class BrokerConfigError(Exception):
 
 @dataclass(frozen=True)
 class BrokerConnection:
-    """An admin connection to one broker. ``url`` is the AMQP URL as the workers reach it."""
+    """An admin connection to one broker. ``url`` is the AMQP URL as the workers reach it; ``url`` and
+    ``management_url`` may each list a cluster's nodes (``;``-separated)."""
 
     url: str
     management_url: str
@@ -68,7 +69,12 @@ def read_connection(secret: dict[str, Any] | None, namespace: str, name: str) ->
 
 
 def worker_amqp_url(broker_url: str, username: str, password: str, vhost: str) -> str:
-    """The broker URL the workers reach, with the environment user's credentials and the vhost in the path."""
+    """The broker URL the workers reach, with the environment user's credentials and the vhost in the path; for a
+    list of nodes (``;``-separated), each of them so, in the same order."""
+    return URL_SEPARATOR.join(_with_credentials(url, username, password, vhost) for url in split_urls(broker_url))
+
+
+def _with_credentials(broker_url: str, username: str, password: str, vhost: str) -> str:
     parts = urlsplit(broker_url)
     host = parts.hostname or "localhost"
     if ":" in host:

@@ -47,6 +47,11 @@ TOPIC_SUFFIX, ARCHIVE_SUFFIX, EVENTS_SUFFIX = ".topic", ".archive", ".events"
 DERIVED_SUFFIXES = (DLQ_SUFFIX, DLX_SUFFIX, BACKFILL_SUFFIX, TOPIC_SUFFIX, ARCHIVE_SUFFIX, EVENTS_SUFFIX)
 
 
+def split_urls(urls: str) -> list[str]:
+    """The URLs of a ``;``-separated list (blanks dropped); one URL is a list of one."""
+    return [url.strip() for url in urls.split(URL_SEPARATOR) if url.strip()]
+
+
 def derived_suffix(name: str) -> str | None:
     """The suffix of a name matchenv derives that ``name`` ends with, or None."""
     return next((suffix for suffix in DERIVED_SUFFIXES if name.endswith(suffix)), None)
@@ -129,6 +134,10 @@ WORKER_METRICS_PORT = 9808
 # -- Secrets ---------------------------------------------------------------------------------------------------
 # the broker admin connection (the operator's own, or an environment's ``broker.connectionSecretRef``)
 BROKER_ADMIN_KEYS = ("url", "management-url", "username", "password")
+# A broker cluster's nodes: ``url`` and ``management-url`` (and every AMQP URL a worker, the publisher or a tool is
+# given) may list several, separated by this (Celery's own failover form); a client tries them in order and moves
+# to the next when one cannot be reached.
+URL_SEPARATOR = ";"
 # the worker's ``<env>-broker`` Secret
 WORKER_SECRET_URL = "url"
 WORKER_SECRET_USERNAME = "username"

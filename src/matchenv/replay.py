@@ -85,70 +85,121 @@ def end_offset(connection: pika.BlockingConnection, archive: str, settle: float 
 
 def replay(url: str, archive: str, exchange: str, start: dt.datetime, mandatory: bool, timeout: float = 10.0,
            idle: float = 5.0, progress: Callable[[ReplayReport], None] = lambda _r: None,
-           stall: float = 120.0, empty_wait: float = EMPTY_WAIT) -> ReplayReport:
+           stall: float = 120.0, empty_wait: float = EMPTY_WAIT, retry_seconds: float = 120.0) -> ReplayReport:
     """Publish every archived message from ``start`` to the archive's end as it was when the replay began (its
     last offset then) to ``exchange``. It ends only there: a pause of the stream (a busy broker) is waited out,
     and a stream that stops short of the end for ``stall`` seconds is a :class:`ReplayError` (the Job retries),
     never a Complete after part of the archive. Nothing at all from ``start`` for ``empty_wait`` seconds means
-    nothing was archived after it."""
-    began = time.monotonic()
-    report = ReplayReport()
-    connection = connect(parameters(url, timeout, blocked=timeout * 6, heartbeat=30), ReplayError,
-                         "the backfill user's")
-    try:
-        report.end_offset = end_offset(connection, archive, empty_wait=empty_wait)
-        if report.end_offset is None:
-            return report
+    nothing was archived after it.
+
+    A lost connection (a broker node gone: ``url`` may list a cluster's nodes) is not the end: the replay connects
+    again, to the next node that answers, and goes on from the offset after the last one whose publish was
+    confirmed, so nothing is skipped (the one message in flight may arrive twice: the store upserts). It gives up
+    only after ``retry_seconds`` without a connection that delivers."""
+    run = _Replay(archive, exchange, mandatory, idle, progress, stall, empty_wait)
+    nodes = parameters(url, timeout, blocked=timeout * 6, heartbeat=5)
+    failing_since: float | None = None
+    while True:
+        delivered_before = run.report.delivered
+        try:
+            connection = connect(nodes, ReplayError, "the backfill user's")
+        except ReplayError as exc:
+            if isinstance(exc.__cause__, pika.exceptions.ProbableAuthenticationError):
+                raise
+            lost = str(exc)
+        else:
+            try:
+                run.stream(connection, start)
+                return run.finish()
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                raise ReplayError(f"the broker closed the channel: {exc.reply_code} {exc.reply_text}") from exc
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                lost = f"the connection to the broker failed: {exc.__class__.__name__} {exc}"
+            finally:
+                if connection.is_open:
+                    with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                        connection.close()
+        now = time.monotonic()
+        if run.report.delivered > delivered_before or failing_since is None:
+            failing_since = now
+        if now - failing_since >= retry_seconds:
+            run.finish()
+            raise ReplayError(f"{lost}; gave up after {now - failing_since:.0f}s ({run.report.delivered} "
+                              "delivered): retrying")
+        log.warning("%s; connecting again (to the next node), resuming after offset %s", lost, run.confirmed)
+        run.reconnects += 1
+        time.sleep(min(5.0, 0.5 * run.reconnects))
+
+
+class _Replay:
+    """One replay's progress across connections: the archive's end when it began, the last offset confirmed."""
+
+    def __init__(self, archive: str, exchange: str, mandatory: bool, idle: float,
+                 progress: Callable[[ReplayReport], None], stall: float, empty_wait: float) -> None:
+        self.archive, self.exchange, self.mandatory = archive, exchange, mandatory
+        self.idle, self.progress, self.stall, self.empty_wait = idle, progress, stall, empty_wait
+        self.report = ReplayReport()
+        self.began = time.monotonic()
+        self.ended = False  # the archive's end was looked up (None in the report: it was empty)
+        self.confirmed: int | None = None  # the last offset whose publish the broker confirmed
+        self.reconnects = 0
+
+    def finish(self) -> ReplayReport:
+        self.report.seconds = time.monotonic() - self.began
+        return self.report
+
+    def stream(self, connection: pika.BlockingConnection, start: dt.datetime) -> None:
+        """Deliver from where the last connection left off up to the end; return when there."""
+        report = self.report
+        if not self.ended:
+            report.end_offset = end_offset(connection, self.archive, empty_wait=self.empty_wait)
+            self.ended = True
+        if report.end_offset is None or (self.confirmed is not None and self.confirmed >= report.end_offset):
+            return
         out = connection.channel()
         out.confirm_delivery()
         source = connection.channel()
         source.basic_qos(prefetch_count=500)
-        log.info("replaying %s from %s up to offset %d into %s", archive, start.isoformat(), report.end_offset,
-                 exchange)
-        last: int | None = None  # the last offset read
+        position: int | dt.datetime = start if self.confirmed is None else self.confirmed + 1
+        log.info("replaying %s from %s up to offset %d into %s", self.archive,
+                 position.isoformat() if isinstance(position, dt.datetime) else f"offset {position}",
+                 report.end_offset, self.exchange)
         quiet_since = time.monotonic()
-        for method, properties, body in source.consume(archive, arguments={OFFSET_HEADER: start},
-                                                       inactivity_timeout=idle):
+        for method, properties, body in source.consume(self.archive, arguments={OFFSET_HEADER: position},
+                                                       inactivity_timeout=self.idle):
             if method is None:
                 quiet = time.monotonic() - quiet_since
-                if last is None and quiet >= empty_wait:
-                    break  # nothing from the start on: everything archived came before it
-                if last is not None and quiet >= stall:
-                    raise ReplayError(f"the archive stopped delivering at offset {last}, before its end "
+                if self.confirmed is None and quiet >= self.empty_wait:
+                    return  # nothing from the start on: everything archived came before it
+                if self.confirmed is not None and quiet >= self.stall:
+                    raise ReplayError(f"the archive stopped delivering at offset {self.confirmed}, before its end "
                                       f"{report.end_offset} when the backfill began ({quiet:.0f} s without a "
                                       f"message; {report.delivered} delivered): retrying")
                 continue
             quiet_since = time.monotonic()
             offset = _offset(properties)
+            if offset is not None and self.confirmed is not None and offset <= self.confirmed:
+                source.basic_ack(method.delivery_tag)  # delivered before the connection was lost
+                continue
             if offset is not None and offset > report.end_offset:
-                break  # published after the replay began: it reached the queue through its binding
-            if offset is not None:
-                last = offset
+                return  # published after the replay began: it reached the queue through its binding
             report.read += 1
             properties.headers = encodable_headers(
                 {k: v for k, v in (properties.headers or {}).items() if k != OFFSET_HEADER})
             try:
-                out.basic_publish(exchange, method.routing_key, body, properties, mandatory=mandatory)
+                out.basic_publish(self.exchange, method.routing_key, body, properties, mandatory=self.mandatory)
             except pika.exceptions.UnroutableError as exc:
-                raise ReplayError(f"exchange {exchange} routes nothing to the queue (is it bound?)") from exc
+                raise ReplayError(f"exchange {self.exchange} routes nothing to the queue (is it bound?)") from exc
             except pika.exceptions.NackError as exc:
-                raise ReplayError(f"the broker refused a message on {exchange} (is the queue full?)") from exc
+                raise ReplayError(f"the broker refused a message on {self.exchange} (is the queue full?)") from exc
             report.delivered += 1
+            if offset is not None:
+                self.confirmed = offset
             source.basic_ack(method.delivery_tag)
             if report.delivered % 1000 == 0:
-                progress(report)
+                self.progress(report)
             if offset is not None and offset >= report.end_offset:
-                break
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        raise ReplayError(f"the broker closed the channel: {exc.reply_code} {exc.reply_text}") from exc
-    except (pika.exceptions.AMQPError, OSError) as exc:
-        raise ReplayError(f"the connection to the broker failed: {exc.__class__.__name__} {exc}") from exc
-    finally:
-        report.seconds = time.monotonic() - began
-        if connection.is_open:
-            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-                connection.close()
-    return report
+                return
 
 
 def write_termination_message(text: str, path: str = TERMINATION_LOG) -> None:

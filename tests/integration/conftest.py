@@ -13,6 +13,8 @@ from matchenv.topology.client import ManagementClient
 from matchenv.workers.migrate import migrate
 from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
+from matchenv_devkit.services.rabbitmq_cluster import RabbitMQCluster
+from matchenv_devkit.services.rabbitmq_releases import release
 from tests.integration.harness import Environment, WorkerProcess
 
 
@@ -74,3 +76,16 @@ def workers(env: Environment, database: str, tmp_path: Path) -> Iterator[Callabl
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQCluster]:
+    """Three RabbitMQ 4 nodes (Debian 13's), each in a network namespace of its own, clustered; for one module."""
+    cluster = RabbitMQCluster(tmp_path_factory.mktemp("rabbitmq-cluster"), release=release("4"))
+    try:
+        cluster.start()
+    except Exception as exc:
+        cluster.stop()
+        pytest.fail(f"the three-node RabbitMQ cluster did not form: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()

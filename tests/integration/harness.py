@@ -16,6 +16,7 @@ import pika
 import psycopg
 import requests
 
+from matchenv.amqp import parameters
 from matchenv.api import MatchEnvironmentSpec
 from matchenv.connection import worker_amqp_url
 from matchenv.topology.applier import apply_plan
@@ -23,7 +24,8 @@ from matchenv.topology.client import ManagementClient
 from matchenv.topology.desired import DesiredTopology, desired_topology
 from matchenv.topology.planner import plan_converge
 from matchenv_devkit.services.process import ChildProcess, free_port
-from matchenv_devkit.services.rabbitmq import RabbitMQNode
+from matchenv_devkit.services.rabbitmq import BrokerEndpoints, RabbitMQNode
+from matchenv_devkit.services.rabbitmq_cluster import RabbitMQCluster
 from tests.cases import CLUSTER, environment
 
 TASK = "celery_tasks.match_tasks.process_match_data"
@@ -58,23 +60,34 @@ def duplicates(url: str) -> int:
         return int(row[0])  # type: ignore[index]
 
 
-class Environment:
-    """A queue, its DLQ and a least-privilege user on the real broker, as the operator would make them."""
+def node_endpoints(rabbitmq: RabbitMQNode | RabbitMQCluster) -> list[BrokerEndpoints]:
+    """A lone node's endpoints, or each of a cluster's nodes'."""
+    return rabbitmq.endpoints if isinstance(rabbitmq, RabbitMQCluster) else [rabbitmq.endpoints]
 
-    def __init__(self, rabbitmq: RabbitMQNode, name: str, **spec: Any) -> None:
+
+class Environment:
+    """A queue, its DLQ and a least-privilege user on the real broker (a node or a cluster), as the operator would
+    make them."""
+
+    def __init__(self, rabbitmq: RabbitMQNode | RabbitMQCluster, name: str, **spec: Any) -> None:
         self.rabbitmq = rabbitmq
-        ep = rabbitmq.endpoints
-        self.admin = ManagementClient(ep.management_url, ep.username, ep.password)
+        nodes = node_endpoints(rabbitmq)
+        ep = nodes[0]
+        self.admin = ManagementClient(";".join(n.management_url for n in nodes), ep.username, ep.password)
+        self.admin_url = ";".join(n.amqp_url for n in nodes)
+        broker_url = ";".join(f"amqp://{n.host}:{n.amqp_port}" for n in nodes)
         self.topology: DesiredTopology = desired_topology(
             CLUSTER, "itest", name, MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
         self.password = uuid.uuid4().hex
         self.events_password = uuid.uuid4().hex if self.topology.events else ""  # Flower's (taskEvents)
         apply_plan(self.admin, plan_converge(self.topology, self.admin.snapshot(), self.password,
                                              events_password=self.events_password))
-        self.url = worker_amqp_url(f"amqp://127.0.0.1:{ep.amqp_port}", self.topology.names.broker_user,
-                                   self.password, "/")
-        self.events_url = worker_amqp_url(f"amqp://127.0.0.1:{ep.amqp_port}", self.topology.names.events_user,
-                                          self.events_password, "/")
+        self.url = worker_amqp_url(broker_url, self.topology.names.broker_user, self.password, "/")
+        self.events_url = worker_amqp_url(broker_url, self.topology.names.events_user, self.events_password, "/")
+
+    def connect(self) -> pika.BlockingConnection:
+        """An admin connection to the first node that answers."""
+        return pika.BlockingConnection(parameters(self.admin_url, 10, blocked=60))
 
     @property
     def queue(self) -> str:
@@ -90,7 +103,7 @@ class Environment:
         transactions of 500 (a commit returns once they are enqueued: as safe as a confirm, without waiting for
         the broker's disk sync once per message)."""
         count = 0
-        with pika.BlockingConnection(pika.URLParameters(self.rabbitmq.endpoints.amqp_url)) as conn:
+        with self.connect() as conn:
             channel = conn.channel()
             channel.tx_select()
             target = self.topology.exchange if exchange is None else exchange
@@ -107,7 +120,7 @@ class Environment:
     def dead_letters(self) -> list[tuple[dict[str, Any], bytes]]:
         """Drain the DLQ: (headers, body) of each message."""
         out: list[tuple[dict[str, Any], bytes]] = []
-        with pika.BlockingConnection(pika.URLParameters(self.rabbitmq.endpoints.amqp_url)) as conn:
+        with self.connect() as conn:
             channel = conn.channel()
             while True:
                 method, props, body = channel.basic_get(self.dlq, auto_ack=True)
@@ -116,7 +129,7 @@ class Environment:
                 out.append((props.headers or {}, body))
 
     def depth(self, queue: str | None = None) -> int:
-        with pika.BlockingConnection(pika.URLParameters(self.rabbitmq.endpoints.amqp_url)) as conn:
+        with self.connect() as conn:
             result = conn.channel().queue_declare(queue or self.queue, passive=True)
             return int(result.method.message_count)
 

@@ -126,7 +126,8 @@ def test_an_empty_or_unreachable_archive_is_a_clear_outcome(rabbitmq: RabbitMQNo
         assert result.returncode == 0, result.stderr
         assert "the archive was empty" in result.stdout
         result = subprocess.run([sys.executable, "-m", "matchenv.cli", "backfill", "--archive", "a", "--exchange",
-                                 "b", "--from", "2026-01-01T00:00:00Z", "--broker-url", "amqp://127.0.0.1:1/"],
+                                 "b", "--from", "2026-01-01T00:00:00Z", "--broker-url", "amqp://127.0.0.1:1/",
+                                 "--retry-seconds", "2"],
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 1
         assert "cannot reach the broker" in result.stderr

@@ -20,7 +20,7 @@ def test_odd_messages_from_any_client_never_stall_the_worker(env: Environment,
                                                              workers: Callable[..., WorkerProcess],
                                                              database: str) -> None:
     worker = workers()
-    url = env.rabbitmq.endpoints.amqp_url
+    url = env.admin_url
     seen = {"rows": 0, "batches": 0}
 
     # no shrinking: each example waits on real processes, and the first failure says enough (its batch is printed)

@@ -96,7 +96,7 @@ def test_an_older_message_never_overwrites_a_newer_row(env: Environment, workers
     t2 = t1 + dt.timedelta(hours=1)
     newer = task_message(make_match(5, home_score=3, away_score=2), scraped_at=t2)
     older = task_message(make_match(5, home_score=1, away_score=0), scraped_at=t1)
-    with pika.BlockingConnection(pika.URLParameters(env.rabbitmq.endpoints.amqp_url)) as conn:
+    with env.connect() as conn:
         channel = conn.channel()
         channel.confirm_delivery()
         for message in (newer, older):  # delivered in this order: t2, then t1
@@ -119,7 +119,7 @@ def test_a_stamp_a_year_ahead_is_dead_lettered_and_later_updates_apply(
     ahead = task_message(make_match(6, home_score=9, away_score=9), scraped_at=now + dt.timedelta(days=365))
     real = [task_message(make_match(6, home_score=1, away_score=0), scraped_at=now),
             task_message(make_match(6, home_score=2, away_score=0), scraped_at=now + dt.timedelta(seconds=1))]
-    with pika.BlockingConnection(pika.URLParameters(env.rabbitmq.endpoints.amqp_url)) as conn:
+    with env.connect() as conn:
         channel = conn.channel()
         channel.confirm_delivery()
         for message in (ahead, *real):

@@ -104,6 +104,11 @@ def test_worker_url_drops_admin_credentials_and_sets_the_vhost() -> None:
     assert worker_amqp_url("amqp://[::1]:5672", "u", "p", "/") == "amqp://u:p@[::1]:5672/%2F"
 
 
+def test_a_clusters_nodes_each_get_the_workers_credentials_in_order() -> None:
+    url = worker_amqp_url("amqp://admin:x@n1:5672; amqp://n2:5672;amqp://n3", "u", "p", "/")
+    assert url == "amqp://u:p@n1:5672/%2F;amqp://u:p@n2:5672/%2F;amqp://u:p@n3/%2F"  # Celery's failover form
+
+
 def test_secret_hash_changes_with_any_value_and_not_with_order() -> None:
     base = secret_data_hash({"a": "1", "b": "2"}, {"DATABASE_URL": "x"})
     assert base == secret_data_hash({"b": "2", "a": "1"}, {"DATABASE_URL": "x"})

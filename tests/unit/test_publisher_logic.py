@@ -76,6 +76,24 @@ def test_gives_up_after_the_retry_budget() -> None:
     assert publisher.reconnects >= 4
 
 
+def test_each_node_of_a_cluster_is_tried_at_once_and_backoff_waits_for_a_full_round(
+        caplog: pytest.LogCaptureFixture) -> None:
+    now, slept = [0.0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    nodes = ";".join(f"amqp://u:p@127.0.0.1:{port}/%2F" for port in (1, 2, 3))  # nothing listens on them
+    publisher = Publisher(nodes, Target("x"), retry_seconds=5, sleep=sleep, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="matchenv.scraper"):
+        report = publisher.run([RawMatch(1, next(iter(synthetic(1))).data)])
+    assert report.failed == 1
+    assert slept[:6] == [0.0, 0.0, 0.5, 0.0, 0.0, 1.0]  # the next node at once; backoff after each round of three
+    tried = [line.split("reconnecting to ")[1].split(" ")[0] for line in caplog.messages if "reconnecting" in line]
+    assert tried[:4] == ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:1", "127.0.0.1:2"]
+
+
 def test_a_paced_scrape_keeps_to_its_rate() -> None:
     from matchenv.scraper.publisher import Pace
 

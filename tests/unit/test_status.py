@@ -136,3 +136,35 @@ def test_the_oldest_waiting_message_is_dated_while_messages_wait_and_kept_throug
     assert waiting["oldestMessageTime"] == "2023-11-14T22:13:20Z"
     assert build_status(seen(topology=None), waiting)["oldestMessageTime"] == "2023-11-14T22:13:20Z"
     assert build_status(seen(), waiting)["oldestMessageTime"] is None  # nothing waits now (or not reported)
+
+
+NODES = ("rabbit@n1", "rabbit@n2", "rabbit@n3")
+
+
+def test_a_quorum_queue_that_lost_a_member_says_which_and_stays_ready_while_it_has_a_quorum() -> None:
+    whole = QueueObservation(exists=True, bound=True, members=NODES, online=NODES, leader="rabbit@n1")
+    status = build_status(seen(topology=whole), None)
+    assert status["quorum"] == {"members": list(NODES), "online": list(NODES), "leader": "rabbit@n1",
+                                "hasQuorum": True}
+    assert "members" not in conditions(status)["TopologyReady"]["message"]
+
+    one_down = QueueObservation(exists=True, bound=True, members=NODES, online=NODES[1:], leader="rabbit@n2")
+    status = build_status(seen(topology=one_down), status)
+    topology = conditions(status)["TopologyReady"]
+    assert (status["phase"], topology["status"], topology["reason"]) == ("Ready", "True", "Converged")
+    assert "has 2 of its 3 members running (rabbit@n1 not): it still has a quorum" in topology["message"]
+    assert status["quorum"]["hasQuorum"] is True  # type: ignore[index]
+
+    two_down = QueueObservation(exists=True, bound=True, members=NODES, online=NODES[2:])
+    status = build_status(seen(topology=two_down), status)
+    topology = conditions(status)["TopologyReady"]
+    assert (status["phase"], topology["status"], topology["reason"]) == ("Degraded", "False", "QuorumLost")
+    assert "rabbit@n1, rabbit@n2 not" in topology["message"]
+    MatchEnvironmentStatus.model_validate(status)  # what the CRD's status schema takes
+
+    healed = build_status(seen(topology=whole), status)
+    assert (healed["phase"], conditions(healed)["TopologyReady"]["reason"]) == ("Ready", "Converged")
+
+
+def test_a_classic_queue_reports_no_quorum() -> None:
+    assert build_status(seen(), None)["quorum"] is None

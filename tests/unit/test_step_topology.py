@@ -230,6 +230,20 @@ def test_the_administrator_decides_which_tenant_brokers_the_operator_calls(
     assert other.calls == 0
 
 
+def test_every_node_of_a_tenant_cluster_must_be_an_allowed_host(world: World) -> None:
+    other = SimulatedBroker()
+    nodes = "http://team-rabbitmq-0:15672;http://rabbitmq.elsewhere:15672"
+    world.clients.others[nodes] = other
+    world.kube.add_secret("default", "team-broker", {**ADMIN, "url": "amqp://team-rabbitmq-0:5672",
+                                                     "management-url": nodes})
+    world.reconciler.services.settings = world.settings.model_copy(update={"tenant_broker_hosts": ["team-*"]})
+    world.add("tenant", broker={"connectionSecretRef": {"name": "team-broker"}})
+    world.converge("tenant")
+    assert world.reason("tenant") == "NotAllowed"
+    assert "rabbitmq.elsewhere" in world.status("tenant")["lastError"]
+    assert other.calls == 0
+
+
 def test_a_queue_pattern_with_the_namespace_ties_queue_names_to_namespaces(world: World) -> None:
     world.reconciler.services.settings = world.settings.model_copy(update={"queue_pattern": r"^matches\.{namespace}\."})
     world.add("prod", namespace="team-a", queue={"name": "matches.team-a.prod"})

@@ -88,6 +88,14 @@ def topology_condition(seen: Observation) -> tuple[bool, str, str]:
                   "published with an empty routing key, as protocol-1 producers send them, do not reach it)")
     elif seen.routing_keys:
         bound += f" with keys {', '.join(seen.routing_keys)}"
+    topo = seen.topology
+    if topo.offline:
+        members = (f"quorum queue {seen.queue} has {len(topo.members) - len(topo.offline)} of its "
+                   f"{len(topo.members)} members running ({', '.join(topo.offline)} not)")
+        if not topo.has_quorum:
+            return False, "QuorumLost", (f"{members}: without a majority it takes and delivers no messages; "
+                                         "publishers wait for confirms until enough nodes are back")
+        bound += f"; {members}: it still has a quorum"
     if seen.topology.messages is None:
         return True, "Converged", (f"{bound}; the broker reports no message counts for it, so they are unknown and "
                                    "autoscaling holds")
@@ -223,8 +231,11 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         oldest = seen.topology.oldest_published
         status["oldestMessageTime"] = None if oldest is None else rfc3339(
             dt.datetime.fromtimestamp(oldest, dt.UTC))
+        topo = seen.topology
+        status["quorum"] = {"members": list(topo.members), "online": list(topo.online), "leader": topo.leader,
+                            "hasQuorum": topo.has_quorum} if topo.members else None
     else:
-        for key in ("messages", "consumers", "deadLetterMessages", "oldestMessageTime"):
+        for key in ("messages", "consumers", "deadLetterMessages", "oldestMessageTime", "quorum"):
             if key in old_status:
                 status[key] = old_status[key]
     return status

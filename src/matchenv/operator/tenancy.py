@@ -11,6 +11,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from matchenv.contracts import split_urls
 from matchenv.operator.settings import OperatorSettings
 from matchenv.topology.desired import DesiredTopology
 from matchenv.topology.planner import Refusal
@@ -53,7 +54,7 @@ def tenant_broker_refusal(management_url: str, amqp_url: str, settings: Operator
     if not allowed:
         return Refusal(NOT_ALLOWED, "broker.connectionSecretRef is turned off by the operator's administrator "
                        "(setting MATCHENV_TENANT_BROKER_HOSTS=none): use the operator's broker")
-    for url in (management_url, amqp_url):
+    for url in [*split_urls(management_url), *split_urls(amqp_url)]:  # every node of a cluster
         host = urlsplit(url).hostname or ""
         if not any(fnmatch.fnmatchcase(host.lower(), pattern.lower()) for pattern in allowed):
             return Refusal(NOT_ALLOWED, f"the broker Secret names host {host or url!r}, which is not one of the "

@@ -7,6 +7,12 @@ order, with the same task ids (the workers' upsert makes a redelivery harmless),
 match that reaches no queue (no environment bound) is returned by the broker and counted as unroutable; the
 command then exits non-zero. A missing exchange or a refused permission ends the run: every match not yet
 confirmed is reported failed.
+
+Given a cluster's nodes (``;``-separated URLs), each new connection goes to the next node: a node that died or was
+cut off is left at once for the others, and backoff starts only once every node was tried. While the broker blocks
+publishers (a memory or disk alarm: ``connection.blocked``) the run waits, says so with the broker's reason and
+repeats it every ``BLOCKED_NOTICE`` seconds; it goes on when the alarm clears, and gives up (every match not
+confirmed failed, saying why) only after ``max_blocked`` seconds blocked.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import pika.frame
 import pika.spec
 from pydantic import ValidationError
 
-from matchenv.amqp import parameters
+from matchenv.amqp import parameters, where
 from matchenv.contracts import DEFAULT_EXCHANGE, routing_key
 from matchenv.match import Match
 from matchenv.scraper.messages import task_message
@@ -35,6 +41,8 @@ log = logging.getLogger("matchenv.scraper")
 Result = Literal["confirmed", "unroutable", "failed"]
 DEFAULT_WINDOW = 512  # unconfirmed messages on the wire at most
 MAX_NACKS = 3  # a message the broker refuses this often is reported failed
+BLOCKED_NOTICE = 30.0  # while the broker blocks publishing, say so again this often (seconds)
+DEFAULT_MAX_BLOCKED = 900.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,8 @@ class PublishReport:
     unroutable: int = 0
     failed: int = 0
     reconnects: int = 0
+    blocked: int = 0  # times the broker blocked publishing (a memory or disk alarm)
+    blocked_seconds: float = 0.0
     invalid_matches: int = 0
     invalid: list[InvalidMatch] = field(default_factory=list)  # one entry per problem
     errors: list[str] = field(default_factory=list)
@@ -87,9 +97,10 @@ class PublishReport:
         return 3 if self.invalid_matches else 0
 
     def summary(self) -> str:
+        blocked = f", blocked {self.blocked} times for {self.blocked_seconds:.0f}s" if self.blocked else ""
         return (f"read {self.read}, published {self.published}, confirmed {self.confirmed}, "
                 f"unroutable {self.unroutable}, invalid {self.invalid_matches}, failed {self.failed}, "
-                f"reconnects {self.reconnects}")
+                f"reconnects {self.reconnects}{blocked}")
 
 
 def validate(raw: RawMatch) -> tuple[dict[str, object] | None, list[InvalidMatch]]:
@@ -140,13 +151,17 @@ class Pace:
 
 
 class Publisher:
-    """Streams matches over one confirmed, mandatory channel (pika's asynchronous connection); reconnects with
-    backoff while an outage lasts less than ``retry_seconds``."""
+    """Streams matches over one confirmed, mandatory channel (pika's asynchronous connection); reconnects (to the
+    next of ``url``'s nodes) with backoff while an outage lasts less than ``retry_seconds``."""
 
     def __init__(self, url: str, target: Target, retry_seconds: float = 120.0, connect_timeout: float = 10.0,
                  window: int = DEFAULT_WINDOW, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic, max_rate: float = 0.0) -> None:
-        self.params = parameters(url, connect_timeout, blocked=60, heartbeat=30)
+                 clock: Callable[[], float] = time.monotonic, max_rate: float = 0.0,
+                 max_blocked: float = DEFAULT_MAX_BLOCKED) -> None:
+        # a dead or cut-off node is noticed within 10 to 20 s (pika checks every heartbeat + 5 s), then the next
+        # node is tried
+        self.nodes = parameters(url, connect_timeout, blocked=max_blocked, heartbeat=5)
+        self.max_blocked = max_blocked
         self.target = target
         self.retry_seconds = retry_seconds
         self.window = max(1, window)
@@ -199,6 +214,9 @@ class _Stream:
         self.pace = Pace(publisher.max_rate, publisher.clock)
         self.taken = 0  # messages taken from the source so far (what the pace counts)
         self.waking = False  # a timer will call _fill when the next message is due
+        self.node = 0  # which of the publisher's nodes the next connection goes to
+        self.blocked_since: float | None = None  # the broker blocks publishing since then (monotonic)
+        self.blocked_reason = ""
 
     # -- the outer loop: connect, stream until done or the connection ends, back off, again ----------------
     def run(self) -> None:
@@ -208,11 +226,15 @@ class _Stream:
             confirmed_before = self.report.confirmed + self.report.unroutable
             self.problem = ""
             self.waking = False  # a timer of the last connection's loop never fires
-            self.conn = pika.SelectConnection(self.p.params, on_open_callback=self._on_open,
+            params = self.p.nodes[self.node % len(self.p.nodes)]
+            self.conn = pika.SelectConnection(params, on_open_callback=self._on_open,
                                               on_open_error_callback=self._on_open_error,
                                               on_close_callback=self._on_closed)
+            self.conn.add_on_connection_blocked_callback(self._on_blocked)
+            self.conn.add_on_connection_unblocked_callback(self._on_unblocked)
             self.conn.ioloop.start()
             self.conn, self.channel = None, None
+            self._unblocked()
             self.resend.extendleft(reversed(self.unconfirmed.values()))
             self.unconfirmed.clear()
             if self.fatal:
@@ -229,9 +251,13 @@ class _Stream:
                 self._fail_the_rest(f"{self.problem}; gave up after {attempt} attempts in "
                                     f"{now - outage_since:.0f}s")
                 return
-            delay = min(10.0, 0.5 * 2 ** (attempt - 1))
-            log.warning("%s; reconnecting in %.1fs (%d unconfirmed to resend, giving up after %.0fs)",
-                        self.problem, delay, len(self.resend), self.p.retry_seconds)
+            # the next node at once; backoff once every node was tried
+            nodes = len(self.p.nodes)
+            self.node = (self.node + 1) % nodes
+            delay = 0.0 if attempt % nodes else min(10.0, 0.5 * 2 ** (attempt // nodes - 1))
+            log.warning("%s (%s); reconnecting to %s in %.1fs (%d unconfirmed to resend, giving up after %.0fs)",
+                        self.problem, where([params]), where([self.p.nodes[self.node]]), delay, len(self.resend),
+                        self.p.retry_seconds)
             self.p.reconnects += 1
             self.p.sleep(delay)
 
@@ -266,9 +292,39 @@ class _Stream:
         conn.ioloop.stop()
 
     def _on_closed(self, conn: pika.SelectConnection, reason: BaseException) -> None:
+        if isinstance(reason, pika.exceptions.ConnectionBlockedTimeout):
+            self.fatal = (f"the broker blocked publishing for more than {self.p.max_blocked:.0f}s "
+                          f"({self.blocked_reason or 'no reason given'}): clear the broker's alarm and publish again")
         if not self.problem and not self._done():
             self.problem = f"connection lost: {reason.__class__.__name__}: {reason}"
         conn.ioloop.stop()
+
+    def _on_blocked(self, conn: pika.SelectConnection, frame: pika.frame.Method[Any]) -> None:
+        """``connection.blocked``: the broker takes no more messages until its alarm clears; wait, and say so."""
+        self.blocked_reason = str(getattr(frame.method, "reason", "") or "an alarm")
+        log.warning("the broker blocks publishing (%s: a memory or disk alarm); waiting for it to clear "
+                    "(%d unconfirmed, giving up after %.0fs blocked)", self.blocked_reason, len(self.unconfirmed),
+                    self.p.max_blocked)
+        if self.blocked_since is None:
+            self.blocked_since = self.p.clock()
+            self.report.blocked += 1
+            conn.ioloop.call_later(BLOCKED_NOTICE, self._still_blocked)
+
+    def _still_blocked(self) -> None:
+        if self.blocked_since is not None and self.conn is not None:
+            log.warning("still blocked by the broker after %.0fs (%s)", self.p.clock() - self.blocked_since,
+                        self.blocked_reason)
+            self.conn.ioloop.call_later(BLOCKED_NOTICE, self._still_blocked)
+
+    def _on_unblocked(self, conn: pika.SelectConnection, frame: pika.frame.Method[Any]) -> None:
+        if self.blocked_since is not None:
+            log.warning("the broker takes messages again after %.0fs blocked", self.p.clock() - self.blocked_since)
+        self._unblocked()
+
+    def _unblocked(self) -> None:
+        if self.blocked_since is not None:
+            self.report.blocked_seconds += self.p.clock() - self.blocked_since
+            self.blocked_since = None
 
     def _on_channel(self, channel: pika.channel.Channel) -> None:
         self.channel = channel

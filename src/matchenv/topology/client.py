@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import requests
 
+from matchenv.contracts import split_urls
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
 
 DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds the whole call
@@ -28,7 +29,7 @@ MAX_ERROR_TEXT = 300
 PARALLEL_CALLS = 8  # management calls in flight at once per broker (kopf runs up to 8 handlers at once)
 QUEUE_COLUMNS = (
     "name,vhost,type,durable,arguments,messages,messages_ready,messages_unacknowledged,consumers,policy,"
-    "head_message_timestamp"
+    "head_message_timestamp,members,online,leader"
 )
 
 
@@ -43,6 +44,10 @@ class BrokerError(Exception):
 
 class BrokerUnreachable(BrokerError):
     """No answer: connection refused, DNS failure, timeout, or a 5xx from the management plugin."""
+
+
+class NodeUnreachable(BrokerUnreachable):
+    """This node did not answer at all (refused, reset, timed out): another node of the cluster may."""
 
 
 class BrokerAuthError(BrokerError):
@@ -71,7 +76,9 @@ def _q(part: str) -> str:
 
 
 class ManagementClient:
-    """Typed access to the RabbitMQ management API of one broker."""
+    """Typed access to the RabbitMQ management API of one broker: one node, or a cluster's nodes (``base_url`` lists
+    them, ``;``-separated). Calls go to the node that answered last; a node that does not answer is left for the
+    next, within the call's one deadline."""
 
     def __init__(
         self,
@@ -82,7 +89,8 @@ class ManagementClient:
         session: requests.Session | None = None,
         write_budget: Callable[[], float | None] | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = [url.rstrip("/") for url in split_urls(base_url)] or [base_url.rstrip("/")]
+        self._node = 0  # the node calls go to
         self.timeout = timeout
         # how long a write may take from now (the leader's Lease: no write still under way once another replica
         # may lead); None: the timeout alone
@@ -112,6 +120,11 @@ class ManagementClient:
         self.session.close()
         self.session = fresh
 
+    @property
+    def base_url(self) -> str:
+        """The node calls go to now."""
+        return self.base_urls[self._node]
+
     # -- transport -------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
         operation = f"{method} {path}"
@@ -121,6 +134,25 @@ class ManagementClient:
         if budget is not None:
             total = max(0.1, min(total, budget))
         deadline = time.monotonic() + total
+        down: list[str] = []
+        for _ in self.base_urls:
+            try:
+                return self._request_node(method, path, body, params, operation, connect, deadline)
+            except NodeUnreachable as exc:
+                down.append(str(exc))
+                # every declare, binding and removal is idempotent: the next node may take the same call
+                self._node = (self._node + 1) % len(self.base_urls)
+                if deadline - time.monotonic() < 0.2:
+                    break
+        if len(self.base_urls) == 1 or len(down) == 1:
+            raise NodeUnreachable(down[0], operation)
+        raise NodeUnreachable(f"{operation}: no node answered ({'; '.join(d.split(': ', 1)[-1] for d in down)})",
+                              operation)
+
+    def _request_node(self, method: str, path: str, body: Any, params: dict[str, str] | None, operation: str,
+                      connect: float, deadline: float) -> Any:
+        """One call to the current node, by ``deadline`` (monotonic)."""
+        total = max(0.1, deadline - time.monotonic())
         session = self.session
 
         def exchange() -> tuple[requests.Response, bytes]:
@@ -142,10 +174,11 @@ class ManagementClient:
                 self._abandon()
                 raise TimeoutError from exc
         except (requests.Timeout, TimeoutError) as exc:
-            raise BrokerUnreachable(f"{operation}: no complete answer within {total:.0f}s", operation) from exc
+            raise NodeUnreachable(f"{operation}: no complete answer within {total:.0f}s from {self.base_url}",
+                                  operation) from exc
         except requests.RequestException as exc:
-            raise BrokerUnreachable(f"{operation}: broker unreachable at {self.base_url} ({exc.__class__.__name__})",
-                                    operation) from exc
+            raise NodeUnreachable(f"{operation}: broker unreachable at {self.base_url} ({exc.__class__.__name__})",
+                                  operation) from exc
         except _BodyTooLarge as exc:
             raise BrokerConflict(f"{operation}: the answer is larger than {MAX_BODY} bytes", operation) from exc
         status = response.status_code

@@ -678,6 +678,20 @@ class QueueObservation:
     ready: int | None = 0
     unacknowledged: int | None = 0
     oldest_published: int | None = None  # when the oldest message waiting was published (classic queues only)
+    # a quorum queue's replicas (empty for other types): the nodes holding one, those running, the leader
+    members: tuple[str, ...] = ()
+    online: tuple[str, ...] = ()
+    leader: str | None = None
+
+    @property
+    def offline(self) -> tuple[str, ...]:
+        """The members not running: a node down or cut off."""
+        return tuple(m for m in self.members if m not in self.online)
+
+    @property
+    def has_quorum(self) -> bool:
+        """More than half its members run (a queue without members has nothing to lose)."""
+        return not self.members or 2 * len(set(self.online) & set(self.members)) > len(self.members)
 
 
 def observe(desired: DesiredTopology, snapshot: BrokerSnapshot) -> QueueObservation:
@@ -698,4 +712,7 @@ def observe(desired: DesiredTopology, snapshot: BrokerSnapshot) -> QueueObservat
         ready=live.messages_ready,
         unacknowledged=live.messages_unacknowledged,
         oldest_published=live.head_timestamp if live.backlog else None,
+        members=live.members,
+        online=live.online,
+        leader=live.leader,
     )

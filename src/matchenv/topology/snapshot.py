@@ -26,6 +26,10 @@ class Queue:
     # when the message at its head was published (its AMQP timestamp, Unix seconds): classic queues report it, for
     # messages that carry one (the scraper stamps each); None: empty, not reported, or not stamped
     head_timestamp: int | None = None
+    # a quorum queue's replicas: the nodes that hold one, those running, and the one that leads (others: empty)
+    members: tuple[str, ...] = field(default=(), compare=False)
+    online: tuple[str, ...] = field(default=(), compare=False)
+    leader: str | None = field(default=None, compare=False)
 
     @property
     def owner(self) -> str | None:
@@ -59,7 +63,15 @@ class Queue:
             consumers=_count(row, "consumers"),
             policy=row.get("policy") or None,
             head_timestamp=_count(row, "head_message_timestamp"),
+            members=_names(row, "members"),
+            online=_names(row, "online"),
+            leader=str(row["leader"]) if row.get("leader") else None,
         )
+
+
+def _names(row: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = row.get(key)
+    return tuple(sorted(str(v) for v in value)) if isinstance(value, list) else ()
 
 
 def _count(row: dict[str, Any], key: str) -> int | None:

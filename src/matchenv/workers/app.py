@@ -53,6 +53,7 @@ log = logging.getLogger("matchenv.worker")
 _T = TypeVar("_T")
 STOPPING = threading.Event()  # set when the worker starts its warm shutdown
 STOP_WAIT = 20.0  # how long a stopping worker waits for the batch it is storing
+BROKER_HEARTBEAT = 10  # seconds
 WAKE_SECONDS = 0.25  # the event loop's longest sleep: how soon an idle worker notices it should stop
 
 
@@ -238,6 +239,10 @@ def create_app(config: WorkerConfig, store_factory: Callable[[], Store] | None =
         broker_url=config.broker_url.get_secret_value(),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
+        # a connection to a node that died or was cut off is given up after two missed heartbeats (20 s, Celery's
+        # default is 4 min), then the next node of the broker URL's list is tried: the consumer's event loop never
+        # blocks (storing runs on a thread of its own), so a busy worker still beats
+        broker_heartbeat=BROKER_HEARTBEAT,
         broker_transport_options={"confirm_publish": True},
         task_queues=[queue],
         task_default_queue=config.queue,

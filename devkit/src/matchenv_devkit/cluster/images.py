@@ -5,8 +5,10 @@
 * ``matchenv``: the project's ``Dockerfile`` as written, built by ``buildah bud`` on that base;
 * ``pause``: the sandbox image containerd needs for every pod, from Kubernetes' own ``pause.c``;
 * ``coredns``: the cached CoreDNS binary alone, for the cluster DNS Deployment;
-* ``rabbitmq`` and ``postgres``: Debian's packages on the same base, from ``devkit/images/<name>/Dockerfile``,
-  taking the settings the public images take (for the manifests' broker and the local databases).
+* ``postgres``: Debian's package on the same base, from ``devkit/images/postgres/Dockerfile``, taking the settings
+  the public image takes (the local databases);
+* ``rabbitmq``: RabbitMQ 4.0 from Debian 13's packages (the cached ``trixie`` root :func:`trixie_root` makes, which
+  the host-process RabbitMQ 4 node also runs), from ``devkit/images/rabbitmq/Dockerfile`` (the manifests' broker).
 
 Each image is exported once to ``~/.cache/matchenv/images/<name>-<key>.tar`` (a docker-archive carrying the name
 the node uses) where ``key`` hashes every input; a warm run finds the archives and builds nothing. buildah keeps its
@@ -38,7 +40,10 @@ PROJECT_IMAGE = "docker.io/library/matchenv:0.1.0"
 PAUSE_IMAGE = "localhost/matchenv/pause:3.10"
 COREDNS_IMAGE = f"localhost/matchenv/coredns:{COREDNS_VERSION}"
 BASE_IMAGE = f"localhost/matchenv/debian-python:{DEBIAN_SUITE}"
-RABBITMQ_IMAGE = f"localhost/matchenv/rabbitmq:{DEBIAN_SUITE}"
+RABBITMQ_SUITE = "trixie"  # RabbitMQ 4.0.5; Debian 12 has only 3.10
+RABBITMQ_PACKAGES = ("rabbitmq-server",)
+RABBITMQ_IMAGE = f"localhost/matchenv/rabbitmq:{RABBITMQ_SUITE}"
+RABBITMQ_BASE_IMAGE = f"localhost/matchenv/debian-rabbitmq:{RABBITMQ_SUITE}"
 POSTGRES_IMAGE = f"localhost/matchenv/postgres:{DEBIAN_SUITE}"
 BUILD_CA = "/run/matchenv-build-ca.crt"  # where a build step finds this machine's CA bundle
 REPO_ROOT = Path(__file__).resolve().parents[4]  # the repository (the dev kit is installed from it, editable)
@@ -90,6 +95,33 @@ def debian_mirror(sources: Sequence[Path] = (Path("/etc/apt/sources.list.d/debia
     return "http://deb.debian.org/debian"
 
 
+def trixie_root(timeout: float = 1200) -> Path:
+    """Debian 13 with rabbitmq-server in the cache (made now when missing: about 1.5 min, 370 MB), keyed by what
+    it is made from; :class:`ImageError` says why it could not be made."""
+    mirror = debian_mirror()
+    home = cache_root() / f"rabbitmq-trixie-{content_key([RABBITMQ_SUITE, *RABBITMQ_PACKAGES, mirror])}"
+    root = home / "root"
+    if (root / "usr/lib/rabbitmq/bin/rabbitmq-server").exists():
+        return root
+    if shutil.which("debootstrap") is None:
+        raise ImageError("debootstrap is not installed (make system-deps installs it)")
+    home.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(dir=home) as tmp:
+        tree = Path(tmp) / "root"
+        result = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(RABBITMQ_PACKAGES)}",
+                                 RABBITMQ_SUITE, str(tree), mirror], capture_output=True, text=True,
+                                timeout=timeout, check=False)
+        if result.returncode != 0:
+            raise ImageError(f"debootstrap of {RABBITMQ_SUITE} with rabbitmq-server failed: {result.stderr[-2000:]}")
+        for leftover in ("var/cache/apt", "var/lib/apt/lists"):
+            for child in (tree / leftover).glob("*"):
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        tree.rename(root)  # whole or not at all
+    print(f"[rabbitmq] Debian 13's RabbitMQ in {root} ({time.monotonic() - started:.0f}s)", file=sys.stderr)
+    return root
+
+
 @dataclass(frozen=True)
 class BuiltImage:
     name: str
@@ -113,8 +145,26 @@ class ImageBuilder:
 
     # -- the images --------------------------------------------------------------------------------------------
     def all(self) -> list[BuiltImage]:
-        return [self.pause(), self.coredns(), self.project(), self.service("rabbitmq", RABBITMQ_IMAGE),
-                self.service("postgres", POSTGRES_IMAGE)]
+        return [self.pause(), self.coredns(), self.project(), self.rabbitmq(), self.service("postgres", POSTGRES_IMAGE)]
+
+    def rabbitmq(self) -> BuiltImage:
+        """``devkit/images/rabbitmq`` on Debian 13's RabbitMQ 4 root (the same tree the host-process node runs)."""
+        root = trixie_root()
+        base = f"{RABBITMQ_BASE_IMAGE}-{root.parent.name}"
+        context = self.root / "devkit" / "images" / "rabbitmq"
+
+        def build(_workdir: Path) -> None:
+            if not self._buildah_ok("inspect", "--type", "image", base):
+                def fill(container: str) -> None:
+                    mount = self._buildah("mount", container, label="buildah mount").strip()
+                    self._run(["cp", "-a", f"{root}/.", mount], "copy the root filesystem")
+                    self._buildah("umount", container, label="buildah umount")
+
+                self._from_scratch(base, fill, ["--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                                                "/sbin:/bin", "--env", "LANG=C.UTF-8", "--cmd", "/bin/bash"])
+            self._bud(context, RABBITMQ_IMAGE, base)
+
+        return self._cached("rabbitmq", RABBITMQ_IMAGE, [base, *tree_inputs(context, ["."])], build)
 
     @functools.cached_property
     def base_name(self) -> str:
@@ -190,11 +240,11 @@ class ImageBuilder:
 
         return self._cached(label, name, [self.base_name, *tree_inputs(context, ["."])], build)
 
-    def _bud(self, context: Path, name: str) -> None:
+    def _bud(self, context: Path, name: str, base: str | None = None) -> None:
         """``buildah bud`` of ``context``'s Dockerfile with ``BASE_IMAGE`` the local base (made if missing), on
         the host's network for package downloads (apt, pip), which trust the CA bundle this machine's pip uses (a
         proxy may re-sign TLS here). The mounts are build-time only, never in the image."""
-        base = self.ensure_base()
+        base = base or self.ensure_base()
         with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
             pip_conf = Path(tmp) / "pip.conf"
             bundle = _pip_cert_bundle()

@@ -14,7 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -22,7 +22,7 @@ from urllib.parse import quote
 import requests
 
 from matchenv_devkit.services.process import die_with_parent, free_port, stop_process_group
-from matchenv_devkit.services.rabbitmq_releases import HOST, RabbitMQRelease, ReleaseUnavailable
+from matchenv_devkit.services.rabbitmq_releases import CTL, HOST, RabbitMQRelease, ReleaseUnavailable
 
 
 class BrokerStartError(RuntimeError):
@@ -37,14 +37,33 @@ class BrokerEndpoints:
     http_port: int
     username: str
     password: str
+    host: str = "127.0.0.1"
 
     @property
     def amqp_url(self) -> str:
-        return f"amqp://{quote(self.username, safe='')}:{quote(self.password, safe='')}@127.0.0.1:{self.amqp_port}/%2F"
+        return (f"amqp://{quote(self.username, safe='')}:{quote(self.password, safe='')}@{self.host}:{self.amqp_port}"
+                "/%2F")
 
     @property
     def management_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
+
+
+@dataclass(frozen=True)
+class NodePlacement:
+    """Where a cluster member runs: its own network namespace (``run_prefix`` enters it), address and long node
+    name, the cluster's shared cookie and admin credentials, and the configuration lines that make it join."""
+
+    address: str
+    node_name: str
+    run_prefix: tuple[str, ...]
+    cookie: str
+    username: str
+    password: str = field(repr=False)
+    config: tuple[str, ...] = ()
+    # seconds until a silent peer counts as gone (Erlang's default is 60: a node cut off for 30 s would go unnoticed
+    # while every call to it stalls the others)
+    net_ticktime: int = 10
 
 
 class RabbitMQNode:
@@ -52,16 +71,20 @@ class RabbitMQNode:
 
     def __init__(self, state_dir: Path, name: str = "matchenv", stats_interval_ms: int = 500,
                  detached: bool = False, pod_address: str | None = None,
-                 release: RabbitMQRelease | None = None) -> None:
+                 release: RabbitMQRelease | None = None, placement: NodePlacement | None = None) -> None:
         """``pod_address``: a second AMQP listener (same port) that pods on the real node reach, e.g. its bridge;
-        ``release``: which RabbitMQ (default: this machine's package)."""
+        ``release``: which RabbitMQ (default: this machine's package); ``placement``: a cluster member's own
+        network namespace, address and cluster settings (default: a lone node on loopback)."""
         self.release = release or HOST
         self.state_dir = state_dir.resolve()
         self.pod_address = pod_address
-        self.node_name = f"{name}-{os.getpid()}@localhost"
+        self.placement = placement
+        self.node_name = placement.node_name if placement else f"{name}-{os.getpid()}@localhost"
         self.stats_interval_ms = stats_interval_ms
         self.detached = detached
-        self.endpoints = BrokerEndpoints(free_port(), free_port(), "matchenv-admin", secrets.token_urlsafe(18))
+        self.endpoints = BrokerEndpoints(free_port(), free_port(), placement.username if placement else
+                                         "matchenv-admin", placement.password if placement else
+                                         secrets.token_urlsafe(18), placement.address if placement else "127.0.0.1")
         self.dist_port = free_port()
         self.prometheus_port = free_port()  # the rabbitmq_prometheus plugin's /metrics, as a pod's port 15692
         self._proc: subprocess.Popen[bytes] | None = None
@@ -81,18 +104,21 @@ class RabbitMQNode:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.state_dir / "enabled_plugins"),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_PID_FILE": str(self.state_dir / "rabbitmq.pid"),
+            **({"RABBITMQ_USE_LONGNAME": "true",
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": f"-kernel net_ticktime {self.placement.net_ticktime}"}
+               if self.placement else {}),
         }
 
     def _write_config(self) -> None:
         ep = self.endpoints
         (self.state_dir / "rabbitmq.conf").write_text(
             "\n".join([
-                f"listeners.tcp.default = 127.0.0.1:{ep.amqp_port}",
+                f"listeners.tcp.default = {ep.host}:{ep.amqp_port}",
                 *([f"listeners.tcp.pods = {self.pod_address}:{ep.amqp_port}"] if self.pod_address else []),
                 f"management.tcp.port = {ep.http_port}",
-                "management.tcp.ip = 127.0.0.1",
+                f"management.tcp.ip = {ep.host}",
                 f"prometheus.tcp.port = {self.prometheus_port}",
-                "prometheus.tcp.ip = 127.0.0.1",
+                f"prometheus.tcp.ip = {ep.host}",
                 f"collect_statistics_interval = {self.stats_interval_ms}",
                 f"default_user = {ep.username}",
                 f"default_pass = {ep.password}",
@@ -103,9 +129,14 @@ class RabbitMQNode:
                 "log.console = true",
                 "log.console.level = warning",
                 "log.file = false",
+                *(self.placement.config if self.placement else []),
                 "",
             ])
         )
+        if self.placement:  # the cluster's shared Erlang cookie, in the node's HOME
+            cookie = self.state_dir / ".erlang.cookie"
+            cookie.write_text(self.placement.cookie)
+            cookie.chmod(0o400)
         (self.state_dir / "enabled_plugins").write_text(
             "[rabbitmq_management,rabbitmq_prometheus,rabbitmq_event_exchange].\n")
 
@@ -120,6 +151,7 @@ class RabbitMQNode:
             argv, extra = self.release.command(self.state_dir)
         except ReleaseUnavailable as exc:
             raise BrokerStartError(str(exc)) from exc
+        argv = [*(self.placement.run_prefix if self.placement else []), *argv]
         log = self.log_file.open("ab")
         self._proc = subprocess.Popen(
             argv,
@@ -169,6 +201,18 @@ class RabbitMQNode:
             os.killpg(self._proc.pid, signal.SIGKILL)
         self._proc.wait(timeout=30)
         self._proc = None
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """``rabbitmqctl`` against this node (its cookie, its name, its namespace); its output, or
+        :class:`BrokerStartError` with what it said."""
+        argv, extra = self.release.command(self.state_dir, CTL, "-n", self.node_name,
+                                           *(["--longnames"] if self.placement else []), *args)
+        argv = [*(self.placement.run_prefix if self.placement else []), *argv]
+        result = subprocess.run(argv, env={**self._env(), **extra}, cwd=self.state_dir, capture_output=True,
+                                text=True, timeout=timeout, check=False)
+        if result.returncode != 0:
+            raise BrokerStartError(f"rabbitmqctl {' '.join(args)}: {result.stdout[-500:]} {result.stderr[-1000:]}")
+        return result.stdout
 
     def destroy(self) -> None:
         self.stop()

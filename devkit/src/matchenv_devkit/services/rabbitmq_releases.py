@@ -7,23 +7,19 @@ network is the host's, so the node listens on loopback like the other."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from matchenv_devkit.cluster.images import content_key, debian_mirror
-from matchenv_devkit.cluster.versions import cache_root
+from matchenv_devkit.cluster.images import ImageError, trixie_root
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-TRIXIE_PACKAGES = ("rabbitmq-server",)
-# inside the node's own mount namespace: its state at the same path in the tree, /proc, then the tree as root
+CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+# inside the node's own mount namespace: its state at the same path in the tree, /proc, then the tree as root and
+# the program given as the script's arguments
 CHROOT_SCRIPT = ('set -e; mkdir -p "$MATCHENV_ROOT$MATCHENV_STATE" "$MATCHENV_ROOT/proc"; '
                  'mount --bind "$MATCHENV_STATE" "$MATCHENV_ROOT$MATCHENV_STATE"; '
                  'mount -t proc proc "$MATCHENV_ROOT/proc"; '
-                 f'exec chroot "$MATCHENV_ROOT" /bin/sh -c \'cd "$MATCHENV_STATE" && exec {SERVER}\'')
+                 'exec chroot "$MATCHENV_ROOT" /bin/sh -c \'cd "$MATCHENV_STATE" && exec "$@"\' sh "$@"')
 
 
 class ReleaseUnavailable(RuntimeError):
@@ -37,14 +33,15 @@ class RabbitMQRelease:
     series: str  # "3.10", "4.0"
     root: Path | None = None
 
-    def command(self, state_dir: Path) -> tuple[list[str], dict[str, str]]:
-        """The argv that runs the server in the foreground, and what it adds to the node's environment."""
+    def command(self, state_dir: Path, program: str = SERVER, *args: str) -> tuple[list[str], dict[str, str]]:
+        """The argv that runs ``program`` (the server, in the foreground, or e.g. :data:`CTL`) of this release, and
+        what it adds to the node's environment."""
         if self.root is None:
-            if not Path(SERVER).exists():
+            if not Path(program).exists():
                 raise ReleaseUnavailable("rabbitmq-server is not installed (run `make system-deps`)")
-            return [SERVER], {}
-        return (["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", CHROOT_SCRIPT],
-                {"MATCHENV_ROOT": str(self.root), "MATCHENV_STATE": str(state_dir)})
+            return [program, *args], {}
+        return (["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", CHROOT_SCRIPT, "sh", program,
+                 *args], {"MATCHENV_ROOT": str(self.root), "MATCHENV_STATE": str(state_dir)})
 
 
 HOST = RabbitMQRelease("3.10")
@@ -64,27 +61,9 @@ def default_series() -> str:
     return os.environ.get("MATCHENV_RABBITMQ", "4")
 
 
-def ensure_trixie_root(timeout: float = 1200) -> Path:
+def ensure_trixie_root() -> Path:
     """Debian 13 with rabbitmq-server, in the cache (made now when missing: about 1.5 min, 370 MB)."""
-    mirror = debian_mirror()
-    home = cache_root() / f"rabbitmq-trixie-{content_key(['trixie', *TRIXIE_PACKAGES, mirror])}"
-    root = home / "root"
-    if (root / SERVER.lstrip("/")).exists():
-        return root
-    if shutil.which("debootstrap") is None:
-        raise ReleaseUnavailable("debootstrap is not installed (make system-deps installs it)")
-    home.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=home) as tmp:
-        tree = Path(tmp) / "root"
-        result = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(TRIXIE_PACKAGES)}",
-                                 "trixie", str(tree), mirror], capture_output=True, text=True, timeout=timeout,
-                                check=False)
-        if result.returncode != 0:
-            raise ReleaseUnavailable(f"debootstrap of trixie with rabbitmq-server failed: {result.stderr[-2000:]}")
-        for leftover in ("var/cache/apt", "var/lib/apt/lists"):
-            for child in (tree / leftover).glob("*"):
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        tree.rename(root)  # whole or not at all
-    print(f"[rabbitmq] Debian 13's RabbitMQ in {root} ({time.monotonic() - started:.0f}s)")
-    return root
+    try:
+        return trixie_root()
+    except ImageError as exc:
+        raise ReleaseUnavailable(str(exc)) from exc
