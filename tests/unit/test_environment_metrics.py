@@ -123,3 +123,18 @@ def test_a_status_the_workers_watch_writes_moves_the_series_and_keeps_the_queue_
     assert _value(series, "matchenv_environment_phase", **prod, phase="Ready") == 1
     assert _value(series, "matchenv_environment_messages_ready", **prod) == 4
     assert _value(series, "matchenv_environment_last_converge_timestamp_seconds", **prod) == converged
+
+
+def test_a_quorum_queue_reports_its_members_running_and_a_classic_one_none() -> None:
+    nodes = ("rabbit@n1", "rabbit@n2", "rabbit@n3")
+    metrics = EnvironmentMetrics()
+    metrics.record("default", "prod", {"phase": "Ready"},
+                   QueueObservation(exists=True, members=nodes, online=nodes[1:]), None, now=100.0)
+    metrics.record("default", "dev", {"phase": "Ready"}, QueueObservation(exists=True), None, now=100.0)
+    series = _series(metrics)
+    assert _value(series, "matchenv_environment_queue_members", namespace="default", name="prod") == 3
+    assert _value(series, "matchenv_environment_queue_members_online", namespace="default", name="prod") == 2
+    assert _value(series, "matchenv_environment_queue_members", namespace="default", name="dev") is None
+    metrics.record("default", "prod", {"phase": "Degraded"}, None, "BrokerUnreachable", now=200.0)
+    series = _series(metrics)  # the broker away: the last counts stay, as for the messages
+    assert _value(series, "matchenv_environment_queue_members_online", namespace="default", name="prod") == 2

@@ -1,6 +1,7 @@
 """Per-environment metrics, for the person on call: what each MatchEnvironment's last converge saw (its queue's
-ready and unacknowledged messages, consumers, dead letters, replicas, phase and conditions, the autoscaler's backlog
-and decision, backfill progress), when it last converged without a broker error, and its broker errors by reason.
+ready and unacknowledged messages, consumers, dead letters, a quorum queue's members running, replicas, phase and
+conditions, the autoscaler's backlog and decision, backfill progress), when it last converged without a broker
+error, and its broker errors by reason.
 
 Labels are ``namespace`` and ``name`` (plus ``phase``, ``condition``/``status`` or ``reason`` where said): one
 series set per environment, removed when the environment is torn down; no match ids. A count the broker did not
@@ -36,6 +37,8 @@ class EnvironmentSample:
     unacknowledged: int | None = None
     consumers: int | None = None
     dead_letters: int | None = None
+    queue_members: int | None = None  # a quorum queue's replicas (None: another queue type)
+    queue_members_online: int | None = None
     replicas_desired: int | None = None
     replicas_ready: int | None = None
     autoscaler_backlog: int | None = None
@@ -66,6 +69,9 @@ def sample_of(status: dict[str, Any], seen: QueueObservation | None, error_reaso
         unacknowledged=counts.unacknowledged if counts else _kept(previous, "unacknowledged", seen),
         consumers=counts.consumers if counts else _kept(previous, "consumers", seen),
         dead_letters=counts.dead_letter_messages if counts else _kept(previous, "dead_letters", seen),
+        queue_members=(len(counts.members) or None) if counts else _kept(previous, "queue_members", seen),
+        queue_members_online=(len(set(counts.online) & set(counts.members)) if counts.members else None)
+        if counts else _kept(previous, "queue_members_online", seen),
         replicas_desired=status.get("replicas"),
         replicas_ready=status.get("readyReplicas"),
         autoscaler_backlog=autoscaling.get("backlog"),
@@ -92,6 +98,10 @@ GAUGES: tuple[tuple[str, str, str], ...] = (
      "Messages delivered to the environment's workers and not yet acknowledged."),
     ("consumers", "matchenv_environment_consumers", "Consumers of the environment's queue."),
     ("dead_letters", "matchenv_environment_dead_letter_messages", "Messages in the environment's dead-letter queue."),
+    ("queue_members", "matchenv_environment_queue_members",
+     "Replicas of the environment's quorum queue (none for other queue types)."),
+    ("queue_members_online", "matchenv_environment_queue_members_online",
+     "Replicas of the environment's quorum queue that run: fewer than half the members and it stops."),
     ("replicas_desired", "matchenv_environment_replicas_desired", "Worker pods the environment asks for."),
     ("replicas_ready", "matchenv_environment_replicas_ready", "Worker pods ready."),
     ("autoscaler_backlog", "matchenv_environment_autoscaler_backlog_messages",
