@@ -155,13 +155,7 @@ class ImageBuilder:
 
         def build(_workdir: Path) -> None:
             if not self._buildah_ok("inspect", "--type", "image", base):
-                def fill(container: str) -> None:
-                    mount = self._buildah("mount", container, label="buildah mount").strip()
-                    self._run(["cp", "-a", f"{root}/.", mount], "copy the root filesystem")
-                    self._buildah("umount", container, label="buildah umount")
-
-                self._from_scratch(base, fill, ["--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
-                                                "/sbin:/bin", "--env", "LANG=C.UTF-8", "--cmd", "/bin/bash"])
+                self._image_of_tree(base, root)
             self._bud(context, RABBITMQ_IMAGE, base)
 
         return self._cached("rabbitmq", RABBITMQ_IMAGE, [base, *tree_inputs(context, ["."])], build)
@@ -188,14 +182,7 @@ class ImageBuilder:
             for leftover in ("var/cache/apt", "var/lib/apt/lists", "var/log"):
                 for child in (rootfs / leftover).glob("*"):
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-
-            def fill(container: str) -> None:
-                mount = self._buildah("mount", container, label="buildah mount").strip()
-                self._run(["cp", "-a", f"{rootfs}/.", mount], "copy the root filesystem")
-                self._buildah("umount", container, label="buildah umount")
-
-            self._from_scratch(name, fill, ["--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:"
-                                            "/bin", "--env", "LANG=C.UTF-8", "--cmd", "/bin/bash"])
+            self._image_of_tree(name, rootfs)
         self.progress(f"base image {name} built in {time.monotonic() - started:.0f}s")
         return name
 
@@ -276,6 +263,16 @@ class ImageBuilder:
         image = BuiltImage(name, archive)
         self.progress(f"image {name} built in {time.monotonic() - started:.0f}s ({image.size_mb:.0f} MB)")
         return image
+
+    def _image_of_tree(self, name: str, rootfs: Path) -> None:
+        """An image ``name`` whose root filesystem is a copy of the Debian tree ``rootfs``."""
+        def fill(container: str) -> None:
+            mount = self._buildah("mount", container, label="buildah mount").strip()
+            self._run(["cp", "-a", f"{rootfs}/.", mount], "copy the root filesystem")
+            self._buildah("umount", container, label="buildah umount")
+
+        self._from_scratch(name, fill, ["--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                                        "--env", "LANG=C.UTF-8", "--cmd", "/bin/bash"])
 
     def _scratch_image(self, name: str, files: dict[Path, str], config: Sequence[str]) -> None:
         def fill(container: str) -> None:
