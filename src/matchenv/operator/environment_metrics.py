@@ -70,8 +70,8 @@ def sample_of(status: dict[str, Any], seen: QueueObservation | None, error_reaso
         consumers=counts.consumers if counts else _kept(previous, "consumers", seen),
         dead_letters=counts.dead_letter_messages if counts else _kept(previous, "dead_letters", seen),
         queue_members=(len(counts.members) or None) if counts else _kept(previous, "queue_members", seen),
-        queue_members_online=(len(set(counts.online) & set(counts.members)) if counts.members else None)
-        if counts else _kept(previous, "queue_members_online", seen),
+        queue_members_online=(counts.running if counts.members else None) if counts
+        else _kept(previous, "queue_members_online", seen),
         replicas_desired=status.get("replicas"),
         replicas_ready=status.get("readyReplicas"),
         autoscaler_backlog=autoscaling.get("backlog"),

@@ -90,7 +90,7 @@ def topology_condition(seen: Observation) -> tuple[bool, str, str]:
         bound += f" with keys {', '.join(seen.routing_keys)}"
     topo = seen.topology
     if topo.offline:
-        members = (f"quorum queue {seen.queue} has {len(topo.members) - len(topo.offline)} of its "
+        members = (f"quorum queue {seen.queue} has {topo.running} of its "
                    f"{len(topo.members)} members running ({', '.join(topo.offline)} not)")
         if not topo.has_quorum:
             return False, "QuorumLost", (f"{members}: without a majority it takes and delivers no messages; "

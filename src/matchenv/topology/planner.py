@@ -689,9 +689,14 @@ class QueueObservation:
         return tuple(m for m in self.members if m not in self.online)
 
     @property
+    def running(self) -> int:
+        """How many of its members run."""
+        return len(self.members) - len(self.offline)
+
+    @property
     def has_quorum(self) -> bool:
         """More than half its members run (a queue without members has nothing to lose)."""
-        return not self.members or 2 * len(set(self.online) & set(self.members)) > len(self.members)
+        return not self.members or 2 * self.running > len(self.members)
 
 
 def observe(desired: DesiredTopology, snapshot: BrokerSnapshot) -> QueueObservation:
