@@ -102,12 +102,18 @@ def test_environment_user_can_use_only_its_own_queue(rabbitmq: RabbitMQNode, bro
         lambda ch: ch.basic_publish("", dev.queue.name, b"x") or ch.basic_qos(prefetch_count=1),
         lambda ch: ch.basic_publish(prod.exchange, "", b"x") or ch.basic_qos(prefetch_count=1),
         lambda ch: ch.queue_declare(f"other-{unique}"),
+        # another environment's derived exchange: neither deleted, re-declared, nor read through a binding
+        lambda ch: ch.exchange_delete(prod.names.dead_letter_exchange),
+        lambda ch: ch.exchange_declare(prod.names.dead_letter_exchange, "fanout", durable=True),
+        lambda ch: ch.queue_bind(dev.queue.name, prod.names.dead_letter_exchange),
     ):
         with pika.BlockingConnection(pika.URLParameters(url)) as conn:
             channel = conn.channel()
             with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
                 forbidden(channel)
             assert info.value.reply_code == 403  # ACCESS_REFUSED
+    # prod's dead-letter exchange is still prod's
+    assert ("/", prod.names.dead_letter_exchange) in broker.snapshot().exchanges
 
 
 def test_retain_teardown_keeps_messages_delete_removes_queue(rabbitmq: RabbitMQNode, broker: ManagementClient,
