@@ -157,6 +157,7 @@ CHART = ROOT / "charts/matchenv"
 VALUE_SETS = {
     "defaults": [],
     "bundled-broker-namespaced": ["--set", "rabbitmq.enabled=true", "--set", "watchNamespaces={team-a,team-b}"],
+    "bundled-broker-cluster": ["--set", "rabbitmq.enabled=true", "--set", "rabbitmq.replicas=3"],
     "no-scraper-no-metrics": ["--set", "scraper.enabled=false", "--set", "metrics.enabled=false",
                               "--set", "operator.replicas=1"],
     "monitoring": ["--set", "rabbitmq.enabled=true", "--set", "monitoring.podMonitors=true",
@@ -224,7 +225,7 @@ def test_the_chart_renders_what_the_api_servers_accept(values: str, crd_installe
     kinds = {d["kind"] for d in docs}
     assert "Deployment" in kinds
     assert ("CronJob" in kinds) == (values != "no-scraper-no-metrics")
-    assert ("StatefulSet" in kinds) == (values in ("bundled-broker-namespaced", "monitoring"))
+    assert ("StatefulSet" in kinds) == (values in ("bundled-broker-namespaced", "bundled-broker-cluster", "monitoring"))
     assert ("PrometheusRule" in kinds) == (values == "monitoring")
     if values == "monitoring":
         rule = next(d for d in docs if d["kind"] == "PrometheusRule")

@@ -5,14 +5,17 @@ with the pod's ServiceAccount token, within exactly its RBAC."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +23,14 @@ import pytest
 import requests
 import yaml
 
+from matchenv.scraper.publisher import DEFAULT_WINDOW
 from matchenv_devkit.cluster.cluster import LocalCluster
 from matchenv_devkit.cluster.images import POSTGRES_IMAGE, RABBITMQ_IMAGE, REPO_ROOT
+from matchenv_devkit.cluster.install import fill_env_files
 from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.cluster.nodeconfig import NODE_IP
 from matchenv_devkit.cluster.realnode import NodeError, RealNode
+from matchenv_devkit.cluster.versions import HelmBinaries
 from matchenv_devkit.services.process import free_port, wait_for
 from tests.e2e.pipeline import real_node_fixture
 
@@ -253,6 +259,153 @@ def test_the_manifests_broker_runs_with_its_volume_and_its_secret(node: tuple[Ku
     kubectl.run("rollout", "status", "statefulset/rabbitmq", "-n", "matchenv-system", "--timeout=180s",
                 timeout=200)
     assert wait_for(lambda: amqp("admin", password, "passive") == "ok", timeout=60, what="the queue kept")
+
+
+QUEUE_SETUP = """
+import sys, pika
+with pika.BlockingConnection([pika.URLParameters(u) for u in sys.argv[1].split(";")]) as conn:
+    channel = conn.channel()
+    channel.exchange_declare("matches-fanout", "fanout", durable=True)
+    channel.queue_declare("matches.cluster", durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind("matches.cluster", "matches-fanout")
+print("ok")
+"""
+
+QUEUE_DRAIN = """
+import json, re, sys, pika
+ids, total = set(), 0
+with pika.BlockingConnection([pika.URLParameters(u) for u in sys.argv[1].split(";")]) as conn:
+    channel = conn.channel()
+    channel.basic_qos(prefetch_count=500)
+    for method, _, body in channel.consume("matches.cluster", inactivity_timeout=5):
+        if method is None:
+            break
+        total += 1
+        ids.update(re.findall(rb'"external_match_id": ?"([^"]+)"', body))
+        channel.basic_ack(method.delivery_tag)
+print(json.dumps({"messages": total, "distinct": len(ids)}))
+"""
+
+@dataclass(frozen=True)
+class BrokerCluster:
+    """The three-node broker as one install method names it: StatefulSet ``name``, its headless Service."""
+
+    name: str
+
+    @property
+    def pods(self) -> list[str]:
+        return [f"{self.name}-{i}" for i in range(3)]
+
+    @property
+    def nodes(self) -> list[str]:
+        return [f"rabbit@{pod}.{self.name}-nodes.matchenv-system" for pod in self.pods]
+
+    def rabbitmqctl(self, kubectl: Kubectl, pod: str, *args: str) -> Any:
+        """``rabbitmqctl ARGS --formatter json`` in a broker pod; None while it cannot answer."""
+        done = kubectl.run("exec", "-n", "matchenv-system", pod, "-c", "rabbitmq", "--", "rabbitmqctl", "-q", *args,
+                           "--formatter", "json", check=False, timeout=60)
+        return json.loads(done.stdout) if done.returncode == 0 else None
+
+    def running_nodes(self, kubectl: Kubectl, pod: str) -> list[str]:
+        status = self.rabbitmqctl(kubectl, pod, "cluster_status")
+        return sorted(status["running_nodes"]) if status else []
+
+    def queue_members(self, kubectl: Kubectl) -> tuple[list[str], list[str]]:
+        """The quorum queue's members and those online, as node 1 sees them."""
+        queues = self.rabbitmqctl(kubectl, self.pods[1], "list_queues", "name", "members", "online") or []
+        queue = next((q for q in queues if q["name"] == "matches.cluster"), {"members": [], "online": []})
+        return sorted(queue["members"]), sorted(queue["online"])
+
+
+def _broker_cluster(kubectl: Kubectl, tmp: Path, source: str) -> tuple[str, BrokerCluster]:
+    """The three-node broker as shipped: components/rabbitmq with components/rabbitmq-cluster (from a copy of
+    manifests/ whose user-filled files have generated secrets), or the chart's broker with rabbitmq.replicas=3.
+    Only the image is the one built here."""
+    if source == "kustomize":
+        manifests = tmp / "manifests"
+        shutil.copytree(ROOT / "manifests", manifests, ignore=shutil.ignore_patterns("*.env"))
+        fill_env_files(manifests)
+        overlay = manifests / "broker-cluster"
+        overlay.mkdir()
+        shutil.copy(manifests / "base/namespace.yaml", overlay)
+        overlay.joinpath("kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": ["namespace.yaml"],
+            "components": ["../components/rabbitmq", "../components/rabbitmq-cluster"]}))
+        docs = [d for d in yaml.safe_load_all(kubectl.run("kustomize", str(overlay)).stdout) if d]
+        broker = BrokerCluster("rabbitmq")
+    else:
+        rendered = subprocess.run(
+            [str(HelmBinaries.default().path("helm")), "template", "rel", str(ROOT / "charts/matchenv"),
+             "--namespace", "matchenv-system", "--set", "rabbitmq.enabled=true", "--set", "rabbitmq.replicas=3"],
+            capture_output=True, text=True, timeout=120, check=True).stdout
+        # the broker's part of the release: what carries its component label, and the broker Secret it makes
+        docs = [d for d in yaml.safe_load_all(rendered) if d and (
+            d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "broker"
+            or d["metadata"]["name"] == "matchenv-broker")]
+        broker = BrokerCluster("rel-rabbitmq")
+    pod = next(d for d in docs if d["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    for container in pod["containers"] + pod["initContainers"]:
+        container.update(image=RABBITMQ_IMAGE, imagePullPolicy="Never")
+    return yaml.safe_dump_all(docs), broker
+
+
+@pytest.mark.parametrize("source", ["kustomize", "helm"])
+def test_the_three_node_broker_forms_one_cluster_and_a_pod_deleted_mid_scrape_loses_nothing(
+        node: tuple[Kubectl, RealNode], tmp_path: Path, source: str) -> None:
+    """components/rabbitmq-cluster and the chart's rabbitmq.replicas=3: three pods find each other through the API
+    server and form one cluster; a quorum queue has a member on each; the pod the publisher is connected to is
+    deleted mid-scrape, and every match the publisher was told is confirmed is in the queue once the pod is back."""
+    kubectl, _ = node
+    system = ("-n", "matchenv-system")
+    # the broker of the test before, if any: each has its own node names, volumes and Secrets
+    kubectl.run("delete", "statefulset", "-l", "app.kubernetes.io/name in (rabbitmq, matchenv)", *system,
+                "--wait=true", timeout=120)
+    kubectl.run("delete", "pvc", "--all", *system, "--wait=false")
+    kubectl.run("delete", "secret", "matchenv-broker", *system, "--ignore-not-found")
+    kubectl.apply(ROOT.joinpath("manifests/base/namespace.yaml").read_text())
+    wait_for(lambda: not [p for p in kubectl.get_json("pods", *system)["items"] if "rabbitmq" in p["metadata"]["name"]],
+             timeout=120, what="the broker of the test before gone")
+    manifests, broker = _broker_cluster(kubectl, tmp_path, source)
+    kubectl.apply(manifests)
+    kubectl.run("rollout", "status", f"statefulset/{broker.name}", *system, "--timeout=300s", timeout=320)
+    for pod in broker.pods:
+        assert wait_for(lambda p=pod: broker.running_nodes(kubectl, p) == broker.nodes, timeout=120,
+                        what=f"{pod} seeing all three nodes")
+    secret = kubectl.get_json("secret", "matchenv-broker", *system)["data"]
+    user, password = (base64.b64decode(secret[k]).decode() for k in ("username", "password"))
+    nodes = base64.b64decode(secret["url"]).decode().split(";")
+    assert len(nodes) == 3  # the broker Secret lists every node
+    url = ";".join(n.replace("amqp://", f"amqp://{user}:{password}@") + "/%2F" for n in nodes)
+    _running(kubectl, _pod("app", SERVER))
+    assert kubectl.run("exec", "-n", NS, "app", "--", "python3", "-c", QUEUE_SETUP, url).stdout.strip() == "ok"
+    assert broker.queue_members(kubectl) == (broker.nodes, broker.nodes)  # a member on every node
+
+    matches = 6_000
+    scrape = subprocess.Popen(
+        kubectl.cluster.kubectl_cmd("exec", "-n", NS, "app", "--", "matchenv", "scrape", "--synthetic", str(matches),
+                                    "--max-rate", "300", "--quiet", "--broker-url", url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # about a third of the run
+    deleted = time.monotonic()
+    first = broker.pods[0]  # the first URL: the publisher's node
+    kubectl.run("delete", "pod", first, *system, "--wait=false")
+    out, err = scrape.communicate(timeout=300)
+    print(err, out)
+    assert scrape.returncode == 0, err
+    assert f"confirmed {matches}, " in out
+    assert "failed 0," in out
+    assert "reconnects 0" not in out  # it did lose its node
+    assert wait_for(lambda: broker.running_nodes(kubectl, first) == broker.nodes, timeout=240,
+                    what="the deleted pod back in the cluster")
+    assert wait_for(lambda: broker.queue_members(kubectl) == (broker.nodes, broker.nodes), timeout=60,
+                    what="the queue's member on the deleted pod's node online again")
+    print(f"{first} back in the cluster and the queue {time.monotonic() - deleted:.0f} s after its deletion")
+    drained = json.loads(kubectl.run("exec", "-n", NS, "app", "--", "python3", "-c", QUEUE_DRAIN, url,
+                                     timeout=300).stdout)
+    print(f"queue after the scrape: {drained}")
+    assert drained["distinct"] == matches  # every confirmed match, whichever node held the queue's leader
+    # at most what was in flight (the publisher's window), sent again on the next node
+    assert drained["messages"] - matches <= DEFAULT_WINDOW
 
 
 def test_the_database_image_takes_its_password_from_a_secret(node: tuple[Kubectl, RealNode]) -> None:

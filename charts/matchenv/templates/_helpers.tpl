@@ -48,3 +48,18 @@ app.kubernetes.io/component: operator
   resources: [events]
   verbs: [create, patch, list]
 {{- end }}
+
+{{/* The bundled broker's URLs for (list $ scheme port): its Service for one node, every node (';'-separated, so a
+client whose node goes away moves to the next at once) for a cluster. */}}
+{{- define "matchenv.rabbitmqURLs" -}}
+{{- $root := index . 0 }}{{ $scheme := index . 1 }}{{ $port := index . 2 }}
+{{- $urls := list }}
+{{- if gt (int $root.Values.rabbitmq.replicas) 1 }}
+{{- range $i := until (int $root.Values.rabbitmq.replicas) }}
+{{- $urls = append $urls (printf "%s://%s-rabbitmq-%d.%s-rabbitmq-nodes.%s.svc:%d" $scheme $root.Release.Name $i $root.Release.Name $root.Release.Namespace (int $port)) }}
+{{- end }}
+{{- else }}
+{{- $urls = append $urls (printf "%s://%s-rabbitmq.%s.svc:%d" $scheme $root.Release.Name $root.Release.Namespace (int $port)) }}
+{{- end }}
+{{- join ";" $urls }}
+{{- end }}

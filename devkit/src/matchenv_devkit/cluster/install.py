@@ -32,11 +32,13 @@ _CRD_NOT_SERVED = ("ensure CRDs are installed first", "There can be a delay betw
 
 
 def fill_env_files(manifests: Path, environments: tuple[str, ...] = ENVIRONMENTS) -> dict[str, str]:
-    """Write the files a user fills (broker.env, each environment's database.env) with generated passwords, from
-    their ``*.env.example``; return the passwords by name (``broker``, and each environment)."""
+    """Write the files a user fills (broker.env, the broker cluster's erlang-cookie.env, each environment's
+    database.env) with generated secrets, from their ``*.env.example``; return the passwords by name (``broker``,
+    and each environment)."""
     passwords = {"broker": secrets.token_urlsafe(18)}
     (manifests / "components/rabbitmq/broker.env").write_text(
         f"username=matchenv-admin\npassword={passwords['broker']}\n")
+    (manifests / "components/rabbitmq-cluster/erlang-cookie.env").write_text(f"cookie={secrets.token_hex(32)}\n")
     for env in environments:
         passwords[env] = secrets.token_urlsafe(18)
         example = (manifests / "environments" / env / "database.env.example").read_text()
