@@ -19,7 +19,7 @@ from matchenv.crd import wait_until_served
 from matchenv.topology.client import ManagementClient
 from matchenv.topology.desired import desired_topology
 from matchenv.topology.planner import plan_converge, plan_remove
-from matchenv_devkit.bench.result import Measure, Series
+from matchenv_devkit.bench.result import BurstRun, Measure, OperatorRun, Series
 from matchenv_devkit.bench.result import Target as Goal
 from matchenv_devkit.cluster.operatorproc import OperatorProcess, service_account_kubeconfig
 from matchenv_devkit.cluster.stack import LocalStack
@@ -47,6 +47,10 @@ class OperatorBench:
                              "metadata": {"name": "matchenv-db-bench", "namespace": "default"},
                              "stringData": {"DATABASE_URL": "postgresql://bench@127.0.0.1:1/none"}})
         self.operator: OperatorProcess | None = None
+        # what the measures saw, for the comparison with the topology operator
+        self.latency_samples: list[float] = []
+        self.drift_samples: list[float] = []
+        self.burst: BurstRun | None = None
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def start_operator(self, resync: float, events: bool = True, archive: str = "always") -> OperatorProcess:
@@ -96,6 +100,12 @@ class OperatorBench:
         items: list[dict[str, Any]] = listed["items"]
         return sum(1 for obj in items if self.topology_ready(obj))
 
+    def record(self) -> OperatorRun:
+        """What the latency, drift and scale measures saw (run them first)."""
+        if self.burst is None:
+            raise RuntimeError("the scale measure has not run")
+        return OperatorRun(self.latency_samples, list(self.drift_samples), self.burst)
+
     # -- measures --------------------------------------------------------------------------------------------
     def latency(self, trials: int = 15) -> Measure:
         self.start_operator(SHIPPED_RESYNC)
@@ -104,6 +114,7 @@ class OperatorBench:
             started = time.monotonic()
             self.create(f"lat{i}")
             samples.append(self.wait_topology_ready(f"lat{i}") - started)
+        self.latency_samples = samples
         p50 = statistics.median(samples)
         measure = Measure(name=f"apply -> TopologyReady ({trials} environments, one at a time)",
                           ours=f"p50 {p50:.2f} s, p95 {percentile(samples, 0.95):.2f} s",
@@ -143,6 +154,7 @@ class OperatorBench:
                 time.sleep(random.uniform(0.2, SHIPPED_RESYNC if not events else 1.0))
             runs[label] = samples
         ours, base = runs["broker events"], runs[f"resync only ({SHIPPED_RESYNC:.0f} s)"]
+        self.drift_samples = ours
         p95 = percentile(ours, 0.95)
         measure = Measure(
             name=f"drift: a binding deleted by hand -> back ({trials} times each)",
@@ -186,6 +198,7 @@ class OperatorBench:
         at each second: a straight line is linear convergence), the management calls of the passes during the
         burst; then a quiet steady state: RSS, CPU per resync interval, calls and duration of a pass."""
         op = self.start_operator(SHIPPED_RESYNC)
+        cpu_start = cpu_seconds(op.pid)
         started = time.monotonic()
         for i in range(total):
             self.create(f"env{i:04d}")
@@ -211,6 +224,7 @@ class OperatorBench:
         if len(ready) < total:
             raise RuntimeError(f"only {len(ready)} of {total} environments TopologyReady in 900 s")
         seconds = progress[-1][0]
+        self.burst = BurstRun(progress, cpu_seconds(op.pid) - cpu_start, rss_mib(op.pid))
         self.log(f"  {total} environments applied in {applied:.1f} s; all TopologyReady after {seconds:.1f} s")
         # settle: the passes after the burst still write what the broker's first statistics report (each queue's
         # counts), so wait for a pass that changed nothing (at most a few intervals)
@@ -228,12 +242,12 @@ class OperatorBench:
         pid = op.pid
         sum0 = op.metric("matchenv_resync_duration_seconds_sum") or 0.0
         count0 = op.metric("matchenv_resync_duration_seconds_count") or 0.0
-        cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
         writes0 = op.metric("matchenv_status_changes_total") or 0.0
         time.sleep(SHIPPED_RESYNC * 3)
         status_writes = (op.metric("matchenv_status_changes_total") or 0.0) - writes0
-        cpu = (_cpu_seconds(pid) - cpu0) / ((time.monotonic() - t0) / SHIPPED_RESYNC)
-        rss = _rss_mib(pid)
+        cpu = (cpu_seconds(pid) - cpu0) / ((time.monotonic() - t0) / SHIPPED_RESYNC)
+        rss = rss_mib(pid)
         calls = op.metric("matchenv_resync_management_calls") or 0.0
         passes_done = (op.metric("matchenv_resync_duration_seconds_count") or 0.0) - count0
         passes = ((op.metric("matchenv_resync_duration_seconds_sum") or 0.0) - sum0) / max(1.0, passes_done)
@@ -298,12 +312,14 @@ def action_times(broker: ManagementClient, probes: int = 5) -> str:
     return "\n".join(lines)
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _rss_mib(pid: int) -> float:
+def rss_mib(pid: int) -> float:
+    """A process's resident memory now."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024

@@ -39,3 +39,27 @@ class Series:
     ylabel: str
     lines: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     cdf: bool = False  # lines hold raw samples in y (x unused): plot each as an empirical CDF
+
+
+@dataclass
+class BurstRun:
+    """Many environments applied at once by one operator: how many were ready at each second (the last point: all),
+    the CPU seconds the operator used until then and its RSS at that moment."""
+
+    progress: list[tuple[float, float]]
+    cpu_seconds: float
+    rss_mib: float
+
+    @property
+    def seconds(self) -> float:
+        return self.progress[-1][0]
+
+
+@dataclass
+class OperatorRun:
+    """What one operator did in the operator measures: apply -> ready one at a time (seconds each), a deleted
+    binding -> back (seconds each; None: not back within the wait), and a burst."""
+
+    latency: list[float]
+    drift: list[float | None]
+    burst: BurstRun

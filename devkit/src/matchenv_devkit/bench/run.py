@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from matchenv_devkit.bench import operator, publisher, worker, workloads
+from matchenv_devkit.bench import operator, publisher, topology_operator, worker, workloads
 from matchenv_devkit.bench.report import plot, render
 from matchenv_devkit.bench.result import Measure, Series
 from matchenv_devkit.cluster.stack import LocalStack
@@ -38,6 +38,15 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
         log("worker ...")
         done(worker.measure(stack.rabbitmq, stack.postgres, state_dir))
         done(worker.stop_seconds(stack.rabbitmq, stack.postgres, state_dir))
+        # the RabbitMQ messaging-topology-operator first, on the same API server and broker, then cleaned away
+        log("topology operator: the same work ...")
+        anchor = topology_operator.TopologyOperatorBench(stack, log, operator.SHIPPED_RESYNC)
+        try:
+            stack.broker.declare_exchange("/", "matches-fanout", "fanout")  # as matchenv's first environment would
+            theirs = anchor.run(trials=15, drift_trials=8, drift_timeout=3 * operator.SHIPPED_RESYNC,
+                                total=environments)
+        finally:
+            anchor.stop()
         bench = operator.OperatorBench(stack, log)
         try:
             log("operator: apply -> TopologyReady ...")
@@ -57,7 +66,11 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
             finally:
                 loads.stop()
             log(f"operator: {environments} environments ...")
-            plotted(bench.scale(environments))
+            done(bench.scale(environments)[0])  # its curve is plotted beside the topology operator's
+            beside, burst = topology_operator.compare(bench.record(), theirs, operator.SHIPPED_RESYNC)
+            for measure in beside:
+                done(measure)
+            series.append(burst)
         finally:
             bench.stop_operator()
     finally:

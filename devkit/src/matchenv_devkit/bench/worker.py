@@ -15,6 +15,7 @@ import psycopg
 
 from matchenv.scraper.messages import task_message
 from matchenv.scraper.sources import synthetic
+from matchenv.workers.batches import MAX_BATCH
 from matchenv.workers.migrate import migrate
 from matchenv_devkit.bench.result import Measure
 from matchenv_devkit.bench.result import Target as Goal
@@ -36,6 +37,17 @@ def raw_loop(url: str, matches: list[dict[str, object]]) -> float:
         started = time.perf_counter()
         for match in matches:
             conn.execute("select matchenv_upsert_match(%s::jsonb)", (json.dumps({**match, "scraped_at": None}),))
+        return len(matches) / (time.perf_counter() - started)
+
+
+def raw_batched(url: str, matches: list[dict[str, object]], batch: int = MAX_BATCH) -> float:
+    """The baseline for batches: one connection, one ``matchenv_upsert_matches`` (one transaction) per ``batch``
+    rows, the batch size the worker uses. Returns rows/s."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.perf_counter()
+        for first in range(0, len(matches), batch):
+            rows = [{**match, "scraped_at": None} for match in matches[first:first + batch]]
+            conn.execute("select matchenv_upsert_matches(%s::jsonb)", (json.dumps(rows),))
         return len(matches) / (time.perf_counter() - started)
 
 
@@ -96,18 +108,21 @@ def worker_rate(broker: RabbitMQNode, url: str, matches: list[dict[str, object]]
 
 def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: int = 5000, rounds: int = 2
             ) -> Measure:
-    best_raw = best_worker = 0.0
-    for round_ in range(rounds):  # interleaved: a slow moment of the machine hits both alike
+    best_raw = best_batched = best_worker = 0.0
+    for round_ in range(rounds):  # interleaved: a slow moment of the machine hits all alike
         matches = _matches(count, seed=100 + round_)
         raw_url = postgres.create_database(f"bench_raw_{round_}_{uuid.uuid4().hex[:6]}")
         migrate(raw_url)
         best_raw = max(best_raw, raw_loop(raw_url, matches))
+        batched_url = postgres.create_database(f"bench_batched_{round_}_{uuid.uuid4().hex[:6]}")
+        migrate(batched_url)
+        best_batched = max(best_batched, raw_batched(batched_url, matches))
         worker_url = postgres.create_database(f"bench_worker_{round_}_{uuid.uuid4().hex[:6]}")
         migrate(worker_url)
         best_worker = max(best_worker, worker_rate(broker, worker_url, matches, work / "worker.log"))
-    ratio = best_worker / best_raw
+    ratio, batched_ratio = best_worker / best_raw, best_worker / best_batched
     profile = ""
-    if ratio < 0.5:
+    if ratio < 1.0 or batched_ratio < 0.6:
         samples = work / "worker.pyspy"
         worker_url = postgres.create_database(f"bench_profile_{uuid.uuid4().hex[:6]}")
         migrate(worker_url)
@@ -116,9 +131,11 @@ def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: i
     return Measure(
         name=f"one worker process storing {count:,} queued matches",
         ours=f"{best_worker:,.0f} rows/s",
-        baseline=f"raw psycopg upsert loop, one transaction per row: {best_raw:,.0f} rows/s",
-        ratio=f"{ratio:.2f}",
-        targets=[Goal("worker >= 0.5 x the raw psycopg loop", ratio, 0.5)],
+        baseline=f"raw psycopg upsert loop, one transaction per row: {best_raw:,.0f} rows/s; the same in "
+                 f"batches of {MAX_BATCH} (one transaction each, the worker's batch size): {best_batched:,.0f} rows/s",
+        ratio=f"{ratio:.2f} of the per-row loop, {batched_ratio:.2f} of the batched one",
+        targets=[Goal("worker >= 1.0 x the raw per-row loop", ratio, 1.0),
+                 Goal("worker >= 0.6 x the raw batched loop", batched_ratio, 0.6)],
         profile=profile,
     )
 

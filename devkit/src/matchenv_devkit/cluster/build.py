@@ -31,11 +31,14 @@ from matchenv_devkit.cluster.versions import (
     NODE_COMPONENTS,
     PROMETHEUS_OPERATOR_VERSION,
     RUNC_VERSION,
+    TOPOLOGY_CLUSTER_OPERATOR_VERSION,
+    TOPOLOGY_OPERATOR_VERSION,
     ApiServerBinaries,
     CachedBinaries,
     ControlPlaneBinaries,
     HelmBinaries,
     NodeBinaries,
+    TopologyOperatorBinaries,
     cache_root,
 )
 
@@ -171,10 +174,13 @@ def _build_kubernetes(go: _Go, workdir: Path, out: Path, kubernetes_version: str
 
 
 def _build_module(go: _Go, workdir: Path, out: Path, module: str, version: str, packages: Sequence[str],
-                  label: str, tags: Sequence[str] = (), ldflags: str = "-s -w", cgo: bool = False) -> None:
-    """Build ``packages`` (main packages) of ``module@version`` through a wrapper module that requires it."""
+                  label: str, tags: Sequence[str] = (), ldflags: str = "-s -w", cgo: bool = False,
+                  replace: dict[str, str] | None = None) -> None:
+    """Build ``packages`` (main packages) of ``module@version`` through a wrapper module that requires it (and
+    replaces each dependency in ``replace`` by the version given)."""
     workdir.mkdir(parents=True, exist_ok=True)
     gomod = f"module matchenv.local/{label}\n\ngo {go.version()}\n\nrequire {module} {version}\n"
+    gomod += "".join(f"\nreplace {dep} => {dep} {pinned}\n" for dep, pinned in (replace or {}).items())
     (workdir / "go.mod").write_text(gomod)
     imports = "".join(f'\t_ "{p}"\n' for p in packages)
     (workdir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports})\n")
@@ -308,6 +314,43 @@ def ensure_monitoring_crds(progress: Progress = _stderr_progress) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
     return out
+
+
+def ensure_topology_operator(progress: Progress = _stderr_progress) -> TopologyOperatorBinaries:
+    """The messaging-topology-operator built from its Go module (its cluster-operator dependency replaced, see
+    versions.py) and its CRDs, cached."""
+    binaries = TopologyOperatorBinaries.default()
+    if not binaries.missing():
+        return binaries
+    started = time.monotonic()
+    progress(f"building the messaging-topology-operator {TOPOLOGY_OPERATOR_VERSION} into {binaries.root}")
+    go = _Go(progress)
+    # the replacing version's checksum is not in the checksum database
+    go.env["GONOSUMDB"] = "github.com/rabbitmq"
+    module, cluster_operator = ("github.com/rabbitmq/messaging-topology-operator",
+                                "github.com/rabbitmq/cluster-operator/v2")
+
+    def build(staging: Path) -> None:
+        _build_module(go, cache_root() / "src" / f"topology-operator-{TOPOLOGY_OPERATOR_VERSION}", staging, module,
+                      TOPOLOGY_OPERATOR_VERSION, [f"{module}/cmd"], label="topology-operator",
+                      replace={cluster_operator: TOPOLOGY_CLUSTER_OPERATOR_VERSION})
+        os.replace(staging / "cmd", staging / "topology-operator")
+
+    crds = binaries.crd_dir.with_name("crds.partial")
+    shutil.rmtree(crds, ignore_errors=True)
+    crds.mkdir(parents=True)
+    for name, version, path in ((module, TOPOLOGY_OPERATOR_VERSION, "config/crd/bases"),
+                                (cluster_operator, TOPOLOGY_CLUSTER_OPERATOR_VERSION, "config/crd/bases")):
+        answer = json.loads(go.output(["mod", "download", "-json", f"{name}@{version}"], cwd=cache_root()))
+        if answer.get("Error") or not answer.get("Dir"):
+            raise BuildError(f"could not download {name}@{version}: {answer.get('Error')}")
+        for crd in sorted((Path(answer["Dir"]) / path).glob("*.yaml")):
+            shutil.copyfile(crd, crds / crd.name)
+    shutil.rmtree(binaries.crd_dir, ignore_errors=True)
+    os.replace(crds, binaries.crd_dir)
+    _into_cache(binaries, build)
+    progress(f"messaging-topology-operator built in {time.monotonic() - started:.0f}s")
+    return binaries
 
 
 def ensure_node_binaries(

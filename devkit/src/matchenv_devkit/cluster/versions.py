@@ -30,6 +30,11 @@ COREDNS_VERSION = "v1.15.0"
 HELM_VERSION = "v4.3.1"
 # the Prometheus Operator whose CRDs (PodMonitor, PrometheusRule) the monitoring component is checked against
 PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
+# The RabbitMQ messaging-topology-operator that `make bench` measures beside matchenv. Its go.mod wants
+# github.com/rabbitmq/cluster-operator/v2 v2.22.3, which the module proxy here refuses: v2.19.0 stands in (the
+# topology operator uses only its RabbitmqCluster types).
+TOPOLOGY_OPERATOR_VERSION = "v1.20.1"
+TOPOLOGY_CLUSTER_OPERATOR_VERSION = "v2.19.0"
 
 
 def cache_root() -> Path:
@@ -116,3 +121,26 @@ class NodeBinaries(CachedBinaries):
     @property
     def all_names(self) -> tuple[str, ...]:
         return (*NODE_COMPONENTS, *CONTAINERD_COMMANDS, "runc", "coredns")
+
+
+@dataclass(frozen=True)
+class TopologyOperatorBinaries(CachedBinaries):
+    """The messaging-topology-operator's binary, and its CRDs (with the cluster operator's RabbitmqCluster CRD, which
+    it needs installed) in ``crds/``."""
+
+    @classmethod
+    def default(cls) -> TopologyOperatorBinaries:
+        return cls(cache_root() / f"topology-operator-{TOPOLOGY_OPERATOR_VERSION}"
+                                  f"-cluster-operator-{TOPOLOGY_CLUSTER_OPERATOR_VERSION}")
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return ("topology-operator",)
+
+    @property
+    def crd_dir(self) -> Path:
+        return self.root / "crds"
+
+    def missing(self) -> list[str]:
+        crds = [] if self.crd_dir.is_dir() and any(self.crd_dir.glob("*.yaml")) else ["crds"]
+        return super().missing() + crds
