@@ -58,7 +58,7 @@ def _queue(pipeline: Pipeline, name: str) -> tuple[int | None, int | None]:
     return queue.messages_ready, queue.messages_unacknowledged
 
 
-def test_a_backlog_scales_up_at_the_next_pass_and_busy_workers_are_not_scaled_away(pipeline: Pipeline) -> None:
+def test_a_backlog_scales_up_within_a_pass_and_busy_workers_are_not_scaled_away(pipeline: Pipeline) -> None:
     pipeline.apply("prod", autoscaling=_autoscaling(1, 5), workers={"replicas": 1})
     pipeline.wait_ready("prod")
     assert pipeline.scrape("--synthetic", "1").returncode == 0  # the worker creates the table
@@ -72,11 +72,13 @@ def test_a_backlog_scales_up_at_the_next_pass_and_busy_workers_are_not_scaled_aw
         wait_for(lambda: _spec_replicas(pipeline, "prod") == 5, timeout=30, what="5 replicas")
         took = time.monotonic() - seen
         print(f"backlog of 1,000 seen -> 5 replicas written: {took:.1f} s (resync {pipeline.resync_seconds} s)")
-        # one decision at the pass after the backlog appeared (a little over one interval allows for the pass's
-        # own run time on a loaded machine)
+        # at the latest at the pass after the backlog appeared (a little over one interval allows for the pass's
+        # own run time on a loaded machine); the backlog probe's fresh ready count may scale up sooner, and in
+        # steps while the scrape still publishes
         assert took <= pipeline.resync_seconds + 2.0
-        assert any(m.startswith("scaled 1 -> 5 workers for a backlog of 1000") for m in
-                   _events(pipeline, "prod", "Scaled"))
+        scaled = _events(pipeline, "prod", "Scaled")
+        assert scaled[0].startswith("scaled 1 -> ")
+        assert " -> 5 workers for a backlog of " in scaled[-1]
         wait_for(lambda: len(_ready_pods(pipeline, "prod")) == 5, timeout=120, what="5 worker pods ready")
         # every message is now in a worker's hands, none ready: a scaler counting ready messages would remove 4 of
         # the 5 workers here; ours counts unacknowledged ones too and keeps them (stabilization is 3 s)

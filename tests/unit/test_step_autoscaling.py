@@ -78,3 +78,52 @@ def test_the_step_holds_on_unknown_counts_and_stands_aside_while_paused(world: W
     assert paused is not None
     assert paused["message"].startswith("paused (spec.paused)")
     assert world.kube.environment("default", "prod")["spec"]["workers"]["replicas"] == 5
+
+
+def test_the_probes_fresher_ready_count_scales_up_at_once_and_never_down(world: World) -> None:
+    import threading
+    from dataclasses import replace
+
+    from matchenv.operator.backlog import BacklogProbe
+    from tests.unit.test_backlog import FakeCounts
+
+    counts = FakeCounts({})
+    probe = BacklogProbe(lambda ns, name: None, threading.Event(), counts)  # type: ignore[arg-type]
+    world.services.backlog = probe
+    world.add("prod", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 5, "messagesPerReplica": 100,
+                                   "scaleDownStabilizationSeconds": 0})
+    world.converge("prod")
+    env = world.kube.environments[("default", "prod")]
+    uid = env["metadata"]["uid"]
+    key = ("/", "matches.prod")
+    world.broker.queues[key] = replace(world.broker.queues[key], messages=0, messages_ready=0,
+                                       messages_unacknowledged=0)
+    world.converge("prod")
+    assert env["spec"]["workers"]["replicas"] == 1
+    watch = probe.watching(uid)
+    assert watch is not None
+    assert (watch.queue, watch.wake_above) == ("matches.prod", 100)  # one worker takes 100
+    assert watch.url.endswith("/%2F")  # the queue's vhost
+    # the statistics still say 0; the probe reads 350 ready now
+    counts.counts["matches.prod"] = 350
+    probe.look()
+    world.converge("prod")
+    assert env["spec"]["workers"]["replicas"] == 4
+    assert getattr(probe.watching(uid), "wake_above", "none") == 400
+    # the probe's count falls (the workers took the messages) while the statistics say 350 are in hand: the
+    # statistics' ready + unacknowledged decide, nothing is scaled away mid-message
+    world.broker.queues[key] = replace(world.broker.queues[key], messages=350, messages_ready=0,
+                                       messages_unacknowledged=350)
+    counts.counts["matches.prod"] = 0
+    probe.look()
+    world.converge("prod")
+    assert env["spec"]["workers"]["replicas"] == 4
+    # at the maximum there is nothing to wake for; turned off, the watch goes
+    counts.counts["matches.prod"] = 2_000
+    probe.look()
+    world.converge("prod")
+    assert env["spec"]["workers"]["replicas"] == 5
+    assert getattr(probe.watching(uid), "wake_above", "none") is None
+    env["spec"]["autoscaling"]["enabled"] = False
+    world.converge("prod")
+    assert probe.watching(uid) is None

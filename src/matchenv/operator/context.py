@@ -18,6 +18,7 @@ from matchenv.naming import EnvironmentNames
 from matchenv.operator import builders
 from matchenv.operator.autoscaler import Autoscaler
 from matchenv.operator.backfills import Backfills, request_digest
+from matchenv.operator.backlog import BacklogProbe
 from matchenv.operator.brokers import BrokerClients
 from matchenv.operator.kube import Kube, Obj
 from matchenv.operator.settings import OperatorSettings
@@ -106,6 +107,7 @@ class Services:
         self.cluster = settings.cluster_id  # in every marker and broker user name this operator makes
         self.clients = clients or BrokerClients(settings.broker_timeout, write_budget=kube.write_budget)
         self.autoscaler = autoscaler or Autoscaler()
+        self.backlog: BacklogProbe | None = None  # the fresh ready counts, once the operator has started it
         self.clock = clock
         self.owner = owner  # the operator's Deployment: owns what the operator makes for itself (publisher Secret)
         self.backfills = Backfills(kube, self.event)

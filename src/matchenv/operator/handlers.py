@@ -14,6 +14,7 @@ import kopf
 from matchenv.api import API_GROUP, API_VERSION, PLURAL
 from matchenv.naming import BACKFILL_COMPONENT, COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from matchenv.operator import metrics
+from matchenv.operator.backlog import BacklogProbe
 from matchenv.operator.drift import BrokerEvents, Changed, Repairs
 from matchenv.operator.errors import TeardownIncomplete
 from matchenv.operator.reconciler import Reconciler
@@ -88,6 +89,25 @@ def follow_broker_events(memo: kopf.Memo, **_: Any) -> None:
     memo.broker_events = BrokerEvents(reconciler.events_url, on_change, stop, settings.broker_timeout).start()
 
 
+@kopf.on.startup()
+def probe_backlogs(memo: kopf.Memo, **_: Any) -> None:
+    """Autoscaled queues' fresh ready counts, a converge as soon as one asks for more workers (see
+    :mod:`matchenv.operator.backlog`)."""
+    settings: OperatorSettings = memo.settings
+    if not settings.backlog_probe:
+        return
+    reconciler: Reconciler = memo.reconciler
+    stop = threading.Event()
+
+    def scale_up(namespace: str, name: str) -> None:
+        metrics.BACKLOG_WAKES.inc()
+        reconciler.repair(namespace, name)
+
+    repairs = Repairs(scale_up, stop).start()
+    memo.backlog_stop = stop
+    reconciler.services.backlog = BacklogProbe(repairs.add, stop).start()
+
+
 @kopf.on.cleanup()
 async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     # Shutting down (SIGTERM): stop leading at once, so the standby takes over within its retry period instead of
@@ -101,9 +121,10 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     halt = getattr(memo, "halt", None)
     if halt is not None:
         halt.set()
-    events_stop = getattr(memo, "broker_events_stop", None)
-    if events_stop is not None:
-        events_stop.set()
+    for name in ("broker_events_stop", "backlog_stop"):
+        threads_stop = getattr(memo, name, None)
+        if threads_stop is not None:
+            threads_stop.set()
     task = getattr(memo, "resync_task", None)
     if task is not None:
         task.cancel()

@@ -17,6 +17,9 @@ FENCED_WRITES = Counter("matchenv_fenced_writes_total",
 BROKER_EVENTS = Counter("matchenv_broker_events_total",
                         "Deletions the broker reported (rabbitmq_event_exchange) that the operator looked at.")
 DRIFT_REPAIRS = Counter("matchenv_drift_repairs_total", "Converges started by a broker event.")
+BACKLOG_WAKES = Counter("matchenv_backlog_wakes_total",
+                        "Converges started by the backlog probe: an autoscaled queue's ready count asked for more "
+                        "workers between two resyncs.")
 CONVERGE_SECONDS = Histogram("matchenv_converge_duration_seconds", "Time one environment's converge took.",
                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 LEADING = Gauge("matchenv_leader", "1 while this operator replica leads (holds the Lease and converges), else 0.")

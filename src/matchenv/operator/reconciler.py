@@ -110,7 +110,7 @@ class Reconciler:
                 return status
             self._owners.remember(ctx)
             topology = converge_topology(s, ctx)
-            autoscaling = None if topology.refused else autoscale(s, ctx, topology.observation)
+            autoscaling = None if topology.refused else autoscale(s, ctx, topology.observation, topology.probe_url)
             workers, worker_problem = converge_workers(s, ctx, topology)
             backfill = None if topology.refused else run_backfill(s, ctx, topology)
             status = write_status(s, ctx, topology, workers, worker_problem, autoscaling, backfill)

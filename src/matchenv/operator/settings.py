@@ -84,6 +84,9 @@ class OperatorSettings(BaseModel):
     broker_events: bool = Field(True, description="Follow the broker's events (its rabbitmq_event_exchange plugin) "
                                 "to repair a deleted queue, binding, policy, user or permission at once; without "
                                 "the plugin the resync repairs drift (MATCHENV_BROKER_EVENTS).")
+    backlog_probe: bool = Field(True, description="Read each autoscaled queue's ready count over AMQP every second "
+                                "(a passive declare) and scale up at once when it asks for more workers, instead of "
+                                "at the next resync from the broker's statistics (MATCHENV_BACKLOG_PROBE).")
 
     owner_deployment: str = Field("", description="The operator's own Deployment (MATCHENV_OWNER_DEPLOYMENT): the "
                                   "Lease and the publisher Secret it creates are owned by it, so deleting the "
@@ -171,6 +174,7 @@ class OperatorSettings(BaseModel):
             "MATCHENV_LOG_JSON": "log_json",
             "MATCHENV_OWNER_DEPLOYMENT": "owner_deployment",
             "MATCHENV_BROKER_EVENTS": "broker_events",
+            "MATCHENV_BACKLOG_PROBE": "backlog_probe",
             "MATCHENV_ARCHIVE": "archive",
             "MATCHENV_ARCHIVE_MAX_AGE": "archive_max_age",
             "MATCHENV_ARCHIVE_MAX_BYTES": "archive_max_bytes",

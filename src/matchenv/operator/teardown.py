@@ -71,4 +71,6 @@ def teardown(s: Services, ctx: Context, stop_wait: float) -> list[str]:
             s.kube.delete_secret(ctx.namespace, names.broker_secret, secret["metadata"]["uid"]):
         done.append(f"deleted Secret {names.broker_secret}")
     s.autoscaler.forget(ctx.uid)
+    if s.backlog is not None:
+        s.backlog.forget(ctx.uid)
     return done

@@ -169,12 +169,12 @@ class WorkloadBench:
         self.delete(*names)
         return samples
 
-    def autoscaler(self, environments: int = 3, backlog: int = 1000) -> Measure:
+    def autoscaler(self, environments: int = 5, backlog: int = 1000) -> Measure:
         """Each of ``environments`` autoscaled environments (1..5 workers, 100 messages per worker, the default
         60 s stabilization) gets ``backlog`` messages at a random moment while its database is slow (a lock held on
-        its ``matches`` table): seconds until the scale-up is written; then the database is fast again: seconds from
-        the last row stored until minReplicas is written. The broker's statistics interval is its default (5 s):
-        the autoscaler sees what the management API reports."""
+        its ``matches`` table): seconds until the scale-up to 5 is written; then the database is fast again: seconds
+        from the last row stored until minReplicas is written. The broker's statistics interval is its default (5 s);
+        the operator's backlog probe reads the ready count over AMQP every second."""
         self.ops.start_operator(SHIPPED_RESYNC)
         url = self.database("autoscaled")
         scaling = {"enabled": True, "minReplicas": 1, "maxReplicas": 5, "messagesPerReplica": 100}
@@ -202,12 +202,12 @@ class WorkloadBench:
         return Measure(
             name=f"autoscaler: a backlog of {backlog:,} -> scale-up written; drained -> minReplicas written "
                  f"({environments} environments, resync {SHIPPED_RESYNC:.0f} s, broker statistics every 5 s)",
-            ours=f"up: p50 {statistics.median(up):.1f} s, max {max(up):.1f} s; down: p50 "
+            ours=f"up: p50 {statistics.median(up):.1f} s, p95 {percentile(up, 0.95):.1f} s, max {max(up):.1f} s; "
+                 f"down: p50 "
                  f"{statistics.median(down):.1f} s, max {max(down):.1f} s (scaleDownStabilizationSeconds 60)",
             baseline="KEDA's RabbitMQ scaler with its defaults: polls every 30 s; removes the last replica after "
                      "cooldownPeriod 300 s (fewer replicas: the HPA's 300 s scale-down window)",
-            targets=[Goal("backlog -> scale-up written within one resync interval + one statistics interval",
-                          max(up), SHIPPED_RESYNC + 5.0, at_least=False)])
+            targets=[Goal("backlog -> scale-up written p95 <= 2 s", percentile(up, 0.95), 2.0, at_least=False)])
 
     def _time_ours(self, i: int) -> float:
         started = time.monotonic()

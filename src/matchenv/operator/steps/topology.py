@@ -18,6 +18,7 @@ from matchenv.connection import (
     SecretDecodeError,
     decode_secret_data,
     read_connection,
+    worker_amqp_url,
 )
 from matchenv.contracts import WORKER_SECRET_PASSWORD
 from matchenv.naming import LEGACY_LENGTH_CAP_POLICY, length_cap_policy_name
@@ -60,6 +61,7 @@ class TopologyOutcome:
     placement: dict[str, str] | None = None  # status.placement to write; None: keep the one in status
     events_secret: str | None = None  # status.eventsSecret to write ("": none); None: keep the one in status
     events_problem: str | None = None  # why Flower's user cannot have its Secret
+    probe_url: str | None = None  # the admin's AMQP URL of the queue's vhost, for the backlog probe
 
     @property
     def refused(self) -> bool:
@@ -106,6 +108,7 @@ def _converge_broker(s: Services, ctx: Context, conn: BrokerConnection, secret: 
         s.apply(ctx, client, plan_revoke(ctx.desired, snapshot))  # no access to what is not ours
         return
     outcome.secret_data = ensure_credentials(s, ctx, conn, secret, outcome.secret_data)
+    outcome.probe_url = worker_amqp_url(conn.url, conn.username, conn.password, ctx.desired.vhost)
     password = outcome.secret_data[WORKER_SECRET_PASSWORD]
     backfill_password = ""
     desired = ctx.desired
