@@ -127,3 +127,30 @@ def test_the_probes_fresher_ready_count_scales_up_at_once_and_never_down(world: 
     env["spec"]["autoscaling"]["enabled"] = False
     world.converge("prod")
     assert probe.watching(uid) is None
+
+
+def test_a_new_queue_without_statistics_yet_is_watched_and_scaled_from_the_probe(world: World) -> None:
+    import threading
+    from dataclasses import replace
+
+    from matchenv.operator.backlog import BacklogProbe
+    from tests.unit.test_backlog import FakeCounts
+
+    counts = FakeCounts({})
+    probe = BacklogProbe(lambda ns, name: None, threading.Event(), counts)  # type: ignore[arg-type]
+    world.services.backlog = probe
+    world.add("dev", autoscaling={"enabled": True, "minReplicas": 0, "maxReplicas": 5, "messagesPerReplica": 100},
+              workers={"image": "matchenv:0.1.0", "replicas": 0, "databaseSecretRef": {"name": "matchenv-db-dev"}})
+    world.converge("dev")
+    key = ("/", "matches.dev")
+    world.broker.queues[key] = replace(world.broker.queues[key], messages=None, messages_ready=None,
+                                       messages_unacknowledged=None)
+    world.converge("dev")
+    env = world.kube.environments[("default", "dev")]
+    watch = probe.watching(env["metadata"]["uid"])
+    assert watch is not None
+    assert watch.wake_above == 0  # no workers: any ready message wakes it
+    counts.counts["matches.dev"] = 250
+    probe.look()
+    world.converge("dev")
+    assert env["spec"]["workers"]["replicas"] == 3

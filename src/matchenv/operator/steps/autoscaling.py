@@ -31,21 +31,18 @@ def autoscale(s: Services, ctx: Context, seen: QueueObservation | None, probe_ur
     if spec.paused:  # the pause decides (0 workers); the autoscaler starts afresh on resume
         s.autoscaler.forget(ctx.uid)
         return {**old, "message": "paused (spec.paused): no workers run whatever the backlog"}
-    counts = [n for n in (seen.messages if seen is not None else None,
-                          s.backlog.ready(ctx.uid) if s.backlog is not None else None) if n is not None]
-    if not counts:
-        return old or None
-    backlog = max(counts)
     asked = spec.workers.replicas
     recorded = _count(ctx.annotations.get(AUTOSCALED_ANNOTATION))
+    counts = [n for n in (seen.messages if seen is not None else None,
+                          s.backlog.ready(ctx.uid) if s.backlog is not None else None) if n is not None]
+    if not counts:  # a new queue's statistics come after their first interval: the probe may know sooner
+        _watch(s, ctx, probe_url, asked if recorded is None else recorded)
+        return old or None
+    backlog = max(counts)
     decision = s.autoscaler.review(ctx.uid, spec.autoscaling, backlog, asked, recorded, s.clock(),
                                    old.get("message"))
     wanted = decision.replicas
-    if s.backlog is not None and probe_url is not None:
-        # more than this many ready messages ask for more workers than ``wanted`` (at the maximum: nothing to do)
-        wake_above = wanted * spec.autoscaling.messages_per_replica if wanted < spec.autoscaling.max_replicas \
-            else None
-        s.backlog.watch(ctx.uid, Watch(ctx.namespace, ctx.name, probe_url, ctx.desired.queue.name, wake_above))
+    _watch(s, ctx, probe_url, wanted)
     if wanted != asked or recorded != wanted:
         s.kube.patch_environment(ctx.namespace, ctx.name, {
             "metadata": {"annotations": {AUTOSCALED_ANNOTATION: str(wanted)}},
@@ -61,6 +58,16 @@ def autoscale(s: Services, ctx: Context, seen: QueueObservation | None, probe_ur
     if wanted != asked:
         status["lastScaleTime"] = now_rfc3339()
     return status
+
+
+def _watch(s: Services, ctx: Context, probe_url: str | None, replicas: int) -> None:
+    """The probe wakes the environment when more ready messages wait than ``replicas`` workers take (at the
+    maximum: never, there is nothing more to give)."""
+    if s.backlog is None or probe_url is None:
+        return
+    scaling = ctx.spec.autoscaling
+    wake_above = replicas * scaling.messages_per_replica if replicas < scaling.max_replicas else None
+    s.backlog.watch(ctx.uid, Watch(ctx.namespace, ctx.name, probe_url, ctx.desired.queue.name, wake_above))
 
 
 def _unwatch(s: Services, ctx: Context) -> None:
