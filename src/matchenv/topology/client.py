@@ -135,9 +135,10 @@ class ManagementClient:
             total = max(0.1, min(total, budget))
         deadline = time.monotonic() + total
         down: list[str] = []
-        for _ in self.base_urls:
+        for tried in range(len(self.base_urls)):
             try:
-                return self._request_node(method, path, body, params, operation, connect, deadline)
+                return self._request_node(method, path, body, params, operation, connect, deadline,
+                                          len(self.base_urls) - tried)
             except NodeUnreachable as exc:
                 down.append(str(exc))
                 # every declare, binding and removal is idempotent: the next node may take the same call
@@ -150,14 +151,17 @@ class ManagementClient:
                               operation)
 
     def _request_node(self, method: str, path: str, body: Any, params: dict[str, str] | None, operation: str,
-                      connect: float, deadline: float) -> Any:
-        """One call to the current node, by ``deadline`` (monotonic)."""
+                      connect: float, deadline: float, nodes_left: int = 1) -> Any:
+        """One call to the current node, by ``deadline`` (monotonic). A socket read may wait this node's share of
+        what is left (all of it for the last node to try): a node that stalls leaves the others time to answer,
+        and a lone node that answers slowly within the deadline is not cut off (RabbitMQ 4.0.5 answers GET
+        /api/overview and /api/definitions after 5 s now and then)."""
         total = max(0.1, deadline - time.monotonic())
         session = self.session
 
         def exchange() -> tuple[requests.Response, bytes]:
             response = session.request(method, self.base_url + path, json=body, params=params, stream=True,
-                                       timeout=(min(connect, total), max(1.0, total / 2)))
+                                       timeout=(min(connect, total), max(1.0, total / nodes_left)))
             try:
                 content = _read_body(response, deadline)
             except BaseException:

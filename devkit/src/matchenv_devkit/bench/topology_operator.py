@@ -24,7 +24,7 @@ import urllib3
 from kubernetes import client, config, watch
 
 from matchenv.topology.client import ManagementClient
-from matchenv_devkit.bench.operator import cpu_seconds, percentile, rss_mib
+from matchenv_devkit.bench.operator import cpu_seconds, fanout_bindings, percentile, rss_mib
 from matchenv_devkit.bench.result import BurstRun, Measure, OperatorRun, Series
 from matchenv_devkit.bench.result import Target as Goal
 from matchenv_devkit.cluster.build import ensure_topology_operator
@@ -186,12 +186,12 @@ class TopologyOperatorBench:
         samples: list[float | None] = []
         queue = f"topology.{name}"
         for _ in range(trials):
-            binding = next(b for b in self.broker.snapshot().bindings_to("/", queue) if b.source == "matches-fanout")
+            binding = fanout_bindings(self.broker, queue)[0]
             started = time.monotonic()
             self.broker.unbind_queue("/", "matches-fanout", queue, binding.properties_key)
             back = None
             while time.monotonic() - started < timeout:
-                if any(b.source == "matches-fanout" for b in self.broker.snapshot().bindings_to("/", queue)):
+                if fanout_bindings(self.broker, queue):
                     back = time.monotonic() - started
                     break
                 time.sleep(0.05)
