@@ -14,17 +14,15 @@ from matchenv_devkit.bench.result import Measure, Series
 ANCHORS = Path(__file__).with_name("anchors.md")  # the tools this replaces, their documented defaults
 
 
-def _versions() -> str:
+def _versions(rabbit: str) -> str:
+    """The versions the run used: ``rabbit`` is what the bench's broker said it runs."""
+
     def version(name: str) -> str:
         try:
             return metadata.version(name)
         except metadata.PackageNotFoundError:
             return "-"
 
-    try:
-        rabbit = next(p.name.split("-", 1)[1] for p in Path("/usr/lib/rabbitmq/lib").glob("rabbitmq_server-*"))
-    except (StopIteration, OSError):
-        rabbit = "-"
     try:
         postgres = subprocess.run(["psql", "--version"], capture_output=True, text=True, timeout=10).stdout.split()[2]
     except (OSError, subprocess.SubprocessError, IndexError):
@@ -45,7 +43,7 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores, {memory} memory, {platform.system()} {platform.release()}"
 
 
-def render(measures: list[Measure], plots: list[str], seconds: float) -> str:
+def render(measures: list[Measure], plots: list[str], seconds: float, rabbit: str = "-") -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -55,7 +53,7 @@ def render(measures: list[Measure], plots: list[str], seconds: float) -> str:
         "",
         f"- when: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {seconds / 60:.1f} minutes",
         f"- machine: {_machine()}",
-        f"- versions: {_versions()}",
+        f"- versions: {_versions(rabbit)}",
         "",
         "| what | matchenv | baseline, same run | ratio |",
         "|---|---|---|---|",

@@ -21,6 +21,7 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
                                         stats_interval_ms=5000, delete_on_stop=False)
     measures: list[Measure] = []
     series: list[Series] = []
+    rabbit = stack.broker.server_version() or "-"
 
     def done(measure: Measure) -> None:
         measures.append(measure)
@@ -78,6 +79,6 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
     docs.mkdir(parents=True, exist_ok=True)
     figure = plot(series, docs / "benchmarks.png")
     (docs / "benchmarks.md").write_text(render(measures, [str(figure)] if figure else [],
-                                               time.monotonic() - started))
+                                               time.monotonic() - started, rabbit))
     log(f"wrote {docs / 'benchmarks.md'}" + (f" and {figure}" if figure else ""))
     return measures
