@@ -83,6 +83,12 @@ def end_offset(connection: pika.BlockingConnection, archive: str, settle: float 
             channel.close()
 
 
+def failing_over(exc: pika.exceptions.ChannelClosedByBroker) -> bool:
+    """A 406 for a stream with no running replica on the node reached: it passes once the cluster has elected a new
+    writer and restarted the replicas (a node was lost), so the replay connects again instead of failing the Job."""
+    return exc.reply_code == 406 and "does not have a running replica" in str(exc.reply_text)
+
+
 def replay(url: str, archive: str, exchange: str, start: dt.datetime, mandatory: bool, timeout: float = 10.0,
            idle: float = 5.0, progress: Callable[[ReplayReport], None] = lambda _r: None,
            stall: float = 120.0, empty_wait: float = EMPTY_WAIT, retry_seconds: float = 120.0) -> ReplayReport:
@@ -112,7 +118,9 @@ def replay(url: str, archive: str, exchange: str, start: dt.datetime, mandatory:
                 run.stream(connection, start)
                 return run.finish()
             except pika.exceptions.ChannelClosedByBroker as exc:
-                raise ReplayError(f"the broker closed the channel: {exc.reply_code} {exc.reply_text}") from exc
+                if not failing_over(exc):
+                    raise ReplayError(f"the broker closed the channel: {exc.reply_code} {exc.reply_text}") from exc
+                lost = f"the archive is moving to another node: {exc.reply_code} {exc.reply_text}"
             except (pika.exceptions.AMQPError, OSError) as exc:
                 lost = f"the connection to the broker failed: {exc.__class__.__name__} {exc}"
             finally:
