@@ -311,7 +311,7 @@ def backfill(
         start = start.replace(tzinfo=dt.UTC)
     try:
         report = replay(url, archive, exchange, start, mandatory, timeout=timeout, empty_wait=empty_wait,
-                        progress=lambda r: typer.echo(f"delivered {r.delivered} so far"), retry_seconds=retry_seconds)
+                        progress=lambda r: typer.echo(r.progress()), retry_seconds=retry_seconds)
     except ReplayError as exc:
         write_termination_message(summary(None, str(exc)))
         _echo_err(f"error: {exc}")

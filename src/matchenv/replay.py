@@ -38,7 +38,22 @@ class ReplayReport:
     delivered: int = 0  # published to the exchange and confirmed
     read: int = 0  # read from the archive (the ones past the end are not counted)
     end_offset: int | None = None  # the archive's last offset when the replay began; None: it was empty
+    first_offset: int | None = None  # the first archived offset from the start on
     seconds: float = 0.0
+
+    @property
+    def total(self) -> int | None:
+        """How many matches the replay delivers in all (the offsets from the first to the end), once known."""
+        if self.first_offset is None or self.end_offset is None:
+            return None
+        return max(0, self.end_offset - self.first_offset + 1)
+
+    def progress(self) -> str:
+        """``delivered N of M (P%)``: the Job's log line, every thousand."""
+        total = self.total
+        if not total:
+            return f"delivered {self.delivered} so far"
+        return f"delivered {self.delivered} of {total} ({100 * self.delivered // total}%)"
 
     def describe(self) -> str:
         if self.end_offset is None:
@@ -191,6 +206,8 @@ class _Replay:
                 continue
             if offset is not None and offset > report.end_offset:
                 return  # published after the replay began: it reached the queue through its binding
+            if report.first_offset is None and offset is not None:
+                report.first_offset = offset
             report.read += 1
             properties.headers = encodable_headers(
                 {k: v for k, v in (properties.headers or {}).items() if k != OFFSET_HEADER})

@@ -253,7 +253,7 @@ def test_a_backfill_with_a_node_killed_midway_delivers_every_archived_match(
         output = []
         for line in job.stdout:
             output.append(line)
-            if line.startswith(f"delivered {MATCHES // 2} so far"):
+            if line.startswith(f"delivered {MATCHES // 2} of {MATCHES} "):
                 cluster.nodes[0].kill()  # the first node of its list: where it reads and publishes
                 break
         output.extend(job.stdout)

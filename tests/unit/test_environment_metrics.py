@@ -138,3 +138,15 @@ def test_a_quorum_queue_reports_its_members_running_and_a_classic_one_none() -> 
     metrics.record("default", "prod", {"phase": "Degraded"}, None, "BrokerUnreachable", now=200.0)
     series = _series(metrics)  # the broker away: the last counts stay, as for the messages
     assert _value(series, "matchenv_environment_queue_members_online", namespace="default", name="prod") == 2
+
+
+def test_every_management_call_is_counted_handlers_and_passes_alike() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from matchenv.operator.metrics import ManagementCallsCollector
+
+    calls = [0]
+    registry = CollectorRegistry()
+    registry.register(ManagementCallsCollector(lambda: calls[0]))
+    calls[0] = 42
+    assert "matchenv_management_calls_total 42.0" in generate_latest(registry).decode()

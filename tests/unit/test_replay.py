@@ -1,9 +1,11 @@
 """Which channel closes the backfill's replay waits out (a stream failing over) and which end it at once."""
 
+import json
+
 import pika.exceptions
 import pytest
 
-from matchenv.replay import failing_over
+from matchenv.replay import ReplayReport, failing_over, summary
 
 
 @pytest.mark.parametrize(("code", "text", "transient"), [
@@ -15,3 +17,12 @@ from matchenv.replay import failing_over
 ])
 def test_only_a_stream_without_a_running_replica_is_waited_out(code: int, text: str, transient: bool) -> None:
     assert failing_over(pika.exceptions.ChannelClosedByBroker(code, text)) is transient
+
+
+def test_the_jobs_progress_reads_n_of_m_once_the_first_offset_is_known() -> None:
+    report = ReplayReport(delivered=1000, end_offset=20019)
+    assert report.progress() == "delivered 1000 so far"
+    report.first_offset = 20
+    assert report.total == 20000
+    assert report.progress() == "delivered 1000 of 20000 (5%)"
+    assert json.loads(summary(report))["first_offset"] == 20  # the termination message the operator reads

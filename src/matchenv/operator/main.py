@@ -75,6 +75,7 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
     environments = EnvironmentMetrics()
     REGISTRY.register(environments)
     reconciler = Reconciler(kube, settings, owner=owner, environments=environments)
+    REGISTRY.register(metrics.ManagementCallsCollector(reconciler.services.clients.total_calls))
     if settings.metrics_port:
         if settings.metrics_secure:  # every replica answers scrapers, leading or not: reviews are no writes
             try:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 RESYNCS = Counter("matchenv_resyncs_total", "Resync passes over all environments.")
 RESYNC_ERRORS = Counter("matchenv_resync_errors_total", "Resync passes that failed (e.g. API server down).")
@@ -26,3 +30,17 @@ LEADING = Gauge("matchenv_leader", "1 while this operator replica leads (holds t
 ARCHIVE_MAX_AGE = Gauge("matchenv_archive_max_age_seconds",
                         "How long the archive keeps a match (MATCHENV_ARCHIVE_MAX_AGE): a backfill reaches no further "
                         "back; 0 without an archive.")
+
+
+class ManagementCallsCollector(Collector):
+    """``matchenv_management_calls_total``: every management-API call the operator made, handlers and passes alike
+    (the clients count them; a burst's calls per environment are its increase over the environments added)."""
+
+    def __init__(self, total: Callable[[], int]) -> None:
+        self.total = total
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("matchenv_management_calls",
+                                     "RabbitMQ management-API calls this operator made (handlers, resyncs, repairs).")
+        family.add_metric([], float(self.total()))
+        yield family

@@ -49,6 +49,8 @@ class BurstRun:
     progress: list[tuple[float, float]]
     cpu_seconds: float
     rss_mib: float
+    late_seconds: float | None = None  # an environment applied 2 s into the burst: its own apply -> ready
+    applied: float | None = None  # seconds the burst's applies took
 
     @property
     def seconds(self) -> float:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from matchenv_devkit.bench import operator, publisher, topology_operator, worker, workloads
+from matchenv_devkit.bench import backfill, operator, publisher, topology_operator, worker, workloads
 from matchenv_devkit.bench.report import plot, render
 from matchenv_devkit.bench.result import Measure, Series
 from matchenv_devkit.cluster.stack import LocalStack
@@ -39,6 +39,8 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
         log("worker ...")
         done(worker.measure(stack.rabbitmq, stack.postgres, state_dir))
         done(worker.stop_seconds(stack.rabbitmq, stack.postgres, state_dir))
+        log("backfill ...")
+        done(backfill.measure(stack.rabbitmq, log=log))
         # the RabbitMQ messaging-topology-operator first, on the same API server and broker, then cleaned away
         log("topology operator: the same work ...")
         anchor = topology_operator.TopologyOperatorBench(stack, log, operator.SHIPPED_RESYNC)
@@ -69,6 +71,10 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
             log(f"operator: {environments} environments ...")
             done(bench.scale(environments)[0])  # its curve is plotted beside the topology operator's
             beside, burst = topology_operator.compare(bench.record(), theirs, operator.SHIPPED_RESYNC)
+            if any(not t.met for t in beside[1].targets if "CPU" in t.text):
+                log("operator: the CPU of a burst, profiled ...")
+                beside[1].profile = bench.cpu_profile()
+                beside[1].notes.append("CPU: see the profile (a second burst with py-spy attached)")
             for measure in beside:
                 done(measure)
             series.append(burst)

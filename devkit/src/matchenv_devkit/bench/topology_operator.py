@@ -24,6 +24,7 @@ import urllib3
 from kubernetes import client, config, watch
 
 from matchenv.topology.client import ManagementClient
+from matchenv_devkit.bench.burst import LATE_AFTER, Burst, start_burst
 from matchenv_devkit.bench.operator import cpu_seconds, fanout_bindings, percentile, rss_mib
 from matchenv_devkit.bench.result import BurstRun, Measure, OperatorRun, Series
 from matchenv_devkit.bench.result import Target as Goal
@@ -139,9 +140,10 @@ class TopologyOperatorBench:
             samples.append(time.monotonic() - started)
         return samples
 
-    def burst(self, total: int, timeout: float = 900) -> list[tuple[float, float]]:
-        """``total`` environments created at once: how many had all four objects Ready at each second (the last
-        point: all of them). A watch per kind (never a list each second: that would load the API server)."""
+    def burst(self, total: int, timeout: float = 900) -> tuple[list[tuple[float, float]], Burst]:
+        """``total`` environments created one after another, and one more 2 s in: how many had all four objects
+        Ready at each second since the first create (the last point: all of them), and the late one's own apply ->
+        Ready. A watch per kind (never a list each second: that would load the API server)."""
         lock = threading.Lock()
         ready_kinds: dict[str, set[str]] = {}
         streams = {plural: watch.Watch() for _, plural in KINDS}
@@ -158,22 +160,21 @@ class TopologyOperatorBench:
         followers = [threading.Thread(target=follow, args=(plural,), daemon=True) for plural in streams]
         for follower in followers:
             follower.start()
-        started = time.monotonic()
-        for i in range(total):
-            self.create(f"env{i:04d}")
+        applies = start_burst(self.create, total, self.all_ready, timeout=timeout)
         progress: list[tuple[float, float]] = [(0.0, 0.0)]
         complete = 0
-        while complete < total and time.monotonic() - started < timeout:
+        while complete < total and time.monotonic() - applies.started < timeout:
             time.sleep(0.2)
             with lock:
                 complete = sum(1 for kinds in ready_kinds.values() if len(kinds) == len(KINDS))
-            if time.monotonic() - started - progress[-1][0] >= 1.0 or complete >= total:
-                progress.append((time.monotonic() - started, float(complete)))
+            if time.monotonic() - applies.started - progress[-1][0] >= 1.0 or complete >= total:
+                progress.append((time.monotonic() - applies.started, float(complete)))
         for stream in streams.values():
             stream.stop()
         if complete < total:
             raise RuntimeError(f"only {complete} of {total} of the topology operator's environments Ready")
-        return progress
+        applies.join(timeout)
+        return progress, applies
 
     def drift(self, trials: int, timeout: float) -> list[float | None]:
         """A binding of its environment deleted on the broker: seconds until it is back (None: not within
@@ -206,12 +207,19 @@ class TopologyOperatorBench:
         latency = self.latency(trials)
         drift = self.drift(drift_trials, drift_timeout)
         cpu = cpu_seconds(self.pid)
-        progress = self.burst(total)
-        return OperatorRun(latency, drift, BurstRun(progress, cpu_seconds(self.pid) - cpu, rss_mib(self.pid)))
+        progress, applies = self.burst(total)
+        return OperatorRun(latency, drift, BurstRun(progress, cpu_seconds(self.pid) - cpu, rss_mib(self.pid),
+                                                    late_seconds=applies.late_seconds, applied=applies.applied))
 
 
 def _p(samples: list[float]) -> str:
     return f"p50 {statistics.median(samples):.2f} s, p95 {percentile(samples, 0.95):.2f} s"
+
+
+def _late(run: BurstRun) -> str:
+    if run.late_seconds is None:
+        return "no late environment timed"
+    return f"one applied {LATE_AFTER:g} s in ready {run.late_seconds:.1f} s after its apply"
 
 
 def compare(ours: OperatorRun, theirs: OperatorRun, sync_period: float) -> tuple[list[Measure], Series]:
@@ -229,8 +237,8 @@ def compare(ours: OperatorRun, theirs: OperatorRun, sync_period: float) -> tuple
     total = int(a.progress[-1][1])
     burst = Measure(
         name=f"beside the topology operator: {total} environments applied at once",
-        ours=f"all ready in {a.seconds:.1f} s, {a.cpu_seconds:.1f} CPU s, RSS {a.rss_mib:.0f} MiB",
-        baseline=f"all ready in {b.seconds:.1f} s, {b.cpu_seconds:.1f} CPU s, RSS {b.rss_mib:.0f} MiB",
+        ours=f"all ready in {a.seconds:.1f} s, {a.cpu_seconds:.1f} CPU s, RSS {a.rss_mib:.0f} MiB; {_late(a)}",
+        baseline=f"all ready in {b.seconds:.1f} s, {b.cpu_seconds:.1f} CPU s, RSS {b.rss_mib:.0f} MiB; {_late(b)}",
         ratio=f"time {b.seconds / a.seconds:.1f}x faster, CPU {a.cpu_seconds / b.cpu_seconds:.2f}x, "
               f"RSS {a.rss_mib / b.rss_mib:.2f}x theirs",
         notes=[what, f"both re-read everything every {sync_period:g} s (matchenv's shipped resync; the topology "
