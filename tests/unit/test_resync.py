@@ -89,3 +89,18 @@ def test_unused_broker_clients_are_closed() -> None:
     assert clients.evict_idle(600) == 1  # the old password's client: its threads and session closed
     assert clients.get(new) is not first
     assert clients.evict_idle(600) == 0
+
+
+def test_a_pass_leaves_an_environment_to_its_queued_handler_converge(world: World) -> None:
+    """In a burst the handlers' converges wait on the pool: a pass converging the same environments would do each
+    one's broker work twice (the handler reads it all again after), so it leaves them until their handler began."""
+    world.add("dev")
+    uid = world.kube.environments[("default", "dev")]["metadata"]["uid"]
+    world.reconciler.will_converge(uid)
+    report = world.reconciler.resync_all()
+    assert report.skipped == 1
+    assert ("/", "matches.dev") not in world.broker.queues
+    assert ("default", "dev-broker") not in world.kube.secrets
+    world.converge("dev")  # the handler's turn
+    assert ("/", "matches.dev") in world.broker.queues
+    assert world.reconciler.resync_all().skipped == 0  # from then on the passes check it again

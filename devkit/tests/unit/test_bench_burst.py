@@ -2,6 +2,7 @@
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,23 @@ def test_the_cpu_profile_counts_each_part_whose_frame_is_on_the_stack(tmp_path: 
     assert shares["  management API calls (requests)"] == "75.0%"
     assert shares["  Kubernetes API calls (kubernetes client)"] == "25.0%"
     assert shares["resync passes"] == "25.0%"
+
+
+def test_one_more_in_another_namespace_is_timed_beside_the_late_one() -> None:
+    created: dict[str, float] = {}
+
+    def create_in(namespace: str) -> Callable[[str], None]:
+        def create(name: str) -> None:
+            created[f"{namespace}/{name}"] = time.monotonic()
+        return create
+
+    def ready_in(namespace: str, after: float) -> Callable[[str], bool]:
+        return lambda name: time.monotonic() - created.get(f"{namespace}/{name}", time.monotonic()) >= after
+
+    burst = start_burst(create_in("a"), 3, ready_in("a", 0.3), late_after=0.05, poll=0.01,
+                        elsewhere=(create_in("b"), ready_in("b", 0.1)))
+    burst.join(timeout=10)
+    assert burst.late_seconds is not None
+    assert burst.elsewhere_seconds is not None
+    assert burst.elsewhere_seconds < burst.late_seconds
+    assert f"b/{LATE}" in created

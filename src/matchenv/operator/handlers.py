@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -17,6 +17,8 @@ from matchenv.operator import metrics
 from matchenv.operator.backlog import BacklogProbe
 from matchenv.operator.drift import BrokerEvents, Changed, Repairs
 from matchenv.operator.errors import TeardownIncomplete
+from matchenv.operator.fair import FairPool
+from matchenv.operator.kube import Obj
 from matchenv.operator.reconciler import Reconciler
 from matchenv.operator.settings import OperatorSettings
 
@@ -121,6 +123,9 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     halt = getattr(memo, "halt", None)
     if halt is not None:
         halt.set()
+    pool = getattr(memo, "fair", None)
+    if pool is not None:
+        pool.stop()
     for name in ("broker_events_stop", "backlog_stop"):
         threads_stop = getattr(memo, name, None)
         if threads_stop is not None:
@@ -152,12 +157,21 @@ async def resync_forever(reconciler: Reconciler, interval: float) -> None:
                 report.environments, report.management_calls, report.changes, report.seconds)
 
 
+async def fairly(memo: kopf.Memo, body: kopf.Body, work: Callable[[Obj], Any]) -> Any:
+    """``work(body)`` on the pool that takes turns between namespaces (:mod:`matchenv.operator.fair`): one team's
+    burst never queues in front of another team's environment."""
+    env = plain(body)
+    pool: FairPool = memo.fair
+    return await asyncio.wrap_future(pool.submit(env["metadata"].get("namespace") or "", lambda: work(env)))
+
+
 @kopf.on.resume(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5)
 @kopf.on.create(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5)
 @kopf.on.update(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5)
-def converge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def converge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Broker problems end in a Degraded status (the resync loop heals them); API errors are retried by kopf."""
-    memo.reconciler.converge(plain(body))
+    memo.reconciler.will_converge(body["metadata"]["uid"])
+    await fairly(memo, body, memo.reconciler.converge)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY})
@@ -181,8 +195,8 @@ def backfill_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_
 
 
 @kopf.on.delete(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5)
-def teardown(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def teardown(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     try:
-        memo.reconciler.teardown(plain(body))
+        await fairly(memo, body, memo.reconciler.teardown)
     except TeardownIncomplete as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.delay or memo.settings.resync_seconds) from exc

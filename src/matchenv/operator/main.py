@@ -22,6 +22,7 @@ from matchenv import health
 from matchenv.identity import ClusterIdentityError, cluster_identity
 from matchenv.operator import metrics
 from matchenv.operator.environment_metrics import EnvironmentMetrics
+from matchenv.operator.fair import FairPool
 from matchenv.operator.kube import Kube, new_api_client
 from matchenv.operator.leader import LeaseElector
 from matchenv.operator.metrics_access import CertificateMissing, MetricsAccess, tls_context
@@ -123,7 +124,7 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
             standalone=True,
             clusterwide=not namespaces,
             namespaces=namespaces,
-            memo=kopf.Memo(reconciler=reconciler, settings=settings, halt=halt,
+            memo=kopf.Memo(reconciler=reconciler, settings=settings, halt=halt, fair=FairPool(),
                            step_down=elector.step_down if settings.leader_election else None),
             stop_flag=halt,
         )

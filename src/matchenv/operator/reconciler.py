@@ -64,6 +64,9 @@ class Reconciler:
         # uid → when its teardown finished (None: under way). A deleted environment is never converged again: a
         # resync pass that listed it before its deletion would otherwise put back what the teardown removed.
         self._torn_down: dict[str, float | None] = {}
+        # environments a handler's converge waits for on the pool: a pass leaves them to it (in a burst the pass
+        # converged what the handlers were about to, and they read it all again)
+        self._awaiting: set[str] = set()
         self._owners = OwnerIndex()
         self._sightings = Sightings()
         self._resync = Resync(self.services, self.converge)
@@ -81,12 +84,22 @@ class Reconciler:
             return self._locks[uid]
 
     # -- converge --------------------------------------------------------------------------------------------
+    def will_converge(self, uid: str) -> None:
+        """A handler's converge of ``uid`` is queued: resync passes leave it alone until that begins."""
+        with self._locks_guard:
+            self._awaiting.add(uid)
+
     def converge(self, env: Obj, prefetched: Prefetched | None = None) -> Obj | None:
         """Make broker and cluster match ``env``; write and return its status. With a resync pass's
         ``prefetched`` reads, returns None (and does nothing) when a handler converged the environment after the
         pass began reading: acting on the older reads could only undo that (e.g. set a password again). Returns None
-        too once the environment's teardown has begun."""
+        too once the environment's teardown has begun, and while a handler's converge of it is queued."""
         uid = env["metadata"]["uid"]
+        with self._locks_guard:
+            if prefetched is None:
+                self._awaiting.discard(uid)
+            elif uid in self._awaiting:
+                return None
         with self._lock(uid):
             if uid in self._torn_down:
                 return None

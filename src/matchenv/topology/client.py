@@ -26,7 +26,7 @@ DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds th
 # and the operator's memory limit is 384 MiB (a broker of 20,000 queues answers /api/queues in about 6 MiB)
 MAX_BODY = 16 * 1024 * 1024
 MAX_ERROR_TEXT = 300
-PARALLEL_CALLS = 8  # management calls in flight at once per broker (kopf runs up to 8 handlers at once)
+PARALLEL_CALLS = 8  # management calls in flight at once per broker (the converge pool runs up to 8 at once)
 QUEUE_COLUMNS = (
     "name,vhost,type,durable,arguments,messages,messages_ready,messages_unacknowledged,consumers,policy,"
     "head_message_timestamp,members,online,leader"

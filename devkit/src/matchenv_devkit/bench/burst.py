@@ -19,6 +19,7 @@ class Burst:
     started: float = field(default_factory=time.monotonic)
     applied: float | None = None  # seconds until the last of the burst's applies returned
     late_seconds: float | None = None
+    elsewhere_seconds: float | None = None  # the same, for one applied in another namespace (another team)
     errors: list[BaseException] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
 
@@ -34,10 +35,21 @@ def burst_name(i: int) -> str:
 
 
 def start_burst(create: Callable[[str], None], total: int, ready: Callable[[str], bool],
-                late_after: float = LATE_AFTER, poll: float = 0.05, timeout: float = 900) -> Burst:
+                late_after: float = LATE_AFTER, poll: float = 0.05, timeout: float = 900,
+                elsewhere: tuple[Callable[[str], None], Callable[[str], bool]] | None = None) -> Burst:
     """Apply ``total`` environments one after another, and ``late_after`` seconds in one more, :data:`LATE`,
-    whose readiness (``ready``, polled every ``poll`` seconds) is timed from its own apply."""
+    whose readiness (``ready``, polled every ``poll`` seconds) is timed from its own apply; with ``elsewhere``
+    (create and ready in another namespace), one more there at the same moment, timed alike."""
     burst = Burst()
+
+    def timed(create_one: Callable[[str], None], ready_one: Callable[[str], bool]) -> float:
+        began = time.monotonic()
+        create_one(LATE)
+        while not ready_one(LATE):
+            if time.monotonic() - began > timeout:
+                raise RuntimeError(f"{LATE} not ready in {timeout:.0f} s")
+            time.sleep(poll)
+        return time.monotonic() - began
 
     def apply_all() -> None:
         try:
@@ -50,17 +62,19 @@ def start_burst(create: Callable[[str], None], total: int, ready: Callable[[str]
     def apply_late() -> None:
         try:
             time.sleep(late_after)
-            began = time.monotonic()
-            create(LATE)
-            while not ready(LATE):
-                if time.monotonic() - began > timeout:
-                    raise RuntimeError(f"{LATE} not ready in {timeout:.0f} s")
-                time.sleep(poll)
-            burst.late_seconds = time.monotonic() - began
+            burst.late_seconds = timed(create, ready)
         except BaseException as exc:
             burst.errors.append(exc)
 
-    burst.threads = [threading.Thread(target=apply_all, daemon=True), threading.Thread(target=apply_late, daemon=True)]
+    def apply_elsewhere() -> None:
+        try:
+            time.sleep(late_after)
+            if elsewhere is not None:
+                burst.elsewhere_seconds = timed(*elsewhere)
+        except BaseException as exc:
+            burst.errors.append(exc)
+
+    burst.threads = [threading.Thread(target=f, daemon=True) for f in (apply_all, apply_late, apply_elsewhere)]
     for thread in burst.threads:
         thread.start()
     return burst

@@ -51,6 +51,7 @@ class BurstRun:
     rss_mib: float
     late_seconds: float | None = None  # an environment applied 2 s into the burst: its own apply -> ready
     applied: float | None = None  # seconds the burst's applies took
+    elsewhere_seconds: float | None = None  # the same as late_seconds, for one applied in another namespace
 
     @property
     def seconds(self) -> float:

@@ -219,7 +219,9 @@ def _p(samples: list[float]) -> str:
 def _late(run: BurstRun) -> str:
     if run.late_seconds is None:
         return "no late environment timed"
-    return f"one applied {LATE_AFTER:g} s in ready {run.late_seconds:.1f} s after its apply"
+    elsewhere = "" if run.elsewhere_seconds is None else \
+        f" (in another namespace {run.elsewhere_seconds:.1f} s)"
+    return f"one applied {LATE_AFTER:g} s in ready {run.late_seconds:.1f} s after its apply{elsewhere}"
 
 
 def compare(ours: OperatorRun, theirs: OperatorRun, sync_period: float) -> tuple[list[Measure], Series]:
