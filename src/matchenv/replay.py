@@ -43,17 +43,18 @@ class ReplayReport:
 
     @property
     def total(self) -> int | None:
-        """How many matches the replay delivers in all (the offsets from the first to the end), once known."""
+        """The archive's offsets from the first replayed to the end, once known: about the matches the replay
+        delivers in all (a few more: the stream's own tracking records take offsets too)."""
         if self.first_offset is None or self.end_offset is None:
             return None
         return max(0, self.end_offset - self.first_offset + 1)
 
     def progress(self) -> str:
-        """``delivered N of M (P%)``: the Job's log line, every thousand."""
+        """``delivered N of about M (P%)``: the Job's log line, every thousand."""
         total = self.total
         if not total:
             return f"delivered {self.delivered} so far"
-        return f"delivered {self.delivered} of {total} ({100 * self.delivered // total}%)"
+        return f"delivered {self.delivered} of about {total} ({min(100, 100 * self.delivered // total)}%)"
 
     def describe(self) -> str:
         if self.end_offset is None:
