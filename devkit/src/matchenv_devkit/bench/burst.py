@@ -59,22 +59,17 @@ def start_burst(create: Callable[[str], None], total: int, ready: Callable[[str]
         except BaseException as exc:  # reported by join()
             burst.errors.append(exc)
 
-    def apply_late() -> None:
+    def apply_late(field: str, create_one: Callable[[str], None], ready_one: Callable[[str], bool]) -> None:
         try:
             time.sleep(late_after)
-            burst.late_seconds = timed(create, ready)
+            setattr(burst, field, timed(create_one, ready_one))
         except BaseException as exc:
             burst.errors.append(exc)
 
-    def apply_elsewhere() -> None:
-        try:
-            time.sleep(late_after)
-            if elsewhere is not None:
-                burst.elsewhere_seconds = timed(*elsewhere)
-        except BaseException as exc:
-            burst.errors.append(exc)
-
-    burst.threads = [threading.Thread(target=f, daemon=True) for f in (apply_all, apply_late, apply_elsewhere)]
+    burst.threads = [threading.Thread(target=apply_all, daemon=True),
+                     threading.Thread(target=apply_late, args=("late_seconds", create, ready), daemon=True)]
+    if elsewhere is not None:
+        burst.threads.append(threading.Thread(target=apply_late, args=("elsewhere_seconds", *elsewhere), daemon=True))
     for thread in burst.threads:
         thread.start()
     return burst
