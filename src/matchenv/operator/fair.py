@@ -40,11 +40,6 @@ class FairPool:
             self._ready.notify()
         return future
 
-    def waiting(self) -> dict[str, int]:
-        """Items queued per flow (not yet running)."""
-        with self._ready:
-            return {flow: len(items) for flow, items in self._flows.items()}
-
     def _next(self) -> tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None:
         with self._ready:
             while not self._flows and not self._stopped:

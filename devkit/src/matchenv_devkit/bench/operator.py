@@ -109,10 +109,11 @@ class OperatorBench:
         obj: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         return self.topology_ready(obj)
 
-    def count_topology_ready(self) -> int:
+    def count_topology_ready(self, prefix: str = "") -> int:
+        """How many environments named ``prefix...`` are TopologyReady: one list, not a read of each."""
         listed: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, "default", PLURAL)
         items: list[dict[str, Any]] = listed["items"]
-        return sum(1 for obj in items if self.topology_ready(obj))
+        return sum(1 for obj in items if obj["metadata"]["name"].startswith(prefix) and self.topology_ready(obj))
 
     def record(self) -> OperatorRun:
         """What the latency, drift and scale measures saw (run them first)."""
@@ -212,11 +213,10 @@ class OperatorBench:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(1.0)  # attached
-            names = [f"cpu{i:04d}" for i in range(count)]
-            for name in names:
-                self.create(name)
+            for i in range(count):
+                self.create(f"cpu{i:04d}")
             deadline = time.monotonic() + 300
-            while sum(1 for n in names if self.is_topology_ready(n)) < count and time.monotonic() < deadline:
+            while self.count_topology_ready("cpu") < count and time.monotonic() < deadline:
                 time.sleep(2.0)
         finally:
             spy.send_signal(signal.SIGINT)  # py-spy writes its samples when interrupted
