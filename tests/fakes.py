@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from matchenv.topology.client import BrokerNotFound, BrokerUnreachable
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
+from matchenv.topology.tally import count_call
 
 Obj = dict[str, Any]
 
@@ -58,6 +59,7 @@ class SimulatedBroker:
 
     def _call(self) -> None:
         self.calls += 1
+        count_call()
         if self.down:
             raise BrokerUnreachable("simulated broker is down", "GET /api/overview")
 
@@ -338,7 +340,15 @@ class FakeKube:
         if label_selector.startswith("job-name="):
             pod = self.pods.get((namespace, label_selector.removeprefix("job-name=")))
             return [copy.deepcopy(pod)] if pod else []
-        return copy.deepcopy(self.worker_pods.get((namespace, label_selector), []))
+        if (namespace, label_selector) in self.worker_pods:
+            return copy.deepcopy(self.worker_pods[(namespace, label_selector)])
+        # otherwise the pods a Deployment of that selector has, as its controllers would keep them: one per replica
+        # until the garbage collector has removed the Deployment
+        wanted = dict(part.split("=", 1) for part in label_selector.split(","))
+        return [{"metadata": {"namespace": namespace, "name": f"{meta['name']}-{i}", "labels": wanted}}
+                for (ns, _), d in self.deployments.items() if ns == namespace
+                and (d["spec"].get("selector") or {}).get("matchLabels") == wanted
+                for meta in [d["metadata"]] for i in range(d["spec"].get("replicas") or 0)]
 
     def list_events(self, namespace: str, field_selector: str) -> list[Obj]:
         wanted = dict(part.split("=", 1) for part in field_selector.split(","))

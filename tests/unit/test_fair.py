@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from matchenv.operator.fair import FairPool
+from matchenv.operator.fair import FairPool, flow_of
 
 
 def test_a_burst_in_one_namespace_does_not_queue_in_front_of_another_namespaces_environment() -> None:
@@ -56,3 +56,22 @@ def test_stopping_cancels_what_waits_and_refuses_more() -> None:
     assert waiting.cancelled()
     with pytest.raises(RuntimeError):
         pool.submit("a", lambda: None)
+
+
+def _applied(namespace: str, *writers: tuple[str, str, dict[str, object], str | None]) -> dict[str, object]:
+    return {"metadata": {"namespace": namespace, "managedFields": [
+        {"manager": manager, "time": time, "fieldsV1": fields, **({"subresource": sub} if sub else {})}
+        for manager, time, fields, sub in writers]}}
+
+
+def test_a_flow_is_the_namespace_and_whoever_last_wrote_the_spec() -> None:
+    spec: dict[str, object] = {"f:spec": {"f:queue": {}}}
+    gitops = _applied("default", ("argocd-controller", "2026-12-03T10:00:00Z", spec, None),
+                      ("matchenv-operator", "2026-12-03T10:00:01Z", {"f:status": {}}, "status"),
+                      ("kopf", "2026-12-03T10:00:02Z", {"f:metadata": {"f:finalizers": {}}}, None))
+    assert flow_of(gitops) == "default/argocd-controller"  # the operator's own writes are not the writer
+    edited = _applied("default", ("argocd-controller", "2026-12-03T10:00:00Z", spec, None),
+                      ("kubectl-edit", "2026-12-03T11:00:00Z", spec, None))
+    assert flow_of(edited) == "default/kubectl-edit"
+    assert flow_of({"metadata": {"namespace": "team-b"}}) == "team-b/"
+    assert flow_of(gitops) != flow_of(_applied("team-b", ("argocd-controller", "2026-12-03T10:00:00Z", spec, None)))

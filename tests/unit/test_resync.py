@@ -104,3 +104,30 @@ def test_a_pass_leaves_an_environment_to_its_queued_handler_converge(world: Worl
     world.converge("dev")  # the handler's turn
     assert ("/", "matches.dev") in world.broker.queues
     assert world.reconciler.resync_all().skipped == 0  # from then on the passes check it again
+
+
+def test_a_pass_counts_its_own_management_calls_not_those_a_handler_makes_meanwhile(world: World) -> None:
+    """``matchenv_resync_management_calls`` is the pass's: in a burst the handlers' converges run beside it on the
+    same broker clients, and counting the clients' calls over the pass's time made a quiet pass look like 1,800."""
+    import threading
+
+    world.add("prod")
+    world.converge("prod")
+    world.reconciler.resync_all()  # the first pass also does what is done once per process
+    quiet = world.reconciler.resync_all().management_calls
+    real = world.broker.snapshot
+
+    def snapshot(scope: Any = None) -> Any:
+        if scope is None:  # the pass's read: meanwhile dev is applied and a handler converges it on its own thread
+            world.broker.snapshot = real  # type: ignore[method-assign]
+            world.add("dev")
+            handler = threading.Thread(target=world.converge, args=("dev",))
+            handler.start()
+            handler.join()
+        return real(scope)
+
+    world.broker.snapshot = snapshot  # type: ignore[method-assign]
+    before = world.broker.calls
+    report = world.reconciler.resync_all()
+    assert world.broker.calls - before > report.management_calls + 3  # the handler's calls were made meanwhile
+    assert report.management_calls == quiet

@@ -1,9 +1,12 @@
-"""Converges and teardowns on a pool of threads that takes turns between namespaces.
+"""Converges and teardowns on a pool of threads that takes turns between flows: namespaces, and their writers.
 
 kopf runs synchronous handlers on one first-come-first-served pool: 500 environments applied at once by one team
-(a GitOps sync) put another team's single environment behind all of them. Here each namespace is a flow with its
-own queue, and a free thread takes the next item of the next flow in turn, so a burst waits behind itself only.
-Within a namespace the order stays first come, first served.
+(a GitOps sync) put another team's single environment behind all of them. Here each flow has its own queue, and a
+free thread takes the next item of the next flow in turn, so a burst waits behind itself only. A flow is a
+namespace and the writer of the environment's spec (:func:`flow_of`: a GitOps controller, kubectl, a CI job), the
+way the API server's own priority and fairness tells its clients apart: an engineer's ``kubectl apply`` during a
+GitOps sync of 500 in the same namespace waits for one of them, not for all. Within a flow the order stays first
+come, first served.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -19,8 +22,18 @@ T = TypeVar("T")
 WORKERS = 8  # as many converges at once as kopf's own pool ran
 
 
+def flow_of(obj: Mapping[str, Any]) -> str:
+    """``namespace/writer``: the writer is the field manager that last wrote the spec (``metadata.managedFields``,
+    status and other subresources left out); an object without that record is its namespace's alone."""
+    metadata = obj.get("metadata") or {}
+    writers = [entry for entry in metadata.get("managedFields") or []
+               if not entry.get("subresource") and "f:spec" in (entry.get("fieldsV1") or {})]
+    latest: Mapping[str, Any] = max(writers, key=lambda entry: entry.get("time") or "", default={})
+    return f"{metadata.get('namespace') or ''}/{latest.get('manager') or ''}"
+
+
 class FairPool:
-    """``workers`` threads; :meth:`submit` queues work under a flow (a namespace), served round-robin."""
+    """``workers`` threads; :meth:`submit` queues work under a flow (:func:`flow_of`), served round-robin."""
 
     def __init__(self, workers: int = WORKERS, name: str = "converge") -> None:
         self._flows: OrderedDict[str, deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]] = \

@@ -17,7 +17,7 @@ from matchenv.operator import metrics
 from matchenv.operator.backlog import BacklogProbe
 from matchenv.operator.drift import BrokerEvents, Changed, Repairs
 from matchenv.operator.errors import TeardownIncomplete
-from matchenv.operator.fair import FairPool
+from matchenv.operator.fair import FairPool, flow_of
 from matchenv.operator.kube import Obj
 from matchenv.operator.reconciler import Reconciler
 from matchenv.operator.settings import OperatorSettings
@@ -158,11 +158,11 @@ async def resync_forever(reconciler: Reconciler, interval: float) -> None:
 
 
 async def fairly(memo: kopf.Memo, body: kopf.Body, work: Callable[[Obj], Any]) -> Any:
-    """``work(body)`` on the pool that takes turns between namespaces (:mod:`matchenv.operator.fair`): one team's
-    burst never queues in front of another team's environment."""
+    """``work(body)`` on the pool that takes turns between namespaces and writers (:mod:`matchenv.operator.fair`):
+    one team's or one tool's burst never queues in front of another's environment."""
     env = plain(body)
     pool: FairPool = memo.fair
-    return await asyncio.wrap_future(pool.submit(env["metadata"].get("namespace") or "", lambda: work(env)))
+    return await asyncio.wrap_future(pool.submit(flow_of(env), lambda: work(env)))
 
 
 @kopf.on.resume(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5)

@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
@@ -24,6 +25,7 @@ from matchenv.operator.kube import Obj
 from matchenv.operator.publisher import ensure_publisher
 from matchenv.operator.status import status_changed
 from matchenv.topology.client import BrokerError
+from matchenv.topology.tally import CallTally, tallying
 
 log = logging.getLogger("matchenv.operator")
 
@@ -57,9 +59,14 @@ class Resync:
         """One pass. The operator's own broker's environments by the pass itself, tenants' brokers side by side (at
         most BROKERS_AT_ONCE), waited for at most one interval: a tenant's group still under way then goes on by
         itself, and the passes that begin meanwhile leave that broker to it."""
+        with tallying(CallTally()) as tally:
+            report = self._run(tally)
+        report.management_calls = tally.count  # the pass's own: the handlers' calls meanwhile are theirs
+        return report
+
+    def _run(self, tally: CallTally) -> ResyncReport:
         s = self.s
         started = s.clock()
-        calls_before = s.clients.total_calls()
         envs, prefetched = self._read(started)
         report = ResyncReport(environments=len(envs))
         groups: dict[tuple[str, str], list[Obj]] = defaultdict(list)
@@ -73,7 +80,7 @@ class Resync:
                 if key in self._groups:  # the previous pass's work on that broker is still under way
                     report.skipped += len(group)
                     continue
-                future = self._pool.submit(self._resync_group, group, prefetched, report, report_lock)
+                future = self._pool.submit(self._resync_tallied, tally, group, prefetched, report, report_lock)
                 self._groups[key] = future
                 future.add_done_callback(functools.partial(self._done, key))
                 tenants.append(future)
@@ -82,7 +89,6 @@ class Resync:
         s.clients.evict_idle(max(600.0, 10 * s.settings.resync_seconds))
         if s.settings.publisher_secret:
             self.keep_publisher(prefetched)
-        report.management_calls = s.clients.total_calls() - calls_before
         report.seconds = s.clock() - started
         return report
 
@@ -103,6 +109,11 @@ class Resync:
             # a broker Secret the list did not return is not known to exist (read again before minting)
             prefetched.secrets.setdefault((meta["namespace"], broker_secret_name(meta["name"])), None)
         return envs, prefetched
+
+    def _resync_tallied(self, tally: CallTally, *args: Any) -> None:
+        """:meth:`_resync_group` on a pool thread, its calls counted into the pass's ``tally``."""
+        with tallying(tally):
+            self._resync_group(*args)
 
     def _resync_group(self, group: list[Obj], prefetched: Prefetched, report: ResyncReport,
                       report_lock: threading.Lock) -> None:

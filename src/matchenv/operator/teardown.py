@@ -23,11 +23,19 @@ ABANDON_ANNOTATION = f"{API_GROUP}/abandon-broker"
 def teardown(s: Services, ctx: Context, stop_wait: float) -> list[str]:
     """Unbind; stop the workers and wait for them; then drop the user and the Secret, and the queue only under
     ``deletionPolicy: Delete``. Nothing of a queue outside the operator's bounds or owned by another is touched.
-    Raises :class:`TeardownIncomplete` while a step has to wait; calling again resumes where it stopped. Returns
-    what was done."""
+    Raises :class:`TeardownIncomplete` while a step has to wait (the phase then reads Deleting); calling again
+    resumes where it stopped. Returns what was done."""
+    try:
+        return _teardown(s, ctx, stop_wait)
+    except TeardownIncomplete:
+        # only a deletion that waits is seen in between: one that ends at once needs no status write
+        if ctx.old_status.get("phase") != Phase.DELETING.value:
+            s.kube.patch_environment_status(ctx.namespace, ctx.name, {"phase": Phase.DELETING.value})
+        raise
+
+
+def _teardown(s: Services, ctx: Context, stop_wait: float) -> list[str]:
     names = ctx.names
-    if ctx.old_status.get("phase") != Phase.DELETING.value:
-        s.kube.patch_environment_status(ctx.namespace, ctx.name, {"phase": Phase.DELETING.value})
     done: list[str] = []
     out_of_bounds = bounds_refusal(ctx.desired, s.settings) if ctx.own_broker else None
     remove: Plan | None
@@ -37,14 +45,16 @@ def teardown(s: Services, ctx: Context, stop_wait: float) -> list[str]:
         if forbidden is not None:  # never a call to a broker the administrator does not allow
             raise BrokerConfigError(forbidden.message)
         client = s.clients.get(conn)
+        snapshot = client.snapshot(ctx.desired.scope())
         if out_of_bounds is None:
-            done += s.apply(ctx, client, plan_detach(ctx.desired, client.snapshot(ctx.desired.scope())).actions)
+            done += s.apply(ctx, client, plan_detach(ctx.desired, snapshot).actions)
         if ctx.spec.backfill is not None or ctx.old_status.get("backfill"):
             done += s.backfills.stop(ctx.env, names)
-        stop_workers(s, ctx, stop_wait)
+        if stop_workers(s, ctx, stop_wait):  # its workers ran until now: read what they left
+            snapshot = client.snapshot(ctx.desired.scope())
         # out of bounds: its own user at most (delete_queue=False leaves every queue alone)
         delete_queue = out_of_bounds is None and ctx.spec.deletion_policy is DeletionPolicy.DELETE
-        remove = plan_remove(ctx.desired, client.snapshot(ctx.desired.scope()), delete_queue=delete_queue)
+        remove = plan_remove(ctx.desired, snapshot, delete_queue=delete_queue)
         done += s.apply(ctx, client, remove.actions)
         done += release_archive(s, ctx, conn, client)
     except (BrokerError, BrokerConfigError, SecretDecodeError) as exc:

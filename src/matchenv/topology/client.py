@@ -20,6 +20,7 @@ import requests
 
 from matchenv.contracts import split_urls
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
+from matchenv.topology.tally import count_call
 
 DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds the whole call
 # a management answer larger than this is refused, not read into memory: parsed, JSON takes several times its size,
@@ -129,6 +130,7 @@ class ManagementClient:
     def _request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
         operation = f"{method} {path}"
         self.calls += 1
+        count_call()
         connect, total = self.timeout
         budget = self.write_budget() if self.write_budget is not None and method != "GET" else None
         if budget is not None:

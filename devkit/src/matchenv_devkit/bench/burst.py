@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 LATE = "late"  # the name of the environment applied during the burst (the burst's are env0000, env0001, ...)
 LATE_AFTER = 2.0  # seconds into the burst
+# who writes them (the field manager on each object): the burst is a GitOps controller's sync, the late one an
+# engineer's kubectl, as in a team's namespace
+BURST_WRITER = "gitops-sync"
+LATE_WRITER = "kubectl-create"
 
 
 @dataclass
@@ -36,10 +40,12 @@ def burst_name(i: int) -> str:
 
 def start_burst(create: Callable[[str], None], total: int, ready: Callable[[str], bool],
                 late_after: float = LATE_AFTER, poll: float = 0.05, timeout: float = 900,
-                elsewhere: tuple[Callable[[str], None], Callable[[str], bool]] | None = None) -> Burst:
-    """Apply ``total`` environments one after another, and ``late_after`` seconds in one more, :data:`LATE`,
-    whose readiness (``ready``, polled every ``poll`` seconds) is timed from its own apply; with ``elsewhere``
-    (create and ready in another namespace), one more there at the same moment, timed alike."""
+                elsewhere: tuple[Callable[[str], None], Callable[[str], bool]] | None = None,
+                create_late: Callable[[str], None] | None = None) -> Burst:
+    """Apply ``total`` environments one after another, and ``late_after`` seconds in one more, :data:`LATE`
+    (with ``create_late`` when given, else ``create``), whose readiness (``ready``, polled every ``poll`` seconds) is
+    timed from its own apply; with ``elsewhere`` (create and ready in another namespace), one more there at the same
+    moment, timed alike."""
     burst = Burst()
 
     def timed(create_one: Callable[[str], None], ready_one: Callable[[str], bool]) -> float:
@@ -67,7 +73,8 @@ def start_burst(create: Callable[[str], None], total: int, ready: Callable[[str]
             burst.errors.append(exc)
 
     burst.threads = [threading.Thread(target=apply_all, daemon=True),
-                     threading.Thread(target=apply_late, args=("late_seconds", create, ready), daemon=True)]
+                     threading.Thread(target=apply_late, args=("late_seconds", create_late or create, ready),
+                                      daemon=True)]
     if elsewhere is not None:
         burst.threads.append(threading.Thread(target=apply_late, args=("elsewhere_seconds", *elsewhere), daemon=True))
     for thread in burst.threads:

@@ -78,6 +78,8 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
             for measure in beside:
                 done(measure)
             series.append(burst)
+            log("operator: every environment deleted at once ...")
+            done(bench.deletion())
         finally:
             bench.stop_operator()
     finally:

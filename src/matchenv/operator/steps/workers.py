@@ -124,20 +124,25 @@ def observe_workers(s: Services, deployment: Obj | None) -> WorkersObservation:
     return seen
 
 
-def stop_workers(s: Services, ctx: Context, wait: float) -> None:
+def stop_workers(s: Services, ctx: Context, wait: float) -> bool:
     """Delete the worker Deployment (foreground) and wait up to ``wait`` seconds until its pods are gone, so that
     every worker ends its in-flight message with its credentials still valid; raises :class:`TeardownIncomplete`
-    (retried) while they run."""
+    (retried) while they run. Returns whether it waited for any pod (the queue may have changed meanwhile)."""
     live = s.kube.get_deployment(ctx.namespace, ctx.names.deployment)
     if live is None or not owned_by(live, ctx.uid):
-        return
+        return False
     if not live["metadata"].get("deletionTimestamp"):
         s.kube.delete_deployment(ctx.namespace, ctx.names.deployment, live["metadata"]["uid"])
         s.event(ctx.env, "WorkersStopping", f"deleting Deployment {ctx.names.deployment}; the broker user is "
                 "removed once its pods have finished")
+    if not (live.get("status") or {}).get("replicas") and not s.kube.list_pods(ctx.namespace, ctx.names.selector):
+        # no worker pod at all (none wanted, or gone already): nothing can be using the credentials; the garbage
+        # collector removes the Deployment in its own time (waiting for it held a converge thread for seconds each:
+        # 300 environments deleted at once took minutes)
+        return False
     deadline = s.clock() + wait
     while s.clock() < deadline:  # most workers finish within seconds: wait here rather than retry
         time.sleep(0.5)
         if s.kube.get_deployment(ctx.namespace, ctx.names.deployment) is None:
-            return
+            return True
     raise TeardownIncomplete(f"waiting for the pods of Deployment {ctx.names.deployment} to finish", delay=2.0)
