@@ -58,12 +58,13 @@ def bench(
     state_dir: Path = typer.Option(Path("/tmp/matchenv-bench"), help="Where state and logs go (wiped first)."),
     docs: Path = typer.Option(Path("docs"), help="Where benchmarks.md and benchmarks.png are written."),
     environments: int = typer.Option(500, min=250, help="How many environments the scale measure applies."),
+    large: int = typer.Option(2000, min=0, help="How many the large burst applies on matchenv alone (0: none)."),
 ) -> None:
     """Each measure beside its baseline in one run; writes docs/benchmarks.md and its plot. Says which targets
     were met and which missed (the exit code stays 0: a benchmark is a record, not a test)."""
     from matchenv_devkit.bench.run import run_bench
 
-    measures = run_bench(state_dir, docs, lambda m: typer.echo(m), environments=environments)
+    measures = run_bench(state_dir, docs, lambda m: typer.echo(m), environments=environments, large=large)
     missed = [t.text for m in measures for t in m.targets if not t.met]
     typer.echo(f"targets missed: {len(missed)}" + "".join(f"\n  {t}" for t in missed))
 

@@ -13,7 +13,10 @@ from matchenv_devkit.bench.result import Measure, Series
 from matchenv_devkit.cluster.stack import LocalStack
 
 
-def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environments: int = 500) -> list[Measure]:
+def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environments: int = 500,
+              large: int = 2000) -> list[Measure]:
+    """Every measure; ``environments`` in the burst beside the topology operator, then ``large`` on matchenv alone
+    (0: not)."""
     started = time.monotonic()
     shutil.rmtree(state_dir, ignore_errors=True)
     # RabbitMQ's default statistics interval (5 s), as users run it (the tests use 0.5 s for quick counts)
@@ -80,6 +83,11 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
             series.append(burst)
             log("operator: every environment deleted at once ...")
             done(bench.deletion())
+            if large:
+                log(f"operator: {large} environments ...")
+                done(bench.scale(large, within=120.0, rss_limit=300.0, profile=False)[0])
+                log(f"operator: {large} environments deleted at once ...")
+                done(bench.deletion())
         finally:
             bench.stop_operator()
     finally:
