@@ -2,7 +2,7 @@
 
 glibc gives each thread that allocates under contention an arena of its own, up to eight per core, and keeps what
 a burst allocated in each. The operator's threads (the converge pool, the broker clients' call threads, kopf's)
-left a burst's peak spread over many arenas: 163 MiB RSS after 300 environments, 139 MiB with two arenas, for the
+left a burst's peak spread over many arenas: 163 MiB RSS after 300 environments, 139-142 MiB with two, for the
 same work and time. ``MALLOC_ARENA_MAX`` set by the user wins (glibc reads it itself).
 """
 
