@@ -326,8 +326,9 @@ def test_delete_unbinds_and_keeps_or_deletes_the_queue(platform: Platform) -> No
     assert platform.is_ready("prod")
     assert len(mgmt.bindings("matches-fanout", "matches.prod")) == 1
     events = kubectl.run("get", "events", "--field-selector", "involvedObject.name=staging", "-o", "yaml").stdout
-    reasons = {e["reason"] for e in yaml.safe_load(events)["items"]}
-    assert {"BrokerChanged", "DeploymentCreated", "QueueRetained"} <= reasons
+    said = {e["reason"]: e["message"] for e in yaml.safe_load(events)["items"]}
+    assert {"BrokerChanged", "DeploymentCreated", "TornDown"} <= said.keys()
+    assert "kept queue matches.staging and its messages (deletionPolicy Retain)" in said["TornDown"]
     platform.mgmt.delete("/api/queues/%2F/matches.staging")
 
 

@@ -69,3 +69,18 @@ def test_a_teardown_waiting_for_its_workers_is_not_undone_by_a_converge(world: W
     assert world.reconciler.converge(env) is None
     assert not any(b.destination == "matches.dev" and b.source == "matches-fanout" for b in world.broker.bindings)
     assert world.kube.deployments[("default", "dev-workers")]["metadata"]["deletionTimestamp"]
+
+
+def test_a_deletion_that_ends_at_once_says_what_it_did_in_one_event_and_writes_no_status(world: World) -> None:
+    """Four Events per deletion overflowed the operator's Event backlog when 650 were deleted at once."""
+    world.add("prod", workers={"image": "matchenv:0.1.0", "replicas": 0,
+                               "databaseSecretRef": {"name": "matchenv-db-prod"}})
+    world.converge("prod")
+    events, statuses = len(world.kube.events), dict(world.kube.environment("default", "prod").get("status") or {})
+    world.reconciler.teardown(world.kube.environment("default", "prod"))  # no pod to wait for: done at once
+    [(_, reason, message)] = world.kube.events[events:]
+    assert reason == "TornDown"
+    for part in ("unbound queue matches.prod from exchange matches-fanout", "deleted broker user",
+                 "deleted Secret prod-broker", "kept queue matches.prod and its messages (deletionPolicy Retain)"):
+        assert part in message
+    assert (world.kube.environment("default", "prod").get("status") or {}).get("phase") == statuses.get("phase")

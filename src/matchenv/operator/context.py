@@ -178,14 +178,15 @@ class Services:
             raise cached
         return cached
 
-    def apply(self, ctx: Context, client: Any, actions: tuple[Action, ...]) -> list[str]:
+    def apply(self, ctx: Context, client: Any, actions: tuple[Action, ...], announce: bool = True) -> list[str]:
         """Apply ``actions`` (each asking the leader fence first); one event lists what was done, also when a
-        later action failed (one per action made eight writes to the API server for each new environment)."""
+        later action failed (one per action made eight writes to the API server for each new environment), unless
+        the caller says it itself (``announce=False``)."""
         done: list[str] = []
         try:
             return apply_plan(client, Plan(actions), self._guard, done.append)
         finally:
-            if done:
+            if done and announce:
                 self.event(ctx.env, "BrokerChanged", "; ".join(done))
 
     def _guard(self, action: Action) -> None:

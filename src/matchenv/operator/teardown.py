@@ -24,19 +24,25 @@ def teardown(s: Services, ctx: Context, stop_wait: float) -> list[str]:
     """Unbind; stop the workers and wait for them; then drop the user and the Secret, and the queue only under
     ``deletionPolicy: Delete``. Nothing of a queue outside the operator's bounds or owned by another is touched.
     Raises :class:`TeardownIncomplete` while a step has to wait (the phase then reads Deleting); calling again
-    resumes where it stopped. Returns what was done."""
+    resumes where it stopped. Returns what was done, also said in one Event (``BrokerChanged`` before a wait,
+    ``TornDown`` at the end: an Event per step made four for each environment, and a namespace of 650 deleted at
+    once overflowed the operator's Event backlog)."""
+    done: list[str] = []
     try:
-        return _teardown(s, ctx, stop_wait)
+        _teardown(s, ctx, stop_wait, done)
     except TeardownIncomplete:
+        if done:
+            s.event(ctx.env, "BrokerChanged", "; ".join(done))
         # only a deletion that waits is seen in between: one that ends at once needs no status write
         if ctx.old_status.get("phase") != Phase.DELETING.value:
             s.kube.patch_environment_status(ctx.namespace, ctx.name, {"phase": Phase.DELETING.value})
         raise
+    s.event(ctx.env, "TornDown", "; ".join(done) or "nothing to remove")
+    return done
 
 
-def _teardown(s: Services, ctx: Context, stop_wait: float) -> list[str]:
+def _teardown(s: Services, ctx: Context, stop_wait: float, done: list[str]) -> None:
     names = ctx.names
-    done: list[str] = []
     out_of_bounds = bounds_refusal(ctx.desired, s.settings) if ctx.own_broker else None
     remove: Plan | None
     try:
@@ -47,7 +53,7 @@ def _teardown(s: Services, ctx: Context, stop_wait: float) -> list[str]:
         client = s.clients.get(conn)
         snapshot = client.snapshot(ctx.desired.scope())
         if out_of_bounds is None:
-            done += s.apply(ctx, client, plan_detach(ctx.desired, snapshot).actions)
+            done += s.apply(ctx, client, plan_detach(ctx.desired, snapshot).actions, announce=False)
         if ctx.spec.backfill is not None or ctx.old_status.get("backfill"):
             done += s.backfills.stop(ctx.env, names)
         if stop_workers(s, ctx, stop_wait):  # its workers ran until now: read what they left
@@ -55,7 +61,7 @@ def _teardown(s: Services, ctx: Context, stop_wait: float) -> list[str]:
         # out of bounds: its own user at most (delete_queue=False leaves every queue alone)
         delete_queue = out_of_bounds is None and ctx.spec.deletion_policy is DeletionPolicy.DELETE
         remove = plan_remove(ctx.desired, snapshot, delete_queue=delete_queue)
-        done += s.apply(ctx, client, remove.actions)
+        done += s.apply(ctx, client, remove.actions, announce=False)
         done += release_archive(s, ctx, conn, client)
     except (BrokerError, BrokerConfigError, SecretDecodeError) as exc:
         if ctx.annotations.get(ABANDON_ANNOTATION) != "true":
@@ -75,7 +81,7 @@ def _teardown(s: Services, ctx: Context, stop_wait: float) -> list[str]:
     if refusal is not None:
         s.event(ctx.env, "QueueLeftAlone", f"{refusal.message}: left untouched")
     elif remove is not None and ctx.spec.deletion_policy is DeletionPolicy.RETAIN:
-        s.event(ctx.env, "QueueRetained", f"kept queue {names.queue} and its messages (deletionPolicy Retain)")
+        done.append(f"kept queue {names.queue} and its messages (deletionPolicy Retain)")
     secret = s.kube.get_secret(ctx.namespace, names.broker_secret)
     if owned_by(secret, ctx.uid) and secret is not None and \
             s.kube.delete_secret(ctx.namespace, names.broker_secret, secret["metadata"]["uid"]):
@@ -83,4 +89,3 @@ def _teardown(s: Services, ctx: Context, stop_wait: float) -> list[str]:
     s.autoscaler.forget(ctx.uid)
     if s.backlog is not None:
         s.backlog.forget(ctx.uid)
-    return done

@@ -47,11 +47,11 @@ def ensure_archive(s: Services, ctx: Context, conn: BrokerConnection, client: An
 def release_archive(s: Services, ctx: Context, conn: BrokerConnection, client: Any) -> list[str]:
     """When nothing is bound to an exchange any more (this environment was the last, of any cluster or Secret), the
     archive stops following it (and keeps what it holds): with no environment bound, a publish is reported
-    unroutable, as it should be."""
+    unroutable, as it should be. Returns what was done (the teardown says it in its own Event)."""
     if s.settings.archive == "off":
         return []
     archive = archive_of(s, ctx)
     plan = plan_archive_detach(archive, client.snapshot(archive.release_scope()))
     if plan.actions:
         s.ensured.discard((*conn.key, archive.vhost, archive.exchange))
-    return s.apply(ctx, client, plan.actions)
+    return s.apply(ctx, client, plan.actions, announce=False)

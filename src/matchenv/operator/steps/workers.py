@@ -131,15 +131,17 @@ def stop_workers(s: Services, ctx: Context, wait: float) -> bool:
     live = s.kube.get_deployment(ctx.namespace, ctx.names.deployment)
     if live is None or not owned_by(live, ctx.uid):
         return False
-    if not live["metadata"].get("deletionTimestamp"):
+    first = not live["metadata"].get("deletionTimestamp")
+    if first:
         s.kube.delete_deployment(ctx.namespace, ctx.names.deployment, live["metadata"]["uid"])
-        s.event(ctx.env, "WorkersStopping", f"deleting Deployment {ctx.names.deployment}; the broker user is "
-                "removed once its pods have finished")
     if not (live.get("status") or {}).get("replicas") and not s.kube.list_pods(ctx.namespace, ctx.names.selector):
         # no worker pod at all (none wanted, or gone already): nothing can be using the credentials; the garbage
         # collector removes the Deployment in its own time (waiting for it held a converge thread for seconds each:
         # 300 environments deleted at once took minutes)
         return False
+    if first:
+        s.event(ctx.env, "WorkersStopping", f"deleting Deployment {ctx.names.deployment}; the broker user is "
+                "removed once its pods have finished")
     deadline = s.clock() + wait
     while s.clock() < deadline:  # most workers finish within seconds: wait here rather than retry
         time.sleep(0.5)
