@@ -345,10 +345,10 @@ class FakeKube:
         # otherwise the pods a Deployment of that selector has, as its controllers would keep them: one per replica
         # until the garbage collector has removed the Deployment
         wanted = dict(part.split("=", 1) for part in label_selector.split(","))
-        return [{"metadata": {"namespace": namespace, "name": f"{meta['name']}-{i}", "labels": wanted}}
-                for (ns, _), d in self.deployments.items() if ns == namespace
+        return [{"metadata": {"namespace": namespace, "name": f"{name}-{i}", "labels": wanted}}
+                for (ns, name), d in self.deployments.items() if ns == namespace
                 and (d["spec"].get("selector") or {}).get("matchLabels") == wanted
-                for meta in [d["metadata"]] for i in range(d["spec"].get("replicas") or 0)]
+                for i in range(d["spec"].get("replicas") or 0)]
 
     def list_events(self, namespace: str, field_selector: str) -> list[Obj]:
         wanted = dict(part.split("=", 1) for part in field_selector.split(","))
