@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from kombu import Connection
 from prometheus_client import REGISTRY
 
 from matchenv.contracts import TASK_NAME
 from matchenv.match import Match
 from matchenv.workers import metrics
-from matchenv.workers.app import Runtime, worker_argv
+from matchenv.workers.app import Runtime, after_node, worker_argv
 from matchenv.workers.batches import Batcher, Verdict
 from matchenv.workers.config import WorkerConfig, WorkerConfigError
 from matchenv.workers.parsing import scraped_at
@@ -431,3 +432,17 @@ def test_task_events_are_sent_only_when_asked_for_with_heartbeats_and_to_the_env
     assert conf.worker_send_task_events is True
     assert conf.event_exchange == conf.control_exchange == "matches.dev.events"
     assert conf.worker_enable_remote_control is False
+
+
+def test_after_a_lost_connection_the_node_after_it_is_tried_first() -> None:
+    urls = ";".join(f"amqp://u:p@n{i}:5672//" for i in (1, 2, 3))
+    for lost, first in ((None, "n1:5672"), ("n1:5672", "n2:5672"), ("n2:5672", "n3:5672"), ("n3:5672", "n1:5672"),
+                        ("elsewhere:5672", "n1:5672")):
+        conn = Connection(urls)
+        after_node(conn, lost)
+        assert conn.host == first, lost
+        conn.maybe_switch_next()  # the failover goes on around the list from there
+        assert conn.host != first
+    single = Connection("amqp://u:p@n1:5672//")
+    after_node(single, "n1:5672")
+    assert single.host == "n1:5672"
