@@ -114,6 +114,28 @@ def test_send_task_from_another_celery_client_is_stored(rabbitmq: RabbitMQNode, 
              what="send_task matches stored")
 
 
+def test_celerys_built_in_tasks_sent_to_the_queue_are_dead_lettered_never_run(
+        rabbitmq: RabbitMQNode, env: Environment, workers: Callable[..., WorkerProcess], database: str) -> None:
+    worker = workers()
+    client = Celery("producer", broker=rabbitmq.endpoints.amqp_url, set_as_current=False)
+    client.conf.update(task_serializer="json", broker_connection_retry_on_startup=True)
+    with client.connection_for_write() as conn:
+        # a chain would have the worker send the match on as a task of its own; cleanup needs no arguments
+        client.send_task("celery.chain", args=[[{"task": TASK, "args": [make_match(40)], "kwargs": {},
+                                                 "options": {}, "subtask_type": None, "immutable": False}]],
+                         queue=env.queue, connection=conn)
+        client.send_task("celery.backend_cleanup", queue=env.queue, connection=conn)
+    env.publish([protocol1_body(make_match(41))])
+    wait_for(lambda: rows(database, "external_match_id = 'mlsnext_41'") == 1, what="the match after them")
+    wait_for(lambda: env.depth(env.dlq) == 2, what="2 dead letters")
+    letters = env.dead_letters()
+    assert {h["x-matchenv-reason"] for h, _ in letters} == {"unknown-task"}
+    assert sorted("celery.chain" in h["x-matchenv-error"] for h, _ in letters) == [False, True]
+    assert worker.metric("matchenv_worker_dead_lettered_total", 'reason="unknown-task"') == 2
+    assert rows(database) == 1  # the chain's match was never sent on
+    assert env.depth() == 0
+
+
 def test_redelivered_and_repeated_matches_make_one_row(env: Environment, workers: Callable[..., WorkerProcess],
                                                         database: str) -> None:
     worker = workers()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -391,11 +392,47 @@ def test_a_stored_match_says_how_fresh_it_was_and_the_newest_stamp_stored() -> N
     assert _sample("matchenv_worker_end_to_end_seconds_count", outcome="created") == count + 2
 
 
-class AckableMessage(TaskMessage):
-    acked = 0
+class Channel:
+    """A broker channel's view of its deliveries: which are still unacknowledged (AMQP's ``multiple`` ack settles
+    every outstanding delivery up to its tag; an ack of a tag not outstanding is a channel error)."""
 
-    def ack(self) -> None:
-        self.acked += 1
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.outstanding: set[int] = set()
+        self.requeued: list[int] = []
+        self.acks = 0  # frames sent
+
+    def deliver(self) -> int:
+        self.delivered += 1
+        self.outstanding.add(self.delivered)
+        return self.delivered
+
+    def settle(self, tag: int, multiple: bool) -> None:
+        if tag not in self.outstanding:
+            raise RuntimeError(f"PRECONDITION_FAILED - unknown delivery tag {tag}")
+        self.outstanding -= {t for t in self.outstanding if t <= tag} if multiple else {tag}
+
+
+class AckableMessage(TaskMessage):
+    """A task message delivered on ``channel`` (a channel of its own by default)."""
+
+    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], task_id: str = "task-1",
+                 channel: Channel | None = None) -> None:
+        super().__init__(args, kwargs, task_id=task_id)
+        self.channel = channel or Channel()
+        self.delivery_tag = self.channel.deliver()
+
+    @property
+    def acked(self) -> bool:
+        return self.delivery_tag not in self.channel.outstanding and self.delivery_tag not in self.channel.requeued
+
+    def ack(self, multiple: bool = False) -> None:
+        self.channel.acks += 1
+        self.channel.settle(self.delivery_tag, multiple)
+
+    def reject(self, requeue: bool) -> None:
+        self.channel.settle(self.delivery_tag, False)
+        self.channel.requeued.append(self.delivery_tag)
 
 
 def test_task_events_tell_flower_what_became_of_each_message_after_it_is_acked() -> None:
@@ -410,7 +447,7 @@ def test_task_events_tell_flower_what_became_of_each_message_after_it_is_acked()
     batcher.submit(bad)
     wait_for(lambda: len(sent) >= 4, timeout=10, what="four task events")
     batcher.stop(5)
-    assert (good.acked, bad.acked) == (1, 1)
+    assert (good.acked, bad.acked) == (True, True)
     by_task = {u: [(t, told) for t, u2, told in sent if u2 == u] for u in ("good", "bad")}
     assert by_task["good"] == [("task-received", ""), ("task-succeeded", "'created'")]
     [(received, _), (failed, why)] = by_task["bad"]
@@ -446,3 +483,53 @@ def test_after_a_lost_connection_the_node_after_it_is_tried_first() -> None:
     single = Connection("amqp://u:p@n1:5672//")
     after_node(single, "n1:5672")
     assert single.host == "n1:5672"
+
+
+class GatedStore(ScriptedStore):
+    """Holds its first batch until ``gate`` is set; records the size of each batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.sizes: list[int] = []
+
+    def upsert_many(self, matches: list[tuple[Match, dt.datetime | None]]) -> list[Outcome]:
+        self.sizes.append(len(matches))
+        self.gate.wait(10)
+        return super().upsert_many(matches)
+
+
+def test_a_lone_message_is_stored_at_once_and_a_backlog_in_full_batches() -> None:
+    store = GatedStore()
+    rt = runtime(store)
+    batcher = Batcher(rt, max_batch=100, linger=30.0)
+    batcher.submit(AckableMessage((MATCH,), {}))  # idle: stored at once, never held for the linger
+    wait_for(lambda: store.sizes == [1], timeout=10, what="the lone message's batch")
+    batcher.submit(AckableMessage((MATCH,), {}))  # arrives while the first batch is stored: a backlog
+    store.gate.set()
+    time.sleep(0.2)
+    assert store.sizes == [1]  # waiting for its batch to fill
+    for _ in range(99):
+        batcher.submit(AckableMessage((MATCH,), {}))
+    wait_for(lambda: store.sizes == [1, 100], timeout=10, what="a full second batch")
+    batcher.submit(AckableMessage((MATCH,), {}))
+    started = time.monotonic()
+    batcher.stop(5)  # a stop does not wait out the linger; what had not been taken goes back to the queue
+    assert time.monotonic() - started < 5
+    assert store.sizes == [1, 100]
+
+
+def test_a_batch_is_acknowledged_with_one_ack_per_run_and_what_goes_back_is_given_back_alone() -> None:
+    rt = runtime(ScriptedStore(outcome="created"))
+    batcher = Batcher(rt)
+    old, new = Channel(), Channel()  # a reconnect between deliveries: the old channel's run is acked on its own
+    messages = [AckableMessage((MATCH,), {}, channel=old) for _ in range(3)]
+    messages += [AckableMessage((MATCH,), {}, channel=new) for _ in range(5)]
+    verdicts: list[tuple[Any, Verdict]] = [(m, "ack") for m in messages]
+    verdicts[5] = (messages[5], "requeue")  # e.g. the dead-letter queue was unavailable for it
+    batcher._settled.extend(verdicts)
+    batcher.flush()
+    assert old.outstanding == new.outstanding == set()
+    assert (old.acks, new.acks) == (1, 2)  # 3 in one; 2, then (after the one given back) 2 in one
+    assert new.requeued == [messages[5].delivery_tag]
+    assert [m.acked for m in messages] == [True] * 5 + [False] + [True] * 2

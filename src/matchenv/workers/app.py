@@ -164,9 +164,10 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
         return runtime
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], None]:
-        """Celery's handler, except that our task's messages, and those that name no task in their headers (protocol
-        1, or no task message at all), go to the batches; other tasks' as Celery does."""
-        default: Callable[[Any], None] = super().create_task_handler(*args, **kwargs)
+        """Our task's messages, and those that name no task in their headers (protocol 1, or no task message at
+        all), go to the batches; a message naming any other task is dead-lettered as unknown. Celery's own handler
+        would run the built-in tasks every app registers (``celery.chain``, ``celery.group``, ...) for whoever may
+        publish to the queue."""
         metrics.BROKER_CONNECTS.inc()  # Celery asks for the handler each time its consumer (re)starts on a connection
         batcher = self._runtime().batcher
         batcher.schedule = self.call_soon_ack  # acks are written by this consumer's event loop
@@ -182,10 +183,11 @@ class DeadLetteringConsumer(Consumer):  # type: ignore[misc]
 
         def on_task_received(message: Any) -> None:
             headers = message.headers if isinstance(message.headers, dict) else {}
-            if headers.get("task", TASK_NAME) == TASK_NAME:  # ours, protocol 2 or 1 (the task in the body)
+            name = headers.get("task", TASK_NAME)
+            if name == TASK_NAME:  # ours, protocol 2 or 1 (the task in the body)
                 batcher.submit(message)
             else:
-                default(message)
+                self.on_unknown_task(None, message, KeyError(name))
 
         return on_task_received
 

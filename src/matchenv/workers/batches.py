@@ -1,11 +1,13 @@
 """Task messages stored in batches: the hot path of a worker.
 
 Celery's consumer hands each ``process_match_data`` message here instead of to its pool; one thread takes what has
-arrived (up to ``max_batch``), dead-letters what is malformed or invalid, stores the valid matches in one
-transaction, and only then has the messages acknowledged (late acks: a message is acked after its row is
-committed, or after its dead letter is routed). A batch the database refuses is stored one match at a time, so
-only the culprit is dead-lettered. Nothing is acknowledged that was not dealt with: on a lost connection or a stop
-the messages not yet acknowledged go back to the queue (the upsert makes the redelivery harmless).
+arrived (up to ``max_batch``; when messages were already waiting, a backlog, it first gives the batch up to
+``linger`` to fill: fewer, fuller transactions), dead-letters what is malformed or invalid, stores the valid
+matches in one transaction, and only then has the messages acknowledged (late acks: a message is acked after its
+row is committed, or after its dead letter is routed; a run of them with one ``multiple`` ack). A batch the
+database refuses is stored one match at a time, so only the culprit is dead-lettered. Nothing is acknowledged that
+was not dealt with: on a lost connection or a stop the messages not yet acknowledged go back to the queue (the
+upsert makes the redelivery harmless).
 
 Acks are written by the consumer's own event loop (``schedule``): kombu channels are not shared across threads.
 """
@@ -39,6 +41,7 @@ from matchenv.workers.stores import Outcome, PermanentStoreError, Stamped
 
 log = logging.getLogger("matchenv.worker")
 MAX_BATCH = 100  # matches stored in one transaction at most
+LINGER = 0.01  # seconds a batch may wait to fill while messages keep coming (a backlog), never when idle
 Verdict = Literal["ack", "requeue"]
 
 
@@ -70,8 +73,9 @@ class Batcher:
     """One storing thread fed by the consumer; see the module's docstring."""
 
     def __init__(self, runtime: BatchRuntime, max_batch: int = MAX_BATCH,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, linger: float = LINGER) -> None:
         self.runtime = runtime
+        self.linger = linger
         self.clock = clock  # wall clock: a commit's instant, set against the publisher's stamp
         self._newest = 0.0  # the newest scrape stamp stored
         self.max_batch = max_batch
@@ -84,6 +88,7 @@ class Batcher:
         self._settled: deque[tuple[Any, Verdict]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._lingering = False  # the storing thread waits for a batch to fill: woken only once it is full
         self._thread: threading.Thread | None = None
 
     # -- the consumer's side ---------------------------------------------------------------------------------
@@ -93,19 +98,22 @@ class Batcher:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="matchenv-batches", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if not self._lingering or len(self._arrived) >= self.max_batch:
+                self._cond.notify()
 
     def flush(self) -> None:
         """Acknowledge (or give back) what the storing thread has settled; runs on the consumer's thread."""
+        run: list[Any] = []  # messages to ack, delivered in a row on one channel: one ack of the last covers all
         while self._settled:
             message, verdict = self._settled.popleft()
-            try:
-                if verdict == "ack":
-                    message.ack()
-                else:
-                    message.reject(requeue=True)
-            except Exception as exc:  # the channel is gone: the broker delivers the message again
-                log.warning("cannot %s a message (%s): the broker will deliver it again", verdict, exc)
+            if verdict == "ack" and (not run or getattr(run[-1], "channel", None) is getattr(message, "channel", None)):
+                run.append(message)
+                continue
+            _settle(run, "ack")
+            run = [message] if verdict == "ack" else []
+            if verdict == "requeue":
+                _settle([message], verdict)
+        _settle(run, "ack")
         send = self.send_event
         while self._events and send is not None:
             type_, fields = self._events.popleft()
@@ -129,13 +137,18 @@ class Batcher:
 
     # -- the storing thread ----------------------------------------------------------------------------------
     def _run(self) -> None:
+        idle = True  # the first message is stored at once
         while True:
             with self._cond:
+                idle = idle or not self._arrived
                 while not self._arrived and not self._stopping:
                     self._cond.wait()
+                if not idle:  # messages were waiting: a backlog, where fewer, fuller transactions store faster
+                    self._fill()
                 if self._stopping:
                     return
                 batch = [self._arrived.popleft() for _ in range(min(len(self._arrived), self.max_batch))]
+                idle = False
             metrics.HEALTH.busy()
             began = time.monotonic()
             try:
@@ -153,6 +166,19 @@ class Batcher:
             self._told.clear()
             self._settled.extend(verdicts)
             self.schedule(self.flush)
+
+    def _fill(self) -> None:
+        """Wait (holding the condition) up to ``linger`` for the batch to fill."""
+        deadline = time.monotonic() + self.linger
+        self._lingering = True
+        try:
+            while len(self._arrived) < self.max_batch and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+        finally:
+            self._lingering = False
 
     def _task_events(self, verdicts: list[tuple[Any, Verdict]], runtime: float) -> list[tuple[str, dict[str, Any]]]:
         """What Celery's own task handling would have told Flower of each message: received, then succeeded (its
@@ -274,6 +300,23 @@ class Batcher:
             log.warning("%s; returning it to the queue", exc)
             return "requeue"
         return "ack"
+
+
+def _settle(messages: list[Any], verdict: Verdict) -> None:
+    """Ack ``messages`` (delivered in a row on one channel, every earlier delivery on it already settled: the
+    storing thread takes them in order, and nothing else holds one) with one ``multiple`` ack of the last, or give
+    one back."""
+    if not messages:
+        return
+    try:
+        if verdict == "requeue":
+            messages[-1].reject(requeue=True)
+        elif len(messages) == 1:
+            messages[0].ack()
+        else:
+            messages[-1].ack(multiple=True)
+    except Exception as exc:  # the channel is gone: the broker delivers them again
+        log.warning("cannot %s %d message(s) (%s): the broker will deliver them again", verdict, len(messages), exc)
 
 
 def _task(message: Any, body: Any) -> tuple[Any, Any] | str:
