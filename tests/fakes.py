@@ -231,6 +231,15 @@ class FakeKube:
         merge_patch(env, patch)
         self._bump(env)
 
+    def delete_environment(self, namespace: str, name: str, uid: str) -> bool:
+        """Marks it deleted (its finalizer holds it, as the API server would): the delete handler's to finish."""
+        env = self.environments.get((namespace, name))
+        if env is None or env["metadata"]["uid"] != uid:
+            return False
+        env["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
+        self._bump(env)
+        return True
+
     # Secrets
     def add_secret(self, namespace: str, name: str, data: dict[str, str], owner_uid: str | None = None,
                    labels: dict[str, str] | None = None) -> Obj:

@@ -75,6 +75,22 @@ class DeletionPolicy(StrEnum):
     DELETE = "Delete"
 
 
+class ExpireFrom(StrEnum):
+    CREATION = "Creation"
+    LAST_CHANGE = "LastChange"
+
+
+DURATION_PATTERN = r"^([0-9]{1,6}[smhd]){1,4}$"
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> int:
+    """Seconds in a duration such as '30s', '72h', '1h30m' or '7d' (:data:`DURATION_PATTERN`)."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"not a duration like '30s', '72h', '1h30m' or '7d': {text!r}")
+    return sum(int(n) * _UNITS[unit] for n, unit in re.findall(r"([0-9]+)([smhd])", text))
+
+
 class Phase(StrEnum):
     PENDING = "Pending"
     READY = "Ready"
@@ -496,6 +512,20 @@ class MatchEnvironmentSpec(_Model):
         "Changing it runs a new backfill; re-deliveries are harmless (the store upserts). Progress in "
         "status.backfill and the BackfillComplete condition.",
     )
+    expire_after: str | None = Field(
+        None,
+        alias="expireAfter",
+        pattern=DURATION_PATTERN,
+        description="Delete this environment this long after expireFrom, as `kubectl delete` would (its queue kept or "
+        "deleted as deletionPolicy says), e.g. '30s', '72h', '1h30m', '7d': for preview environments, one per pull "
+        "request. status.expiresAt says when (the EXPIRES column); removing the field cancels it.",
+    )
+    expire_from: ExpireFrom = Field(
+        ExpireFrom.CREATION,
+        alias="expireFrom",
+        description="What expireAfter counts from: 'Creation' (the default) or 'LastChange', the last change of the "
+        "spec (each apply that changes it starts the count again).",
+    )
     paused: bool = Field(
         False,
         description="Stop the workers (0 pods, whatever replicas or the autoscaler say) and keep the queue bound: "
@@ -520,8 +550,9 @@ class ConditionStatus(StrEnum):
 class Condition(_Model):
     """One observed aspect of the environment, in the usual Kubernetes condition shape."""
 
-    type: Literal["TopologyReady", "WorkersReady", "Ready", "BackfillComplete"] = Field(
-        ..., description="Condition type."
+    type: Literal["TopologyReady", "WorkersReady", "Ready", "BackfillComplete", "ReconciliationPaused"] = Field(
+        ..., description="Condition type. ReconciliationPaused is True while the annotation matchenv.io/reconcile "
+        "is \"false\": the operator then changes nothing for the environment (no repair, no scaling, no deletion)."
     )
     status: ConditionStatus = Field(..., description="'True', 'False' or 'Unknown'.")
     reason: str = Field(..., description="CamelCase reason for the last transition.")
@@ -621,6 +652,9 @@ class MatchEnvironmentStatus(_Model):
     events_secret: str | None = Field(
         None, alias="eventsSecret", description="With spec.workers.taskEvents: the Secret with the broker user "
         "that reads this environment's task events (for 'matchenv flower'); gone when taskEvents is turned off.")
+    expires_at: dt.datetime | None = Field(
+        None, alias="expiresAt", description="With spec.expireAfter: when the operator deletes this environment."
+    )
     last_error: str | None = Field(None, alias="lastError", description="The last reconcile error, if any.")
     conditions: list[Condition] | None = Field(
         None,

@@ -139,6 +139,7 @@ def _printer_columns() -> list[JsonSchema]:
         col("Dead", ".status.deadLetterMessages", "integer", desc="Messages in the dead-letter queue."),
         col("Consumers", ".status.consumers", "integer", desc="Consumers on the queue."),
         col("Phase", ".status.phase", desc="Pending, Ready, Paused, Degraded or Deleting."),
+        col("Expires", ".status.expiresAt", desc="When the operator deletes it (spec.expireAfter)."),
         col("Age", ".metadata.creationTimestamp", "date"),
         col("Exchange", ".spec.exchange.name", priority=1, desc="The exchange the queue is bound to."),
         col("Error", ".status.lastError", priority=1, desc="The last reconcile error."),

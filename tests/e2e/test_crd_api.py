@@ -55,7 +55,8 @@ def test_get_prints_the_columns(staging: Kubectl, resource: str) -> None:
     staging.run("patch", "menv", "staging", "--subresource=status", "--type=merge", "-p",
                 '{"status": {"queue": "matches.staging", "phase": "Pending"}}')
     lines = staging.run("get", resource).stdout.splitlines()
-    assert lines[0].split() == ["NAME", "QUEUE", "READY", "MESSAGES", "DEAD", "CONSUMERS", "PHASE", "AGE"]
+    assert lines[0].split() == ["NAME", "QUEUE", "READY", "MESSAGES", "DEAD", "CONSUMERS", "PHASE", "EXPIRES",
+                                "AGE"]
     row = next(line.split() for line in lines[1:] if line.startswith("staging "))
     assert row[1] == "matches.staging"
 

@@ -3,7 +3,9 @@ agent that reports the worker pods Ready (the worker processes themselves are th
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 import yaml
 
 from matchenv.naming import SECRETS_HASH_ANNOTATION
+from matchenv.operator.handsoff import RECONCILE_ANNOTATION
 from matchenv.topology.client import ManagementClient
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
 from tests.cases import environment
@@ -35,7 +38,7 @@ ENVS = ("prod", "dev", "staging")
 def platform(crd_installed: Kubectl, rabbitmq: RabbitMQNode, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Platform]:
     yield from platform_fixture(crd_installed, rabbitmq, tmp_path_factory.mktemp("operator"), RESYNC,
-                                (*ENVS, "preview"))
+                                (*ENVS, "preview", "pr-7"))
 
 
 def test_three_environments_become_ready(platform: Platform) -> None:
@@ -131,6 +134,62 @@ def test_hand_edited_deployment_is_put_back(platform: Platform) -> None:
                 json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/args/1", "value": "other"}]))
     wait_for(lambda: kubectl.get_json("deployment", "staging-workers")["spec"]["template"]["spec"]["containers"][0]
              ["args"][1] == "matches.staging", timeout=4 * RESYNC + 10, what="args put back")
+
+
+def test_hands_off_keeps_what_was_changed_by_hand_until_the_annotation_goes(platform: Platform) -> None:
+    kubectl, mgmt = platform.kubectl, platform.mgmt
+    wait_for(lambda: platform.is_ready("staging"), what="staging Ready")
+    kubectl.run("annotate", "menv", "staging", f"{RECONCILE_ANNOTATION}=false")
+    wait_for(lambda: (platform.condition("staging", "ReconciliationPaused") or {}).get("status") == "True",
+             timeout=10, what="the ReconciliationPaused condition")
+    replicas = kubectl.get_json("deployment", "staging-workers")["spec"]["replicas"]
+    binding = mgmt.bindings("matches-fanout", "matches.staging")[0]
+    mgmt.delete(f"/api/bindings/%2F/e/matches-fanout/q/matches.staging/{binding['properties_key']}")
+    kubectl.run("scale", "deployment", "staging-workers", f"--replicas={replicas + 2}")
+    time.sleep(3 * RESYNC + 2)  # the broker's event, the Deployment's watch and three resync passes came and went
+    assert mgmt.bindings("matches-fanout", "matches.staging") == []
+    assert kubectl.get_json("deployment", "staging-workers")["spec"]["replicas"] == replicas + 2
+    paused = platform.condition("staging", "ReconciliationPaused")
+    assert paused is not None
+    assert (paused["reason"], RECONCILE_ANNOTATION in paused["message"]) == ("HandsOff", True)
+    events = yaml.safe_load(kubectl.run("get", "events", "--field-selector", "involvedObject.name=staging",
+                                        "-o", "yaml").stdout)["items"]
+    assert [e["count"] if e.get("count") else 1 for e in events if e["reason"] == "ReconciliationPaused"] == [1]
+
+    kubectl.run("annotate", "menv", "staging", f"{RECONCILE_ANNOTATION}-")
+    removed = time.monotonic()
+    wait_for(lambda: len(mgmt.bindings("matches-fanout", "matches.staging")) == 1, timeout=4 * RESYNC + 10,
+             every=0.05, what="the binding repaired")
+    repaired = time.monotonic() - removed
+    wait_for(lambda: kubectl.get_json("deployment", "staging-workers")["spec"]["replicas"] == replicas,
+             timeout=4 * RESYNC + 10, what="the replicas put back")
+    wait_for(lambda: platform.condition("staging", "ReconciliationPaused") is None and platform.is_ready("staging"),
+             what="staging Ready, no longer paused")
+    print(f"\nhands off: the binding deleted and the workers scaled by hand stayed for {3 * RESYNC + 2:.0f}s; "
+          f"the annotation removed -> binding back after {repaired:.2f}s (resync every {RESYNC:.0f}s)")
+
+
+def test_an_environment_past_expire_after_is_deleted_as_its_deletion_policy_says(platform: Platform) -> None:
+    kubectl, mgmt = platform.kubectl, platform.mgmt
+    kubectl.apply(environment("pr-7", expireAfter="30s", deletionPolicy="Delete"))
+    wait_for(lambda: platform.status("pr-7").get("expiresAt"), what="status.expiresAt")
+    created = dt.datetime.fromisoformat(kubectl.get_json("menv", "pr-7")["metadata"]["creationTimestamp"]
+                                        .replace("Z", "+00:00"))
+    expires = platform.status("pr-7")["expiresAt"]
+    assert dt.datetime.fromisoformat(expires.replace("Z", "+00:00")) == created + dt.timedelta(seconds=30)
+    row = next(line.split() for line in kubectl.run("get", "menv").stdout.splitlines() if line.startswith("pr-7 "))
+    assert expires in row  # the EXPIRES column
+    wait_for(lambda: mgmt.queue("matches.pr-7") is not None, what="its queue")
+    wait_for(lambda: kubectl.run("get", "menv", "pr-7", check=False).returncode != 0, timeout=30 + 4 * RESYNC + 30,
+             every=0.2, what="pr-7 gone once expired")
+    gone = dt.datetime.now(dt.UTC) - created
+    assert gone >= dt.timedelta(seconds=30)
+    assert mgmt.queue("matches.pr-7") is None  # deletionPolicy Delete
+    assert mgmt.user(platform.user("pr-7")) is None
+    events = yaml.safe_load(kubectl.run("get", "events", "--field-selector", "involvedObject.name=pr-7",
+                                        "-o", "yaml").stdout)["items"]
+    assert any(e["reason"] == "Expired" and "expireAfter 30s from its creation" in e["message"] for e in events)
+    print(f"\nexpireAfter 30s: gone {gone.total_seconds():.1f}s after its creation (resync every {RESYNC:.0f}s)")
 
 
 def test_max_length_change_applies_to_the_live_queue(platform: Platform) -> None:

@@ -144,7 +144,7 @@ def test_crd_names_subresources_and_columns() -> None:
         "labelSelectorPath": ".status.selector",
     }
     shown = [c["name"].upper() for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert shown == ["QUEUE", "READY", "MESSAGES", "DEAD", "CONSUMERS", "PHASE", "AGE"]
+    assert shown == ["QUEUE", "READY", "MESSAGES", "DEAD", "CONSUMERS", "PHASE", "EXPIRES", "AGE"]
 
 
 def test_defaulting_policy_targets_matchenvironments() -> None:

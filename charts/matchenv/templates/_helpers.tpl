@@ -25,7 +25,7 @@ app.kubernetes.io/component: operator
 {{- define "matchenv.environmentRules" -}}
 - apiGroups: [matchenv.io]
   resources: [matchenvironments]
-  verbs: [get, list, watch, patch, update]
+  verbs: [get, list, watch, patch, update, delete]  # delete: an environment whose spec.expireAfter has passed
 - apiGroups: [matchenv.io]
   resources: [matchenvironments/status]
   verbs: [get, patch, update]

@@ -18,6 +18,7 @@ from matchenv.operator.backlog import BacklogProbe
 from matchenv.operator.drift import BrokerEvents, Changed, Repairs
 from matchenv.operator.errors import TeardownIncomplete
 from matchenv.operator.fair import FairPool, flow_of
+from matchenv.operator.handsoff import switched
 from matchenv.operator.kube import Obj
 from matchenv.operator.reconciler import Reconciler
 from matchenv.operator.settings import OperatorSettings
@@ -172,6 +173,16 @@ async def converge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Broker problems end in a Degraded status (the resync loop heals them); API errors are retried by kopf."""
     memo.reconciler.will_converge(body["metadata"]["uid"])
     await fairly(memo, body, memo.reconciler.converge)
+
+
+@kopf.on.event(*RESOURCE, when=lambda body, **_: switched(body))
+def reconcile_switched(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The hands-off annotation was set or removed (kopf's update handler does not see annotations under the
+    operator's own prefix): converge now, which holds or repairs (:mod:`matchenv.operator.handsoff`)."""
+    env = plain(body)
+    namespace, name = env["metadata"]["namespace"], env["metadata"]["name"]
+    pool: FairPool = memo.fair
+    pool.submit(flow_of(env), lambda: memo.reconciler.repair(namespace, name, uid=env["metadata"]["uid"]))
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MANAGED_BY_LABEL: MANAGED_BY})

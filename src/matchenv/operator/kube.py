@@ -166,6 +166,14 @@ class Kube:
             API_GROUP, API_VERSION, namespace, PLURAL, name, patch, _content_type=MERGE, **opts
         ))
 
+    def delete_environment(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the MatchEnvironment ``uid`` (never one made under its name meanwhile), as `kubectl delete` would:
+        its finalizer then runs the teardown."""
+        opts = self._write(f"delete of {namespace}/{name}")
+        return _unless_missing(lambda: self.custom.delete_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, body=cast(Any, {"preconditions": {"uid": uid}}),
+            **opts)) is not None
+
     # -- who is asking (the metrics' token check; reviews change nothing: no write fence) ---------------------
     def review_token(self, token: str) -> Obj:
         """The API server's TokenReview of ``token``: its ``status`` (authenticated, user)."""

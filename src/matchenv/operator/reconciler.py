@@ -1,9 +1,11 @@
 """The orchestrator: converge and tear down one MatchEnvironment, run the resync pass, answer the watches.
 
 Handlers (create/update/resume/delete), the watches and the resync pass all come here; a lock per environment keeps
-them from working on the same one at once. A converge runs the steps of :mod:`matchenv.operator.steps` over one
+them from working on the same one at once. Under the hands-off annotation (:mod:`matchenv.operator.handsoff`) a
+converge only says so in status. A converge runs the steps of :mod:`matchenv.operator.steps` over one
 parsed :class:`~matchenv.operator.context.Context`::
 
+    expiry       an environment past spec.expireAfter is deleted (its teardown follows), nothing else runs
     topology     bounds, ownership, the worker's credentials, the broker objects, the archive
     autoscaling  the worker count from the backlog (skipped while the topology is refused)
     workers      the worker Deployment
@@ -16,6 +18,7 @@ Every step is idempotent: a second run against an unchanged world writes nothing
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -33,12 +36,15 @@ from matchenv.operator.brokers import BrokerClients
 from matchenv.operator.context import Prefetched, Services
 from matchenv.operator.drift import Changed
 from matchenv.operator.environment_metrics import EnvironmentMetrics
+from matchenv.operator.errors import TeardownIncomplete
+from matchenv.operator.handsoff import DELETE_WAITS, MESSAGE, hands_off, held, held_status
 from matchenv.operator.kube import Kube, Obj
 from matchenv.operator.resync import Resync, ResyncReport
 from matchenv.operator.settings import OperatorSettings
-from matchenv.operator.status import refresh_workers, status_changed
+from matchenv.operator.status import now_rfc3339, refresh_workers, status_changed
 from matchenv.operator.steps.autoscaling import autoscale
 from matchenv.operator.steps.backfill import run_backfill
+from matchenv.operator.steps.expiry import expire_if_due
 from matchenv.operator.steps.status import invalid_spec_status, write_status
 from matchenv.operator.steps.topology import converge_topology
 from matchenv.operator.steps.workers import converge_workers, observe_workers
@@ -105,6 +111,8 @@ class Reconciler:
                 return None
             if prefetched is not None and self._converged_at.get(uid, prefetched.started - 1) > prefetched.started:
                 return None
+            if hands_off(env):
+                return self._hold(env, MESSAGE)
             try:
                 return self._converge(env, prefetched)
             finally:
@@ -122,19 +130,43 @@ class Reconciler:
                 self.environments.record(namespace, name, status, None, None, time.time(), converged=False)
                 return status
             self._owners.remember(ctx)
+            expires, deleted = expire_if_due(s, ctx, dt.datetime.now(dt.UTC))
+            if deleted:  # its teardown (the delete handler) follows deletionPolicy
+                return ctx.old_status
             topology = converge_topology(s, ctx)
             autoscaling = None if topology.refused else autoscale(s, ctx, topology.observation, topology.probe_url)
             workers, worker_problem = converge_workers(s, ctx, topology)
             backfill = None if topology.refused else run_backfill(s, ctx, topology)
-            status = write_status(s, ctx, topology, workers, worker_problem, autoscaling, backfill)
+            status = write_status(s, ctx, topology, workers, worker_problem, autoscaling, backfill, expires)
+            if held(ctx.old_status):
+                s.event(env, "ReconciliationResumed", "the operator manages this environment again: what was "
+                        "changed by hand meanwhile is repaired")
         self.environments.record(namespace, name, status, topology.observation, topology.error_reason, time.time(),
                                  converged=not topology.refused)
+        return status
+
+    def _hold(self, env: Obj, message: str) -> Obj:
+        """Hands off (:mod:`matchenv.operator.handsoff`): say so in status and, when it begins, in an Event; change
+        nothing else."""
+        namespace, name = env["metadata"]["namespace"], env["metadata"]["name"]
+        old = env.get("status") or {}
+        status = held_status(old, now_rfc3339(), message)
+        if status_changed(status, old):
+            self.kube.patch_environment_status(namespace, name, {"conditions": status["conditions"]})
+            if not held(old):
+                self.services.event(env, "ReconciliationPaused", message)
+        self.environments.record_status(namespace, name, status)  # the condition's series for the one on call
         return status
 
     # -- teardown --------------------------------------------------------------------------------------------
     def teardown(self, env: Obj) -> list[str]:
         """Tear ``env`` down (:func:`matchenv.operator.teardown.teardown`); never converged again after this
-        begins. Raises :class:`~matchenv.operator.errors.TeardownIncomplete` while a step has to wait."""
+        begins. Raises :class:`~matchenv.operator.errors.TeardownIncomplete` while a step has to wait, and while
+        the operator's hands are off the environment (nothing is removed then)."""
+        if hands_off(env):
+            with self._lock(env["metadata"]["uid"]):
+                self._hold(env, DELETE_WAITS)
+            raise TeardownIncomplete(DELETE_WAITS, delay=self.settings.resync_seconds)
         with self._lock(env["metadata"]["uid"]):
             ctx = self.services.context(env, None)
             self._torn_down[ctx.uid] = None

@@ -48,6 +48,7 @@ class Observation:
     placement: dict[str, str] | None = None  # status.placement; None: as it was
     events_secret: str | None = None  # status.eventsSecret ("": none); None: as it was
     events_problem: str | None = None  # Flower's Secret is someone else's
+    expires_at: str | None = None  # status.expiresAt (spec.expireAfter), None: removed
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -216,6 +217,7 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         "conditions": conditions,
         "autoscaling": seen.autoscaling,
         "backfill": seen.backfill,
+        "expiresAt": seen.expires_at,
     }
     if seen.generation is not None:
         status["observedGeneration"] = seen.generation
