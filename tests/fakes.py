@@ -15,7 +15,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from matchenv.topology.client import BrokerNotFound, BrokerUnreachable
+from matchenv.topology.client import BrokerError, BrokerNotFound, BrokerUnreachable
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
 from matchenv.topology.tally import count_call
 
@@ -99,8 +99,10 @@ class SimulatedBroker:
         self._call()
         self.queues.setdefault((vhost, name), Queue(vhost, name, arguments["x-queue-type"], durable, dict(arguments)))
 
-    def delete_queue(self, vhost: str, name: str) -> None:
+    def delete_queue(self, vhost: str, name: str, if_empty: bool = False) -> None:
         self._call()
+        if if_empty and self.queues[(vhost, name)].messages:
+            raise BrokerError(f"queue {name} in vhost {vhost} not empty", f"DELETE /api/queues/{vhost}/{name}", 400)
         del self.queues[(vhost, name)]
         self.bindings = [b for b in self.bindings if (b.vhost, b.destination) != (vhost, name)]
 

@@ -73,6 +73,12 @@ class Overflow(StrEnum):
 class DeletionPolicy(StrEnum):
     RETAIN = "Retain"
     DELETE = "Delete"
+    DRAIN = "Drain"
+
+
+class AfterDrain(StrEnum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
 
 
 class ExpireFrom(StrEnum):
@@ -479,6 +485,32 @@ class BackfillSpec(_Model):
         return now - dt.timedelta(seconds=self.since_seconds())
 
 
+class DrainSpec(_Model):
+    """How a deletion under deletionPolicy Drain waits for the workers to empty the queue."""
+
+    timeout: str = Field(
+        "15m", pattern=DURATION_PATTERN,
+        description="How long the deletion waits for the queue to empty (from when it was asked for), e.g. '15m'.",
+    )
+    on_timeout: AfterDrain = Field(
+        AfterDrain.RETAIN,
+        alias="onTimeout",
+        description="What becomes of a queue still holding messages after the timeout: 'Retain' (the default: kept "
+        "with them) or 'Delete' (deleted, within deletionGuard).",
+    )
+
+
+class DeletionGuardSpec(_Model):
+    """A bound on what a deletion may drop."""
+
+    max_messages: int | None = Field(
+        None, ge=0, alias="maxMessages",
+        description="A deletion that would delete the queue while it holds more messages than this waits instead "
+        "(condition Drained, reason TooManyToDrop) until the annotation matchenv.io/drop-messages is \"true\", "
+        "or deletionPolicy is changed to Retain. Unset: no bound.",
+    )
+
+
 class MatchEnvironmentSpec(_Model):
     """Desired state of one environment: its queue and binding, broker user, workers and scaling."""
 
@@ -498,7 +530,14 @@ class MatchEnvironmentSpec(_Model):
         DeletionPolicy.RETAIN,
         alias="deletionPolicy",
         description="On delete, 'Retain' keeps the queue and its messages (the binding is always removed); "
-        "'Delete' deletes the queue and its dead-letter queue.",
+        "'Delete' deletes the queue and its dead-letter queue; 'Drain' unbinds, lets the workers empty the queue "
+        "(within drain.timeout), then deletes what Delete deletes (drain.onTimeout says what becomes of a queue "
+        "that did not empty in time).",
+    )
+    drain: DrainSpec = Field(default_factory=DrainSpec, description="How a Drain deletion waits.")
+    deletion_guard: DeletionGuardSpec = Field(
+        default_factory=DeletionGuardSpec, alias="deletionGuard",
+        description="A bound on the messages a deletion may drop with the queue.",
     )
     broker: BrokerSpec = Field(default_factory=BrokerSpec, description="Broker connection.")
     workers: WorkersSpec = Field(
@@ -550,9 +589,12 @@ class ConditionStatus(StrEnum):
 class Condition(_Model):
     """One observed aspect of the environment, in the usual Kubernetes condition shape."""
 
-    type: Literal["TopologyReady", "WorkersReady", "Ready", "BackfillComplete", "ReconciliationPaused"] = Field(
+    type: Literal["TopologyReady", "WorkersReady", "Ready", "BackfillComplete", "ReconciliationPaused",
+                  "Drained"] = Field(
         ..., description="Condition type. ReconciliationPaused is True while the annotation matchenv.io/reconcile "
-        "is \"false\": the operator then changes nothing for the environment (no repair, no scaling, no deletion)."
+        "is \"false\": the operator then changes nothing for the environment (no repair, no scaling, no deletion). "
+        "Drained, during a deletion: False while it waits for the queue to empty (Draining, NoConsumers), once "
+        "drain.timeout passed (TimedOut), or while it waits for leave to drop the messages (TooManyToDrop)."
     )
     status: ConditionStatus = Field(..., description="'True', 'False' or 'Unknown'.")
     reason: str = Field(..., description="CamelCase reason for the last transition.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from matchenv.api import API_GROUP
+from matchenv.operator.status import set_condition
 
 RECONCILE_ANNOTATION = f"{API_GROUP}/reconcile"
 CONDITION = "ReconciliationPaused"
@@ -42,11 +43,4 @@ def switched(env: dict[str, Any]) -> bool:
 def held_status(old: dict[str, Any] | None, now: str, message: str = MESSAGE) -> dict[str, Any]:
     """``old`` with a True ReconciliationPaused condition (its time kept while it stays) and the rest untouched:
     what the last converge saw stays visible, marked as no longer kept."""
-    old = old or {}
-    conditions = [c for c in old.get("conditions") or [] if isinstance(c, dict) and c.get("type") != CONDITION]
-    previous = next((c for c in old.get("conditions") or []
-                     if isinstance(c, dict) and c.get("type") == CONDITION and c.get("status") == "True"), None)
-    since = previous["lastTransitionTime"] if previous else now
-    conditions.append({"type": CONDITION, "status": "True", "reason": REASON, "message": message,
-                       "lastTransitionTime": since})
-    return {**old, "conditions": conditions}
+    return {**(old or {}), "conditions": set_condition(old, CONDITION, True, REASON, message, now)}

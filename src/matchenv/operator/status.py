@@ -70,6 +70,14 @@ def _condition(old: dict[str, dict[str, Any]], type_: str, ok: bool, reason: str
     return condition
 
 
+def set_condition(status: dict[str, Any] | None, type_: str, ok: bool, reason: str, message: str,
+                  now: str | None = None) -> list[dict[str, Any]]:
+    """``status``'s conditions with ``type_`` set to ``ok`` (its time kept while its status stays the same)."""
+    old = _by_type(status or {})
+    condition = _condition(old, type_, ok, reason, message, None, now or now_rfc3339())
+    return [c for t, c in old.items() if t != type_] + [condition]
+
+
 def topology_condition(seen: Observation) -> tuple[bool, str, str]:
     if seen.refusal:
         return False, seen.refusal.reason, seen.refusal.message

@@ -1,13 +1,17 @@
-"""Tear one environment down in the order that loses nothing: unbind, stop the workers (their in-flight messages
-finish), then drop the user, the Secret and (per ``deletionPolicy``) the queue. Only what the environment owns is
+"""Tear one environment down in the order that loses nothing: unbind, (``Drain``: let the workers empty the queue,
+:mod:`matchenv.operator.drain`), stop the workers (their in-flight messages finish), then drop the user, the Secret
+and (per ``deletionPolicy`` and ``deletionGuard``) the queue. Only what the environment owns is
 touched. A broker or Secret that is gone for good lets the deletion end only when the user says so
 (``matchenv.io/abandon-broker``)."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from matchenv.api import API_GROUP, DeletionPolicy, Phase
 from matchenv.connection import BrokerConfigError, SecretDecodeError
 from matchenv.operator.context import Context, Services
+from matchenv.operator.drain import guard, queue_fate
 from matchenv.operator.errors import TeardownIncomplete, error_reason
 from matchenv.operator.steps.archive import release_archive
 from matchenv.operator.steps.workers import stop_workers
@@ -43,6 +47,7 @@ def teardown(s: Services, ctx: Context, stop_wait: float) -> list[str]:
 
 def _teardown(s: Services, ctx: Context, stop_wait: float, done: list[str]) -> None:
     names = ctx.names
+    kept = True
     out_of_bounds = bounds_refusal(ctx.desired, s.settings) if ctx.own_broker else None
     remove: Plan | None
     try:
@@ -56,11 +61,15 @@ def _teardown(s: Services, ctx: Context, stop_wait: float, done: list[str]) -> N
             done += s.apply(ctx, client, plan_detach(ctx.desired, snapshot).actions, announce=False)
         if ctx.spec.backfill is not None or ctx.old_status.get("backfill"):
             done += s.backfills.stop(ctx.env, names)
+        # out of bounds: its own user at most (delete_queue=False leaves every queue alone); Drain waits here
+        delete_queue, if_empty = (False, False) if out_of_bounds is not None else \
+            queue_fate(s, ctx, snapshot, dt.datetime.now(dt.UTC))
         if stop_workers(s, ctx, stop_wait):  # its workers ran until now: read what they left
             snapshot = client.snapshot(ctx.desired.scope())
-        # out of bounds: its own user at most (delete_queue=False leaves every queue alone)
-        delete_queue = out_of_bounds is None and ctx.spec.deletion_policy is DeletionPolicy.DELETE
-        remove = plan_remove(ctx.desired, snapshot, delete_queue=delete_queue)
+        if delete_queue and not if_empty:
+            guard(s, ctx, snapshot)
+        remove = plan_remove(ctx.desired, snapshot, delete_queue=delete_queue, if_empty=if_empty)
+        kept = not delete_queue
         done += s.apply(ctx, client, remove.actions, announce=False)
         done += release_archive(s, ctx, conn, client)
     except (BrokerError, BrokerConfigError, SecretDecodeError) as exc:
@@ -80,8 +89,9 @@ def _teardown(s: Services, ctx: Context, stop_wait: float, done: list[str]) -> N
     refusal = out_of_bounds or (remove.refusal if remove is not None else None)
     if refusal is not None:
         s.event(ctx.env, "QueueLeftAlone", f"{refusal.message}: left untouched")
-    elif remove is not None and ctx.spec.deletion_policy is DeletionPolicy.RETAIN:
-        done.append(f"kept queue {names.queue} and its messages (deletionPolicy Retain)")
+    elif remove is not None and kept:
+        done.append(f"kept queue {names.queue} and its messages (deletionPolicy {ctx.spec.deletion_policy.value}"
+                    + (", drain.onTimeout Retain)" if ctx.spec.deletion_policy is DeletionPolicy.DRAIN else ")"))
     secret = s.kube.get_secret(ctx.namespace, names.broker_secret)
     if owned_by(secret, ctx.uid) and secret is not None and \
             s.kube.delete_secret(ctx.namespace, names.broker_secret, secret["metadata"]["uid"]):

@@ -321,8 +321,9 @@ class ManagementClient:
         self._request("PUT", f"/api/queues/{_q(vhost)}/{_q(name)}",
                       {"durable": durable, "auto_delete": False, "arguments": arguments})
 
-    def delete_queue(self, vhost: str, name: str) -> None:
-        self._request("DELETE", f"/api/queues/{_q(vhost)}/{_q(name)}")
+    def delete_queue(self, vhost: str, name: str, if_empty: bool = False) -> None:
+        """Delete the queue; with ``if_empty`` the broker refuses (400) while it holds a message."""
+        self._request("DELETE", f"/api/queues/{_q(vhost)}/{_q(name)}" + ("?if-empty=true" if if_empty else ""))
 
     def bind_queue(self, vhost: str, exchange: str, queue: str, routing_key: str = "") -> None:
         self._request("POST", f"/api/bindings/{_q(vhost)}/e/{_q(exchange)}/q/{_q(queue)}",

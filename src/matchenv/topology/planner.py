@@ -41,7 +41,7 @@ class Broker(Protocol):
                          arguments: dict[str, Any] | None = None) -> None: ...
     def delete_exchange(self, vhost: str, name: str) -> None: ...
     def declare_queue(self, vhost: str, name: str, arguments: dict[str, Any], durable: bool = True) -> None: ...
-    def delete_queue(self, vhost: str, name: str) -> None: ...
+    def delete_queue(self, vhost: str, name: str, if_empty: bool = False) -> None: ...
     def bind_queue(self, vhost: str, exchange: str, queue: str, routing_key: str = "") -> None: ...
     def bind_exchange(self, vhost: str, source: str, destination: str, routing_key: str = "") -> None: ...
     def unbind_queue(self, vhost: str, exchange: str, queue: str, properties_key: str) -> None: ...
@@ -128,9 +128,10 @@ class DeleteQueue(Action):
     removal: ClassVar[bool] = True
     name: str
     messages: int = 0
+    if_empty: bool = False  # the broker refuses if a message is in it (exact, where the statistics lag)
 
     def apply(self, broker: Broker) -> None:
-        broker.delete_queue(self.vhost, self.name)
+        broker.delete_queue(self.vhost, self.name, if_empty=self.if_empty)
 
     def describe(self) -> str:
         return f"deleted queue {self.name} ({self.messages} messages)"
@@ -613,9 +614,11 @@ def plan_detach(desired: DesiredTopology, snapshot: BrokerSnapshot) -> Plan:
     return Plan(tuple(Unbind(vhost, b.source, queue, b.properties_key) for b in snapshot.bindings_to(vhost, queue)))
 
 
-def plan_remove(desired: DesiredTopology, snapshot: BrokerSnapshot, delete_queue: bool) -> Plan:
+def plan_remove(desired: DesiredTopology, snapshot: BrokerSnapshot, delete_queue: bool, if_empty: bool = False
+                ) -> Plan:
     """Last step of a deletion, once the workers are gone: drop the user; delete the queue, its dead-letter queue
-    and exchange and its policy only when ``delete_queue`` and only when they are this environment's."""
+    and exchange and its policy only when ``delete_queue`` and only when they are this environment's (the queue
+    only if the broker finds it empty, with ``if_empty``)."""
     vhost, queue = desired.vhost, desired.queue.name
     actions: list[Action] = []
     if desired.names.broker_user in snapshot.users:
@@ -631,7 +634,7 @@ def plan_remove(desired: DesiredTopology, snapshot: BrokerSnapshot, delete_queue
         for name in (queue, desired.names.dead_letter_queue):
             live = snapshot.queues.get((vhost, name))
             if live is not None:
-                actions.append(DeleteQueue(vhost, name, live.messages or 0))
+                actions.append(DeleteQueue(vhost, name, live.messages or 0, if_empty=if_empty and name == queue))
         dlx = snapshot.exchanges.get((vhost, desired.names.dead_letter_exchange))
         if dlx is not None and (dlx.owner is None or desired.owns(dlx.owner)):
             actions.append(DeleteExchange(vhost, desired.names.dead_letter_exchange))

@@ -193,7 +193,8 @@ def release_previous(s: Services, ctx: Context, conn: BrokerConnection) -> dict[
             s.event(ctx.env, "ReleaseIncomplete", message, "Warning")
         log.warning("%s/%s: %s", ctx.namespace, ctx.name, message)
         return {k: str(v) for k, v in before.items()}
-    kept = "" if ctx.spec.deletion_policy is DeletionPolicy.DELETE else " (kept with its messages: Retain)"
+    kept = "" if ctx.spec.deletion_policy is DeletionPolicy.DELETE else \
+        f" (kept with its messages: deletionPolicy {ctx.spec.deletion_policy.value})"
     what = f"the old queue {old.queue.name} in vhost {old.vhost}: {'; '.join(done) or 'nothing left'}{kept}"
     s.event(ctx.env, "Released" if plan.refusal is None else "QueueLeftAlone",
             what if plan.refusal is None else f"{plan.refusal.message}: left untouched")
