@@ -149,7 +149,7 @@ def test_a_renamed_queue_is_let_go_of_and_kept_under_retain(world: World) -> Non
     released = [m for _, r, m in world.kube.events if r == "Released"]
     assert released == [
         "the old queue matches.prod in vhost /: unbound queue matches.prod from exchange matches-fanout (kept with "
-        "its messages: Retain)"]
+        "its messages: deletionPolicy Retain)"]
 
 
 def test_a_renamed_queue_is_deleted_under_delete_and_a_new_vhost_takes_the_old_permissions_back(
