@@ -86,15 +86,15 @@ class ExpireFrom(StrEnum):
     LAST_CHANGE = "LastChange"
 
 
-DURATION_PATTERN = r"^([0-9]{1,6}[smhd]){1,4}$"
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+GO_DURATION = r"^([0-9]+(h|m|s))+$"  # as Kubernetes and CEL's duration() write them: '30s', '72h', '1h30m'
+_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
 def duration_seconds(text: str) -> int:
-    """Seconds in a duration such as '30s', '72h', '1h30m' or '7d' (:data:`DURATION_PATTERN`)."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"not a duration like '30s', '72h', '1h30m' or '7d': {text!r}")
-    return sum(int(n) * _UNITS[unit] for n, unit in re.findall(r"([0-9]+)([smhd])", text))
+    """Seconds in a duration such as '30s', '72h' or '1h30m' (:data:`GO_DURATION`)."""
+    if not re.fullmatch(GO_DURATION, text):
+        raise ValueError(f"not a duration like '30s', '72h' or '1h30m': {text!r}")
+    return sum(int(n) * _UNITS[unit] for n, unit in re.findall(r"([0-9]+)([hms])", text))
 
 
 class Phase(StrEnum):
@@ -435,9 +435,6 @@ class BrokerSpec(_Model):
 
 _ROUTING_KEYS_TOPIC = "exchange.type 'topic' needs at least one queue.routingKeys entry"
 _BACKFILL_ONE = "backfill needs exactly one of since (e.g. '168h') and from (an RFC 3339 time)"
-GO_DURATION = r"^([0-9]+(h|m|s))+$"
-
-
 BACKFILL_SINCE_MAX_HOURS = 87_600  # ten years: far beyond any archive's retention
 _BACKFILL_SINCE_MAX = f"backfill.since must be at most {BACKFILL_SINCE_MAX_HOURS}h (ten years)"
 
@@ -475,8 +472,7 @@ class BackfillSpec(_Model):
         return self
 
     def since_seconds(self) -> int:
-        return sum(int(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in re.findall(r"([0-9]+)(h|m|s)",
-                                                                                  self.since or ""))
+        return duration_seconds(self.since) if self.since else 0
 
     def start(self, now: dt.datetime) -> dt.datetime:
         """The first instant to replay, ``now`` minus ``since`` or ``from``."""
@@ -489,7 +485,7 @@ class DrainSpec(_Model):
     """How a deletion under deletionPolicy Drain waits for the workers to empty the queue."""
 
     timeout: str = Field(
-        "15m", pattern=DURATION_PATTERN,
+        "15m", pattern=GO_DURATION,
         description="How long the deletion waits for the queue to empty (from when it was asked for), e.g. '15m'.",
     )
     on_timeout: AfterDrain = Field(
@@ -554,9 +550,9 @@ class MatchEnvironmentSpec(_Model):
     expire_after: str | None = Field(
         None,
         alias="expireAfter",
-        pattern=DURATION_PATTERN,
+        pattern=GO_DURATION,
         description="Delete this environment this long after expireFrom, as `kubectl delete` would (its queue kept or "
-        "deleted as deletionPolicy says), e.g. '30s', '72h', '1h30m', '7d': for preview environments, one per pull "
+        "deleted as deletionPolicy says), e.g. '30s', '1h30m', '168h' (a week): for preview environments, one per pull "
         "request. status.expiresAt says when (the EXPIRES column); removing the field cancels it.",
     )
     expire_from: ExpireFrom = Field(
