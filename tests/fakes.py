@@ -306,6 +306,10 @@ class FakeKube:
             self.deployments[key] = new
         return copy.deepcopy(self.deployments[key])
 
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        self.writes["deployment-scale"] += 1
+        self.deployments[(namespace, name)]["spec"]["replicas"] = replicas
+
     def delete_deployment(self, namespace: str, name: str, uid: str) -> bool:
         found = self.deployments.get((namespace, name))
         if found is None or found["metadata"]["uid"] != uid:

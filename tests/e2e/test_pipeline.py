@@ -4,6 +4,7 @@ through the ``rabbitmq`` and ``postgres`` Services' DNS names."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -79,3 +80,74 @@ def test_with_no_environment_bound_the_scrape_fails_as_unroutable(pipeline: Pipe
     assert "5 matches were unroutable" in result.stderr
     # the management API's counts trail by up to one stats interval: wait for them to read 0
     wait_for(lambda: pipeline.queue_depth("matches.prod") == 0, timeout=10, what="nothing queued for prod")
+
+
+def phase(pipeline: Pipeline, name: str) -> str | None:
+    result = pipeline.kubectl.run("get", "menv", name, "-o", "jsonpath={.status.phase}", check=False)
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def gone(pipeline: Pipeline, name: str) -> bool:
+    return pipeline.kubectl.run("get", "menv", name, check=False).returncode != 0
+
+
+def drained_reason(pipeline: Pipeline, name: str) -> str | None:
+    status = pipeline.kubectl.get_json("menv", name).get("status") or {}
+    return next((c["reason"] for c in status.get("conditions", []) if c["type"] == "Drained"), None)
+
+
+def test_a_drain_deletion_starts_the_paused_workers_and_deletes_the_queue_only_once_empty(
+        pipeline: Pipeline) -> None:
+    # nothing else is bound any more: what is scraped waits in this environment's queue alone
+    pipeline.apply("drain", paused=True, deletionPolicy="Drain",
+                   workers={"image": "matchenv:0.1.0", "replicas": 2})
+    wait_for(lambda: phase(pipeline, "drain") == "Paused", timeout=120, what="drain Paused")
+    result = pipeline.scrape("--synthetic", "2000", "--start", "1000")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: pipeline.queue_depth("matches.drain") == 2000, timeout=30, what="2,000 waiting")
+    pipeline.kubectl.run("delete", "menv", "drain", "--wait=false")
+    seen: set[str] = set()
+    deleted_with_rows: list[int] = []
+
+    def watch() -> bool:
+        reason = None if gone(pipeline, "drain") else drained_reason(pipeline, "drain")
+        if reason:
+            seen.add(reason)
+        if gone(pipeline, "drain"):
+            deleted_with_rows.append(pipeline.rows("drain"))
+            return True
+        return False
+
+    wait_for(watch, timeout=300, every=0.2, what="drain deleted")
+    assert deleted_with_rows[0] == 2000  # every row stored before the deletion ended
+    assert pipeline.duplicates("drain") == 0
+    assert pipeline.queue_depth("matches.drain") is None  # then deleted, as Delete would
+    assert "Draining" in seen or "NoConsumers" in seen, seen  # it said why it waited
+    assert pipeline.kubectl.run("get", "deployment", "drain-workers", check=False).returncode != 0
+
+
+def test_a_drain_that_cannot_end_says_why_until_its_timeout_then_keeps_the_queue(pipeline: Pipeline) -> None:
+    pipeline.apply("stuck", deletionPolicy="Drain", drain={"timeout": "45s", "onTimeout": "Retain"},
+                   workers={"image": "matchenv:0.1.0", "replicas": 1})
+    pipeline.wait_ready("stuck")
+    pipeline.postgres.stop()
+    try:
+        result = pipeline.scrape("--synthetic", "300", "--start", "3000")
+        assert result.returncode == 0, result.stderr
+        pipeline.kubectl.run("delete", "menv", "stuck", "--wait=false")
+        began = time.monotonic()
+        wait_for(lambda: drained_reason(pipeline, "stuck") in ("Draining", "NoConsumers"), timeout=30,
+                 what="the Drained condition")
+        message = pipeline.kubectl.get_json("menv", "stuck")["status"]["lastError"]
+        assert "messages left in queue matches.stuck" in message
+        assert "drain.timeout 45s" in message
+        wait_for(lambda: gone(pipeline, "stuck"), timeout=45 + 60, what="stuck deleted after its drain timeout")
+        waited = time.monotonic() - began
+        assert waited >= 40  # it waited for the timeout (the deletion was asked for just before `began`)
+        wait_for(lambda: pipeline.queue_depth("matches.stuck") == 300, timeout=15, what="the 300 kept")
+    finally:
+        pipeline.postgres.start()
+    events = pipeline.kubectl.run("get", "events", "--field-selector", "involvedObject.name=stuck",
+                                  "-o", "jsonpath={range .items[*]}{.reason}{'\\n'}{end}").stdout.split()
+    assert "DrainTimedOut" in events
+    print(f"\nDrain with the database stopped: deleted after {waited:.0f}s (drain.timeout 45s), 300 kept in the queue")

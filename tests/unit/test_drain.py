@@ -125,3 +125,18 @@ def test_a_drained_queue_is_deleted_only_if_the_broker_finds_it_empty(world: Wor
         world.reconciler.teardown(deleted(world))
     assert QUEUE in world.broker.queues
     assert world.broker.queues[QUEUE].messages == 1  # nothing dropped
+
+
+def test_a_paused_environments_workers_are_started_to_drain_it(world: World) -> None:
+    world.add("prev", deletionPolicy="Drain", paused=True,
+              workers={"image": "matchenv:0.1.0", "databaseSecretRef": {"name": "matchenv-db-prev"}, "replicas": 2})
+    world.converge("prev")
+    assert world.kube.deployments[("default", "prev-workers")]["spec"]["replicas"] == 0
+    backlog(world, 2000, consumers=0)
+    for _ in range(2):
+        with pytest.raises(TeardownIncomplete, match="no worker reads it"):
+            world.reconciler.teardown(deleted(world))
+    assert world.kube.deployments[("default", "prev-workers")]["spec"]["replicas"] == 2
+    assert world.kube.writes["deployment-scale"] == 1
+    [started] = [m for _, r, m in world.kube.events if r == "Draining"]
+    assert started.startswith("started 2 worker(s) (Deployment prev-workers) to empty queue matches.prev")

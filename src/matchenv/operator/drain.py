@@ -1,6 +1,7 @@
 """What a deletion does with the messages still in the queue.
 
-``deletionPolicy: Drain`` unbinds the queue and lets the workers empty it before it is deleted: the deletion waits
+``deletionPolicy: Drain`` unbinds the queue and lets the workers empty it before it is deleted (a paused
+environment's workers are started for it): the deletion waits
 (condition Drained False: ``Draining``, or ``NoConsumers`` when no worker reads it) until the broker's statistics
 show it empty — the delete then asks the broker to refuse a queue that is not (``if-empty``), exact where the
 statistics lag — or until ``drain.timeout`` has passed since the deletion was asked for; then ``drain.onTimeout``
@@ -17,6 +18,7 @@ from matchenv.api import API_GROUP, AfterDrain, DeletionPolicy, duration_seconds
 from matchenv.operator.context import Context, Services
 from matchenv.operator.errors import TeardownIncomplete
 from matchenv.operator.status import rfc3339, set_condition
+from matchenv.operator.tenancy import owned_by
 from matchenv.topology.planner import observe
 from matchenv.topology.snapshot import BrokerSnapshot
 
@@ -57,6 +59,7 @@ def queue_fate(s: Services, ctx: Context, snapshot: BrokerSnapshot, now: dt.date
     then = ctx.spec.drain.on_timeout.value
     if now < deadline:
         count = "an unknown number of" if left is None else str(left)
+        _run_workers(s, ctx, left)
         if seen.consumers:
             reason, how = "Draining", f"{seen.consumers} consumer(s) reading it"
         else:
@@ -73,6 +76,19 @@ def queue_fate(s: Services, ctx: Context, snapshot: BrokerSnapshot, now: dt.date
         s.kube.patch_environment_status(ctx.namespace, ctx.name, {
             "conditions": set_condition(ctx.old_status, CONDITION, False, "TimedOut", message)})
     return ctx.spec.drain.on_timeout is AfterDrain.DELETE, False
+
+
+def _run_workers(s: Services, ctx: Context, left: int | None) -> None:
+    """Draining needs workers: a Deployment at 0 replicas (a paused environment, an autoscaler at its minimum) is
+    scaled to spec.workers.replicas (at least 1) for the rest of the deletion."""
+    live = s.kube.get_deployment(ctx.namespace, ctx.names.deployment)
+    if live is None or not owned_by(live, ctx.uid) or live["metadata"].get("deletionTimestamp") or \
+            (live.get("spec") or {}).get("replicas"):
+        return
+    replicas = max(1, ctx.spec.workers.replicas)
+    s.kube.scale_deployment(ctx.namespace, ctx.names.deployment, replicas)
+    s.event(ctx.env, "Draining", f"started {replicas} worker(s) (Deployment {ctx.names.deployment}) to empty queue "
+            f"{ctx.names.queue} ({'an unknown number of' if left is None else left} messages) before it is deleted")
 
 
 def guard(s: Services, ctx: Context, snapshot: BrokerSnapshot) -> None:

@@ -229,6 +229,12 @@ class Kube:
                                                            field_manager=FIELD_MANAGER, force=True,
                                                            _content_type=APPLY, **opts))
 
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        """Set the Deployment's replicas alone (a deletion's drain starts a paused environment's workers)."""
+        opts = self._write(f"scale of Deployment {namespace}/{name}")
+        _drain(self.apps.patch_namespaced_deployment(name, namespace, {"spec": {"replicas": replicas}},
+                                                     _content_type=MERGE, **opts))
+
     def delete_deployment(self, namespace: str, name: str, uid: str) -> bool:
         """Foreground deletion of the Deployment ``uid``: it stays until its pods have terminated (their grace
         period included), so the caller can wait for the workers to finish before taking their credentials."""
