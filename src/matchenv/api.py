@@ -507,6 +507,35 @@ class DeletionGuardSpec(_Model):
     )
 
 
+class DeadLetterAction(StrEnum):
+    REDRIVE = "Redrive"
+    PURGE = "Purge"
+
+
+DeadLetterReason = Literal["invalid", "store-error", "malformed", "unknown-task", "rejected", "expired", "maxlen",
+                           "delivery_limit", "unknown"]
+MAX_REDRIVE = 10_000
+
+
+class DeadLetterRequest(_Model):
+    """A request, carried out by the operator once per id, on the environment's dead-letter queue: no broker
+    credentials leave it, and leave to edit this MatchEnvironment is all a user needs."""
+
+    id: str = Field(..., min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                    description="Names this request: each id is carried out once (status.deadLetterRequest says "
+                    "how); a new id asks again.")
+    action: DeadLetterAction = Field(
+        DeadLetterAction.REDRIVE,
+        description="'Redrive' sends the dead letters back to this environment's queue (only there; each confirmed "
+        "by the broker before its dead-letter copy goes; the workers upsert, never twice); 'Purge' deletes them.",
+    )
+    reason: DeadLetterReason | None = Field(
+        None, description="Only the letters of this reason (the workers': invalid, store-error, malformed, "
+        "unknown-task; the broker's: rejected, expired, maxlen, delivery_limit). Unset: all.",
+    )
+    limit: int = Field(1000, ge=1, le=MAX_REDRIVE, description="Most letters to redrive or purge.")
+
+
 class MatchEnvironmentSpec(_Model):
     """Desired state of one environment: its queue and binding, broker user, workers and scaling."""
 
@@ -560,6 +589,10 @@ class MatchEnvironmentSpec(_Model):
         alias="expireFrom",
         description="What expireAfter counts from: 'Creation' (the default) or 'LastChange', the last change of the "
         "spec (each apply that changes it starts the count again).",
+    )
+    dead_letter_request: DeadLetterRequest | None = Field(
+        None, alias="deadLetterRequest",
+        description="Redrive or purge this environment's dead letters, carried out by the operator once per id.",
     )
     paused: bool = Field(
         False,
@@ -657,6 +690,19 @@ class PlacementStatus(_Model):
                                description="The broker connection Secret, '<namespace>/<name>'.")
 
 
+class DeadLetterRequestStatus(_Model):
+    """What became of the last spec.deadLetterRequest."""
+
+    id: str = Field(..., description="The request's id.")
+    action: DeadLetterAction = Field(..., description="Redrive or Purge.")
+    reason: str | None = Field(None, description="The reason it was limited to.")
+    done: int | None = Field(None, description="Letters redriven or purged.")
+    left: int | None = Field(None, description="Letters left in the dead-letter queue (of any reason).")
+    succeeded: bool = Field(..., description="Whether it was carried out; a failed one is retried only with a new id.")
+    completion_time: dt.datetime | None = Field(None, alias="completionTime", description="When it ended.")
+    message: str | None = Field(None, description="What was done, or why it failed.")
+
+
 class MatchEnvironmentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -692,6 +738,9 @@ class MatchEnvironmentStatus(_Model):
         "that reads this environment's task events (for 'matchenv flower'); gone when taskEvents is turned off.")
     expires_at: dt.datetime | None = Field(
         None, alias="expiresAt", description="With spec.expireAfter: when the operator deletes this environment."
+    )
+    dead_letter_request: DeadLetterRequestStatus | None = Field(
+        None, alias="deadLetterRequest", description="What became of the last spec.deadLetterRequest."
     )
     last_error: str | None = Field(None, alias="lastError", description="The last reconcile error, if any.")
     conditions: list[Condition] | None = Field(

@@ -15,6 +15,7 @@ import pika.exceptions
 import pytest
 import yaml
 
+from matchenv.contracts import REASON_HEADER
 from matchenv.naming import SECRETS_HASH_ANNOTATION
 from matchenv.operator.handsoff import RECONCILE_ANNOTATION
 from matchenv.topology.client import ManagementClient
@@ -190,6 +191,48 @@ def test_an_environment_past_expire_after_is_deleted_as_its_deletion_policy_says
                                         "-o", "yaml").stdout)["items"]
     assert any(e["reason"] == "Expired" and "expireAfter 30s from its creation" in e["message"] for e in events)
     print(f"\nexpireAfter 30s: gone {gone.total_seconds():.1f}s after its creation (resync every {RESYNC:.0f}s)")
+
+
+def test_a_user_with_leave_on_one_environment_redrives_its_store_errors_and_no_other(platform: Platform) -> None:
+    kubectl = platform.kubectl
+    wait_for(lambda: platform.is_ready("dev") and platform.is_ready("prod"), what="dev and prod Ready")
+    platform.purge("matches.dev")
+    with pika.BlockingConnection(pika.URLParameters(platform.rabbitmq.endpoints.amqp_url)) as conn:
+        channel = conn.channel()
+        channel.confirm_delivery()
+        for i, reason in enumerate(["store-error", "invalid", "store-error", "store-error", "invalid"]):
+            channel.basic_publish("", "matches.dev.dlq", json.dumps({"n": i}).encode(), pika.BasicProperties(
+                delivery_mode=2, headers={REASON_HEADER: reason}))
+    wait_for(lambda: platform.messages("matches.dev.dlq") == 5, what="5 dead letters")
+    # a developer who may edit the MatchEnvironment dev, nothing else: no Secret, no path to the broker
+    kubectl.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dev-owner"}})
+    kubectl.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "dev-owner"},
+                   "rules": [{"apiGroups": ["matchenv.io"], "resources": ["matchenvironments"],
+                              "resourceNames": ["dev"], "verbs": ["get", "patch"]}]})
+    kubectl.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "dev-owner"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "dev-owner"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "dev-owner", "namespace": "default"}]})
+    as_owner = "--as=system:serviceaccount:default:dev-owner"
+    ask = json.dumps({"spec": {"deadLetterRequest": {"id": "fix-1", "reason": "store-error"}}})
+    refused = kubectl.run("patch", "menv", "prod", "--type=merge", "-p", ask, as_owner, check=False)
+    assert refused.returncode != 0
+    assert "forbidden" in refused.stderr.lower()
+    assert kubectl.run("get", "secret", "prod-broker", as_owner, check=False).returncode != 0
+    kubectl.run("patch", "menv", "dev", "--type=merge", "-p", ask, as_owner)
+    wait_for(lambda: (platform.status("dev").get("deadLetterRequest") or {}).get("id") == "fix-1", timeout=30,
+             what="the request carried out")
+    record = platform.status("dev")["deadLetterRequest"]
+    assert (record["succeeded"], record["done"], record["left"]) == (True, 3, 2), record
+    wait_for(lambda: platform.messages("matches.dev") == 3 and platform.messages("matches.dev.dlq") == 2,
+             what="3 back in matches.dev, the 2 invalid ones left")
+    assert "deadLetterRequest" not in platform.status("prod")
+    events = yaml.safe_load(kubectl.run("get", "events", "--field-selector", "involvedObject.name=dev",
+                                        "-o", "yaml").stdout)["items"]
+    assert any(e["reason"] == "DeadLettersRedriven" and "request fix-1: 3 store-error" in e["message"]
+               for e in events)
+    platform.purge("matches.dev")
+    platform.purge("matches.dev.dlq")
 
 
 def test_max_length_change_applies_to_the_live_queue(platform: Platform) -> None:

@@ -139,17 +139,21 @@ class DeadLetterQueue:
                 on_moved(letter)
         return tally
 
-    def purge(self, reason: str | None) -> Tally:
-        """Delete the messages of ``reason`` (all of them with None)."""
+    def purge(self, reason: str | None, limit: int | None = None) -> Tally:
+        """Delete the messages of ``reason`` (all of them with None), at most ``limit`` of them."""
         tally = Tally()
         with self._channel() as channel:
-            if reason is None:
+            if reason is None and limit is None:
                 count = int(channel.queue_purge(self.dlq).method.message_count)
                 tally.depth = count
                 tally.moved[""] = count
                 return tally
             for tag, letter in self._walk(channel, None, tally):
-                if letter.reason == reason:
-                    channel.basic_ack(tag)
-                    tally.moved[reason] += 1
+                if reason is not None and letter.reason != reason:
+                    continue
+                if limit is not None and sum(tally.moved.values()) >= limit:
+                    tally.complete = False
+                    break
+                channel.basic_ack(tag)
+                tally.moved[letter.reason] += 1
         return tally

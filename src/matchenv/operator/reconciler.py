@@ -10,6 +10,7 @@ parsed :class:`~matchenv.operator.context.Context`::
     autoscaling  the worker count from the backlog (skipped while the topology is refused)
     workers      the worker Deployment
     backfill     the backfill Job (skipped while the topology is refused)
+    deadletters  spec.deadLetterRequest, carried out once per id with the operator's broker credentials
     status       what they saw, written when it changed
 
 Every step is idempotent: a second run against an unchanged world writes nothing. A teardown
@@ -44,6 +45,7 @@ from matchenv.operator.settings import OperatorSettings
 from matchenv.operator.status import now_rfc3339, refresh_workers, status_changed
 from matchenv.operator.steps.autoscaling import autoscale
 from matchenv.operator.steps.backfill import run_backfill
+from matchenv.operator.steps.deadletters import carry_out
 from matchenv.operator.steps.expiry import expire_if_due
 from matchenv.operator.steps.status import invalid_spec_status, write_status
 from matchenv.operator.steps.topology import converge_topology
@@ -137,7 +139,10 @@ class Reconciler:
             autoscaling = None if topology.refused else autoscale(s, ctx, topology.observation, topology.probe_url)
             workers, worker_problem = converge_workers(s, ctx, topology)
             backfill = None if topology.refused else run_backfill(s, ctx, topology)
-            status = write_status(s, ctx, topology, workers, worker_problem, autoscaling, backfill, expires)
+            exists = topology.observation is not None and topology.observation.exists and not topology.refused
+            dead_letters = carry_out(s, ctx, topology.probe_url if exists else None)
+            status = write_status(s, ctx, topology, workers, worker_problem, autoscaling, backfill, expires,
+                                  dead_letters)
             if held(ctx.old_status):
                 s.event(env, "ReconciliationResumed", "the operator manages this environment again: what was "
                         "changed by hand meanwhile is repaired")

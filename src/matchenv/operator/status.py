@@ -49,6 +49,7 @@ class Observation:
     events_secret: str | None = None  # status.eventsSecret ("": none); None: as it was
     events_problem: str | None = None  # Flower's Secret is someone else's
     expires_at: str | None = None  # status.expiresAt (spec.expireAfter), None: removed
+    dead_letter_request: dict[str, Any] | None = None  # status.deadLetterRequest, None: removed
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -226,6 +227,7 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         "autoscaling": seen.autoscaling,
         "backfill": seen.backfill,
         "expiresAt": seen.expires_at,
+        "deadLetterRequest": seen.dead_letter_request,
     }
     if seen.generation is not None:
         status["observedGeneration"] = seen.generation

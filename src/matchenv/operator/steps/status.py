@@ -22,7 +22,8 @@ log = logging.getLogger("matchenv.operator")
 
 def write_status(s: Services, ctx: Context, topology: TopologyOutcome, workers: WorkersObservation,
                  worker_problem: Refusal | None, autoscaling: dict[str, Any] | None = None,
-                 backfill: BackfillOutcome | None = None, expires_at: str | None = None) -> Obj:
+                 backfill: BackfillOutcome | None = None, expires_at: str | None = None,
+                 dead_letter_request: dict[str, Any] | None = None) -> Obj:
     """Build the status from what the steps saw, write it when it changed, and return it."""
     cap = s.length_cap(ctx)
     seen = Observation(
@@ -40,6 +41,7 @@ def write_status(s: Services, ctx: Context, topology: TopologyOutcome, workers: 
         events_secret=topology.events_secret,
         events_problem=topology.events_problem,
         expires_at=expires_at,
+        dead_letter_request=dead_letter_request,
     )
     old = ctx.old_status
     status = build_status(seen, old)
