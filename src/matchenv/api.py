@@ -419,6 +419,14 @@ class AutoscalingSpec(_Model):
         return self
 
 
+class PasswordRef(_Model):
+    """A key of a Secret in the environment's namespace holding a password."""
+
+    name: K8sName = Field(..., description="Name of the Secret.")
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253)] = Field(
+        "password", description="The key holding the password.")
+
+
 class BrokerSpec(_Model):
     """Where the RabbitMQ broker is and which virtual host to use."""
 
@@ -430,6 +438,14 @@ class BrokerSpec(_Model):
     )
     vhost: Annotated[str, StringConstraints(min_length=1, max_length=255)] = Field(
         "/", description="RabbitMQ virtual host."
+    )
+    password_secret_ref: PasswordRef | None = Field(
+        None,
+        alias="passwordSecretRef",
+        description="A Secret your team keeps (written by Vault, an external-secrets operator or by hand) with the "
+        "workers' broker password: the operator sets the environment's broker user to it and follows each change "
+        "(the workers roll); it only reads that Secret. Unset: the operator mints the password (and rotates it "
+        "when the annotation matchenv.io/rotate-credentials changes).",
     )
 
 

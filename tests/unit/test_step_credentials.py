@@ -100,3 +100,40 @@ def test_the_step_mints_once_keeps_and_rotates_on_request(world: World) -> None:
     assert rotated["password"] != minted["password"]
     assert world.password("prod") == rotated["password"]
     assert [e[1] for e in world.kube.events] == ["BrokerSecretCreated", "BrokerCredentialsRotated"]
+
+
+def test_a_teams_own_password_is_the_users_and_each_change_of_it_is_followed(world: World) -> None:
+    world.kube.add_secret("default", "team-pw", {"password": "from-vault-0001"})
+    world.add("prod", broker={"passwordSecretRef": {"name": "team-pw"}})
+    world.converge("prod")
+    user = "matchenv-env.c1.default.prod"
+    assert world.password("prod") == "from-vault-0001"
+    assert world.broker.users[user].has_password("from-vault-0001")
+    template = world.kube.deployments[("default", "prod-workers")]["spec"]["template"]
+    world.kube.add_secret("default", "team-pw", {"password": "from-vault-0002"})  # the team's rotation
+    world.reconciler.resync_all()
+    assert world.broker.users[user].has_password("from-vault-0002")
+    assert world.password("prod") == "from-vault-0002"
+    rolled = world.kube.deployments[("default", "prod-workers")]["spec"]["template"]
+    assert rolled["metadata"]["annotations"] != template["metadata"]["annotations"]  # the workers roll
+    [said] = [m for _, r, m in world.kube.events if r == "BrokerCredentialsRotated"]
+    assert said.endswith("with a new password (the password of Secret team-pw, key password)")
+    assert world.kube.secrets[("default", "team-pw")]["data"] == {
+        "password": base64.b64encode(b"from-vault-0002").decode()}  # read, never written
+
+
+def test_a_team_password_secret_missing_or_unusable_refuses_the_topology_naming_it(world: World) -> None:
+    world.add("prod", broker={"passwordSecretRef": {"name": "team-pw", "key": "amqp-password"}})
+    world.converge("prod")
+    assert world.reason("prod") == "PasswordSecretInvalid"
+    assert "Secret default/team-pw (spec.broker.passwordSecretRef) does not exist" in \
+        world.condition("prod", "TopologyReady")["message"]
+    assert "matchenv-env.c1.default.prod" not in world.broker.users
+    world.kube.add_secret("default", "team-pw", {"amqp-password": "short"})
+    world.converge("prod")
+    assert "no usable password under key 'amqp-password': at least 12 characters" in \
+        world.condition("prod", "TopologyReady")["message"]
+    world.kube.add_secret("default", "team-pw", {"amqp-password": "long-enough-now"})
+    world.converge("prod")
+    assert world.reason("prod") == "Converged"
+    assert world.broker.users["matchenv-env.c1.default.prod"].has_password("long-enough-now")

@@ -27,7 +27,7 @@ from matchenv.operator.context import Context, Services
 from matchenv.operator.errors import broker_error_message, describe, error_reason
 from matchenv.operator.extra_users import SecretNotOwned, extra_user_password
 from matchenv.operator.steps.archive import ensure_archive
-from matchenv.operator.steps.credentials import ensure_credentials, holds_password
+from matchenv.operator.steps.credentials import ensure_credentials, holds_password, team_password
 from matchenv.operator.tenancy import bounds_refusal, not_owned, owned_by, tenant_broker_refusal
 from matchenv.topology.client import BrokerError
 from matchenv.topology.desired import desired_topology
@@ -83,6 +83,10 @@ def converge_topology(s: Services, ctx: Context) -> TopologyOutcome:
     if secret is not None and not owned_by(secret, ctx.uid):
         outcome.refusal = Refusal("SecretNotOwned", not_owned("Secret", ctx.namespace, ctx.names.broker_secret))
         return outcome
+    given, problem = team_password(s, ctx)
+    if problem is not None:
+        outcome.refusal = Refusal("PasswordSecretInvalid", problem)
+        return outcome
     try:
         outcome.secret_data = decode_secret_data((secret or {}).get("data"))
         conn = s.connection_for(ctx.env, ctx.spec, ctx.prefetched)
@@ -90,7 +94,7 @@ def converge_topology(s: Services, ctx: Context) -> TopologyOutcome:
             outcome.refusal = tenant_broker_refusal(conn.management_url, conn.url, s.settings)
             if outcome.refusal:
                 return outcome
-        _converge_broker(s, ctx, conn, secret, outcome)
+        _converge_broker(s, ctx, conn, secret, outcome, given)
     except (BrokerError, BrokerConfigError, SecretDecodeError) as exc:
         outcome.error = broker_error_message(exc, "/".join(s.broker_ref(ctx.env, ctx.spec)))
         outcome.error_reason = error_reason(exc)
@@ -100,14 +104,14 @@ def converge_topology(s: Services, ctx: Context) -> TopologyOutcome:
 
 
 def _converge_broker(s: Services, ctx: Context, conn: BrokerConnection, secret: Any,
-                     outcome: TopologyOutcome) -> None:
+                     outcome: TopologyOutcome, given: str | None = None) -> None:
     client = s.clients.get(conn)
     snapshot = s.snapshot(conn, client, ctx.prefetched, ctx.desired.scope())
     outcome.refusal = check_ownership(ctx.desired, snapshot)
     if outcome.refusal is not None:
         s.apply(ctx, client, plan_revoke(ctx.desired, snapshot))  # no access to what is not ours
         return
-    outcome.secret_data = ensure_credentials(s, ctx, conn, secret, outcome.secret_data)
+    outcome.secret_data = ensure_credentials(s, ctx, conn, secret, outcome.secret_data, given)
     outcome.probe_url = worker_amqp_url(conn.url, conn.username, conn.password, ctx.desired.vhost)
     password = outcome.secret_data[WORKER_SECRET_PASSWORD]
     backfill_password = ""
