@@ -64,6 +64,30 @@ def test_queue_flag_reaches_one_environment_and_no_submit_none(pipeline: Pipelin
     pipeline.wait_rows({"prod": 710, "dev": 700, "staging": 700}, timeout=10)
 
 
+def test_a_teams_own_broker_password_is_used_and_its_change_followed_without_a_loss(pipeline: Pipeline) -> None:
+    kubectl = pipeline.kubectl
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vault-broker-password"},
+                   "stringData": {"password": "kept-in-vault-0001"}})
+    pipeline.apply("vault", broker={"passwordSecretRef": {"name": "vault-broker-password"}}, deletionPolicy="Delete")
+    pipeline.wait_ready("vault")
+    assert secret_value(kubectl, "default", "vault-broker", "password") == "kept-in-vault-0001"
+    before = kubectl.get_json("deployment", "vault-workers")["spec"]["template"]["metadata"]["annotations"]
+    result = pipeline.scrape("--synthetic", "100", "--start", "5000", "--queue", "matches.vault")  # to vault only
+    assert result.returncode == 0, result.stderr
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vault-broker-password"},
+                   "stringData": {"password": "kept-in-vault-0002"}})  # the team's rotation
+    wait_for(lambda: secret_value(kubectl, "default", "vault-broker", "password") == "kept-in-vault-0002",
+             timeout=60, what="the broker Secret following the team's")
+    wait_for(lambda: kubectl.get_json("deployment", "vault-workers")["spec"]["template"]["metadata"]["annotations"]
+             != before, timeout=60, what="the workers rolled")
+    result = pipeline.scrape("--synthetic", "100", "--start", "5100", "--queue", "matches.vault")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: pipeline.rows("vault") == 200, timeout=180, what="200 rows in vault")
+    pipeline.wait_ready("vault")
+    assert pipeline.duplicates("vault") == 0
+    kubectl.run("delete", "menv", "vault", "--timeout=90s", timeout=120)
+
+
 def test_deleted_environment_gets_nothing_more(pipeline: Pipeline) -> None:
     pipeline.kubectl.run("delete", "menv", "dev", "--timeout=90s", timeout=120)
     assert pipeline.queue_depth("matches.dev") is None  # deletionPolicy: Delete
