@@ -17,7 +17,7 @@ from typing import Any
 from matchenv.api import API_GROUP, AfterDrain, DeletionPolicy, duration_seconds
 from matchenv.operator.context import Context, Services
 from matchenv.operator.errors import TeardownIncomplete
-from matchenv.operator.status import rfc3339, set_condition
+from matchenv.operator.status import parse_rfc3339, rfc3339, set_condition
 from matchenv.operator.tenancy import owned_by
 from matchenv.topology.planner import observe
 from matchenv.topology.snapshot import BrokerSnapshot
@@ -25,13 +25,6 @@ from matchenv.topology.snapshot import BrokerSnapshot
 DROP_ANNOTATION = f"{API_GROUP}/drop-messages"
 CONDITION = "Drained"
 POLL_SECONDS = 5.0  # how often a draining deletion looks again (the broker's statistics interval)
-
-
-def _instant(text: object) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
 
 
 def _wait(s: Services, ctx: Context, reason: str, message: str, delay: float | None = None) -> TeardownIncomplete:
@@ -54,7 +47,7 @@ def queue_fate(s: Services, ctx: Context, snapshot: BrokerSnapshot, now: dt.date
     left = seen.messages
     if left == 0:
         return True, True
-    began = _instant(ctx.meta.get("deletionTimestamp")) or now
+    began = parse_rfc3339(ctx.meta.get("deletionTimestamp")) or now
     deadline = began + dt.timedelta(seconds=duration_seconds(ctx.spec.drain.timeout))
     then = ctx.spec.drain.on_timeout.value
     if now < deadline:

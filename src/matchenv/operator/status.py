@@ -60,6 +60,14 @@ def now_rfc3339() -> str:
     return rfc3339(dt.datetime.now(dt.UTC))
 
 
+def parse_rfc3339(text: object) -> dt.datetime | None:
+    """A timestamp as the API server writes it ('2026-12-03T16:00:00Z'); None when absent or not one."""
+    try:
+        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
 def _condition(old: dict[str, dict[str, Any]], type_: str, ok: bool, reason: str, message: str,
                generation: int | None, now: str) -> dict[str, Any]:
     status = "True" if ok else "False"

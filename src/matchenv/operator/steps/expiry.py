@@ -13,14 +13,7 @@ from typing import Any
 
 from matchenv.api import ExpireFrom, MatchEnvironmentSpec, duration_seconds
 from matchenv.operator.context import Context, Services
-from matchenv.operator.status import rfc3339
-
-
-def _instant(text: Any) -> dt.datetime | None:
-    try:
-        return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
+from matchenv.operator.status import parse_rfc3339, rfc3339
 
 
 def expires_at(spec: MatchEnvironmentSpec, meta: dict[str, Any], old_status: dict[str, Any],
@@ -30,9 +23,9 @@ def expires_at(spec: MatchEnvironmentSpec, meta: dict[str, Any], old_status: dic
         return None
     after = dt.timedelta(seconds=duration_seconds(spec.expire_after))
     if spec.expire_from is ExpireFrom.CREATION:
-        return (_instant(meta.get("creationTimestamp")) or now) + after
+        return (parse_rfc3339(meta.get("creationTimestamp")) or now) + after
     # LastChange: kept while the generation that set it is the one observed, counted again from now on a change
-    kept = _instant(old_status.get("expiresAt"))
+    kept = parse_rfc3339(old_status.get("expiresAt"))
     if kept is not None and old_status.get("observedGeneration") == meta.get("generation"):
         return kept
     return now + after
