@@ -141,33 +141,36 @@ def test_hands_off_keeps_what_was_changed_by_hand_until_the_annotation_goes(plat
     kubectl, mgmt = platform.kubectl, platform.mgmt
     wait_for(lambda: platform.is_ready("staging"), what="staging Ready")
     kubectl.run("annotate", "menv", "staging", f"{RECONCILE_ANNOTATION}=false")
-    wait_for(lambda: (platform.condition("staging", "ReconciliationPaused") or {}).get("status") == "True",
-             timeout=10, what="the ReconciliationPaused condition")
-    replicas = kubectl.get_json("deployment", "staging-workers")["spec"]["replicas"]
-    binding = mgmt.bindings("matches-fanout", "matches.staging")[0]
-    mgmt.delete(f"/api/bindings/%2F/e/matches-fanout/q/matches.staging/{binding['properties_key']}")
-    kubectl.run("scale", "deployment", "staging-workers", f"--replicas={replicas + 2}")
-    time.sleep(3 * RESYNC + 2)  # the broker's event, the Deployment's watch and three resync passes came and went
-    assert mgmt.bindings("matches-fanout", "matches.staging") == []
-    assert kubectl.get_json("deployment", "staging-workers")["spec"]["replicas"] == replicas + 2
-    paused = platform.condition("staging", "ReconciliationPaused")
-    assert paused is not None
-    assert (paused["reason"], RECONCILE_ANNOTATION in paused["message"]) == ("HandsOff", True)
-    events = yaml.safe_load(kubectl.run("get", "events", "--field-selector", "involvedObject.name=staging",
-                                        "-o", "yaml").stdout)["items"]
-    assert [e["count"] if e.get("count") else 1 for e in events if e["reason"] == "ReconciliationPaused"] == [1]
+    try:
+        wait_for(lambda: (platform.condition("staging", "ReconciliationPaused") or {}).get("status") == "True",
+                 timeout=10, what="the ReconciliationPaused condition")
+        replicas = kubectl.get_json("deployment", "staging-workers")["spec"]["replicas"]
+        binding = mgmt.bindings("matches-fanout", "matches.staging")[0]
+        mgmt.delete(f"/api/bindings/%2F/e/matches-fanout/q/matches.staging/{binding['properties_key']}")
+        kubectl.run("scale", "deployment", "staging-workers", f"--replicas={replicas + 2}")
+        time.sleep(3 * RESYNC + 2)  # the broker's event, the Deployment's watch and three resync passes came and went
+        assert mgmt.bindings("matches-fanout", "matches.staging") == []
+        assert kubectl.get_json("deployment", "staging-workers")["spec"]["replicas"] == replicas + 2
+        paused = platform.condition("staging", "ReconciliationPaused")
+        assert paused is not None
+        assert (paused["reason"], RECONCILE_ANNOTATION in paused["message"]) == ("HandsOff", True)
+        events = yaml.safe_load(kubectl.run("get", "events", "--field-selector", "involvedObject.name=staging",
+                                            "-o", "yaml").stdout)["items"]
+        assert [e["count"] if e.get("count") else 1 for e in events if e["reason"] == "ReconciliationPaused"] == [1]
 
-    kubectl.run("annotate", "menv", "staging", f"{RECONCILE_ANNOTATION}-")
-    removed = time.monotonic()
-    wait_for(lambda: len(mgmt.bindings("matches-fanout", "matches.staging")) == 1, timeout=4 * RESYNC + 10,
-             every=0.05, what="the binding repaired")
-    repaired = time.monotonic() - removed
-    wait_for(lambda: kubectl.get_json("deployment", "staging-workers")["spec"]["replicas"] == replicas,
-             timeout=4 * RESYNC + 10, what="the replicas put back")
-    wait_for(lambda: platform.condition("staging", "ReconciliationPaused") is None and platform.is_ready("staging"),
-             what="staging Ready, no longer paused")
-    print(f"\nhands off: the binding deleted and the workers scaled by hand stayed for {3 * RESYNC + 2:.0f}s; "
-          f"the annotation removed -> binding back after {repaired:.2f}s (resync every {RESYNC:.0f}s)")
+        kubectl.run("annotate", "menv", "staging", f"{RECONCILE_ANNOTATION}-")
+        removed = time.monotonic()
+        wait_for(lambda: len(mgmt.bindings("matches-fanout", "matches.staging")) == 1, timeout=4 * RESYNC + 10,
+                 every=0.05, what="the binding repaired")
+        repaired = time.monotonic() - removed
+        wait_for(lambda: kubectl.get_json("deployment", "staging-workers")["spec"]["replicas"] == replicas,
+                 timeout=4 * RESYNC + 10, what="the replicas put back")
+        wait_for(lambda: platform.condition("staging", "ReconciliationPaused") is None and platform.is_ready("staging"),
+                 what="staging Ready, no longer paused")
+        print(f"\nhands off: the binding deleted and the workers scaled by hand stayed for {3 * RESYNC + 2:.0f}s; "
+              f"the annotation removed -> binding back after {repaired:.2f}s (resync every {RESYNC:.0f}s)")
+    finally:  # never leave staging hands off for the tests after this one
+        kubectl.run("annotate", "menv", "staging", f"{RECONCILE_ANNOTATION}-", check=False)
 
 
 def test_an_environment_past_expire_after_is_deleted_as_its_deletion_policy_says(platform: Platform) -> None:

@@ -90,3 +90,20 @@ def test_the_watch_converges_only_when_the_annotation_and_the_status_disagree(
     assert switched(env) is want
     assert hands_off(env) is (annotations.get(RECONCILE_ANNOTATION, "").strip().lower() == "false")
     assert held(env["status"]) is bool(conditions)
+
+
+def test_a_stale_read_never_says_it_twice(world: World) -> None:
+    """A resync pass lists every environment before it converges them: its copy may predate the status a converge
+    wrote a moment ago. Each change is said in one Event all the same."""
+    world.add("prod")
+    world.converge("prod")
+    world.kube.patch_environment("default", "prod", OFF)
+    stale = world.kube.environment("default", "prod")  # annotated, its status not yet saying so
+    world.reconciler.converge(stale)
+    world.reconciler.converge(stale)
+    assert len(events(world, "ReconciliationPaused")) == 1
+    world.kube.patch_environment("default", "prod", ON)
+    stale = world.kube.environment("default", "prod")  # no annotation, its status still saying hands off
+    world.reconciler.converge(stale)
+    world.reconciler.converge(stale)
+    assert len(events(world, "ReconciliationResumed")) == 1

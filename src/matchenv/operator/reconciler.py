@@ -75,6 +75,9 @@ class Reconciler:
         # environments a handler's converge waits for on the pool: a pass leaves them to it (in a burst the pass
         # converged what the handlers were about to, and they read it all again)
         self._awaiting: set[str] = set()
+        # uid → "held" or "resumed", as last said in an Event: each said once (a pass's list may predate a status
+        # written a moment ago)
+        self._announced: dict[str, str] = {}
         self._owners = OwnerIndex()
         self._sightings = Sightings()
         self._resync = Resync(self.services, self.converge)
@@ -113,10 +116,8 @@ class Reconciler:
                 return None
             if prefetched is not None and self._converged_at.get(uid, prefetched.started - 1) > prefetched.started:
                 return None
-            if hands_off(env):
-                return self._hold(env, MESSAGE)
             try:
-                return self._converge(env, prefetched)
+                return self._hold(env, MESSAGE) if hands_off(env) else self._converge(env, prefetched)
             finally:
                 self._converged_at[uid] = self.services.clock()
 
@@ -143,7 +144,9 @@ class Reconciler:
             dead_letters = carry_out(s, ctx, topology.probe_url if exists else None)
             status = write_status(s, ctx, topology, workers, worker_problem, autoscaling, backfill, expires,
                                   dead_letters)
-            if held(ctx.old_status):
+            said = self._announced.get(ctx.uid)
+            if said == "held" or (said is None and held(ctx.old_status)):
+                self._announced[ctx.uid] = "resumed"
                 s.event(env, "ReconciliationResumed", "the operator manages this environment again: what was "
                         "changed by hand meanwhile is repaired")
         self.environments.record(namespace, name, status, topology.observation, topology.error_reason, time.time(),
@@ -153,13 +156,14 @@ class Reconciler:
     def _hold(self, env: Obj, message: str) -> Obj:
         """Hands off (:mod:`matchenv.operator.handsoff`): say so in status and, when it begins, in an Event; change
         nothing else."""
-        namespace, name = env["metadata"]["namespace"], env["metadata"]["name"]
+        namespace, name, uid = env["metadata"]["namespace"], env["metadata"]["name"], env["metadata"]["uid"]
         old = env.get("status") or {}
         status = held_status(old, now_rfc3339(), message)
         if status_changed(status, old):
             self.kube.patch_environment_status(namespace, name, {"conditions": status["conditions"]})
-            if not held(old):
-                self.services.event(env, "ReconciliationPaused", message)
+        if self._announced.get(uid) != "held" and not held(old):
+            self.services.event(env, "ReconciliationPaused", message)
+        self._announced[uid] = "held"
         self.environments.record_status(namespace, name, status)  # the condition's series for the one on call
         return status
 
@@ -177,6 +181,7 @@ class Reconciler:
             self._torn_down[ctx.uid] = None
             done = teardown(self.services, ctx, self.stop_wait)
             self._owners.forget(ctx.uid)
+            self._announced.pop(ctx.uid, None)
             self.environments.forget(ctx.namespace, ctx.name)
             self._converged_at.pop(ctx.uid, None)
             self._torn_down[ctx.uid] = self.services.clock()
