@@ -12,12 +12,11 @@ than that many messages unless ``matchenv.io/drop-messages`` is ``"true"``.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from matchenv.api import API_GROUP, AfterDrain, DeletionPolicy, duration_seconds
 from matchenv.operator.context import Context, Services
 from matchenv.operator.errors import TeardownIncomplete
-from matchenv.operator.status import parse_rfc3339, rfc3339, set_condition
+from matchenv.operator.status import condition_of, parse_rfc3339, rfc3339, set_condition
 from matchenv.operator.tenancy import owned_by
 from matchenv.topology.planner import observe
 from matchenv.topology.snapshot import BrokerSnapshot
@@ -63,8 +62,8 @@ def queue_fate(s: Services, ctx: Context, snapshot: BrokerSnapshot, now: dt.date
                     delay=POLL_SECONDS)
     message = (f"{left} messages still in queue {ctx.names.queue} after drain.timeout {ctx.spec.drain.timeout}: the "
                f"queue is handled as drain.onTimeout says ({then})")
-    said: dict[str, Any] = next((c for c in ctx.old_status.get("conditions") or [] if c.get("type") == CONDITION), {})
-    if said.get("reason") != "TimedOut":  # once, however often the rest of the deletion is retried
+    # once, however often the rest of the deletion is retried
+    if condition_of(ctx.old_status, CONDITION).get("reason") != "TimedOut":
         s.event(ctx.env, "DrainTimedOut", message, "Warning")
         s.kube.patch_environment_status(ctx.namespace, ctx.name, {
             "conditions": set_condition(ctx.old_status, CONDITION, False, "TimedOut", message)})

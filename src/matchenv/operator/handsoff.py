@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from matchenv.api import API_GROUP
-from matchenv.operator.status import set_condition
+from matchenv.operator.status import condition_of, set_condition
 
 RECONCILE_ANNOTATION = f"{API_GROUP}/reconcile"
 CONDITION = "ReconciliationPaused"
@@ -31,8 +31,7 @@ def hands_off(env: dict[str, Any]) -> bool:
 
 def held(status: dict[str, Any] | None) -> bool:
     """Whether ``status`` says the operator keeps its hands off (its ReconciliationPaused condition is True)."""
-    return any(isinstance(c, dict) and c.get("type") == CONDITION and c.get("status") == "True"
-               for c in (status or {}).get("conditions") or [])
+    return condition_of(status, CONDITION).get("status") == "True"
 
 
 def switched(env: dict[str, Any]) -> bool:

@@ -79,6 +79,11 @@ def _condition(old: dict[str, dict[str, Any]], type_: str, ok: bool, reason: str
     return condition
 
 
+def condition_of(status: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    """``status``'s condition of ``type_``; {} when it has none."""
+    return _by_type(status or {}).get(type_, {})
+
+
 def set_condition(status: dict[str, Any] | None, type_: str, ok: bool, reason: str, message: str,
                   now: str | None = None) -> list[dict[str, Any]]:
     """``status``'s conditions with ``type_`` set to ``ok`` (its time kept while its status stays the same)."""
