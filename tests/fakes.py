@@ -33,7 +33,9 @@ def merge_patch(target: Obj, patch: Obj) -> None:
     for key, value in patch.items():
         if value is None:
             target.pop(key, None)
-        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+        elif isinstance(value, dict):
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
             merge_patch(target[key], value)
         else:
             target[key] = copy.deepcopy(value)
@@ -225,8 +227,7 @@ class FakeKube:
     def patch_environment_status(self, namespace: str, name: str, status: Obj) -> None:
         self.writes["status"] += 1
         env = self.environments[(namespace, name)]
-        merged = {**(env.get("status") or {}), **status}
-        env["status"] = {k: v for k, v in merged.items() if v is not None}
+        merge_patch(env.setdefault("status", {}), status)
 
     def patch_environment(self, namespace: str, name: str, patch: Obj) -> None:
         env = self.environments[(namespace, name)]

@@ -81,6 +81,11 @@ class AfterDrain(StrEnum):
     DELETE = "Delete"
 
 
+class PauseMode(StrEnum):
+    HOLD = "Hold"
+    UNBIND = "Unbind"
+
+
 class ExpireFrom(StrEnum):
     CREATION = "Creation"
     LAST_CHANGE = "LastChange"
@@ -614,7 +619,17 @@ class MatchEnvironmentSpec(_Model):
         False,
         description="Stop the workers (0 pods, whatever replicas or the autoscaler say) and keep the queue bound: "
         "messages wait in it, bounded by queue.maxLength and queue.overflow when set; phase Paused. false resumes "
-        "and the workers drain what waited. E.g. for a migration of this environment's database.",
+        "and the workers drain what waited. E.g. for a migration of this environment's database. pauseMode Unbind "
+        "keeps no backlog instead.",
+    )
+    pause_mode: PauseMode = Field(
+        PauseMode.HOLD,
+        alias="pauseMode",
+        description="How spec.paused pauses. 'Hold' (the default): the queue stays bound and fills while paused. "
+        "'Unbind': the queue is unbound (it takes nothing from the feed, no backlog grows) and, on resume, bound "
+        "again and given what it missed from the operator's archive of the feed, from the instant it was unbound, "
+        "so it ends with what the others hold (status.pause.catchUp says how far). Needs the archive "
+        "(MATCHENV_ARCHIVE not off); without it the pause holds, and status says so.",
     )
 
     @model_validator(mode="after")
@@ -719,6 +734,20 @@ class DeadLetterRequestStatus(_Model):
     message: str | None = Field(None, description="What was done, or why it failed.")
 
 
+class PauseStatus(_Model):
+    """The current pause (spec.paused) and the last catch-up after a pause in Unbind mode."""
+
+    mode: PauseMode | None = Field(None, description="How the environment is paused now: Hold or Unbind; unset "
+                                   "while it runs.")
+    since: dt.datetime | None = Field(None, description="When the current pause began (Unbind: when the queue was "
+                                      "unbound).")
+    message: str | None = Field(None, description="What the pause does, or why it cannot do what was asked.")
+    catch_up: BackfillStatus | None = Field(
+        None, alias="catchUp", description="The replay of what the queue missed while unbound: pending while paused, "
+        "run once resumed (a Job, as for spec.backfill), kept as the record of the last one once complete.",
+    )
+
+
 class MatchEnvironmentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -745,6 +774,8 @@ class MatchEnvironmentStatus(_Model):
     selector: str | None = Field(None, description="Label selector of the worker pods (scale subresource).")
     autoscaling: AutoscalingStatus | None = Field(None, description="The autoscaler's view, while it is enabled.")
     backfill: BackfillStatus | None = Field(None, description="The backfill's progress, while spec.backfill is set.")
+    pause: PauseStatus | None = Field(None, description="Since when the environment is paused, and the catch-up after "
+                                      "a pause in Unbind mode.")
     placement: PlacementStatus | None = Field(
         None, description="Where its broker objects live; after a change of queue name, vhost or broker the old "
         "place keeps this until the old queue is unbound (and deleted under deletionPolicy Delete) and the old "

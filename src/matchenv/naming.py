@@ -23,6 +23,7 @@ ENV_LABEL = f"{API_GROUP}/environment"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 WORKER_COMPONENT = "worker"
 BACKFILL_COMPONENT = "backfill"
+REPLAY_LABEL = "matchenv.io/replay"  # on a replay Job: "backfill" (spec.backfill; also when absent) or "catch-up"
 EVENTS_COMPONENT = "events"  # the Secret Flower reads an environment's task events with
 SECRETS_HASH_ANNOTATION = f"{API_GROUP}/secrets-hash"
 # on the MatchEnvironment: the worker count the autoscaler last wrote; a spec.workers.replicas that differs was set by
@@ -194,6 +195,9 @@ class EnvironmentNames:
 
     def backfill_job(self, request: str, attempt: int) -> str:
         return f"{self.name[:40]}-backfill-{request[:8]}-{attempt}"  # a Job's name is a label value: 63 at most
+
+    def catch_up_job(self, request: str, attempt: int) -> str:
+        return f"{self.name[:40]}-catch-up-{request[:8]}-{attempt}"
 
     @property
     def deployment(self) -> str:

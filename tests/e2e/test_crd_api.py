@@ -7,11 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from matchenv_devkit.cluster.build import ensure_keda_crds
 from tests.cases import INVALID_CASES, InvalidCase, environment
 from tests.e2e.conftest import Kubectl
 
-ENVIRONMENTS = Path(__file__).resolve().parents[2] / "manifests/environments"
+ROOT = Path(__file__).resolve().parents[2]
+ENVIRONMENTS = ROOT / "manifests/environments"
 
 
 @pytest.fixture
@@ -135,3 +138,30 @@ def test_examples_are_accepted(crd_installed: Kubectl) -> None:
                 "matchenvironment.matchenv.io/staging"} <= set(names)
     finally:
         crd_installed.run("delete", "menv", "prod", "dev", "staging", "--ignore-not-found")
+
+
+def test_the_documented_keda_scaled_object_targets_the_scale_subresource(staging: Kubectl) -> None:
+    """KEDA cannot run here (its module needs a newer Go); its own CRDs check the example, and the scale subresource
+    it writes through is driven as its HPA would."""
+    staging.run("apply", "--server-side", "-f", str(ensure_keda_crds()))
+    staging.wait_established("crd/scaledobjects.keda.sh", "crd/triggerauthentications.keda.sh")
+    example = ROOT / "manifests/examples/keda-staging.yaml"
+    result = staging.run("apply", "--dry-run=server", "-f", str(example), check=False)
+    assert result.returncode == 0, result.stderr
+    assert "scaledobject.keda.sh/staging-workers created (server dry run)" in result.stdout
+    docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
+    target = next(d for d in docs if d["kind"] == "ScaledObject")["spec"]["scaleTargetRef"]
+    env = staging.get_json("menv", target["name"])
+    assert (target["apiVersion"], target["kind"]) == (env["apiVersion"], env["kind"])
+    assert env["spec"]["autoscaling"]["enabled"] is False  # matchenv's autoscaler off: KEDA's HPA decides
+    trigger = next(d for d in docs if d["kind"] == "ScaledObject")["spec"]["triggers"][0]
+    assert trigger["metadata"]["queueName"] == env["spec"]["queue"]["name"]
+    # what KEDA's HPA reads (replicas and the pods' selector) and writes, through the scale subresource
+    path = "/apis/matchenv.io/v1alpha1/namespaces/default/matchenvironments/staging/scale"
+    staging.run("patch", "menv", "staging", "--subresource=status", "--type=merge", "-p",
+                json.dumps({"status": {"selector": "matchenv.io/environment=staging", "replicas": 2}}))
+    scale = json.loads(staging.run("get", "--raw", path).stdout)
+    assert (scale["spec"]["replicas"], scale["status"]["selector"]) == (2, "matchenv.io/environment=staging")
+    staging.run("patch", "menv", "staging", "--subresource=scale", "--type=merge", "-p",
+                '{"spec":{"replicas":6}}')
+    assert staging.get_json("menv", "staging")["spec"]["workers"]["replicas"] == 6

@@ -1,5 +1,6 @@
 """What the feed gives beyond one copy per environment, on worker pods of the real node: a new environment backfilled
-from the archive so that it holds what the others hold, a subset by topic through the topic exchange bound to the
+from the archive so that it holds what the others hold, one paused without a backlog that catches up on resume, a
+subset by topic through the topic exchange bound to the
 fanout, and dead letters a team lists, reads, redrives and purges from the command line and as a kubectl plugin."""
 
 from __future__ import annotations
@@ -104,6 +105,64 @@ def test_a_new_environment_is_backfilled_from_the_archive_and_holds_what_the_oth
     assert secret_value(pipeline.kubectl, "default", "staging-backfill", "username") == backfill_user
     wait_for(lambda: backfill_user not in {u.name for u in pipeline.broker.list_users()},
              timeout=30, what="the backfill user removed once complete")
+
+
+def _ids(database: str) -> set[str]:
+    with psycopg.connect(database, connect_timeout=5) as conn:
+        return {str(r[0]) for r in conn.execute("select external_match_id from matches")}
+
+
+def _menv(pipeline: Pipeline, name: str) -> dict[str, Any]:
+    status: dict[str, Any] = pipeline.kubectl.get_json("menv", name).get("status") or {}
+    return status
+
+
+def test_dev_paused_in_unbind_mode_keeps_no_backlog_and_once_resumed_holds_what_prod_holds(
+        pipeline: Pipeline) -> None:
+    kubectl = pipeline.kubectl
+    dev = pipeline.rows("dev")
+    kubectl.run("patch", "menv", "dev", "--type=merge", "-p", json.dumps({"spec": {"paused": True,
+                                                                               "pauseMode": "Unbind"}}))
+
+    def unbound() -> bool:
+        status = _menv(pipeline, "dev")
+        topology = next((c for c in status.get("conditions", []) if c["type"] == "TopologyReady"), {})
+        return status.get("phase") == "Paused" and topology.get("reason") == "Unbound"
+
+    wait_for(unbound, timeout=120, what="dev Paused with its queue unbound")
+    assert [b["source"] for b in pipeline.broker._request("GET", "/api/queues/%2F/matches.dev/bindings")
+            if b["source"]] == []  # only the default exchange's implicit binding is left
+    assert _menv(pipeline, "dev").get("exchange") is None
+    prod = pipeline.rows("prod")
+    result = pipeline.scrape("--synthetic", "1000", "--start", "20000")
+    assert result.returncode == 0, result.stderr
+    assert "confirmed 1000" in result.stdout
+    pipeline.wait_rows({"prod": prod + 1000})
+    assert _published_to(pipeline, "matches.dev") == 700  # nothing of the 1,000 reached dev's queue
+    assert pipeline.queue_depth("matches.dev") == 0
+    assert pipeline.rows("dev") == dev
+    paused = _menv(pipeline, "dev")["pause"]
+    assert paused["mode"] == "Unbind"
+    assert paused["catchUp"]["phase"] == "Pending"
+
+    kubectl.run("patch", "menv", "dev", "--type=merge", "-p", json.dumps({"spec": {"paused": False}}))
+    wait_for(lambda: (_menv(pipeline, "dev").get("pause") or {}).get("catchUp", {}).get("phase") == "Complete",
+             timeout=240, what="dev's catch-up complete")
+    pipeline.wait_ready("dev")
+    pipeline.wait_rows({"dev": prod + 1000})
+    assert _ids(pipeline.databases["dev"]) == _ids(pipeline.databases["prod"])  # exactly what prod holds
+    assert pipeline.duplicates("dev") == 0
+    record = _menv(pipeline, "dev")["pause"]
+    print(json.dumps(record, indent=2))
+    assert "mode" not in record
+    assert record["catchUp"]["delivered"] >= 1000
+    assert record["catchUp"]["from"] <= paused["since"]
+    [job] = kubectl.get_json("jobs", "-l", "matchenv.io/replay=catch-up")["items"]
+    assert job["status"].get("succeeded") == 1
+    reasons = [e["reason"] for e in kubectl.get_json("events", "--field-selector",
+                                                     "involvedObject.name=dev")["items"]]
+    assert "CatchUpStarted" in reasons
+    assert "CatchUpComplete" in reasons
 
 
 def test_routing_keys_take_a_subset_through_the_topic_exchange_on_the_fanout(pipeline: Pipeline,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from matchenv.api import BackfillPhase, BackfillSpec, MatchEnvironmentSpec
-from matchenv.naming import BACKFILL_COMPONENT, COMPONENT_LABEL, ENV_LABEL, EnvironmentNames
+from matchenv.naming import BACKFILL_COMPONENT, COMPONENT_LABEL, ENV_LABEL, REPLAY_LABEL, EnvironmentNames
 from matchenv.operator import builders
 from matchenv.operator.extra_users import extra_user_password
 from matchenv.operator.kube import Kube
@@ -37,9 +37,24 @@ def request_digest(spec: BackfillSpec) -> str:
                           ).hexdigest()[:16]
 
 
-def _attempt(job: Obj, names: EnvironmentNames, request: str) -> int | None:
+@dataclass(frozen=True)
+class Replay:
+    """A kind of replay of the archive into the queue: spec.backfill's, or a pause's catch-up
+    (:mod:`matchenv.operator.pause`). Each follows its own Jobs and its own status."""
+
+    kind: str  # the Jobs' REPLAY_LABEL value
+    word: str  # its Events' reasons begin with it: BackfillStarted, CatchUpComplete, ...
+    job_name: Callable[[EnvironmentNames, str, int], str]
+    waiting: str = ""  # why it waits while the queue is unbound ("" : for the queue to be bound)
+
+
+BACKFILL = Replay("backfill", "Backfill", EnvironmentNames.backfill_job)
+CATCH_UP = Replay("catch-up", "CatchUp", EnvironmentNames.catch_up_job)
+
+
+def _attempt(job: Obj, names: EnvironmentNames, replay: Replay, request: str) -> int | None:
     """The attempt number of a Job of ``request`` (its name ends ``-<n>``), None for another request's."""
-    prefix = names.backfill_job(request, 0)[:-1]
+    prefix = replay.job_name(names, request, 0)[:-1]
     name = str(job["metadata"]["name"])
     return int(name[len(prefix):]) if name.startswith(prefix) and name[len(prefix):].isdigit() else None
 
@@ -123,29 +138,52 @@ class Backfills:
     def converge(self, env: Obj, spec: MatchEnvironmentSpec, names: EnvironmentNames, owner: Obj, archive: str,
                  bound: bool, delivered_so_far: int | None, archive_problem: str | None,
                  secret_problem: str | None = None) -> BackfillOutcome:
-        """Move the backfill one step on; what status says of it."""
+        """Move spec.backfill's replay one step on; what status.backfill says of it."""
         old: Obj = (env.get("status") or {}).get("backfill") or {}
-        jobs = self._jobs(env, names)
         if spec.backfill is None:
-            self._delete(env, jobs, keep=None)
+            self._delete(env, self._jobs(env, names, BACKFILL), keep=None, replay=BACKFILL)
             return BackfillOutcome(None)
         request = request_digest(spec.backfill)
-        now = self.now()
         state: Obj = dict(old) if old.get("request") == request else {
             "request": request, "phase": BackfillPhase.PENDING.value, "attempts": 0,
-            "from": rfc3339(spec.backfill.start(now))}
+            "from": rfc3339(spec.backfill.start(self.now()))}
+        return self.follow(BACKFILL, env, spec, names, owner, archive, state, bound, delivered_so_far,
+                           archive_problem, secret_problem)
+
+    def catch_up(self, env: Obj, spec: MatchEnvironmentSpec, names: EnvironmentNames, owner: Obj, archive: str,
+                 owed: Obj | None, bound: bool, detached: bool, delivered_so_far: int | None,
+                 archive_problem: str | None, secret_problem: str | None = None) -> BackfillOutcome:
+        """Move a pause's catch-up (``owed``, status.pause.catchUp; None: none owed) one step on."""
+        if owed is None:
+            self._delete(env, self._jobs(env, names, CATCH_UP), keep=None, replay=CATCH_UP)
+            return BackfillOutcome(None)
+        replay = CATCH_UP if not detached else Replay(
+            CATCH_UP.kind, CATCH_UP.word, CATCH_UP.job_name,
+            waiting=f"paused (pauseMode Unbind): replays what queue {names.queue} misses, from {owed.get('from')}, "
+            "once the environment is resumed")
+        return self.follow(replay, env, spec, names, owner, archive, dict(owed), bound and not detached,
+                           delivered_so_far, archive_problem, secret_problem)
+
+    def follow(self, replay: Replay, env: Obj, spec: MatchEnvironmentSpec, names: EnvironmentNames, owner: Obj,
+               archive: str, state: Obj, bound: bool, delivered_so_far: int | None, archive_problem: str | None,
+               secret_problem: str | None) -> BackfillOutcome:
+        """One replay (``state``: its request, start and progress as last written) one step on."""
+        jobs = self._jobs(env, names, replay)
+        request = str(state["request"])
+        now = self.now()
+        word = replay.word
         current = next((j for j in jobs if j["metadata"]["name"] == state.get("job")), None)
         if current is None:
             # status older than the Jobs (a converge that read the environment before another wrote it): the
             # newest Job of this request is the one in progress, never a reason to start another
-            ours = {attempt: j for j in jobs if (attempt := _attempt(j, names, request)) is not None}
+            ours = {attempt: j for j in jobs if (attempt := _attempt(j, names, replay, request)) is not None}
             if ours:
                 attempt = max(ours)
                 current = ours[attempt]
                 state.update(job=current["metadata"]["name"], attempts=attempt, phase=BackfillPhase.RUNNING.value,
                              **{"from": _job_start(current) or state["from"]})
         start = state["from"]
-        self._delete(env, jobs, keep=current)  # a previous request's Job
+        self._delete(env, jobs, keep=current, replay=replay)  # a previous request's Job
         phase = state["phase"]
         if secret_problem:
             state.update(phase=BackfillPhase.PENDING.value, message=secret_problem)
@@ -172,16 +210,16 @@ class Backfills:
                 state.update(phase=BackfillPhase.COMPLETE.value, completionTime=rfc3339(now), message=message,
                              delivered=delivered)
                 state.pop("retryTime", None)
-                self.event(env, "BackfillComplete", message, "Normal")
+                self.event(env, f"{word}Complete", message, "Normal")
                 return BackfillOutcome(state, True, "Completed", message)
             why = said.get("message") or _job_failure(current) or kubelet or "the Job failed"
             retry = now + dt.timedelta(seconds=retry_delay(int(state.get("attempts") or 1)))
             message = f"Job {current['metadata']['name']} failed: {why}; a new one starts at {rfc3339(retry)}"
             state.update(phase=BackfillPhase.FAILED.value, retryTime=rfc3339(retry), message=message)
-            self.event(env, "BackfillFailed", message, "Warning")
+            self.event(env, f"{word}Failed", message, "Warning")
             return BackfillOutcome(state, False, "BackfillFailed", message)
         if not bound:
-            message = f"waiting for queue {names.queue} to be bound before replaying the archive"
+            message = replay.waiting or f"waiting for queue {names.queue} to be bound before replaying the archive"
             state.update(phase=BackfillPhase.PENDING.value, message=message)
             return BackfillOutcome(state, False, "WaitingForQueue", message)
         if phase == BackfillPhase.FAILED.value:
@@ -189,15 +227,15 @@ class Backfills:
             if retry_at is not None and now < retry_at:
                 return BackfillOutcome(state, False, "BackfillFailed", state.get("message") or "")
             if current is not None:
-                self._delete(env, [current], keep=None)
+                self._delete(env, [current], keep=None, replay=replay)
         attempts = int(state.get("attempts") or 0) + 1
-        job = names.backfill_job(request, attempts)
+        job = replay.job_name(names, request, attempts)
         body = builders.build_backfill_job(names, spec, owner, job, archive, start,
-                                           mandatory=not spec.queue.routing_keys)
+                                           mandatory=not spec.queue.routing_keys, replay=replay.kind)
         existing = next((j for j in jobs if j["metadata"]["name"] == job), None)
         if existing is None:
             self.kube.create_job(body)
-            self.event(env, "BackfillStarted", f"started Job {job}: the archive {archive} from {start} into queue "
+            self.event(env, f"{word}Started", f"started Job {job}: the archive {archive} from {start} into queue "
                        f"{names.queue} (attempt {attempts})", "Normal")
         message = f"Job {job} replaying the archive from {start}"
         state.update(phase=BackfillPhase.RUNNING.value, job=job, attempts=attempts, startTime=rfc3339(now),
@@ -206,15 +244,15 @@ class Backfills:
         return BackfillOutcome(state, False, "Running", message)
 
     def stop(self, env: Obj, names: EnvironmentNames) -> list[str]:
-        """Delete every backfill Job of the environment (its deletion)."""
-        return self._delete(env, self._jobs(env, names), keep=None)
+        """Delete every replay Job of the environment (its deletion)."""
+        return self._delete(env, self._jobs(env, names, None), keep=None, replay=BACKFILL)
 
-    def _jobs(self, env: Obj, names: EnvironmentNames) -> list[Obj]:
-        """The environment's backfill Jobs (a Job of that name someone else made is not one)."""
+    def _jobs(self, env: Obj, names: EnvironmentNames, replay: Replay | None) -> list[Obj]:
+        """The environment's Jobs of ``replay`` (None: of any); a Job of that name someone else made is not one."""
         return [j for j in self.kube.list_jobs(names.namespace, self.selector(names))
-                if owned_by(j, env["metadata"]["uid"])]
+                if owned_by(j, env["metadata"]["uid"]) and (replay is None or _kind(j) == replay.kind)]
 
-    def _delete(self, env: Obj, jobs: list[Obj], keep: Obj | None) -> list[str]:
+    def _delete(self, env: Obj, jobs: list[Obj], keep: Obj | None, replay: Replay) -> list[str]:
         done = []
         for job in jobs:
             meta = job["metadata"]
@@ -223,8 +261,13 @@ class Backfills:
             if self.kube.delete_job(meta["namespace"], meta["name"], meta["uid"]):
                 done.append(f"deleted Job {meta['name']}")
         if done:
-            self.event(env, "BackfillStopped", "; ".join(done), "Normal")
+            self.event(env, f"{replay.word}Stopped", "; ".join(done), "Normal")
         return done
+
+
+def _kind(job: Obj) -> str:
+    """Which replay a Job is (a Job made before the label: spec.backfill's)."""
+    return str(((job.get("metadata") or {}).get("labels") or {}).get(REPLAY_LABEL) or BACKFILL.kind)
 
 
 def _job_failure(job: Obj) -> str:

@@ -17,6 +17,7 @@ from matchenv.naming import (
     EVENTS_COMPONENT,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    REPLAY_LABEL,
     SECRETS_HASH_ANNOTATION,
     EnvironmentNames,
 )
@@ -124,8 +125,9 @@ def build_events_secret(names: EnvironmentNames, owner: Obj, broker_url: str, pa
 
 
 def build_backfill_job(names: EnvironmentNames, spec: MatchEnvironmentSpec, owner: Obj, job: str, archive: str,
-                       start: str, mandatory: bool) -> Obj:
-    """A one-shot Job running ``matchenv backfill``: the archive from ``start`` into this environment's queue."""
+                       start: str, mandatory: bool, replay: str = "backfill") -> Obj:
+    """A one-shot Job running ``matchenv backfill``: the archive from ``start`` into this environment's queue
+    (``replay``: which replay it is, spec.backfill's or a pause's catch-up, in its labels)."""
     container: Obj = {
         "name": "backfill",
         "image": spec.workers.image,
@@ -144,10 +146,11 @@ def build_backfill_job(names: EnvironmentNames, spec: MatchEnvironmentSpec, owne
                      "securityContext": POD_SECURITY, "terminationGracePeriodSeconds": 10}
     _place(pod_spec, spec)
     labels = backfill_labels(names)
+    job_labels = {**labels, REPLAY_LABEL: replay}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": job, "namespace": names.namespace, "labels": labels, "ownerReferences": [owner]},
+        "metadata": {"name": job, "namespace": names.namespace, "labels": job_labels, "ownerReferences": [owner]},
         "spec": {
             "backoffLimit": BACKFILL_POD_RETRIES,
             "activeDeadlineSeconds": BACKFILL_ACTIVE_SECONDS,

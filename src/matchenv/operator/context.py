@@ -4,6 +4,7 @@ clients, events, the Secret and snapshot caches, and the fenced apply of a broke
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from matchenv.operator.backfills import Backfills, request_digest
 from matchenv.operator.backlog import BacklogProbe
 from matchenv.operator.brokers import BrokerClients
 from matchenv.operator.kube import Kube, Obj
+from matchenv.operator.pause import PausePlan, plan_pause
 from matchenv.operator.settings import OperatorSettings
 from matchenv.topology.applier import apply_plan
 from matchenv.topology.client import BrokerError
@@ -52,6 +54,7 @@ class Context:
     spec: MatchEnvironmentSpec
     desired: DesiredTopology
     prefetched: Prefetched | None
+    pause: PausePlan = field(default_factory=lambda: PausePlan(False, None, None))
 
     @property
     def meta(self) -> Obj:
@@ -127,9 +130,16 @@ class Services:
             # its exchange go; a changed request makes them again
             broker_spec = spec.model_copy(update={"backfill": None})
         events_were_on = bool((env.get("status") or {}).get("eventsSecret"))
+        last_pause = (env.get("status") or {}).get("pause") or {}
+        pause = plan_pause(spec, last_pause, dt.datetime.now(dt.UTC), archive=self.settings.archive != "off")
         return Context(env, spec, desired_topology(self.cluster, meta["namespace"], meta["name"], broker_spec,
-                                                   backfill_ran=bool(state), events_were_on=events_were_on),
-                       prefetched)
+                                                   backfill_ran=bool(state) or bool(last_pause.get("catchUp")),
+                                                   events_were_on=events_were_on,
+                                                   # its user (which may read the whole archive) only from the
+                                                   # resume on, when its Job runs
+                                                   replaying=pause.catch_up is not None and not pause.detached,
+                                                   detached=pause.detached),
+                       prefetched, pause)
 
     def event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:
         """Log and post an event on ``env``; an API server that refuses it costs the event only."""

@@ -50,6 +50,8 @@ class Observation:
     events_problem: str | None = None  # Flower's Secret is someone else's
     expires_at: str | None = None  # status.expiresAt (spec.expireAfter), None: removed
     dead_letter_request: dict[str, Any] | None = None  # status.deadLetterRequest, None: removed
+    pause: dict[str, Any] | None = None  # status.pause, None: removed
+    detached: bool = False  # paused in Unbind mode: the queue is to be off the feed
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -103,6 +105,12 @@ def topology_condition(seen: Observation) -> tuple[bool, str, str]:
         return False, "SecretNotOwned", seen.events_problem
     if seen.topology is None or not seen.topology.exists:
         return False, "QueueMissing", f"queue {seen.queue} does not exist yet"
+    if seen.detached:
+        if seen.topology.bound:
+            return False, "Unbinding", f"paused (pauseMode Unbind): queue {seen.queue} is being unbound from " \
+                f"{seen.exchange}"
+        return True, "Unbound", f"paused (pauseMode Unbind): queue {seen.queue} is not bound to {seen.exchange}, " \
+            "so no backlog grows; on resume it is bound again and what it missed is replayed from the archive"
     if not seen.topology.bound:
         return False, "BindingMissing", f"queue {seen.queue} is not bound to {seen.exchange} yet"
     bound = f"queue {seen.queue} is bound to {seen.exchange}"
@@ -134,7 +142,9 @@ def workers_condition(seen: Observation) -> tuple[bool, str, str]:
     if seen.paused:
         w = seen.workers
         left = f"; {w.replicas} still stopping" if w.replicas else ""
-        return True, "Paused", f"paused (spec.paused): no workers run, messages wait in queue {seen.queue}{left}"
+        held = "the queue takes nothing meanwhile (pauseMode Unbind)" if seen.detached else \
+            f"messages wait in queue {seen.queue}"
+        return True, "Paused", f"paused (spec.paused): no workers run, {held}{left}"
     return _workers_state(seen.workers)
 
 
@@ -238,7 +248,8 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         "lastError": "; ".join(filter(None, errors)) or None,
         "conditions": conditions,
         "autoscaling": seen.autoscaling,
-        "backfill": seen.backfill,
+        "backfill": replacing(seen.backfill, old_status.get("backfill")),
+        "pause": replacing(seen.pause, old_status.get("pause")),
         "expiresAt": seen.expires_at,
         "deadLetterRequest": seen.dead_letter_request,
     }
@@ -294,6 +305,26 @@ def refresh_workers(old_status: dict[str, Any], workers: WorkersObservation, gen
 
 
 def status_changed(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
-    """Whether writing ``new`` would change anything the operator owns in ``old``."""
+    """Whether writing ``new`` (a merge patch: a None removes) would change anything the operator owns in ``old``."""
     old = old or {}
-    return any(old.get(k) != v for k, v in new.items())
+    return any(old.get(k) != _pruned(v) for k, v in new.items())
+
+
+def _pruned(value: Any) -> Any:
+    """``value`` as the API server keeps it after a merge patch: without the keys set to None."""
+    if isinstance(value, dict):
+        return {k: _pruned(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
+
+
+def replacing(new: dict[str, Any] | None, old: Any) -> dict[str, Any] | None:
+    """``new`` as a merge patch that replaces ``old`` (an object of status) whole: None for each key of ``old`` it
+    lacks, at every depth; a merge patch would otherwise keep them (e.g. an earlier Job's completionTime)."""
+    if new is None or not isinstance(old, dict):
+        return new
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        patch[key] = replacing(value, old.get(key)) if isinstance(value, dict) else value
+    return patch

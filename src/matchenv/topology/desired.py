@@ -88,6 +88,7 @@ class DesiredTopology:
     backfill_leftover: bool = False  # no backfill wanted, but one ran: its user and exchange are to be removed
     events: DesiredEvents | None = None  # spec.workers.taskEvents
     events_leftover: bool = False  # no task events wanted, but they were: Flower's user and the exchange go
+    detached: bool = False  # paused in Unbind mode: no binding from the feed (the backfill's stays)
 
     @property
     def binding_source(self) -> str:
@@ -144,10 +145,12 @@ class DesiredTopology:
 
 
 def desired_topology(cluster: str, namespace: str, name: str, spec: MatchEnvironmentSpec,
-                     backfill_ran: bool = False, events_were_on: bool = False) -> DesiredTopology:
+                     backfill_ran: bool = False, events_were_on: bool = False, replaying: bool = False,
+                     detached: bool = False) -> DesiredTopology:
     """What the broker should hold for the MatchEnvironment ``namespace/name`` of ``cluster`` (``backfill_ran``:
-    its status says a backfill ran, whose broker objects go once spec.backfill is gone; ``events_were_on``: its
-    status names an events Secret, whose user and exchange go once spec.workers.taskEvents is off)."""
+    its status says a replay ran, whose broker objects go once none is wanted; ``events_were_on``: its status names
+    an events Secret, whose user and exchange go once spec.workers.taskEvents is off; ``replaying``: a replay other
+    than spec.backfill's, a pause's catch-up, needs them; ``detached``: paused in Unbind mode)."""
     queue_name = spec.queue.resolved_name(name)
     names = EnvironmentNames(cluster, namespace, name, queue_name)
     # A policy only when the broker has something to enforce: a length limit, a TTL, a quorum queue's delivery
@@ -182,7 +185,7 @@ def desired_topology(cluster: str, namespace: str, name: str, spec: MatchEnviron
     subset = subset_exchange_name(spec.exchange.name) if (
         spec.exchange.type.value == "fanout" and spec.queue.routing_keys) else None
     backfill = None
-    if spec.backfill is not None:
+    if spec.backfill is not None or replaying:
         archive = archive_name(spec.exchange.name)
         backfill = DesiredBackfill(
             exchange=names.backfill_exchange,
@@ -208,6 +211,7 @@ def desired_topology(cluster: str, namespace: str, name: str, spec: MatchEnviron
         backfill_leftover=backfill is None and backfill_ran,
         events=events,
         events_leftover=events is None and events_were_on,
+        detached=detached,
     )
 
 

@@ -586,15 +586,16 @@ def plan_publisher(desired: DesiredPublisher, snapshot: BrokerSnapshot, password
 
 def _binding_actions(desired: DesiredTopology, snapshot: BrokerSnapshot) -> list[Action]:
     """Bindings follow the spec: every binding to the owned queue that it does not ask for is removed, whichever
-    exchange it comes from (a hand-made or a previous exchange's binding alike)."""
+    exchange it comes from (a hand-made or a previous exchange's binding alike). Paused in Unbind mode, it asks for
+    none from the feed."""
     vhost, queue, source = desired.vhost, desired.queue.name, desired.binding_source
     live = snapshot.bindings_to(vhost, queue)
-    wanted = {(source, key) for key in desired.routing_keys}
+    wanted = set() if desired.detached else {(source, key) for key in desired.routing_keys}
     if desired.backfill is not None:
         wanted |= {(desired.backfill.exchange, key) for key in desired.backfill.routing_keys}
     # A fanout exchange ignores keys: any one binding from it counts as the one we want.
     from_ours = [b for b in live if b.source == source]
-    if desired.binding_source_type == "fanout" and from_ours:
+    if desired.binding_source_type == "fanout" and from_ours and not desired.detached:
         have = {(source, "")} | {(b.source, b.routing_key) for b in live if b.source != source}
         extra = [b for b in live if b.source != source and (b.source, b.routing_key) not in wanted] + from_ours[1:]
     else:

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,8 @@ from matchenv_devkit.cluster.versions import (
     COREDNS_VERSION,
     ETCD_VERSION,
     HELM_VERSION,
+    KEDA_CRDS,
+    KEDA_VERSION,
     KUBERNETES_VERSION,
     NODE_COMPONENTS,
     PROMETHEUS_OPERATOR_VERSION,
@@ -117,9 +120,9 @@ class _Go:
             raise BuildError(f"could not read the Go version from {out!r}")
         return match.group(1)
 
-    def output(self, args: Sequence[str], cwd: Path) -> str:
+    def output(self, args: Sequence[str], cwd: Path, check: bool = True) -> str:
         proc = subprocess.run([self.go, *args], cwd=cwd, env=self.env, capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0:
+        if check and proc.returncode != 0:
             raise BuildError(f"go {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
         return proc.stdout
 
@@ -295,22 +298,44 @@ MONITORING_CRDS = ("podmonitors", "servicemonitors", "prometheusrules")
 def ensure_monitoring_crds(progress: Progress = _stderr_progress) -> Path:
     """The Prometheus Operator's PodMonitor, ServiceMonitor and PrometheusRule CRDs, as its Go module ships them
     (example/prometheus-operator-crd), cached; the directory holding them."""
-    out = cache_root() / f"prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}" / "crds"
-    files = [out / f"monitoring.coreos.com_{kind}.yaml" for kind in MONITORING_CRDS]
+    return _module_files("github.com/prometheus-operator/prometheus-operator", PROMETHEUS_OPERATOR_VERSION,
+                         "example/prometheus-operator-crd",
+                         [f"monitoring.coreos.com_{kind}.yaml" for kind in MONITORING_CRDS],
+                         cache_root() / f"prometheus-operator-{PROMETHEUS_OPERATOR_VERSION}" / "crds", progress)
+
+
+def ensure_keda_crds(progress: Progress = _stderr_progress) -> Path:
+    """KEDA's ScaledObject and TriggerAuthentication CRDs, as its Go module ships them (config/crd/bases), cached;
+    the directory holding them."""
+    return _module_files("github.com/kedacore/keda/v2", KEDA_VERSION, "config/crd/bases",
+                         [f"keda.sh_{kind}.yaml" for kind in KEDA_CRDS],
+                         cache_root() / f"keda-{KEDA_VERSION}" / "crds", progress)
+
+
+def _module_files(module: str, version: str, folder: str, names: Sequence[str], out: Path,
+                  progress: Progress) -> Path:
+    """``names`` from ``folder`` of a Go module's source, as the module proxy serves it, cached in ``out``. Read from
+    the module's zip: a module whose go.mod asks for a newer Go is still downloaded, only not unpacked."""
+    files = [out / name for name in names]
     if all(f.exists() for f in files):
         return out
-    module = "github.com/prometheus-operator/prometheus-operator"
-    progress(f"downloading {module} {PROMETHEUS_OPERATOR_VERSION} for its CRDs")
+    progress(f"downloading {module} {version} for {', '.join(names)}")
     go = _Go(progress)
-    answer = json.loads(go.output(["mod", "download", "-json", f"{module}@{PROMETHEUS_OPERATOR_VERSION}"],
-                                  cwd=cache_root()))
-    if answer.get("Error") or not answer.get("Dir"):
-        raise BuildError(f"could not download {module}@{PROMETHEUS_OPERATOR_VERSION}: {answer.get('Error')}")
-    staging = out.with_name("crds.partial")
+    # a failure (e.g. "requires go >= …") is in the JSON answer; the zip may be there all the same
+    said = go.output(["mod", "download", "-json", f"{module}@{version}"], cwd=cache_root(), check=False)
+    try:
+        answer = json.loads(said)
+    except ValueError:
+        raise BuildError(f"could not download {module}@{version}: {said[-2000:]}") from None
+    archive = answer.get("Zip")
+    if not archive or not Path(archive).exists():
+        raise BuildError(f"could not download {module}@{version}: {answer.get('Error')}")
+    staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for f in files:
-        shutil.copyfile(Path(answer["Dir"]) / "example" / "prometheus-operator-crd" / f.name, staging / f.name)
+    with zipfile.ZipFile(archive) as source:
+        for name in names:
+            (staging / name).write_bytes(source.read(f"{module}@{version}/{folder}/{name}"))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
     return out

@@ -30,6 +30,10 @@ COREDNS_VERSION = "v1.15.0"
 HELM_VERSION = "v4.3.1"
 # the Prometheus Operator whose CRDs (PodMonitor, PrometheusRule) the monitoring component is checked against
 PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
+# KEDA, whose ScaledObject and TriggerAuthentication CRDs check the documented way to autoscale with KEDA instead
+# (docs/operating.md); its module asks for a newer Go than the one here, so it is read, not built
+KEDA_VERSION = "v2.21.1"
+KEDA_CRDS = ("scaledobjects", "triggerauthentications")
 # The RabbitMQ messaging-topology-operator that `make bench` measures beside matchenv. Its go.mod wants
 # github.com/rabbitmq/cluster-operator/v2 v2.22.3, which the module proxy here refuses: v2.19.0 stands in (the
 # topology operator uses only its RabbitmqCluster types).

@@ -1,4 +1,5 @@
-"""Step: the environment's backfill Job (see :mod:`matchenv.operator.backfills`), started once its queue is bound."""
+"""Step: the environment's replay Jobs (see :mod:`matchenv.operator.backfills`), spec.backfill's and a pause's
+catch-up (:mod:`matchenv.operator.pause`), each started once its queue is bound."""
 
 from __future__ import annotations
 
@@ -24,3 +25,22 @@ def run_backfill(s: Services, ctx: Context, topology: TopologyOutcome) -> Backfi
         message = f"cannot run the backfill Job: {exc.status} {exc.reason}"
         s.event(ctx.env, "BackfillFailed", message, "Warning")
         return BackfillOutcome(ctx.old_status.get("backfill"), False, "BackfillFailed", message)
+
+
+def run_catch_up(s: Services, ctx: Context, topology: TopologyOutcome) -> BackfillOutcome | None:
+    """Start, follow or keep the record of a pause's catch-up; None when there is none on record."""
+    plan = ctx.pause
+    last = (plan.status or {}).get("catchUp")
+    if plan.catch_up is None:
+        return None if not last else BackfillOutcome(last, True, "Completed", str(last.get("message") or ""))
+    bound = topology.observation is not None and topology.observation.bound and not topology.problems
+    # the replay exchange's count is this catch-up's only while no spec.backfill shares it
+    delivered = topology.backfill_published if ctx.spec.backfill is None else None
+    try:
+        return s.backfills.catch_up(ctx.env, ctx.spec, ctx.names, ctx.owner_reference,
+                                    archive_name(ctx.spec.exchange.name), plan.catch_up, bound, plan.detached,
+                                    delivered, topology.archive_problem, topology.backfill_problem)
+    except ApiException as exc:
+        message = f"cannot run the catch-up Job: {exc.status} {exc.reason}"
+        s.event(ctx.env, "CatchUpFailed", message, "Warning")
+        return BackfillOutcome(plan.catch_up, False, "BackfillFailed", message)

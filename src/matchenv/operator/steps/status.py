@@ -23,9 +23,13 @@ log = logging.getLogger("matchenv.operator")
 def write_status(s: Services, ctx: Context, topology: TopologyOutcome, workers: WorkersObservation,
                  worker_problem: Refusal | None, autoscaling: dict[str, Any] | None = None,
                  backfill: BackfillOutcome | None = None, expires_at: str | None = None,
-                 dead_letter_request: dict[str, Any] | None = None) -> Obj:
+                 dead_letter_request: dict[str, Any] | None = None, catch_up: BackfillOutcome | None = None
+                 ) -> Obj:
     """Build the status from what the steps saw, write it when it changed, and return it."""
     cap = s.length_cap(ctx)
+    pause = ctx.pause.status
+    if pause is not None and catch_up is not None and catch_up.status is not None:
+        pause = {**pause, "catchUp": catch_up.status}
     seen = Observation(
         generation=ctx.meta.get("generation"), exchange=ctx.desired.binding_source, queue=ctx.names.queue,
         selector=ctx.names.selector, topology=topology.observation, workers=workers, problems=topology.problems,
@@ -42,6 +46,8 @@ def write_status(s: Services, ctx: Context, topology: TopologyOutcome, workers: 
         events_problem=topology.events_problem,
         expires_at=expires_at,
         dead_letter_request=dead_letter_request,
+        pause=pause,
+        detached=ctx.pause.detached,
     )
     old = ctx.old_status
     status = build_status(seen, old)
@@ -53,8 +59,9 @@ def write_status(s: Services, ctx: Context, topology: TopologyOutcome, workers: 
         if status["phase"] != old.get("phase"):
             log.info("%s/%s phase %s -> %s", ctx.namespace, ctx.name, old.get("phase"), status["phase"])
             if status["phase"] == Phase.PAUSED.value:
-                s.event(ctx.env, "Paused", f"workers stopped; messages wait in queue {ctx.names.queue}"
-                        + bound(ctx.spec, cap))
+                s.event(ctx.env, "Paused", f"workers stopped; queue {ctx.names.queue} unbound from the feed, what "
+                        "it misses replayed from the archive on resume" if ctx.pause.detached else
+                        f"workers stopped; messages wait in queue {ctx.names.queue}" + bound(ctx.spec, cap))
             elif old.get("phase") == Phase.PAUSED.value:
                 s.event(ctx.env, "Resumed", f"workers started again on queue {ctx.names.queue}")
     return status

@@ -141,8 +141,9 @@ def _converge_broker(s: Services, ctx: Context, conn: BrokerConnection, secret: 
     outcome.placement = release_previous(s, ctx, conn)
     if ctx.own_broker:
         ensure_length_cap(s, ctx, conn, client)
-    if ctx.desired.backfill is not None or s.settings.archive == "always":
-        outcome.archive_problem = ensure_archive(s, ctx, conn, client)  # after: its exchange exists
+    if ctx.desired.backfill is not None or ctx.desired.detached or s.settings.archive == "always":
+        # after: its exchange exists; an Unbind pause's catch-up replays it
+        outcome.archive_problem = ensure_archive(s, ctx, conn, client)
 
 
 def _events_password(s: Services, ctx: Context, conn: BrokerConnection, outcome: TopologyOutcome) -> str:
