@@ -1,5 +1,6 @@
 """What users' pods rely on, on the real node (containerd + runc + kubelet + kube-proxy + CoreDNS): the project's
-image runs non-root on a read-only root filesystem; logs, exec and port-forward reach it; the kubelet restarts a
+image runs non-root on a read-only root filesystem, on a host whose FORWARD policy is DROP and whose PATH leads to
+another containerd's shim and runc; logs, exec and port-forward reach it; the kubelet restarts a
 killed container and one whose liveness probe fails; cluster DNS and the API server's ``kubernetes`` Service work
 with the pod's ServiceAccount token, within exactly its RBAC."""
 
@@ -39,11 +40,47 @@ IMAGE = "matchenv:0.1.0"
 NS = "node-tests"
 
 
+DECOYS = ("containerd-shim-runc-v2", "runc")
+
+
+def _forward_policy() -> str:
+    first = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True, check=True).stdout
+    return first.splitlines()[0].split()[-1]  # "-P FORWARD ACCEPT"
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubectl, RealNode]]:
-    for kubectl, real in real_node_fixture(tmp_path_factory.mktemp("real-node")):
-        kubectl.run("create", "namespace", NS)
-        yield kubectl, real
+    """The node on a host as Docker leaves it: FORWARD's policy DROP, and another containerd's shim and runc first
+    on PATH (here decoys that say they ran and fail); every test of the module runs on it."""
+    tmp = tmp_path_factory.mktemp("real-node")
+    decoys = tmp / "decoys"
+    decoys.mkdir()
+    for name in DECOYS:
+        (decoys / name).write_text(f"#!/bin/sh\necho ran >> {decoys}/{name}.ran\nexit 1\n")
+        (decoys / name).chmod(0o755)
+    path, policy = os.environ["PATH"], _forward_policy()
+    os.environ["PATH"] = f"{decoys}{os.pathsep}{path}"
+    subprocess.run(["iptables", "-P", "FORWARD", "DROP"], check=True)
+    try:
+        for kubectl, real in real_node_fixture(tmp):
+            kubectl.run("create", "namespace", NS)
+            yield kubectl, real
+        rules = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True).stdout
+        assert "matchenv node" not in rules  # the node's accept rules went with it
+    finally:
+        os.environ["PATH"] = path
+        subprocess.run(["iptables", "-P", "FORWARD", policy], check=True)
+
+
+def test_the_node_runs_its_own_shim_and_runc_and_forwards_its_pods_under_a_drop_policy(
+        node: tuple[Kubectl, RealNode]) -> None:
+    kubectl, _ = node
+    assert _forward_policy() == "DROP"
+    # CoreDNS answered (the node's start waited for it) and the DNS test below goes pod → Service → pod
+    assert kubectl.get_json("deployment", "coredns", "-n", "kube-system")["status"].get("readyReplicas")
+    decoys = Path(os.environ["PATH"].split(os.pathsep)[0])
+    assert decoys.name == "decoys"
+    assert sorted(p.name for p in decoys.glob("*.ran")) == []  # neither decoy ever ran
 
 
 def _pod(name: str, command: str, **spec: Any) -> dict[str, Any]:

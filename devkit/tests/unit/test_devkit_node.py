@@ -24,7 +24,8 @@ PATHS = NodePaths(Path("/tmp/some/very/long/state/directory/that/goes/on/and/on/
 
 
 def test_containerd_keeps_everything_under_the_node_and_sockets_short() -> None:
-    config = tomllib.loads(containerd_config(PATHS, Path("/usr/lib/cni"), Path("/cache/runc"), "localhost/pause:1"))
+    config = tomllib.loads(containerd_config(PATHS, Path("/usr/lib/cni"), Path("/cache/runc"),
+                                             Path("/cache/containerd-shim-runc-v2"), "localhost/pause:1"))
     assert config["version"] == 3
     assert config["imports"] == []  # no drop-ins from the host
     plugins = config["plugins"]
@@ -32,6 +33,8 @@ def test_containerd_keeps_everything_under_the_node_and_sockets_short() -> None:
     assert runtime["restrict_oom_score_adj"] is True
     assert runtime["netns_mounts_under_state_dir"] is True
     assert runtime["containerd"]["runtimes"]["runc"]["options"]["BinaryName"] == "/cache/runc"
+    # the node's own shim, never one a host's other containerd put on PATH
+    assert runtime["containerd"]["runtimes"]["runc"]["runtime_path"] == "/cache/containerd-shim-runc-v2"
     assert plugins["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"] == "localhost/pause:1"
     for path in (config["root"], config["state"], runtime["cni"]["conf_dir"],
                  runtime["containerd"]["runtimes"]["runc"]["options"]["Root"]):

@@ -85,8 +85,10 @@ class NodePaths:
         return self.root / "kube-proxy-config.yaml"
 
 
-def containerd_config(paths: NodePaths, cni_bin_dir: Path, runc: Path, sandbox_image: str) -> str:
-    """containerd's config (version 3 schema): private root, state and sockets, the CRI plugin with runc."""
+def containerd_config(paths: NodePaths, cni_bin_dir: Path, runc: Path, shim: Path, sandbox_image: str) -> str:
+    """containerd's config (version 3 schema): private root, state and sockets, the CRI plugin with runc. The shim
+    and runc by absolute path: another containerd's (Debian's containerd or docker.io puts a 1.x shim and runc in
+    /usr/bin) answers this one's shim API with types it does not know."""
     return f"""\
 version = 3
 root = '{paths.containerd_root}'
@@ -116,6 +118,7 @@ imports = []
 
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
   runtime_type = 'io.containerd.runc.v2'
+  runtime_path = '{shim}'
 
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
   BinaryName = '{runc}'

@@ -67,6 +67,9 @@ CNI_BIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 # Kernel settings the node needs: forwarding between pods and Services, and bridged traffic through iptables.
 SYSCTLS = {"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1"}
 _STOP_ORDER = ("kubelet", "kube-proxy")
+# The node's accept rules in the host's FORWARD chain: to and from its pod bridge, nothing else
+FORWARD_RULES = tuple((flag, BRIDGE, "-m", "comment", "--comment", "matchenv node: pod bridge", "-j", "ACCEPT")
+                      for flag in ("-i", "-o"))
 VOLUMES = 8  # host-path PersistentVolumes made ahead of time
 
 
@@ -149,6 +152,8 @@ class RealNode:
             self._run(["ip", "link", "add", BRIDGE, "type", "bridge"])
             self._run(["ip", "addr", "add", f"{NODE_IP}/{POD_CIDR.split('/')[1]}", "dev", BRIDGE])
             self._run(["ip", "link", "set", BRIDGE, "up"])
+            for rule in FORWARD_RULES:  # a host whose FORWARD policy is DROP (Docker sets it) still forwards pods'
+                self._run(["iptables", "-I", "FORWARD", *rule])  # traffic, and only theirs
             self._write_configs()
             self._spawn("containerd", [str(self.binaries.path("containerd")),
                                        f"--config={self.paths.containerd_config}"])
@@ -208,6 +213,9 @@ class RealNode:
             remove_cgroup(cgroup)
         for binary in IPTABLES:
             remove_chains(binary, "KUBE-")  # the kubelet's own (KUBE-FIREWALL, canaries); kube-proxy's are gone
+        for rule in FORWARD_RULES:
+            while subprocess.run(["iptables", "-D", "FORWARD", *rule], capture_output=True).returncode == 0:
+                pass
         for link in CONTAINER_LOG_LINKS.glob("*.log") if CONTAINER_LOG_LINKS.is_dir() else []:
             with contextlib.suppress(OSError):
                 if str(self.paths.pod_logs) in os.readlink(link):
@@ -253,6 +261,7 @@ class RealNode:
         paths = self.paths
         paths.containerd_config.parent.mkdir(parents=True, exist_ok=True)
         paths.containerd_config.write_text(containerd_config(paths, CNI_BIN_DIR, self.binaries.path("runc"),
+                                                             self.binaries.path("containerd-shim-runc-v2"),
                                                              PAUSE_IMAGE))
         (paths.cni_conf_dir / f"10-{CNI_NETWORK}.conflist").write_text(cni_conflist(paths))
         kubelet = kubelet_config(paths, self.cluster.pki.ca.cert, port=free_port(), healthz_port=free_port())
@@ -292,7 +301,10 @@ class RealNode:
         return proc.stdout
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        self.state.pids[name] = pid = self.daemons.spawn(name, argv)
+        # the node's own binaries first, whatever the host's PATH holds (e.g. the kubelet's mount helpers stay the
+        # host's; a shim or runc of another containerd is never found before the node's)
+        path = os.pathsep.join([str(self.binaries.bin_dir), os.environ.get("PATH", os.defpath)])
+        self.state.pids[name] = pid = self.daemons.spawn(name, argv, env={**os.environ, "PATH": path})
         self._save_state()
         self.log(f"started {name} (pid {pid})")
 

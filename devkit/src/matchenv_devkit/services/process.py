@@ -117,10 +117,10 @@ class Daemons:
         self.error = error
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def spawn(self, name: str, argv: list[str]) -> int:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         with (self.logs_dir / f"{name}.log").open("ab") as log_file:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                    cwd=self.cwd, start_new_session=True,
+                                    cwd=self.cwd, start_new_session=True, env=env,
                                     preexec_fn=None if self.detached else die_with_parent)
         self.procs[name] = proc
         return proc.pid
