@@ -151,12 +151,10 @@ class Backfills:
                            archive_problem, secret_problem)
 
     def catch_up(self, env: Obj, spec: MatchEnvironmentSpec, names: EnvironmentNames, owner: Obj, archive: str,
-                 owed: Obj | None, bound: bool, detached: bool, delivered_so_far: int | None,
+                 owed: Obj, bound: bool, detached: bool, delivered_so_far: int | None,
                  archive_problem: str | None, secret_problem: str | None = None) -> BackfillOutcome:
-        """Move a pause's catch-up (``owed``, status.pause.catchUp; None: none owed) one step on."""
-        if owed is None:
-            self._delete(env, self._jobs(env, names, CATCH_UP), keep=None, replay=CATCH_UP)
-            return BackfillOutcome(None)
+        """Move a pause's catch-up (``owed``, status.pause.catchUp as planned by :mod:`matchenv.operator.pause`) one
+        step on; its Jobs of an earlier request go (a completed one's stays until the next pause)."""
         replay = CATCH_UP if not detached else Replay(
             CATCH_UP.kind, CATCH_UP.word, CATCH_UP.job_name,
             waiting=f"paused (pauseMode Unbind): replays what queue {names.queue} misses, from {owed.get('from')}, "
