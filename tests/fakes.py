@@ -358,10 +358,11 @@ class FakeKube:
             return [copy.deepcopy(pod)] if pod else []
         if (namespace, label_selector) in self.worker_pods:
             return copy.deepcopy(self.worker_pods[(namespace, label_selector)])
-        # otherwise the pods a Deployment of that selector has, as its controllers would keep them: one per replica
-        # until the garbage collector has removed the Deployment
+        # otherwise the pods a Deployment of that selector has, as its controllers would keep them once rolled out:
+        # one per replica, of its template, until the garbage collector has removed the Deployment
         wanted = dict(part.split("=", 1) for part in label_selector.split(","))
-        return [{"metadata": {"namespace": namespace, "name": f"{name}-{i}", "labels": wanted}}
+        return [{"metadata": {"namespace": namespace, "name": f"{name}-{i}", "labels": wanted,
+                              "annotations": copy.deepcopy(d["spec"]["template"]["metadata"].get("annotations"))}}
                 for (ns, name), d in self.deployments.items() if ns == namespace
                 and (d["spec"].get("selector") or {}).get("matchLabels") == wanted
                 for i in range(d["spec"].get("replicas") or 0)]

@@ -432,8 +432,24 @@ class PasswordRef(_Model):
         "password", description="The key holding the password.")
 
 
+_ROTATE_OR_TEAM = ("rotateEvery rotates a password the operator mints; with passwordSecretRef your team's Secret "
+                   "decides when it changes")
+MIN_ROTATE_SECONDS = 60
+_ROTATE_MIN = f"rotateEvery must be at least {MIN_ROTATE_SECONDS}s"
+
+
 class BrokerSpec(_Model):
     """Where the RabbitMQ broker is and which virtual host to use."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!has(self.rotateEvery) || !has(self.passwordSecretRef)", _ROTATE_OR_TEAM, ".rotateEvery"),
+                cel(f"!has(self.rotateEvery) || (self.rotateEvery.matches('^([0-9]{{1,6}}(h|m|s)){{1,3}}$') && "
+                    f"duration(self.rotateEvery) >= duration('{MIN_ROTATE_SECONDS}s'))", _ROTATE_MIN, ".rotateEvery"),
+            ]
+        }
+    )
 
     connection_secret_ref: SecretRef | None = Field(
         None,
@@ -450,8 +466,25 @@ class BrokerSpec(_Model):
         description="A Secret your team keeps (written by Vault, an external-secrets operator or by hand) with the "
         "workers' broker password: the operator sets the environment's broker user to it and follows each change "
         "(the workers roll); it only reads that Secret. Unset: the operator mints the password (and rotates it "
-        "when the annotation matchenv.io/rotate-credentials changes).",
+        "when the annotation matchenv.io/rotate-credentials changes, or every rotateEvery).",
     )
+    rotate_every: Annotated[str, StringConstraints(pattern=GO_DURATION, max_length=32)] | None = Field(
+        None,
+        alias="rotateEvery",
+        description="Rotate the workers' broker password this often, e.g. '720h' (30 days), at least '60s'. Each "
+        "rotation switches the workers to the environment's other broker user with a new password (the Secret "
+        "changes, the workers roll) and removes the previous user once no worker pod runs with it: no worker is "
+        "refused mid-message. status.credentials says which user, since when, and the next rotation.",
+    )
+
+    @model_validator(mode="after")
+    def _rotation(self) -> BrokerSpec:
+        if self.rotate_every is not None:
+            if self.password_secret_ref is not None:
+                raise ValueError(_ROTATE_OR_TEAM)
+            if duration_seconds(self.rotate_every) < MIN_ROTATE_SECONDS:
+                raise ValueError(_ROTATE_MIN)
+        return self
 
 
 _ROUTING_KEYS_TOPIC = "exchange.type 'topic' needs at least one queue.routingKeys entry"
@@ -748,6 +781,18 @@ class PauseStatus(_Model):
     )
 
 
+class CredentialsStatus(_Model):
+    """The workers' broker user: which of the environment's two, and its rotations."""
+
+    user: str | None = Field(None, description="The broker user the workers' Secret names.")
+    rotated_at: dt.datetime | None = Field(None, alias="rotatedAt", description="When its password was set (the "
+                                           "last rotation, or the Secret's creation).")
+    next_rotation_at: dt.datetime | None = Field(None, alias="nextRotationAt",
+                                                 description="With spec.broker.rotateEvery: when the next is due.")
+    previous_user: str | None = Field(None, alias="previousUser", description="The user before the last rotation, "
+                                      "while a worker pod may still use it; removed once none does.")
+
+
 class MatchEnvironmentStatus(_Model):
     """Observed state, written by the operator."""
 
@@ -776,6 +821,8 @@ class MatchEnvironmentStatus(_Model):
     backfill: BackfillStatus | None = Field(None, description="The backfill's progress, while spec.backfill is set.")
     pause: PauseStatus | None = Field(None, description="Since when the environment is paused, and the catch-up after "
                                       "a pause in Unbind mode.")
+    credentials: CredentialsStatus | None = Field(None, description="The workers' broker user and its rotations "
+                                                  "(passwords the operator mints).")
     placement: PlacementStatus | None = Field(
         None, description="Where its broker objects live; after a change of queue name, vhost or broker the old "
         "place keeps this until the old queue is unbound (and deleted under deletionPolicy Delete) and the old "

@@ -54,13 +54,16 @@ def cluster_id_from_uid(uid: str) -> str:
 
 
 ENV_USER_PREFIX = "matchenv-env."
+# the worker's second user: a rotation switches to the other one with a new password, so the pods still running with
+# the last Secret keep a user that works until none is left (then it goes)
+ALT_ENV_USER_PREFIX = "matchenv-env-b."
 LEGACY_USER_PREFIX = "matchenv."  # before the cluster identity: ``matchenv.<namespace>.<name>``
 
 
-def broker_user_name(cluster: str, namespace: str, name: str) -> str:
-    """The environment's own broker user. Cluster identities and namespaces hold no dots, so the owner can be read
-    back from it."""
-    return f"{ENV_USER_PREFIX}{cluster}.{namespace}.{name}"
+def broker_user_name(cluster: str, namespace: str, name: str, alternate: bool = False) -> str:
+    """The environment's own broker user (``alternate``: its second, see ``ALT_ENV_USER_PREFIX``). Cluster identities
+    and namespaces hold no dots, so the owner can be read back from it."""
+    return f"{ALT_ENV_USER_PREFIX if alternate else ENV_USER_PREFIX}{cluster}.{namespace}.{name}"
 
 
 def legacy_broker_user_name(namespace: str, name: str) -> str:
@@ -71,8 +74,9 @@ def legacy_broker_user_name(namespace: str, name: str) -> str:
 def owner_of_broker_user(user: str) -> str | None:
     """The marker (``cluster/namespace/name``, or a legacy ``namespace/name``) of the MatchEnvironment whose broker
     user ``user`` is, or None for other users."""
-    if user.startswith(ENV_USER_PREFIX):
-        cluster, _, rest = user.removeprefix(ENV_USER_PREFIX).partition(".")
+    prefix = next((p for p in (ENV_USER_PREFIX, ALT_ENV_USER_PREFIX) if user.startswith(p)), None)
+    if prefix is not None:
+        cluster, _, rest = user.removeprefix(prefix).partition(".")
         namespace, _, name = rest.partition(".")
         return owner_id(cluster, namespace, name) if cluster and namespace and name else None
     if user.startswith(LEGACY_USER_PREFIX):
@@ -154,6 +158,15 @@ class EnvironmentNames:
     @property
     def broker_user(self) -> str:
         return broker_user_name(self.cluster, self.namespace, self.name)
+
+    @property
+    def worker_users(self) -> tuple[str, str]:
+        """The worker's two broker users: a rotation switches from one to the other."""
+        return self.broker_user, broker_user_name(self.cluster, self.namespace, self.name, alternate=True)
+
+    def other_worker_user(self, user: str) -> str:
+        first, second = self.worker_users
+        return second if user == first else first
 
     @property
     def legacy_users(self) -> tuple[str, str]:

@@ -88,6 +88,43 @@ def test_a_teams_own_broker_password_is_used_and_its_change_followed_without_a_l
     kubectl.run("delete", "menv", "vault", "--timeout=90s", timeout=120)
 
 
+def test_a_password_rotated_every_minute_under_load_loses_nothing_and_no_worker_is_refused(
+        pipeline: Pipeline) -> None:
+    kubectl = pipeline.kubectl
+    pipeline.apply("rotating", broker={"rotateEvery": "60s"}, deletionPolicy="Delete",
+                   workers={"image": "matchenv:0.1.0", "replicas": 2})
+    pipeline.wait_ready("rotating")
+    first = kubectl.get_json("menv", "rotating")["status"]["credentials"]
+    broker_log = pipeline.rabbitmq.log_file
+    seen_before = broker_log.stat().st_size if broker_log.exists() else 0
+    # 3,000 matches to this environment only, 10 a second: five minutes, four or five rotations
+    result = pipeline.scrape("--synthetic", "3000", "--start", "9000", "--queue", "matches.rotating",
+                             "--max-rate", "10", timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert "confirmed 3000" in result.stdout
+    wait_for(lambda: pipeline.rows("rotating") == 3000, timeout=180, what="3,000 rows in rotating")
+    assert pipeline.duplicates("rotating") == 0
+    events = kubectl.get_json("events", "--field-selector", "involvedObject.name=rotating")["items"]
+    reasons = [e["reason"] for e in events for _ in range(e.get("count") or 1)]
+    print(f"\nrotations {reasons.count('BrokerCredentialsRotated')}, previous users removed "
+          f"{reasons.count('BrokerUserRetired')}")
+    assert reasons.count("BrokerCredentialsRotated") >= 4
+    assert reasons.count("BrokerUserRetired") >= 3
+    # the broker refused no login of this environment's users meanwhile
+    with broker_log.open("rb") as log:
+        log.seek(seen_before)
+        refused = [line for line in log.read().decode(errors="replace").splitlines()
+                   if "default.rotating" in line and ("refused" in line or "invalid credentials" in line)]
+    assert refused == []
+    now = kubectl.get_json("menv", "rotating")["status"]["credentials"]
+    assert now["rotatedAt"] > first["rotatedAt"]
+    users = {u.name for u in pipeline.broker.list_users()}
+    assert now["user"] in users
+    assert now.get("previousUser") in (None, *users)
+    kubectl.run("delete", "menv", "rotating", "--timeout=90s", timeout=120)
+    assert not {u for u in (u.name for u in pipeline.broker.list_users()) if u.endswith(".default.rotating")}
+
+
 def test_deleted_environment_gets_nothing_more(pipeline: Pipeline) -> None:
     pipeline.kubectl.run("delete", "menv", "dev", "--timeout=90s", timeout=120)
     assert pipeline.queue_depth("matches.dev") is None  # deletionPolicy: Delete

@@ -113,7 +113,11 @@ def test_credentials_repair_and_rotate_with_no_message_lost(pipeline: Pipeline) 
     revisions = {r["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
                  for r in pipeline.kubectl.get_json("replicasets", "-l", "matchenv.io/environment=rot")["items"]}
     assert len(revisions) >= 2  # the workers were rolled onto the new Secret
-    assert not _can_connect(url)  # the old password is refused
+    # the previous user goes once no worker pod runs with it: then the old URL is refused
+    wait_for(lambda: not _can_connect(url), timeout=2 * pipeline.resync_seconds + 30, what="the previous user removed")
+    credentials = wait_for(lambda: (c := pipeline.kubectl.get_json("menv", "rot")["status"]["credentials"])
+                           .get("previousUser") is None and c, timeout=15, what="status without a previous user")
+    assert credentials["user"] == secret_value(pipeline.kubectl, "default", "rot-broker", "username") != user
     assert _can_connect(pipeline.broker_url_from_host(secret_value(pipeline.kubectl, "default", "rot-broker", "url")))
     pipeline.kubectl.run("delete", "menv", "rot", "--timeout=120s", timeout=150)
 

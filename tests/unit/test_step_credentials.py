@@ -4,10 +4,16 @@ minted from a stale read, and a Secret someone else made left alone."""
 from __future__ import annotations
 
 import base64
+import copy
+import datetime as dt
 from typing import Any
 
+from matchenv.naming import EnvironmentNames
+from matchenv.operator.status import parse_rfc3339
 from matchenv.operator.steps.credentials import ROTATE_ANNOTATION
 from tests.unit.world import World
+
+NAMES = EnvironmentNames("c1", "default", "prod", "matches.prod")
 
 
 def test_a_password_changed_on_the_broker_is_put_back(world: World) -> None:
@@ -33,21 +39,65 @@ def test_a_secret_whose_password_the_user_never_got_converges(world: World) -> N
     assert world.broker.users["matchenv-env.c1.default.prod"].has_password("minted-meanwhile")
 
 
-def test_rotation_issues_a_new_password_once_and_rolls_the_workers(world: World) -> None:
+def test_rotation_switches_to_the_other_user_and_removes_the_previous_once_no_pod_runs_with_it(
+        world: World) -> None:
     world.add("prod")
     world.converge("prod")
+    first, second = "matchenv-env.c1.default.prod", "matchenv-env-b.c1.default.prod"
     old = world.password("prod")
-    template = world.kube.deployments[("default", "prod-workers")]["spec"]["template"]
+    template = copy.deepcopy(world.kube.deployments[("default", "prod-workers")]["spec"]["template"])
+    old_hash = template["metadata"]["annotations"]["matchenv.io/secrets-hash"]
+    # two pods still of the last template while the new one rolls out
+    pods = [{"metadata": {"name": f"prod-workers-old-{i}", "annotations": {"matchenv.io/secrets-hash": old_hash}}}
+            for i in range(2)]
+    world.kube.worker_pods[("default", NAMES.selector)] = pods
     world.kube.environments[("default", "prod")]["metadata"]["annotations"][ROTATE_ANNOTATION] = "2026-11-23"
     world.converge("prod")
     new = world.password("prod")
     assert new != old
-    user = world.broker.users["matchenv-env.c1.default.prod"]
-    assert user.has_password(new)
-    assert not user.has_password(old)
+    secret = world.kube.secrets[("default", "prod-broker")]
+    assert base64.b64decode(secret["data"]["username"]).decode() == second
+    assert world.broker.users[second].has_password(new)
+    assert world.broker.users[first].has_password(old)  # the running pods' user still works
+    rights = {u: (p.configure, p.write, p.read) for (u, vhost), p in world.broker.permissions.items() if vhost == "/"}
+    assert rights[second] == rights[first]  # the same least privilege
     assert world.kube.deployments[("default", "prod-workers")]["spec"]["template"] != template
+    credentials = world.status("prod")["credentials"]
+    assert (credentials["user"], credentials["previousUser"]) == (second, first)
     world.converge("prod")
+    assert first in world.broker.users  # still a pod of the last template
     assert world.password("prod") == new  # the same annotation value rotates once
+    # asked again meanwhile: it waits until the previous user is gone (switching back would change its password)
+    world.kube.environments[("default", "prod")]["metadata"]["annotations"][ROTATE_ANNOTATION] = "2026-11-24"
+    world.converge("prod")
+    assert world.password("prod") == new
+    del world.kube.worker_pods[("default", NAMES.selector)]  # rolled out: every pod of the new template
+    world.converge("prod")
+    assert first not in world.broker.users
+    assert "BrokerUserRetired" in [e[1] for e in world.kube.events]
+    assert world.status("prod")["credentials"].get("previousUser") is None
+    world.converge("prod")  # now the waiting request: back to the first user, with a new password
+    assert base64.b64decode(world.kube.secrets[("default", "prod-broker")]["data"]["username"]).decode() == first
+    assert world.password("prod") not in (old, new)
+
+
+def test_rotate_every_rotates_when_due_counted_from_the_last(world: World) -> None:
+    world.add("prod", broker={"rotateEvery": "60s"})
+    world.converge("prod")
+    first = world.password("prod")
+    credentials = world.status("prod")["credentials"]
+    rotated_at = parse_rfc3339(credentials["rotatedAt"])
+    due = parse_rfc3339(credentials["nextRotationAt"])
+    assert rotated_at is not None
+    assert due == rotated_at + dt.timedelta(seconds=60)
+    world.converge("prod")
+    assert world.password("prod") == first  # not due yet
+    secret = world.kube.secrets[("default", "prod-broker")]
+    secret["metadata"]["annotations"]["matchenv.io/rotated-at"] = "2026-01-01T00:00:00Z"  # a minute ago and more
+    world.converge("prod")
+    assert world.password("prod") != first
+    assert world.status("prod")["credentials"]["user"] == "matchenv-env-b.c1.default.prod"
+    assert parse_rfc3339(world.status("prod")["credentials"]["nextRotationAt"]) > dt.datetime.now(dt.UTC)
 
 
 def test_a_pass_reading_a_stale_secret_list_never_mints_again(world: World) -> None:
@@ -88,15 +138,15 @@ def test_the_step_mints_once_keeps_and_rotates_on_request(world: World) -> None:
 
     world.add("prod")
     conn = BrokerConnection("amqp://rabbitmq:5672", "http://rabbitmq:15672", "admin", "admin-pw")
-    minted = ensure_credentials(world.services, world.context("prod"), conn, None, {})
+    minted, _ = ensure_credentials(world.services, world.context("prod"), conn, None, {})
     assert minted["username"] == "matchenv-env.c1.default.prod"
     assert len(minted["password"]) >= 24
     assert world.password("prod") == minted["password"]
     secret = world.kube.get_secret("default", "prod-broker")
-    assert ensure_credentials(world.services, world.context("prod"), conn, secret, minted) == minted
+    assert ensure_credentials(world.services, world.context("prod"), conn, secret, minted)[0] == minted
     assert world.kube.writes["secret"] == 1  # kept: nothing written
     world.kube.environments[("default", "prod")]["metadata"]["annotations"] = {ROTATE_ANNOTATION: "2026-12-02"}
-    rotated = ensure_credentials(world.services, world.context("prod"), conn, secret, minted)
+    rotated, _ = ensure_credentials(world.services, world.context("prod"), conn, secret, minted)
     assert rotated["password"] != minted["password"]
     assert world.password("prod") == rotated["password"]
     assert [e[1] for e in world.kube.events] == ["BrokerSecretCreated", "BrokerCredentialsRotated"]

@@ -40,9 +40,11 @@ def owner_reference(name: str, uid: str) -> Obj:
 
 
 def build_broker_secret(names: EnvironmentNames, owner: Obj, broker_url: str, password: str, vhost: str,
-                        annotations: dict[str, str] | None = None) -> Obj:
-    """Secret ``<env>-broker``: the worker's AMQP URL with its own least-privilege user."""
-    url = worker_amqp_url(broker_url, names.broker_user, password, vhost)
+                        annotations: dict[str, str] | None = None, user: str = "") -> Obj:
+    """Secret ``<env>-broker``: the worker's AMQP URL with its own least-privilege user (``user``: which of its two;
+    "" the first)."""
+    user = user or names.broker_user
+    url = worker_amqp_url(broker_url, user, password, vhost)
     metadata: Obj = {
         "name": names.broker_secret,
         "namespace": names.namespace,
@@ -56,7 +58,7 @@ def build_broker_secret(names: EnvironmentNames, owner: Obj, broker_url: str, pa
         "kind": "Secret",
         "metadata": metadata,
         "type": "Opaque",
-        "stringData": {c.WORKER_SECRET_URL: url, c.WORKER_SECRET_USERNAME: names.broker_user,
+        "stringData": {c.WORKER_SECRET_URL: url, c.WORKER_SECRET_USERNAME: user,
                        c.WORKER_SECRET_PASSWORD: password},
     }
 

@@ -9,6 +9,7 @@ parsed :class:`~matchenv.operator.context.Context`::
     topology     bounds, ownership, the worker's credentials, the broker objects, the archive
     autoscaling  the worker count from the backlog (skipped while the topology is refused)
     workers      the worker Deployment
+    rotation     a rotation's previous broker user removed, once no worker pod runs with it
     backfill     the backfill Job and a pause's catch-up Job (skipped while the topology is refused)
     deadletters  spec.deadLetterRequest, carried out once per id with the operator's broker credentials
     status       what they saw, written when it changed
@@ -47,6 +48,7 @@ from matchenv.operator.steps.autoscaling import autoscale
 from matchenv.operator.steps.backfill import run_backfill, run_catch_up
 from matchenv.operator.steps.deadletters import carry_out
 from matchenv.operator.steps.expiry import expire_if_due
+from matchenv.operator.steps.rotation import retire_previous_user
 from matchenv.operator.steps.status import invalid_spec_status, write_status
 from matchenv.operator.steps.topology import converge_topology
 from matchenv.operator.steps.workers import converge_workers, observe_workers
@@ -139,12 +141,13 @@ class Reconciler:
             topology = converge_topology(s, ctx)
             autoscaling = None if topology.refused else autoscale(s, ctx, topology.observation, topology.probe_url)
             workers, worker_problem = converge_workers(s, ctx, topology)
+            credentials = retire_previous_user(s, ctx, topology)
             backfill = None if topology.refused else run_backfill(s, ctx, topology)
             catch_up = None if topology.refused else run_catch_up(s, ctx, topology)
             exists = topology.observation is not None and topology.observation.exists and not topology.refused
             dead_letters = carry_out(s, ctx, topology.probe_url if exists else None)
             status = write_status(s, ctx, topology, workers, worker_problem, autoscaling, backfill, expires,
-                                  dead_letters, catch_up)
+                                  dead_letters, catch_up, credentials)
             said = self._announced.get(ctx.uid)
             if said == "held" or (said is None and held(ctx.old_status)):
                 self._announced[ctx.uid] = "resumed"

@@ -52,6 +52,7 @@ class Observation:
     dead_letter_request: dict[str, Any] | None = None  # status.deadLetterRequest, None: removed
     pause: dict[str, Any] | None = None  # status.pause, None: removed
     detached: bool = False  # paused in Unbind mode: the queue is to be off the feed
+    credentials: dict[str, Any] | None = None  # status.credentials; None: as it was
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -250,6 +251,7 @@ def build_status(seen: Observation, old_status: dict[str, Any] | None, now: str 
         "autoscaling": seen.autoscaling,
         "backfill": replacing(seen.backfill, old_status.get("backfill")),
         "pause": replacing(seen.pause, old_status.get("pause")),
+        "credentials": seen.credentials if seen.credentials is not None else old_status.get("credentials"),
         "expiresAt": seen.expires_at,
         "deadLetterRequest": seen.dead_letter_request,
     }

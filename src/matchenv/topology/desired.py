@@ -89,6 +89,12 @@ class DesiredTopology:
     events: DesiredEvents | None = None  # spec.workers.taskEvents
     events_leftover: bool = False  # no task events wanted, but they were: Flower's user and the exchange go
     detached: bool = False  # paused in Unbind mode: no binding from the feed (the backfill's stays)
+    worker_user: str = ""  # which of the worker's two users the broker Secret names ("": the first)
+
+    @property
+    def user(self) -> str:
+        """The worker's broker user in use (the other one, if it exists, is a rotation's previous)."""
+        return self.worker_user or self.names.broker_user
 
     @property
     def binding_source(self) -> str:
@@ -124,7 +130,7 @@ class DesiredTopology:
                                           *((self.names.events_exchange,) if events else ()),
                                           self.queue.name),  # an exchange of the queue's name: NameReserved
                      (self.names.policy,),
-                     (self.names.broker_user, *((self.names.backfill_user,) if backfill else ()),
+                     (*self.names.worker_users, *((self.names.backfill_user,) if backfill else ()),
                       *((self.names.events_user,) if events else ())),
                      exchange_bindings=subset, legacy_users=self.names.legacy_users)
 

@@ -365,9 +365,9 @@ def check_ownership(desired: DesiredTopology, snapshot: BrokerSnapshot) -> Refus
 
 
 def plan_revoke(desired: DesiredTopology, snapshot: BrokerSnapshot) -> tuple[Action, ...]:
-    """Take back whatever permissions the environment's user holds on its vhost (a refused environment)."""
-    user = desired.names.broker_user
-    return (ClearPermissions(desired.vhost, user),) if (user, desired.vhost) in snapshot.permissions else ()
+    """Take back whatever permissions the environment's users hold on its vhost (a refused environment)."""
+    return tuple(ClearPermissions(desired.vhost, user) for user in desired.names.worker_users
+                 if (user, desired.vhost) in snapshot.permissions)
 
 
 def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: str,
@@ -377,7 +377,7 @@ def plan_converge(desired: DesiredTopology, snapshot: BrokerSnapshot, password: 
 
     A refused environment gets no actions but the removal of any permissions its user holds on the vhost."""
     vhost, q = desired.vhost, desired.queue
-    user = desired.names.broker_user
+    user = desired.user
     refusal = check_ownership(desired, snapshot)
     if refusal is not None:
         return Plan(plan_revoke(desired, snapshot), refusal=refusal)
@@ -622,9 +622,7 @@ def plan_remove(desired: DesiredTopology, snapshot: BrokerSnapshot, delete_queue
     only if the broker finds it empty, with ``if_empty``)."""
     vhost, queue = desired.vhost, desired.queue.name
     actions: list[Action] = []
-    if desired.names.broker_user in snapshot.users:
-        actions.append(DeleteUser(vhost, desired.names.broker_user))
-    for extra in (desired.names.backfill_user, desired.names.events_user):
+    for extra in (*desired.names.worker_users, desired.names.backfill_user, desired.names.events_user):
         if extra in snapshot.users:
             actions.append(DeleteUser(vhost, extra))
     refusal = check_ownership(desired, snapshot)
@@ -648,6 +646,12 @@ def plan_remove(desired: DesiredTopology, snapshot: BrokerSnapshot, delete_queue
     return Plan(tuple(actions))
 
 
+def previous_user(desired: DesiredTopology, snapshot: BrokerSnapshot) -> str | None:
+    """The worker's other user, when it still exists: a rotation's previous, kept while a worker may use it."""
+    other = desired.names.other_worker_user(desired.user)
+    return other if other in snapshot.users else None
+
+
 def plan_release(old: DesiredTopology, snapshot: BrokerSnapshot, delete_queue: bool, drop_user: bool,
                  clear_permissions: bool) -> Plan:
     """Let go of where the environment was before a change of queue name, vhost or broker (``old``): unbind the
@@ -663,10 +667,11 @@ def plan_release(old: DesiredTopology, snapshot: BrokerSnapshot, delete_queue: b
         removal = plan_remove(old, snapshot, delete_queue=delete_queue).actions
         actions += [a for a in removal if not isinstance(a, DeleteUser)]
     if drop_user:
-        actions += [DeleteUser(vhost, user) for user in (old.names.broker_user, old.names.backfill_user,
+        actions += [DeleteUser(vhost, user) for user in (*old.names.worker_users, old.names.backfill_user,
                                                          old.names.events_user) if user in snapshot.users]
-    elif clear_permissions and (old.names.broker_user, vhost) in snapshot.permissions:
-        actions.append(ClearPermissions(vhost, old.names.broker_user))
+    elif clear_permissions:
+        actions += [ClearPermissions(vhost, user) for user in old.names.worker_users
+                    if (user, vhost) in snapshot.permissions]
     return Plan(tuple(actions), refusal=refusal)
 
 

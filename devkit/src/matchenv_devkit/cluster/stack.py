@@ -73,7 +73,8 @@ def clean_broker(broker: ManagementClient) -> None:
         if exchange.name.startswith("matches."):
             broker.delete_exchange(exchange.vhost, exchange.name)
     for user in broker.list_users():
-        if user.name.startswith(("matchenv.", "matchenv-env.", "matchenv-publisher.", "matchenv-backfill.")):
+        if user.name.startswith(("matchenv.", "matchenv-env.", "matchenv-env-b.", "matchenv-publisher.",
+                                 "matchenv-backfill.")):
             broker.delete_user(user.name)
     for policy in broker.list_policies():
         if policy.name.startswith("matchenv."):

@@ -23,8 +23,8 @@ log = logging.getLogger("matchenv.operator")
 def write_status(s: Services, ctx: Context, topology: TopologyOutcome, workers: WorkersObservation,
                  worker_problem: Refusal | None, autoscaling: dict[str, Any] | None = None,
                  backfill: BackfillOutcome | None = None, expires_at: str | None = None,
-                 dead_letter_request: dict[str, Any] | None = None, catch_up: BackfillOutcome | None = None
-                 ) -> Obj:
+                 dead_letter_request: dict[str, Any] | None = None, catch_up: BackfillOutcome | None = None,
+                 credentials: dict[str, Any] | None = None) -> Obj:
     """Build the status from what the steps saw, write it when it changed, and return it."""
     cap = s.length_cap(ctx)
     pause = ctx.pause.status
@@ -48,6 +48,7 @@ def write_status(s: Services, ctx: Context, topology: TopologyOutcome, workers: 
         dead_letter_request=dead_letter_request,
         pause=pause,
         detached=ctx.pause.detached,
+        credentials=credentials,
     )
     old = ctx.old_status
     status = build_status(seen, old)

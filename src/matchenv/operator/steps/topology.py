@@ -20,14 +20,19 @@ from matchenv.connection import (
     read_connection,
     worker_amqp_url,
 )
-from matchenv.contracts import WORKER_SECRET_PASSWORD
+from matchenv.contracts import WORKER_SECRET_PASSWORD, WORKER_SECRET_USERNAME
 from matchenv.naming import LEGACY_LENGTH_CAP_POLICY, length_cap_policy_name
 from matchenv.operator import builders
 from matchenv.operator.context import Context, Services
 from matchenv.operator.errors import broker_error_message, describe, error_reason
 from matchenv.operator.extra_users import SecretNotOwned, extra_user_password
 from matchenv.operator.steps.archive import ensure_archive
-from matchenv.operator.steps.credentials import ensure_credentials, holds_password, team_password
+from matchenv.operator.steps.credentials import (
+    credentials_status,
+    ensure_credentials,
+    holds_password,
+    team_password,
+)
 from matchenv.operator.tenancy import bounds_refusal, not_owned, owned_by, tenant_broker_refusal
 from matchenv.topology.client import BrokerError
 from matchenv.topology.desired import desired_topology
@@ -40,6 +45,7 @@ from matchenv.topology.planner import (
     plan_length_cap,
     plan_release,
     plan_revoke,
+    previous_user,
 )
 
 log = logging.getLogger("matchenv.operator")
@@ -62,6 +68,8 @@ class TopologyOutcome:
     events_secret: str | None = None  # status.eventsSecret to write ("": none); None: keep the one in status
     events_problem: str | None = None  # why Flower's user cannot have its Secret
     probe_url: str | None = None  # the admin's AMQP URL of the queue's vhost, for the backlog probe
+    previous_user: str | None = None  # a rotation's previous worker user, while it exists
+    credentials: dict[str, Any] | None = None  # status.credentials; None: as it was
 
     @property
     def refused(self) -> bool:
@@ -111,11 +119,17 @@ def _converge_broker(s: Services, ctx: Context, conn: BrokerConnection, secret: 
     if outcome.refusal is not None:
         s.apply(ctx, client, plan_revoke(ctx.desired, snapshot))  # no access to what is not ours
         return
-    outcome.secret_data = ensure_credentials(s, ctx, conn, secret, outcome.secret_data, given)
+    names = ctx.names
+    in_use = outcome.secret_data.get(WORKER_SECRET_USERNAME, "")
+    other = names.other_worker_user(in_use if in_use in names.worker_users else names.broker_user)
+    outcome.secret_data, secret = ensure_credentials(s, ctx, conn, secret, outcome.secret_data, given,
+                                                     previous=other if other in snapshot.users else None)
     outcome.probe_url = worker_amqp_url(conn.url, conn.username, conn.password, ctx.desired.vhost)
     password = outcome.secret_data[WORKER_SECRET_PASSWORD]
     backfill_password = ""
-    desired = ctx.desired
+    desired = dataclasses.replace(ctx.desired, worker_user=outcome.secret_data[WORKER_SECRET_USERNAME])
+    outcome.previous_user = previous_user(desired, snapshot)
+    outcome.credentials = credentials_status(ctx, secret, outcome.secret_data, outcome.previous_user)
     if desired.backfill is not None:
         try:
             backfill_password = s.backfills.password(ctx.env, ctx.names, ctx.owner_reference, conn.url,
