@@ -100,19 +100,22 @@ def next_rotation(ctx: Context, secret: Obj | None) -> dt.datetime | None:
     """When spec.broker.rotateEvery next rotates the password (counted from the last rotation, else from the
     Secret's creation); None without it."""
     every = ctx.spec.broker.rotate_every
-    if every is None or ctx.spec.broker.password_secret_ref is not None or secret is None:
+    if every is None or ctx.spec.broker.password_secret_ref is not None:
         return None
-    meta = secret.get("metadata") or {}
-    since = parse_rfc3339((meta.get("annotations") or {}).get(ROTATED_AT_ANNOTATION)) or \
-        parse_rfc3339(meta.get("creationTimestamp"))
+    since = parse_rfc3339(password_set_at(secret))
     return None if since is None else since + dt.timedelta(seconds=duration_seconds(every))
+
+
+def password_set_at(secret: Obj | None) -> str | None:
+    """When the Secret's password was set: its last rotation, else its creation (RFC 3339, as the API server
+    writes it)."""
+    meta = (secret or {}).get("metadata") or {}
+    return (meta.get("annotations") or {}).get(ROTATED_AT_ANNOTATION) or meta.get("creationTimestamp")
 
 
 def credentials_status(ctx: Context, secret: Obj | None, data: dict[str, str], previous: str | None) -> Obj:
     """status.credentials: the user the Secret names, when its password was set, the next rotation, and the previous
     user while it stays."""
-    meta = (secret or {}).get("metadata") or {}
-    since = (meta.get("annotations") or {}).get(ROTATED_AT_ANNOTATION) or meta.get("creationTimestamp")
     due = next_rotation(ctx, secret)
-    return {"user": data.get(WORKER_SECRET_USERNAME), "rotatedAt": since,
+    return {"user": data.get(WORKER_SECRET_USERNAME), "rotatedAt": password_set_at(secret),
             "nextRotationAt": rfc3339(due) if due is not None else None, "previousUser": previous}
