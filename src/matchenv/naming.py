@@ -164,6 +164,10 @@ class EnvironmentNames:
         """The worker's two broker users: a rotation switches from one to the other."""
         return self.broker_user, broker_user_name(self.cluster, self.namespace, self.name, alternate=True)
 
+    def worker_user_named(self, username: str) -> str:
+        """Which of the worker's two users a Secret's ``username`` is (anything else, or none: the first)."""
+        return username if username in self.worker_users else self.broker_user
+
     def other_worker_user(self, user: str) -> str:
         first, second = self.worker_users
         return second if user == first else first

@@ -16,10 +16,10 @@ def run_backfill(s: Services, ctx: Context, topology: TopologyOutcome) -> Backfi
     that refuses the Job is reported (``BackfillFailed``), not raised."""
     if ctx.spec.backfill is None and not ctx.old_status.get("backfill"):
         return None
-    bound = topology.observation is not None and topology.observation.bound and not topology.problems
     try:
         return s.backfills.converge(ctx.env, ctx.spec, ctx.names, ctx.owner_reference,
-                                    archive_name(ctx.spec.exchange.name), bound, topology.backfill_published,
+                                    archive_name(ctx.spec.exchange.name), _bound(topology),
+                                    topology.backfill_published,
                                     topology.archive_problem, topology.backfill_problem)
     except ApiException as exc:
         message = f"cannot run the backfill Job: {exc.status} {exc.reason}"
@@ -33,14 +33,18 @@ def run_catch_up(s: Services, ctx: Context, topology: TopologyOutcome) -> Backfi
     last = (plan.status or {}).get("catchUp")
     if plan.catch_up is None:
         return None if not last else BackfillOutcome(last, True, "Completed", str(last.get("message") or ""))
-    bound = topology.observation is not None and topology.observation.bound and not topology.problems
     # the replay exchange's count is this catch-up's only while no spec.backfill shares it
     delivered = topology.backfill_published if ctx.spec.backfill is None else None
     try:
         return s.backfills.catch_up(ctx.env, ctx.spec, ctx.names, ctx.owner_reference,
-                                    archive_name(ctx.spec.exchange.name), plan.catch_up, bound, plan.detached,
-                                    delivered, topology.archive_problem, topology.backfill_problem)
+                                    archive_name(ctx.spec.exchange.name), plan.catch_up, _bound(topology),
+                                    plan.detached, delivered, topology.archive_problem, topology.backfill_problem)
     except ApiException as exc:
         message = f"cannot run the catch-up Job: {exc.status} {exc.reason}"
         s.event(ctx.env, "CatchUpFailed", message, "Warning")
         return BackfillOutcome(plan.catch_up, False, "BackfillFailed", message)
+
+
+def _bound(topology: TopologyOutcome) -> bool:
+    """Whether the queue is bound as its spec asks and the broker holds nothing in the way: a replay may start."""
+    return topology.observation is not None and topology.observation.bound and not topology.problems

@@ -60,8 +60,7 @@ def ensure_credentials(s: Services, ctx: Context, conn: BrokerConnection, secret
     annotations = dict(((secret or {}).get("metadata") or {}).get("annotations") or {})
     rotated_for = annotations.get(ROTATED_ANNOTATION) or ""
     password = current.get(WORKER_SECRET_PASSWORD) or ""
-    user = current.get(WORKER_SECRET_USERNAME, "")
-    user = user if user in names.worker_users else names.broker_user
+    user = names.worker_user_named(current.get(WORKER_SECRET_USERNAME, ""))
     now = dt.datetime.now(dt.UTC)
     due = next_rotation(ctx, secret)
     asked = given is None and bool(password) and (rotation != rotated_for or (due is not None and due <= now))

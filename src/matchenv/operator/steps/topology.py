@@ -120,8 +120,7 @@ def _converge_broker(s: Services, ctx: Context, conn: BrokerConnection, secret: 
         s.apply(ctx, client, plan_revoke(ctx.desired, snapshot))  # no access to what is not ours
         return
     names = ctx.names
-    in_use = outcome.secret_data.get(WORKER_SECRET_USERNAME, "")
-    other = names.other_worker_user(in_use if in_use in names.worker_users else names.broker_user)
+    other = names.other_worker_user(names.worker_user_named(outcome.secret_data.get(WORKER_SECRET_USERNAME, "")))
     outcome.secret_data, secret = ensure_credentials(s, ctx, conn, secret, outcome.secret_data, given,
                                                      previous=other if other in snapshot.users else None)
     outcome.probe_url = worker_amqp_url(conn.url, conn.username, conn.password, ctx.desired.vhost)
