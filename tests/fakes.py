@@ -75,6 +75,8 @@ class SimulatedBroker:
         v = scope.vhost
         queues = {k: q for k, q in full.queues.items() if k in {(v, n) for n in scope.queues}}
         exchanges = {k: e for k, e in full.exchanges.items() if k in {(v, n) for n in scope.exchanges}}
+        unclaimed = scope.claimants and any(not q.claimed_by_cluster for q in queues.values())
+        users = {k: u for k, u in full.users.items() if k in scope.users or (k in scope.legacy_users and unclaimed)}
         return BrokerSnapshot(
             queues, exchanges,
             tuple(b for b in full.bindings if ((b.vhost, b.destination) in queues and b.destination_type == "queue")
@@ -82,9 +84,9 @@ class SimulatedBroker:
                   and (b.vhost, b.destination) in exchanges)
                   or (b.vhost == v and b.source in scope.source_bindings)),
             {k: p for k, p in full.policies.items() if k in {(v, n) for n in scope.policies}},
-            {k: u for k, u in full.users.items() if k in scope.users or (k in scope.legacy_users and any(
-                not q.claimed_by_cluster for q in queues.values()))},
-            {k: p for k, p in full.permissions.items() if p.vhost == v}, self.version)
+            users,
+            {k: p for k, p in full.permissions.items() if p.vhost == v and (unclaimed or p.user in users)},
+            self.version)
 
     def declare_exchange(self, vhost: str, name: str, type_: str, durable: bool = True,
                          arguments: dict[str, Any] | None = None) -> None:

@@ -605,3 +605,20 @@ def test_a_quorum_queue_without_a_dlq_never_drops_a_message_on_any_rabbitmq(vers
     policy = broker.policies.get(("/", "matchenv.matches.staging"))
     assert (policy.definition.get("delivery-limit") if policy else None) == limit
     assert_converged(broker, want)
+
+
+def test_a_snapshots_binding_lookups_see_only_the_vhost_kind_and_destination_asked_for() -> None:
+    from matchenv.topology.snapshot import Binding, BrokerSnapshot
+
+    bindings = [Binding("/", "matches-fanout", "matches.prod", "queue", "", "~"),
+                Binding("/", "", "matches.prod", "queue", "matches.prod", "matches.prod"),  # the default exchange's
+                Binding("other", "matches-fanout", "matches.prod", "queue", "", "~"),
+                Binding("/", "matches-fanout", "matches.prod", "exchange", "", "~"),
+                Binding("/", "matches-fanout", "matches-fanout.topics", "exchange", "", "~")]
+    snapshot = BrokerSnapshot.build([], [], bindings, [], [], [])
+    assert snapshot.bindings_to("/", "matches.prod") == [bindings[0]]
+    assert snapshot.bindings_to("other", "matches.prod") == [bindings[2]]
+    assert snapshot.bindings_to("/", "matches.dev") == []
+    assert snapshot.exchange_bound("/", "matches-fanout", "matches-fanout.topics")
+    assert not snapshot.exchange_bound("/", "matches.prod", "matches-fanout.topics")
+    assert not snapshot.exchange_bound("other", "matches-fanout", "matches-fanout.topics")

@@ -21,6 +21,7 @@ from matchenv.operator.autoscaler import Autoscaler
 from matchenv.operator.backfills import Backfills, request_digest
 from matchenv.operator.backlog import BacklogProbe
 from matchenv.operator.brokers import BrokerClients
+from matchenv.operator.coalesce import Coalesced
 from matchenv.operator.kube import Kube, Obj
 from matchenv.operator.pause import PausePlan, plan_pause
 from matchenv.operator.settings import OperatorSettings
@@ -116,6 +117,7 @@ class Services:
         self.backfills = Backfills(kube, self.event)
         # (broker key..., vhost, exchange) whose archive is in place, ("max-length", broker key..., vhost) capped
         self.ensured: set[tuple[str, ...]] = set()
+        self.releases = Coalesced()  # the teardowns' checks of whether an archive still has anything to follow
 
     def context(self, env: Obj, prefetched: Prefetched | None) -> Context:
         """``env`` parsed (raises pydantic's ValidationError for a spec the schema let through but the model

@@ -29,6 +29,7 @@ Obj = dict[str, Any]
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 EVENT_BACKLOG = 1000  # events waiting to be sent at most
+EVENT_SENDERS = 4  # threads sending them: a loaded API server answers a create in tens of ms, so one fell behind
 MIN_WRITE_SECONDS = 0.5  # less than this left of the Lease: no write starts
 
 
@@ -93,7 +94,7 @@ class Kube:
         self.coordination = client.CoordinationV1Api(api_client)
         self._events: queue.Queue[Obj] = queue.Queue(maxsize=EVENT_BACKLOG)
         self._events_lock = threading.Lock()
-        self._events_thread: threading.Thread | None = None
+        self._events_threads: list[threading.Thread] = []
 
     def _opts(self) -> dict[str, Any]:
         return {"_request_timeout": self.timeout, "_preload_content": False}
@@ -271,7 +272,8 @@ class Kube:
     def post_event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:
         """A core/v1 Event on the MatchEnvironment (``kubectl describe menv`` shows it). Sent by a thread of its own
         (a converge does not wait for its events: eight of them were ~40 ms of each new environment's
-        TopologyReady); at most ``EVENT_BACKLOG`` wait, beyond that one is dropped and logged."""
+        TopologyReady), ``EVENT_SENDERS`` at once; at most ``EVENT_BACKLOG`` wait, beyond that one is dropped and
+        logged."""
         self.may_write(f"event {reason} on {env['metadata']['name']}")
         meta = env["metadata"]
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -291,10 +293,11 @@ class Kube:
             "reportingComponent": "matchenv-operator",
         }
         with self._events_lock:
-            if self._events_thread is None:
-                self._events_thread = threading.Thread(target=self._send_events, name="matchenv-events",
-                                                       daemon=True)
-                self._events_thread.start()
+            while len(self._events_threads) < EVENT_SENDERS:
+                sender = threading.Thread(target=self._send_events, daemon=True,
+                                          name=f"matchenv-events-{len(self._events_threads)}")
+                sender.start()
+                self._events_threads.append(sender)
         try:
             self._events.put_nowait(body)
         except queue.Full:

@@ -281,7 +281,7 @@ class ManagementClient:
                      for r in (self._get_or_none(f"/api/exchanges/{v}/{_q(name)}/bindings/source") or [])]
         policies = [Policy.from_api(r) for name in scope.policies
                     if (r := self._get_or_none(f"/api/policies/{v}/{_q(name)}")) is not None]
-        unclaimed = any(not q.claimed_by_cluster for q in queues)
+        unclaimed = scope.claimants and any(not q.claimed_by_cluster for q in queues)
         users = [User.from_api(r) for name in scope.users + (scope.legacy_users if unclaimed else ())
                  if (r := self._get_or_none(f"/api/users/{_q(name)}")) is not None]
         if unclaimed:

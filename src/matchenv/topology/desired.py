@@ -259,12 +259,12 @@ class DesiredArchive:
         return "#" if self.exchange_type == "topic" else ""
 
     def scope(self) -> Scope:
-        return Scope(self.vhost, (self.name,), (), (self.policy,), ())
+        return Scope(self.vhost, (self.name,), (), (self.policy,), (), claimants=False)
 
     def release_scope(self) -> Scope:
         """What the release looks at: the archive, and who else the exchange (and its subset exchange) feeds."""
         return Scope(self.vhost, (self.name,), (), (), (),
-                     source_bindings=(self.exchange, subset_exchange_name(self.exchange)))
+                     source_bindings=(self.exchange, subset_exchange_name(self.exchange)), claimants=False)
 
 
 def desired_archive(vhost: str, exchange: str, exchange_type: str, max_age: str, max_bytes: int,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,6 +199,9 @@ class Scope:
     source_bindings: tuple[str, ...] = ()  # exchanges whose own bindings (to queues and exchanges) are read too
     # users named as before the cluster identity: read only where a queue carries no marker or a legacy one
     legacy_users: tuple[str, ...] = ()
+    # whether a queue without a cluster's marker has its claimants read (every permission of the vhost): a plan
+    # about an environment's queues needs them, the archive's (whose stream carries no marker) does not
+    claimants: bool = True
 
 
 @dataclass(frozen=True)
@@ -234,12 +239,19 @@ class BrokerSnapshot:
     def empty(cls) -> BrokerSnapshot:
         return cls.build([], [], [], [], [], [])
 
+    @functools.cached_property
+    def _by_destination(self) -> dict[tuple[str, str, str], list[Binding]]:
+        """The bindings by (vhost, destination type, destination): a pass over thousands of environments looks up
+        each one's bindings in one snapshot of them all, so a scan of the whole tuple each time was quadratic."""
+        index: dict[tuple[str, str, str], list[Binding]] = defaultdict(list)
+        for b in self.bindings:
+            index[(b.vhost, b.destination_type, b.destination)].append(b)
+        return dict(index)
+
     def bindings_to(self, vhost: str, queue: str) -> list[Binding]:
         """Bindings from named exchanges to ``queue`` (the default exchange's implicit binding is left out)."""
-        return [b for b in self.bindings
-                if b.vhost == vhost and b.destination == queue and b.destination_type == "queue" and b.source]
+        return [b for b in self._by_destination.get((vhost, "queue", queue), ()) if b.source]
 
     def exchange_bound(self, vhost: str, source: str, destination: str) -> bool:
         """Whether exchange ``destination`` is bound to exchange ``source``."""
-        return any(b.vhost == vhost and b.source == source and b.destination == destination
-                   and b.destination_type == "exchange" for b in self.bindings)
+        return any(b.source == source for b in self._by_destination.get((vhost, "exchange", destination), ()))

@@ -47,11 +47,21 @@ def ensure_archive(s: Services, ctx: Context, conn: BrokerConnection, client: An
 def release_archive(s: Services, ctx: Context, conn: BrokerConnection, client: Any) -> list[str]:
     """When nothing is bound to an exchange any more (this environment was the last, of any cluster or Secret), the
     archive stops following it (and keeps what it holds): with no environment bound, a publish is reported
-    unroutable, as it should be. Returns what was done (the teardown says it in its own Event)."""
+    unroutable, as it should be. Returns what was done (the teardown says it in its own Event); nothing when a
+    check of the same exchange was under way (that one checks again after it, for this teardown)."""
     if s.settings.archive == "off":
         return []
     archive = archive_of(s, ctx)
-    plan = plan_archive_detach(archive, client.snapshot(archive.release_scope()))
-    if plan.actions:
-        s.ensured.discard((*conn.key, archive.vhost, archive.exchange))
-    return s.apply(ctx, client, plan.actions, announce=False)
+    key = (*conn.key, archive.vhost, archive.exchange)
+    done: list[str] = []
+
+    def check() -> None:
+        plan = plan_archive_detach(archive, client.snapshot(archive.release_scope()))
+        if plan.actions:
+            s.ensured.discard(key)
+        done.extend(s.apply(ctx, client, plan.actions, announce=False))
+
+    # one check of an exchange at a time: each reads every binding of it, so 2,000 teardowns at once each making
+    # their own was quadratic; one under way checks again for those who asked meanwhile
+    s.releases.run(key, check)
+    return done
