@@ -197,6 +197,7 @@ class FakeKube:
         self.worker_pods: dict[tuple[str, str], list[Obj]] = {}  # (namespace, label selector) → pods
         self.pod_events: list[Obj] = []  # the kubelet's events about pods
         self.writes: Counter[str] = Counter()
+        self.reads: Counter[str] = Counter()  # reads of one object, by kind
         self.refuse_deployments: str | None = None  # a message: apply_deployment answers 422 with it
         self._rv = 0
 
@@ -220,6 +221,7 @@ class FakeKube:
         return copy.deepcopy(self.environments[(namespace, name)])
 
     def get_environment(self, namespace: str, name: str) -> Obj | None:
+        self.reads["environment"] += 1
         found = self.environments.get((namespace, name))
         return copy.deepcopy(found) if found else None
 

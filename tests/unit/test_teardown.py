@@ -84,3 +84,20 @@ def test_a_deletion_that_ends_at_once_says_what_it_did_in_one_event_and_writes_n
                  "deleted Secret prod-broker", "kept queue matches.prod and its messages (deletionPolicy Retain)"):
         assert part in message
     assert (world.kube.environment("default", "prod").get("status") or {}).get("phase") == statuses.get("phase")
+
+
+def test_what_a_teardown_removes_meanwhile_is_not_repaired(world: World) -> None:
+    from matchenv.operator.drift import Changed
+
+    world.add("prod", deletionPolicy="Delete")
+    world.converge("prod")
+    env = world.kube.environment("default", "prod")
+    uid = env["metadata"]["uid"]
+    with pytest.raises(TeardownIncomplete):
+        world.reconciler.teardown(env)  # unbound; waits for its workers
+    # the broker says the binding went, and the Deployment the teardown deleted moved: neither is drift
+    assert world.reconciler.owner_of(Changed("queue", "/", "matches.prod")) is None
+    reads = world.kube.reads["environment"]
+    assert world.reconciler.repair("default", "prod", uid=uid) is None
+    assert world.kube.reads["environment"] == reads  # not even a read of the environment
+    assert not any(b.destination == "matches.prod" and b.source == "matches-fanout" for b in world.broker.bindings)

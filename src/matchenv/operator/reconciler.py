@@ -183,8 +183,10 @@ class Reconciler:
         with self._lock(env["metadata"]["uid"]):
             ctx = self.services.context(env, None)
             self._torn_down[ctx.uid] = None
-            done = teardown(self.services, ctx, self.stop_wait)
+            # what the teardown removes is not drift: the broker's events of it repair nothing (each was a read
+            # of the environment, several per teardown, when 2,000 went at once)
             self._owners.forget(ctx.uid)
+            done = teardown(self.services, ctx, self.stop_wait)
             self._announced.pop(ctx.uid, None)
             self.environments.forget(ctx.namespace, ctx.name)
             self._converged_at.pop(ctx.uid, None)
@@ -223,6 +225,8 @@ class Reconciler:
     def repair(self, namespace: str, name: str, uid: str | None = None) -> Obj | None:
         """Converge one environment now (a broker event said something of it went, or its Deployment moved);
         nothing when it is gone, being deleted, or (``uid``) no longer the object that asked."""
+        if uid is not None and uid in self._torn_down:  # its own teardown moved it (a Deployment it deleted)
+            return None
         env = self._current(namespace, name, uid)
         return None if env is None else self.converge(env)
 
