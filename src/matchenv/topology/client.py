@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import requests
@@ -27,6 +27,7 @@ DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds th
 # and the operator's memory limit is 384 MiB (a broker of 20,000 queues answers /api/queues in about 6 MiB)
 MAX_BODY = 16 * 1024 * 1024
 MAX_ERROR_TEXT = 300
+T = TypeVar("T")
 PARALLEL_CALLS = 8  # management calls in flight at once per broker (the converge pool runs up to 8 at once)
 QUEUE_COLUMNS = (
     "name,vhost,type,durable,arguments,messages,messages_ready,messages_unacknowledged,consumers,policy,"
@@ -70,6 +71,10 @@ def _session() -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+def _call(call: Callable[[], T]) -> T:
+    return call()
 
 
 def _q(part: str) -> str:
@@ -313,11 +318,18 @@ class ManagementClient:
             return None
 
     def _get_all(self, paths: list[str]) -> list[Any]:
-        """Each of ``paths`` as :meth:`_get_or_none`, side by side (each call keeps its own deadline); the first
-        error is raised once all have ended."""
+        """Each of ``paths`` as :meth:`_get_or_none`, side by side; the first error is raised once all have
+        ended."""
         if len(paths) <= 1:
             return [self._get_or_none(p) for p in paths]
         futures = [self._fan.submit(carrying(self._get_or_none), p) for p in paths]
+        wait(futures)
+        return [f.result() for f in futures]
+
+    def side_by_side(self, calls: list[Callable[[], T]]) -> list[T]:
+        """What each of ``calls`` (of this client) returns, run side by side (each call keeps its own deadline):
+        a plan's neighbours of one stage (:func:`matchenv.topology.applier.apply_plan`)."""
+        futures = [self._fan.submit(carrying(_call), call) for call in calls]
         wait(futures)
         return [f.result() for f in futures]
 
