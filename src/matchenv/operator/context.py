@@ -196,8 +196,7 @@ class Services:
         the caller says it itself (``announce=False``)."""
         done: list[str] = []
         try:
-            return apply_plan(client, Plan(actions), self._guard, done.append,
-                              side_by_side=getattr(client, "side_by_side", None))
+            return apply_plan(client, Plan(actions), self._guard, done.append)
         finally:
             if done and announce:
                 self.event(ctx.env, "BrokerChanged", "; ".join(done))

@@ -11,23 +11,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import requests
 
 from matchenv.contracts import split_urls
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
-from matchenv.topology.tally import carrying, count_call
+from matchenv.topology.tally import count_call
 
 DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds the whole call
 # a management answer larger than this is refused, not read into memory: parsed, JSON takes several times its size,
 # and the operator's memory limit is 384 MiB (a broker of 20,000 queues answers /api/queues in about 6 MiB)
 MAX_BODY = 16 * 1024 * 1024
 MAX_ERROR_TEXT = 300
-T = TypeVar("T")
 PARALLEL_CALLS = 8  # management calls in flight at once per broker (the converge pool runs up to 8 at once)
 QUEUE_COLUMNS = (
     "name,vhost,type,durable,arguments,messages,messages_ready,messages_unacknowledged,consumers,policy,"
@@ -73,10 +72,6 @@ def _session() -> requests.Session:
     return session
 
 
-def _call(call: Callable[[], T]) -> T:
-    return call()
-
-
 def _q(part: str) -> str:
     return quote(part, safe="")
 
@@ -110,12 +105,9 @@ class ManagementClient:
         # server that trickles its headers (requests' timeouts are per socket read); several, because the handlers
         # converge environments in parallel (one thread made every converge wait for the others' calls)
         self._runner = ThreadPoolExecutor(max_workers=PARALLEL_CALLS, thread_name_prefix="management")
-        # the reads of one snapshot, side by side; each waits for its call on a runner thread above
-        self._fan = ThreadPoolExecutor(max_workers=PARALLEL_CALLS, thread_name_prefix="management-reads")
 
     def close(self) -> None:
         self._runner.shutdown(wait=False)
-        self._fan.shutdown(wait=False)
         self.session.close()
 
     def _abandon(self) -> None:
@@ -275,39 +267,31 @@ class ManagementClient:
         )
 
     def _scoped(self, scope: Scope) -> BrokerSnapshot:
-        """What ``scope`` names, in two rounds of GETs side by side (what exists, then what hangs on it): a new
-        environment's ~8 reads one after the other were a tenth of its apply -> TopologyReady."""
         v = _q(scope.vhost)
-        paths = [*(f"/api/queues/{v}/{_q(n)}" for n in scope.queues),
-                 *(f"/api/exchanges/{v}/{_q(n)}" for n in scope.exchanges),
-                 *(f"/api/exchanges/{v}/{_q(n)}/bindings/source" for n in scope.source_bindings),
-                 *(f"/api/policies/{v}/{_q(n)}" for n in scope.policies),
-                 *(f"/api/users/{_q(n)}" for n in scope.users)]
-        rows = iter(self._get_all(paths))
-        queues = [Queue.from_api(r) for _ in scope.queues if (r := next(rows)) is not None]
-        exchanges = [Exchange.from_api(r) for _ in scope.exchanges if (r := next(rows)) is not None]
-        sourced = [Binding.from_api(r) for _ in scope.source_bindings for r in (next(rows) or [])]
-        policies = [Policy.from_api(r) for _ in scope.policies if (r := next(rows)) is not None]
-        users = [User.from_api(r) for _ in scope.users if (r := next(rows)) is not None]
+        queues = [Queue.from_api(r) for name in scope.queues
+                  if (r := self._get_or_none(f"/api/queues/{v}/{_q(name)}")) is not None]
+        bindings = [Binding.from_api(r) for q in queues
+                    for r in self._request("GET", f"/api/queues/{v}/{_q(q.name)}/bindings") or []]
+        exchanges = [Exchange.from_api(r) for name in scope.exchanges
+                     if (r := self._get_or_none(f"/api/exchanges/{v}/{_q(name)}")) is not None]
         present = {e.name for e in exchanges}
-        # a queue without a cluster's marker (adopted, or declared by an older version): its claimant is whoever's
-        # permissions read exactly it, so every permission of the vhost is needed (rare: the marker is usual)
+        bindings += [Binding.from_api(r) for name in scope.exchange_bindings if name in present
+                     for r in self._request("GET", f"/api/exchanges/{v}/{_q(name)}/bindings/destination") or []]
+        bindings += [Binding.from_api(r) for name in scope.source_bindings
+                     for r in (self._get_or_none(f"/api/exchanges/{v}/{_q(name)}/bindings/source") or [])]
+        policies = [Policy.from_api(r) for name in scope.policies
+                    if (r := self._get_or_none(f"/api/policies/{v}/{_q(name)}")) is not None]
         unclaimed = scope.claimants and any(not q.claimed_by_cluster for q in queues)
-        legacy = scope.legacy_users if unclaimed else ()
-        hanging = [*(f"/api/queues/{v}/{_q(q.name)}/bindings" for q in queues),
-                   *(f"/api/exchanges/{v}/{_q(n)}/bindings/destination" for n in scope.exchange_bindings
-                     if n in present),
-                   *(f"/api/users/{_q(n)}" for n in legacy),
-                   *([f"/api/vhosts/{v}/permissions"] if unclaimed else
-                     [f"/api/permissions/{v}/{_q(u.name)}" for u in users])]
-        rows = iter(self._get_all(hanging))
-        bindings = [Binding.from_api(r) for _ in queues for r in (next(rows) or [])]
-        bindings += [Binding.from_api(r) for n in scope.exchange_bindings if n in present for r in (next(rows) or [])]
-        bindings += sourced
-        legacy_found = [User.from_api(r) for _ in legacy if (r := next(rows)) is not None]
-        granted = (next(rows) or []) if unclaimed else [r for _ in users if (r := next(rows)) is not None]
-        users += legacy_found
-        permissions = [Permission.from_api(r) for r in granted]
+        users = [User.from_api(r) for name in scope.users + (scope.legacy_users if unclaimed else ())
+                 if (r := self._get_or_none(f"/api/users/{_q(name)}")) is not None]
+        if unclaimed:
+            # a queue without a cluster's marker (adopted, or declared by an older version): its claimant is
+            # whoever's permissions read exactly it, so every permission of the vhost is needed (rare: the marker
+            # is usual)
+            rows = self._get_or_none(f"/api/vhosts/{v}/permissions") or []
+        else:
+            rows = [r for u in users if (r := self._get_or_none(f"/api/permissions/{v}/{_q(u.name)}")) is not None]
+        permissions = [Permission.from_api(r) for r in rows]
         return BrokerSnapshot.build(queues, exchanges, bindings, policies, users, permissions,
                                     version=self.server_version())
 
@@ -316,22 +300,6 @@ class ManagementClient:
             return self._request("GET", path)
         except BrokerNotFound:
             return None
-
-    def _get_all(self, paths: list[str]) -> list[Any]:
-        """Each of ``paths`` as :meth:`_get_or_none`, side by side; the first error is raised once all have
-        ended."""
-        if len(paths) <= 1:
-            return [self._get_or_none(p) for p in paths]
-        futures = [self._fan.submit(carrying(self._get_or_none), p) for p in paths]
-        wait(futures)
-        return [f.result() for f in futures]
-
-    def side_by_side(self, calls: list[Callable[[], T]]) -> list[T]:
-        """What each of ``calls`` (of this client) returns, run side by side (each call keeps its own deadline):
-        a plan's neighbours of one stage (:func:`matchenv.topology.applier.apply_plan`)."""
-        futures = [self._fan.submit(carrying(_call), call) for call in calls]
-        wait(futures)
-        return [f.result() for f in futures]
 
     # -- writes ----------------------------------------------------------------------------------------------
     def put_vhost(self, name: str) -> None:

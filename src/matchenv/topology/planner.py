@@ -64,9 +64,6 @@ class Action:
     vhost: str
     # a removal: done when what it removes is gone already (another converge, a teardown beside it, a person)
     removal: ClassVar[bool] = False
-    # actions of one stage next to each other in a plan depend on none of the others: they may run side by side
-    # (declares, then bindings); None: on its own, in order
-    stage: ClassVar[str | None] = None
 
     def apply(self, broker: Broker) -> None:
         raise NotImplementedError
@@ -77,7 +74,6 @@ class Action:
 
 @dataclass(frozen=True)
 class DeclareExchange(Action):
-    stage: ClassVar[str | None] = "declare"
     name: str
     type: str
     owner: str = ""  # the ownership marker of an exchange one environment owns (its dead-letter exchange)
@@ -104,7 +100,6 @@ class DeleteExchange(Action):
 
 @dataclass(frozen=True)
 class DeclareQueue(Action):
-    stage: ClassVar[str | None] = "declare"
     name: str
     type: str
     owner: str
@@ -118,7 +113,6 @@ class DeclareQueue(Action):
 
 @dataclass(frozen=True)
 class DeclareStream(Action):
-    stage: ClassVar[str | None] = "declare"
     name: str
     segment_bytes: int
 
@@ -145,7 +139,6 @@ class DeleteQueue(Action):
 
 @dataclass(frozen=True)
 class Bind(Action):
-    stage: ClassVar[str | None] = "bind"
     exchange: str
     queue: str
     routing_key: str = ""
@@ -160,7 +153,6 @@ class Bind(Action):
 
 @dataclass(frozen=True)
 class BindExchange(Action):
-    stage: ClassVar[str | None] = "bind"
     source: str
     destination: str
 
@@ -187,7 +179,6 @@ class Unbind(Action):
 
 @dataclass(frozen=True)
 class PutPolicy(Action):
-    stage: ClassVar[str | None] = "declare"
     name: str
     pattern: str
     definition: dict[str, Any] = field(hash=False)

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
-from typing import TypeVar
-
-A = TypeVar("A")
-R = TypeVar("R")
+from collections.abc import Iterator
 
 _held = threading.local()
 
@@ -46,15 +42,3 @@ def count_call() -> None:
     tally: CallTally | None = getattr(_held, "tally", None)
     if tally is not None:
         tally.add()
-
-
-def carrying(fn: Callable[[A], R]) -> Callable[[A], R]:
-    """``fn`` for another thread (a pool's), its calls counted into the tally this thread holds now."""
-    tally: CallTally | None = getattr(_held, "tally", None)
-    if tally is None:
-        return fn
-
-    def carried(arg: A) -> R:
-        with tallying(tally):
-            return fn(arg)
-    return carried
