@@ -27,7 +27,7 @@ def ensure_archive(s: Services, ctx: Context, conn: BrokerConnection, client: An
     if s.settings.archive == "off":
         return "the operator keeps no archive (MATCHENV_ARCHIVE=off): there is nothing to backfill from"
     archive = archive_of(s, ctx)
-    key = (*conn.key, archive.vhost, archive.exchange)
+    key = _ensured_key(conn, archive)
     if s.ensured_already(ctx, key):
         return None
     try:
@@ -52,7 +52,7 @@ def release_archive(s: Services, ctx: Context, conn: BrokerConnection, client: A
     if s.settings.archive == "off":
         return []
     archive = archive_of(s, ctx)
-    key = (*conn.key, archive.vhost, archive.exchange)
+    key = _ensured_key(conn, archive)
     done: list[str] = []
 
     def check() -> None:
@@ -65,3 +65,8 @@ def release_archive(s: Services, ctx: Context, conn: BrokerConnection, client: A
     # their own was quadratic; one under way checks again for those who asked meanwhile
     s.releases.run(key, check)
     return done
+
+
+def _ensured_key(conn: BrokerConnection, archive: DesiredArchive) -> tuple[str, ...]:
+    """The archive's key in ``Services.ensured``: marked where it is kept, dropped where it stops following."""
+    return (*conn.key, archive.vhost, archive.exchange)
