@@ -358,28 +358,32 @@ class OperatorBench:
         # settle: the passes after the burst still write what the broker's first statistics report (each queue's
         # counts), so wait for a pass that changed nothing (at most a few intervals)
         deadline = time.monotonic() + SHIPPED_RESYNC * 8
-        steady = ("matchenv_resync_duration_seconds_count", "matchenv_resync_duration_seconds_sum",
-                  "matchenv_status_changes_total", "matchenv_resync_management_calls")
-        before = op.metrics(*steady)
+        count, total_seconds = "matchenv_resync_duration_seconds_count", "matchenv_resync_duration_seconds_sum"
+        writes, calls_gauge = "matchenv_status_changes_total", "matchenv_resync_management_calls"
+
+        def steady() -> dict[str, float]:
+            return {k: v or 0.0 for k, v in op.metrics(count, total_seconds, writes, calls_gauge).items()}
+
+        before = steady()
         while time.monotonic() < deadline:
             time.sleep(2.0)
-            seen = op.metrics(*steady)
-            if (seen[steady[0]] or 0.0) > (before[steady[0]] or 0.0):
-                if seen[steady[2]] == before[steady[2]] and (seen[steady[3]] or 0.0) <= 3:
+            seen = steady()
+            if seen[count] > before[count]:
+                if seen[writes] == before[writes] and seen[calls_gauge] <= 3:
                     break
                 before = seen
         pid = op.pid
         # the CPU of the quiet passes alone: no scrape inside the window (one costs ~0.2 s at 2,000)
-        first = op.metrics(*steady)
+        first = steady()
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         time.sleep(SHIPPED_RESYNC * 3)
         cpu = (cpu_seconds(pid) - cpu0) / ((time.monotonic() - t0) / SHIPPED_RESYNC)
         rss = rss_mib(pid)
-        last = op.metrics(*steady)
-        status_writes = (last[steady[2]] or 0.0) - (first[steady[2]] or 0.0)
-        calls = last[steady[3]] or 0.0
-        passes_done = (last[steady[0]] or 0.0) - (first[steady[0]] or 0.0)
-        passes = ((last[steady[1]] or 0.0) - (first[steady[1]] or 0.0)) / max(1.0, passes_done)
+        last = steady()
+        status_writes = last[writes] - first[writes]
+        calls = last[calls_gauge]
+        passes_done = last[count] - first[count]
+        passes = (last[total_seconds] - first[total_seconds]) / max(1.0, passes_done)
         all_ready = Goal(f"{total} applied -> all TopologyReady <= {within:.0f} s", seconds, within, at_least=False)
         memory = Goal(f"operator RSS at {total} <= {rss_limit:.0f} MiB", rss, rss_limit, at_least=False)
         measure = Measure(
