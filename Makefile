@@ -51,12 +51,14 @@ node-build: $(STAMP)  ## build (or reuse) the cached node binaries: kubelet, kub
 images: node-build  ## build (or reuse) the node's images: the project's Dockerfile on a Debian base, pause, CoreDNS
 	$(BIN)/matchenv-dev images build
 
-test: system-deps cluster-build node-build images  ## the whole suite on RabbitMQ 4, then the integration tier on 3.10 too; no tests collected is a failure
+test: system-deps cluster-build node-build images  ## the whole suite on RabbitMQ 4, the integration tier on 3.10 too, then the install tests on kind; no tests collected is a failure
 	@set +e; $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the suite" >&2; exit 1; fi; \
 	if [ -z "$(PYTEST_ARGS)" ]; then \
 	  echo "== the integration tier again on RabbitMQ 3.10, the oldest supported (MATCHENV_RABBITMQ=3)"; \
 	  MATCHENV_RABBITMQ=3 $(BIN)/pytest tests/integration -m 'not cluster'; rc3=$$?; [ $$rc -eq 0 ] && rc=$$rc3; \
+	  echo "== the install tests on a kind cluster built here (make e2e-kind)"; \
+	  scripts/e2e-kind.sh; rck=$$?; [ $$rc -eq 0 ] && rc=$$rck; \
 	fi; exit $$rc
 
 test-unit: $(STAMP)  ## only the fast, pure tests
@@ -71,7 +73,7 @@ cluster-down: $(STAMP)  ## stop the local control plane and its node, leaving no
 demo: system-deps cluster-build node-build images  ## the main job: the install from manifests/overlays/local on a real node, prod/dev/staging, scrape Jobs
 	$(BIN)/matchenv-dev demo
 
-e2e-kind: $(STAMP) cluster-build  ## the install tests on a kind cluster (Docker needed; without it: skipped, says why)
+e2e-kind: system-deps cluster-build node-build images  ## the install tests on a kind cluster built here (its own Docker engine; KIND_NODE_IMAGE: a public node image)
 	scripts/e2e-kind.sh
 
 bench: system-deps cluster-build  ## each measure beside its baseline (never part of make test): docs/benchmarks.md + .png

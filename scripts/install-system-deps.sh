@@ -19,6 +19,9 @@ command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v buildah >/dev/null 2>&1 || need+=(buildah)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || ls /usr/lib/*/libc.a >/dev/null 2>&1 || need+=(libc6-dev)
+# make e2e-kind (part of make test): a Docker engine the project starts for kind's nodes (Debian's docker.io, which
+# brings Debian's containerd and runc: the real node never uses them, and runs beside them in the tests)
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 # the monitoring tests: promtool checks the alert rules, a real Prometheus scrapes a running stack
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # the Flower test opens Flower's pages in a headless browser
@@ -36,6 +39,8 @@ if [ ${#need[@]} -gt 0 ]; then
   # The packages' own services are not used: tests and the demo start private nodes on loopback.
   $sudo service rabbitmq-server stop >/dev/null 2>&1 || true
   $sudo service prometheus stop >/dev/null 2>&1 || true
+  $sudo service docker stop >/dev/null 2>&1 || true
+  $sudo service containerd stop >/dev/null 2>&1 || true
 fi
 
 go_bin=$(command -v go || echo /usr/local/go/bin/go)

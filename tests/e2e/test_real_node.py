@@ -1,8 +1,8 @@
 """What users' pods rely on, on the real node (containerd + runc + kubelet + kube-proxy + CoreDNS): the project's
-image runs non-root on a read-only root filesystem, on a host whose FORWARD policy is DROP and whose PATH leads to
-another containerd's shim and runc; logs, exec and port-forward reach it; the kubelet restarts a
-killed container and one whose liveness probe fails; cluster DNS and the API server's ``kubernetes`` Service work
-with the pod's ServiceAccount token, within exactly its RBAC."""
+image runs non-root on a read-only root filesystem, beside a running Docker engine (Debian's docker.io: its
+containerd 1.6 shim and runc on PATH, the FORWARD policy DROP); logs, exec and port-forward reach it; the kubelet
+restarts a killed container and one whose liveness probe fails; cluster DNS and the API server's ``kubernetes``
+Service work with the pod's ServiceAccount token, within exactly its RBAC."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import yaml
 
 from matchenv.scraper.publisher import DEFAULT_WINDOW
 from matchenv_devkit.cluster.cluster import LocalCluster
+from matchenv_devkit.cluster.dockerd import DockerEngine, forward_policy
 from matchenv_devkit.cluster.images import POSTGRES_IMAGE, RABBITMQ_IMAGE, REPO_ROOT
 from matchenv_devkit.cluster.install import fill_env_files
 from matchenv_devkit.cluster.kubectl import Kubectl
@@ -40,26 +41,20 @@ IMAGE = "matchenv:0.1.0"
 NS = "node-tests"
 
 
-DECOYS = ("containerd-shim-runc-v2", "runc")
-
-
-def _forward_policy() -> str:
-    first = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True, check=True).stdout
-    return first.splitlines()[0].split()[-1]  # "-P FORWARD ACCEPT"
+HOST_SHIM = Path("/usr/bin/containerd-shim-runc-v2")  # Debian's containerd 1.6 (a dependency of docker.io)
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubectl, RealNode]]:
-    """The node on a host as Docker leaves it: FORWARD's policy DROP, and another containerd's shim and runc first
-    on PATH (here decoys that say they ran and fail); every test of the module runs on it."""
+    """The node on a host as most hosts with Docker are: Debian's docker.io installed (``make system-deps``) and its
+    engine running, which leaves its containerd's shim first on PATH and the FORWARD policy DROP; every test of
+    the module runs on it."""
     tmp = tmp_path_factory.mktemp("real-node")
-    decoys = tmp / "decoys"
-    decoys.mkdir()
-    for name in DECOYS:
-        (decoys / name).write_text(f"#!/bin/sh\necho ran >> {decoys}/{name}.ran\nexit 1\n")
-        (decoys / name).chmod(0o755)
-    path, policy = os.environ["PATH"], _forward_policy()
-    os.environ["PATH"] = f"{decoys}{os.pathsep}{path}"
+    assert shutil.which("dockerd"), "Debian's docker.io is not installed (make system-deps)"
+    assert HOST_SHIM.exists(), "Debian's containerd is not installed (docker.io depends on it)"
+    policy = forward_policy()
+    engine = DockerEngine(tmp / "docker", progress=print).start()
+    # Docker sets the policy DROP when it turns forwarding on itself; a host that forwarded already keeps its own
     subprocess.run(["iptables", "-P", "FORWARD", "DROP"], check=True)
     try:
         for kubectl, real in real_node_fixture(tmp):
@@ -68,19 +63,33 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Kubectl, Re
         rules = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True).stdout
         assert "matchenv node" not in rules  # the node's accept rules went with it
     finally:
-        os.environ["PATH"] = path
+        engine.stop()
         subprocess.run(["iptables", "-P", "FORWARD", policy], check=True)
+    assert forward_policy() == policy  # and the engine's stop put the policy back
 
 
-def test_the_node_runs_its_own_shim_and_runc_and_forwards_its_pods_under_a_drop_policy(
+def _shims_of(socket: Path) -> set[str]:
+    """The executables of the running shims that serve the containerd at ``socket``."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(socket) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                exe = os.readlink(proc / "exe")
+                if "containerd-shim" in exe:
+                    found.add(exe)
+        except OSError:
+            continue
+    return found
+
+
+def test_the_node_runs_its_own_shim_and_runc_and_forwards_its_pods_beside_docker(
         node: tuple[Kubectl, RealNode]) -> None:
-    kubectl, _ = node
-    assert _forward_policy() == "DROP"
+    kubectl, real = node
+    assert forward_policy() == "DROP"  # the engine's doing
+    assert shutil.which("containerd-shim-runc-v2") == str(HOST_SHIM)  # the PATH a node could have been misled by
     # CoreDNS answered (the node's start waited for it) and the DNS test below goes pod → Service → pod
     assert kubectl.get_json("deployment", "coredns", "-n", "kube-system")["status"].get("readyReplicas")
-    decoys = Path(os.environ["PATH"].split(os.pathsep)[0])
-    assert decoys.name == "decoys"
-    assert sorted(p.name for p in decoys.glob("*.ran")) == []  # neither decoy ever ran
+    assert _shims_of(real.paths.containerd_socket) == {str(real.binaries.path("containerd-shim-runc-v2"))}
 
 
 def _pod(name: str, command: str, **spec: Any) -> dict[str, Any]:
@@ -118,9 +127,15 @@ def _restarts(kubectl: Kubectl, name: str) -> int:
 SERVER = "matchenv --version; touch /tmp/healthy; exec python3 -m http.server 8080 --bind 0.0.0.0 --directory /etc"
 
 
+def _server(name: str) -> dict[str, Any]:
+    """A pod serving ``/etc`` on 8080, Ready once it answers."""
+    return _pod(name, SERVER, container={"readinessProbe": {"httpGet": {"path": "/os-release", "port": 8080},
+                                                            "periodSeconds": 1}})
+
+
 def test_the_project_image_runs_non_root_on_a_read_only_root(node: tuple[Kubectl, RealNode]) -> None:
     kubectl, _ = node
-    pod = _running(kubectl, _pod("app", SERVER))
+    pod = _running(kubectl, _server("app"))
     assert pod["spec"]["nodeName"] == "matchenv-node"
     assert pod["status"]["podIP"].startswith("10.244.0.")
     assert pod["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
@@ -138,7 +153,7 @@ def test_the_project_image_runs_non_root_on_a_read_only_root(node: tuple[Kubectl
 
 def test_the_image_holds_exactly_the_locked_dependency_versions(node: tuple[Kubectl, RealNode]) -> None:
     kubectl, _ = node
-    _running(kubectl, _pod("app", SERVER))
+    _running(kubectl, _server("app"))
     listed = kubectl.run("exec", "-n", NS, "app", "--", "python3", "-c",
                          "import importlib.metadata as m; print('\\n'.join(sorted(f'{d.name}=={d.version}' "
                          "for d in m.distributions() if d.name != 'matchenv')))").stdout
@@ -155,7 +170,7 @@ def _canonical(requirement: str) -> str:
 
 def test_port_forward_reaches_the_container(node: tuple[Kubectl, RealNode]) -> None:
     kubectl, _ = node
-    _running(kubectl, _pod("app", SERVER))
+    _running(kubectl, _server("app"))  # Ready once it answers: kubectl stops forwarding after a refused connection
     port = free_port()
     forward = subprocess.Popen(kubectl.cluster.kubectl_cmd("port-forward", "-n", NS, "pod/app", f"{port}:8080"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -165,12 +180,13 @@ def test_port_forward_reaches_the_container(node: tuple[Kubectl, RealNode]) -> N
         assert "Debian" in wait_for(fetch, timeout=30, what="a response through port-forward")
     finally:
         forward.terminate()
-        forward.wait(timeout=10)
+        _, err = forward.communicate(timeout=10)
+        print(f"kubectl port-forward said: {err.decode(errors='replace')[-2000:]}")
 
 
 def test_a_container_killed_by_its_pid_is_restarted(node: tuple[Kubectl, RealNode]) -> None:
     kubectl, real = node
-    pod = _running(kubectl, _pod("app", SERVER))
+    pod = _running(kubectl, _server("app"))
     before = _restarts(kubectl, "app")
     pid = real.container_pid(pod["status"]["containerStatuses"][0]["containerID"])
     os.kill(pid, signal.SIGKILL)
@@ -240,7 +256,7 @@ def test_a_pod_reaches_the_api_server_with_its_token_within_its_rbac(node: tuple
 
 def test_service_names_resolve_to_their_cluster_ip(node: tuple[Kubectl, RealNode]) -> None:
     kubectl, _ = node
-    _running(kubectl, _pod("app", SERVER))
+    _running(kubectl, _server("app"))
     kubectl.run("expose", "pod", "app", "-n", NS, "--port=80", "--target-port=8080", "--name=web")
     cluster_ip = kubectl.get_json("service", "-n", NS, "web")["spec"]["clusterIP"]
     _running(kubectl, _pod("caller", "exec sleep infinity"))
@@ -282,7 +298,7 @@ def test_the_manifests_broker_runs_with_its_volume_and_its_secret(node: tuple[Ku
     claim = kubectl.get_json("pvc", "-n", "matchenv-system", "data-rabbitmq-0")
     assert claim["status"]["phase"] == "Bound"
     assert claim["spec"]["storageClassName"] == "local-static"
-    _running(kubectl, _pod("app", SERVER))
+    _running(kubectl, _server("app"))
     host = "rabbitmq.matchenv-system.svc.cluster.local:5672"
 
     def amqp(user: str, secret: str, mode: str) -> str:
@@ -413,7 +429,7 @@ def test_the_three_node_broker_forms_one_cluster_and_a_pod_deleted_mid_scrape_lo
     nodes = base64.b64decode(secret["url"]).decode().split(";")
     assert len(nodes) == 3  # the broker Secret lists every node
     url = ";".join(n.replace("amqp://", f"amqp://{user}:{password}@") + "/%2F" for n in nodes)
-    _running(kubectl, _pod("app", SERVER))
+    _running(kubectl, _server("app"))
     assert kubectl.run("exec", "-n", NS, "app", "--", "python3", "-c", QUEUE_SETUP, url).stdout.strip() == "ok"
     assert broker.queue_members(kubectl) == (broker.nodes, broker.nodes)  # a member on every node
 
@@ -467,7 +483,7 @@ def test_the_database_image_takes_its_password_from_a_secret(node: tuple[Kubectl
     }
     _running(kubectl, database)
     kubectl.run("expose", "pod", "db", "-n", NS, "--port=5432", "--name=postgres")
-    _running(kubectl, _pod("app", SERVER))
+    _running(kubectl, _server("app"))
     query = ("import sys, psycopg\ntry:\n    print(psycopg.connect(sys.argv[1], connect_timeout=5)"
              ".execute('select 1').fetchone()[0])\nexcept psycopg.OperationalError as exc:\n"
              "    print('refused' if 'password authentication failed' in str(exc) else exc)")
@@ -484,7 +500,7 @@ def test_the_database_image_takes_its_password_from_a_secret(node: tuple[Kubectl
 def test_another_state_directorys_node_neither_starts_beside_it_nor_stops_it(
         node: tuple[Kubectl, RealNode], tmp_path: Path) -> None:
     kubectl, real = node
-    pod = _running(kubectl, _pod("app", SERVER))
+    pod = _running(kubectl, _server("app"))
     other = RealNode(LocalCluster(tmp_path / "other", node_ip=NODE_IP), images=[])
     with pytest.raises(NodeError, match="another node"):
         other.start()

@@ -24,6 +24,9 @@ node_app = typer.Typer(help="A real node: kubelet, kube-proxy, containerd, runc,
 app.add_typer(node_app, name="node")
 images_app = typer.Typer(help="The real node's images, built here without a registry.", no_args_is_help=True)
 app.add_typer(images_app, name="images")
+kind_app = typer.Typer(help="A kind cluster built here: the project's Docker engine, kind's base and node images.",
+                       no_args_is_help=True)
+app.add_typer(kind_app, name="kind")
 
 
 def _echo_err(message: str) -> None:
@@ -192,6 +195,65 @@ def cluster_status(
         typer.echo(f"node: {'running' if node.running() else 'NOT running'} (logs in {node.logs_dir})")
         if not node.running():
             raise typer.Exit(1)
+
+
+def default_kind_dir() -> Path:
+    """Where ``kind up`` keeps the Docker engine and the kubeconfig: ``$MATCHENV_KIND_DIR`` or /tmp/matchenv-kind."""
+    return Path(os.environ.get("MATCHENV_KIND_DIR", "/tmp/matchenv-kind"))
+
+
+@kind_app.command("build")
+def kind_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")) -> None:
+    """Build (or find cached) kind, kubeadm, crictl and the local-path provisioner; prints their directory."""
+    from matchenv_devkit.cluster.build import ensure_kind_binaries
+
+    _build(ensure_kind_binaries, force)
+
+
+@kind_app.command("up")
+def kind_up(
+    state_dir: Path = typer.Option(default_kind_dir(), "--state-dir", help="The engine's data, logs, kubeconfig."),
+    name: str = typer.Option("matchenv-e2e", "--name", help="The kind cluster's name."),
+) -> None:
+    """Start the project's Docker engine, build (or find cached) kind's node image, create the cluster and load
+    the project's images (with local stand-ins for the public ones ``overlays/kind`` names); prints what to export."""
+    from matchenv_devkit.cluster.build import BuildError
+    from matchenv_devkit.cluster.dockerd import DockerEngine, DockerError
+    from matchenv_devkit.cluster.images import ImageError
+    from matchenv_devkit.cluster.kind import KindCluster, KindError
+    from matchenv_devkit.cluster.kindimages import KindImages
+
+    engine = DockerEngine(state_dir, progress=_echo_err)
+    try:
+        engine.start()
+        images = KindImages()
+        cluster = KindCluster(engine, state_dir, name=name, progress=_echo_err).create(images.node(engine))
+        cluster.load(images.for_overlay())
+    except (BuildError, DockerError, ImageError, KindError) as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(f"export DOCKER_HOST={engine.host}")
+    typer.echo(f"export KUBECONFIG={cluster.kubeconfig}")
+
+
+@kind_app.command("down")
+def kind_down(
+    state_dir: Path = typer.Option(default_kind_dir(), "--state-dir", help="The state directory of `kind up`."),
+    name: str = typer.Option("matchenv-e2e", "--name", help="The kind cluster's name."),
+    keep_engine: bool = typer.Option(False, "--keep-engine", help="Leave the Docker engine running."),
+) -> None:
+    """Delete the kind cluster and stop the project's Docker engine, leaving none of its chains or bridges."""
+    from matchenv_devkit.cluster.dockerd import DockerEngine
+    from matchenv_devkit.cluster.kind import KindCluster, KindError
+
+    engine = DockerEngine(state_dir, progress=_echo_err)
+    if engine.running():
+        try:
+            KindCluster(engine, state_dir, name=name, progress=_echo_err).delete()
+        except KindError as exc:
+            _echo_err(f"warning: {exc}")
+    if not keep_engine:
+        engine.stop()
 
 
 def main() -> None:  # pragma: no cover

@@ -26,11 +26,14 @@ from matchenv_devkit.cluster.versions import (
     CONTAINERD_COMMANDS,
     CONTAINERD_VERSION,
     COREDNS_VERSION,
+    CRI_TOOLS_VERSION,
     ETCD_VERSION,
     HELM_VERSION,
     KEDA_CRDS,
     KEDA_VERSION,
+    KIND_VERSION,
     KUBERNETES_VERSION,
+    LOCAL_PATH_PROVISIONER_VERSION,
     NODE_COMPONENTS,
     PROMETHEUS_OPERATOR_VERSION,
     RUNC_VERSION,
@@ -40,6 +43,7 @@ from matchenv_devkit.cluster.versions import (
     CachedBinaries,
     ControlPlaneBinaries,
     HelmBinaries,
+    KindBinaries,
     NodeBinaries,
     TopologyOperatorBinaries,
     cache_root,
@@ -312,6 +316,14 @@ def ensure_keda_crds(progress: Progress = _stderr_progress) -> Path:
                          cache_root() / f"keda-{KEDA_VERSION}" / "crds", progress)
 
 
+def module_dir(module: str, version: str, progress: Progress = _stderr_progress) -> Path:
+    """The unpacked source of ``module@version`` in the module cache, downloaded first when missing."""
+    answer = json.loads(_Go(progress).output(["mod", "download", "-json", f"{module}@{version}"], cwd=cache_root()))
+    if answer.get("Error") or not answer.get("Dir"):
+        raise BuildError(f"could not download {module}@{version}: {answer.get('Error')}")
+    return Path(answer["Dir"])
+
+
 def _module_files(module: str, version: str, folder: str, names: Sequence[str], out: Path,
                   progress: Progress) -> Path:
     """``names`` from ``folder`` of a Go module's source, as the module proxy serves it, cached in ``out``. Read from
@@ -366,10 +378,7 @@ def ensure_topology_operator(progress: Progress = _stderr_progress) -> TopologyO
     crds.mkdir(parents=True)
     for name, version, path in ((module, TOPOLOGY_OPERATOR_VERSION, "config/crd/bases"),
                                 (cluster_operator, TOPOLOGY_CLUSTER_OPERATOR_VERSION, "config/crd/bases")):
-        answer = json.loads(go.output(["mod", "download", "-json", f"{name}@{version}"], cwd=cache_root()))
-        if answer.get("Error") or not answer.get("Dir"):
-            raise BuildError(f"could not download {name}@{version}: {answer.get('Error')}")
-        for crd in sorted((Path(answer["Dir"]) / path).glob("*.yaml")):
+        for crd in sorted((module_dir(name, version, progress) / path).glob("*.yaml")):
             shutil.copyfile(crd, crds / crd.name)
     shutil.rmtree(binaries.crd_dir, ignore_errors=True)
     os.replace(crds, binaries.crd_dir)
@@ -415,4 +424,36 @@ def ensure_node_binaries(
 
     _into_cache(binaries, build)
     progress(f"node built in {time.monotonic() - started:.0f}s")
+    return binaries
+
+
+def ensure_kind_binaries(binaries: KindBinaries | None = None, progress: Progress = _stderr_progress,
+                         force: bool = False) -> KindBinaries:
+    """Return the cached kind, kubeadm, crictl and local-path provisioner, building what is missing."""
+    binaries = binaries or KindBinaries.default()
+    missing = binaries.all_names if force else tuple(binaries.missing())
+    if not missing:
+        return binaries
+    started = time.monotonic()
+    progress(f"building {', '.join(missing)} into {binaries.bin_dir}")
+    go = _Go(progress)
+    src = cache_root() / "src"
+
+    def build(staging: Path) -> None:
+        if "kind" in missing:
+            _build_module(go, src / f"kind-{KIND_VERSION}", staging, "sigs.k8s.io/kind", KIND_VERSION,
+                          ["sigs.k8s.io/kind"], label="kind")
+        if "kubeadm" in missing:
+            _build_kubernetes(go, src / f"kubernetes-kubeadm-{KUBERNETES_VERSION}", staging, KUBERNETES_VERSION,
+                              ("kubeadm",), label="kubeadm")
+        if "crictl" in missing:
+            _build_module(go, src / f"cri-tools-{CRI_TOOLS_VERSION}", staging, "sigs.k8s.io/cri-tools",
+                          CRI_TOOLS_VERSION, ["sigs.k8s.io/cri-tools/cmd/crictl"], label="crictl")
+        if "local-path-provisioner" in missing:
+            module = "github.com/rancher/local-path-provisioner"
+            _build_module(go, src / f"local-path-provisioner-{LOCAL_PATH_PROVISIONER_VERSION}", staging, module,
+                          LOCAL_PATH_PROVISIONER_VERSION, [module], label="local-path-provisioner")
+
+    _into_cache(binaries, build)
+    progress(f"kind's binaries built in {time.monotonic() - started:.0f}s")
     return binaries

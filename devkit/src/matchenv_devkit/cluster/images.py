@@ -81,6 +81,13 @@ def tree_inputs(root: Path, names: Sequence[str]) -> list[bytes | str]:
     return parts
 
 
+def empty_dirs(root: Path, names: Sequence[str]) -> None:
+    """Delete what the directories ``names`` under ``root`` hold (apt's caches and lists, logs), keeping them."""
+    for name in names:
+        for child in (root / name).glob("*"):
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
 def debian_mirror(sources: Sequence[Path] = (Path("/etc/apt/sources.list.d/debian.sources"),
                                             Path("/etc/apt/sources.list"))) -> str:
     """The Debian mirror apt on this machine uses (deb822 ``URIs:`` or a ``deb`` line), else deb.debian.org."""
@@ -114,9 +121,7 @@ def trixie_root(timeout: float = 1200) -> Path:
                                 timeout=timeout, check=False)
         if result.returncode != 0:
             raise ImageError(f"debootstrap of {RABBITMQ_SUITE} with rabbitmq-server failed: {result.stderr[-2000:]}")
-        for leftover in ("var/cache/apt", "var/lib/apt/lists"):
-            for child in (tree / leftover).glob("*"):
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        empty_dirs(tree, ("var/cache/apt", "var/lib/apt/lists"))
         tree.rename(root)  # whole or not at all
     print(f"[rabbitmq] Debian 13's RabbitMQ in {root} ({time.monotonic() - started:.0f}s)", file=sys.stderr)
     return root
@@ -179,9 +184,7 @@ class ImageBuilder:
             rootfs = Path(tmp) / "rootfs"
             self._run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE,
                        str(rootfs), mirror], "debootstrap", timeout=1200)
-            for leftover in ("var/cache/apt", "var/lib/apt/lists", "var/log"):
-                for child in (rootfs / leftover).glob("*"):
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            empty_dirs(rootfs, ("var/cache/apt", "var/lib/apt/lists", "var/log"))
             self._image_of_tree(name, rootfs)
         self.progress(f"base image {name} built in {time.monotonic() - started:.0f}s")
         return name

@@ -61,7 +61,9 @@ class Installation:
     # Service ClusterIPs answer from this host on the real node (kube-proxy's rules are the host's); elsewhere
     # (kind) the broker and databases are reached through `kubectl port-forward`
     port_forward: bool = False
-    _forwards: dict[tuple[str, str, int], tuple[subprocess.Popen[bytes], int]] = field(default_factory=dict)
+    # (namespace, Service, port) -> the port-forward, its local port, the ready pods it could hold when started
+    _forwards: dict[tuple[str, str, int], tuple[subprocess.Popen[bytes], int, frozenset[str]]] = field(
+        default_factory=dict)
 
     @property
     def manifests(self) -> Path:
@@ -151,18 +153,30 @@ class Installation:
             return f"{ip}:{port}"
         key = (namespace, service, port)
         forward = self._forwards.get(key)
-        if forward is None or forward[0].poll() is not None:
+        ready = self._ready_pods(namespace, service)
+        # `kubectl port-forward service/...` holds one pod: when that pod is gone (deleted, restarted under the same
+        # name) the forward answers nothing, so a forward is kept only while a pod it could hold is still ready
+        if forward is None or forward[0].poll() is not None or not forward[2] & ready:
+            if forward is not None:
+                forward[0].terminate()
             local = free_port()
             proc = subprocess.Popen(self.kubectl.cluster.kubectl_cmd(
                 "port-forward", "-n", namespace, f"service/{service}", f"{local}:{port}"),
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_for(lambda: _listening(local), timeout=30, what=f"port-forward to {namespace}/{service}")
-            self._forwards[key] = forward = (proc, local)
+            self._forwards[key] = forward = (proc, local, ready)
         return f"127.0.0.1:{forward[1]}"
+
+    def _ready_pods(self, namespace: str, service: str) -> frozenset[str]:
+        """The uids of the pods behind a Service that are ready now (its EndpointSlices)."""
+        slices = self.kubectl.get_json("endpointslices", "-n", namespace, "-l",
+                                       f"kubernetes.io/service-name={service}")["items"]
+        return frozenset(endpoint["targetRef"]["uid"] for eps in slices for endpoint in eps.get("endpoints") or []
+                         if endpoint.get("conditions", {}).get("ready") and endpoint.get("targetRef", {}).get("uid"))
 
     def close(self) -> None:
         """Stop the port-forwards."""
-        for proc, _ in self._forwards.values():
+        for proc, _, _ in self._forwards.values():
             proc.terminate()
         self._forwards.clear()
 

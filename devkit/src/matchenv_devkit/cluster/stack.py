@@ -296,7 +296,7 @@ class LocalStack:
             log(f"RabbitMQ on 127.0.0.1:{rabbitmq.endpoints.amqp_port} "
                 f"(management {rabbitmq.endpoints.management_url})")
             postgres = PostgresServer(state_dir / "postgres", pod_network=(NODE_IP, POD_CIDR) if real else None)
-            stoppers.append(postgres.stop)
+            stoppers.append(postgres.close)
             postgres.start()
             log(f"PostgreSQL on 127.0.0.1:{postgres.port}")
         except BaseException:

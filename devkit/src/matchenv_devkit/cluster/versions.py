@@ -39,6 +39,13 @@ KEDA_CRDS = ("scaledobjects", "triggerauthentications")
 # topology operator uses only its RabbitmqCluster types).
 TOPOLOGY_OPERATOR_VERSION = "v1.20.1"
 TOPOLOGY_CLUSTER_OPERATOR_VERSION = "v2.19.0"
+# kind (`make e2e-kind`): its command, and what its node image needs beyond the real node's binaries: kubeadm and
+# crictl. kindnetd's source is not in kind's module (and not served here), so the node image's CNI is the real
+# node's bridge network; the local-path provisioner is rancher's module, as kind's own image builds it.
+KIND_VERSION = "v0.33.0"
+CRI_TOOLS_VERSION = "v1.37.0"
+LOCAL_PATH_PROVISIONER_VERSION = "v0.0.30"
+KIND_COMMANDS = ("kind", "kubeadm", "crictl", "local-path-provisioner")
 
 
 def cache_root() -> Path:
@@ -148,3 +155,17 @@ class TopologyOperatorBinaries(CachedBinaries):
     def missing(self) -> list[str]:
         crds = [] if self.crd_dir.is_dir() and any(self.crd_dir.glob("*.yaml")) else ["crds"]
         return super().missing() + crds
+
+
+@dataclass(frozen=True)
+class KindBinaries(CachedBinaries):
+    """kind, and the binaries its node image adds to the real node's: kubeadm, crictl, the local-path provisioner."""
+
+    @classmethod
+    def default(cls) -> KindBinaries:
+        return cls(cache_root() / f"kind-{KIND_VERSION}-k8s-{KUBERNETES_VERSION}-crictl-{CRI_TOOLS_VERSION}"
+                                  f"-local-path-{LOCAL_PATH_PROVISIONER_VERSION}")
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        return KIND_COMMANDS

@@ -53,9 +53,11 @@ class PostgresServer:
         self.pod_network = pod_network
         self.pod_password = secrets.token_urlsafe(18)
         state_dir.mkdir(parents=True, exist_ok=True)
+        self.own_dir = False  # True: the server made its directory itself, and only it knows where
         if self.as_root and not _reachable_by_postgres(state_dir):
             # e.g. under pytest's root-only tmp dirs: keep the cluster where the postgres user can reach it
             state_dir = Path(tempfile.mkdtemp(prefix="matchenv-pg-", dir="/tmp"))
+            self.own_dir = True
         self.state_dir = state_dir.resolve()
         self.data_dir = self.state_dir / "data"
         self.log_file = self.state_dir / "postgres.log"
@@ -140,6 +142,13 @@ class PostgresServer:
         if not self.log_file.exists():
             return "(no log)"
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def close(self) -> None:
+        """Stop for good: as :meth:`stop`, and a directory the server made itself goes with its data (nothing else
+        knows it; one left behind per run filled /tmp with 125 MB clusters). A given directory is the caller's."""
+        self.stop()
+        if self.own_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def destroy(self) -> None:
         self.stop("immediate")
