@@ -533,3 +533,20 @@ def test_a_batch_is_acknowledged_with_one_ack_per_run_and_what_goes_back_is_give
     assert (old.acks, new.acks) == (1, 2)  # 3 in one; 2, then (after the one given back) 2 in one
     assert new.requeued == [messages[5].delivery_tag]
     assert [m.acked for m in messages] == [True] * 5 + [False] + [True] * 2
+
+
+def test_a_message_dead_lettered_after_the_last_stored_one_of_its_batch_is_acknowledged_too() -> None:
+    # the feed's order: matches, then one odd message; one batch, one channel. A multiple ack of the last stored
+    # match would leave the odd message, delivered after it, unacknowledged until the worker stops: delivered again
+    rt = runtime(ScriptedStore(outcome="created"))
+    batcher = Batcher(rt)
+    channel = Channel()
+    batch = [AckableMessage((MATCH,), {}, channel=channel), AckableMessage((MATCH,), {}, channel=channel),
+             AckableMessage((), {}, channel=channel)]
+    verdicts = batcher.process(batch)
+    assert [m for m, _ in verdicts] == batch  # in the order of delivery
+    batcher._settled.extend(verdicts)
+    batcher.flush()
+    assert channel.outstanding == set()
+    assert channel.acks == 1
+    assert [m.acked for m in batch] == [True] * 3

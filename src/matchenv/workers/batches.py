@@ -200,41 +200,48 @@ class Batcher:
         return events
 
     def process(self, batch: list[Any]) -> list[tuple[Any, Verdict]]:
-        """What to do with each message of ``batch``, once its match is stored or its dead letter routed."""
-
-        verdicts: list[tuple[Any, Verdict]] = []
+        """What to do with each message of ``batch``, once its match is stored or its dead letter routed: in the
+        batch's order, the order of delivery (one ``multiple`` ack of the last of a run settles every delivery
+        before it, so a message dead-lettered after the run's last stored one would otherwise stay unacknowledged
+        until the worker stops, and be delivered again)."""
+        decided: dict[int, Verdict] = {}  # id(message) -> verdict
         valid: list[_Valid] = []
         for message in batch:
             try:
                 body = message.decode()
             except Exception as exc:
-                verdicts.append((message, self._dead_letter_raw(message, REASON_MALFORMED,
-                                                                f"cannot decode the body: {exc}")))
+                decided[id(message)] = self._dead_letter_raw(message, REASON_MALFORMED,
+                                                             f"cannot decode the body: {exc}")
                 continue
             task = _task(message, body)
             if isinstance(task, str):
                 reason, _, error = task.partition(": ")
-                verdicts.append((message, self._dead_letter_raw(message, reason, error)))
+                decided[id(message)] = self._dead_letter_raw(message, reason, error)
                 continue
             stamp = scraped_at(message)
             parsed = parse(*task, stamp)
             if isinstance(parsed, Invalid):
-                verdicts.append((message, self._dead_letter(message, parsed.body, REASON_INVALID, parsed.problems)))
+                decided[id(message)] = self._dead_letter(message, parsed.body, REASON_INVALID, parsed.problems)
             else:
                 valid.append(_Valid(message, parsed[0], parsed[1], stamp))
+        decided.update((id(message), verdict) for message, verdict in self._store(valid))
+        return [(message, decided[id(message)]) for message in batch]
+
+    def _store(self, valid: list[_Valid]) -> list[tuple[Any, Verdict]]:
+        """Store the valid matches in one transaction (one by one when the database refuses the batch)."""
         if not valid:
-            return verdicts
+            return []
         try:
             with metrics.STORE_SECONDS.time():
                 outcomes = self.runtime.store_batch([(v.match, v.stamp) for v in valid])
         except Stopping as exc:
             log.warning("%s: %d messages go back to the queue", exc, len(valid))
-            return verdicts + [(v.message, "requeue") for v in valid]
+            return [(v.message, "requeue") for v in valid]
         except PermanentStoreError as exc:
             log.warning("a batch of %d was refused (%s); storing its matches one by one", len(valid), exc)
-            return verdicts + [self._one_by_one(v) for v in valid]
+            return [self._one_by_one(v) for v in valid]
         self._report(valid, outcomes)
-        return verdicts + [(v.message, "ack") for v in valid]
+        return [(v.message, "ack") for v in valid]
 
     def _one_by_one(self, item: _Valid) -> tuple[Any, Verdict]:
 
