@@ -295,6 +295,13 @@ class FakeKube:
         found = self.deployments.get((namespace, name))
         return copy.deepcopy(found) if found else None
 
+    def edit_deployment(self, namespace: str, name: str) -> Obj:
+        """The Deployment as a person's ``kubectl edit`` or ``kubectl scale`` changes it: a new resourceVersion
+        (the API server's on every write); the caller changes the object returned."""
+        live = self.deployments[(namespace, name)]
+        self._bump(live)
+        return live
+
     def apply_deployment(self, body: Obj) -> Obj:
         if self.refuse_deployments:
             raise _api_error(422, self.refuse_deployments)

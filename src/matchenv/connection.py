@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ def read_connection(secret: dict[str, Any] | None, namespace: str, name: str) ->
     return BrokerConnection.from_secret_data(data, f"{namespace}/{name}")
 
 
+@functools.lru_cache(maxsize=1024)  # the operator asks for the same few at every converge of every environment
 def worker_amqp_url(broker_url: str, username: str, password: str, vhost: str) -> str:
     """The broker URL the workers reach, with the environment user's credentials and the vhost in the path; for a
     list of nodes (``;``-separated), each of them so, in the same order."""

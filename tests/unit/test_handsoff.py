@@ -31,7 +31,7 @@ def test_hands_off_leaves_what_an_engineer_changed_by_hand_and_says_so_once(worl
     world.kube.patch_environment("default", "prod", OFF)
     # the engineer's changes during the incident: a binding removed, the workers scaled down by hand
     world.broker.unbind_queue("/", "matches-fanout", "matches.prod", "~")
-    world.kube.deployments[("default", "prod-workers")]["spec"]["replicas"] = 0
+    world.kube.edit_deployment("default", "prod-workers")["spec"]["replicas"] = 0
     writes = world.kube.writes["status"]
     for _ in range(3):  # however often a watch, a broker event or the resync pass asks
         world.converge("prod")

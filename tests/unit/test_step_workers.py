@@ -72,7 +72,7 @@ def test_workers_ready_says_why_a_worker_is_not_ready_in_its_own_words(world: Wo
 def test_kubectl_scale_on_the_deployment_is_put_back_and_says_where_the_size_comes_from(world: World) -> None:
     world.add("prod")
     world.converge("prod")
-    world.kube.deployments[("default", "prod-workers")]["spec"]["replicas"] = 7
+    world.kube.edit_deployment("default", "prod-workers")["spec"]["replicas"] = 7  # kubectl scale
     world.converge("prod")
     assert world.kube.deployments[("default", "prod-workers")]["spec"]["replicas"] == 2
     rescaled = [message for _, reason, message in world.kube.events if reason == "DeploymentRescaled"]
@@ -159,3 +159,27 @@ def test_stopping_workers_that_have_no_pod_does_not_wait_for_the_garbage_collect
     world.converge("prod")
     stop_workers(world.services, world.context("prod"), wait=0)  # no TeardownIncomplete
     assert world.kube.deployments[("default", "prod-workers")]["metadata"]["deletionTimestamp"]
+
+
+def test_a_deployment_found_as_built_is_not_built_and_compared_again_until_it_or_its_inputs_change(
+        world: World, monkeypatch: Any) -> None:
+    from matchenv.operator import builders
+
+    built: list[str] = []
+    real = builders.build_deployment
+    monkeypatch.setattr(builders, "build_deployment", lambda names, *a: built.append(names.deployment) or real(
+        names, *a))
+    world.add("prod")
+    world.converge("prod")
+    world.converge("prod")
+    assert built == ["prod-workers"]  # the second converge found the same version, built from the same spec
+    world.kube.environments[("default", "prod")]["spec"]["workers"]["taskEvents"] = True
+    world.converge("prod")
+    assert len(built) == 2  # the spec changed
+    env = {e["name"] for e in
+           world.kube.deployments[("default", "prod-workers")]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "MATCHENV_TASK_EVENTS" in env
+    world.kube.edit_deployment("default", "prod-workers")["spec"]["replicas"] = 9  # by hand: a new version
+    world.converge("prod")
+    assert len(built) == 3
+    assert world.kube.deployments[("default", "prod-workers")]["spec"]["replicas"] == 2

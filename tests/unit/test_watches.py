@@ -38,7 +38,7 @@ def test_a_hand_edited_deployment_seen_by_the_watch_is_put_back_at_once(world: W
     world.converge("prod")
     key = ("default", "prod-workers")
     world.reconciler.workers_changed(world.kube.get_deployment(*key) or {})  # first sight
-    live = world.kube.deployments[key]
+    live = world.kube.edit_deployment(*key)
     live["spec"]["template"]["spec"]["containers"][0]["args"][1] = "other"
     live["metadata"]["generation"] = live["metadata"].get("generation", 1) + 1
     world.reconciler.workers_changed(world.kube.get_deployment(*key) or {})

@@ -118,6 +118,8 @@ class Services:
         # (broker key..., vhost, exchange) whose archive is in place, ("max-length", broker key..., vhost) capped
         self.ensured: set[tuple[str, ...]] = set()
         self.releases = Coalesced()  # the teardowns' checks of whether an archive still has anything to follow
+        # uid → (resourceVersion, what it was built from) of the worker Deployment last found as built
+        self.workers_in_sync: dict[str, tuple[Any, tuple[Any, ...]]] = {}
 
     def context(self, env: Obj, prefetched: Prefetched | None) -> Context:
         """``env`` parsed (raises pydantic's ValidationError for a spec the schema let through but the model

@@ -36,6 +36,7 @@ from matchenv.operator.autoscaler import Autoscaler
 from matchenv.operator.backfills import Backfills
 from matchenv.operator.brokers import BrokerClients
 from matchenv.operator.context import Prefetched, Services
+from matchenv.operator.deployment_cache import DeploymentCache
 from matchenv.operator.drift import Changed
 from matchenv.operator.environment_metrics import EnvironmentMetrics
 from matchenv.operator.errors import TeardownIncomplete
@@ -82,7 +83,8 @@ class Reconciler:
         self._announced: dict[str, str] = {}
         self._owners = OwnerIndex()
         self._sightings = Sightings()
-        self._resync = Resync(self.services, self.converge)
+        self.deployments = DeploymentCache()  # what the watch reports, for the resync passes
+        self._resync = Resync(self.services, self.converge, self.deployments)
 
     @property
     def settings(self) -> OperatorSettings:
@@ -186,6 +188,7 @@ class Reconciler:
             # what the teardown removes is not drift: the broker's events of it repair nothing (each was a read
             # of the environment, several per teardown, when 2,000 went at once)
             self._owners.forget(ctx.uid)
+            self.services.workers_in_sync.pop(ctx.uid, None)
             done = teardown(self.services, ctx, self.stop_wait)
             self._announced.pop(ctx.uid, None)
             self.environments.forget(ctx.namespace, ctx.name)
@@ -233,6 +236,7 @@ class Reconciler:
     def workers_changed(self, deployment: Obj, deleted: bool = False) -> Obj | None:
         """A Deployment of ours changed: status follows its pods without waiting for the resync, and a deleted or
         hand-edited one is put back at once (:meth:`Sightings.deployment`)."""
+        self.deployments.seen(deployment, deleted)
         follow = self._sightings.deployment(deployment, deleted)
         if follow is None:
             return None

@@ -20,6 +20,7 @@ from matchenv.api import MatchEnvironmentSpec
 from matchenv.connection import BrokerConfigError, SecretDecodeError, read_connection
 from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL, broker_secret_name
 from matchenv.operator.context import Prefetched, Services
+from matchenv.operator.deployment_cache import DeploymentCache
 from matchenv.operator.errors import describe
 from matchenv.operator.kube import Obj
 from matchenv.operator.publisher import ensure_publisher
@@ -44,11 +45,14 @@ class ResyncReport:
 
 
 class Resync:
-    """Runs passes; ``converge(env, prefetched)`` is the orchestrator's (None: it skipped the environment)."""
+    """Runs passes; ``converge(env, prefetched)`` is the orchestrator's (None: it skipped the environment);
+    ``deployments`` is what the watch reported of the worker Deployments."""
 
-    def __init__(self, s: Services, converge: Callable[[Obj, Prefetched], Obj | None]) -> None:
+    def __init__(self, s: Services, converge: Callable[[Obj, Prefetched], Obj | None],
+                 deployments: DeploymentCache) -> None:
         self.s = s
         self.converge = converge
+        self.deployments = deployments
         # the work on tenants' brokers (environments with broker.connectionSecretRef): one group per broker Secret
         # under way at most, each on its own, so that a slow one delays nobody else's
         self._pool = ThreadPoolExecutor(max_workers=BROKERS_AT_ONCE, thread_name_prefix="resync")
@@ -94,19 +98,25 @@ class Resync:
         return report
 
     def _read(self, started: float) -> tuple[list[Obj], Prefetched]:
-        """The environments not being deleted, and the pass's Deployment and Secret lists: the three read side by
-        side (at 2,000 environments they are ~30 MB of JSON, and the API server encodes one while we decode
-        another)."""
+        """The environments not being deleted, and the pass's Deployments and Secrets: the lists read side by side
+        (at 2,000 environments they are ~30 MB of JSON, and the API server encodes one while we decode another);
+        the Deployments from what the watch reported, listed only now and then (:mod:`deployment_cache`)."""
         kube = self.s.kube
         namespaces: list[str | None] = list(self.s.settings.namespaces) or [None]
-        lists = [self._lists.submit(read, *args) for ns in namespaces
-                 for read, args in ((kube.list_environments, (ns,)), (kube.list_deployments, (MANAGED_SELECTOR, ns)),
-                                    (kube.list_secrets, (MANAGED_SELECTOR, ns)))]
-        envs_read, deployments, secrets = ([o for f in lists[kind::3] for o in f.result()] for kind in range(3))
+        watched, mark = self.deployments.view()
+        reads: list[tuple[Callable[..., list[Obj]], tuple[Any, ...]]] = [
+            (kube.list_environments, ()), (kube.list_secrets, (MANAGED_SELECTOR,)),
+            *([(kube.list_deployments, (MANAGED_SELECTOR,))] if watched is None else [])]
+        lists = [[self._lists.submit(read, *args, ns) for ns in namespaces] for read, args in reads]
+        envs_read, secrets, *listed = ([o for f in futures for o in f.result()] for futures in lists)
         envs = [e for e in envs_read if not e["metadata"].get("deletionTimestamp")]
         prefetched = Prefetched(started=started)
-        for d in deployments:
-            prefetched.deployments[(d["metadata"]["namespace"], d["metadata"]["name"])] = d
+        if listed:
+            self.deployments.listed(listed[0], mark)
+            for d in listed[0]:
+                prefetched.deployments[(d["metadata"]["namespace"], d["metadata"]["name"])] = d
+        else:
+            prefetched.deployments = watched or {}
         for secret in secrets:
             prefetched.secrets[(secret["metadata"]["namespace"], secret["metadata"]["name"])] = secret
         for env in envs:

@@ -4,6 +4,7 @@ drifted, observed for ``WorkersReady`` (and why a pod is not ready); stopped, it
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from typing import Any
@@ -42,6 +43,11 @@ def converge_workers(s: Services, ctx: Context, topology: TopologyOutcome) -> tu
         return observe_workers(s, None), db_problem
     replicas = 0 if topology.refused or ctx.spec.paused else ctx.spec.workers.replicas
     secrets_hash = builders.secret_data_hash(topology.secret_data, (db_secret or {}).get("data"))
+    # what the Deployment is built from, and the version of it found to match: the same again, it still matches
+    # (a quiet pass at 2,000 environments spent a fifth of its converges building and comparing them)
+    inputs = (hash(json.dumps(ctx.env.get("spec"), sort_keys=True)), replicas, secrets_hash)
+    if live is not None and s.workers_in_sync.get(ctx.uid) == (live["metadata"].get("resourceVersion"), inputs):
+        return observe_workers(s, live), db_problem
     deployment = builders.build_deployment(names, ctx.spec, ctx.owner_reference, replicas, secrets_hash)
     # list responses carry no apiVersion/kind on their items: compare what we own, metadata and spec
     differs = None if live is None else builders.drift(
@@ -58,6 +64,7 @@ def converge_workers(s: Services, ctx: Context, topology: TopologyOutcome) -> tu
             return observe_workers(s, live), Refusal("DeploymentRefused", message)
         _say_what_changed(s, ctx, live, applied, differs, replicas)
         live = applied
+    s.workers_in_sync[ctx.uid] = (live["metadata"].get("resourceVersion"), inputs)
     return observe_workers(s, live), db_problem
 
 
