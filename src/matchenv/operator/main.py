@@ -25,7 +25,7 @@ from matchenv.operator.environment_metrics import EnvironmentMetrics
 from matchenv.operator.fair import FairPool
 from matchenv.operator.kube import Kube, new_api_client
 from matchenv.operator.leader import LeaseElector
-from matchenv.operator.memory import limit_malloc_arenas
+from matchenv.operator.memory import tune_malloc
 from matchenv.operator.metrics_access import CertificateMissing, MetricsAccess, tls_context
 from matchenv.operator.reconciler import Reconciler
 from matchenv.operator.settings import OperatorSettings
@@ -53,7 +53,7 @@ def installation_owner(kube: Kube, settings: OperatorSettings) -> dict[str, obje
 
 def run(settings: OperatorSettings, verbose: bool = False) -> int:
     """Run the operator; the exit code is 1 when leadership was lost (so the pod restarts into standby)."""
-    limit_malloc_arenas()  # before any thread starts
+    tune_malloc()  # before any thread starts
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` dumps every thread's stack to stderr
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if settings.log_json else kopf.LogFormat.FULL)
     logging.getLogger("matchenv").setLevel(logging.DEBUG if verbose else logging.INFO)
