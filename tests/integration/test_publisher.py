@@ -121,8 +121,9 @@ def test_publisher_survives_a_broker_restart_without_losing_confirmed_matches(
     assert report.confirmed == total, report.summary()  # type: ignore[attr-defined]
     assert report.failed == 0  # type: ignore[attr-defined]
     assert report.reconnects >= 1  # type: ignore[attr-defined]
-    # every confirmed match is in the queue; at most the one in flight at the restart is there twice
-    assert total <= prod.depth() <= total + 1
+    # every confirmed match is in the queue; only a resent one may be there twice (the broker stored it at its
+    # shutdown, but its confirm never reached the publisher)
+    assert total <= prod.depth() <= total + report.resent  # type: ignore[attr-defined]
 
 
 def test_each_match_carries_its_topic_key_so_a_topic_binding_picks_a_subset(rabbitmq: RabbitMQNode) -> None:

@@ -60,6 +60,13 @@ def test_exit_codes() -> None:
     assert PublishReport(confirmed=2, invalid_matches=1).exit_code == 3
 
 
+def test_the_summary_says_how_many_were_sent_again_only_when_some_were() -> None:
+    assert "resent" not in PublishReport(confirmed=3).summary()
+    resent = PublishReport(confirmed=3, reconnects=1, resent=2)
+    assert resent.exit_code == 0  # sent again and confirmed: delivered, perhaps twice (the upsert makes it harmless)
+    assert "reconnects 1, resent 2" in resent.summary()
+
+
 def test_gives_up_after_the_retry_budget() -> None:
     now = [0.0]
 

@@ -83,6 +83,7 @@ class PublishReport:
     unroutable: int = 0
     failed: int = 0
     reconnects: int = 0
+    resent: int = 0  # publishes of a match sent before without its confirm (lost with a connection, or nacked)
     blocked: int = 0  # times the broker blocked publishing (a memory or disk alarm)
     blocked_seconds: float = 0.0
     invalid_matches: int = 0
@@ -98,9 +99,12 @@ class PublishReport:
 
     def summary(self) -> str:
         blocked = f", blocked {self.blocked} times for {self.blocked_seconds:.0f}s" if self.blocked else ""
+        # a resent match may be in its queues twice (the broker took it, its confirm was lost): the upsert makes
+        # the second delivery harmless
+        resent = f", resent {self.resent}" if self.resent else ""
         return (f"read {self.read}, published {self.published}, confirmed {self.confirmed}, "
                 f"unroutable {self.unroutable}, invalid {self.invalid_matches}, failed {self.failed}, "
-                f"reconnects {self.reconnects}{blocked}")
+                f"reconnects {self.reconnects}{resent}{blocked}")
 
 
 def validate(raw: RawMatch) -> tuple[dict[str, object] | None, list[InvalidMatch]]:
@@ -398,6 +402,7 @@ class _Stream:
         while len(self.unconfirmed) < self.p.window:
             if self.resend:
                 pending: _Pending | None = self.resend.popleft()
+                self.report.resent += 1
             elif self.source is None:
                 pending = None
             else:
