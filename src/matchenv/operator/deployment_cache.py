@@ -61,9 +61,9 @@ class DeploymentCache:
             self._passes += 1
             return dict(self._items), self._reports
 
-    def listed(self, deployments: list[Obj], mark: int) -> None:
+    def listed(self, deployments: list[Obj], mark: int) -> dict[Key, Obj]:
         """A pass's list, begun at ``mark``: it is the truth for every Deployment the watch has not reported since
-        (present or not), and the view is whole from now on."""
+        (present or not), and the view is whole from now on. Returns the list by (namespace, name)."""
         fresh = {_key(d): d for d in deployments}
         with self._lock:
             for key in [k for k in self._items if k not in fresh and self._reported.get(k, 0) <= mark]:
@@ -73,3 +73,4 @@ class DeploymentCache:
                     self._items[key] = _kept(deployment)
             self._reported = {k: n for k, n in self._reported.items() if n > mark}
             self._passes = 0
+        return fresh

@@ -111,12 +111,7 @@ class Resync:
         envs_read, secrets, *listed = ([o for f in futures for o in f.result()] for futures in lists)
         envs = [e for e in envs_read if not e["metadata"].get("deletionTimestamp")]
         prefetched = Prefetched(started=started)
-        if listed:
-            self.deployments.listed(listed[0], mark)
-            for d in listed[0]:
-                prefetched.deployments[(d["metadata"]["namespace"], d["metadata"]["name"])] = d
-        else:
-            prefetched.deployments = watched or {}
+        prefetched.deployments = self.deployments.listed(listed[0], mark) if listed else watched or {}
         for secret in secrets:
             prefetched.secrets[(secret["metadata"]["namespace"], secret["metadata"]["name"])] = secret
         for env in envs:
