@@ -27,7 +27,7 @@ from tests.e2e.platform import Platform, broker_secret, db_secret, platform_fixt
 
 RESYNC = 2.0
 ROOT = Path(__file__).resolve().parents[2]
-WRITE = re.compile(r'"(PATCH|POST|PUT|DELETE) /')
+WRITE = re.compile(r'"(PATCH|POST|PUT|DELETE) (/\S*)')
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +215,7 @@ def test_100_environments_at_once_set_each_password_once_and_roll_nothing(platfo
 
 def test_a_stalled_leader_never_writes_beside_its_successor(platform: Platform) -> None:
     leader = platform.operator
+    wait_for(lambda: "leading as" in leader.log(), timeout=30, what="the first operator leads")  # run alone too
     standby = OperatorProcess(platform.sa_kubeconfig, platform.tmp / "standby.log", resync_seconds=RESYNC,
                               identity="operator-standby", health_port=True).start()
     try:
@@ -238,11 +239,20 @@ def test_a_stalled_leader_never_writes_beside_its_successor(platform: Platform) 
             os.kill(leader.proc.pid, signal.SIGCONT)
         assert leader.proc.wait(timeout=30) == 1  # it noticed and stepped down
         taken = _log_time(standby.log(), "took over lease")
-        # every write the old leader's process sent (Kubernetes and management API alike, kopf's own included),
-        # from the HTTP client's log; its Lease calls are the election's, not writes of the operator
-        late = [line for line in leader.log().splitlines()
-                if WRITE.search(line) and "/leases/" not in line and _line_time(line) >= taken]
-        assert late == [], "the old leader wrote after its successor took over"
+        lines = leader.log().splitlines()
+        # the fence's last check logs each write right before its first byte leaves: none after the takeover
+        assert any(" sending PATCH /apis/matchenv.io/" in line for line in lines)  # it is there: watched's status
+        sent_late = [line for line in lines if " sending " in line and _line_time(line) >= taken]
+        assert sent_late == [], "the old leader sent writes after its successor took over"
+        # every write the HTTP client saw answered after the takeover (Kubernetes and management API alike; the
+        # Lease calls are the election's) was sent before it: on the wire while the process stood still
+        for at, line in enumerate(lines):
+            write = WRITE.search(line)
+            if write and "/leases/" not in line and _line_time(line) >= taken:
+                method, path = write.group(1), write.group(2).split("?", 1)[0]
+                sends = [s for s in lines[:at] if f" sending {method} {path}" in s]
+                assert sends, f"a write the fence never saw: {line}"
+                assert _line_time(sends[-1]) < taken, f"sent after the takeover: {line}"
         assert "not leading" in leader.log() or "lost lease" in leader.log()
     finally:
         platform.operator = standby

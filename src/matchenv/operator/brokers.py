@@ -9,17 +9,21 @@ from collections.abc import Callable
 
 from matchenv.connection import BrokerConnection
 from matchenv.topology.client import ManagementClient
+from matchenv.write_fence import SendCheck
 
 
 class BrokerClients:
     """One ``ManagementClient`` per broker and credentials (``BrokerConnection.key``)."""
 
     def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic,
-                 write_budget: Callable[[], float | None] | None = None) -> None:
-        """``write_budget``: what is left of the leader's Lease, which cuts each write's deadline."""
+                 write_budget: Callable[[], float | None] | None = None,
+                 check_send: SendCheck | None = None) -> None:
+        """``write_budget``: what is left of the leader's Lease, which cuts each write's deadline; ``check_send``:
+        the fence's last check, right before a write is sent."""
         self.timeout = timeout
         self.clock = clock
         self.write_budget = write_budget
+        self.check_send = check_send
         self._clients: dict[tuple[str, str, str], ManagementClient] = {}
         self._used: dict[tuple[str, str, str], float] = {}
         self._retired_calls = 0  # calls of evicted clients, so that total_calls never goes back
@@ -31,7 +35,7 @@ class BrokerClients:
             if client is None:
                 client = ManagementClient(conn.management_url, conn.username, conn.password,
                                           timeout=(min(3.05, self.timeout), self.timeout),
-                                          write_budget=self.write_budget)
+                                          write_budget=self.write_budget, check_send=self.check_send)
                 self._clients[conn.key] = client
             self._used[conn.key] = self.clock()
             return client

@@ -22,6 +22,8 @@ from kubernetes.client.exceptions import ApiException
 from matchenv.api import API_GROUP, API_VERSION, KIND, PLURAL
 from matchenv.operator import metrics
 from matchenv.operator.builders import FIELD_MANAGER
+from matchenv.write_fence import NotLeading as NotLeading  # raised by the operator's writes; re-exported
+from matchenv.write_fence import fence as fence_sends
 
 log = logging.getLogger("matchenv.operator")
 Obj = dict[str, Any]
@@ -31,6 +33,7 @@ MERGE = "application/merge-patch+json"
 EVENT_BACKLOG = 1000  # events waiting to be sent at most
 EVENT_SENDERS = 4  # threads sending them: a loaded API server answers a create in tens of ms, so one fell behind
 MIN_WRITE_SECONDS = 0.5  # less than this left of the Lease: no write starts
+MIN_SEND_SECONDS = 0.1  # less than this left when a started write is about to be sent: it is not (a stall between)
 
 
 LIST_PAGE = 500  # objects per list request: one call per list up to 500 objects, pages beyond
@@ -59,10 +62,6 @@ def _unless_missing(call: Callable[[], Any]) -> Obj | None:
         raise
 
 
-class NotLeading(Exception):
-    """A write was refused: this operator is past its Lease's renew deadline and may no longer be the leader."""
-
-
 def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster config when running in a pod, else the kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``)."""
     configuration = client.Configuration()
@@ -82,11 +81,16 @@ class Kube:
 
     def __init__(self, api_client: client.ApiClient, timeout: float = 10.0,
                  fence: Callable[[], float] | None = None) -> None:
+        """With a ``fence``, every write sent through ``api_client`` asks it again at the socket
+        (:mod:`matchenv.write_fence`), so the client must be this one's alone: the election's own Lease calls and
+        the metrics' access reviews go through another."""
         self.api_client = api_client
         self.timeout = timeout
         # the seconds a write may take from now and still land while this process leads (leader election); None:
         # no election, every write may take ``timeout``
         self.fence = fence
+        if fence is not None:
+            fence_sends(api_client.rest_client.pool_manager, self.check_send)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
@@ -115,6 +119,16 @@ class Kube:
         metrics.WRITES.labels(target=target).inc()
         log.debug("write: %s", what)
         return self.timeout if budget is None else min(self.timeout, budget)
+
+    def check_send(self, what: str) -> None:
+        """The last check of a write, right before its first byte is sent: a process stalled since
+        :meth:`may_write` (SIGSTOP, a long pause) sends nothing once it may no longer lead."""
+        budget = self.write_budget()
+        if budget is not None and budget < MIN_SEND_SECONDS:
+            metrics.FENCED_WRITES.inc()
+            log.warning("not leading: refused to send %s", what)
+            raise NotLeading(f"not leading: refused to send {what}")
+        log.debug("sending %s", what)
 
     def _write(self, what: str) -> dict[str, Any]:
         """The options of one write (see :meth:`may_write`)."""

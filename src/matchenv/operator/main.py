@@ -71,7 +71,9 @@ def run(settings: OperatorSettings, verbose: bool = False) -> int:
     elector = LeaseElector(Kube(api, timeout=max(0.5, min(settings.api_timeout, settings.lease_seconds / 5))),
                            settings.operator_namespace, settings.lease_name, settings.identity,
                            settings.lease_seconds, owner=owner)
-    kube = Kube(api, timeout=settings.api_timeout, fence=elector.write_budget if settings.leader_election else None)
+    # the operator's writes go through a client of their own: with election, each is checked again at the socket
+    kube = Kube(new_api_client(settings.kubeconfig) if settings.leader_election else api, timeout=settings.api_timeout,
+                fence=elector.write_budget if settings.leader_election else None)
     metrics.LEADING.set_function(lambda: float(elector.leading() if settings.leader_election else 1))
     if settings.archive_max_age_seconds is not None:
         metrics.ARCHIVE_MAX_AGE.set(settings.archive_max_age_seconds)

@@ -21,6 +21,7 @@ import requests
 from matchenv.contracts import split_urls
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
 from matchenv.topology.tally import count_call
+from matchenv.write_fence import SendCheck, fence
 
 DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds the whole call
 # a management answer larger than this is refused, not read into memory: parsed, JSON takes several times its size,
@@ -63,10 +64,30 @@ class BrokerNotFound(BrokerError):
     """404: the vhost, queue, exchange, user or binding does not exist."""
 
 
-def _session() -> requests.Session:
+class _Adapter(requests.adapters.HTTPAdapter):
+    """``requests``' adapter whose pools (a proxy's too) ask ``check_send`` before each write leaves."""
+
+    def __init__(self, check_send: SendCheck | None, **kwargs: Any) -> None:
+        self.check_send = check_send
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        if self.check_send is not None:
+            fence(self.poolmanager, self.check_send)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        made = proxy not in self.proxy_manager
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if made and self.check_send is not None:
+            fence(manager, self.check_send)
+        return manager
+
+
+def _session(check_send: SendCheck | None = None) -> requests.Session:
     """A session whose connection pool keeps one connection per parallel call."""
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=PARALLEL_CALLS)
+    adapter = _Adapter(check_send, pool_connections=1, pool_maxsize=PARALLEL_CALLS)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -89,6 +110,7 @@ class ManagementClient:
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         session: requests.Session | None = None,
         write_budget: Callable[[], float | None] | None = None,
+        check_send: SendCheck | None = None,
     ) -> None:
         self.base_urls = [url.rstrip("/") for url in split_urls(base_url)] or [base_url.rstrip("/")]
         self._node = 0  # the node calls go to
@@ -96,7 +118,9 @@ class ManagementClient:
         # how long a write may take from now (the leader's Lease: no write still under way once another replica
         # may lead); None: the timeout alone
         self.write_budget = write_budget
-        self.session = session or _session()
+        # asked again right before each write's first byte leaves (:mod:`matchenv.write_fence`); may raise
+        self.check_send = check_send
+        self.session = session or _session(check_send)
         self.session.auth = (username, password)
         self.session.headers["content-type"] = "application/json"
         self.calls = 0  # management calls made; the reconciler reports it per interval
@@ -116,7 +140,7 @@ class ManagementClient:
         stalled, self._runner = self._runner, ThreadPoolExecutor(max_workers=PARALLEL_CALLS,
                                                                  thread_name_prefix="management")
         stalled.shutdown(wait=False)
-        fresh = _session()
+        fresh = _session(self.check_send)
         fresh.auth, fresh.headers = self.session.auth, self.session.headers
         self.session.close()
         self.session = fresh
