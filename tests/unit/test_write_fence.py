@@ -3,13 +3,17 @@ never sent. A loopback HTTP server records what actually reached it."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
+import re
 import threading
 from collections.abc import Iterator
 
+import kopf
 import pytest
 from kubernetes import client
 
+from matchenv.operator.kopf_login import fenced_session
 from matchenv.operator.kube import Kube
 from matchenv.topology.client import ManagementClient
 from matchenv.write_fence import NotLeading
@@ -112,3 +116,22 @@ def test_a_management_write_held_up_past_the_lease_is_not_sent_and_reads_still_a
         assert server.seen == ["PUT /api/queues/%2F/matches.prod", "GET /api/overview"]
     finally:
         management.close()
+
+
+def test_kopfs_own_session_sends_no_write_once_the_lease_ran_out(server: Recorder) -> None:
+    lease = Lease()
+    kube = kube_for(server, lease)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    path = "/apis/matchenv.io/v1alpha1/namespaces/default/matchenvironments/prod"
+
+    async def kopf_patches() -> None:
+        context = fenced_session(kopf.ConnectionInfo(server=url), kube.check_send)
+        async with context.aiohttp_session as session:
+            (await session.patch(url + path, json={"metadata": {"finalizers": []}})).release()  # leading
+            lease.left = 0.0
+            with pytest.raises(NotLeading, match=f"refused to send PATCH {re.escape(path)}"):
+                await session.patch(url + path, json={"metadata": {"annotations": {}}})
+            (await session.get(url + path)).release()  # its watches and reads go on
+
+    asyncio.run(kopf_patches())
+    assert server.seen == [f"PATCH {path}", f"GET {path}"]

@@ -19,6 +19,7 @@ from matchenv.operator.drift import BrokerEvents, Changed, Repairs
 from matchenv.operator.errors import TeardownIncomplete
 from matchenv.operator.fair import FairPool, flow_of
 from matchenv.operator.handsoff import switched
+from matchenv.operator.kopf_login import fenced_session
 from matchenv.operator.kube import Obj
 from matchenv.operator.reconciler import Reconciler
 from matchenv.operator.settings import OperatorSettings
@@ -56,6 +57,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         # namespaced install: the listed namespaces are exact names; kopf needs no cluster-wide read of namespaces
         # or CRDs (its Roles are in the watched namespaces only)
         settings.scanning.disabled = True
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, logger: kopf.Logger, settings: kopf.OperatorSettings,
+                **kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's default login (the client library's in-cluster or kubeconfig credentials) in a session whose writes
+    ask the leader fence (:mod:`matchenv.operator.kopf_login`)."""
+    info = kopf.login_via_client(logger=logger, settings=settings, **kwargs)
+    if info is None:
+        return None
+    kube = memo.reconciler.kube
+    return fenced_session(info, kube.check_send if kube.fence is not None else None)
 
 
 @kopf.on.startup()
