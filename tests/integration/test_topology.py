@@ -276,6 +276,23 @@ def test_a_scoped_snapshot_sees_what_the_full_one_sees_of_an_environment(broker:
         broker.delete_exchange(want.vhost, f"side-{unique}")
 
 
+def test_a_scoped_snapshot_of_a_queue_without_a_marker_reads_its_claimants(broker: ManagementClient,
+                                                                           unique: str) -> None:
+    want = make(f"u-{unique}")
+    broker.declare_queue(want.vhost, want.queue.name, {})  # declared by hand, or by an older version: no marker
+    try:
+        full, scoped = broker.snapshot(), broker.snapshot(want.scope())
+        assert set(scoped.queues) == {(want.vhost, want.queue.name)}
+        assert not scoped.queues[(want.vhost, want.queue.name)].claimed_by_cluster
+        # whoever may read it is its claimant: every permission of the vhost is read, none of the others'
+        assert scoped.permissions == {k: p for k, p in full.permissions.items() if k[1] == want.vhost}
+        assert set(scoped.bindings_to(want.vhost, want.queue.name)) == \
+            set(full.bindings_to(want.vhost, want.queue.name))
+        assert plan_converge(want, scoped, "pw").refusal == plan_converge(want, full, "pw").refusal
+    finally:
+        broker.delete_queue(want.vhost, want.queue.name)
+
+
 def test_a_foreign_binding_with_arguments_is_removed_from_an_owned_queue(broker: ManagementClient, unique: str,
                                                                           cleanup: list[DesiredTopology]) -> None:
     want = make(f"a-{unique}")
