@@ -4,10 +4,7 @@ never sent. A loopback HTTP server records what actually reached it."""
 from __future__ import annotations
 
 import asyncio
-import http.server
 import re
-import threading
-from collections.abc import Iterator
 
 import kopf
 import pytest
@@ -17,42 +14,7 @@ from matchenv.operator.kopf_login import fenced_session
 from matchenv.operator.kube import Kube
 from matchenv.topology.client import ManagementClient
 from matchenv.write_fence import NotLeading
-
-
-class Recorder(http.server.ThreadingHTTPServer):
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.seen: list[str] = []
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    server: Recorder
-
-    def answer(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        self.rfile.read(length)
-        self.server.seen.append(f"{self.command} {self.path.split('?', 1)[0]}")
-        body = b"{}"
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = answer  # noqa: N815 - http.server's names
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def server() -> Iterator[Recorder]:
-    recorder = Recorder()
-    thread = threading.Thread(target=recorder.serve_forever, daemon=True)
-    thread.start()
-    yield recorder
-    recorder.shutdown()
-    recorder.server_close()
+from tests.unit.loopback import Recorder
 
 
 class Lease:

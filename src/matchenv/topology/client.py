@@ -9,6 +9,7 @@ reconciler needs in a fixed number of calls, whatever the number of environments
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -87,6 +88,10 @@ class _Adapter(requests.adapters.HTTPAdapter):
 def _session(check_send: SendCheck | None = None) -> requests.Session:
     """A session whose connection pool keeps one connection per parallel call."""
     session = requests.Session()
+    # the environment read once, here (the proxies per node in ManagementClient): requests would otherwise scan
+    # it for proxies and CA bundles at every call (~0.2 ms of CPU each, 20 calls per new environment)
+    session.trust_env = False
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     adapter = _Adapter(check_send, pool_connections=1, pool_maxsize=PARALLEL_CALLS)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -114,6 +119,8 @@ class ManagementClient:
     ) -> None:
         self.base_urls = [url.rstrip("/") for url in split_urls(base_url)] or [base_url.rstrip("/")]
         self._node = 0  # the node calls go to
+        # each node's proxies from the environment (HTTP(S)_PROXY, NO_PROXY), as requests would find them per call
+        self._proxies = {url: requests.utils.get_environ_proxies(url) for url in self.base_urls}
         self.timeout = timeout
         # how long a write may take from now (the leader's Lease: no write still under way once another replica
         # may lead); None: the timeout alone
@@ -183,10 +190,11 @@ class ManagementClient:
         and a lone node that answers slowly within the deadline is not cut off (RabbitMQ 4.0.5 answers GET
         /api/overview and /api/definitions after 5 s now and then)."""
         total = max(0.1, deadline - time.monotonic())
-        session = self.session
+        session, base = self.session, self.base_url
 
         def exchange() -> tuple[requests.Response, bytes]:
-            response = session.request(method, self.base_url + path, json=body, params=params, stream=True,
+            response = session.request(method, base + path, json=body, params=params, proxies=self._proxies[base],
+                                       stream=True,
                                        timeout=(min(connect, total), max(1.0, total / nodes_left)))
             try:
                 content = _read_body(response, deadline)

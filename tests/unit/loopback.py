@@ -1,0 +1,50 @@
+"""A loopback HTTP server that answers ``{}`` to everything and records what reached it (an API server, a
+management API or a proxy, as a unit test needs)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import threading
+from collections.abc import Iterator
+
+
+class Recorder(http.server.ThreadingHTTPServer):
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.seen: list[str] = []  # "METHOD path" (a proxy sees the absolute URL as the path)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    @classmethod
+    @contextlib.contextmanager
+    def serving(cls) -> Iterator[Recorder]:
+        recorder = cls()
+        threading.Thread(target=recorder.serve_forever, daemon=True).start()
+        try:
+            yield recorder
+        finally:
+            recorder.shutdown()
+            recorder.server_close()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: Recorder
+
+    def answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.rfile.read(length)
+        self.server.seen.append(f"{self.command} {self.path.split('?', 1)[0]}")
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = answer  # noqa: N815 - http.server's names
+
+    def log_message(self, *args: object) -> None:
+        pass
