@@ -11,7 +11,6 @@ import json
 import os
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -200,8 +199,6 @@ class FakeKube:
         self.writes: Counter[str] = Counter()
         self.reads: Counter[str] = Counter()  # reads of one object, by kind
         self.refuse_deployments: str | None = None  # a message: apply_deployment answers 422 with it
-        # told of every MatchEnvironment write, as kopf's watch tells the operator: (a copy of it, deleted)
-        self.environment_watchers: list[Callable[[Obj, bool], None]] = []
         self._rv = 0
 
     def may_write(self, what: str, target: str = "kubernetes") -> None:
@@ -212,18 +209,12 @@ class FakeKube:
         obj["metadata"]["resourceVersion"] = str(self._rv)
 
     # MatchEnvironments
-    def watched(self, namespace: str, name: str, deleted: bool = False) -> None:
-        """The watch reports the environment as it is now (tests that change one in place call it too)."""
-        for watcher in self.environment_watchers:
-            watcher(copy.deepcopy(self.environments[(namespace, name)]), deleted)
-
     def add_environment(self, namespace: str, name: str, spec: Obj, annotations: Obj | None = None) -> Obj:
         env = {"apiVersion": "matchenv.io/v1alpha1", "kind": "MatchEnvironment",
                "metadata": {"namespace": namespace, "name": name, "uid": str(uuid.uuid4()), "generation": 1,
                             "annotations": dict(annotations or {})},
                "spec": copy.deepcopy(spec)}
         self.environments[(namespace, name)] = env
-        self.watched(namespace, name)
         return env
 
     def environment(self, namespace: str, name: str) -> Obj:
@@ -241,13 +232,11 @@ class FakeKube:
         self.writes["status"] += 1
         env = self.environments[(namespace, name)]
         merge_patch(env.setdefault("status", {}), status)
-        self.watched(namespace, name)
 
     def patch_environment(self, namespace: str, name: str, patch: Obj) -> None:
         env = self.environments[(namespace, name)]
         merge_patch(env, patch)
         self._bump(env)
-        self.watched(namespace, name)
 
     def delete_environment(self, namespace: str, name: str, uid: str) -> bool:
         """Marks it deleted (its finalizer holds it, as the API server would): the delete handler's to finish."""
@@ -256,7 +245,6 @@ class FakeKube:
             return False
         env["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
         self._bump(env)
-        self.watched(namespace, name)
         return True
 
     # Secrets

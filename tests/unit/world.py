@@ -27,7 +27,6 @@ class World:
         self.settings = OperatorSettings(resync_seconds=1, leader_election=False, cluster_id=CLUSTER)
         self.reconciler = Reconciler(self.kube, self.settings, clients=self.clients,  # type: ignore[arg-type]
                                      stop_wait=0)
-        self.kube.environment_watchers.append(self.reconciler.environment_seen)  # kopf's watch
 
     def add(self, name: str, namespace: str = "default", annotations: dict[str, str] | None = None,
             **spec: Any) -> dict[str, Any]:

@@ -188,13 +188,6 @@ async def converge(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await fairly(memo, body, memo.reconciler.converge)
 
 
-@kopf.on.event(*RESOURCE)
-async def environment_seen(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    """Every MatchEnvironment as kopf's watch reports it: the resync passes take them from here and list them only
-    now and then (:mod:`matchenv.operator.watch_view`). In the event loop: a copy, no I/O."""
-    memo.reconciler.environment_seen(plain(body), deleted=event.get("type") == "DELETED")
-
-
 @kopf.on.event(*RESOURCE, when=lambda body, **_: switched(body))
 def reconcile_switched(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The hands-off annotation was set or removed (kopf's update handler does not see annotations under the

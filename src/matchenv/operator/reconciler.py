@@ -36,6 +36,7 @@ from matchenv.operator.autoscaler import Autoscaler
 from matchenv.operator.backfills import Backfills
 from matchenv.operator.brokers import BrokerClients
 from matchenv.operator.context import Prefetched, Services
+from matchenv.operator.deployment_cache import DeploymentCache
 from matchenv.operator.drift import Changed
 from matchenv.operator.environment_metrics import EnvironmentMetrics
 from matchenv.operator.errors import TeardownIncomplete
@@ -53,7 +54,6 @@ from matchenv.operator.steps.status import invalid_spec_status, write_status
 from matchenv.operator.steps.topology import converge_topology
 from matchenv.operator.steps.workers import converge_workers, observe_workers
 from matchenv.operator.teardown import teardown
-from matchenv.operator.watch_view import WatchView
 from matchenv.operator.watches import Follow, OwnerIndex, Sightings
 
 log = logging.getLogger("matchenv.operator")
@@ -83,10 +83,8 @@ class Reconciler:
         self._announced: dict[str, str] = {}
         self._owners = OwnerIndex()
         self._sightings = Sightings()
-        # what the watches report, for the resync passes
-        self.deployments = WatchView()
-        self.environment_view = WatchView()
-        self._resync = Resync(self.services, self.converge, self.deployments, self.environment_view)
+        self.deployments = DeploymentCache()  # what the watch reports, for the resync passes
+        self._resync = Resync(self.services, self.converge, self.deployments)
 
     @property
     def settings(self) -> OperatorSettings:
@@ -234,10 +232,6 @@ class Reconciler:
             return None
         env = self._current(namespace, name, uid)
         return None if env is None else self.converge(env)
-
-    def environment_seen(self, env: Obj, deleted: bool = False) -> None:
-        """kopf's watch reported ``env`` (``deleted``: it is gone): the resync passes take it from there."""
-        self.environment_view.seen(env, deleted)
 
     def workers_changed(self, deployment: Obj, deleted: bool = False) -> Obj | None:
         """A Deployment of ours changed: status follows its pods without waiting for the resync, and a deleted or

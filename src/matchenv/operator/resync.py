@@ -20,11 +20,11 @@ from matchenv.api import MatchEnvironmentSpec
 from matchenv.connection import BrokerConfigError, SecretDecodeError, read_connection
 from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL, broker_secret_name
 from matchenv.operator.context import Prefetched, Services
+from matchenv.operator.deployment_cache import DeploymentCache
 from matchenv.operator.errors import describe
 from matchenv.operator.kube import Obj
 from matchenv.operator.publisher import ensure_publisher
 from matchenv.operator.status import status_changed
-from matchenv.operator.watch_view import WatchView
 from matchenv.topology.client import BrokerError
 from matchenv.topology.tally import CallTally, tallying
 
@@ -46,15 +46,13 @@ class ResyncReport:
 
 class Resync:
     """Runs passes; ``converge(env, prefetched)`` is the orchestrator's (None: it skipped the environment);
-    ``deployments`` and ``environments`` are what the watches reported of the worker Deployments and of the
-    MatchEnvironments."""
+    ``deployments`` is what the watch reported of the worker Deployments."""
 
     def __init__(self, s: Services, converge: Callable[[Obj, Prefetched], Obj | None],
-                 deployments: WatchView, environments: WatchView) -> None:
+                 deployments: DeploymentCache) -> None:
         self.s = s
         self.converge = converge
         self.deployments = deployments
-        self.environments = environments
         # the work on tenants' brokers (environments with broker.connectionSecretRef): one group per broker Secret
         # under way at most, each on its own, so that a slow one delays nobody else's
         self._pool = ThreadPoolExecutor(max_workers=BROKERS_AT_ONCE, thread_name_prefix="resync")
@@ -102,22 +100,15 @@ class Resync:
     def _read(self, started: float) -> tuple[list[Obj], Prefetched]:
         """The environments not being deleted, and the pass's Deployments and Secrets: the lists read side by side
         (at 2,000 environments they are ~30 MB of JSON, and the API server encodes one while we decode another);
-        the environments and Deployments from what the watches reported, listed only now and then
-        (:mod:`watch_view`)."""
+        the Deployments from what the watch reported, listed only now and then (:mod:`deployment_cache`)."""
         kube = self.s.kube
         namespaces: list[str | None] = list(self.s.settings.namespaces) or [None]
-        watched_envs, envs_mark = self.environments.view()
         watched, mark = self.deployments.view()
         reads: list[tuple[Callable[..., list[Obj]], tuple[Any, ...]]] = [
-            (kube.list_secrets, (MANAGED_SELECTOR,)),
-            *([(kube.list_environments, ())] if watched_envs is None else []),
+            (kube.list_environments, ()), (kube.list_secrets, (MANAGED_SELECTOR,)),
             *([(kube.list_deployments, (MANAGED_SELECTOR,))] if watched is None else [])]
         lists = [[self._lists.submit(read, *args, ns) for ns in namespaces] for read, args in reads]
-        secrets, *listed = ([o for f in futures for o in f.result()] for futures in lists)
-        if watched_envs is None:
-            envs_read = list(self.environments.listed(listed.pop(0), envs_mark).values())
-        else:
-            envs_read = list(watched_envs.values())
+        envs_read, secrets, *listed = ([o for f in futures for o in f.result()] for futures in lists)
         envs = [e for e in envs_read if not e["metadata"].get("deletionTimestamp")]
         prefetched = Prefetched(started=started)
         prefetched.deployments = self.deployments.listed(listed[0], mark) if listed else watched or {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from matchenv.operator.watch_view import RELIST_EVERY, WatchView
+from matchenv.operator.deployment_cache import RELIST_EVERY, DeploymentCache
 from tests.unit.world import World
 
 
@@ -17,7 +17,7 @@ def deployment(name: str, replicas: int = 1, version: str = "1") -> dict[str, An
 
 
 def test_the_view_is_whole_only_after_a_list_and_is_listed_again_every_few_passes() -> None:
-    cache = WatchView(relist_every=3)
+    cache = DeploymentCache(relist_every=3)
     cache.seen(deployment("a"))
     assert cache.view()[0] is None  # not listed since the start: a Deployment may exist that no event named yet
     assert cache.view()[0] is None  # ... until a list is done
@@ -29,7 +29,7 @@ def test_the_view_is_whole_only_after_a_list_and_is_listed_again_every_few_passe
 
 
 def test_what_the_watch_reported_during_a_list_wins_and_a_deletion_it_missed_is_seen_by_the_list() -> None:
-    cache = WatchView(relist_every=2)
+    cache = DeploymentCache(relist_every=2)
     cache.listed([deployment("kept"), deployment("missed"), deployment("deleted")], 0)
     _, mark = cache.view()
     # the list begins at ``mark``; meanwhile the watch reports a change and a deletion
@@ -67,34 +67,3 @@ def test_passes_between_lists_read_no_deployment_list_and_a_deleted_one_the_watc
     world.reconciler.resync_all()  # the next one lists: the safety net
     assert len(listed) == 2
     assert ("default", "dev-workers") in world.kube.deployments
-
-
-def test_passes_between_lists_read_no_environment_list_and_act_on_what_the_watch_reported(world: World) -> None:
-    world.add("dev")
-    world.add("gone")
-    listed: list[int] = []
-    real = world.kube.list_environments
-
-    def counting(namespace: str | None = None) -> list[dict[str, Any]]:
-        listed.append(1)
-        return real(namespace)
-
-    world.kube.list_environments = counting  # type: ignore[method-assign]
-    world.reconciler.resync_all()  # the first pass lists
-    assert world.reason("dev") == world.reason("gone") == "Converged"
-    # a change the watch reports is what the next pass acts on, without a list
-    world.kube.patch_environment("default", "dev", {"spec": {"queue": {"maxLength": 500}}})
-    world.reconciler.resync_all()
-    assert len(listed) == 1
-    assert world.broker.policies[("/", "matchenv.matches.dev")].definition["max-length"] == 500
-    # one deleted while the watch was away (never reported) is left alone once the next list shows it gone
-    del world.kube.environments[("default", "gone")]
-    for _ in range(RELIST_EVERY - 2):
-        world.reconciler.resync_all()
-    assert len(listed) == 1
-    world.reconciler.resync_all()  # the safety net
-    assert len(listed) == 2
-    converged: list[str] = []
-    world.reconciler._resync.converge = lambda env, _: converged.append(env["metadata"]["name"])  # type: ignore
-    world.reconciler.resync_all()
-    assert converged == ["dev"]  # "gone" is no longer passed over
