@@ -111,11 +111,7 @@ class Kube:
         """Every write asks first; the answer is its deadline: the request timeout, cut to what is left of the
         Lease, so that no write lands after another replica may have taken over. Raises :class:`NotLeading` when
         less than ``MIN_WRITE_SECONDS`` is left (past the renew deadline, stepped down)."""
-        budget = self.write_budget()
-        if budget is not None and budget < MIN_WRITE_SECONDS:
-            metrics.FENCED_WRITES.inc()
-            log.warning("not leading: refused %s", what)
-            raise NotLeading(f"not leading: refused {what}")
+        budget = self._fenced(what, MIN_WRITE_SECONDS)
         metrics.WRITES.labels(target=target).inc()
         log.debug("write: %s", what)
         return self.timeout if budget is None else min(self.timeout, budget)
@@ -123,12 +119,17 @@ class Kube:
     def check_send(self, what: str) -> None:
         """The last check of a write, right before its first byte is sent: a process stalled since
         :meth:`may_write` (SIGSTOP, a long pause) sends nothing once it may no longer lead."""
-        budget = self.write_budget()
-        if budget is not None and budget < MIN_SEND_SECONDS:
-            metrics.FENCED_WRITES.inc()
-            log.warning("not leading: refused to send %s", what)
-            raise NotLeading(f"not leading: refused to send {what}")
+        self._fenced(f"to send {what}", MIN_SEND_SECONDS)
         log.debug("sending %s", what)
+
+    def _fenced(self, what: str, minimum: float) -> float | None:
+        """What is left of the Lease (None: no election); under ``minimum``, :class:`NotLeading` (counted, logged)."""
+        budget = self.write_budget()
+        if budget is not None and budget < minimum:
+            metrics.FENCED_WRITES.inc()
+            log.warning("not leading: refused %s", what)
+            raise NotLeading(f"not leading: refused {what}")
+        return budget
 
     def _write(self, what: str) -> dict[str, Any]:
         """The options of one write (see :meth:`may_write`)."""
