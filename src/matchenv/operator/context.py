@@ -110,7 +110,7 @@ class Services:
         self.settings = settings
         self.cluster = settings.cluster_id  # in every marker and broker user name this operator makes
         self.clients = clients or BrokerClients(settings.broker_timeout, write_budget=kube.write_budget,
-                                                  check_send=kube.check_send if kube.fence else None)
+                                                  check_send=kube.send_check)
         self.autoscaler = autoscaler or Autoscaler()
         self.backlog: BacklogProbe | None = None  # the fresh ready counts, once the operator has started it
         self.clock = clock

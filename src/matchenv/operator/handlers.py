@@ -67,8 +67,7 @@ async def login(memo: kopf.Memo, logger: kopf.Logger, settings: kopf.OperatorSet
     info = kopf.login_via_client(logger=logger, settings=settings, **kwargs)
     if info is None:
         return None
-    kube = memo.reconciler.kube
-    return fenced_session(info, kube.check_send if kube.fence is not None else None)
+    return fenced_session(info, memo.reconciler.kube.send_check)
 
 
 @kopf.on.startup()

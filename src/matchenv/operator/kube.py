@@ -23,6 +23,7 @@ from matchenv.api import API_GROUP, API_VERSION, KIND, PLURAL
 from matchenv.operator import metrics
 from matchenv.operator.builders import FIELD_MANAGER
 from matchenv.write_fence import NotLeading as NotLeading  # raised by the operator's writes; re-exported
+from matchenv.write_fence import SendCheck
 from matchenv.write_fence import fence as fence_sends
 
 log = logging.getLogger("matchenv.operator")
@@ -115,6 +116,12 @@ class Kube:
         metrics.WRITES.labels(target=target).inc()
         log.debug("write: %s", what)
         return self.timeout if budget is None else min(self.timeout, budget)
+
+    @property
+    def send_check(self) -> SendCheck | None:
+        """:meth:`check_send` for the clients that send writes beside this one (the management sessions, kopf's);
+        None without election."""
+        return self.check_send if self.fence is not None else None
 
     def check_send(self, what: str) -> None:
         """The last check of a write, right before its first byte is sent: a process stalled since
