@@ -57,8 +57,10 @@ class Resync:
         # under way at most, each on its own, so that a slow one delays nobody else's
         self._pool = ThreadPoolExecutor(max_workers=BROKERS_AT_ONCE, thread_name_prefix="resync")
         self._groups: dict[tuple[str, str], Future[None]] = {}
-        self._lists = ThreadPoolExecutor(max_workers=3, thread_name_prefix="resync-list")  # a pass's three lists
+        # a pass's three lists, and the snapshot of the operator's own broker read beside them
+        self._lists = ThreadPoolExecutor(max_workers=4, thread_name_prefix="resync-list")
         self._lock = threading.RLock()  # a group done already runs its callback at once, in the lock
+        self._own_last = 0  # environments on the operator's own broker in the last pass
 
     def run(self) -> ResyncReport:
         """One pass. The operator's own broker's environments by the pass itself, tenants' brokers side by side (at
@@ -71,13 +73,21 @@ class Resync:
 
     def _run(self, tally: CallTally) -> ResyncReport:
         s = self.s
-        started = s.clock()
-        envs, prefetched = self._read(started)
+        prefetched = Prefetched(started=s.clock())
+        # the operator's own broker is known before the lists say who uses it: its snapshot is read beside them
+        # when the pass will want it (the last pass had environments there, or the publisher's user is kept);
+        # otherwise no call for a broker nobody uses
+        wanted = self._own_last or s.settings.publisher_secret
+        snapshot = self._lists.submit(self._own_snapshot, tally, prefetched) if wanted else None
+        envs = self._read(prefetched)
+        if snapshot is not None:
+            snapshot.result()  # in the pass's cache before any converge asks for it
         report = ResyncReport(environments=len(envs))
         groups: dict[tuple[str, str], list[Obj]] = defaultdict(list)
         for env in envs:
             groups[self._broker_group(env)].append(env)
         own = groups.pop(s.settings.broker_secret_ref, [])
+        self._own_last = len(own)
         report_lock = threading.Lock()
         tenants: list[Future[None]] = []
         with self._lock:
@@ -90,14 +100,25 @@ class Resync:
                 future.add_done_callback(functools.partial(self._done, key))
                 tenants.append(future)
         self._resync_group(own, prefetched, report, report_lock)
-        wait(tenants, timeout=max(0.0, s.settings.resync_seconds - (s.clock() - started)))
+        wait(tenants, timeout=max(0.0, s.settings.resync_seconds - (s.clock() - prefetched.started)))
         s.clients.evict_idle(max(600.0, 10 * s.settings.resync_seconds))
         if s.settings.publisher_secret:
             self.keep_publisher(prefetched)
-        report.seconds = s.clock() - started
+        report.seconds = s.clock() - prefetched.started
         return report
 
-    def _read(self, started: float) -> tuple[list[Obj], Prefetched]:
+    def _own_snapshot(self, tally: CallTally, prefetched: Prefetched) -> None:
+        """The operator's own broker's snapshot, into the pass's cache; a failure is left to the converges that
+        need it (they report it, as without this head start)."""
+        namespace, name = self.s.settings.broker_secret_ref
+        try:
+            with tallying(tally):
+                conn = read_connection(self.s.secret(namespace, name, prefetched), namespace, name)
+                self.s.snapshot(conn, self.s.clients.get(conn), prefetched)
+        except (BrokerError, BrokerConfigError, SecretDecodeError, ApiException) as exc:
+            log.debug("the snapshot of the operator's broker, read beside the lists: %s", describe(exc))
+
+    def _read(self, prefetched: Prefetched) -> list[Obj]:
         """The environments not being deleted, and the pass's Deployments and Secrets: the lists read side by side
         (at 2,000 environments they are ~30 MB of JSON, and the API server encodes one while we decode another);
         the Deployments from what the watch reported, listed only now and then (:mod:`deployment_cache`)."""
@@ -110,7 +131,6 @@ class Resync:
         lists = [[self._lists.submit(read, *args, ns) for ns in namespaces] for read, args in reads]
         envs_read, secrets, *listed = ([o for f in futures for o in f.result()] for futures in lists)
         envs = [e for e in envs_read if not e["metadata"].get("deletionTimestamp")]
-        prefetched = Prefetched(started=started)
         prefetched.deployments = self.deployments.listed(listed[0], mark) if listed else watched or {}
         for secret in secrets:
             prefetched.secrets[(secret["metadata"]["namespace"], secret["metadata"]["name"])] = secret
@@ -118,7 +138,7 @@ class Resync:
             meta = env["metadata"]
             # a broker Secret the list did not return is not known to exist (read again before minting)
             prefetched.secrets.setdefault((meta["namespace"], broker_secret_name(meta["name"])), None)
-        return envs, prefetched
+        return envs
 
     def _resync_tallied(self, tally: CallTally, *args: Any) -> None:
         """:meth:`_resync_group` on a pool thread, its calls counted into the pass's ``tally``."""

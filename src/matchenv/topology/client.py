@@ -21,7 +21,7 @@ import requests
 
 from matchenv.contracts import split_urls
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
-from matchenv.topology.tally import count_call
+from matchenv.topology.tally import carried, count_call
 from matchenv.write_fence import SendCheck, fence
 
 DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds the whole call
@@ -136,9 +136,12 @@ class ManagementClient:
         # server that trickles its headers (requests' timeouts are per socket read); several, because the handlers
         # converge environments in parallel (one thread made every converge wait for the others' calls)
         self._runner = ThreadPoolExecutor(max_workers=PARALLEL_CALLS, thread_name_prefix="management")
+        # a whole snapshot's second read, made while the first is under way
+        self._beside = ThreadPoolExecutor(max_workers=1, thread_name_prefix="management-beside")
 
     def close(self) -> None:
         self._runner.shutdown(wait=False)
+        self._beside.shutdown(wait=False)
         self.session.close()
 
     def _abandon(self) -> None:
@@ -281,15 +284,17 @@ class ManagementClient:
         return self._version
 
     def snapshot(self, scope: Scope | None = None) -> BrokerSnapshot:
-        """Everything the planner compares against: the whole broker in two calls (its definitions, and the queues
-        with their message counts), or, with ``scope``, only the objects it names (a constant number of small
-        calls; all the vhost's permissions only when a queue lacks its ownership marker: its claimant is found
-        among them)."""
+        """Everything the planner compares against: the whole broker in two calls side by side (its definitions,
+        and the queues with their message counts), or, with ``scope``, only the objects it names (a constant
+        number of small calls; all the vhost's permissions only when a queue lacks its ownership marker: its
+        claimant is found among them)."""
         if scope is not None:
             return self._scoped(scope)
+        # side by side: the broker renders its queues (with their counts) while it renders its definitions
+        queues = self._beside.submit(carried(self.list_queues))
         definitions = self._request("GET", "/api/definitions") or {}
         return BrokerSnapshot.build(
-            queues=self.list_queues(),
+            queues=queues.result(),
             exchanges=[Exchange.from_api(r) for r in definitions.get("exchanges", [])],
             bindings=[Binding.from_api(r) for r in definitions.get("bindings", [])],
             policies=[Policy.from_api(r) for r in definitions.get("policies", [])],

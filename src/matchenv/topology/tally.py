@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 _held = threading.local()
 
@@ -42,3 +45,16 @@ def count_call() -> None:
     tally: CallTally | None = getattr(_held, "tally", None)
     if tally is not None:
         tally.add()
+
+
+def carried(work: Callable[[], _T]) -> Callable[[], _T]:
+    """``work``, to run on another thread with its calls counted where this thread's are."""
+    tally: CallTally | None = getattr(_held, "tally", None)
+    if tally is None:
+        return work
+
+    def counted() -> _T:
+        with tallying(tally):
+            return work()
+
+    return counted
