@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import threading
 from collections.abc import Iterator
+from typing import Self
 
 
 class Recorder(http.server.ThreadingHTTPServer):
@@ -20,7 +21,7 @@ class Recorder(http.server.ThreadingHTTPServer):
 
     @classmethod
     @contextlib.contextmanager
-    def serving(cls) -> Iterator[Recorder]:
+    def serving(cls) -> Iterator[Self]:
         recorder = cls()
         threading.Thread(target=recorder.serve_forever, daemon=True).start()
         try:

@@ -3,9 +3,7 @@ count as the calls of the pass that asked."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 
 from matchenv.topology.client import ManagementClient
 from matchenv.topology.tally import CallTally, tallying
@@ -35,19 +33,8 @@ class _HoldingServer(Recorder):
         self.together: list[bool] = []
 
 
-@contextlib.contextmanager
-def _holding() -> Iterator[_HoldingServer]:
-    server = _HoldingServer()
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_a_whole_snapshot_reads_definitions_and_queues_side_by_side() -> None:
-    with _holding() as server:
+    with _HoldingServer.serving() as server:
         management = ManagementClient(server.url, "operator", "secret", timeout=(1.0, 10.0))
         try:
             with tallying(CallTally()) as tally:
