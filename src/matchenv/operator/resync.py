@@ -26,7 +26,7 @@ from matchenv.operator.kube import Obj
 from matchenv.operator.publisher import ensure_publisher
 from matchenv.operator.status import status_changed
 from matchenv.topology.client import BrokerError
-from matchenv.topology.tally import CallTally, tallying
+from matchenv.topology.tally import CallTally, carried, tallying
 
 log = logging.getLogger("matchenv.operator")
 
@@ -67,18 +67,18 @@ class Resync:
         most BROKERS_AT_ONCE), waited for at most one interval: a tenant's group still under way then goes on by
         itself, and the passes that begin meanwhile leave that broker to it."""
         with tallying(CallTally()) as tally:
-            report = self._run(tally)
+            report = self._run()
         report.management_calls = tally.count  # the pass's own: the handlers' calls meanwhile are theirs
         return report
 
-    def _run(self, tally: CallTally) -> ResyncReport:
+    def _run(self) -> ResyncReport:
         s = self.s
         prefetched = Prefetched(started=s.clock())
         # the operator's own broker is known before the lists say who uses it: its snapshot is read beside them
         # when the pass will want it (the last pass had environments there, or the publisher's user is kept);
         # otherwise no call for a broker nobody uses
         wanted = self._own_last or s.settings.publisher_secret
-        snapshot = self._lists.submit(self._own_snapshot, tally, prefetched) if wanted else None
+        snapshot = self._lists.submit(carried(functools.partial(self._own_snapshot, prefetched))) if wanted else None
         envs = self._read(prefetched)
         if snapshot is not None:
             snapshot.result()  # in the pass's cache before any converge asks for it
@@ -95,7 +95,9 @@ class Resync:
                 if key in self._groups:  # the previous pass's work on that broker is still under way
                     report.skipped += len(group)
                     continue
-                future = self._pool.submit(self._resync_tallied, tally, group, prefetched, report, report_lock)
+                # on a pool thread, its calls counted as the pass's
+                future = self._pool.submit(carried(functools.partial(self._resync_group, group, prefetched, report,
+                                                                     report_lock)))
                 self._groups[key] = future
                 future.add_done_callback(functools.partial(self._done, key))
                 tenants.append(future)
@@ -107,14 +109,13 @@ class Resync:
         report.seconds = s.clock() - prefetched.started
         return report
 
-    def _own_snapshot(self, tally: CallTally, prefetched: Prefetched) -> None:
+    def _own_snapshot(self, prefetched: Prefetched) -> None:
         """The operator's own broker's snapshot, into the pass's cache; a failure is left to the converges that
         need it (they report it, as without this head start)."""
         namespace, name = self.s.settings.broker_secret_ref
         try:
-            with tallying(tally):
-                conn = read_connection(self.s.secret(namespace, name, prefetched), namespace, name)
-                self.s.snapshot(conn, self.s.clients.get(conn), prefetched)
+            conn = read_connection(self.s.secret(namespace, name, prefetched), namespace, name)
+            self.s.snapshot(conn, self.s.clients.get(conn), prefetched)
         except (BrokerError, BrokerConfigError, SecretDecodeError, ApiException) as exc:
             log.debug("the snapshot of the operator's broker, read beside the lists: %s", describe(exc))
 
@@ -139,11 +140,6 @@ class Resync:
             # a broker Secret the list did not return is not known to exist (read again before minting)
             prefetched.secrets.setdefault((meta["namespace"], broker_secret_name(meta["name"])), None)
         return envs
-
-    def _resync_tallied(self, tally: CallTally, *args: Any) -> None:
-        """:meth:`_resync_group` on a pool thread, its calls counted into the pass's ``tally``."""
-        with tallying(tally):
-            self._resync_group(*args)
 
     def _resync_group(self, group: list[Obj], prefetched: Prefetched, report: ResyncReport,
                       report_lock: threading.Lock) -> None:
