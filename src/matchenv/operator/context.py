@@ -174,7 +174,10 @@ class Services:
 
     def connection_for(self, env: Obj, spec: MatchEnvironmentSpec,
                        prefetched: Prefetched | None = None) -> BrokerConnection:
-        namespace, name = self.broker_ref(env, spec)
+        return self.connection_at(*self.broker_ref(env, spec), prefetched)
+
+    def connection_at(self, namespace: str, name: str, prefetched: Prefetched | None = None) -> BrokerConnection:
+        """The broker connection broker Secret ``namespace/name`` holds (read as :meth:`secret` reads it)."""
         return read_connection(self.secret(namespace, name, prefetched), namespace, name)
 
     def snapshot(self, conn: BrokerConnection, client: Any, prefetched: Prefetched | None,

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from matchenv.connection import read_connection, worker_amqp_url
+from matchenv.connection import worker_amqp_url
 from matchenv.naming import publisher_user_name
 from matchenv.operator import metrics
 from matchenv.operator.autoscaler import Autoscaler
@@ -221,8 +221,7 @@ class Reconciler:
 
     def events_url(self) -> str:
         """The AMQP URL (vhost /, where ``amq.rabbitmq.event`` is) of the operator's broker, as its admin."""
-        namespace, name = self.settings.broker_secret_ref
-        conn = read_connection(self.kube.get_secret(namespace, name), namespace, name)
+        conn = self.services.connection_at(*self.settings.broker_secret_ref)
         return worker_amqp_url(conn.url, conn.username, conn.password, "/")
 
     def repair(self, namespace: str, name: str, uid: str | None = None) -> Obj | None:

@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from matchenv.api import MatchEnvironmentSpec
-from matchenv.connection import BrokerConfigError, SecretDecodeError, read_connection
+from matchenv.connection import BrokerConfigError, SecretDecodeError
 from matchenv.naming import MANAGED_BY, MANAGED_BY_LABEL, broker_secret_name
 from matchenv.operator.context import Prefetched, Services
 from matchenv.operator.deployment_cache import DeploymentCache
@@ -112,9 +112,8 @@ class Resync:
     def _own_snapshot(self, prefetched: Prefetched) -> None:
         """The operator's own broker's snapshot, into the pass's cache; a failure is left to the converges that
         need it (they report it, as without this head start)."""
-        namespace, name = self.s.settings.broker_secret_ref
         try:
-            conn = read_connection(self.s.secret(namespace, name, prefetched), namespace, name)
+            conn = self.s.connection_at(*self.s.settings.broker_secret_ref, prefetched)
             self.s.snapshot(conn, self.s.clients.get(conn), prefetched)
         except (BrokerError, BrokerConfigError, SecretDecodeError, ApiException) as exc:
             log.debug("the snapshot of the operator's broker, read beside the lists: %s", describe(exc))
@@ -173,8 +172,7 @@ class Resync:
         """The scraper's publish-only user on the operator's broker (its own failure stalls no environment)."""
         s = self.s
         try:
-            namespace, name = s.settings.broker_secret_ref
-            conn = read_connection(s.secret(namespace, name, prefetched), namespace, name)
+            conn = s.connection_at(*s.settings.broker_secret_ref, prefetched)
             client = s.clients.get(conn)
             secret = s.secret(s.settings.operator_namespace, s.settings.publisher_secret, prefetched)
             ensure_publisher(s.kube, s.settings, conn, client, secret,

@@ -17,7 +17,6 @@ from matchenv.connection import (
     BrokerConnection,
     SecretDecodeError,
     decode_secret_data,
-    read_connection,
     worker_amqp_url,
 )
 from matchenv.contracts import WORKER_SECRET_PASSWORD, WORKER_SECRET_USERNAME
@@ -195,7 +194,7 @@ def release_previous(s: Services, ctx: Context, conn: BrokerConnection) -> dict[
     old = desired_topology(s.cluster, ctx.namespace, ctx.name, old_spec)
     secret_ns, _, secret_name = str(before.get("brokerSecret", "")).partition("/")
     try:
-        old_conn = read_connection(s.secret(secret_ns, secret_name, None), secret_ns, secret_name)
+        old_conn = s.connection_at(secret_ns, secret_name)
         same_broker = old_conn.management_url == conn.management_url
         if same_broker and (old.vhost, old.queue.name) == (ctx.desired.vhost, ctx.names.queue):
             return here  # another Secret for the same broker: the same place
