@@ -10,11 +10,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from typing import Any
 
-import amqp
 import pika
 import psycopg
+from kombu.connection import Connection
 
 from matchenv.scraper.messages import task_message
 from matchenv.scraper.sources import synthetic
@@ -65,18 +65,13 @@ def raw_consumer(amqp_url: str, matches: list[dict[str, object]], batch: int = M
     messages/s from the first delivery to the last."""
     queue = f"bench-raw-{uuid.uuid4().hex[:6]}"
     _fill(amqp_url, queue, matches)
-    url = urlsplit(amqp_url)
-    conn = amqp.Connection(f"{url.hostname}:{url.port or 5672}", userid=unquote(url.username or "guest"),
-                           password=unquote(url.password or "guest"),
-                           virtual_host=unquote(url.path[1:]) if len(url.path) > 1 else "/")
-    conn.connect()
-    try:
-        channel = conn.channel()
+    with Connection(amqp_url) as conn:  # only to open it: what follows is py-amqp's own channel
+        channel = conn.default_channel
         channel.basic_qos(0, prefetch, False)
         seen = [0]
         first = [0.0]
 
-        def delivered(message: amqp.Message) -> None:
+        def delivered(message: Any) -> None:
             if not seen[0]:
                 first[0] = time.perf_counter()
             seen[0] += 1
@@ -90,8 +85,6 @@ def raw_consumer(amqp_url: str, matches: list[dict[str, object]], batch: int = M
         channel.basic_cancel(tag)
         channel.queue_delete(queue)
         return rate
-    finally:
-        conn.close()
 
 
 def _fill(amqp_url: str, queue: str, matches: list[dict[str, object]]) -> None:
