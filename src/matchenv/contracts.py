@@ -4,6 +4,7 @@ their names from here, so the two sides of a contract cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -91,11 +92,13 @@ def routing_key(match: Mapping[str, Any]) -> str:
     it routes by it): ``<age_group>.<league>.<division>``, each word made routing-key safe (letters, digits, '-'
     and '_' kept, every other run of characters one '-'), a missing one ``none``. E.g. ``U14.Homegrown.Northeast``;
     bind ``U14.#`` for every U14 match."""
-    def word(value: Any) -> str:
-        text = re.sub(r"[^A-Za-z0-9_-]+", "-", str(value or "")).strip("-")
-        return text or "none"
+    return ".".join(_routing_word(str(match.get(key) or "")) for key in ("age_group", "league", "division"))
 
-    return ".".join(word(match.get(key)) for key in ("age_group", "league", "division"))
+
+@functools.lru_cache(maxsize=1024)
+def _routing_word(value: str) -> str:
+    """One word of a routing key (a feed has few distinct ones: cached, bounded)."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", value).strip("-") or "none"
 
 
 def events_exchange(queue: str) -> str:

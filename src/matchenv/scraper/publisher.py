@@ -39,7 +39,9 @@ from matchenv.scraper.sources import RawMatch
 
 log = logging.getLogger("matchenv.scraper")
 Result = Literal["confirmed", "unroutable", "failed"]
-DEFAULT_WINDOW = 512  # unconfirmed messages on the wire at most
+# unconfirmed messages on the wire at most: the broker confirms persistent messages once its queues have
+# written them, in batches; 512 left it idle between them (0.86 x raw pika with confirms per 100; 2,048: 1.00)
+DEFAULT_WINDOW = 2048
 MAX_NACKS = 3  # a message the broker refuses this often is reported failed
 BLOCKED_NOTICE = 30.0  # while the broker blocks publishing, say so again this often (seconds)
 DEFAULT_MAX_BLOCKED = 900.0

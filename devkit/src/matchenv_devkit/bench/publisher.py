@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -122,26 +123,28 @@ def ours(url: str, exchange: str, count: int) -> float:
     return seconds
 
 
-def _best(run: Callable[[], float], fanout: Fanout, rounds: int) -> float:
-    """The best of ``rounds`` (the least disturbed by a shared machine), purging the queues between rounds."""
-    best = float("inf")
+def _interleaved(runs: dict[str, Callable[[], float]], fanout: Fanout, rounds: int) -> dict[str, float]:
+    """The median seconds of each of ``runs`` over ``rounds``, taken in turn (a slow moment of a shared machine
+    weighs on each alike), the queues purged before each."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        fanout.purge()
-        best = min(best, run())
+        for name, run in runs.items():
+            fanout.purge()
+            seconds[name].append(run())
     fanout.purge()
-    return best
+    return {name: statistics.median(taken) for name, taken in seconds.items()}
 
 
-def measure(broker: RabbitMQNode, count: int = 5000, rounds: int = 3) -> Measure:
+def measure(broker: RabbitMQNode, count: int = 5000, rounds: int = 5) -> Measure:
     url = broker.endpoints.amqp_url
     fanout = Fanout(broker)
     try:
-        # interleaved, so that a slow moment of the machine hits each alike
-        each = _best(lambda: raw_confirm_each(url, fanout.exchange, count), fanout, rounds)
-        per100 = _best(lambda: raw_confirms_per_batch(url, fanout.exchange, count), fanout, rounds)
-        mine = _best(lambda: ours(url, fanout.exchange, count), fanout, rounds)
+        taken = _interleaved({"each": lambda: raw_confirm_each(url, fanout.exchange, count),
+                              "per100": lambda: raw_confirms_per_batch(url, fanout.exchange, count),
+                              "ours": lambda: ours(url, fanout.exchange, count)}, fanout, rounds)
     finally:
         fanout.close()
+    each, per100, mine = taken["each"], taken["per100"], taken["ours"]
     rate = count / mine
     ratio = (count / mine) / (count / per100)
     return Measure(
