@@ -19,6 +19,7 @@ from matchenv.operator.drift import BrokerEvents, Changed, Repairs
 from matchenv.operator.errors import TeardownIncomplete
 from matchenv.operator.fair import FairPool, flow_of
 from matchenv.operator.handsoff import switched
+from matchenv.operator.kopf_diffbase import EnvironmentDiffBase
 from matchenv.operator.kopf_login import fenced_session
 from matchenv.operator.kube import Obj
 from matchenv.operator.reconciler import Reconciler
@@ -42,9 +43,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     ours: OperatorSettings = memo.settings
     # Progress and diff-base in annotations: the CRD's status schema would prune kopf's own status fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = EnvironmentDiffBase(prefix=API_GROUP, key="last-handled-configuration")
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.posting.level = logging.WARNING  # our own events say what changed; kopf's would repeat it
     settings.watching.server_timeout = 60
