@@ -11,21 +11,19 @@ own default is 10 h).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import urllib3
-from kubernetes import client, config, watch
+from kubernetes import client, config
 
 from matchenv.topology.client import ManagementClient
 from matchenv_devkit.bench.burst import LATE_AFTER, Burst, start_burst
 from matchenv_devkit.bench.operator import cpu_seconds, fanout_bindings, percentile, rss_mib
+from matchenv_devkit.bench.readiness import FirstReady
 from matchenv_devkit.bench.result import BurstRun, Measure, OperatorRun, Series
 from matchenv_devkit.bench.result import Target as Goal
 from matchenv_devkit.cluster.build import ensure_topology_operator
@@ -130,47 +128,36 @@ class TopologyOperatorBench:
     def latency(self, trials: int) -> list[float]:
         """Seconds from the first create to all four objects Ready, one environment at a time."""
         samples = []
-        for i in range(trials):
-            started = time.monotonic()
-            self.create(f"lat{i}")
-            while not self.all_ready(f"lat{i}"):
-                if time.monotonic() - started > 60:
-                    raise RuntimeError(f"the topology operator's lat{i} not Ready in 60 s")
-                time.sleep(0.005)
-            samples.append(time.monotonic() - started)
+        seen = self._watches()
+        try:
+            for i in range(trials):
+                started = time.monotonic()
+                self.create(f"lat{i}")
+                samples.append(max(kind.at(f"lat{i}") for kind in seen) - started)
+        finally:
+            for kind in seen:
+                kind.stop()
         return samples
+
+    def _watches(self, timeout: float = 1800) -> list[FirstReady]:
+        """A watch per kind: when each of its objects was first Ready."""
+        return [FirstReady(self.custom, GROUP, VERSION, NAMESPACE, plural, ready, timeout) for _, plural in KINDS]
 
     def burst(self, total: int, timeout: float = 900) -> tuple[list[tuple[float, float]], Burst]:
         """``total`` environments created one after another, and one more 2 s in: how many had all four objects
         Ready at each second since the first create (the last point: all of them), and the late one's own apply ->
         Ready. A watch per kind (never a list each second: that would load the API server)."""
-        lock = threading.Lock()
-        ready_kinds: dict[str, set[str]] = {}
-        streams = {plural: watch.Watch() for _, plural in KINDS}
-
-        def follow(plural: str) -> None:
-            with contextlib.suppress(urllib3.exceptions.HTTPError):  # the stream cut when it is stopped
-                for event in streams[plural].stream(self.custom.list_namespaced_custom_object, GROUP, VERSION,
-                                                    NAMESPACE, plural, timeout_seconds=int(timeout)):
-                    obj = event["object"]
-                    if ready(obj) and obj["metadata"]["name"].startswith("env"):
-                        with lock:
-                            ready_kinds.setdefault(obj["metadata"]["name"], set()).add(plural)
-
-        followers = [threading.Thread(target=follow, args=(plural,), daemon=True) for plural in streams]
-        for follower in followers:
-            follower.start()
+        seen = self._watches(timeout)
         applies = start_burst(self.create, total, self.all_ready, timeout=timeout)
         progress: list[tuple[float, float]] = [(0.0, 0.0)]
         complete = 0
         while complete < total and time.monotonic() - applies.started < timeout:
             time.sleep(0.2)
-            with lock:
-                complete = sum(1 for kinds in ready_kinds.values() if len(kinds) == len(KINDS))
+            complete = sum(1 for name in set.intersection(*(kind.names() for kind in seen)) if name.startswith("env"))
             if time.monotonic() - applies.started - progress[-1][0] >= 1.0 or complete >= total:
                 progress.append((time.monotonic() - applies.started, float(complete)))
-        for stream in streams.values():
-            stream.stop()
+        for kind in seen:
+            kind.stop()
         if complete < total:
             raise RuntimeError(f"only {complete} of {total} of the topology operator's environments Ready")
         applies.join(timeout)
