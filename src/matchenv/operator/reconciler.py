@@ -251,12 +251,12 @@ class Reconciler:
     def _refresh_workers(self, follow: Follow, deployment: Obj) -> Obj | None:
         """Status follows the Deployment's pods without a converge (no broker call, no Secret read): one read of
         the environment and, when it changed, one status write. A status this cannot follow (another generation's,
-        a problem) gets the full converge, as does a Deployment that no longer matches what was built (drift)."""
-        env = self._current(follow.namespace, follow.name, follow.uid)
-        if env is None:
-            return None
+        a problem) gets the full converge, as does a Deployment that no longer matches what was built (drift). The
+        environment is read under its lock: a converge under way (whose Deployment moved) has written its status
+        by then, and this follows it rather than converging it again."""
         with self._lock(follow.uid):
-            if follow.uid in self._torn_down:
+            env = self._current(follow.namespace, follow.name, follow.uid)
+            if env is None or follow.uid in self._torn_down:
                 return None
             old = env.get("status") or {}
             wanted = ((env.get("spec") or {}).get("workers") or {}).get("replicas")
