@@ -305,6 +305,32 @@ def test_killed_operator_restarts_and_converges_without_duplicates(platform: Pla
     assert sorted(users) == sorted(platform.user(e) for e in (*ENVS, "preview"))
 
 
+
+def test_a_change_made_while_the_operator_was_away_is_applied_when_it_is_back(platform: Platform) -> None:
+    """kopf's record of what it last handled lives in the operator's memory: the next process calls every environment
+    new and converges it, so a spec changed while no operator ran is applied (and nothing is written to the object for
+    that record)."""
+    kubectl = platform.kubectl
+    kubectl.apply(db_secret("away"))
+    kubectl.apply(environment("away"))
+    wait_for(lambda: platform.is_ready("away"), timeout=60, what="away Ready")
+    annotations = kubectl.get_json("menv", "away")["metadata"].get("annotations") or {}
+    assert not [k for k in annotations if "matchenv.io/" in k]  # kopf's bookkeeping is not on the object
+    platform.operator.stop()
+    kubectl.run("patch", "menv", "away", "--type", "merge", "-p", json.dumps({"spec": {"workers": {"concurrency": 3}}}))
+    generation = kubectl.get_json("menv", "away")["metadata"]["generation"]
+    platform.operator = OperatorProcess(platform.sa_kubeconfig, platform.tmp / "operator-away.log",
+                                        resync_seconds=RESYNC, identity="operator-away").start()
+
+    def applied() -> bool:
+        args = kubectl.get_json("deployment", "away-workers")["spec"]["template"]["spec"]["containers"][0]["args"]
+        return args[args.index("--concurrency") + 1] == "3" and platform.status("away").get("observedGeneration") \
+            == generation
+
+    wait_for(applied, timeout=60, what="the change made while away applied")
+    kubectl.run("delete", "menv", "away", "--timeout=60s")
+
+
 def _with_own_broker_secret(platform: Platform, env: str, secret_name: str) -> dict[str, Any]:
     """Environment ``env`` on the broker through a connection Secret of its own (``secret_name``), Ready."""
     secret = broker_secret(platform.rabbitmq)
