@@ -23,7 +23,7 @@ import kopf
 
 from matchenv.api import API_GROUP, KIND
 
-# what kopf's annotation storage wrote on environments before this one: removed with the next handled change
+# what kopf's annotation storage wrote on environments before: removed as each is first handled (the first start)
 LEGACY_ANNOTATIONS = (f"{API_GROUP}/last-handled-configuration", f"{API_GROUP}/kopf-managed")
 
 
