@@ -48,11 +48,9 @@ def raw_object(event: kopf.RawEvent) -> Obj:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours: OperatorSettings = memo.settings
-    # Progress in annotations (the CRD's status schema would prune kopf's own status fields), written only while a
-    # handler is retried; under a prefix beginning "kopf.", for which kopf writes no marker annotation (that marker
-    # was one more write of every new environment). The diff base in memory (:mod:`matchenv.operator.kopf_diffbase`).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=f"kopf.{API_GROUP}")
-    settings.persistence.diffbase_storage = memo.diffbase = EnvironmentDiffBase()
+    # Progress and diff-base in annotations: the CRD's status schema would prune kopf's own status fields.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = EnvironmentDiffBase(prefix=API_GROUP, key="last-handled-configuration")
     settings.persistence.finalizer = f"{API_GROUP}/finalizer"
     settings.posting.level = logging.WARNING  # our own events say what changed; kopf's would repeat it
     settings.watching.server_timeout = 60
@@ -231,11 +229,3 @@ async def teardown(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await fairly(memo, body, memo.reconciler.teardown)
     except TeardownIncomplete as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.delay or memo.settings.resync_seconds) from exc
-
-
-@kopf.on.event(*RESOURCE, when=lambda type, **_: type == "DELETED")
-def forget_handled(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """The environment is gone from the API server: kopf's diff base of it goes too."""
-    diffbase: EnvironmentDiffBase | None = getattr(memo, "diffbase", None)
-    if diffbase is not None:
-        diffbase.forget(body.metadata.uid or "")
