@@ -198,10 +198,10 @@ def test_5000_matches_4_workers_one_killed_no_loss_no_duplicates(env: Environmen
 
 def test_a_worker_told_to_stop_mid_run_stores_or_gives_back_every_message(
         env: Environment, workers: Callable[..., WorkerProcess], database: str) -> None:
-    total = 3000
+    total = 30_000  # a few seconds of one worker: a stop after its first rows lands mid-run (3,000 could be done)
     env.publish([protocol1_body(make_match(i)) for i in range(total)])
     busy = workers()
-    wait_for(lambda: rows(database) >= 200, what="the worker storing")
+    wait_for(lambda: rows(database) >= 200, what="the worker storing", every=0.02)
     assert busy.stop() == 0  # SIGTERM: the batch in hand is stored and acknowledged, the rest given back
     assert "unexpected error" not in busy.log()
     stored, queued = rows(database), env.depth()
