@@ -305,7 +305,6 @@ def test_killed_operator_restarts_and_converges_without_duplicates(platform: Pla
     assert sorted(users) == sorted(platform.user(e) for e in (*ENVS, "preview"))
 
 
-
 def test_a_change_made_while_the_operator_was_away_is_applied_when_it_is_back(platform: Platform) -> None:
     """No operator runs while an environment's spec changes: the next one applies the change when it starts."""
     kubectl = platform.kubectl

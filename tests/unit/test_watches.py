@@ -68,14 +68,13 @@ def test_a_deployment_of_someone_else_is_not_followed(world: World) -> None:
     assert dict(world.kube.writes) == writes
 
 
-
 def test_a_deployment_event_during_a_converge_follows_the_status_it_wrote(world: World) -> None:
     """The Deployment controller answers a new environment's Deployment while its converge still runs: the event
     waits for the environment's lock and follows the status that converge wrote, rather than converging it again."""
     world.add("prod", workers={"image": "matchenv:0.1.0", "databaseSecretRef": {"name": "matchenv-db-prod"},
                                "replicas": 2})
     key = ("default", "prod-workers")
-    apply, events = world.kube.apply_deployment, []
+    apply, answers, followed = world.kube.apply_deployment, [], []
 
     def apply_and_answer(body: dict[str, Any]) -> dict[str, Any]:
         applied = apply(body)
@@ -84,18 +83,18 @@ def test_a_deployment_event_during_a_converge_follows_the_status_it_wrote(world:
         live["status"] = {"observedGeneration": live["metadata"].get("generation", 1), "replicas": 2,
                           "readyReplicas": 0, "updatedReplicas": 2, "unavailableReplicas": 2}
         answer = copy.deepcopy(live)
-        event = threading.Thread(target=lambda: events.append(world.reconciler.workers_changed(answer)))
+        event = threading.Thread(target=lambda: followed.append(world.reconciler.workers_changed(answer)))
         event.start()
         event.join(0.3)  # the event is read while this converge has yet to write its status
-        events.append(event)
+        answers.append(event)
         return applied
 
     world.kube.apply_deployment = apply_and_answer  # type: ignore[method-assign]
     world.converge("prod")
     world.kube.apply_deployment = apply  # type: ignore[method-assign]
     calls, writes = world.broker.calls, dict(world.kube.writes)
-    events[0].join(5)
+    answers[0].join(5)
     assert world.broker.calls == calls  # followed: no second converge, no broker call
     assert dict(world.kube.writes) == writes  # the status the converge wrote holds already
-    assert events[1] is not None  # it followed the Deployment
+    assert followed[0] is not None  # it followed the Deployment
     assert world.status("prod")["ready"] == "0/2"
