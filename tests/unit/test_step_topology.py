@@ -24,6 +24,31 @@ def test_converge_then_converge_again_writes_nothing(world: World) -> None:
     assert world.broker.put_users["matchenv-env.c1.default.prod"] == 1
 
 
+def test_the_loser_of_a_race_for_one_queue_gives_its_permissions_back_at_once(world: World) -> None:
+    """Two environments declare one queue at the same moment: the marker the broker kept decides, and the loser's
+    user is left no access to the winner's queue (not until the next pass: at once)."""
+    world.add("prod")
+    world.add("prod", "other")
+    declare = world.broker.declare_queue
+    raced: list[str] = []
+
+    def first_the_winner(vhost: str, name: str, arguments: dict[str, Any], durable: bool = True) -> None:
+        if not raced:  # other/prod planned its queue; default/prod's converge declares it first
+            raced.append(name)
+            world.broker.declare_queue = declare  # type: ignore[method-assign]
+            world.converge("prod")
+            world.broker.declare_queue = first_the_winner  # type: ignore[method-assign]
+        declare(vhost, name, arguments, durable)
+
+    world.broker.declare_queue = first_the_winner  # type: ignore[method-assign]
+    world.converge("prod", "other")
+    assert raced == ["matches.prod"]
+    assert world.reason("prod", namespace="other") == "QueueClaimed"
+    assert world.reason("prod") == "Converged"
+    assert ("matchenv-env.c1.other.prod", "/") not in world.broker.permissions
+    assert ("matchenv-env.c1.default.prod", "/") in world.broker.permissions
+
+
 def test_the_second_team_gets_a_clear_refusal_and_nothing_of_the_first(world: World) -> None:
     world.add("prod", queue={"maxLength": 1000})  # with a policy, which the other team must not touch
     world.converge("prod")

@@ -144,10 +144,11 @@ def _converge_broker(s: Services, ctx: Context, conn: BrokerConnection, secret: 
         s.apply(ctx, client, plan.actions)
         snapshot = client.snapshot(ctx.desired.verification_scope())
         # verify: another environment may have declared the same queue at the same moment; the marker the broker
-        # kept decides, and a loser gives its permissions back at once
+        # kept decides, and a loser gives its permissions back at once (this check reads no permissions: the
+        # loser's, just granted, are read with the whole scope, only then)
         outcome.refusal = check_ownership(ctx.desired, snapshot)
         if outcome.refusal is not None:
-            s.apply(ctx, client, plan_revoke(ctx.desired, snapshot))
+            s.apply(ctx, client, plan_revoke(ctx.desired, client.snapshot(ctx.desired.scope())))
             return
     outcome.observation = observe(ctx.desired, snapshot)
     outcome.placement = release_previous(s, ctx, conn)
