@@ -79,7 +79,8 @@ class SimulatedBroker:
         users = {k: u for k, u in full.users.items() if k in scope.users or (k in scope.legacy_users and unclaimed)}
         return BrokerSnapshot(
             queues, exchanges,
-            tuple(b for b in full.bindings if ((b.vhost, b.destination) in queues and b.destination_type == "queue")
+            tuple(b for b in full.bindings if ((b.vhost, b.destination) in queues and b.destination_type == "queue"
+                                              and (scope.bindings_of is None or b.destination in scope.bindings_of))
                   or (b.destination_type == "exchange" and b.destination in scope.exchange_bindings
                   and (b.vhost, b.destination) in exchanges)
                   or (b.vhost == v and b.source in scope.source_bindings)),

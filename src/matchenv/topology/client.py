@@ -307,7 +307,7 @@ class ManagementClient:
         v = _q(scope.vhost)
         queues = [Queue.from_api(r) for name in scope.queues
                   if (r := self._get_or_none(f"/api/queues/{v}/{_q(name)}")) is not None]
-        bindings = [Binding.from_api(r) for q in queues
+        bindings = [Binding.from_api(r) for q in queues if scope.bindings_of is None or q.name in scope.bindings_of
                     for r in self._request("GET", f"/api/queues/{v}/{_q(q.name)}/bindings") or []]
         exchanges = [Exchange.from_api(r) for name in scope.exchanges
                      if (r := self._get_or_none(f"/api/exchanges/{v}/{_q(name)}")) is not None]

@@ -135,11 +135,13 @@ class DesiredTopology:
                      exchange_bindings=subset, legacy_users=self.names.legacy_users)
 
     def verification_scope(self) -> Scope:
-        """What is read again after applying a plan: the queues (whose ownership marker the broker kept decides a
-        race with another environment), their bindings and the dead-letter exchange."""
+        """What is read again after applying a plan: the queues and the dead-letter exchange (whose ownership marker
+        the broker kept decides a race with another environment) and the queue's bindings (status says whether it is
+        bound; the dead-letter queue's are not read again)."""
         subset = (self.subset_exchange,) if self.subset_exchange else ()
         return Scope(self.vhost, (self.queue.name, self.names.dead_letter_queue),
-                     (*subset, self.names.dead_letter_exchange), (), (), exchange_bindings=subset)
+                     (*subset, self.names.dead_letter_exchange), (), (), exchange_bindings=subset,
+                     bindings_of=(self.queue.name,))
 
     @property
     def policy_pattern(self) -> str:

@@ -196,6 +196,7 @@ class Scope:
     policies: tuple[str, ...]
     users: tuple[str, ...]
     exchange_bindings: tuple[str, ...] = ()  # exchanges whose bindings from other exchanges are read too
+    bindings_of: tuple[str, ...] | None = None  # the queues whose bindings are read; None: every queue read
     source_bindings: tuple[str, ...] = ()  # exchanges whose own bindings (to queues and exchanges) are read too
     # users named as before the cluster identity: read only where a queue carries no marker or a legacy one
     legacy_users: tuple[str, ...] = ()
