@@ -215,6 +215,7 @@ class FakeKube:
                "metadata": {"namespace": namespace, "name": name, "uid": str(uuid.uuid4()), "generation": 1,
                             "annotations": dict(annotations or {})},
                "spec": copy.deepcopy(spec)}
+        self._bump(env)
         self.environments[(namespace, name)] = env
         return env
 
@@ -235,15 +236,29 @@ class FakeKube:
         merge_patch(env.setdefault("status", {}), status)
 
     def patch_environment(self, namespace: str, name: str, patch: Obj) -> None:
-        env = self.environments[(namespace, name)]
-        merge_patch(env, patch)
+        """As the API server: 404 when gone, 409 when the patch names another resourceVersion, 422 for a finalizer
+        added to an object being deleted."""
+        env = self.environments.get((namespace, name))
+        if env is None:
+            raise _api_error(404)
+        meta, wanted = env["metadata"], patch.get("metadata") or {}
+        if wanted.get("resourceVersion") not in (None, meta.get("resourceVersion")):
+            raise _api_error(409, "the object has been modified")
+        if meta.get("deletionTimestamp") and set(wanted.get("finalizers") or ()) - set(meta.get("finalizers") or ()):
+            raise _api_error(422, "no new finalizers can be added if the object is being deleted")
+        merge_patch(env, {**patch, "metadata": {k: v for k, v in wanted.items() if k != "resourceVersion"}}
+                     if "metadata" in patch else patch)
         self._bump(env)
 
     def delete_environment(self, namespace: str, name: str, uid: str) -> bool:
-        """Marks it deleted (its finalizer holds it, as the API server would): the delete handler's to finish."""
+        """As the API server: marks it deleted while a finalizer holds it (the delete handler's to finish), else it
+        is gone at once."""
         env = self.environments.get((namespace, name))
         if env is None or env["metadata"]["uid"] != uid:
             return False
+        if not env["metadata"].get("finalizers"):
+            del self.environments[(namespace, name)]
+            return True
         env["metadata"].setdefault("deletionTimestamp", "2026-01-01T00:00:00Z")
         self._bump(env)
         return True

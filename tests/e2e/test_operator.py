@@ -429,6 +429,27 @@ def test_standby_takes_over_when_the_leader_dies(platform: Platform) -> None:
         platform.operator = standby
 
 
+def test_an_environment_deleted_as_it_is_applied_goes_and_leaves_nothing_behind(platform: Platform) -> None:
+    """Deleted before, during or just after its first converge: the deletion never hangs, and nothing of it stays
+    (the finalizer is on before anything is made, and nothing is made once it is going)."""
+    kubectl, mgmt = platform.kubectl, platform.mgmt
+    names = [f"flash{i}" for i in range(5)]
+    for name in names:
+        kubectl.apply(db_secret(name))
+    for name in names:
+        kubectl.apply(environment(name, deletionPolicy="Delete"))
+        kubectl.run("delete", "menv", name, "--wait=false")
+    wait_for(lambda: all(kubectl.run("get", "menv", n, check=False).returncode != 0 for n in names), timeout=60,
+             what="every deletion done")
+    time.sleep(2)  # a converge still queued for one of them would have made something by now
+    for name in names:
+        assert mgmt.queue(f"matches.{name}") is None
+        assert mgmt.queue(f"matches.{name}.dlq") is None
+        assert mgmt.user(platform.user(name)) is None
+        assert kubectl.run("get", "deployment", f"{name}-workers", check=False).returncode != 0
+        assert kubectl.run("get", "secret", f"{name}-broker", check=False).returncode != 0
+
+
 def test_delete_unbinds_and_keeps_or_deletes_the_queue(platform: Platform) -> None:
     kubectl, mgmt = platform.kubectl, platform.mgmt
     for env in ("staging", "dev"):

@@ -24,6 +24,7 @@ from matchenv.operator.kopf_login import fenced_session
 from matchenv.operator.kube import Obj
 from matchenv.operator.reconciler import Reconciler
 from matchenv.operator.settings import OperatorSettings
+from matchenv.operator.steps.finalizer import FINALIZER, has_finalizer
 
 RESOURCE = (API_GROUP, API_VERSION, PLURAL)
 log = logging.getLogger("matchenv.operator")
@@ -51,7 +52,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     # Progress and diff-base in annotations: the CRD's status schema would prune kopf's own status fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     settings.persistence.diffbase_storage = EnvironmentDiffBase(prefix=API_GROUP, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+    settings.persistence.finalizer = FINALIZER  # put on by the converge itself (steps/finalizer.py)
     settings.posting.level = logging.WARNING  # our own events say what changed; kopf's would repeat it
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
@@ -223,7 +224,7 @@ def backfill_changed(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_
                     body.get("metadata", {}).get("name"), exc)
 
 
-@kopf.on.delete(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5)
+@kopf.on.delete(*RESOURCE, errors=kopf.ErrorsMode.TEMPORARY, backoff=5, when=has_finalizer)
 async def teardown(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     try:
         await fairly(memo, body, memo.reconciler.teardown)

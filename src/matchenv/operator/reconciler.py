@@ -49,6 +49,7 @@ from matchenv.operator.steps.autoscaling import autoscale
 from matchenv.operator.steps.backfill import run_backfill, run_catch_up
 from matchenv.operator.steps.deadletters import carry_out
 from matchenv.operator.steps.expiry import expire_if_due
+from matchenv.operator.steps.finalizer import hold_deletion
 from matchenv.operator.steps.rotation import retire_previous_user
 from matchenv.operator.steps.status import invalid_spec_status, write_status
 from matchenv.operator.steps.topology import converge_topology
@@ -139,6 +140,8 @@ class Reconciler:
             self._owners.remember(ctx)
             expires, deleted = expire_if_due(s, ctx, dt.datetime.now(dt.UTC))
             if deleted:  # its teardown (the delete handler) follows deletionPolicy
+                return ctx.old_status
+            if not hold_deletion(s, ctx):  # gone, or going before its first converge: nothing is made for it
                 return ctx.old_status
             topology = converge_topology(s, ctx)
             autoscaling = None if topology.refused else autoscale(s, ctx, topology.observation, topology.probe_url)
