@@ -29,6 +29,8 @@ DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, total) seconds: the second bounds th
 # and the operator's memory limit is 384 MiB (a broker of 20,000 queues answers /api/queues in about 6 MiB)
 MAX_BODY = 16 * 1024 * 1024
 MAX_ERROR_TEXT = 300
+READ_TRIES = 2  # a GET whose connection dropped or that was answered 5xx: once more (see _request_node)
+MIN_RETRY_SECONDS = 0.5  # less than this left of a call's deadline: no second try
 PARALLEL_CALLS = 8  # management calls in flight at once per broker (the converge pool runs up to 8 at once)
 QUEUE_COLUMNS = (
     "name,vhost,type,durable,arguments,messages,messages_ready,messages_unacknowledged,consumers,policy,"
@@ -195,10 +197,9 @@ class ManagementClient:
         total = max(0.1, deadline - time.monotonic())
         session, base = self.session, self.base_url
 
-        def exchange() -> tuple[requests.Response, bytes]:
+        def once(left: float) -> tuple[requests.Response, bytes]:
             response = session.request(method, base + path, json=body, params=params, proxies=self._proxies[base],
-                                       stream=True,
-                                       timeout=(min(connect, total), max(1.0, total / nodes_left)))
+                                       stream=True, timeout=(min(connect, left), max(1.0, left / nodes_left)))
             try:
                 content = _read_body(response, deadline)
             except BaseException:
@@ -206,6 +207,23 @@ class ManagementClient:
                 raise
             response.raw.release_conn()
             return response, content
+
+        def exchange() -> tuple[requests.Response, bytes]:
+            # a read is tried again, while time is left, when the connection dropped (a kept-alive one the broker
+            # closed meanwhile) or the answer was a 5xx: RabbitMQ 4.0's GET /api/definitions fails with a 500 when a
+            # user is deleted while it reads them, and the broker then closes that connection
+            for _ in range(READ_TRIES - 1 if method == "GET" else 0):
+                if deadline - time.monotonic() < MIN_RETRY_SECONDS:
+                    break
+                try:
+                    response, content = once(deadline - time.monotonic())
+                except requests.ConnectionError as exc:
+                    if isinstance(exc, requests.Timeout):
+                        raise
+                    continue
+                if response.status_code < 500:
+                    return response, content
+            return once(max(0.1, deadline - time.monotonic()))
 
         try:
             future = self._runner.submit(exchange)
