@@ -791,6 +791,9 @@ class CredentialsStatus(_Model):
                                                  description="With spec.broker.rotateEvery: when the next is due.")
     previous_user: str | None = Field(None, alias="previousUser", description="The user before the last rotation, "
                                       "while a worker pod may still use it; removed once none does.")
+    previous_user_problem: str | None = Field(
+        None, alias="previousUserProblem", description="Why the previous user could not be removed yet (the broker's "
+        "answer; tried again at each converge). A BrokerUserNotRetired Warning is posted when it changes.")
 
 
 class MatchEnvironmentStatus(_Model):

@@ -11,6 +11,7 @@ from typing import Any
 from matchenv.naming import EnvironmentNames
 from matchenv.operator.status import parse_rfc3339
 from matchenv.operator.steps.credentials import ROTATE_ANNOTATION
+from matchenv.topology.client import BrokerError
 from tests.unit.world import World
 
 NAMES = EnvironmentNames("c1", "default", "prod", "matches.prod")
@@ -79,6 +80,31 @@ def test_rotation_switches_to_the_other_user_and_removes_the_previous_once_no_po
     world.converge("prod")  # now the waiting request: back to the first user, with a new password
     assert base64.b64decode(world.kube.secrets[("default", "prod-broker")]["data"]["username"]).decode() == first
     assert world.password("prod") not in (old, new)
+
+
+def test_a_previous_user_the_broker_will_not_remove_is_said_once_and_shown_until_it_goes(world: World) -> None:
+    world.add("prod")
+    world.converge("prod")
+    first = world.status("prod")["credentials"]["user"]
+    world.kube.environments[("default", "prod")]["metadata"]["annotations"][ROTATE_ANNOTATION] = "2026-11-23"
+    delete_user = world.broker.delete_user
+
+    def refused(name: str) -> None:
+        raise BrokerError("the broker refused", f"DELETE /api/users/{name}", 503)
+
+    world.broker.delete_user = refused  # type: ignore[method-assign]
+    for _ in range(3):  # a converge at each resync while the broker refuses
+        world.converge("prod")
+    credentials = world.status("prod")["credentials"]
+    assert credentials["previousUser"] == first
+    assert credentials["previousUserProblem"].startswith(f"cannot remove broker user {first} yet: ")
+    assert [r for _, r, _ in world.kube.events].count("BrokerUserNotRetired") == 1  # said once, not each pass
+    world.broker.delete_user = delete_user  # type: ignore[method-assign]
+    world.converge("prod")
+    credentials = world.status("prod")["credentials"]
+    assert first not in world.broker.users
+    assert credentials.get("previousUser") is None
+    assert credentials.get("previousUserProblem") is None
 
 
 def test_rotate_every_rotates_when_due_counted_from_the_last(world: World) -> None:

@@ -117,4 +117,5 @@ def credentials_status(ctx: Context, secret: Obj | None, data: dict[str, str], p
     user while it stays."""
     due = next_rotation(ctx, secret)
     return {"user": data.get(WORKER_SECRET_USERNAME), "rotatedAt": password_set_at(secret),
-            "nextRotationAt": rfc3339(due) if due is not None else None, "previousUser": previous}
+            "nextRotationAt": rfc3339(due) if due is not None else None, "previousUser": previous,
+            "previousUserProblem": None}  # the rotation step says why, while the broker refuses its removal

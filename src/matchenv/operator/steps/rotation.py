@@ -23,9 +23,11 @@ def retire_previous_user(s: Services, ctx: Context, topology: TopologyOutcome) -
     try:
         client = s.clients.get(s.connection_for(ctx.env, ctx.spec, ctx.prefetched))
         s.apply(ctx, client, (DeleteUser(ctx.desired.vhost, previous),), announce=False)
-    except BrokerError as exc:  # the next converge tries again
-        s.event(ctx.env, "BrokerUserNotRetired", f"cannot remove broker user {previous} yet: {exc}", "Warning")
-        return status
+    except BrokerError as exc:  # the next converge tries again; the Warning only when the answer is a new one
+        problem = f"cannot remove broker user {previous} yet: {exc}"
+        if (ctx.old_status.get("credentials") or {}).get("previousUserProblem") != problem:
+            s.event(ctx.env, "BrokerUserNotRetired", problem, "Warning")
+        return {**status, "previousUserProblem": problem}
     s.event(ctx.env, "BrokerUserRetired", f"removed broker user {previous}: no worker pod runs with it any more")
     return {**status, "previousUser": None}
 
