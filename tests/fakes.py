@@ -5,6 +5,7 @@ server; these only let the pure planner and the reconciler be tested in millisec
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import hashlib
 import json
@@ -402,6 +403,9 @@ class FakeKube:
 
     def post_event(self, env: Obj, reason: str, message: str, type_: str = "Normal") -> None:
         self.events.append((env["metadata"]["name"], reason, message))
+
+    def events_held(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 class FakeClients:

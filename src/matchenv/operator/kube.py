@@ -6,6 +6,7 @@ unchanged object changes nothing on the server, so reconciles stay idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -13,7 +14,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from kubernetes import client, config
@@ -100,6 +101,7 @@ class Kube:
         self._events: queue.Queue[Obj] = queue.Queue(maxsize=EVENT_BACKLOG)
         self._events_lock = threading.Lock()
         self._events_threads: list[threading.Thread] = []
+        self._held = threading.local()  # .events: what this thread's converge posted, sent when it ends
 
     def _opts(self) -> dict[str, Any]:
         return {"_request_timeout": self.timeout, "_preload_content": False}
@@ -314,6 +316,27 @@ class Kube:
             "source": {"component": "matchenv-operator"},
             "reportingComponent": "matchenv-operator",
         }
+        held: list[Obj] | None = getattr(self._held, "events", None)
+        if held is not None:
+            held.append(body)
+            return
+        self._enqueue_event(body)
+
+    @contextlib.contextmanager
+    def events_held(self) -> Iterator[None]:
+        """The events this thread posts meanwhile are sent when the block ends: a converge's, after its status (on
+        the API server they were beside the converge's own writes: the status patch of a new environment took
+        twice its quiet time)."""
+        self._held.events = []
+        try:
+            yield
+        finally:
+            held, self._held.events = self._held.events, None
+            for body in held:
+                self._enqueue_event(body)
+
+    def _enqueue_event(self, body: Obj) -> None:
+        meta = body["involvedObject"]
         with self._events_lock:
             while len(self._events_threads) < EVENT_SENDERS:
                 sender = threading.Thread(target=self._send_events, daemon=True,
@@ -323,7 +346,7 @@ class Kube:
         try:
             self._events.put_nowait(body)
         except queue.Full:
-            log.warning("dropped event %s on %s/%s: %d events wait to be sent", reason, meta["namespace"],
+            log.warning("dropped event %s on %s/%s: %d events wait to be sent", body["reason"], meta["namespace"],
                         meta["name"], EVENT_BACKLOG)
 
     def _send_events(self) -> None:

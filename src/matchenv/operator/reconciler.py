@@ -122,7 +122,8 @@ class Reconciler:
             if prefetched is not None and self._converged_at.get(uid, prefetched.started - 1) > prefetched.started:
                 return None
             try:
-                return self._hold(env, MESSAGE) if hands_off(env) else self._converge(env, prefetched)
+                with self.kube.events_held():  # sent once its status is written
+                    return self._hold(env, MESSAGE) if hands_off(env) else self._converge(env, prefetched)
             finally:
                 self._converged_at[uid] = self.services.clock()
 
