@@ -29,6 +29,17 @@ def test_the_events_a_converge_posts_are_sent_after_its_status(server: Recorder)
     assert server.seen == [STATUS, EVENT, EVENT]
 
 
+def test_a_converge_within_a_converge_sends_its_events_with_the_outer_one(server: Recorder) -> None:
+    kube = kube_for(server)
+    with kube.events_held():
+        with kube.events_held():
+            kube.post_event(ENV, "BrokerChanged", "declared classic queue matches.prod")
+        kube.post_event(ENV, "DeploymentCreated", "created Deployment prod-workers")
+        kube.patch_environment_status("default", "prod", {"phase": "Ready"})
+    kube.wait_for_events()
+    assert server.seen == [STATUS, EVENT, EVENT]
+
+
 def test_outside_a_converge_an_event_is_sent_at_once(server: Recorder) -> None:
     kube = kube_for(server)
     kube.post_event(ENV, "TornDown", "removed broker user")

@@ -326,7 +326,10 @@ class Kube:
     def events_held(self) -> Iterator[None]:
         """The events this thread posts meanwhile are sent when the block ends: a converge's, after its status (on
         the API server they were beside the converge's own writes: the status patch of a new environment took
-        twice its quiet time)."""
+        twice its quiet time). Within a block already holding, the outer one sends them."""
+        if getattr(self._held, "events", None) is not None:
+            yield
+            return
         self._held.events = []
         try:
             yield
