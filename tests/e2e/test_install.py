@@ -166,8 +166,9 @@ def test_a_worker_pod_deleted_and_a_worker_container_killed_mid_run_lose_nothing
     print(f"\ndeleted pod {victim}; killed the worker container of {dev['metadata']['name']}")
     installed.wait_job("s2")
     _stored_exactly_once(installed, 4000)
-    restarted = kubectl.get_json("pod", dev["metadata"]["name"])
-    assert restarted["status"]["containerStatuses"][0]["restartCount"] >= 1
+    # the kubelet reports the restart when it next relists the pod's containers: after the run, when it was quick
+    wait_for(lambda: kubectl.get_json("pod", dev["metadata"]["name"])["status"]["containerStatuses"][0]
+             ["restartCount"] >= 1, timeout=60, what=f"the kubelet to report {dev['metadata']['name']} restarted")
 
 
 def test_the_rabbitmq_pod_deleted_mid_run_comes_back_with_its_volume_and_the_scrape_resumes(
