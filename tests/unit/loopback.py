@@ -38,8 +38,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         self.rfile.read(length)
         self.server.seen.append(f"{self.command} {self.path.split('?', 1)[0]}")
-        body = b"{}"
-        self.send_response(200)
+        self.send_json(200, b"{}")
+
+    def send_json(self, status: int, body: bytes) -> None:
+        self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()

@@ -68,12 +68,7 @@ class _Failing(Handler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        body = b'{"error":"Internal Server Error","reason":"{badmatch,{error,not_found}}"}'
-        self.send_response(500)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_json(500, b'{"error":"Internal Server Error","reason":"{badmatch,{error,not_found}}"}')
 
     do_GET = do_PUT = answer  # noqa: N815 - http.server's names
 
