@@ -35,10 +35,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server: Recorder
 
     def answer(self) -> None:
+        self.record()
+        self.send_json(200, b"{}")
+
+    def record(self) -> str:
+        """Read the request's body and note the call in ``server.seen``; its path (no query)."""
         length = int(self.headers.get("content-length") or 0)
         self.rfile.read(length)
-        self.server.seen.append(f"{self.command} {self.path.split('?', 1)[0]}")
-        self.send_json(200, b"{}")
+        path = self.path.split("?", 1)[0]
+        self.server.seen.append(f"{self.command} {path}")
+        return path
 
     def send_json(self, status: int, body: bytes) -> None:
         self.send_response(status)

@@ -61,9 +61,7 @@ class _Failing(Handler):
             super().answer()
             return
         server.failed.add(path)
-        length = int(self.headers.get("content-length") or 0)
-        self.rfile.read(length)
-        server.seen.append(f"{self.command} {path}")
+        self.record()
         if server.failure == "drop":
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
