@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from matchenv_devkit.bench.burst import LATE, start_burst
-from matchenv_devkit.bench.operator import cpu_shares
+from matchenv_devkit.bench.operator import CPU_PARTS
+from matchenv_devkit.bench.profiles import cpu_shares
 
 
 def test_the_late_environment_is_applied_during_the_burst_and_timed_from_its_own_apply() -> None:
@@ -55,7 +56,7 @@ def test_the_cpu_profile_counts_each_part_whose_frame_is_on_the_stack_or_innermo
         "proc;Reconciler._converge (matchenv/operator/reconciler.py:101);__call__ (pydantic/_validate_call.py:137)"
         ";call_api (kubernetes/client/api_client.py:12) 2\n"
         "proc;Reconciler._converge (matchenv/operator/reconciler.py:101);model_validate (pydantic/main.py:792) 2\n")
-    shares = {line[8:]: line[:7].strip() for line in cpu_shares(samples).splitlines() if "%" in line}
+    shares = {line[8:]: line[:7].strip() for line in cpu_shares(samples, CPU_PARTS).splitlines() if "%" in line}
     # pydantic counts where it is the innermost frame only: not for the whole call it wraps
     assert shares["pydantic validating (arguments and models), anywhere"] == "25.0%"
     assert shares["kopf: watching, event processing, its patches"] == "37.5%"

@@ -8,8 +8,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -27,10 +25,10 @@ from matchenv.topology.desired import desired_topology
 from matchenv.topology.planner import plan_converge, plan_remove
 from matchenv.topology.snapshot import Binding
 from matchenv_devkit.bench.burst import BURST_WRITER, LATE, LATE_AFTER, LATE_WRITER, start_burst
+from matchenv_devkit.bench.profiles import Part, attached, cpu_shares, top_functions
 from matchenv_devkit.bench.readiness import FirstReady
 from matchenv_devkit.bench.result import BurstRun, Measure, OperatorRun, Series
 from matchenv_devkit.bench.result import Target as Goal
-from matchenv_devkit.bench.worker import top_functions
 from matchenv_devkit.cluster.operatorproc import OperatorProcess, service_account_kubeconfig
 from matchenv_devkit.cluster.stack import LocalStack
 
@@ -291,23 +289,18 @@ class OperatorBench:
         if op is None:
             return "(no operator running)"
         samples = self.stack.tmp / "operator-burst.pyspy"
-        spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--gil", "--format", "raw",
-                                "-r", "100", "-o", str(samples), "-p", str(op.pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
+        with attached(op.pid, samples):
             time.sleep(1.0)  # attached
             for i in range(count):
                 self.create(f"cpu{i:04d}")
             deadline = time.monotonic() + 300
             while self.count_topology_ready("cpu") < count and time.monotonic() < deadline:
                 time.sleep(2.0)
-        finally:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its samples when interrupted
-            spy.wait(timeout=60)
         if not samples.exists():
             return "(py-spy wrote no samples)"
         return (f"CPU, {count} environments applied at once (py-spy on the operator, samples while a thread held "
-                f"the GIL):\n{cpu_shares(samples)}\n\nself time, top functions:\n{top_functions(samples, 15)}")
+                f"the GIL):\n{cpu_shares(samples, CPU_PARTS)}\n\nself time, top functions:\n"
+                f"{top_functions(samples, 15)}")
 
     def _subscribed(self) -> bool:
         # the operator logs when it follows the events; the metric appears with the first event
@@ -463,7 +456,7 @@ class OperatorBench:
 # where a burst's CPU goes: a sample counts for each part whose frame is on its stack (the parts nest), or, for a
 # part marked leaf, whose innermost frame it is (pydantic's validate_call wraps each whole Kubernetes call: on the
 # stack, it would count the call)
-CPU_PARTS = (
+CPU_PARTS: tuple[Part, ...] = (
     ("kopf: watching, event processing, its patches", "kopf/_core/reactor/", False),
     ("  of it, matchenv's converges (handlers)", "matchenv/operator/handlers.py", False),
     ("resync passes", "matchenv/operator/resync.py", False),
@@ -476,23 +469,6 @@ CPU_PARTS = (
 )
 
 
-def cpu_shares(samples: Path) -> str:
-    """The share of a py-spy raw profile's samples under each of :data:`CPU_PARTS`."""
-    total = 0
-    hits: dict[str, int] = {label: 0 for label, _, _ in CPU_PARTS}
-    for line in samples.read_text(errors="replace").splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        total += int(n)
-        innermost = stack.rpartition(";")[2]
-        for label, frame, leaf in CPU_PARTS:
-            if frame in (innermost if leaf else stack):
-                hits[label] += int(n)
-    return "\n".join(f"{hits[label] / max(1, total):6.1%}  {label}" for label, _, _ in CPU_PARTS) + \
-        f"\n({total} samples)"
-
-
 def fanout_bindings(broker: ManagementClient, queue: str) -> list[Binding]:
     """``queue``'s bindings from ``matches-fanout`` (the bindings list: RabbitMQ 4.0.5 answers the whole
     definitions, a snapshot's read, after 5 s now and then, which a drift measure would count as repair time)."""
@@ -500,7 +476,6 @@ def fanout_bindings(broker: ManagementClient, queue: str) -> list[Binding]:
 
 
 def _memory_dump(op: OperatorProcess, path: Path, timeout: float = 30) -> str:
-    import signal
 
     path.unlink(missing_ok=True)
     os.kill(op.pid, signal.SIGUSR2)

@@ -9,6 +9,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from matchenv.scraper.sources import synthetic
 from matchenv.workers.batches import MAX_BATCH
 from matchenv.workers.config import WorkerConfig
 from matchenv.workers.migrate import migrate
+from matchenv_devkit.bench.profiles import Part, attached, part_samples, top_functions
 from matchenv_devkit.bench.result import Measure
 from matchenv_devkit.bench.result import Target as Goal
 from matchenv_devkit.services.postgres import PostgresServer
@@ -56,6 +60,7 @@ def raw_batched(url: str, matches: list[dict[str, object]], batch: int = MAX_BAT
 
 
 PREFETCH: int = WorkerConfig.model_fields["prefetch"].default
+PROFILE_COUNT = 40_000  # a backlog the worker takes seconds to store: hundreds of samples
 
 
 def raw_consumer(amqp_url: str, matches: list[dict[str, object]], batch: int = MAX_BATCH,
@@ -106,40 +111,94 @@ def _worker_env(broker: RabbitMQNode, url: str, metrics_port: int = 0) -> dict[s
     return environ
 
 
-def worker_rate(broker: RabbitMQNode, url: str, matches: list[dict[str, object]], log: Path,
-                concurrency: int = 1, profile: Path | None = None) -> float:
-    """Queue ``matches``, start one worker, time from its first stored row to its last (the database's clock).
-    ``profile``: run it under py-spy, writing its samples there."""
+@contextmanager
+def _worker(broker: RabbitMQNode, url: str, matches: list[dict[str, object]], log: Path
+            ) -> Iterator[subprocess.Popen[bytes]]:
+    """``matches`` queued, then one worker started on their queue; stopped (and the queue deleted) afterwards."""
     queue = f"bench-{uuid.uuid4().hex[:6]}"
     _fill(broker.endpoints.amqp_url, queue, matches)
-    argv = [sys.executable, "-m", "matchenv.cli", "worker", "--queue", queue, "--concurrency", str(concurrency)]
-    if profile is not None:
-        argv = [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "-r", "200", "-o",
-                str(profile), "--", *argv]
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, env=_worker_env(broker, url), stdout=out, stderr=out)
+        proc = subprocess.Popen([sys.executable, "-m", "matchenv.cli", "worker", "--queue", queue],
+                                env=_worker_env(broker, url), stdout=out, stderr=out)
     try:
-        deadline = time.monotonic() + 300
-        with psycopg.connect(url, autocommit=True) as conn:
-            while time.monotonic() < deadline:
-                row = conn.execute("select count(*), extract(epoch from max(created_at) - min(created_at)) "
-                                   "from matches").fetchone()
-                assert row is not None
-                if row[0] >= len(matches):
-                    return (len(matches) - 1) / float(row[1])
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the worker exited with {proc.returncode}; see {log}")
-                time.sleep(0.2)
-        raise RuntimeError(f"the worker stored too little in 300 s; see {log}")
+        yield proc
     finally:
-        if profile is not None:  # py-spy writes its samples when the worker it runs (its child) ends
-            # the worker only: a SIGTERM to py-spy as well once left it alive with the worker stopped under trace
-            subprocess.run(["pkill", "-TERM", "-P", str(proc.pid)], check=False)
-        else:
-            proc.terminate()
+        proc.terminate()
         proc.wait(timeout=60)
         with pika.BlockingConnection(pika.URLParameters(broker.endpoints.amqp_url)) as conn:
             conn.channel().queue_delete(queue)
+
+
+def _stored(conn: psycopg.Connection[Any], proc: subprocess.Popen[bytes], at_least: int, log: Path
+            ) -> tuple[int, float]:
+    """Once ``at_least`` rows are stored: how many, and the seconds from the first one's transaction to the last's
+    (the database's clock)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        row = conn.execute("select count(*), coalesce(extract(epoch from max(created_at) - min(created_at)), 0) "
+                           "from matches").fetchone()
+        assert row is not None
+        if row[0] >= at_least:
+            return int(row[0]), float(row[1])
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {proc.returncode}; see {log}")
+        time.sleep(0.05)
+    raise RuntimeError(f"the worker stored fewer than {at_least} rows in 300 s; see {log}")
+
+
+def worker_rate(broker: RabbitMQNode, url: str, matches: list[dict[str, object]], log: Path) -> float:
+    """Queue ``matches``, start one worker, time from its first stored row to its last (the database's clock)."""
+    with _worker(broker, url, matches, log) as proc, psycopg.connect(url, autocommit=True) as conn:
+        count, seconds = _stored(conn, proc, len(matches), log)
+        return (count - 1) / seconds
+
+
+# where one worker's CPU goes while it stores a backlog: a sample counts for each part whose frame is on its stack
+WORKER_PARTS: tuple[Part, ...] = (
+    ("Celery's consumer thread (its event loop: reading frames, kombu's messages, acks)", "celery/worker/loops.py",
+     False),
+    ("  of it, py-amqp", "(amqp/", False),
+    ("the storing thread (matchenv's batches)", "Batcher._run (matchenv/workers/batches.py", False),
+    ("  decoding task messages (kombu, JSON)", "Message.decode (kombu/message.py", False),
+    ("  validating matches (pydantic)", "parse (matchenv/workers/parsing.py", False),
+    ("  the store's call (its JSON argument, psycopg)", "upsert_many (matchenv/workers/stores.py", False),
+)
+PROFILE_RATE = 200  # samples per second
+
+
+@dataclass(frozen=True)
+class WorkerProfile:
+    """Where one worker's Python CPU (the GIL held) went per stored message, in microseconds, and the rate it
+    stored at meanwhile."""
+
+    rows_per_second: float
+    micros: dict[str, float]  # label of :data:`WORKER_PARTS` (and "all") -> GIL-held microseconds per message
+    text: str
+
+
+def profile_worker(broker: RabbitMQNode, url: str, matches: list[dict[str, object]], log: Path, samples: Path
+                   ) -> WorkerProfile:
+    """One worker storing ``matches`` with py-spy attached from its first stored row (start-up is over) to its
+    last. py-spy samples only while a thread holds the GIL, so samples per message are the worker's own Python CPU
+    per message; the few milliseconds py-spy takes to attach count as no CPU (an underestimate, never more)."""
+    with _worker(broker, url, matches, log) as proc, psycopg.connect(url, autocommit=True) as conn:
+        before, _ = _stored(conn, proc, 1, log)
+        with attached(proc.pid, samples, PROFILE_RATE):
+            time.sleep(0.5)
+            began, _ = _stored(conn, proc, 1, log)
+            began_at = time.monotonic()
+            count, _ = _stored(conn, proc, len(matches), log)
+            ended_at = time.monotonic()
+    rate = (count - began) / max(1e-9, ended_at - began_at)
+    hits, total = part_samples(samples, WORKER_PARTS)
+    messages = count - before  # stored while py-spy was attached
+    micros = {label: n / PROFILE_RATE / messages * 1e6 for label, n in [*hits.items(), ("all", total)]}
+    lines = [f"{micros[label]:6.1f} µs  {label}" for label, _, _ in WORKER_PARTS]
+    text = (f"Python CPU per stored message (py-spy on one worker storing a backlog of {len(matches):,}, samples "
+            f"while a thread held the GIL, from its first stored row to its last; {rate:,.0f} rows/s meanwhile):\n"
+            f"{micros['all']:6.1f} µs  all\n" + "\n".join(lines) +
+            f"\n({total} samples)\n\nself time, top functions:\n{top_functions(samples, 15)}")
+    return WorkerProfile(rate, micros, text)
 
 
 def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: int = 5000, rounds: int = 2
@@ -159,12 +218,20 @@ def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: i
         best_consumer = max(best_consumer, raw_consumer(broker.endpoints.amqp_url, matches))
     ratio, batched_ratio = best_worker / best_raw, best_worker / best_batched
     profile = ""
+    notes = [f"the worker's transport sets its ceiling: py-amqp alone, reading and acking without decoding or "
+             f"storing anything, managed {best_consumer / best_batched:.2f} x the batched loop's rows/s; the worker "
+             f"(Celery's consumer on py-amqp, then parse, validate, store, ack) {best_worker / best_consumer:.2f} x "
+             "py-amqp alone"]
     if ratio < 1.0 or batched_ratio < 0.6:
-        samples = work / "worker.pyspy"
         worker_url = postgres.create_database(f"bench_profile_{uuid.uuid4().hex[:6]}")
         migrate(worker_url)
-        worker_rate(broker, worker_url, _matches(count, seed=99), work / "worker.log", profile=samples)
-        profile = top_functions(samples)
+        found = profile_worker(broker, worker_url, _matches(PROFILE_COUNT, seed=99), work / "worker.log",
+                               work / "worker.pyspy")
+        profile = found.text
+        consumer = found.micros[WORKER_PARTS[0][0]]
+        notes.append(f"its CPU per message (the profile below): {found.micros['all']:.0f} µs of Python in all, "
+                     f"{consumer:.0f} µs of it in Celery's consumer thread alone; 0.6 x the batched loop leaves "
+                     f"{1e6 / (0.6 * best_batched):.0f} µs per message for everything")
     return Measure(
         name=f"one worker process storing {count:,} queued matches",
         ours=f"{best_worker:,.0f} rows/s",
@@ -176,27 +243,9 @@ def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: i
               f"{best_worker / best_consumer:.2f} of the consumer alone",
         targets=[Goal("worker >= 1.0 x the raw per-row loop", ratio, 1.0),
                  Goal("worker >= 0.6 x the raw batched loop", batched_ratio, 0.6)],
-        notes=[f"the worker's transport sets its ceiling: py-amqp alone, reading and acking without decoding or "
-               f"storing anything, managed {best_consumer / best_batched:.2f} x the batched loop's rows/s; the worker "
-               f"(Celery's consumer on py-amqp, then parse, validate, store, ack) {best_worker / best_consumer:.2f} x "
-               "py-amqp alone"],
+        notes=notes,
         profile=profile,
     )
-
-
-def top_functions(samples: Path, count: int = 20) -> str:
-    """The functions a py-spy raw profile spent most samples in (self time), as text."""
-    from collections import Counter
-
-    own: Counter[str] = Counter()
-    total = 0
-    for line in samples.read_text(errors="replace").splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        total += int(n)
-        own[stack.split(";")[-1]] += int(n)
-    return "\n".join(f"{n / max(1, total):6.1%}  {frame}" for frame, n in own.most_common(count))
 
 
 def stop_seconds(broker: RabbitMQNode, postgres: PostgresServer, work: Path, trials: int = 5) -> Measure:

@@ -84,7 +84,7 @@ class WorkloadBench:
             raise RuntimeError(f"scrape {' '.join(args)} failed: {result.stderr[-2000:]}")
 
     # -- measures --------------------------------------------------------------------------------------------
-    def ready(self, trials: int = 8) -> Measure:
+    def ready(self, trials: int = 12) -> Measure:
         """apply → Ready with 2 workers, beside the same Deployment (copied from the operator's, without an owner
         and with its own labels) applied without the operator; interleaved, each started at a random phase."""
         self.ops.start_operator(SHIPPED_RESYNC)
