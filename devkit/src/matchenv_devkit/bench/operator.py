@@ -35,6 +35,7 @@ from matchenv_devkit.cluster.stack import LocalStack
 GROUP, VERSION, PLURAL = "matchenv.io", "v1alpha1", "matchenvironments"
 DROPPED_EVENT = "dropped event"  # what the operator logs when its Event backlog is full
 RETRIED_TEARDOWN = "Handler 'teardown' failed temporarily"  # what kopf logs when it will retry a teardown
+PAUSE = 0.2  # seconds between two environments applied one at a time: the last one's tail of writes settles
 OTHER_TEAM = "team-b"  # the namespace of the environment another team applies during a burst
 SHIPPED_RESYNC = 10.0  # the manifests' and chart's resync interval
 
@@ -64,6 +65,7 @@ class OperatorBench:
         self.operator: OperatorProcess | None = None
         # what the measures saw, for the comparison with the topology operator
         self.latency_samples: list[float] = []
+        self.beside_samples: list[float] = []  # another operator's, alternated with ours (see latency)
         self.drift_samples: list[float] = []
         self.burst: BurstRun | None = None
 
@@ -194,15 +196,25 @@ class OperatorBench:
         return OperatorRun(self.latency_samples, list(self.drift_samples), self.burst)
 
     # -- measures --------------------------------------------------------------------------------------------
-    def latency(self, trials: int = 15) -> Measure:
+    def latency(self, trials: int = 15, beside: Callable[[str], float] | None = None) -> Measure:
+        """apply -> TopologyReady, one environment at a time; with ``beside`` (another operator's one environment,
+        timed: :meth:`TopologyOperatorBench.one_at_a_time`), each trial of ours and one of it in turn, which goes
+        first alternating, so that a slow moment of the machine weighs on both alike (its samples in
+        ``beside_samples``)."""
         self.start_operator(SHIPPED_RESYNC)
-        samples = []
+        samples: list[float] = []
+        self.beside_samples = []
         seen = FirstReady(self.custom, GROUP, VERSION, "default", PLURAL, self.topology_ready)
         try:
             for i in range(trials):
-                started = time.monotonic()
-                self.create(f"lat{i}")
-                samples.append(seen.at(f"lat{i}") - started)
+                for ours in (True, False) if i % 2 == 0 else (False, True):
+                    if ours:
+                        started = time.monotonic()
+                        self.create(f"lat{i}")
+                        samples.append(seen.at(f"lat{i}") - started)
+                    elif beside is not None:
+                        self.beside_samples.append(beside(f"lat{i}"))
+                    time.sleep(PAUSE)
         finally:
             seen.stop()
         self.latency_samples = samples

@@ -44,19 +44,22 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
         done(worker.stop_seconds(stack.rabbitmq, stack.postgres, state_dir))
         log("backfill ...")
         done(backfill.measure(stack.rabbitmq, log=log))
-        # the RabbitMQ messaging-topology-operator first, on the same API server and broker, then cleaned away
-        log("topology operator: the same work ...")
-        anchor = topology_operator.TopologyOperatorBench(stack, log, operator.SHIPPED_RESYNC)
-        try:
-            stack.broker.declare_exchange("/", "matches-fanout", "fanout")  # as matchenv's first environment would
-            theirs = anchor.run(trials=15, drift_trials=8, drift_timeout=3 * operator.SHIPPED_RESYNC,
-                                total=environments)
-        finally:
-            anchor.stop()
         bench = operator.OperatorBench(stack, log)
         try:
-            log("operator: apply -> TopologyReady ...")
-            done(bench.latency())
+            # the RabbitMQ messaging-topology-operator on the same API server and broker: one environment at a time
+            # in turn with matchenv's, then its drift and burst with matchenv's operator stopped; then cleaned away
+            log("topology operator: the same work ...")
+            anchor = topology_operator.TopologyOperatorBench(stack, log, operator.SHIPPED_RESYNC)
+            try:
+                stack.broker.declare_exchange("/", "matches-fanout", "fanout")  # as matchenv's first environment would
+                log("operator: apply -> TopologyReady, in turn with the topology operator's ...")
+                with anchor.one_at_a_time() as theirs_one:
+                    done(bench.latency(beside=lambda name: theirs_one(f"one-{name}")))
+                bench.stop_operator()
+                theirs = anchor.run(bench.beside_samples, drift_trials=8, drift_timeout=3 * operator.SHIPPED_RESYNC,
+                                    total=environments)
+            finally:
+                anchor.stop()
             log("operator: drift ...")
             plotted(bench.drift())
             # their queues would take a copy of every match the workload measures publish, unconsumed

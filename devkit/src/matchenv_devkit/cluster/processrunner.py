@@ -70,6 +70,10 @@ class PodProcesses:
     containers: list[Container]
     started_at: str = field(default_factory=_now)
     labels: dict[str, str] = field(default_factory=dict)
+    # held while its containers are launched, relaunched or collected to stop: the node agent's status loop and its
+    # watch (a new pod's start) run on two threads, and a container launched by both ran twice, one process untracked
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    stopped: bool = False  # stop() has collected its processes: nothing is launched for it any more
 
 
 class ProcessRunner:
@@ -99,17 +103,20 @@ class ProcessRunner:
                              spec.get("restartPolicy", "Always"),
                              min(self.max_grace, float(spec.get("terminationGracePeriodSeconds", 30))), containers,
                              labels=dict(pod["metadata"].get("labels") or {}))
-        with self._lock:
-            self._pods[entry.uid] = entry
-        for container in containers:
-            self._launch(entry, container)
+        with entry.lock:
+            with self._lock:
+                self._pods[entry.uid] = entry
+            for container in containers:
+                self._launch(entry, container)
 
     def stop(self, pod: Obj) -> None:
         with self._lock:
             entry = self._pods.pop(pod["metadata"]["uid"], None)
         if entry is None:
             return
-        procs = [c.proc for c in entry.containers if c.proc is not None and c.proc.poll() is None]
+        with entry.lock:  # a status read already in flight relaunches nothing after this
+            entry.stopped = True
+            procs = [c.proc for c in entry.containers if c.proc is not None and c.proc.poll() is None]
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -135,7 +142,8 @@ class ProcessRunner:
             entry = self._pods.get(pod["metadata"]["uid"])
         if entry is None:
             return {"phase": "Pending"}
-        statuses = [self._container_status(entry, c) for c in entry.containers]
+        with entry.lock:
+            statuses = [self._container_status(entry, c) for c in entry.containers]
         all_ready = all(s["ready"] for s in statuses)
         running = any("running" in s["state"] for s in statuses)
         ready = "True" if all_ready else "False"
@@ -175,7 +183,7 @@ class ProcessRunner:
                 c.waiting_reason, c.waiting_message = "CrashLoopBackOff", f"exited with {proc.returncode}"
             else:
                 c.waiting_reason = None
-        if c.proc is None and c.waiting_reason and time.monotonic() >= c.next_start:
+        if c.proc is None and c.waiting_reason and not entry.stopped and time.monotonic() >= c.next_start:
             self._launch(entry, c)
         base: Obj = {"name": c.name, "image": c.spec.get("image", ""), "imageID": "", "restartCount": c.restarts}
         if c.proc is not None:
