@@ -18,7 +18,8 @@ Part = tuple[str, str, bool]
 @contextmanager
 def attached(pid: int, samples: Path, rate: int = 100) -> Iterator[None]:
     """py-spy sampling ``pid`` at ``rate`` per second while the block runs, writing its raw samples to ``samples``
-    when it ends."""
+    when it ends (none there when py-spy could not attach)."""
+    samples.unlink(missing_ok=True)
     spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--gil", "--format", "raw",
                             "-r", str(rate), "-o", str(samples), "-p", str(pid)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -177,10 +177,11 @@ class WorkerProfile:
 
 
 def profile_worker(broker: RabbitMQNode, url: str, matches: list[dict[str, object]], log: Path, samples: Path
-                   ) -> WorkerProfile:
+                   ) -> WorkerProfile | None:
     """One worker storing ``matches`` with py-spy attached from its first stored row (start-up is over) to its
     last. py-spy samples only while a thread holds the GIL, so samples per message are the worker's own Python CPU
-    per message; the few milliseconds py-spy takes to attach count as no CPU (an underestimate, never more)."""
+    per message; the few milliseconds py-spy takes to attach count as no CPU (an underestimate, never more).
+    None when py-spy wrote no samples."""
     with _worker(broker, url, matches, log) as proc, psycopg.connect(url, autocommit=True) as conn:
         before, _ = _stored(conn, proc, 1, log)
         with attached(proc.pid, samples, PROFILE_RATE):
@@ -189,9 +190,11 @@ def profile_worker(broker: RabbitMQNode, url: str, matches: list[dict[str, objec
             began_at = time.monotonic()
             count, _ = _stored(conn, proc, len(matches), log)
             ended_at = time.monotonic()
+    if not samples.exists():  # py-spy could not attach (ptrace refused): no profile, the measure stands
+        return None
     rate = (count - began) / max(1e-9, ended_at - began_at)
     hits, total = part_samples(samples, WORKER_PARTS)
-    messages = count - before  # stored while py-spy was attached
+    messages = max(1, count - before)  # stored while py-spy was attached
     micros = {label: n / PROFILE_RATE / messages * 1e6 for label, n in [*hits.items(), ("all", total)]}
     lines = [f"{micros[label]:6.1f} µs  {label}" for label, _, _ in WORKER_PARTS]
     text = (f"Python CPU per stored message (py-spy on one worker storing a backlog of {len(matches):,}, samples "
@@ -222,12 +225,14 @@ def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: i
              f"storing anything, managed {best_consumer / best_batched:.2f} x the batched loop's rows/s; the worker "
              f"(Celery's consumer on py-amqp, then parse, validate, store, ack) {best_worker / best_consumer:.2f} x "
              "py-amqp alone"]
+    found: WorkerProfile | None = None
     if ratio < 1.0 or batched_ratio < 0.6:
         worker_url = postgres.create_database(f"bench_profile_{uuid.uuid4().hex[:6]}")
         migrate(worker_url)
         found = profile_worker(broker, worker_url, _matches(PROFILE_COUNT, seed=99), work / "worker.log",
                                work / "worker.pyspy")
-        profile = found.text
+        profile = found.text if found else "(py-spy wrote no samples)"
+    if found:
         consumer = found.micros[WORKER_PARTS[0][0]]
         notes.append(f"its CPU per message (the profile below): {found.micros['all']:.0f} µs of Python in all, "
                      f"{consumer:.0f} µs of it in Celery's consumer thread alone; 0.6 x the batched loop leaves "
