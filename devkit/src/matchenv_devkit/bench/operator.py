@@ -212,7 +212,9 @@ class OperatorBench:
                         started = time.monotonic()
                         self.create(f"lat{i}")
                         samples.append(seen.at(f"lat{i}") - started)
-                    elif beside is not None:
+                    elif beside is None:
+                        continue
+                    else:
                         self.beside_samples.append(beside(f"lat{i}"))
                     time.sleep(PAUSE)
         finally:
@@ -488,7 +490,6 @@ def fanout_bindings(broker: ManagementClient, queue: str) -> list[Binding]:
 
 
 def _memory_dump(op: OperatorProcess, path: Path, timeout: float = 30) -> str:
-
     path.unlink(missing_ok=True)
     os.kill(op.pid, signal.SIGUSR2)
     deadline = time.monotonic() + timeout

@@ -168,10 +168,8 @@ PROFILE_RATE = 200  # samples per second
 
 @dataclass(frozen=True)
 class WorkerProfile:
-    """Where one worker's Python CPU (the GIL held) went per stored message, in microseconds, and the rate it
-    stored at meanwhile."""
+    """Where one worker's Python CPU (the GIL held) went per stored message, in microseconds."""
 
-    rows_per_second: float
     micros: dict[str, float]  # label of :data:`WORKER_PARTS` (and "all") -> GIL-held microseconds per message
     text: str
 
@@ -201,7 +199,7 @@ def profile_worker(broker: RabbitMQNode, url: str, matches: list[dict[str, objec
             f"while a thread held the GIL, from its first stored row to its last; {rate:,.0f} rows/s meanwhile):\n"
             f"{micros['all']:6.1f} µs  all\n" + "\n".join(lines) +
             f"\n({total} samples)\n\nself time, top functions:\n{top_functions(samples, 15)}")
-    return WorkerProfile(rate, micros, text)
+    return WorkerProfile(micros, text)
 
 
 def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: int = 5000, rounds: int = 2
