@@ -7,6 +7,8 @@ import copy
 import threading
 from typing import Any
 
+import pytest
+
 from tests.unit.world import World
 
 
@@ -98,3 +100,45 @@ def test_a_deployment_event_during_a_converge_follows_the_status_it_wrote(world:
     assert dict(world.kube.writes) == writes  # the status the converge wrote holds already
     assert followed[0] is not None  # it followed the Deployment
     assert world.status("prod")["ready"] == "0/2"
+
+
+@pytest.mark.parametrize("deployments", ["watched", "listed"])
+def test_a_pass_that_read_the_deployment_before_its_pods_were_ready_does_not_take_ready_back(
+        world: World, deployments: str) -> None:
+    """The pods become ready after a resync pass took its Deployments (from the watch, or its own list) and before
+    it listed the environments: the Deployment follow writes Ready at once, and the pass's converge of that
+    environment keeps it (it read that status, and must not pair it with the Deployment as it was before)."""
+    world.add("prod", workers={"image": "matchenv:0.1.0", "databaseSecretRef": {"name": "matchenv-db-prod"},
+                               "replicas": 2})
+    world.converge("prod")
+    key = ("default", "prod-workers")
+    world.reconciler.resync_all()  # the pass's view of the Deployments is whole from now on
+    live = world.kube.deployments[key]
+    live["status"] = {"observedGeneration": live["metadata"].get("generation", 1), "replicas": 2,
+                      "readyReplicas": 0, "updatedReplicas": 2, "unavailableReplicas": 2}
+    world.reconciler.workers_changed(copy.deepcopy(live))
+    assert world.reason("prod", "Ready") == "WorkersUnavailable"
+    list_environments, list_deployments = world.kube.list_environments, world.kube.list_deployments
+    deployments_read = threading.Event()
+
+    def listing_deployments(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        listed = list_deployments(*args, **kwargs)  # the pods not ready yet
+        deployments_read.set()
+        return listed
+
+    def listing_environments(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        assert deployments == "watched" or deployments_read.wait(5)
+        live["status"] = {**live["status"], "readyReplicas": 2, "availableReplicas": 2, "unavailableReplicas": 0}
+        world.reconciler.workers_changed(copy.deepcopy(live))  # the watch reports them ready: followed at once
+        assert world.condition("prod", "Ready")["status"] == "True"
+        return list_environments(*args, **kwargs)
+
+    if deployments == "listed":
+        world.reconciler.deployments.relist_every = 1  # this pass lists them
+    world.kube.list_deployments = listing_deployments  # type: ignore[method-assign]
+    world.kube.list_environments = listing_environments  # type: ignore[method-assign]
+    report = world.reconciler.resync_all()
+    world.kube.list_environments, world.kube.list_deployments = list_environments, list_deployments  # type: ignore[method-assign]
+    assert report.failures == 0
+    assert world.condition("prod", "Ready")["status"] == "True"
+    assert world.status("prod")["ready"] == "2/2"

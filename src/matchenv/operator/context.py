@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ class Prefetched:
     connection."""
 
     snapshots: dict[tuple[str, str, str], BrokerSnapshot | Exception] = field(default_factory=dict)
-    deployments: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    deployments: Mapping[tuple[str, str], Obj] = field(default_factory=dict)
     secrets: dict[tuple[str, str], Obj | None] = field(default_factory=dict)
     started: float = 0.0  # when the pass began reading (clock): data older than any converge finished since
     ensured: set[tuple[str, ...]] = field(default_factory=set)  # archives and length caps this pass looked at

@@ -12,6 +12,7 @@ Each Deployment is kept without ``managedFields`` (nothing reads them). Pure boo
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 Obj = dict[str, Any]
@@ -30,8 +31,9 @@ def _kept(deployment: Obj) -> Obj:
     return {**deployment, "metadata": meta}
 
 
-class DeploymentCache:
-    """What the watch reported of each Deployment, and when the pass must list them instead."""
+class DeploymentCache(Mapping[Key, Obj]):
+    """What the watch reported of each Deployment (read as a mapping by (namespace, name), as it is now), and when
+    the pass must list them instead."""
 
     def __init__(self, relist_every: int = RELIST_EVERY) -> None:
         self.relist_every = relist_every
@@ -52,18 +54,30 @@ class DeploymentCache:
             else:
                 self._items[key] = _kept(deployment)
 
-    def view(self) -> tuple[dict[Key, Obj] | None, int]:
-        """For one pass: the Deployments by (namespace, name), or None when the pass is to list them, with the
-        mark to hand :meth:`listed` (the reports so far)."""
+    def __getitem__(self, key: Key) -> Obj:
+        with self._lock:
+            return self._items[key]
+
+    def __iter__(self) -> Iterator[Key]:
+        with self._lock:
+            return iter(list(self._items))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def view(self) -> tuple[Mapping[Key, Obj] | None, int]:
+        """For one pass: the Deployments (this cache, read as each environment is converged), or None when the
+        pass is to list them, with the mark to hand :meth:`listed` (the reports so far)."""
         with self._lock:
             if self._passes < 0 or self._passes + 1 >= self.relist_every:
                 return None, self._reports
             self._passes += 1
-            return dict(self._items), self._reports
+            return self, self._reports
 
-    def listed(self, deployments: list[Obj], mark: int) -> dict[Key, Obj]:
+    def listed(self, deployments: list[Obj], mark: int) -> Mapping[Key, Obj]:
         """A pass's list, begun at ``mark``: it is the truth for every Deployment the watch has not reported since
-        (present or not), and the view is whole from now on. Returns the list by (namespace, name)."""
+        (present or not), and the view is whole from now on. Returns the view (this cache)."""
         fresh = {_key(d): d for d in deployments}
         with self._lock:
             for key in [k for k in self._items if k not in fresh and self._reported.get(k, 0) <= mark]:
@@ -73,4 +87,4 @@ class DeploymentCache:
                     self._items[key] = _kept(deployment)
             self._reported = {k: n for k, n in self._reported.items() if n > mark}
             self._passes = 0
-        return fresh
+        return self

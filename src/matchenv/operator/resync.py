@@ -131,7 +131,8 @@ class Resync:
         lists = [[self._lists.submit(read, *args, ns) for ns in namespaces] for read, args in reads]
         envs_read, secrets, *listed = ([o for f in futures for o in f.result()] for futures in lists)
         envs = [e for e in envs_read if not e["metadata"].get("deletionTimestamp")]
-        prefetched.deployments = self.deployments.listed(listed[0], mark) if listed else watched or {}
+        # read as each environment is converged, not as the pass began (:mod:`deployment_cache`)
+        prefetched.deployments = self.deployments.listed(listed[0], mark) if watched is None else watched
         for secret in secrets:
             prefetched.secrets[(secret["metadata"]["namespace"], secret["metadata"]["name"])] = secret
         for env in envs:
