@@ -51,15 +51,8 @@ node-build: $(STAMP)  ## build (or reuse) the cached node binaries: kubelet, kub
 images: node-build  ## build (or reuse) the node's images: the project's Dockerfile on a Debian base, pause, CoreDNS
 	$(BIN)/matchenv-dev images build
 
-test: system-deps cluster-build node-build images  ## the whole suite on RabbitMQ 4, the integration tier on 3.10 too, then the install tests on kind; no tests collected is a failure
-	@set +e; $(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing the suite" >&2; exit 1; fi; \
-	if [ -z "$(PYTEST_ARGS)" ]; then \
-	  echo "== the integration tier again on RabbitMQ 3.10, the oldest supported (MATCHENV_RABBITMQ=3)"; \
-	  MATCHENV_RABBITMQ=3 $(BIN)/pytest tests/integration -m 'not cluster'; rc3=$$?; [ $$rc -eq 0 ] && rc=$$rc3; \
-	  echo "== the install tests on a kind cluster built here (make e2e-kind)"; \
-	  scripts/e2e-kind.sh; rck=$$?; [ $$rc -eq 0 ] && rc=$$rck; \
-	fi; exit $$rc
+test: system-deps $(STAMP)  ## the whole suite: unit and integration tests while the cluster builds, the integration tier on RabbitMQ 3.10 too, the e2e tier, then the install tests on kind (scripts/test.sh)
+	@PYTEST_ARGS="$(PYTEST_ARGS)" scripts/test.sh
 
 test-unit: $(STAMP)  ## only the fast, pure tests
 	$(BIN)/pytest tests/unit devkit/tests/unit $(PYTEST_ARGS)

@@ -97,9 +97,10 @@ def test_a_password_rotated_every_minute_under_load_loses_nothing_and_no_worker_
     first = kubectl.get_json("menv", "rotating")["status"]["credentials"]
     broker_log = pipeline.rabbitmq.log_file
     seen_before = broker_log.stat().st_size if broker_log.exists() else 0
-    # 3,000 matches to this environment only, 10 a second: five minutes, four or five rotations
+    # 3,000 matches to this environment only, 20 a second: two and a half minutes, two or three rotations, each
+    # rolling both workers onto a new user while the feed flows, and the user before retired
     result = pipeline.scrape("--synthetic", "3000", "--start", "9000", "--queue", "matches.rotating",
-                             "--max-rate", "10", timeout=900)
+                             "--max-rate", "20", timeout=900)
     assert result.returncode == 0, result.stderr
     assert "confirmed 3000" in result.stdout
     wait_for(lambda: pipeline.rows("rotating") == 3000, timeout=180, what="3,000 rows in rotating")
@@ -108,8 +109,8 @@ def test_a_password_rotated_every_minute_under_load_loses_nothing_and_no_worker_
     reasons = [e["reason"] for e in events for _ in range(e.get("count") or 1)]
     print(f"\nrotations {reasons.count('BrokerCredentialsRotated')}, previous users removed "
           f"{reasons.count('BrokerUserRetired')}")
-    assert reasons.count("BrokerCredentialsRotated") >= 4
-    assert reasons.count("BrokerUserRetired") >= 3
+    assert reasons.count("BrokerCredentialsRotated") >= 2
+    assert reasons.count("BrokerUserRetired") >= 1
     # the broker refused no login of this environment's users meanwhile
     with broker_log.open("rb") as log:
         log.seek(seen_before)

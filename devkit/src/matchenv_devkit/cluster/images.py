@@ -122,7 +122,12 @@ def trixie_root(timeout: float = 1200) -> Path:
         if result.returncode != 0:
             raise ImageError(f"debootstrap of {RABBITMQ_SUITE} with rabbitmq-server failed: {result.stderr[-2000:]}")
         empty_dirs(tree, ("var/cache/apt", "var/lib/apt/lists"))
-        tree.rename(root)  # whole or not at all
+        try:
+            tree.rename(root)  # whole or not at all
+        except OSError:  # another process (make test's background build, a test) made it meanwhile
+            if not (root / "usr/lib/rabbitmq/bin/rabbitmq-server").exists():
+                raise
+            return root
     print(f"[rabbitmq] Debian 13's RabbitMQ in {root} ({time.monotonic() - started:.0f}s)", file=sys.stderr)
     return root
 
