@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # make test: the whole suite, in the order that hides the cached builds behind the tests that need none of them.
 #
-# 1. In the background, at the lowest CPU priority: the control plane, the node, its images and kind's binaries
-#    (`make cluster-build node-build images`, `matchenv-dev kind build`; each reused when cached, so this is only
-#    long on a cold cache).
-# 2. Meanwhile the tests that need no cluster: the unit tests and the integration tier on RabbitMQ 4, then the
-#    integration tier again on RabbitMQ 3.10, the oldest supported (MATCHENV_RABBITMQ=3).
-# 3. Once the builds are done (their log is printed then): the e2e tier on the real control plane and node, then the
-#    install tests on a kind cluster built here (scripts/e2e-kind.sh).
+# In the background, at the lowest CPU priority, one after another (each reused when cached, so this is only long on
+# a cold cache): the control plane (`make cluster-build`), then the node, its images and kind's binaries
+# (`make node-build images`, `matchenv-dev kind build`). Meanwhile:
+# 1. the tests that need no cluster: the unit tests and the integration tier on RabbitMQ 4, then the integration
+#    tier again on RabbitMQ 3.10, the oldest supported (MATCHENV_RABBITMQ=3);
+# 2. once the control plane is built: the e2e tests that need no real node (pods as processes);
+# 3. once everything is built (the builds' log is printed then): the e2e tests on the real node (marked `node`),
+#    then the install tests on a kind cluster built here (scripts/e2e-kind.sh).
 #
 # With PYTEST_ARGS: everything is built first, then only `pytest $PYTEST_ARGS` runs. A pytest session that collects
 # no test fails the suite. Every part runs even when an earlier one failed (but not the tiers a failed build needs).
@@ -15,8 +16,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
 
-builds() {
-  make --no-print-directory cluster-build node-build images || return
+builds() {  # $1: a file made once the control plane is built
+  make --no-print-directory cluster-build || return
+  : >"${1:-/dev/null}"
+  make --no-print-directory node-build images || return
   if [ -z "${KIND_NODE_IMAGE:-}" ] && command -v dockerd >/dev/null 2>&1; then
     "$bin/matchenv-dev" kind build >/dev/null
   fi
@@ -39,28 +42,38 @@ fi
 rc=0
 note() { [ "$1" -ne 0 ] && [ $rc -eq 0 ] && rc=$1; return 0; }
 
-build_log=$(mktemp -t matchenv-build.XXXXXX)
-setsid nice -n 19 bash -c "$(declare -f builds); bin=$bin; builds" >"$build_log" 2>&1 &
+work=$(mktemp -d -t matchenv-test.XXXXXX)
+setsid nice -n 19 bash -c "$(declare -f builds); bin=$bin; builds $work/control-plane" >"$work/build.log" 2>&1 &
 build_pid=$!
-trap 'kill -- -$build_pid 2>/dev/null; rm -f "$build_log"' EXIT
-echo "== building the control plane, the node, its images and kind's binaries in the background (pid $build_pid)"
+trap 'kill -- -$build_pid 2>/dev/null; rm -rf "$work"' EXIT
+echo "== building the control plane, then the node, its images and kind's binaries, in the background (pid $build_pid)"
+
+failed_build() {
+  cat "$work/build.log"
+  echo "the builds failed (exit $1, their log above): $2 did not run" >&2
+  note "$1"
+  exit $rc
+}
 
 echo "== the unit tests and the integration tier on RabbitMQ 4 (no cluster needed)"
 session tests/unit devkit/tests/unit tests/integration; note $?
 echo "== the integration tier again on RabbitMQ 3.10, the oldest supported (MATCHENV_RABBITMQ=3)"
 MATCHENV_RABBITMQ=3 session tests/integration -m 'not cluster'; note $?
 
-echo "== waiting for the background builds"
-wait "$build_pid"; built=$?
-cat "$build_log"
-if [ $built -ne 0 ]; then
-  echo "the builds failed (exit $built, their log above): the e2e tier and the kind tests did not run" >&2
-  note $built
-  exit $rc
+echo "== waiting for the control plane's build"
+while [ ! -e "$work/control-plane" ] && kill -0 "$build_pid" 2>/dev/null; do sleep 2; done
+if [ ! -e "$work/control-plane" ]; then
+  wait "$build_pid"; failed_build $? "the e2e tier and the kind tests"
 fi
+echo "== the e2e tests that need no real node (pods as local processes)"
+session tests/e2e devkit/tests/e2e -m 'not node'; note $?
 
-echo "== the e2e tier on the real control plane and node"
-session tests/e2e devkit/tests/e2e; note $?
+echo "== waiting for the node's build"
+wait "$build_pid"; built=$?
+[ $built -eq 0 ] || failed_build $built "the e2e tests on the real node and the kind tests"
+cat "$work/build.log"
+echo "== the e2e tests on the real node"
+session tests/e2e devkit/tests/e2e -m node; note $?
 echo "== the install tests on a kind cluster built here (make e2e-kind)"
 scripts/e2e-kind.sh; note $?
 exit $rc

@@ -18,6 +18,19 @@ from matchenv_devkit.cluster.kubectl import Kubectl
 ROOT = Path(__file__).resolve().parents[2]
 
 
+REAL_NODE_HELPERS = ("real_node_pipeline_fixture", "real_node_fixture", "RealNode")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test module that starts the real node must say so (``pytestmark = pytest.mark.node``): make test runs those
+    only once the node and its images are built."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if (module is not None and any(hasattr(module, h) for h in REAL_NODE_HELPERS)
+                and item.get_closest_marker("node") is None):
+            raise pytest.UsageError(f"{module.__name__} starts the real node: mark it with pytest.mark.node")
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     state = tmp_path_factory.mktemp("cluster")

@@ -18,6 +18,8 @@ import pytest
 from matchenv_devkit.services.process import wait_for
 from tests.e2e.pipeline import Pipeline, real_node_pipeline_fixture
 
+pytestmark = pytest.mark.node  # pods on the real node: make test runs this once the node and its images are built
+
 PER_REPLICA = 100
 
 

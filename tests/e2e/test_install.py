@@ -32,6 +32,8 @@ from matchenv_devkit.cluster.versions import HelmBinaries
 from matchenv_devkit.services.process import wait_for
 from tests.e2e.pipeline import real_node_fixture
 
+pytestmark = pytest.mark.node  # pods on the real node: make test runs this once the node and its images are built
+
 LEASE_SECONDS = 15  # the operator's default Lease duration
 
 

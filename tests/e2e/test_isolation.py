@@ -24,6 +24,8 @@ from matchenv_devkit.services.process import wait_for
 from tests.e2e.pipeline import Pipeline, real_node_pipeline_fixture
 from tests.fuzz import corpus, expected, publish
 
+pytestmark = pytest.mark.node  # pods on the real node: make test runs this once the node and its images are built
+
 ENVS = ("prod", "dev", "staging")
 
 

@@ -14,6 +14,8 @@ from matchenv_devkit.services.process import wait_for
 from tests.e2e.harness import secret_value
 from tests.e2e.pipeline import Pipeline, real_node_pipeline_fixture
 
+pytestmark = pytest.mark.node  # pods on the real node: make test runs this once the node and its images are built
+
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:

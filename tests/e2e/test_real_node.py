@@ -36,6 +36,8 @@ from matchenv_devkit.cluster.versions import HelmBinaries
 from matchenv_devkit.services.process import free_port, wait_for
 from tests.e2e.pipeline import real_node_fixture
 
+pytestmark = pytest.mark.node  # pods on the real node: make test runs this once the node and its images are built
+
 ROOT = REPO_ROOT
 IMAGE = "matchenv:0.1.0"
 NS = "node-tests"

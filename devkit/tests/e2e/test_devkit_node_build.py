@@ -6,8 +6,12 @@ from __future__ import annotations
 import subprocess
 import time
 
+import pytest
+
 from matchenv_devkit.cluster.build import ensure_node_binaries
 from matchenv_devkit.cluster.versions import CONTAINERD_VERSION, COREDNS_VERSION, KUBERNETES_VERSION, RUNC_VERSION
+
+pytestmark = pytest.mark.node  # the node's binaries: make test runs this once they are built
 
 
 def version_of(path: str, *args: str) -> str:

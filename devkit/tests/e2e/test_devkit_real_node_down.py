@@ -15,6 +15,8 @@ from matchenv_devkit.cluster.nodecleanup import FIXED_DIRS, leftovers
 from matchenv_devkit.cluster.realnode import SYSCTLS
 from matchenv_devkit.services.process import wait_for
 
+pytestmark = pytest.mark.node  # pods on the real node: make test runs this once the node and its images are built
+
 DEV = [str(Path(sys.executable).with_name("matchenv-dev"))]
 
 
