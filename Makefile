@@ -69,7 +69,7 @@ demo: system-deps cluster-build node-build images  ## the main job: the install 
 e2e-kind: system-deps cluster-build node-build images  ## the install tests on a kind cluster built here (its own Docker engine; KIND_NODE_IMAGE: a public node image)
 	scripts/e2e-kind.sh
 
-bench: system-deps cluster-build  ## each measure beside its baseline (never part of make test): docs/benchmarks.md + .png
+bench: system-deps $(STAMP)  ## each measure beside its baseline (never part of make test): docs/benchmarks.md + .png
 	$(BIN)/matchenv-dev bench
 
 chaos: system-deps cluster-build  ## the chaos test with 50,000 matches, then the three-node broker's faults with 50,000 (the suite: 10,000 and 20,000)
