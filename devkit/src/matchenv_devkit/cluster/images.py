@@ -155,7 +155,11 @@ class ImageBuilder:
 
     # -- the images --------------------------------------------------------------------------------------------
     def all(self) -> list[BuiltImage]:
-        return [self.pause(), self.coredns(), self.project(), self.rabbitmq(), self.service("postgres", POSTGRES_IMAGE)]
+        return [*self.workloads(), self.rabbitmq(), self.service("postgres", POSTGRES_IMAGE)]
+
+    def workloads(self) -> list[BuiltImage]:
+        """What a node whose broker and database are host processes runs: pause, CoreDNS and the project's image."""
+        return [self.pause(), self.coredns(), self.project()]
 
     def rabbitmq(self) -> BuiltImage:
         """``devkit/images/rabbitmq`` on Debian 13's RabbitMQ 4 root (the same tree the host-process node runs)."""

@@ -24,7 +24,7 @@ from kubernetes import client, config
 from matchenv.crd import wait_until_served
 from matchenv.topology.client import BrokerNotFound, ManagementClient
 from matchenv_devkit.cluster.cluster import LocalCluster
-from matchenv_devkit.cluster.images import REPO_ROOT
+from matchenv_devkit.cluster.images import REPO_ROOT, ImageBuilder
 from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.cluster.nodeagent import NodeAgent, wait_for_node_ready
 from matchenv_devkit.cluster.nodeconfig import CLUSTER_DOMAIN, NODE_IP, POD_CIDR
@@ -288,7 +288,8 @@ class LocalStack:
             cluster = LocalCluster(state_dir / "cluster", log=log, node_ip=NODE_IP if real else None).start()
             stoppers.append(cluster.stop)
             if real:
-                stoppers.append(RealNode(cluster, log=log).start().stop)
+                # the broker and database are host processes: the node imports only what its pods run
+                stoppers.append(RealNode(cluster, log=log, images=ImageBuilder().workloads()).start().stop)
             rabbitmq = RabbitMQNode(state_dir / "rabbitmq", name="demo", pod_address=NODE_IP if real else None,
                                     stats_interval_ms=stats_interval_ms, release=release(default_series()))
             stoppers.append(rabbitmq.stop)
