@@ -4,6 +4,7 @@ cut off from the others; a memory alarm blocking publishers — with nothing los
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -24,7 +25,7 @@ from matchenv.operator.drift import EVENT_EXCHANGE, ROUTING_KEYS, BrokerEvents, 
 from matchenv.scraper.publisher import Publisher, PublishReport, Target
 from matchenv.scraper.sources import synthetic
 from matchenv.topology.applier import apply_plan
-from matchenv.topology.client import ManagementClient
+from matchenv.topology.client import BrokerNotFound, ManagementClient
 from matchenv.topology.desired import desired_archive, desired_topology
 from matchenv.topology.planner import observe, plan_archive, plan_converge, plan_remove
 from matchenv.workers.migrate import migrate
@@ -94,8 +95,7 @@ class Run:
         for worker in self.workers:
             worker.stop()
         for env in self.envs:
-            for queue in (env.queue, env.dlq):
-                env.admin.delete_queue("/", queue)
+            delete_queues(env.admin, env.queue, env.dlq)
             env.admin.delete_user(env.topology.names.broker_user)
 
 
@@ -111,6 +111,19 @@ def run(rabbitmq_cluster: RabbitMQCluster, postgres: PostgresServer,
     yield make
     for r in made:
         r.stop()
+
+
+def delete_queues(admin: ManagementClient, *queues: str) -> None:
+    """Delete quorum queues, each asked again until it is gone. Deleting one stops its Ra members; just after a node
+    rejoined, while its members catch up, that outlasted a call's 10 s on every node (CI, under load). A 404 on a
+    later try: an earlier one finished after its caller stopped waiting."""
+    def gone(queue: str) -> bool:
+        with contextlib.suppress(BrokerNotFound):
+            admin.delete_queue("/", queue)
+        return True
+
+    for queue in queues:
+        wait_for(lambda queue=queue: gone(queue), timeout=180, what=f"quorum queue {queue} deleted", every=1)
 
 
 def offline(env: Environment) -> tuple[str, ...]:
@@ -276,9 +289,8 @@ def test_a_backfill_with_a_node_killed_midway_delivers_every_archived_match(
         if not cluster.nodes[0].healthy():
             cluster.nodes[0].start()
             rejoined(cluster, 0)
+        delete_queues(admin, staging.queue.name, staging.names.dead_letter_queue, prod.queue, archive.name)
         apply_plan(admin, plan_remove(staging, admin.snapshot(staging.scope()), delete_queue=True))
-        admin.delete_queue("/", prod.queue)
-        admin.delete_queue("/", archive.name)
         admin.delete_policy("/", archive.policy)
         admin.delete_exchange("/", exchange)
         admin.close()
@@ -324,7 +336,7 @@ def test_a_binding_deleted_while_a_node_is_down_is_repaired_at_once(rabbitmq_clu
         stop.set()
         cluster.nodes[0].start()
         rejoined(cluster, 0)
-        client.delete_queue("/", env.queue)
+        delete_queues(client, env.queue)
         client.close()
 
 
