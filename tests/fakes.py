@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import os
+import threading
 import uuid
 from collections import Counter
 from typing import Any
@@ -58,10 +59,12 @@ class SimulatedBroker:
         self.put_users: Counter[str] = Counter()
         self.down = False
         self.calls = 0
+        self._counting = threading.Lock()
         self.version: str | None = None  # as /api/overview reports it
 
     def _call(self) -> None:
-        self.calls += 1
+        with self._counting:  # an applier's wave calls from several threads
+            self.calls += 1
         count_call()
         if self.down:
             raise BrokerUnreachable("simulated broker is down", "GET /api/overview")
