@@ -10,9 +10,6 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from matchenv.api import MatchEnvironmentSpec
-from matchenv.topology.desired import DesiredTopology, desired_topology
-
 CLUSTER = "c1"  # the cluster identity where no API server gives one (unit and broker-only tests)
 
 
@@ -26,13 +23,6 @@ def environment(name: str = "staging", **spec: Any) -> dict[str, Any]:
     }
     body["spec"].update(copy.deepcopy(spec))
     return body
-
-
-def topology(name: str = "staging", namespace: str = "default", cluster: str = CLUSTER, **spec: Any
-             ) -> DesiredTopology:
-    """What :func:`environment` with ``spec`` wants on the broker."""
-    return desired_topology(cluster, namespace, name,
-                            MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
 
 
 def _workers(**fields: Any) -> dict[str, Any]:

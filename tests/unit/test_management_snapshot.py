@@ -1,19 +1,15 @@
-"""The management client's snapshots: a whole one's two reads (definitions, queues) are under way together, an
-environment's small reads in two rounds side by side, and all count as the calls of the pass that asked; a read the
-broker fails once is tried again, a write is not."""
+"""The management client's whole snapshot: its two reads (definitions, queues) are under way together, and both
+count as the calls of the pass that asked; a read the broker fails once is tried again, a write is not."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
-from typing import Any
 
 import pytest
 
-from matchenv.topology.client import PARALLEL_CALLS, BrokerUnreachable, ManagementClient
+from matchenv.topology.client import BrokerUnreachable, ManagementClient
 from matchenv.topology.tally import CallTally, tallying
-from tests.cases import topology
 from tests.unit.loopback import Handler, Recorder
 
 
@@ -101,58 +97,3 @@ def test_a_read_the_broker_fails_once_is_tried_again_and_a_write_is_not(failure:
         management.close()
         server.shutdown()
         server.server_close()
-
-
-class _Gathering(Handler):
-    """Holds the first GETs until ``together`` of them are under way (or 3 s), then answers every call at once:
-    what the server holds, 404 for the rest."""
-
-    def answer(self) -> None:
-        server: _GatheringServer = self.server  # type: ignore[assignment]
-        path = self.record()
-        with server.changed:
-            server.in_flight += 1
-            server.peak = max(server.peak, server.in_flight)
-            server.changed.notify_all()
-            server.changed.wait_for(lambda: server.in_flight >= server.together, timeout=3)
-            server.together = 0  # gathered once: later calls are answered at once
-            server.in_flight -= 1
-        body = server.holds.get(path)
-        self.send_json(200, json.dumps(body).encode()) if body is not None else self.send_json(404, b"{}")
-
-    do_GET = answer  # noqa: N815 - http.server's name
-
-
-class _GatheringServer(Recorder):
-    def __init__(self) -> None:
-        super().__init__()
-        self.RequestHandlerClass = _Gathering
-        self.changed = threading.Condition()
-        self.together, self.in_flight, self.peak = 0, 0, 0
-        self.holds: dict[str, Any] = {}
-
-
-def test_an_environments_snapshot_reads_what_it_names_side_by_side_then_what_hangs_on_it() -> None:
-    want = topology()
-    scope = want.scope()
-    users = {f"/api/users/{u}": {"name": u, "tags": []} for u in scope.users}
-    permissions = {f"/api/permissions/%2F/{u}": {"user": u, "vhost": "/", "configure": "", "write": "", "read": ""}
-                   for u in scope.users}
-    first = len(scope.queues) + len(scope.exchanges) + len(scope.policies) + len(scope.users) + 1  # + the version
-    with _GatheringServer.serving() as server:
-        server.together = first
-        server.holds = {**users, **permissions, "/api/overview": {"rabbitmq_version": "4.0.5"}}
-        management = ManagementClient(server.url, "operator", "secret", timeout=(1.0, 10.0))
-        try:
-            with tallying(CallTally()) as tally:
-                snapshot = management.snapshot(scope)
-        finally:
-            management.close()
-    assert first <= PARALLEL_CALLS
-    assert server.peak == first  # every read of what the scope names was under way at once
-    assert len(server.seen) == tally.count == first + len(permissions)
-    assert sorted(server.seen[first:]) == sorted(f"GET {p}" for p in permissions)  # then the users' rights
-    assert sorted(snapshot.users) == sorted(scope.users)
-    assert len(snapshot.permissions) == len(scope.users)
-    assert snapshot.queues == {}
-    assert snapshot.version == "4.0.5"

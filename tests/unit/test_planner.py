@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -34,8 +35,13 @@ from matchenv.topology.planner import (
 )
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Queue
 from tests.cases import CLUSTER, environment
-from tests.cases import topology as desired
 from tests.fakes import SimulatedBroker
+
+
+def desired(name: str = "staging", namespace: str = "default", cluster: str = CLUSTER, **spec: Any
+            ) -> DesiredTopology:
+    return desired_topology(cluster, namespace, name,
+                            MatchEnvironmentSpec.model_validate(environment(name, **spec)["spec"]))
 
 
 def converge(broker: SimulatedBroker, want: DesiredTopology, password: str = "secret-pw") -> Plan:

@@ -8,7 +8,6 @@ reconciler needs in a fixed number of calls, whatever the number of environments
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import threading
@@ -22,7 +21,6 @@ from urllib.parse import quote
 import requests
 
 from matchenv.contracts import split_urls
-from matchenv.topology.parallel import all_of
 from matchenv.topology.snapshot import Binding, BrokerSnapshot, Exchange, Permission, Policy, Queue, Scope, User
 from matchenv.topology.tally import carried, count_call
 from matchenv.write_fence import SendCheck, fence
@@ -34,9 +32,7 @@ MAX_BODY = 16 * 1024 * 1024
 MAX_ERROR_TEXT = 300
 READ_TRIES = 2  # a GET whose connection dropped or that was answered 5xx: once more (see _request_node)
 MIN_RETRY_SECONDS = 0.5  # less than this left of a call's deadline: no second try
-# management calls in flight at once per broker: the converge pool runs up to 8 at once, and one converge reads its
-# scope side by side (about 9 small reads in its first round)
-PARALLEL_CALLS = 16
+PARALLEL_CALLS = 8  # management calls in flight at once per broker (the converge pool runs up to 8 at once)
 QUEUE_COLUMNS = (
     "name,vhost,type,durable,arguments,messages,messages_ready,messages_unacknowledged,consumers,policy,"
     "head_message_timestamp,members,online,leader"
@@ -138,7 +134,7 @@ class ManagementClient:
         self.session.auth = (username, password)
         self.session.headers["content-type"] = "application/json"
         self.calls = 0  # management calls made; the reconciler reports it per interval
-        self._counting = threading.Lock()  # calls are made from several threads at once
+        self._counting = threading.Lock()  # the handlers' converges call from several threads at once
         self._version: str | None = None  # the broker's, read once
         # each call runs on one of these threads so that the caller can stop waiting at the deadline, even for a
         # server that trickles its headers (requests' timeouts are per socket read); several, because the handlers
@@ -189,7 +185,7 @@ class ManagementClient:
             except NodeUnreachable as exc:
                 down.append(str(exc))
                 # every declare, binding and removal is idempotent: the next node may take the same call (moved on
-                # once, however many calls side by side found this node down)
+                # once, however many converges beside this one found this node down)
                 if self._node == node:
                     self._node = (node + 1) % count
                 if deadline - time.monotonic() < 0.2:
@@ -333,53 +329,33 @@ class ManagementClient:
         )
 
     def _scoped(self, scope: Scope) -> BrokerSnapshot:
-        """Two rounds of small reads, each side by side: what the scope names, then what hangs on what was found
-        (the bindings of the queues and exchanges there, the permissions of the users there)."""
         v = _q(scope.vhost)
-        first = self._read_all({
-            "queues": [f"/api/queues/{v}/{_q(name)}" for name in scope.queues],
-            "exchanges": [f"/api/exchanges/{v}/{_q(name)}" for name in scope.exchanges],
-            "policies": [f"/api/policies/{v}/{_q(name)}" for name in scope.policies],
-            "users": [f"/api/users/{_q(name)}" for name in scope.users],
-            "sources": [f"/api/exchanges/{v}/{_q(name)}/bindings/source" for name in scope.source_bindings],
-        }, version=True)
-        queues = [Queue.from_api(r) for r in first["queues"] if r is not None]
-        exchanges = [Exchange.from_api(r) for r in first["exchanges"] if r is not None]
-        policies = [Policy.from_api(r) for r in first["policies"] if r is not None]
-        users = [User.from_api(r) for r in first["users"] if r is not None]
+        queues = [Queue.from_api(r) for name in scope.queues
+                  if (r := self._get_or_none(f"/api/queues/{v}/{_q(name)}")) is not None]
+        bindings = [Binding.from_api(r) for q in queues if scope.bindings_of is None or q.name in scope.bindings_of
+                    for r in self._request("GET", f"/api/queues/{v}/{_q(q.name)}/bindings") or []]
+        exchanges = [Exchange.from_api(r) for name in scope.exchanges
+                     if (r := self._get_or_none(f"/api/exchanges/{v}/{_q(name)}")) is not None]
         present = {e.name for e in exchanges}
-        # a queue without a cluster's marker (adopted, or declared by an older version): its claimant is whoever's
-        # permissions read exactly it, so every permission of the vhost is needed, and the users named as before the
-        # cluster identity (rare: the marker is usual)
+        bindings += [Binding.from_api(r) for name in scope.exchange_bindings if name in present
+                     for r in self._request("GET", f"/api/exchanges/{v}/{_q(name)}/bindings/destination") or []]
+        bindings += [Binding.from_api(r) for name in scope.source_bindings
+                     for r in (self._get_or_none(f"/api/exchanges/{v}/{_q(name)}/bindings/source") or [])]
+        policies = [Policy.from_api(r) for name in scope.policies
+                    if (r := self._get_or_none(f"/api/policies/{v}/{_q(name)}")) is not None]
         unclaimed = scope.claimants and any(not q.claimed_by_cluster for q in queues)
-        second = self._read_all({
-            "bindings": [f"/api/queues/{v}/{_q(q.name)}/bindings" for q in queues
-                         if scope.bindings_of is None or q.name in scope.bindings_of],
-            "from_exchanges": [f"/api/exchanges/{v}/{_q(name)}/bindings/destination"
-                               for name in scope.exchange_bindings if name in present],
-            "legacy_users": [f"/api/users/{_q(name)}" for name in scope.legacy_users] if unclaimed else [],
-            "permissions": [f"/api/vhosts/{v}/permissions"] if unclaimed else
-                           [f"/api/permissions/{v}/{_q(u.name)}" for u in users],
-        })
-        users += [User.from_api(r) for r in second["legacy_users"] if r is not None]
-        bindings = [Binding.from_api(r) for group in ("bindings", "from_exchanges") for rows in second[group]
-                    for r in rows or []]
-        bindings += [Binding.from_api(r) for rows in first["sources"] for r in rows or []]
-        rows = [r for answer in second["permissions"] if answer is not None
-                for r in (answer if unclaimed else [answer])]
+        users = [User.from_api(r) for name in scope.users + (scope.legacy_users if unclaimed else ())
+                 if (r := self._get_or_none(f"/api/users/{_q(name)}")) is not None]
+        if unclaimed:
+            # a queue without a cluster's marker (adopted, or declared by an older version): its claimant is
+            # whoever's permissions read exactly it, so every permission of the vhost is needed (rare: the marker
+            # is usual)
+            rows = self._get_or_none(f"/api/vhosts/{v}/permissions") or []
+        else:
+            rows = [r for u in users if (r := self._get_or_none(f"/api/permissions/{v}/{_q(u.name)}")) is not None]
         permissions = [Permission.from_api(r) for r in rows]
         return BrokerSnapshot.build(queues, exchanges, bindings, policies, users, permissions,
                                     version=self.server_version())
-
-    def _read_all(self, groups: dict[str, list[str]], version: bool = False) -> dict[str, list[Any]]:
-        """GET every path of every group side by side (with ``version``, the broker's version too when not yet
-        known); each group's answers in its order, None for a 404."""
-        paths = [path for group in groups.values() for path in group]
-        calls: list[Callable[[], Any]] = [functools.partial(self._get_or_none, path) for path in paths]
-        if version and self._version is None:
-            calls.append(self.server_version)
-        answers = iter(all_of(calls))
-        return {name: [next(answers) for _ in group] for name, group in groups.items()}
 
     def _get_or_none(self, path: str) -> Any:
         try:

@@ -57,9 +57,6 @@ class Broker(Protocol):
     def clear_permissions(self, vhost: str, user: str) -> None: ...
 
 
-Named = tuple[str, str, str]  # ("exchange" | "queue" | "user", vhost ("" for a user), name)
-
-
 @dataclass(frozen=True)
 class Action:
     """One change to the broker. ``describe()`` is what logs and Kubernetes events say."""
@@ -67,30 +64,9 @@ class Action:
     vhost: str
     # a removal: done when what it removes is gone already (another converge, a teardown beside it, a person)
     removal: ClassVar[bool] = False
-    # made once everything the plan makes before it is made: permissions (rights only on what is known to be this
-    # environment's) and policies (RabbitMQ 4.0.5 left a policy's PUT unanswered while a stream it matches was
-    # being declared beside it)
-    after_made: ClassVar[bool] = False
-    # a binding: made after the plan's bindings before it (a dead-letter queue's before the feed's, so nothing is
-    # dead-lettered into an exchange that routes nowhere)
-    binding: ClassVar[bool] = False
 
     def apply(self, broker: Broker) -> None:
         raise NotImplementedError
-
-    def makes(self) -> tuple[Named, ...]:
-        """What it makes on the broker: an action of the same plan that names it waits for it."""
-        return ()
-
-    def needs(self) -> tuple[Named, ...]:
-        """What must be there before it (waited for where the same plan makes it)."""
-        return ()
-
-    def claims(self) -> bool:
-        """Whether it makes something marked as the environment's: the broker keeps the first such declare of a
-        name and refuses the others, so the plan's first claim decides a race with another environment and the
-        rest wait for it (never one queue won and the other lost)."""
-        return False
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -105,12 +81,6 @@ class DeclareExchange(Action):
     def apply(self, broker: Broker) -> None:
         broker.declare_exchange(self.vhost, self.name, self.type,
                                 arguments={OWNER_ARGUMENT: self.owner} if self.owner else None)
-
-    def makes(self) -> tuple[Named, ...]:
-        return (("exchange", self.vhost, self.name),)
-
-    def claims(self) -> bool:
-        return bool(self.owner)
 
     def describe(self) -> str:
         return f"declared {self.type} exchange {self.name}"
@@ -137,12 +107,6 @@ class DeclareQueue(Action):
     def apply(self, broker: Broker) -> None:
         broker.declare_queue(self.vhost, self.name, DesiredQueue(self.name, self.type, self.owner).arguments)
 
-    def makes(self) -> tuple[Named, ...]:
-        return (("queue", self.vhost, self.name),)
-
-    def claims(self) -> bool:
-        return True
-
     def describe(self) -> str:
         return f"declared {self.type} queue {self.name}"
 
@@ -154,9 +118,6 @@ class DeclareStream(Action):
 
     def apply(self, broker: Broker) -> None:
         broker.declare_queue(self.vhost, self.name, stream_arguments(self.segment_bytes))
-
-    def makes(self) -> tuple[Named, ...]:
-        return (("queue", self.vhost, self.name),)
 
     def describe(self) -> str:
         return f"declared stream {self.name}"
@@ -178,16 +139,12 @@ class DeleteQueue(Action):
 
 @dataclass(frozen=True)
 class Bind(Action):
-    binding: ClassVar[bool] = True
     exchange: str
     queue: str
     routing_key: str = ""
 
     def apply(self, broker: Broker) -> None:
         broker.bind_queue(self.vhost, self.exchange, self.queue, self.routing_key)
-
-    def needs(self) -> tuple[Named, ...]:
-        return (("exchange", self.vhost, self.exchange), ("queue", self.vhost, self.queue))
 
     def describe(self) -> str:
         key = f" with key {self.routing_key!r}" if self.routing_key else ""
@@ -196,15 +153,11 @@ class Bind(Action):
 
 @dataclass(frozen=True)
 class BindExchange(Action):
-    binding: ClassVar[bool] = True
     source: str
     destination: str
 
     def apply(self, broker: Broker) -> None:
         broker.bind_exchange(self.vhost, self.source, self.destination)
-
-    def needs(self) -> tuple[Named, ...]:
-        return (("exchange", self.vhost, self.source), ("exchange", self.vhost, self.destination))
 
     def describe(self) -> str:
         return f"bound exchange {self.destination} to exchange {self.source}"
@@ -226,7 +179,6 @@ class Unbind(Action):
 
 @dataclass(frozen=True)
 class PutPolicy(Action):
-    after_made: ClassVar[bool] = True
     name: str
     pattern: str
     definition: dict[str, Any] = field(hash=False)
@@ -241,7 +193,6 @@ class PutPolicy(Action):
 
 @dataclass(frozen=True)
 class PutOperatorPolicy(Action):
-    after_made: ClassVar[bool] = True
     name: str
     pattern: str
     definition: dict[str, Any] = field(hash=False)
@@ -286,9 +237,6 @@ class PutUser(Action):
     def apply(self, broker: Broker) -> None:
         broker.put_user(self.name, self.password)
 
-    def makes(self) -> tuple[Named, ...]:
-        return (("user", "", self.name),)
-
     def describe(self) -> str:
         if self.exists:
             return f"set the password of broker user {self.name} to the one in its Secret"
@@ -309,7 +257,6 @@ class DeleteUser(Action):
 
 @dataclass(frozen=True)
 class SetPermissions(Action):
-    after_made: ClassVar[bool] = True
     user: str
     configure: str
     write: str
@@ -317,9 +264,6 @@ class SetPermissions(Action):
 
     def apply(self, broker: Broker) -> None:
         broker.set_permissions(self.vhost, self.user, self.configure, self.write, self.read)
-
-    def needs(self) -> tuple[Named, ...]:
-        return (("user", "", self.user),)
 
     def describe(self) -> str:
         return f"set permissions of {self.user}: configure={self.configure!r} write={self.write!r} read={self.read!r}"
