@@ -114,16 +114,17 @@ def run(rabbitmq_cluster: RabbitMQCluster, postgres: PostgresServer,
 
 
 def delete_queues(admin: ManagementClient, *queues: str) -> None:
-    """Delete quorum queues, each asked again until it is gone. Deleting one stops its Ra members; just after a node
-    rejoined, while its members catch up, that outlasted a call's 10 s on every node (CI, under load). A 404 on a
-    later try: an earlier one finished after its caller stopped waiting."""
+    """Delete queues replicated across the cluster (quorum queues, the archive's stream), each asked again until it
+    is gone. Deleting a quorum queue stops its Ra members; just after a node rejoined, while its members catch up,
+    that outlasted a call's 10 s on every node (CI, under load). A 404 on a later try: an earlier one finished after
+    its caller stopped waiting."""
     def gone(queue: str) -> bool:
         with contextlib.suppress(BrokerNotFound):
             admin.delete_queue("/", queue)
         return True
 
     for queue in queues:
-        wait_for(lambda queue=queue: gone(queue), timeout=180, what=f"quorum queue {queue} deleted", every=1)
+        wait_for(lambda queue=queue: gone(queue), timeout=180, what=f"queue {queue} deleted", every=1)
 
 
 def offline(env: Environment) -> tuple[str, ...]:
