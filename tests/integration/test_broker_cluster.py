@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,8 @@ class Run:
     def stop(self) -> None:
         for worker in self.workers:
             worker.stop()
+        delete_queues(self.cluster, self.envs[0].admin, *(q for env in self.envs for q in (env.queue, env.dlq)))
         for env in self.envs:
-            delete_queues(env.admin, env.queue, env.dlq)
             env.admin.delete_user(env.topology.names.broker_user)
 
 
@@ -113,18 +114,35 @@ def run(rabbitmq_cluster: RabbitMQCluster, postgres: PostgresServer,
         r.stop()
 
 
-def delete_queues(admin: ManagementClient, *queues: str) -> None:
+class QueueLeftBehind(UserWarning):
+    """The broker did not delete a queue at teardown: the test's claims held; its account is in the message."""
+
+
+def delete_queues(cluster: RabbitMQCluster, admin: ManagementClient, *queues: str, within: float = 180) -> None:
     """Delete queues replicated across the cluster (quorum queues, the archive's stream), each asked again until it
-    is gone. Deleting a quorum queue stops its Ra members; just after a node rejoined, while its members catch up,
-    that outlasted a call's 10 s on every node (CI, under load). A 404 on a later try: an earlier one finished after
-    its caller stopped waiting."""
+    is gone, all within ``within`` seconds. Deleting a quorum queue stops its Ra members: just after a node rejoined,
+    under load, RabbitMQ 4.0.5 has left one delete unanswered on every node for minutes (CI, twice). That is the
+    broker's, after the test's claims held, and the module's cluster is removed at its end: a queue still there is
+    reported as a :class:`QueueLeftBehind` warning with what each node says of it, not a failure. A 404 on a later
+    try: an earlier one finished after its caller stopped waiting."""
     def gone(queue: str) -> bool:
         with contextlib.suppress(BrokerNotFound):
             admin.delete_queue("/", queue)
         return True
 
+    deadline = time.monotonic() + within
+    left = []
     for queue in queues:
-        wait_for(lambda queue=queue: gone(queue), timeout=180, what=f"queue {queue} deleted", every=1)
+        try:
+            wait_for(lambda queue=queue: gone(queue), timeout=max(1.0, deadline - time.monotonic()),
+                     what=f"queue {queue} deleted", every=1)
+        except AssertionError as exc:
+            left.append((queue, exc))
+    if left:
+        names = [queue for queue, _ in left]
+        warnings.warn(QueueLeftBehind(
+            f"the broker did not delete {', '.join(names)} within {within:.0f}s ({left[0][1]}); what the nodes say:\n"
+            f"{cluster.describe_queues(names)}"), stacklevel=2)
 
 
 def offline(env: Environment) -> tuple[str, ...]:
@@ -290,7 +308,7 @@ def test_a_backfill_with_a_node_killed_midway_delivers_every_archived_match(
         if not cluster.nodes[0].healthy():
             cluster.nodes[0].start()
             rejoined(cluster, 0)
-        delete_queues(admin, staging.queue.name, staging.names.dead_letter_queue, prod.queue, archive.name)
+        delete_queues(cluster, admin, staging.queue.name, staging.names.dead_letter_queue, prod.queue, archive.name)
         apply_plan(admin, plan_remove(staging, admin.snapshot(staging.scope()), delete_queue=True))
         admin.delete_policy("/", archive.policy)
         admin.delete_exchange("/", exchange)
@@ -337,7 +355,7 @@ def test_a_binding_deleted_while_a_node_is_down_is_repaired_at_once(rabbitmq_clu
         stop.set()
         cluster.nodes[0].start()
         rejoined(cluster, 0)
-        delete_queues(client, env.queue)
+        delete_queues(cluster, client, env.queue)
         client.close()
 
 

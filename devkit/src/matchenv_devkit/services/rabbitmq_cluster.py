@@ -10,7 +10,10 @@ Clients reach each node at its own address; :attr:`RabbitMQCluster.amqp_urls` an
 
 from __future__ import annotations
 
+import re
 import secrets
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -18,8 +21,11 @@ import requests
 
 from matchenv_devkit.services.netlab import NetLab
 from matchenv_devkit.services.process import wait_for
-from matchenv_devkit.services.rabbitmq import BrokerEndpoints, NodePlacement, RabbitMQNode
+from matchenv_devkit.services.rabbitmq import BrokerEndpoints, BrokerStartError, NodePlacement, RabbitMQNode
 from matchenv_devkit.services.rabbitmq_releases import RabbitMQRelease
+
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+_PROCESS = re.compile(r"\] (<[0-9.]+>) ")  # the Erlang process a log line is from
 
 
 class RabbitMQCluster:
@@ -90,6 +96,29 @@ class RabbitMQCluster:
     def amqp_base_urls(self) -> str:
         """Every node's AMQP URL without credentials (as a broker Secret's ``url`` holds it), ``;``-separated."""
         return ";".join(f"amqp://{ep.host}:{ep.amqp_port}" for ep in self.endpoints)
+
+    def describe_queues(self, names: Sequence[str], log_lines: int = 12) -> str:
+        """What each node says about the queues ``names``, for a failure message: its ``list_queues`` row (type,
+        state, leader, members, online), the last ``log_lines`` lines of its log that name one of them, and its last
+        warnings and errors."""
+        parts = []
+        for i, node in enumerate(self.nodes):
+            try:
+                listed = node.ctl("list_queues", "--quiet", "--no-table-headers", "name", "type", "state", "leader",
+                                  "members", "online", timeout=30)
+                rows = [line for line in listed.splitlines() if line.split("\t", 1)[0] in names] or ["(not listed)"]
+            except (BrokerStartError, subprocess.TimeoutExpired) as exc:
+                rows = [f"list_queues failed: {exc}"]
+            text = _COLOURS.sub("", node.log_file.read_text(errors="replace")) if node.log_file.exists() else ""
+            lines = text.splitlines()
+            said = [line for line in lines if any(name in line for name in names)][-log_lines:]
+            # its last warnings and errors, but for the notice of deprecated features every boot prints
+            notice = {m.group(1) for line in lines if "Deprecated features" in line
+                      and (m := _PROCESS.search(line))}
+            warned = [line for line in lines[-500:] if ("[warning]" in line or "[error]" in line)
+                      and not ((m := _PROCESS.search(line)) and m.group(1) in notice)][-log_lines:]
+            parts.append("\n".join([f"n{i + 1} ({node.endpoints.host}):", *rows, *said, *warned]))
+        return "\n".join(parts)
 
     def cut(self, index: int) -> None:
         """Node ``index`` loses its link to the others and to every client."""
