@@ -120,11 +120,12 @@ class QueueLeftBehind(UserWarning):
 
 def delete_queues(cluster: RabbitMQCluster, admin: ManagementClient, *queues: str, within: float = 180) -> None:
     """Delete queues replicated across the cluster (quorum queues, the archive's stream), each asked again until it
-    is gone, all within ``within`` seconds. Deleting a quorum queue stops its Ra members: just after a node rejoined,
-    under load, RabbitMQ 4.0.5 has left one delete unanswered on every node for minutes (CI, twice). That is the
-    broker's, after the test's claims held, and the module's cluster is removed at its end: a queue still there is
-    reported as a :class:`QueueLeftBehind` warning with what each node says of it, not a failure. A 404 on a later
-    try: an earlier one finished after its caller stopped waiting."""
+    is gone, all within ``within`` seconds. Deleting a quorum queue stops its Ra members: after the node kills, under
+    load, RabbitMQ 4.0.5 has left one queue's leader in ``terminating_leader`` for good, and every later delete
+    unanswered on every node (docs/reliability.md). That is the broker's, after the test's claims held, and the
+    module's cluster is removed at its end: a queue still there is reported as a :class:`QueueLeftBehind` warning
+    with what each node says of it, not a failure. A 404 on a later try: an earlier one finished after its caller
+    stopped waiting."""
     def gone(queue: str) -> bool:
         with contextlib.suppress(BrokerNotFound):
             admin.delete_queue("/", queue)
