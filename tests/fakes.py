@@ -192,6 +192,7 @@ class FakeKube:
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], Obj] = {}
         self.deployments: dict[tuple[str, str], Obj] = {}
+        self.deployment_deletions: list[tuple[str, str, str]] = []  # namespace, name, propagation policy
         self.environments: dict[tuple[str, str], Obj] = {}
         self.jobs: dict[tuple[str, str], Obj] = {}
         self.pods: dict[tuple[str, str], Obj] = {}  # (namespace, job name) → its one pod
@@ -339,11 +340,16 @@ class FakeKube:
         self.writes["deployment-scale"] += 1
         self.deployments[(namespace, name)]["spec"]["replicas"] = replicas
 
-    def delete_deployment(self, namespace: str, name: str, uid: str) -> bool:
+    def delete_deployment(self, namespace: str, name: str, uid: str, foreground: bool = True) -> bool:
+        """Foreground: marked deleting until :meth:`finish_deletions`; background: gone at once."""
         found = self.deployments.get((namespace, name))
         if found is None or found["metadata"]["uid"] != uid:
             return False
-        found["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        self.deployment_deletions.append((namespace, name, "Foreground" if foreground else "Background"))
+        if foreground:
+            found["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        else:
+            del self.deployments[(namespace, name)]
         return True
 
     def finish_deletions(self) -> None:

@@ -157,7 +157,23 @@ def test_stopping_workers_that_have_no_pod_does_not_wait_for_the_garbage_collect
     world.add("prod", workers={"image": "matchenv:0.1.0", "replicas": 0,
                                "databaseSecretRef": {"name": "matchenv-db-prod"}})
     world.converge("prod")
-    stop_workers(world.services, world.context("prod"), wait=0)  # no TeardownIncomplete
+    assert not stop_workers(world.services, world.context("prod"), wait=0)  # no TeardownIncomplete, no wait
+    # none wanted, none running: deleted in the background, gone at once (a foreground deletion is two more writes
+    # and watch events for each, in a burst of deletions)
+    assert world.kube.deployment_deletions == [("default", "prod-workers", "Background")]
+    assert ("default", "prod-workers") not in world.kube.deployments
+
+
+def test_workers_wanted_but_not_yet_running_are_deleted_in_the_foreground(world: World) -> None:
+    """A Deployment that wants pods may start one between the read and the delete: its deletion waits for the
+    garbage collector to stop them, even if none was seen."""
+    from matchenv.operator.steps.workers import stop_workers
+
+    world.add("prod")
+    world.converge("prod")
+    world.kube.worker_pods[("default", world.context("prod").names.selector)] = []  # none started yet
+    assert not stop_workers(world.services, world.context("prod"), wait=0)
+    assert world.kube.deployment_deletions == [("default", "prod-workers", "Foreground")]
     assert world.kube.deployments[("default", "prod-workers")]["metadata"]["deletionTimestamp"]
 
 

@@ -260,12 +260,14 @@ class Kube:
         _drain(self.apps.patch_namespaced_deployment(name, namespace, {"spec": {"replicas": replicas}},
                                                      _content_type=MERGE, **opts))
 
-    def delete_deployment(self, namespace: str, name: str, uid: str) -> bool:
-        """Foreground deletion of the Deployment ``uid``: it stays until its pods have terminated (their grace
-        period included), so the caller can wait for the workers to finish before taking their credentials."""
+    def delete_deployment(self, namespace: str, name: str, uid: str, foreground: bool = True) -> bool:
+        """Delete the Deployment ``uid``. Foreground: it stays until its pods have terminated (their grace period
+        included), so the caller can wait for the workers to finish before taking their credentials. Background
+        (for one with no pod): it is gone at once, and the garbage collector removes its ReplicaSets afterwards."""
         opts = self._write(f"delete of Deployment {namespace}/{name}")
+        policy = "Foreground" if foreground else "Background"
         return _unless_missing(lambda: self.apps.delete_namespaced_deployment(
-            name, namespace, body=cast(Any, {"preconditions": {"uid": uid}, "propagationPolicy": "Foreground"}),
+            name, namespace, body=cast(Any, {"preconditions": {"uid": uid}, "propagationPolicy": policy}),
             **opts)) is not None
 
     # -- Jobs (backfills) and their pods ---------------------------------------------------------------------
