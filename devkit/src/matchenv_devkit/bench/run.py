@@ -75,12 +75,21 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
             finally:
                 loads.stop()
             log(f"operator: {environments} environments ...")
-            done(bench.scale(environments)[0])  # its curve is plotted beside the topology operator's
+            alone = bench.scale(environments)[0]  # its curve is plotted beside the topology operator's
+            done(alone)
             beside, burst = topology_operator.compare(bench.record(), theirs, operator.SHIPPED_RESYNC)
             if any(not t.met for t in beside[1].targets if "CPU" in t.text):
                 log("operator: the CPU of a burst, profiled ...")
                 beside[1].profile = bench.cpu_profile()
                 beside[1].notes.append("CPU: see the profile (a second burst with py-spy attached)")
+            if any(not t.met for t in beside[1].targets if "RSS" in t.text):
+                if any(not t.met for t in alone.targets if "RSS" in t.text):  # missed there too: profiled there
+                    beside[1].notes.append(f"RSS: see the memory profile of \"{alone.name}\"")
+                else:
+                    log("operator: the memory of the burst's environments, profiled ...")
+                    beside[1].profile += ("\n\n" if beside[1].profile else "") + bench.memory_profile(environments)
+                    beside[1].notes.append("RSS: see the memory profile (an operator restarted with tracemalloc "
+                                           "over the same environments)")
             for measure in beside:
                 done(measure)
             series.append(burst)
