@@ -164,15 +164,28 @@ def test_stopping_workers_that_have_no_pod_does_not_wait_for_the_garbage_collect
     assert ("default", "prod-workers") not in world.kube.deployments
 
 
-def test_workers_wanted_but_not_yet_running_are_deleted_in_the_foreground(world: World) -> None:
-    """A Deployment that wants pods may start one between the read and the delete: its deletion waits for the
-    garbage collector to stop them, even if none was seen."""
+def test_workers_wanted_but_not_yet_running_are_deleted_in_the_foreground_and_a_late_pod_waited_for(
+        world: World) -> None:
+    """A Deployment that wants pods may start one between the read and the delete: it is deleted in the foreground,
+    and a pod started meanwhile is waited for before its credentials go."""
+    import pytest
+
+    from matchenv.operator.errors import TeardownIncomplete
     from matchenv.operator.steps.workers import stop_workers
 
     world.add("prod")
     world.converge("prod")
-    world.kube.worker_pods[("default", world.context("prod").names.selector)] = []  # none started yet
-    assert not stop_workers(world.services, world.context("prod"), wait=0)
+    selector = world.context("prod").names.selector
+    world.kube.worker_pods[("default", selector)] = []  # none started yet
+    delete = world.kube.delete_deployment
+
+    def started_meanwhile(namespace: str, name: str, uid: str, foreground: bool = True) -> bool:
+        world.kube.worker_pods[("default", selector)] = [{"metadata": {"name": "prod-workers-1"}}]
+        return delete(namespace, name, uid, foreground)
+
+    world.kube.delete_deployment = started_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(TeardownIncomplete, match="waiting for the pods of Deployment prod-workers"):
+        stop_workers(world.services, world.context("prod"), wait=0)
     assert world.kube.deployment_deletions == [("default", "prod-workers", "Foreground")]
     assert world.kube.deployments[("default", "prod-workers")]["metadata"]["deletionTimestamp"]
 

@@ -139,14 +139,17 @@ def stop_workers(s: Services, ctx: Context, wait: float) -> bool:
     if live is None or not owned_by(live, ctx.uid):
         return False
     first = not live["metadata"].get("deletionTimestamp")
-    idle = not (live.get("status") or {}).get("replicas") and not s.kube.list_pods(ctx.namespace, ctx.names.selector)
-    if first:
+    running = (live.get("status") or {}).get("replicas")
+    if first and not running and (live.get("spec") or {}).get("replicas", 1) == 0 and \
+            not s.kube.list_pods(ctx.namespace, ctx.names.selector):
         # none wanted and none running: nothing will use the credentials, so the Deployment goes at once (background:
-        # a foreground deletion of each is two more writes and watch events apiece, in a burst of deletions)
-        wanted = (live.get("spec") or {}).get("replicas", 1)
-        s.kube.delete_deployment(ctx.namespace, ctx.names.deployment, live["metadata"]["uid"],
-                                 foreground=not (idle and wanted == 0))
-    if idle:
+        # a foreground deletion is three writes and three watch events for each, in a burst of deletions)
+        s.kube.delete_deployment(ctx.namespace, ctx.names.deployment, live["metadata"]["uid"], foreground=False)
+        return False
+    if first:
+        s.kube.delete_deployment(ctx.namespace, ctx.names.deployment, live["metadata"]["uid"])
+    # listed after the delete: a pod its ReplicaSet started meanwhile is seen and waited for
+    if not running and not s.kube.list_pods(ctx.namespace, ctx.names.selector):
         # no worker pod at all (none wanted, or gone already): nothing can be using the credentials; the garbage
         # collector removes the Deployment in its own time (waiting for it held a converge thread for seconds each:
         # 300 environments deleted at once took minutes)
