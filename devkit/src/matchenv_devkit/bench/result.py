@@ -29,6 +29,10 @@ class Measure:
     notes: list[str] = field(default_factory=list)
     profile: str = ""  # a profile that explains a missed target
 
+    def missed(self, word: str) -> bool:
+        """Whether a target whose text names ``word`` (e.g. "CPU", "RSS") was missed."""
+        return any(not t.met for t in self.targets if word in t.text)
+
 
 @dataclass
 class Series:

@@ -78,12 +78,12 @@ def run_bench(state_dir: Path, docs: Path, log: Callable[[str], None], environme
             alone = bench.scale(environments)[0]  # its curve is plotted beside the topology operator's
             done(alone)
             beside, burst = topology_operator.compare(bench.record(), theirs, operator.SHIPPED_RESYNC)
-            if any(not t.met for t in beside[1].targets if "CPU" in t.text):
+            if beside[1].missed("CPU"):
                 log("operator: the CPU of a burst, profiled ...")
                 beside[1].profile = bench.cpu_profile()
                 beside[1].notes.append("CPU: see the profile (a second burst with py-spy attached)")
-            if any(not t.met for t in beside[1].targets if "RSS" in t.text):
-                if any(not t.met for t in alone.targets if "RSS" in t.text):  # missed there too: profiled there
+            if beside[1].missed("RSS"):
+                if alone.missed("RSS"):  # missed there too: profiled there
                     beside[1].notes.append(f"RSS: see the memory profile of \"{alone.name}\"")
                 else:
                     log("operator: the memory of the burst's environments, profiled ...")
