@@ -18,14 +18,14 @@ def test_calls_beside_each_other_that_find_a_node_down_move_on_to_the_next_node_
         management = ManagementClient(f"{NOTHING_LISTENS};{second.url};{third.url}", "operator", "secret",
                                       timeout=(1.0, 5.0))
         both_failing = threading.Barrier(2, timeout=5)
-        request_node = management._request_node
+        exchange = management._exchange
 
         def held(*args: Any) -> Any:
-            if args[-1] == NOTHING_LISTENS:  # both calls have read the first node before either moves on
+            if args[1] == NOTHING_LISTENS:  # both calls have read the first node before either moves on
                 both_failing.wait()
-            return request_node(*args)
+            return exchange(*args)
 
-        management._request_node = held  # type: ignore[method-assign]
+        management._exchange = held  # type: ignore[method-assign]
         answers: list[Any] = []
         calls = [threading.Thread(target=lambda: answers.append(management.overview())) for _ in range(2)]
         try:

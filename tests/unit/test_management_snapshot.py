@@ -1,14 +1,18 @@
-"""The management client's whole snapshot: its two reads (definitions, queues) are under way together, and both
-count as the calls of the pass that asked; a read the broker fails once is tried again, a write is not."""
+"""The management client's snapshots: the whole one's two reads (definitions, queues) are under way together, and
+both count as the calls of the pass that asked; one environment's reads its named objects side by side, then what
+hangs on those found; a read the broker fails once is tried again, a write is not."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 
 import pytest
 
+from matchenv.contracts import OWNER_ARGUMENT
 from matchenv.topology.client import BrokerUnreachable, ManagementClient
+from matchenv.topology.snapshot import Scope
 from matchenv.topology.tally import CallTally, tallying
 from tests.unit.loopback import Handler, Recorder
 
@@ -48,6 +52,69 @@ def test_a_whole_snapshot_reads_definitions_and_queues_side_by_side() -> None:
     assert snapshot.queues == {}
     assert sorted(server.seen) == ["GET /api/definitions", "GET /api/overview", "GET /api/queues"]
     assert tally.count == 3  # the queues' read on the other thread counted too
+
+
+FIRST_ROUND = {"/api/queues/%2F/matches.dev", "/api/exchanges/%2F/matches.dev.dlx", "/api/policies/%2F/matchenv.dev",
+               "/api/users/env-dev"}
+
+
+class _Scoped(Handler):
+    """A broker holding one queue (bound once) and one user (with its permissions); each of the first round's reads
+    (queue, exchange, policy, user) answered only once all four have arrived; the queue's bindings not found (the
+    queue deleted between the two rounds)."""
+
+    def answer(self) -> None:
+        server: _ScopedServer = self.server  # type: ignore[assignment]
+        path = self.record()
+        if path in FIRST_ROUND:
+            try:
+                server.first_round.wait()
+            except threading.BrokenBarrierError:
+                server.apart.append(path)
+        found = {"/api/queues/%2F/matches.dev": {"vhost": "/", "name": "matches.dev",
+                                                 "arguments": {OWNER_ARGUMENT: "c1/default/dev"}},
+                 "/api/users/env-dev": {"name": "env-dev", "tags": []},
+                 "/api/permissions/%2F/env-dev": {"user": "env-dev", "vhost": "/", "configure": "", "write": "",
+                                                  "read": "^matches\\.dev$"}}
+        if path in found:
+            self.send_json(200, json.dumps(found[path]).encode())
+        else:
+            self.send_json(404, b'{"error":"Object Not Found","reason":"Not Found"}')
+
+    do_GET = answer  # noqa: N815 - http.server's name
+
+
+class _ScopedServer(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.RequestHandlerClass = _Scoped
+        self.first_round = threading.Barrier(len(FIRST_ROUND), timeout=3)
+        self.apart: list[str] = []  # reads that arrived alone
+
+
+def test_one_environments_snapshot_reads_its_objects_side_by_side_and_then_what_hangs_on_them() -> None:
+    """A new environment's snapshot was eight reads one after another before its first write; they go together, and
+    a queue gone before its bindings are read has none (not an error)."""
+    scope = Scope(vhost="/", queues=("matches.dev",), exchanges=("matches.dev.dlx",), policies=("matchenv.dev",),
+                  users=("env-dev",))
+    with _ScopedServer.serving() as server:
+        management = ManagementClient(server.url, "operator", "secret", timeout=(1.0, 10.0))
+        management._version = "4.0.5"  # read once per client: not this test's concern
+        try:
+            with tallying(CallTally()) as tally:
+                snapshot = management.snapshot(scope)
+        finally:
+            management.close()
+    assert server.apart == []
+    assert {call.split()[1] for call in server.seen[:4]} == FIRST_ROUND
+    assert sorted(server.seen[4:]) == ["GET /api/permissions/%2F/env-dev", "GET /api/queues/%2F/matches.dev/bindings"]
+    assert list(snapshot.queues) == [("/", "matches.dev")]
+    assert snapshot.bindings == ()
+    assert snapshot.exchanges == {}
+    assert snapshot.policies == {}
+    assert list(snapshot.users) == ["env-dev"]
+    assert snapshot.permissions[("env-dev", "/")].read == "^matches\\.dev$"
+    assert tally.count == 6
 
 
 class _Failing(Handler):

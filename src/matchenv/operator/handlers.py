@@ -22,6 +22,7 @@ from matchenv.operator.handsoff import switched
 from matchenv.operator.kopf_diffbase import EnvironmentDiffBase
 from matchenv.operator.kopf_login import fenced_session
 from matchenv.operator.kube import Obj
+from matchenv.operator.memory import give_back
 from matchenv.operator.reconciler import Reconciler
 from matchenv.operator.settings import OperatorSettings
 from matchenv.operator.steps.finalizer import FINALIZER, has_finalizer
@@ -169,6 +170,7 @@ async def resync_forever(reconciler: Reconciler, interval: float) -> None:
             metrics.RESYNC_ERRORS.inc()
             log.warning("resync failed: %s", exc)
             continue
+        await asyncio.to_thread(give_back)  # the pages the pass (or a burst before it) freed leave the RSS
         metrics.MANAGEMENT_CALLS.set(report.management_calls)
         metrics.ENVIRONMENTS.set(report.environments)
         metrics.STATUS_CHANGES.inc(report.changes)

@@ -13,8 +13,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -105,6 +106,23 @@ def _q(part: str) -> str:
     return quote(part, safe="")
 
 
+@dataclass
+class _Call:
+    """One management call under way: what it asks, its one deadline (monotonic) and where it was sent last."""
+
+    method: str
+    path: str
+    body: Any
+    params: dict[str, str] | None
+    operation: str
+    connect: float
+    deadline: float
+    sent: float = field(default_factory=time.monotonic)
+    node: int = 0
+    base: str = ""
+    future: Future[tuple[requests.Response, bytes]] | None = None
+
+
 class ManagementClient:
     """Typed access to the RabbitMQ management API of one broker: one node, or a cluster's nodes (``base_url`` lists
     them, ``;``-separated). Calls go to the node that answered last; a node that does not answer is left for the
@@ -166,7 +184,10 @@ class ManagementClient:
 
     # -- transport -------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
-        operation = f"{method} {path}"
+        return self._finish(self._start(method, path, body, params))
+
+    def _start(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> _Call:
+        """Send one call to the current node; :meth:`_finish` waits for its answer (and tries the next nodes)."""
         with self._counting:
             self.calls += 1
         count_call()
@@ -174,39 +195,59 @@ class ManagementClient:
         budget = self.write_budget() if self.write_budget is not None and method != "GET" else None
         if budget is not None:
             total = max(0.1, min(total, budget))
-        deadline = time.monotonic() + total
+        call = _Call(method, path, body, params, f"{method} {path}", connect, time.monotonic() + total)
+        self._send(call, self._node, len(self.base_urls))
+        return call
+
+    def _finish(self, call: _Call) -> Any:
         down: list[str] = []
         count = len(self.base_urls)
         for tried in range(count):
-            node = self._node
             try:
-                return self._request_node(method, path, body, params, operation, connect, deadline,
-                                          count - tried, self.base_urls[node])
+                return self._answer(call)
             except NodeUnreachable as exc:
                 down.append(str(exc))
                 # every declare, binding and removal is idempotent: the next node may take the same call (moved on
                 # once, however many converges beside this one found this node down)
-                if self._node == node:
-                    self._node = (node + 1) % count
-                if deadline - time.monotonic() < 0.2:
+                if self._node == call.node:
+                    self._node = (call.node + 1) % count
+                if tried == count - 1 or call.deadline - time.monotonic() < 0.2:
                     break
+                self._send(call, self._node, count - tried - 1)
         if len(self.base_urls) == 1 or len(down) == 1:
-            raise NodeUnreachable(down[0], operation)
-        raise NodeUnreachable(f"{operation}: no node answered ({'; '.join(d.split(': ', 1)[-1] for d in down)})",
-                              operation)
+            raise NodeUnreachable(down[0], call.operation)
+        raise NodeUnreachable(f"{call.operation}: no node answered ({'; '.join(d.split(': ', 1)[-1] for d in down)})",
+                              call.operation)
 
-    def _request_node(self, method: str, path: str, body: Any, params: dict[str, str] | None, operation: str,
-                      connect: float, deadline: float, nodes_left: int, base: str) -> Any:
-        """One call to node ``base``, by ``deadline`` (monotonic). A socket read may wait this node's share of
-        what is left (all of it for the last node to try): a node that stalls leaves the others time to answer,
-        and a lone node that answers slowly within the deadline is not cut off (RabbitMQ 4.0.5 answers GET
-        /api/overview and /api/definitions after 5 s now and then)."""
-        total = max(0.1, deadline - time.monotonic())
-        session = self.session
+    def _reads(self, paths: list[str]) -> list[Any]:
+        """GETs of ``paths`` side by side (all sent before the first answer is awaited: a new environment's
+        snapshot was eight calls one after another); each answer, or None for a 404."""
+        calls = [self._start("GET", path) for path in paths]
+        answers = []
+        for call in calls:
+            try:
+                answers.append(self._finish(call))
+            except BrokerNotFound:
+                answers.append(None)
+        return answers
+
+    def _send(self, call: _Call, node: int, nodes_left: int) -> None:
+        """Start ``call`` on node ``node`` by its deadline. A socket read may wait this node's share of what is left
+        (all of it for the last node to try): a node that stalls leaves the others time to answer, and a lone node
+        that answers slowly within the deadline is not cut off (RabbitMQ 4.0.5 answers GET /api/overview and
+        /api/definitions after 5 s now and then)."""
+        base = self.base_urls[node]
+        call.node, call.base, call.sent = node, base, time.monotonic()
+        call.future = self._runner.submit(self._exchange, call, base, nodes_left, self.session)
+
+    def _exchange(self, call: _Call, base: str, nodes_left: int, session: requests.Session
+                  ) -> tuple[requests.Response, bytes]:
+        method, deadline = call.method, call.deadline
 
         def once(left: float) -> tuple[requests.Response, bytes]:
-            response = session.request(method, base + path, json=body, params=params, proxies=self._proxies[base],
-                                       stream=True, timeout=(min(connect, left), max(1.0, left / nodes_left)))
+            response = session.request(method, base + call.path, json=call.body, params=call.params,
+                                       proxies=self._proxies[base], stream=True,
+                                       timeout=(min(call.connect, left), max(1.0, left / nodes_left)))
             try:
                 content = _read_body(response, deadline)
             except BaseException:
@@ -215,31 +256,35 @@ class ManagementClient:
             response.raw.release_conn()
             return response, content
 
-        def exchange() -> tuple[requests.Response, bytes]:
-            # a read is tried again, while time is left, when the connection dropped (a kept-alive one the broker
-            # closed meanwhile) or the answer was a 5xx: RabbitMQ 4.0's GET /api/definitions fails with a 500 when a
-            # user is deleted while it reads them, and the broker then closes that connection
-            for _ in range(READ_TRIES - 1 if method == "GET" else 0):
-                if deadline - time.monotonic() < MIN_RETRY_SECONDS:
-                    break
-                try:
-                    response, content = once(deadline - time.monotonic())
-                except requests.ConnectionError as exc:
-                    if isinstance(exc, requests.Timeout):
-                        raise
-                    continue
-                if response.status_code < 500:
-                    return response, content
-            return once(max(0.1, deadline - time.monotonic()))
-
-        try:
-            future = self._runner.submit(exchange)
+        # a read is tried again, while time is left, when the connection dropped (a kept-alive one the broker closed
+        # meanwhile) or the answer was a 5xx: RabbitMQ 4.0's GET /api/definitions fails with a 500 when a user is
+        # deleted while it reads them, and the broker then closes that connection
+        for _ in range(READ_TRIES - 1 if method == "GET" else 0):
+            if deadline - time.monotonic() < MIN_RETRY_SECONDS:
+                break
             try:
-                response, content = future.result(timeout=total + 0.5)
+                response, content = once(deadline - time.monotonic())
+            except requests.ConnectionError as exc:
+                if isinstance(exc, requests.Timeout):
+                    raise
+                continue
+            if response.status_code < 500:
+                return response, content
+        return once(max(0.1, deadline - time.monotonic()))
+
+    def _answer(self, call: _Call) -> Any:
+        """The answer of ``call`` as sent last (:meth:`_send`), by its deadline, or the error it makes."""
+        operation, base, future = call.operation, call.base, call.future
+        assert future is not None
+        try:
+            try:
+                response, content = future.result(timeout=max(0.1, call.deadline - time.monotonic()) + 0.5)
             except FutureTimeout as exc:
-                self._abandon()
+                if not future.cancel():  # under way: left to its thread; one never begun holds nothing
+                    self._abandon()
                 raise TimeoutError from exc
         except (requests.Timeout, TimeoutError) as exc:
+            total = max(0.1, call.deadline - call.sent)
             raise NodeUnreachable(f"{operation}: no complete answer within {total:.0f}s from {base}",
                                   operation) from exc
         except requests.RequestException as exc:
@@ -329,31 +374,39 @@ class ManagementClient:
         )
 
     def _scoped(self, scope: Scope) -> BrokerSnapshot:
+        """Two rounds of reads side by side: the named objects, then what hangs on those found (their bindings
+        and permissions); a third only where a queue lacks a cluster's marker."""
         v = _q(scope.vhost)
-        queues = [Queue.from_api(r) for name in scope.queues
-                  if (r := self._get_or_none(f"/api/queues/{v}/{_q(name)}")) is not None]
-        bindings = [Binding.from_api(r) for q in queues if scope.bindings_of is None or q.name in scope.bindings_of
-                    for r in self._request("GET", f"/api/queues/{v}/{_q(q.name)}/bindings") or []]
-        exchanges = [Exchange.from_api(r) for name in scope.exchanges
-                     if (r := self._get_or_none(f"/api/exchanges/{v}/{_q(name)}")) is not None]
-        present = {e.name for e in exchanges}
-        bindings += [Binding.from_api(r) for name in scope.exchange_bindings if name in present
-                     for r in self._request("GET", f"/api/exchanges/{v}/{_q(name)}/bindings/destination") or []]
-        bindings += [Binding.from_api(r) for name in scope.source_bindings
-                     for r in (self._get_or_none(f"/api/exchanges/{v}/{_q(name)}/bindings/source") or [])]
-        policies = [Policy.from_api(r) for name in scope.policies
-                    if (r := self._get_or_none(f"/api/policies/{v}/{_q(name)}")) is not None]
+        named = ([f"/api/queues/{v}/{_q(n)}" for n in scope.queues]
+                 + [f"/api/exchanges/{v}/{_q(n)}" for n in scope.exchanges]
+                 + [f"/api/policies/{v}/{_q(n)}" for n in scope.policies]
+                 + [f"/api/users/{_q(n)}" for n in scope.users])
+        rows = iter(self._reads(named))
+        queues = [Queue.from_api(r) for _ in scope.queues if (r := next(rows)) is not None]
+        exchanges = [Exchange.from_api(r) for _ in scope.exchanges if (r := next(rows)) is not None]
+        policies = [Policy.from_api(r) for _ in scope.policies if (r := next(rows)) is not None]
+        users = [User.from_api(r) for _ in scope.users if (r := next(rows)) is not None]
         unclaimed = scope.claimants and any(not q.claimed_by_cluster for q in queues)
-        users = [User.from_api(r) for name in scope.users + (scope.legacy_users if unclaimed else ())
-                 if (r := self._get_or_none(f"/api/users/{_q(name)}")) is not None]
+        present = {e.name for e in exchanges}
+        # a queue, exchange or user gone between the two rounds has no bindings or permissions: read as none
+        hanging = ([f"/api/queues/{v}/{_q(q.name)}/bindings" for q in queues
+                    if scope.bindings_of is None or q.name in scope.bindings_of]
+                   + [f"/api/exchanges/{v}/{_q(n)}/bindings/destination" for n in scope.exchange_bindings
+                      if n in present]
+                   + [f"/api/exchanges/{v}/{_q(n)}/bindings/source" for n in scope.source_bindings])
+        granted = [] if unclaimed else [f"/api/permissions/{v}/{_q(u.name)}" for u in users]
+        answers = self._reads(hanging + granted)
+        bindings = [Binding.from_api(r) for rows_of in answers[:len(hanging)] for r in rows_of or []]
+        permission_rows = [r for r in answers[len(hanging):] if r is not None]
         if unclaimed:
             # a queue without a cluster's marker (adopted, or declared by an older version): its claimant is
             # whoever's permissions read exactly it, so every permission of the vhost is needed (rare: the marker
-            # is usual)
-            rows = self._get_or_none(f"/api/vhosts/{v}/permissions") or []
-        else:
-            rows = [r for u in users if (r := self._get_or_none(f"/api/permissions/{v}/{_q(u.name)}")) is not None]
-        permissions = [Permission.from_api(r) for r in rows]
+            # is usual), and the users named as before the cluster identity
+            legacy = self._reads([f"/api/users/{_q(n)}" for n in scope.legacy_users]
+                                 + [f"/api/vhosts/{v}/permissions"])
+            users += [User.from_api(r) for r in legacy[:-1] if r is not None]
+            permission_rows = legacy[-1] or []
+        permissions = [Permission.from_api(r) for r in permission_rows]
         return BrokerSnapshot.build(queues, exchanges, bindings, policies, users, permissions,
                                     version=self.server_version())
 
