@@ -71,8 +71,11 @@ class _Scoped(Handler):
                 server.first_round.wait()
             except threading.BrokenBarrierError:
                 server.apart.append(path)
-        found = {"/api/queues/%2F/matches.dev": {"vhost": "/", "name": "matches.dev",
-                                                 "arguments": {OWNER_ARGUMENT: "c1/default/dev"}},
+        marker = {OWNER_ARGUMENT: "c1/default/dev"} if server.marked else {}
+        found = {"/api/queues/%2F/matches.dev": {"vhost": "/", "name": "matches.dev", "arguments": marker},
+                 "/api/users/legacy-dev": {"name": "legacy-dev", "tags": []},
+                 "/api/vhosts/%2F/permissions": [{"user": "legacy-dev", "vhost": "/", "configure": "", "write": "",
+                                                  "read": "^matches\\.dev$"}],
                  "/api/users/env-dev": {"name": "env-dev", "tags": []},
                  "/api/permissions/%2F/env-dev": {"user": "env-dev", "vhost": "/", "configure": "", "write": "",
                                                   "read": "^matches\\.dev$"}}
@@ -85,8 +88,9 @@ class _Scoped(Handler):
 
 
 class _ScopedServer(Recorder):
-    def __init__(self) -> None:
+    def __init__(self, marked: bool = True) -> None:
         super().__init__()
+        self.marked = marked  # the queue carries a cluster's ownership marker
         self.RequestHandlerClass = _Scoped
         self.first_round = threading.Barrier(len(FIRST_ROUND), timeout=3)
         self.apart: list[str] = []  # reads that arrived alone
@@ -164,3 +168,25 @@ def test_a_read_the_broker_fails_once_is_tried_again_and_a_write_is_not(failure:
         management.close()
         server.shutdown()
         server.server_close()
+
+
+def test_a_queue_without_a_marker_has_its_claimants_read() -> None:
+    """Adopted, or declared before the cluster identity: every permission of the vhost, and the users named as
+    before, are read with the queue's bindings."""
+    scope = Scope(vhost="/", queues=("matches.dev",), exchanges=("matches.dev.dlx",), policies=("matchenv.dev",),
+                  users=("env-dev",), legacy_users=("legacy-dev",))
+    server = _ScopedServer(marked=False)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    management = ManagementClient(server.url, "operator", "secret", timeout=(1.0, 10.0))
+    management._version = "4.0.5"
+    try:
+        snapshot = management.snapshot(scope)
+    finally:
+        management.close()
+        server.shutdown()
+        server.server_close()
+    assert server.apart == []
+    assert sorted(server.seen[4:]) == ["GET /api/queues/%2F/matches.dev/bindings", "GET /api/users/legacy-dev",
+                                       "GET /api/vhosts/%2F/permissions"]
+    assert sorted(snapshot.users) == ["env-dev", "legacy-dev"]
+    assert list(snapshot.permissions) == [("legacy-dev", "/")]

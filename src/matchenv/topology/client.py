@@ -374,8 +374,8 @@ class ManagementClient:
         )
 
     def _scoped(self, scope: Scope) -> BrokerSnapshot:
-        """Two rounds of reads side by side: the named objects, then what hangs on those found (their bindings
-        and permissions); a third only where a queue lacks a cluster's marker."""
+        """Two rounds of reads side by side: the named objects, then what hangs on those found (their bindings and
+        permissions)."""
         v = _q(scope.vhost)
         named = ([f"/api/queues/{v}/{_q(n)}" for n in scope.queues]
                  + [f"/api/exchanges/{v}/{_q(n)}" for n in scope.exchanges]
@@ -386,7 +386,6 @@ class ManagementClient:
         exchanges = [Exchange.from_api(r) for _ in scope.exchanges if (r := next(rows)) is not None]
         policies = [Policy.from_api(r) for _ in scope.policies if (r := next(rows)) is not None]
         users = [User.from_api(r) for _ in scope.users if (r := next(rows)) is not None]
-        unclaimed = scope.claimants and any(not q.claimed_by_cluster for q in queues)
         present = {e.name for e in exchanges}
         # a queue, exchange or user gone between the two rounds has no bindings or permissions: read as none
         hanging = ([f"/api/queues/{v}/{_q(q.name)}/bindings" for q in queues
@@ -394,18 +393,18 @@ class ManagementClient:
                    + [f"/api/exchanges/{v}/{_q(n)}/bindings/destination" for n in scope.exchange_bindings
                       if n in present]
                    + [f"/api/exchanges/{v}/{_q(n)}/bindings/source" for n in scope.source_bindings])
-        granted = [] if unclaimed else [f"/api/permissions/{v}/{_q(u.name)}" for u in users]
-        answers = self._reads(hanging + granted)
-        bindings = [Binding.from_api(r) for rows_of in answers[:len(hanging)] for r in rows_of or []]
-        permission_rows = [r for r in answers[len(hanging):] if r is not None]
-        if unclaimed:
+        if scope.claimants and any(not q.claimed_by_cluster for q in queues):
             # a queue without a cluster's marker (adopted, or declared by an older version): its claimant is
             # whoever's permissions read exactly it, so every permission of the vhost is needed (rare: the marker
             # is usual), and the users named as before the cluster identity
-            legacy = self._reads([f"/api/users/{_q(n)}" for n in scope.legacy_users]
-                                 + [f"/api/vhosts/{v}/permissions"])
-            users += [User.from_api(r) for r in legacy[:-1] if r is not None]
-            permission_rows = legacy[-1] or []
+            legacy = [f"/api/users/{_q(n)}" for n in scope.legacy_users]
+            answers = self._reads(hanging + legacy + [f"/api/vhosts/{v}/permissions"])
+            users += [User.from_api(r) for r in answers[len(hanging):-1] if r is not None]
+            permission_rows = answers[-1] or []
+        else:
+            answers = self._reads(hanging + [f"/api/permissions/{v}/{_q(u.name)}" for u in users])
+            permission_rows = [r for r in answers[len(hanging):] if r is not None]
+        bindings = [Binding.from_api(r) for rows_of in answers[:len(hanging)] for r in rows_of or []]
         permissions = [Permission.from_api(r) for r in permission_rows]
         return BrokerSnapshot.build(queues, exchanges, bindings, policies, users, permissions,
                                     version=self.server_version())
