@@ -12,7 +12,9 @@
 
 - **Free pages given back after each resync pass.** glibc returns memory to the system only from the top of its heap;
   pages freed inside it stay resident until ``malloc_trim`` releases them. A burst leaves many such pages (its
-  bodies and lists freed in between what lives on): :func:`give_back` after each pass.
+  bodies and lists freed in between what lives on): :func:`give_back` after each pass, ~1 ms on a fragmented heap,
+  ~0 after. RSS at 500 environments 150.1 and 146.3 MiB against 152.2 and 149.8 without (alternated on one stack):
+  small, the pages being mostly fragmented, not free.
 
 A value the user set (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``, or the same in ``GLIBC_TUNABLES``) wins:
 glibc reads them itself.
