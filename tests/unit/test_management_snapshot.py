@@ -88,9 +88,10 @@ class _Scoped(Handler):
 
 
 class _ScopedServer(Recorder):
-    def __init__(self, marked: bool = True) -> None:
+    marked = True  # the queue carries a cluster's ownership marker
+
+    def __init__(self) -> None:
         super().__init__()
-        self.marked = marked  # the queue carries a cluster's ownership marker
         self.RequestHandlerClass = _Scoped
         self.first_round = threading.Barrier(len(FIRST_ROUND), timeout=3)
         self.apart: list[str] = []  # reads that arrived alone
@@ -170,21 +171,22 @@ def test_a_read_the_broker_fails_once_is_tried_again_and_a_write_is_not(failure:
         server.server_close()
 
 
+class _UnmarkedServer(_ScopedServer):
+    marked = False
+
+
 def test_a_queue_without_a_marker_has_its_claimants_read() -> None:
     """Adopted, or declared before the cluster identity: every permission of the vhost, and the users named as
     before, are read with the queue's bindings."""
     scope = Scope(vhost="/", queues=("matches.dev",), exchanges=("matches.dev.dlx",), policies=("matchenv.dev",),
                   users=("env-dev",), legacy_users=("legacy-dev",))
-    server = _ScopedServer(marked=False)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    management = ManagementClient(server.url, "operator", "secret", timeout=(1.0, 10.0))
-    management._version = "4.0.5"
-    try:
-        snapshot = management.snapshot(scope)
-    finally:
-        management.close()
-        server.shutdown()
-        server.server_close()
+    with _UnmarkedServer.serving() as server:
+        management = ManagementClient(server.url, "operator", "secret", timeout=(1.0, 10.0))
+        management._version = "4.0.5"
+        try:
+            snapshot = management.snapshot(scope)
+        finally:
+            management.close()
     assert server.apart == []
     assert sorted(server.seen[4:]) == ["GET /api/queues/%2F/matches.dev/bindings", "GET /api/users/legacy-dev",
                                        "GET /api/vhosts/%2F/permissions"]

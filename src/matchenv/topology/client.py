@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -117,7 +117,7 @@ class _Call:
     operation: str
     connect: float
     deadline: float
-    sent: float = field(default_factory=time.monotonic)
+    sent: float = 0.0  # when it was sent last (monotonic)
     node: int = 0
     base: str = ""
     future: Future[tuple[requests.Response, bytes]] | None = None
