@@ -410,10 +410,7 @@ class ManagementClient:
                                     version=self.server_version())
 
     def _get_or_none(self, path: str) -> Any:
-        try:
-            return self._request("GET", path)
-        except BrokerNotFound:
-            return None
+        return self._reads([path])[0]
 
     # -- writes ----------------------------------------------------------------------------------------------
     def put_vhost(self, name: str) -> None:
