@@ -4,6 +4,7 @@ client code, and waiting helpers. (The operator process itself lives in matchenv
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -60,10 +61,24 @@ def worker_user(kubectl: Kubectl, name: str, namespace: str = "default") -> str:
     return broker_user_name(cluster_id(kubectl), namespace, name)
 
 
+def scale_steps(messages: list[str]) -> list[int]:
+    """The worker counts a run of ``Scaled`` events went through while a backlog grew, e.g. ``[1, 3, 5]``: each
+    step from where the one before ended (their times are to the second, so they are chained, not sorted)."""
+    steps = {int(m[1]): int(m[2]) for m in (re.match(r"scaled (\d+) -> (\d+) workers", text) for text in messages)
+             if m is not None}
+    froms = set(steps) - set(steps.values())
+    assert (len(froms), len(steps)) == (1, len(messages)), f"not one run of scale-ups: {messages}"
+    counts = [froms.pop()]
+    while counts[-1] in steps:
+        counts.append(steps[counts[-1]])
+    assert len(counts) == len(steps) + 1, f"not one run of scale-ups: {messages}"
+    return counts
+
+
 def secret_value(kubectl: Kubectl, namespace: str, name: str, key: str) -> str:
     data = kubectl.get_json("secret", name, "-n", namespace)["data"]
     return base64.b64decode(data[key]).decode()
 
 
-__all__ = ["Kubectl", "ManagementReader", "OperatorProcess", "cluster_id", "secret_value",
+__all__ = ["Kubectl", "ManagementReader", "OperatorProcess", "cluster_id", "scale_steps", "secret_value",
            "service_account_kubeconfig", "wait_for", "worker_user"]

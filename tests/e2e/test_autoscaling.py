@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from matchenv_devkit.services.process import wait_for
+from tests.e2e.harness import scale_steps
 from tests.e2e.pipeline import Pipeline, real_node_pipeline_fixture
 
 pytestmark = pytest.mark.node  # pods on the real node: make test runs this once the node and its images are built
@@ -48,13 +49,6 @@ def _ready_pods(pipeline: Pipeline, name: str) -> set[str]:
             and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))}
 
 
-def _events(pipeline: Pipeline, name: str, reason: str) -> list[str]:
-    items = pipeline.kubectl.get_json("events", "--field-selector",
-                                      f"involvedObject.kind=MatchEnvironment,involvedObject.name={name},"
-                                      f"reason={reason}")["items"]
-    return [e["message"] for e in sorted(items, key=lambda e: e.get("eventTime") or e.get("firstTimestamp") or "")]
-
-
 def _queue(pipeline: Pipeline, name: str) -> tuple[int | None, int | None]:
     queue = pipeline.broker.get_queue("/", name)
     return queue.messages_ready, queue.messages_unacknowledged
@@ -78,9 +72,9 @@ def test_a_backlog_scales_up_within_a_pass_and_busy_workers_are_not_scaled_away(
         # own run time on a loaded machine); the backlog probe's fresh ready count may scale up sooner, and in
         # steps while the scrape still publishes
         assert took <= pipeline.resync_seconds + 2.0
-        scaled = _events(pipeline, "prod", "Scaled")
-        assert scaled[0].startswith("scaled 1 -> ")
-        assert " -> 5 workers for a backlog of " in scaled[-1]
+        scaled = pipeline.kubectl.wait_event("prod", "Scaled", containing=" -> 5 workers for a backlog of ")
+        steps = scale_steps(scaled)  # in one step, or in steps while the scrape still published
+        assert (steps[0], steps[-1]) == (1, 5), steps
         wait_for(lambda: len(_ready_pods(pipeline, "prod")) == 5, timeout=120, what="5 worker pods ready")
         # every message is now in a worker's hands, none ready: a scaler counting ready messages would remove 4 of
         # the 5 workers here; ours counts unacknowledged ones too and keeps them (stabilization is 3 s)
@@ -105,9 +99,8 @@ def test_a_backlog_scales_up_within_a_pass_and_busy_workers_are_not_scaled_away(
 
 def test_kubectl_scale_on_an_autoscaled_environment_is_put_back_and_explained(pipeline: Pipeline) -> None:
     pipeline.kubectl.run("scale", "menv/prod", "--replicas=4")
-    wait_for(lambda: bool(_events(pipeline, "prod", "ManualScaleReverted")), timeout=30, what="a warning event")
+    message = pipeline.kubectl.wait_event("prod", "ManualScaleReverted")[-1]
     assert _spec_replicas(pipeline, "prod") == 1
-    message = _events(pipeline, "prod", "ManualScaleReverted")[-1]
     assert "set to 4 by hand" in message
     assert "autoscaling.enabled to false" in message
     assert pipeline.kubectl.get_json("menv", "prod")["status"]["autoscaling"]["message"] == message
@@ -146,7 +139,7 @@ def test_a_paused_environment_holds_a_scrape_and_drains_it_on_resume(pipeline: P
     assert pipeline.queue_depth("matches.staging") == 1000
     assert pipeline.rows("staging") == 0
     assert _phase(pipeline, "staging") == "Paused"
-    assert _events(pipeline, "staging", "Paused")
+    assert pipeline.kubectl.events("staging", "Paused")
     pipeline.kubectl.run("patch", "menv", "staging", "--type=merge", "-p", '{"spec":{"paused":false}}')
     pipeline.wait_rows({"staging": 1000}, timeout=180)
     assert pipeline.duplicates("staging") == 0

@@ -12,6 +12,7 @@ from matchenv_devkit.cluster.kubectl import Kubectl
 from matchenv_devkit.services.postgres import PostgresServer
 from matchenv_devkit.services.process import wait_for
 from matchenv_devkit.services.rabbitmq import RabbitMQNode
+from tests.e2e.harness import scale_steps
 from tests.e2e.pipeline import Pipeline
 
 RESYNC = 120.0
@@ -45,11 +46,8 @@ def test_a_backlog_wakes_an_environment_at_zero_workers_between_two_resyncs_and_
     # 350 ready messages ask for 4 workers of 100; the next resync is up to two minutes away
     wait_for(lambda: _replicas(stack, "burst") == 4, timeout=RESYNC / 3, what="4 workers for 350 messages")
     assert (stack.operator.metric("matchenv_backlog_wakes_total") or 0.0) > woken
-    scaled = stack.kubectl.get_json("events", "--field-selector",
-                                    "involvedObject.kind=MatchEnvironment,involvedObject.name=burst,reason=Scaled")
-    messages = [e["message"] for e in sorted(scaled["items"], key=lambda e: e.get("eventTime") or
-                                             e.get("firstTimestamp") or "")]
-    assert messages[0].startswith("scaled 0 -> ")  # in steps if it looked while the scrape still published
-    assert " -> 4 workers for a backlog of 350 messages" in messages[-1]
+    scaled = stack.kubectl.wait_event("burst", "Scaled", containing=" -> 4 workers for a backlog of 350 messages")
+    steps = scale_steps(scaled)  # in steps if it looked while the scrape still published
+    assert (steps[0], steps[-1]) == (0, 4), steps
     stack.wait_rows({"burst": 350})
     assert stack.duplicates("burst") == 0

@@ -161,10 +161,8 @@ def test_dev_paused_in_unbind_mode_keeps_no_backlog_and_once_resumed_holds_what_
     assert record["catchUp"]["from"] <= paused["since"]
     [job] = kubectl.get_json("jobs", "-l", "matchenv.io/replay=catch-up")["items"]
     assert job["status"].get("succeeded") == 1
-    reasons = [e["reason"] for e in kubectl.get_json("events", "--field-selector",
-                                                     "involvedObject.name=dev")["items"]]
-    assert "CatchUpStarted" in reasons
-    assert "CatchUpComplete" in reasons
+    kubectl.wait_event("dev", "CatchUpComplete")
+    assert kubectl.events("dev", "CatchUpStarted")
 
 
 def test_routing_keys_take_a_subset_through_the_topic_exchange_on_the_fanout(pipeline: Pipeline,

@@ -190,9 +190,7 @@ def test_an_environment_past_expire_after_is_deleted_as_its_deletion_policy_says
     assert gone >= dt.timedelta(seconds=30)
     assert mgmt.queue("matches.pr-7") is None  # deletionPolicy Delete
     assert mgmt.user(platform.user("pr-7")) is None
-    events = yaml.safe_load(kubectl.run("get", "events", "--field-selector", "involvedObject.name=pr-7",
-                                        "-o", "yaml").stdout)["items"]
-    assert any(e["reason"] == "Expired" and "expireAfter 30s from its creation" in e["message"] for e in events)
+    kubectl.wait_event("pr-7", "Expired", containing="expireAfter 30s from its creation")
     print(f"\nexpireAfter 30s: gone {gone.total_seconds():.1f}s after its creation (resync every {RESYNC:.0f}s)")
 
 
@@ -230,10 +228,7 @@ def test_a_user_with_leave_on_one_environment_redrives_its_store_errors_and_no_o
     wait_for(lambda: platform.messages("matches.dev") == 3 and platform.messages("matches.dev.dlq") == 2,
              what="3 back in matches.dev, the 2 invalid ones left")
     assert "deadLetterRequest" not in platform.status("prod")
-    events = yaml.safe_load(kubectl.run("get", "events", "--field-selector", "involvedObject.name=dev",
-                                        "-o", "yaml").stdout)["items"]
-    assert any(e["reason"] == "DeadLettersRedriven" and "request fix-1: 3 store-error" in e["message"]
-               for e in events)
+    kubectl.wait_event("dev", "DeadLettersRedriven", containing="request fix-1: 3 store-error")
     platform.purge("matches.dev")
     platform.purge("matches.dev.dlq")
 
@@ -376,8 +371,7 @@ def test_a_moved_environment_lets_go_of_its_old_vhost_and_a_lost_secret_is_let_g
     kubectl.run("annotate", "menv", "mover", "matchenv.io/abandon-broker=true")
     wait_for(lambda: kubectl.run("get", "menv", "mover", check=False).returncode != 0, timeout=60,
              what="the deletion ends")
-    events = kubectl.run("get", "events", "--field-selector", "involvedObject.name=mover", "-o", "yaml").stdout
-    abandoned = [e["message"] for e in yaml.safe_load(events)["items"] if e["reason"] == "BrokerAbandoned"]
+    abandoned = kubectl.wait_event("mover", "BrokerAbandoned")
     assert len(abandoned) == 1
     assert "queue matches.mover with its messages" in abandoned[0]
     assert kubectl.run("get", "deployment", "mover-workers", check=False).returncode != 0
@@ -472,10 +466,10 @@ def test_delete_unbinds_and_keeps_or_deletes_the_queue(platform: Platform) -> No
     # prod untouched
     assert platform.is_ready("prod")
     assert len(mgmt.bindings("matches-fanout", "matches.prod")) == 1
-    events = kubectl.run("get", "events", "--field-selector", "involvedObject.name=staging", "-o", "yaml").stdout
-    said = {e["reason"]: e["message"] for e in yaml.safe_load(events)["items"]}
-    assert {"BrokerChanged", "DeploymentCreated", "TornDown"} <= said.keys()
-    assert "kept queue matches.staging and its messages (deletionPolicy Retain)" in said["TornDown"]
+    kubectl.wait_event("staging", "TornDown", containing="kept queue matches.staging and its messages "
+                                                         "(deletionPolicy Retain)")
+    assert kubectl.events("staging", "BrokerChanged")
+    assert kubectl.events("staging", "DeploymentCreated")
     platform.mgmt.delete("/api/queues/%2F/matches.staging")
 
 

@@ -72,3 +72,25 @@ class Kubectl:
     def get_json(self, *args: str) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.run("get", *args, "-o", "json").stdout)
         return result
+
+    def events(self, name: str, reason: str, *args: str) -> list[str]:
+        """The messages of the Events with ``reason`` on the object ``name`` (``args``: e.g. ``-n``), oldest first
+        (an Event's time is to the second: two in one second keep the API server's order)."""
+        items = self.get_json("events", *args, "--field-selector",
+                              f"involvedObject.name={name},reason={reason}")["items"]
+        return [e["message"] for e in sorted(items, key=lambda e: e.get("eventTime") or e.get("firstTimestamp") or "")]
+
+    def wait_event(self, name: str, reason: str, *args: str, containing: str = "", timeout: float = 30
+                   ) -> list[str]:
+        """Until an Event with ``reason`` on ``name`` whose message holds ``containing`` is there; then every
+        message with that reason. The operator posts its Events after the change they tell of (a converge's, once
+        its status is written), so a test that saw the change waits for its Event."""
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = self.events(name, reason, *args)
+            if any(containing in m for m in messages):
+                return messages
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no {reason} event on {name} holding {containing!r} within {timeout:.0f}s; "
+                                     f"those there: {messages}")
+            time.sleep(0.2)
