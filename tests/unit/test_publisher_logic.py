@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from celery import Celery
+from celery.worker.request import Request
+from kombu.message import Message as KombuMessage
 
 from matchenv.scraper.messages import TASK_NAME, task_message
 from matchenv.scraper.publisher import DEFAULT_EXCHANGE, Publisher, PublishReport, Target, resolve_target, validate
@@ -26,6 +30,30 @@ def test_protocol2_message_carries_the_task_in_headers() -> None:
     assert args == [match]
     assert kwargs == {}
     assert set(embed) == {"callbacks", "errbacks", "chain", "chord"}
+
+
+def test_a_plain_celery_worker_runs_the_task_our_message_names_with_its_match() -> None:
+    """What a stock Celery worker makes of the message (its Request, then the task run in-process): the task, its
+    id, the match as its one argument, no ETA, expiry or time limit, no retries yet, no result kept."""
+    app = Celery(set_as_current=False)
+    ran: list[tuple[Any, int]] = []
+
+    @app.task(name=TASK_NAME, bind=True)  # type: ignore[untyped-decorator]
+    def process_match_data(self: Any, match_data: dict[str, Any]) -> str:
+        ran.append((match_data, self.request.retries))
+        return "stored"
+
+    match = next(iter(synthetic(1))).data
+    message = task_message(match, task_id="abc")
+    request = Request(KombuMessage(body=message.body, content_type="application/json", content_encoding="utf-8",
+                                   headers=message.headers, properties={"correlation_id": message.task_id},
+                                   delivery_info={"exchange": "matches-fanout", "routing_key": ""}),
+                      app=app, task=app.tasks[TASK_NAME])
+    assert (request.name, request.id, request.eta, request.expires) == (TASK_NAME, "abc", None, None)
+    assert request.time_limits == (None, None)
+    assert request.ignore_result is True
+    assert request.execute() == "stored"
+    assert ran == [(match, 0)]
 
 
 def test_synthetic_matches_are_stable_and_valid() -> None:
