@@ -20,7 +20,7 @@ from matchenv.workers import metrics
 from matchenv.workers.app import Runtime, after_node, worker_argv
 from matchenv.workers.batches import Batcher, Verdict
 from matchenv.workers.config import WorkerConfig, WorkerConfigError
-from matchenv.workers.parsing import scraped_at
+from matchenv.workers.parsing import Invalid, scraped_at
 from matchenv.workers.stores import Outcome, StoreUnavailable, TransientStoreError
 from matchenv_devkit.services.process import wait_for
 
@@ -38,10 +38,12 @@ class ScriptedStore:
         self.outcome: Outcome = outcome
         self.calls = 0
         self.stamps: list[dt.datetime | None] = []
+        self.matches: list[Match] = []
 
     def upsert(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome:
         self.calls += 1
         self.stamps.append(scraped_at)
+        self.matches.append(match)
         if self.errors:
             raise self.errors.pop(0)
         return self.outcome
@@ -50,6 +52,7 @@ class ScriptedStore:
         """A batch: one call, one transaction (the scripted error fails all of it)."""
         self.calls += 1
         self.stamps.extend(stamp for _, stamp in matches)
+        self.matches.extend(match for match, _ in matches)
         if self.errors:
             raise self.errors.pop(0)
         return [self.outcome] * len(matches)
@@ -94,6 +97,7 @@ class TaskMessage:
         self.headers = {"task": TASK_NAME, "id": task_id, **(headers or {})}
         self.body = json.dumps([list(args), kwargs, {}])
         self.content_type = "application/json"
+        self.content_encoding = "utf-8"
 
     def decode(self) -> Any:
         return json.loads(self.body)
@@ -166,6 +170,57 @@ def test_bad_input_is_dead_lettered_with_its_reason(args: tuple[Any, ...], kwarg
     assert rt.letters[0][1] == "invalid"
     assert error in rt.letters[0][2]
     assert store.calls == 0
+
+
+def test_a_match_kombu_wrote_with_its_own_json_types_is_read_and_stored() -> None:
+    """A Celery client sending a ``date`` object: kombu writes it as ``{"__type__": "date", ...}``, which only
+    kombu's decoder reads back; the quick read of our publisher's plain JSON gives way to it."""
+    from kombu.message import Message as KombuMessage
+    from kombu.utils.json import dumps
+
+    store = ScriptedStore()
+    rt = runtime(store)
+    match = {**MATCH, "match_date": dt.date(2025, 3, 1)}
+    assert '"__type__": "date"' in dumps(match)
+    message = KombuMessage(body=dumps([[match], {}, {}]), content_type="application/json",
+                           content_encoding="utf-8", headers={"task": TASK_NAME, "id": "k1"})
+    assert Batcher(rt).process([message]) == [(message, "ack")]
+    assert (store.calls, rt.letters) == (1, [])
+    assert store.matches[0].match_date == dt.date(2025, 3, 1)
+
+
+def test_the_quick_read_of_our_publishers_body_is_the_long_read_or_none() -> None:
+    """``parse_body`` (one pass of pydantic over the JSON) gives the match the long way (kombu's decoder, then the
+    model) gives, and None for every body the long way reads otherwise or refuses."""
+    from matchenv.scraper.messages import task_message
+    from matchenv.scraper.sources import synthetic
+    from matchenv.workers.parsing import parse, parse_body
+
+    odd = {**MATCH, "home_team": "  Ünïon \"Q\" \\ ", "notes": "é\n\t", "home_score": 2.0, "division_id": "7",
+           "league": "Academy", "match_status": "completed", "match_time": "09:30", "unknown": [1]}
+    for raw in [*(m.data for m in synthetic(200, seed=5)), odd]:
+        assert isinstance(raw, dict)
+        body = task_message(raw).body
+        long = parse(*json.loads(body)[:2])
+        assert not isinstance(long, Invalid)
+        assert parse_body(body) == long[0]
+    for body in ([[{**MATCH, "home_score": -1}], {}, {}], [[MATCH], {"x": 1}, {}], [[MATCH, MATCH], {}, {}],
+                 [[], {"match_data": MATCH}, {}], [[MATCH], {}], {"args": [MATCH]},
+                 [[{**MATCH, "season": ""}], {}, {}]):
+        assert parse_body(json.dumps(body)) is None
+    assert parse_body(b"not json") is None
+
+
+def test_the_upserts_argument_holds_every_field_of_the_match_and_the_stamp() -> None:
+    from matchenv.workers.stores import _payload_json
+
+    stamp = dt.datetime(2026, 11, 23, 10, 0, 0, 123456, tzinfo=dt.UTC)
+    match = Match.model_validate({**MATCH, "home_team": "Ünïon \"Q\" \\", "notes": "é\n", "league": "Academy",
+                                  "home_score": 3})
+    assert json.loads(_payload_json(match, stamp)) == {**match.model_dump(mode="json"),
+                                                        "scraped_at": "2026-11-23T10:00:00.123456+00:00"}
+    assert json.loads(_payload_json(match, None))["scraped_at"] is None
+    assert json.loads(_payload_json(match, None))["away_score"] is None  # every field, the unset ones null
 
 
 def test_match_data_keyword_is_accepted() -> None:

@@ -7,7 +7,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from matchenv.contracts import SCRAPED_AT_HEADER
 from matchenv.match import Match
@@ -47,6 +47,21 @@ def parse(args: Any, kwargs: Any, stamp: dt.datetime | None = None) -> tuple[Mat
                                       for e in exc.errors()))
     problem = stamp_problem(stamp)
     return Invalid(raw, problem) if problem else (match, raw)
+
+
+# a protocol-2 body as our publisher writes it: [[match], {}, embed]
+_PROTOCOL_2 = TypeAdapter(tuple[tuple[Match], dict[str, Any], Any])
+
+
+def parse_body(body: bytes | str) -> Match | None:
+    """The match of a protocol-2 JSON body ``[[match], {}, embed]``, decoded and validated in one pass of pydantic's
+    core (~10 µs, against ~15 for kombu's JSON decoder then the model); None for any other body, which
+    :func:`parse` reads the long way and says what is wrong with."""
+    try:
+        (match,), kwargs, _ = _PROTOCOL_2.validate_json(body)
+    except ValidationError:
+        return None
+    return None if kwargs else match
 
 
 def scraped_at(request: Any) -> dt.datetime | None:

@@ -59,10 +59,17 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def _payload_json(match: Match, scraped_at: dt.datetime | None) -> str:
+    """The upsert's argument as JSON text: the match's fields, and when the publisher read it (``scraped_at``; null:
+    unstamped, last writer wins). The match is encoded by pydantic's core: ~2 µs, against ~5 for ``model_dump``
+    then ``json.dumps``."""
+    stamp = json.dumps(scraped_at.isoformat()) if scraped_at else "null"
+    return f'{match.model_dump_json()[:-1]},"scraped_at":{stamp}}}'
+
+
 def _payload(match: Match, scraped_at: dt.datetime | None) -> dict[str, Any]:
-    """The upsert's argument: the match, and when the publisher read it (None: unstamped, last writer wins)."""
-    payload = match.model_dump(mode="json", exclude_none=False)
-    payload["scraped_at"] = scraped_at.isoformat() if scraped_at else None
+    """:func:`_payload_json` as a value (PostgREST's client encodes it again)."""
+    payload: dict[str, Any] = json.loads(_payload_json(match, scraped_at))
     return payload
 
 
@@ -129,12 +136,12 @@ class PostgresStore:
 
     def upsert(self, match: Match, scraped_at: dt.datetime | None = None) -> Outcome:
         return self._migrating(lambda: _outcome(self._call("select matchenv_upsert_match(%s::jsonb)",
-                                                           _payload(match, scraped_at))))
+                                                           _payload_json(match, scraped_at))))
 
     def upsert_many(self, matches: Sequence[Stamped]) -> list[Outcome]:
-        payload = [_payload(match, stamp) for match, stamp in matches]
+        payload = f"[{','.join(_payload_json(match, stamp) for match, stamp in matches)}]"
         return self._migrating(lambda: _outcomes(self._call("select matchenv_upsert_matches(%s::jsonb)", payload),
-                                                 len(payload)))
+                                                 len(matches)))
 
     def _migrating(self, call: Callable[[], _T]) -> _T:
         """``call``; when the schema is missing (or older than this worker), migrate and call again."""
@@ -155,11 +162,11 @@ class PostgresStore:
         except _SchemaMissing:
             raise StoreUnavailable("the matchenv schema is still missing after migrating") from None
 
-    def _call(self, sql: str, payload: Any) -> Any:
-        """One statement with one jsonb argument, its one value."""
+    def _call(self, sql: str, payload: str) -> Any:
+        """One statement with one jsonb argument (JSON text), its one value."""
         conn = self._conn()
         try:
-            row = conn.execute(sql, (json.dumps(payload),)).fetchone()
+            row = conn.execute(sql, (payload,)).fetchone()
         except _TRANSIENT_PG as exc:
             self._drop()
             raise TransientStoreError(f"{type(exc).__name__}: {_first_line(exc)}") from exc

@@ -159,8 +159,10 @@ WORKER_PARTS: tuple[Part, ...] = (
      False),
     ("  of it, py-amqp", "(amqp/", False),
     ("the storing thread (matchenv's batches)", "Batcher._run (matchenv/workers/batches.py", False),
-    ("  decoding task messages (kombu, JSON)", "Message.decode (kombu/message.py", False),
-    ("  validating matches (pydantic)", "parse (matchenv/workers/parsing.py", False),
+    ("  our publisher's messages read in one pass (pydantic: JSON and the model)",
+     "parse_body (matchenv/workers/parsing.py", False),
+    ("  other messages decoded the long way (kombu, JSON)", "Message.decode (kombu/message.py", False),
+    ("  and validated (pydantic)", "parse (matchenv/workers/parsing.py", False),
     ("  the store's call (its JSON argument, psycopg)", "upsert_many (matchenv/workers/stores.py", False),
 )
 PROFILE_RATE = 200  # samples per second
