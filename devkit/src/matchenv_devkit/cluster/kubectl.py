@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import yaml
 
 from matchenv_devkit.cluster.versions import ControlPlaneBinaries
+from matchenv_devkit.services.process import wait_for
 
 
 class Target(Protocol):
@@ -73,24 +74,21 @@ class Kubectl:
         result: dict[str, Any] = json.loads(self.run("get", *args, "-o", "json").stdout)
         return result
 
-    def events(self, name: str, reason: str, *args: str) -> list[str]:
-        """The messages of the Events with ``reason`` on the object ``name`` (``args``: e.g. ``-n``), oldest first
-        (an Event's time is to the second: two in one second keep the API server's order)."""
+    def events(self, name: str, reason: str, *args: str, kind: str = "MatchEnvironment") -> list[str]:
+        """The messages of the Events with ``reason`` on the ``kind`` named ``name`` (``args``: e.g. ``-n``), oldest
+        first (an Event's time is to the second: two in one second keep the API server's order)."""
         items = self.get_json("events", *args, "--field-selector",
-                              f"involvedObject.name={name},reason={reason}")["items"]
+                              f"involvedObject.kind={kind},involvedObject.name={name},reason={reason}")["items"]
         return [e["message"] for e in sorted(items, key=lambda e: e.get("eventTime") or e.get("firstTimestamp") or "")]
 
     def wait_event(self, name: str, reason: str, *args: str, containing: str = "", timeout: float = 30
                    ) -> list[str]:
-        """Until an Event with ``reason`` on ``name`` whose message holds ``containing`` is there; then every
-        message with that reason. The operator posts its Events after the change they tell of (a converge's, once
-        its status is written), so a test that saw the change waits for its Event."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """Until an Event with ``reason`` on the MatchEnvironment ``name`` whose message holds ``containing`` is
+        there; then every message with that reason. The operator posts its Events after the change they tell of (a
+        converge's, once its status is written), so a test that saw the change waits for its Event."""
+        def seen() -> list[str]:
             messages = self.events(name, reason, *args)
-            if any(containing in m for m in messages):
-                return messages
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"no {reason} event on {name} holding {containing!r} within {timeout:.0f}s; "
-                                     f"those there: {messages}")
-            time.sleep(0.2)
+            return messages if any(containing in m for m in messages) else []
+
+        messages: list[str] = wait_for(seen, timeout, f"a {reason} event on {name} holding {containing!r}")
+        return messages
