@@ -1,5 +1,6 @@
 """One `matchenv worker` process storing queued matches, beside a raw psycopg loop calling the same upsert and a
-raw py-amqp consumer reading the same queue (what one worker's transport can read at all)."""
+raw consumer reading the same queue through the worker's transport (what one worker can read at all), and through
+py-amqp's own."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from matchenv.scraper.sources import synthetic
 from matchenv.workers.batches import MAX_BATCH
 from matchenv.workers.config import WorkerConfig
 from matchenv.workers.migrate import migrate
+from matchenv.workers.transport import BrokerConnection
 from matchenv_devkit.bench.profiles import Part, attached, part_samples, top_functions
 from matchenv_devkit.bench.result import Measure
 from matchenv_devkit.bench.result import Target as Goal
@@ -64,13 +66,15 @@ PROFILE_COUNT = 40_000  # a backlog the worker takes seconds to store: hundreds 
 
 
 def raw_consumer(amqp_url: str, matches: list[dict[str, object]], batch: int = MAX_BATCH,
-                 prefetch: int = PREFETCH) -> float:
-    """The ceiling of the worker's transport: py-amqp (what Celery reads with) alone consuming the same task
-    messages at the worker's prefetch, one ``multiple`` ack per ``batch``, nothing decoded or stored. Returns
-    messages/s from the first delivery to the last."""
+                 prefetch: int = PREFETCH, stock: bool = False) -> float:
+    """The ceiling of the worker's transport: it alone (kombu's py-amqp transport reading in chunks, what Celery
+    reads with in the worker; ``stock``: py-amqp's own reads) consuming the same task messages at the worker's
+    prefetch, one ``multiple`` ack per ``batch``, nothing decoded or stored. Returns messages/s from the first
+    delivery to the last."""
     queue = f"bench-raw-{uuid.uuid4().hex[:6]}"
     _fill(amqp_url, queue, matches)
-    with Connection(amqp_url) as conn:  # only to open it: what follows is py-amqp's own channel
+    opened: Any = Connection if stock else BrokerConnection
+    with opened(amqp_url) as conn:  # only to open it: what follows is py-amqp's own channel
         channel = conn.default_channel
         channel.basic_qos(0, prefetch, False)
         seen = [0]
@@ -157,7 +161,7 @@ def worker_rate(broker: RabbitMQNode, url: str, matches: list[dict[str, object]]
 WORKER_PARTS: tuple[Part, ...] = (
     ("Celery's consumer thread (its event loop: reading frames, kombu's messages, acks)", "celery/worker/loops.py",
      False),
-    ("  of it, py-amqp", "(amqp/", False),
+    ("  of it, py-amqp (its frames read in chunks)", "(amqp/", False),
     ("the storing thread (matchenv's batches)", "Batcher._run (matchenv/workers/batches.py", False),
     ("  our publisher's messages read in one pass (pydantic: JSON and the model)",
      "parse_body (matchenv/workers/parsing.py", False),
@@ -206,7 +210,7 @@ def profile_worker(broker: RabbitMQNode, url: str, matches: list[dict[str, objec
 
 def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: int = 5000, rounds: int = 2
             ) -> Measure:
-    best_raw = best_batched = best_worker = best_consumer = 0.0
+    best_raw = best_batched = best_worker = best_consumer = best_stock = 0.0
     for round_ in range(rounds):  # interleaved: a slow moment of the machine hits all alike
         matches = _matches(count, seed=100 + round_)
         raw_url = postgres.create_database(f"bench_raw_{round_}_{uuid.uuid4().hex[:6]}")
@@ -219,12 +223,13 @@ def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: i
         migrate(worker_url)
         best_worker = max(best_worker, worker_rate(broker, worker_url, matches, work / "worker.log"))
         best_consumer = max(best_consumer, raw_consumer(broker.endpoints.amqp_url, matches))
+        best_stock = max(best_stock, raw_consumer(broker.endpoints.amqp_url, matches, stock=True))
     ratio, batched_ratio = best_worker / best_raw, best_worker / best_batched
     profile = ""
-    notes = [f"the worker's transport sets its ceiling: py-amqp alone, reading and acking without decoding or "
-             f"storing anything, managed {best_consumer / best_batched:.2f} x the batched loop's rows/s; the worker "
-             f"(Celery's consumer on py-amqp, then parse, validate, store, ack) {best_worker / best_consumer:.2f} x "
-             "py-amqp alone"]
+    notes = [f"the worker's transport sets its ceiling: alone, reading and acking without decoding or storing "
+             f"anything, it managed {best_consumer / best_batched:.2f} x the batched loop's rows/s (py-amqp's own "
+             f"reads {best_stock / best_batched:.2f} x); the worker (Celery's consumer on it, then parse, validate, "
+             f"store, ack) {best_worker / best_consumer:.2f} x the transport alone"]
     found: WorkerProfile | None = None
     if ratio < 1.0 or batched_ratio < 0.6:
         worker_url = postgres.create_database(f"bench_profile_{uuid.uuid4().hex[:6]}")
@@ -242,8 +247,8 @@ def measure(broker: RabbitMQNode, postgres: PostgresServer, work: Path, count: i
         ours=f"{best_worker:,.0f} rows/s",
         baseline=f"raw psycopg upsert loop, one transaction per row: {best_raw:,.0f} rows/s; the same in "
                  f"batches of {MAX_BATCH} (one transaction each, the worker's batch size): {best_batched:,.0f} rows/s; "
-                 f"py-amqp alone reading the same messages (prefetch {PREFETCH}, nothing stored): "
-                 f"{best_consumer:,.0f} msg/s",
+                 f"the worker's transport alone reading the same messages (prefetch {PREFETCH}, nothing stored): "
+                 f"{best_consumer:,.0f} msg/s (py-amqp's own reads: {best_stock:,.0f})",
         ratio=f"{ratio:.2f} of the per-row loop, {batched_ratio:.2f} of the batched one, "
               f"{best_worker / best_consumer:.2f} of the consumer alone",
         targets=[Goal("worker >= 1.0 x the raw per-row loop", ratio, 1.0),
