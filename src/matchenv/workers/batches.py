@@ -219,10 +219,11 @@ class Batcher:
         until the worker stops, and be delivered again)."""
         decided: dict[int, Verdict] = {}  # id(message) -> verdict
         valid: list[_Valid] = []
+        now = dt.datetime.now(dt.UTC)  # the clock a batch's stamps are checked against: read once
         for message in batch:
             stamp = scraped_at(message)
             match = _quick(message)
-            if match is not None and stamp_problem(stamp) is None:
+            if match is not None and stamp_problem(stamp, now) is None:
                 valid.append(_Valid(message, match, None, stamp))
                 continue
             try:
@@ -236,7 +237,7 @@ class Batcher:
                 reason, _, error = task.partition(": ")
                 decided[id(message)] = self._dead_letter_raw(message, reason, error)
                 continue
-            parsed = parse(*task, stamp)
+            parsed = parse(*task, stamp, now)
             if isinstance(parsed, Invalid):
                 decided[id(message)] = self._dead_letter(message, parsed.body, REASON_INVALID, parsed.problems)
             else:
@@ -292,10 +293,11 @@ class Batcher:
         for item, outcome in zip(items, outcomes, strict=True):
             self._told[id(item.message)] = outcome
         committed, newest = self.clock(), self._newest
+        freshness = {outcome: metrics.END_TO_END.labels(outcome=outcome) for outcome in counts}
         for item, outcome in zip(items, outcomes, strict=True):
             if item.stamp is not None:
                 stamp = item.stamp.timestamp()
-                metrics.END_TO_END.labels(outcome=outcome).observe(max(0.0, committed - stamp))
+                freshness[outcome].observe(max(0.0, committed - stamp))
                 newest = max(newest, stamp)
         if newest > self._newest:
             self._newest = newest

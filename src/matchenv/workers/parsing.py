@@ -28,9 +28,10 @@ class Invalid:
     problems: str
 
 
-def parse(args: Any, kwargs: Any, stamp: dt.datetime | None = None) -> tuple[Match, dict[str, Any]] | Invalid:
+def parse(args: Any, kwargs: Any, stamp: dt.datetime | None = None, now: dt.datetime | None = None
+          ) -> tuple[Match, dict[str, Any]] | Invalid:
     """The match a task message carries (and its raw form, for the dead-letter queue), or why there is none (also
-    when the publisher's ``stamp`` cannot be trusted: :func:`stamp_problem`)."""
+    when the publisher's ``stamp`` cannot be trusted at ``now``: :func:`stamp_problem`)."""
     if isinstance(args, list | tuple) and len(args) == 1 and not kwargs:
         raw = args[0]
     elif not args and isinstance(kwargs, dict) and set(kwargs) == {"match_data"}:
@@ -45,7 +46,7 @@ def parse(args: Any, kwargs: Any, stamp: dt.datetime | None = None) -> tuple[Mat
     except ValidationError as exc:
         return Invalid(raw, "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'match'}: {e['msg']}"
                                       for e in exc.errors()))
-    problem = stamp_problem(stamp)
+    problem = stamp_problem(stamp, now)
     return Invalid(raw, problem) if problem else (match, raw)
 
 
