@@ -38,15 +38,21 @@ class ChunkedTCPTransport(TCPTransport):  # type: ignore[misc]
     _chunk: bytes = b""
     _at: int = 0  # where the next frame starts in ``_chunk``
 
-    def buffered_frame(self) -> Frame | None:
-        """The next whole frame already read from the socket, or None (no system call either way)."""
+    def frame_end(self) -> int | None:
+        """Where the next frame's end octet is in the buffer when the whole frame is there, else None."""
         chunk, at = self._chunk, self._at
         if len(chunk) - at <= _HEADER:
             return None
-        frame_type, channel, size = unpack_from(">BHI", chunk, at)
-        end = at + _HEADER + size
-        if len(chunk) <= end:
+        end = at + _HEADER + unpack_from(">I", chunk, at + 3)[0]
+        return end if len(chunk) > end else None
+
+    def buffered_frame(self) -> Frame | None:
+        """The next whole frame already read from the socket, or None (no system call either way)."""
+        end = self.frame_end()
+        if end is None:
             return None
+        chunk, at = self._chunk, self._at
+        frame_type, channel = unpack_from(">BH", chunk, at)
         if chunk[end] != FRAME_END:
             raise UnexpectedFrame(f"Received frame_end {chunk[end]:#04x} while expecting {FRAME_END:#04x}")
         self._at = end + 1
@@ -97,12 +103,7 @@ class ChunkedConnection(pyamqp.Connection):
     def frames_buffered(self) -> bool:
         """Whether whole frames wait in the buffer (read, not yet handled)."""
         transport = self.transport
-        if not isinstance(transport, ChunkedTCPTransport):
-            return False
-        chunk, at = transport._chunk, transport._at
-        if len(chunk) - at <= _HEADER:
-            return False
-        return len(chunk) > at + _HEADER + int.from_bytes(chunk[at + 3:at + _HEADER], "big")
+        return isinstance(transport, ChunkedTCPTransport) and transport.frame_end() is not None
 
 
 def drain_buffered(connection: ChunkedConnection) -> None:
