@@ -15,12 +15,12 @@ from typing import Any
 
 import amqp
 import amqp.exceptions
-import pika
 import psycopg
 import pytest
 
 from matchenv.workers.migrate import migrate
 from matchenv_devkit.services.process import wait_for
+from matchenv_devkit.services.rabbitmq import queue_depth
 from tests.e2e.pipeline import Pipeline, real_node_pipeline_fixture
 from tests.fuzz import corpus, expected, publish
 
@@ -53,9 +53,7 @@ def _dead_letters(pipeline: Pipeline, env: str) -> Counter[str]:
 
 
 def _depth(pipeline: Pipeline, queue: str) -> int:
-    """Messages in ``queue`` now (a passive declare: the management API's counts lag)."""
-    with pika.BlockingConnection(pika.URLParameters(pipeline.rabbitmq.endpoints.amqp_url)) as conn:
-        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    return queue_depth(pipeline.rabbitmq.endpoints.amqp_url, queue)
 
 
 def _condition(pipeline: Pipeline, env: str, type_: str) -> dict[str, Any]:

@@ -10,13 +10,13 @@ import termios
 import time
 import uuid
 
-import pika
 from kombu import Consumer, Exchange, Producer, Queue
 from kombu.asynchronous import Hub
 from kombu.message import Message
 
 from matchenv.workers.transport import BrokerConnection, ChunkedConnection, Transport
-from matchenv_devkit.services.rabbitmq import RabbitMQNode
+from matchenv_devkit.services.process import wait_for
+from matchenv_devkit.services.rabbitmq import RabbitMQNode, queue_depth
 
 COUNT = 20
 
@@ -24,11 +24,6 @@ COUNT = 20
 def _unread(sock: socket.socket) -> int:
     """Bytes the kernel holds for ``sock``, not yet read."""
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
-
-
-def _ready(url: str, queue: str) -> int:
-    with pika.BlockingConnection(pika.URLParameters(url)) as conn:
-        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
 
 
 def test_deliveries_read_past_a_reply_are_handled_with_no_more_traffic(rabbitmq: RabbitMQNode) -> None:
@@ -51,10 +46,8 @@ def test_deliveries_read_past_a_reply_are_handled_with_no_more_traffic(rabbitmq:
         conn.transport.register_with_event_loop(conn.connection, hub)
         consumer = Consumer(channel, [queue], callbacks=[received], prefetch_count=COUNT, accept=["json"])
         consumer.consume()
-        deadline = time.monotonic() + 10
-        while _ready(url, queue.name) and time.monotonic() < deadline:  # the broker has sent them all
-            time.sleep(0.05)
-        time.sleep(0.2)  # ... and loopback has carried them
+        wait_for(lambda: queue_depth(url, queue.name) == 0, 10, "the broker to send every message", every=0.05)
+        time.sleep(0.2)  # ... and loopback to carry them
         amqp = conn.connection
         assert isinstance(amqp, ChunkedConnection)
         while not got or _unread(amqp.sock):  # as synchronous calls do: chunks read, a message handled per call
@@ -62,6 +55,7 @@ def test_deliveries_read_past_a_reply_are_handled_with_no_more_traffic(rabbitmq:
         assert amqp.frames_buffered(), "deliveries should wait in the buffer ..."
         assert not _unread(amqp.sock), "... and the socket have nothing more"
         loop = hub.create_loop()
+        deadline = time.monotonic() + 10
         while len(got) < COUNT and time.monotonic() < deadline:
             next(loop)
         assert got == list(range(COUNT)), f"{COUNT - len(got)} deliveries left waiting in the buffer"

@@ -14,7 +14,7 @@ from matchenv.scraper.publisher import Publisher, Target
 from matchenv.scraper.sources import synthetic
 from matchenv_devkit.bench.result import Measure
 from matchenv_devkit.bench.result import Target as Goal
-from matchenv_devkit.services.rabbitmq import RabbitMQNode
+from matchenv_devkit.services.rabbitmq import RabbitMQNode, queue_depth
 
 
 class Archive:
@@ -47,8 +47,7 @@ class Archive:
         return name
 
     def held(self, queue: str) -> int:
-        with pika.BlockingConnection(pika.URLParameters(self.url)) as conn:
-            return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+        return queue_depth(self.url, queue)
 
     def close(self) -> None:
         with pika.BlockingConnection(pika.URLParameters(self.url)) as conn:

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
+import pika
 import requests
 
 from matchenv_devkit.services.process import die_with_parent, free_port, stop_process_group
@@ -229,3 +230,9 @@ class RabbitMQNode:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def queue_depth(amqp_url: str, queue: str) -> int:
+    """Messages ready in ``queue`` now (a passive declare over AMQP: the management API's counts lag)."""
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
